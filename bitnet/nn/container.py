@@ -1,0 +1,43 @@
+"""Containers: ``Sequential`` (modules applied in order) and ``ModuleList``."""
+from __future__ import annotations
+
+from bitnet.nn.module import Module
+
+
+class ModuleList(Module):
+    """A list of modules, registered under the names "0", "1", ..."""
+
+    def __init__(self, modules=()):
+        super().__init__()
+        for m in modules:
+            self.append(m)
+
+    def append(self, module):
+        self.add_module(str(len(self._modules)), module)
+        return self
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __getitem__(self, i):
+        items = list(self._modules.values())
+        if isinstance(i, slice):
+            return type(self)(items[i])
+        return items[i]
+
+
+class Sequential(ModuleList):
+    """Applies its modules in order: ``Sequential(a, b, c)(x) == c(b(a(x)))``."""
+
+    def __init__(self, *modules):
+        if len(modules) == 1 and isinstance(modules[0], (list, tuple)):
+            modules = modules[0]
+        super().__init__(modules)
+
+    def forward(self, x):
+        for m in self._modules.values():
+            x = m(x)
+        return x

@@ -1,0 +1,206 @@
+"""Float layers: Dense, Conv2d, batch norm, pooling, activations, Flatten, Dropout, Identity.
+
+Each checks the shape of its input and says what it received and what it expected, naming the
+layer, so a wrong shape fails at the layer that cannot take it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from bitnet import functional as F
+from bitnet.nn.init import as_generator, uniform_fan_in
+from bitnet.nn.module import Module
+from bitnet.ops.conv import pair
+from bitnet.tensor import Parameter
+
+
+class Dense(Module):
+    """y = x W^T + b with W of shape (out_features, in_features) (PyTorch's Linear)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, rng=None):
+        super().__init__()
+        if in_features < 1 or out_features < 1:
+            raise ValueError(f"Dense needs positive sizes, got in={in_features}, out={out_features}")
+        gen = as_generator(rng)
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.weight = Parameter(uniform_fan_in((out_features, in_features), gen))
+        self.bias = Parameter(uniform_fan_in((out_features, in_features), gen)[:, 0].copy()) if bias else None
+
+    def forward(self, x):
+        if x.ndim < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(f"{self!r} expects inputs with {self.in_features} features in the last "
+                             f"axis, got shape {x.shape}; flatten conv features with Flatten() first")
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self):
+        return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
+
+
+class Conv2d(Module):
+    """2-D convolution on NCHW input; weight (out, in/groups, KH, KW). See ``bitnet.ops.conv``."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, rng=None):
+        super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"Conv2d: groups={groups} must divide in_channels={in_channels} and "
+                             f"out_channels={out_channels}")
+        gen = as_generator(rng)
+        self.in_channels, self.out_channels, self.groups = int(in_channels), int(out_channels), int(groups)
+        self.kernel_size, self.stride = pair(kernel_size, "kernel_size"), pair(stride, "stride")
+        self.padding, self.dilation = pair(padding, "padding"), pair(dilation, "dilation")
+        shape = (out_channels, in_channels // groups) + self.kernel_size
+        self.weight = Parameter(uniform_fan_in(shape, gen))
+        self.bias = Parameter(uniform_fan_in(shape, gen).reshape(out_channels, -1)[:, 0].copy()) if bias else None
+
+    def check_input(self, x):
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"{self!r} expects input (N, {self.in_channels}, H, W), got shape "
+                             f"{x.shape}")
+
+    def forward(self, x):
+        self.check_input(x)
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def extra_repr(self):
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding != (0, 0):
+            s += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        return s + f", bias={self.bias is not None}"
+
+
+class _BatchNorm(Module):
+    input_ndim = None
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
+                 track_running_stats: bool = True):
+        super().__init__()
+        self.num_features, self.eps, self.momentum = int(num_features), float(eps), float(momentum)
+        self.affine, self.track_running_stats = affine, track_running_stats
+        if affine:
+            self.weight = Parameter(np.ones(num_features, np.float32))
+            self.bias = Parameter(np.zeros(num_features, np.float32))
+        else:
+            self.weight = Parameter(np.ones(num_features, np.float32), requires_grad=False)
+            self.bias = Parameter(np.zeros(num_features, np.float32), requires_grad=False)
+        if track_running_stats:
+            self.register_buffer("running_mean", np.zeros(num_features, np.float32))
+            self.register_buffer("running_var", np.ones(num_features, np.float32))
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+
+    def forward(self, x):
+        if x.ndim != self.input_ndim or x.shape[1] != self.num_features:
+            layout = "(N, C)" if self.input_ndim == 2 else "(N, C, H, W)"
+            raise ValueError(f"{self!r} expects input {layout} with C={self.num_features}, got shape {x.shape}")
+        training = self.training or not self.track_running_stats
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                            training=training, momentum=self.momentum, eps=self.eps)
+
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch norm over (N, C) features."""
+    input_ndim = 2
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch norm per channel of (N, C, H, W) maps."""
+    input_ndim = 4
+
+
+class _Pool2d(Module):
+    function = None
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.stride = self.kernel_size if stride is None else pair(stride, "stride")
+        self.padding = pair(padding, "padding")
+
+    def forward(self, x):
+        return type(self).function(x, self.kernel_size, self.stride, self.padding)
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class MaxPool2d(_Pool2d):
+    function = staticmethod(F.max_pool2d)
+
+
+class AvgPool2d(_Pool2d):
+    function = staticmethod(F.avg_pool2d)
+
+
+class GlobalAvgPool2d(Module):
+    """(N, C, H, W) -> (N, C): the mean over each feature map."""
+
+    def forward(self, x):
+        if x.ndim != 4:
+            raise ValueError(f"GlobalAvgPool2d expects (N, C, H, W), got shape {x.shape}")
+        return F.mean(x, axis=(2, 3))
+
+
+class Flatten(Module):
+    def __init__(self, start_dim: int = 1):
+        super().__init__()
+        self.start_dim = start_dim
+
+    def forward(self, x):
+        return F.flatten(x, self.start_dim)
+
+
+class _Elementwise(Module):
+    function = None
+
+    def forward(self, x):
+        return type(self).function(x)
+
+
+class ReLU(_Elementwise):
+    function = staticmethod(F.relu)
+
+
+class Tanh(_Elementwise):
+    function = staticmethod(F.tanh)
+
+
+class Sigmoid(_Elementwise):
+    function = staticmethod(F.sigmoid)
+
+
+class Identity(_Elementwise):
+    function = staticmethod(lambda x: x)
+
+
+class HardTanh(Module):
+    def __init__(self, min_val: float = -1.0, max_val: float = 1.0):
+        super().__init__()
+        self.min_val, self.max_val = min_val, max_val
+
+    def forward(self, x):
+        return F.hardtanh(x, self.min_val, self.max_val)
+
+
+class Dropout(Module):
+    """Inverted dropout with probability p; its own Generator (from ``rng``: Generator or seed)."""
+
+    def __init__(self, p: float = 0.5, rng=None):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"Dropout probability must be in [0, 1), got {p}")
+        self.p, self.rng = float(p), as_generator(rng)
+
+    def forward(self, x):
+        return F.dropout(x, self.p, self.training, self.rng)
+
+    def extra_repr(self):
+        return f"p={self.p}"

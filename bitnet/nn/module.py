@@ -1,0 +1,211 @@
+"""``Module``: the base of every layer and model.
+
+Assigning a ``Parameter`` or a ``Module`` to an attribute registers it; ``register_buffer``
+registers a NumPy array that is state but not trained (batch-norm running averages). Names are
+dotted paths (``features.0.weight``), used by ``state_dict`` / ``load_state_dict`` and by the
+HDF5 files.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+from bitnet.tensor import Parameter, Tensor
+
+
+class StateDictError(KeyError):
+    """``load_state_dict`` found missing, unexpected or mis-shaped keys (all listed at once)."""
+
+    def __str__(self):  # KeyError quotes its message; show it plainly
+        return str(self.args[0])
+
+
+class Module:
+    """Base class: subclasses set attributes in ``__init__`` and implement ``forward``."""
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    # -- registration ---------------------------------------------------------------------------
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise RuntimeError(f"{type(self).__name__}.__init__ must call super().__init__() "
+                               "before assigning attributes")
+        params, buffers, modules = self._parameters, self._buffers, self._modules
+        if isinstance(value, (Parameter, Module)):
+            for store in (params, buffers, modules):
+                store.pop(name, None)
+            self.__dict__.pop(name, None)
+            (params if isinstance(value, Parameter) else modules)[name] = value
+        elif name in params or name in modules:
+            if value is not None:
+                kind = "Parameter" if name in params else "Module"
+                raise TypeError(f"cannot assign {type(value).__name__} to {name!r}: it is a "
+                                f"registered {kind}; assign a {kind} or None")
+            (params if name in params else modules)[name] = None
+        elif name in buffers:
+            buffers[name] = None if value is None else np.asarray(value)
+        else:
+            object.__setattr__(self, name, value)
+
+    def __getattr__(self, name):
+        d = self.__dict__
+        for store in ("_parameters", "_buffers", "_modules"):
+            if store in d and name in d[store]:
+                return d[store][name]
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+
+    def __delattr__(self, name):
+        for store in (self._parameters, self._buffers, self._modules):
+            if name in store:
+                del store[name]
+                return
+        object.__delattr__(self, name)
+
+    def register_buffer(self, name: str, array):
+        """Register a non-trainable array (saved in ``state_dict``); ``None`` is allowed."""
+        if "." in name or not name:
+            raise ValueError(f"buffer name must be a non-empty name without '.', got {name!r}")
+        self.__dict__.pop(name, None)
+        self._buffers[name] = None if array is None else np.asarray(array)
+
+    def add_module(self, name: str, module):
+        if not isinstance(module, Module):
+            raise TypeError(f"add_module({name!r}): expected a Module, got {type(module).__name__}")
+        setattr(self, name, module)
+
+    # -- traversal --------------------------------------------------------------------------------
+    def named_modules(self, prefix: str = ""):
+        """(dotted name, module) for self and every descendant, depth first, each once."""
+        seen, stack = set(), [(prefix, self)]
+        while stack:
+            name, mod = stack.pop()
+            if id(mod) in seen:
+                continue
+            seen.add(id(mod))
+            yield name, mod
+            children = [(f"{name}.{k}" if name else k, m) for k, m in mod._modules.items() if m is not None]
+            stack.extend(reversed(children))
+
+    def modules(self):
+        return (m for _, m in self.named_modules())
+
+    def named_children(self):
+        return ((k, m) for k, m in self._modules.items() if m is not None)
+
+    def children(self):
+        return (m for _, m in self.named_children())
+
+    def _named(self, attr, recurse=True):
+        seen = set()
+        mods = self.named_modules() if recurse else [("", self)]
+        for prefix, mod in mods:
+            for k, v in getattr(mod, attr).items():
+                if v is None or id(v) in seen:
+                    continue
+                seen.add(id(v))
+                yield (f"{prefix}.{k}" if prefix else k), v
+
+    def named_parameters(self, recurse: bool = True):
+        return self._named("_parameters", recurse)
+
+    def parameters(self, recurse: bool = True):
+        return (p for _, p in self.named_parameters(recurse))
+
+    def named_buffers(self, recurse: bool = True):
+        return self._named("_buffers", recurse)
+
+    def buffers(self, recurse: bool = True):
+        return (b for _, b in self.named_buffers(recurse))
+
+    def num_parameters(self) -> int:
+        return int(sum(p.size for p in self.parameters()))
+
+    # -- modes and gradients -----------------------------------------------------------------------
+    def train(self, mode: bool = True):
+        for m in self.modules():
+            object.__setattr__(m, "training", bool(mode))
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.grad = None
+
+    # -- state ----------------------------------------------------------------------------------------
+    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+        """Copies of every parameter and buffer, keyed by dotted name."""
+        out = OrderedDict()
+        for prefix, mod in self.named_modules():
+            for store in (mod._parameters, mod._buffers):
+                for k, v in store.items():
+                    if v is not None:
+                        out[f"{prefix}.{k}" if prefix else k] = np.array(v.data if isinstance(v, Tensor) else v)
+        return out
+
+    def load_state_dict(self, state, strict: bool = True):
+        """Copy arrays from ``state`` into the parameters and buffers of the same names.
+
+        With ``strict`` every missing, unexpected and mis-shaped key is reported in one
+        ``StateDictError`` and nothing is changed. Without ``strict`` the keys that match are
+        loaded (mis-shaped ones are still an error) and ``(missing, unexpected)`` is returned.
+        """
+        targets = OrderedDict()
+        for prefix, mod in self.named_modules():
+            for store in (mod._parameters, mod._buffers):
+                for k, v in store.items():
+                    if v is not None:
+                        targets[f"{prefix}.{k}" if prefix else k] = (mod, store, k, v)
+        missing = [k for k in targets if k not in state]
+        unexpected = [k for k in state if k not in targets]
+        mismatched = []
+        for k, (_, _, _, v) in targets.items():
+            if k in state:
+                shape = np.shape(state[k])
+                if shape != v.shape:
+                    mismatched.append(f"{k}: expected shape {v.shape}, got {shape}")
+        problems = []
+        if strict and missing:
+            problems.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
+        if strict and unexpected:
+            problems.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
+        if mismatched:
+            problems.append(f"shape mismatches ({len(mismatched)}): {'; '.join(mismatched)}")
+        if problems:
+            raise StateDictError(
+                f"load_state_dict into {type(self).__name__} failed, nothing was loaded:\n  "
+                + "\n  ".join(problems)
+                + "\nCheck that the state dict comes from the same architecture (and its "
+                  "constructor arguments), or pass strict=False to load the matching keys only.")
+        for k, (mod, store, name, v) in targets.items():
+            if k not in state:
+                continue
+            src = np.asarray(state[k].data if isinstance(state[k], Tensor) else state[k])
+            if isinstance(v, Tensor):
+                v.data[...] = src.astype(v.dtype, copy=False)
+            else:
+                store[name] = np.array(src, dtype=v.dtype)
+        return missing, unexpected
+
+    # -- calling --------------------------------------------------------------------------------------
+    def forward(self, *args, **kwargs):  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward()")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        for name, mod in self.named_children():
+            child = repr(mod).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {child}")
+        return lines[0] + ")" if len(lines) == 1 else "\n".join(lines) + "\n)"

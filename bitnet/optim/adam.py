@@ -1,0 +1,84 @@
+"""Adam and AdamW: adaptive moment estimation with bias correction (optionally AMSGrad).
+
+The update is PyTorch's ``torch.optim.Adam`` / ``AdamW``; for a parameter ``p`` with gradient
+``g`` at step ``t = 1, 2, ...`` (counted per parameter)::
+
+    p   = p * (1 - lr * weight_decay)           AdamW: decoupled weight decay
+    g   = g + weight_decay * p                  Adam:  L2 penalty added to the gradient
+    m   = beta1 * m + (1 - beta1) * g           (m, v start at 0)
+    v   = beta2 * v + (1 - beta2) * g**2
+    vm  = max(vm, v)                            (amsgrad only; vm starts at 0)
+    den = sqrt(vm or v) / sqrt(1 - beta2**t) + eps
+    p   = p - lr / (1 - beta1**t) * m / den
+
+State per parameter: ``step`` (int), ``exp_avg`` (m), ``exp_avg_sq`` (v) and, with amsgrad,
+``max_exp_avg_sq`` (vm). ``AdamW`` is ``Adam`` with ``decoupled_weight_decay=True`` and a
+default weight decay of 1e-2.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from bitnet.optim._checks import check_betas, check_number
+from bitnet.optim.optimizer import Optimizer
+
+__all__ = ["Adam", "AdamW"]
+
+
+class Adam(Optimizer):
+    """Adam(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False,
+    decoupled_weight_decay=False)."""
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, amsgrad: bool = False,
+                 decoupled_weight_decay: bool = False):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      amsgrad=amsgrad,
+                                      decoupled_weight_decay=decoupled_weight_decay))
+
+    def _check_group(self, group: dict) -> None:
+        super()._check_group(group)
+        group["betas"] = check_betas(self._name, group["betas"])
+        group["eps"] = check_number(self._name, "eps", group["eps"], low=0.0)
+        group["weight_decay"] = check_number(self._name, "weight_decay", group["weight_decay"],
+                                             low=0.0)
+        group["amsgrad"] = bool(group["amsgrad"])
+        group["decoupled_weight_decay"] = bool(group["decoupled_weight_decay"])
+
+    def _update(self, data: np.ndarray, grad: np.ndarray, state: dict, group: dict) -> None:
+        lr, (beta1, beta2), wd = group["lr"], group["betas"], group["weight_decay"]
+        if not state:
+            state["step"] = 0
+            state["exp_avg"] = np.zeros_like(data)
+            state["exp_avg_sq"] = np.zeros_like(data)
+            if group["amsgrad"]:
+                state["max_exp_avg_sq"] = np.zeros_like(data)
+        state["step"] = t = int(state["step"]) + 1
+        if wd != 0:
+            if group["decoupled_weight_decay"]:
+                data *= 1 - lr * wd
+            else:
+                grad = grad + wd * data
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m *= beta1
+        m += (1 - beta1) * grad
+        v *= beta2
+        v += (1 - beta2) * (grad * grad)
+        if group["amsgrad"]:
+            vmax = state.setdefault("max_exp_avg_sq", np.zeros_like(data))
+            np.maximum(vmax, v, out=vmax)
+            v = vmax
+        denom = np.sqrt(v) / math.sqrt(1 - beta2 ** t) + group["eps"]
+        data -= (lr / (1 - beta1 ** t)) * m / denom
+
+
+class AdamW(Adam):
+    """AdamW(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False):
+    Adam with decoupled weight decay ``p *= 1 - lr * weight_decay`` before the Adam step."""
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2, amsgrad: bool = False):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         amsgrad=amsgrad, decoupled_weight_decay=True)

@@ -1,0 +1,223 @@
+"""The ``Optimizer`` base class: parameter groups, per-parameter state, checkpointable state.
+
+An optimizer holds ``param_groups``, a list of dicts; each has ``"params"`` (a list of
+Parameters) and the hyperparameters for them (``"lr"``, ...), taken from ``defaults`` unless the
+group overrides them, PyTorch style::
+
+    SGD(model.parameters(), lr=0.1)
+    SGD([{"params": body}, {"params": head, "lr": 0.01}], lr=0.1, momentum=0.9)
+
+``step()`` updates, in place and without recording any autograd graph, every parameter whose
+``.grad`` is not ``None``; a parameter without a gradient is left untouched and gets no state.
+The update is computed in the parameter's dtype (float32 stays float32, float64 stays float64).
+Subclasses implement ``_update(data, grad, state, group)`` for one parameter and
+``_check_group(group)`` for their hyperparameters.
+
+``state_dict()`` holds only plain data (dicts, lists, Python numbers, bools, NumPy arrays),
+with parameters named by their position in the optimizer (0, 1, ... in group order), so that it
+can be written to HDF5 without pickle; ``load_state_dict()`` checks it against this optimizer
+first and reports every difference in one ``ValueError``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from bitnet.tensor import Tensor, enable_grad, no_grad
+from bitnet.optim._checks import check_number
+
+__all__ = ["Optimizer"]
+
+
+def _plain(value):
+    """A copy of ``value`` made of plain data: arrays copied, tuples to lists, NumPy scalars out."""
+    if isinstance(value, np.ndarray):
+        return value.copy()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+class Optimizer:
+    """Base class of all optimizers. ``params``: Parameters, or dicts ``{"params": [...], **hp}``."""
+
+    def __init__(self, params, defaults: dict):
+        self.defaults = dict(defaults)
+        self.param_groups: list[dict] = []
+        self.state: dict = {}  # Parameter -> dict of per-parameter state
+        if isinstance(params, Tensor):
+            raise TypeError(f"{self._name}: params must be an iterable of Parameters or of dicts, "
+                            "got a single Tensor; wrap it in a list: [param]")
+        if isinstance(params, dict):
+            params = [params]
+        params = list(params)
+        if not params:
+            raise ValueError(f"{self._name}: got an empty parameter list; pass the parameters to "
+                             "optimize, e.g. model.parameters()")
+        if not isinstance(params[0], dict):
+            params = [{"params": params}]
+        for group in params:
+            self.add_param_group(group)
+
+    @property
+    def _name(self) -> str:
+        return type(self).__name__
+
+    # -- groups -----------------------------------------------------------------------------
+    def add_param_group(self, group: dict) -> None:
+        """Append a group ``{"params": [...], **overrides}``; missing hyperparameters come from
+        ``defaults``. Hyperparameters are checked; a parameter may belong to one group only."""
+        if not isinstance(group, dict) or "params" not in group:
+            raise TypeError(f"{self._name}: a parameter group must be a dict with a 'params' "
+                            f"entry, got {type(group).__name__}")
+        group = dict(group)
+        params = group["params"]
+        params = [params] if isinstance(params, Tensor) else list(params)
+        for i, p in enumerate(params):
+            if not isinstance(p, Tensor):
+                raise TypeError(f"{self._name}: parameter {i} of a group is a "
+                                f"{type(p).__name__}, expected a Parameter (bitnet Tensor)")
+            if p.data.dtype.kind != "f":
+                raise TypeError(f"{self._name}: can only optimize floating-point parameters, "
+                                f"parameter {i} has dtype {p.data.dtype}")
+        seen = {id(p) for g in self.param_groups for p in g["params"]}
+        ids = [id(p) for p in params]
+        if len(set(ids)) != len(ids) or seen.intersection(ids):
+            raise ValueError(f"{self._name}: a parameter appears more than once (within a group "
+                             "or in two groups); each parameter may be optimized by one group only")
+        group["params"] = params
+        for key, value in self.defaults.items():
+            group.setdefault(key, value)
+        self._check_group(group)
+        self.param_groups.append(group)
+
+    def _check_group(self, group: dict) -> None:
+        """Check (and normalize in place) a group's hyperparameters; subclasses extend this."""
+        if "lr" in group:
+            group["lr"] = check_number(self._name, "lr", group["lr"], low=0.0)
+
+    # -- stepping ---------------------------------------------------------------------------
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Forget the gradients: ``p.grad = None`` (or fill with zeros if ``set_to_none=False``)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if set_to_none:
+                    p.grad = None
+                elif p.grad is not None:
+                    p.grad = np.zeros_like(p.data)
+
+    def step(self, closure=None):
+        """Update every parameter that has a gradient. ``closure`` (optional) re-evaluates the
+        model and returns the loss, which ``step`` returns."""
+        loss = None
+        if closure is not None:
+            with enable_grad():
+                loss = closure()
+        with no_grad():
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is None:
+                        continue
+                    grad = np.asarray(p.grad, dtype=p.data.dtype)
+                    if grad.shape != p.data.shape:
+                        raise ValueError(f"{self._name}.step: gradient shape {grad.shape} does "
+                                         f"not match parameter shape {p.data.shape}")
+                    self._update(p.data, grad, self.state.setdefault(p, {}), group)
+        return loss
+
+    def _update(self, data: np.ndarray, grad: np.ndarray, state: dict, group: dict) -> None:
+        """Update ``data`` in place from ``grad`` (never modify ``grad``: it is ``p.grad``)."""
+        raise NotImplementedError
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def _ordered_params(self) -> list:
+        return [p for g in self.param_groups for p in g["params"]]
+
+    def state_dict(self) -> dict:
+        """``{"state": {index: {name: value}}, "param_groups": [{hp..., "params": [index...]}]}``.
+
+        Plain data only; arrays are copies, so later steps do not change a saved state dict."""
+        index = {id(p): i for i, p in enumerate(self._ordered_params())}
+        groups = []
+        for g in self.param_groups:
+            saved = {k: _plain(v) for k, v in g.items() if k != "params"}
+            saved["params"] = [index[id(p)] for p in g["params"]]
+            groups.append(saved)
+        state = {index[id(p)]: _plain(s) for p, s in self.state.items() if id(p) in index}
+        return {"state": dict(sorted(state.items())), "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore hyperparameters and per-parameter state saved by ``state_dict()``.
+
+        Checks first (number of groups, parameters per group, hyperparameter names, state
+        indices, array shapes) and raises one ``ValueError`` listing every difference; nothing
+        is changed unless all checks pass. Arrays are copied and cast to the parameter's dtype.
+        """
+        name = f"{self._name}.load_state_dict"
+        if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= set(state_dict):
+            raise ValueError(f"{name}: expected a dict with keys 'state' and 'param_groups' (from "
+                             f"Optimizer.state_dict()), got {type(state_dict).__name__}"
+                             + (f" with keys {sorted(map(str, state_dict))}"
+                                if isinstance(state_dict, dict) else ""))
+        saved_groups = list(state_dict["param_groups"])
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"{name}: the state dict has {len(saved_groups)} parameter group(s), "
+                             f"this optimizer has {len(self.param_groups)}")
+        problems, by_index = [], {}
+        for gi, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
+            indices = [int(i) for i in saved.get("params", [])]
+            if len(indices) != len(group["params"]):
+                problems.append(f"group {gi}: {len(indices)} parameter(s) saved, "
+                                f"{len(group['params'])} in this optimizer")
+            missing = sorted(set(self.defaults) - set(saved))
+            if missing:
+                problems.append(f"group {gi}: hyperparameter(s) {missing} missing (state dict of "
+                                f"another optimizer type?)")
+            for i, p in zip(indices, group["params"]):
+                if i in by_index:
+                    problems.append(f"group {gi}: parameter index {i} listed twice")
+                by_index[i] = p
+        new_state = {}
+        for key, entry in dict(state_dict["state"]).items():
+            i = int(key)
+            if i not in by_index:
+                problems.append(f"state for parameter index {i}, but the groups list indices "
+                                f"{sorted(by_index)}")
+                continue
+            p = by_index[i]
+            restored = {}
+            for k, v in dict(entry).items():
+                if isinstance(v, np.ndarray):
+                    if v.shape != p.data.shape:
+                        problems.append(f"state[{i}][{k!r}]: shape {v.shape} saved, the "
+                                        f"parameter has shape {p.data.shape}")
+                    restored[k] = np.array(v, dtype=p.data.dtype, copy=True)
+                else:
+                    restored[k] = _plain(v)  # "step" and other scalars
+            new_state[p] = restored
+        if problems:
+            raise ValueError(f"{name}: the state dict does not match this optimizer:\n  "
+                             + "\n  ".join(problems))
+        new_groups = []
+        for saved, group in zip(saved_groups, self.param_groups):
+            new = {k: _plain(v) for k, v in saved.items() if k != "params"}
+            for k, v in new.items():
+                if isinstance(group.get(k), tuple) and isinstance(v, list):
+                    new[k] = tuple(v)
+            new["params"] = group["params"]
+            self._check_group(new)  # raises before anything is changed
+            new_groups.append(new)
+        for group, new in zip(self.param_groups, new_groups):
+            group.clear()
+            group.update(new)
+        self.state = new_state
+
+    def __repr__(self):
+        lines = [f"{self._name} ("]
+        for i, g in enumerate(self.param_groups):
+            hp = ", ".join(f"{k}={v!r}" for k, v in g.items() if k != "params")
+            lines.append(f"  group {i}: {len(g['params'])} params, {hp}")
+        return "\n".join(lines) + "\n)"

@@ -1,0 +1,240 @@
+"""Autograd-lite: a ``Tensor`` around a NumPy array and reverse-mode differentiation.
+
+A tensor produced by an operation remembers the ``Function`` that made it (``_ctx``). Calling
+``loss.backward()`` orders the graph topologically (iteratively, so deep networks never hit
+Python's recursion limit), walks it from the output back to the leaves, asks every
+``Function.backward`` for the gradients of its inputs and *accumulates* them: a tensor used twice
+receives the sum of both contributions. Leaves that require gradients (parameters, inputs) keep
+their gradient in ``.grad``; it accumulates across ``backward()`` calls until zeroed.
+
+Primitives live in ``bitnet.ops``; each is a ``Function`` subclass whose ``backward`` stands right
+under its ``forward``. ``forward`` receives and returns NumPy arrays; ``backward`` receives the
+gradient of the output and returns one gradient (or ``None``) per tensor input.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import numpy as np
+
+__all__ = ["Tensor", "Parameter", "Function", "no_grad", "enable_grad", "is_grad_enabled", "tensor"]
+
+_state = threading.local()
+
+
+def is_grad_enabled() -> bool:
+    """True unless inside a ``no_grad()`` block (per thread)."""
+    return getattr(_state, "grad_enabled", True)
+
+
+@contextlib.contextmanager
+def _grad_mode(enabled: bool):
+    previous = is_grad_enabled()
+    _state.grad_enabled = enabled
+    try:
+        yield
+    finally:
+        _state.grad_enabled = previous
+
+
+def no_grad():
+    """Context manager: operations inside record no graph (inference, optimizer updates)."""
+    return _grad_mode(False)
+
+
+def enable_grad():
+    """Context manager: re-enable graph recording inside a ``no_grad()`` block."""
+    return _grad_mode(True)
+
+
+def _as_array(data, dtype=None) -> np.ndarray:
+    if isinstance(data, Tensor):
+        data = data.data
+    arr = np.asarray(data, dtype=dtype)
+    if dtype is None and arr.dtype.kind in "biu" and arr.dtype != np.bool_:
+        return arr  # integer tensors (labels, indices) keep their dtype
+    if dtype is None and arr.dtype == np.float64 and not isinstance(data, np.ndarray):
+        # Python floats and lists default to float32, the training dtype.
+        arr = arr.astype(np.float32)
+    return arr
+
+
+class Tensor:
+    """An n-dimensional array that can record the operations applied to it.
+
+    ``data`` is the NumPy array, ``grad`` the accumulated gradient (same shape, or ``None``),
+    ``requires_grad`` whether gradients flow to it. Python lists and floats become float32;
+    NumPy arrays keep their dtype (use float64 for gradient checks).
+    """
+
+    __slots__ = ("data", "grad", "requires_grad", "_ctx", "__weakref__")
+    __array_priority__ = 1000  # make ``ndarray op Tensor`` dispatch to Tensor's reflected ops
+
+    def __init__(self, data, requires_grad: bool = False, dtype=None):
+        self.data = _as_array(data, dtype)
+        self.grad = None
+        self.requires_grad = bool(requires_grad)
+        self._ctx = None
+        if self.requires_grad and self.data.dtype.kind != "f":
+            raise TypeError(
+                f"only floating-point tensors can require gradients, got dtype {self.data.dtype}; "
+                "convert with .astype(np.float32) first")
+
+    # -- array-like attributes ------------------------------------------------------------
+    shape = property(lambda self: self.data.shape)
+    dtype = property(lambda self: self.data.dtype)
+    ndim = property(lambda self: self.data.ndim)
+    size = property(lambda self: self.data.size)
+
+    def __len__(self):
+        return len(self.data)
+
+    def numpy(self) -> np.ndarray:
+        """The underlying array (not a copy)."""
+        return self.data
+
+    def item(self):
+        return self.data.item()
+
+    def detach(self) -> "Tensor":
+        """A tensor sharing the same data, cut from the graph."""
+        return Tensor(self.data)
+
+    def astype(self, dtype) -> "Tensor":
+        return Tensor(self.data.astype(dtype), requires_grad=self.requires_grad)
+
+    def zero_grad(self):
+        self.grad = None
+
+    def __repr__(self):
+        extra = ", requires_grad=True" if self.requires_grad else ""
+        return f"Tensor({np.array2string(self.data, precision=4, threshold=20)}, dtype={self.dtype}{extra})"
+
+    def __hash__(self):
+        return id(self)
+
+    # -- reverse mode -----------------------------------------------------------------------
+    def backward(self, grad=None, retain_graph: bool = False):
+        """Accumulate d(self)/d(leaf) into ``leaf.grad`` for every leaf that requires grad.
+
+        ``grad`` defaults to 1 for a scalar output; for other outputs it must be given and have
+        the output's shape. Unless ``retain_graph`` is set, the graph is freed afterwards.
+        """
+        if not self.requires_grad:
+            raise RuntimeError("backward() called on a tensor that does not require grad: "
+                               "no input of the computation had requires_grad=True")
+        if grad is None:
+            if self.data.size != 1:
+                raise RuntimeError(
+                    f"backward() without an explicit gradient needs a scalar output, got shape "
+                    f"{self.shape}; reduce it first (e.g. loss.mean()) or pass grad=")
+            grad = np.ones_like(self.data)
+        else:
+            grad = _as_array(grad, self.data.dtype)
+            if grad.shape != self.shape:
+                raise ValueError(f"backward(grad): gradient shape {grad.shape} does not match "
+                                 f"output shape {self.shape}")
+        order = self._topological_order()
+        grads = {id(self): grad}
+        for node in order:
+            g = grads.pop(id(node), None)
+            ctx = node._ctx
+            if ctx is None:  # a leaf
+                if g is not None and node.requires_grad:
+                    node.grad = g.copy() if node.grad is None else node.grad + g
+                continue
+            if g is None:
+                continue
+            parent_grads = ctx.backward(g)
+            if not isinstance(parent_grads, tuple):
+                parent_grads = (parent_grads,)
+            for parent, pg in zip(ctx.parents, parent_grads):
+                if pg is None or not parent.requires_grad:
+                    continue
+                if pg.shape != parent.shape:
+                    raise RuntimeError(f"internal error: {type(ctx).__name__}.backward returned "
+                                       f"shape {pg.shape} for an input of shape {parent.shape}")
+                key = id(parent)
+                if key in grads:
+                    grads[key] = grads[key] + pg
+                else:
+                    grads[key] = pg
+            if not retain_graph:
+                node._ctx = None
+
+    def _topological_order(self):
+        """Nodes reachable from self, each after every node that consumes it (output first)."""
+        order, visited = [], set()
+        stack = [(self, False)]
+        while stack:
+            node, expanded = stack.pop()
+            if expanded:
+                order.append(node)
+                continue
+            if id(node) in visited:
+                continue
+            visited.add(id(node))
+            stack.append((node, True))
+            if node._ctx is not None:
+                for parent in node._ctx.parents:
+                    if parent.requires_grad and id(parent) not in visited:
+                        stack.append((parent, False))
+        order.reverse()
+        return order
+
+
+class Parameter(Tensor):
+    """A tensor that a ``Module`` registers as trainable (``requires_grad=True``, float32 default)."""
+
+    __slots__ = ()
+
+    def __init__(self, data, requires_grad: bool = True, dtype=None):
+        arr = _as_array(data, dtype)
+        if arr.dtype.kind != "f":
+            arr = arr.astype(np.float32)
+        super().__init__(arr, requires_grad=requires_grad)
+
+    def __repr__(self):
+        return "Parameter" + super().__repr__()[len("Tensor"):]
+
+
+def tensor(data, requires_grad: bool = False, dtype=None) -> Tensor:
+    """Shorthand for ``Tensor(data, requires_grad, dtype)``."""
+    return Tensor(data, requires_grad=requires_grad, dtype=dtype)
+
+
+class Function:
+    """Base of every differentiable primitive.
+
+    Subclasses implement ``forward(self, *arrays, **options) -> ndarray`` and
+    ``backward(self, grad) -> gradient or tuple of gradients`` (``None`` for inputs that need
+    none; ``self.needs_grad[i]`` tells whether input ``i`` wants one). ``forward`` may store on
+    ``self`` whatever ``backward`` needs. Non-tensor options are passed as keyword arguments.
+    """
+
+    __slots__ = ("parents", "needs_grad", "__dict__")
+
+    @classmethod
+    def apply(cls, *inputs, **options) -> Tensor:
+        tensors = tuple(x if isinstance(x, Tensor) else Tensor(x) for x in inputs)
+        ctx = cls()
+        ctx.needs_grad = tuple(t.requires_grad for t in tensors)
+        out = ctx.forward(*(t.data for t in tensors), **options)
+        requires = is_grad_enabled() and any(ctx.needs_grad)
+        result = Tensor(out, requires_grad=requires and out.dtype.kind == "f")
+        if result.requires_grad:
+            ctx.parents = tensors
+            result._ctx = ctx
+        return result
+
+    def forward(self, *arrays, **options):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def backward(self, grad):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+from bitnet.ops import tensor_methods as _tensor_methods  # noqa: E402  (installs operators)
+
+_tensor_methods.install(Tensor)

@@ -1,0 +1,116 @@
+"""In-memory datasets and a minibatch loader yielding NumPy arrays.
+
+Randomness: the loader owns one ``numpy.random.Generator`` and draws a new
+permutation from it at the start of every epoch; NumPy's global RNG is never
+used, so a seed makes the whole sequence of epochs reproducible.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, Optional, Union
+
+import numpy as np
+
+from bitnet.data.transforms import (  # noqa: F401  (re-exported for convenience)
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    FASHION_MNIST_MEAN,
+    FASHION_MNIST_STD,
+    MNIST_MEAN,
+    MNIST_STD,
+    Normalize,
+)
+
+__all__ = ["ArrayDataset", "DataLoader"]
+
+RngLike = Union[np.random.Generator, int, None]
+
+
+class ArrayDataset:
+    """Pairs ``images[i]`` with ``labels[i]``; indexing with an index array returns a batch."""
+
+    def __init__(self, images: Any, labels: Any) -> None:
+        images, labels = np.asarray(images), np.asarray(labels)
+        if images.ndim < 1 or labels.ndim != 1:
+            raise ValueError(f"expected images (N, ...) and labels (N,), got shapes {images.shape} and {labels.shape}")
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels: they must have the same length")
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: Any) -> tuple[np.ndarray, np.ndarray]:
+        return self.images[index], self.labels[index]
+
+    def __repr__(self) -> str:
+        return f"ArrayDataset(images={self.images.dtype}{self.images.shape}, labels={self.labels.dtype}{self.labels.shape})"
+
+
+def _as_generator(rng: RngLike) -> np.random.Generator:
+    if rng is None:
+        return np.random.default_rng()
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
+        return np.random.default_rng(int(rng))
+    raise TypeError(f"rng must be a numpy.random.Generator, an int seed or None, got {type(rng).__name__}")
+
+
+class DataLoader:
+    """Iterate over minibatches ``(x float32, y int64)`` of a dataset.
+
+    Args:
+        dataset: an :class:`ArrayDataset`, an ``(images, labels)`` pair, or any
+            object with ``__len__`` and ``__getitem__(index_array) -> (x, y)``.
+        batch_size: samples per batch (> 0).
+        shuffle: draw a new permutation each epoch (each sample once per epoch).
+        rng: ``numpy.random.Generator`` or int seed used for shuffling. With
+            ``shuffle=True`` and ``rng=None`` a fresh ``np.random.default_rng()``
+            is created (not reproducible); pass a seed for reproducible runs.
+        drop_last: drop the final batch if it is smaller than ``batch_size``.
+        transform: callable applied to each image batch (e.g. :class:`Normalize`);
+            its output is cast to float32. Without one, images are only cast to
+            float32 (values unchanged, e.g. 0..255).
+
+    ``len(loader)`` is the number of batches per epoch.
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        batch_size: int,
+        shuffle: bool = False,
+        rng: RngLike = None,
+        drop_last: bool = False,
+        transform: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+    ) -> None:
+        if isinstance(dataset, tuple):
+            if len(dataset) != 2:
+                raise ValueError(f"expected an (images, labels) pair, got a tuple of length {len(dataset)}")
+            dataset = ArrayDataset(*dataset)
+        if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+            raise TypeError(f"dataset must support len() and indexing, got {type(dataset).__name__}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if transform is not None and not callable(transform):
+            raise TypeError(f"transform must be callable, got {type(transform).__name__}")
+        self.dataset = dataset
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.rng = _as_generator(rng) if (shuffle or rng is not None) else None
+        self.drop_last = bool(drop_last)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        n = len(self.dataset)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        n = len(self.dataset)
+        order = self.rng.permutation(n) if self.shuffle else np.arange(n)
+        for b in range(len(self)):
+            x, y = self.dataset[order[b * self.batch_size:(b + 1) * self.batch_size]]
+            if self.transform is not None:
+                x = self.transform(x)
+            yield np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.int64)

@@ -1,0 +1,196 @@
+"""MNIST and Fashion-MNIST readers (the four standard IDX files per dataset).
+
+Both datasets share the same file names, sizes and format, so one function,
+:func:`load_idx_dataset`, reads either; :func:`load_mnist` and
+:func:`load_fashion_mnist` only fix the dataset name.  Nothing is cached:
+every call reads the files again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+from bitnet.data.download import DEFAULT_MIRRORS, DEFAULT_TIMEOUT, download_files
+from bitnet.data.errors import DatasetNotFoundError, IDXFormatError
+from bitnet.data.idx import is_gzip, read_idx, verify_checksum
+from bitnet.data.paths import StrPath, download_target_dir, locate_files
+
+__all__ = [
+    "IDX_DATASETS",
+    "SPLIT_FILES",
+    "CANONICAL_COUNTS",
+    "CANONICAL_SHA256",
+    "load_idx_dataset",
+    "load_mnist",
+    "load_fashion_mnist",
+]
+
+IDX_DATASETS = ("mnist", "fashion-mnist")
+
+#: split -> (images file, labels file), without the ``.gz`` suffix.
+SPLIT_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+#: Number of samples in the canonical files.
+CANONICAL_COUNTS = {"train": 60000, "test": 10000}
+
+#: SHA-256 of the canonical ``.gz`` files (as published with the datasets).
+CANONICAL_SHA256: dict[str, dict[str, str]] = {
+    "mnist": {
+        "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+        "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+        "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+        "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+    },
+    "fashion-mnist": {
+        "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+        "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+        "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+        "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+    },
+}
+
+_IMAGE_SHAPE = (28, 28)
+_NUM_CLASSES = 10
+
+
+def _locate(dataset: str, split: str, data_dir: Optional[StrPath]) -> list[Path]:
+    """Paths of (images, labels) for ``split``; the ``.gz`` file is preferred over the raw one."""
+    required = [(name + ".gz", name) for name in SPLIT_FILES[split]]
+    return locate_files(dataset, required, data_dir)
+
+
+def _download(
+    dataset: str,
+    split: str,
+    data_dir: Optional[StrPath],
+    checksums: Mapping[str, str],
+    mirrors: Optional[Sequence[str]],
+    timeout: float,
+) -> None:
+    target = download_target_dir(dataset, data_dir)
+    names = [n + ".gz" for n in SPLIT_FILES[split] if not (target / (n + ".gz")).is_file()]
+    download_files(names, target, mirrors or DEFAULT_MIRRORS[dataset], checksums, timeout=timeout)
+
+
+def _verify(path: Path, checksums: Mapping[str, str]) -> None:
+    """Check the SHA-256 of a ``.gz`` file; raw (decompressed) files have no published digest."""
+    if not is_gzip(path):
+        return
+    expected = checksums.get(path.name)
+    if expected is None:
+        raise ValueError(
+            f"{path}: no SHA-256 known for {path.name!r}; add it to checksums= or pass verify=False"
+        )
+    verify_checksum(path, expected)
+
+
+def _check(images: np.ndarray, labels: np.ndarray, paths: list[Path], expected_count: Optional[int]) -> None:
+    img_path, lbl_path = paths
+    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != _IMAGE_SHAPE:
+        raise IDXFormatError(
+            f"{img_path}: expected uint8 images of shape (N, 28, 28), found {images.dtype} {images.shape}. "
+            "Is this the images file? It may be corrupt: download it again."
+        )
+    if labels.dtype != np.uint8 or labels.ndim != 1:
+        raise IDXFormatError(
+            f"{lbl_path}: expected uint8 labels of shape (N,), found {labels.dtype} {labels.shape}. "
+            "Is this the labels file? It may be corrupt: download it again."
+        )
+    if len(images) != len(labels):
+        raise IDXFormatError(
+            f"{len(images)} images in {img_path} but {len(labels)} labels in {lbl_path}: the files do not "
+            "belong together (mixed splits, datasets or versions). Download both again."
+        )
+    if expected_count is not None and len(images) != expected_count:
+        raise IDXFormatError(
+            f"{img_path}: {len(images)} samples, expected {expected_count} in the canonical files. "
+            "For other files pass checksums= (your own table, or {}) to skip the canonical count check."
+        )
+    if labels.size and int(labels.max()) >= _NUM_CLASSES:
+        raise IDXFormatError(f"{lbl_path}: label {int(labels.max())} out of range 0..9. The file is probably corrupt.")
+
+
+def load_idx_dataset(
+    dataset: str,
+    split: str = "train",
+    data_dir: Optional[StrPath] = None,
+    download: bool = False,
+    verify: bool = True,
+    *,
+    checksums: Optional[Mapping[str, str]] = None,
+    mirrors: Optional[Sequence[str]] = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Load a split of MNIST or Fashion-MNIST.
+
+    Args:
+        dataset: ``"mnist"`` or ``"fashion-mnist"``.
+        split: ``"train"`` (60,000 samples) or ``"test"`` (10,000 samples).
+        data_dir: data root (see :func:`bitnet.data.resolve_data_dir`); files are
+            searched in ``data_dir/<dataset>/`` and then in ``data_dir`` itself.
+        download: fetch missing ``.gz`` files from the mirrors (needs internet).
+        verify: check the SHA-256 of each ``.gz`` file. Raw (decompressed)
+            files are not checksummed but still get every structural check.
+        checksums: ``{file name: sha256}`` replacing the canonical table. When
+            given, the sample count is not compared with 60,000/10,000 (only
+            images against labels), so your own or test files can be read.
+        mirrors: base URLs tried in order instead of the canonical mirrors.
+        timeout: seconds per network operation when downloading.
+
+    Returns:
+        ``(images, labels)``: ``uint8`` array of shape ``(N, 28, 28)`` and
+        ``int64`` array of shape ``(N,)`` with values in 0..9.
+
+    Raises:
+        DatasetNotFoundError: files missing and ``download`` is false.
+        IDXFormatError: malformed, truncated or mismatched files.
+        ChecksumError: a ``.gz`` file differs from the expected digest.
+        DownloadError: ``download=True`` and no mirror delivered a verified file.
+    """
+    if dataset not in IDX_DATASETS:
+        raise ValueError(f"unknown IDX dataset {dataset!r}; expected one of {IDX_DATASETS}")
+    if split not in SPLIT_FILES:
+        raise ValueError(f"unknown split {split!r}; expected 'train' or 'test'")
+    canonical = checksums is None
+    table = CANONICAL_SHA256[dataset] if canonical else checksums
+    try:
+        paths = _locate(dataset, split, data_dir)
+    except DatasetNotFoundError:
+        if not download:
+            raise
+        _download(dataset, split, data_dir, table, mirrors, timeout)
+        paths = _locate(dataset, split, data_dir)
+    if verify:
+        for p in paths:
+            _verify(p, table)
+    images, labels = (read_idx(p) for p in paths)
+    _check(images, labels, paths, CANONICAL_COUNTS[split] if canonical else None)
+    return images, labels.astype(np.int64)
+
+
+def load_mnist(
+    split: str = "train",
+    data_dir: Optional[StrPath] = None,
+    download: bool = False,
+    verify: bool = True,
+    **kwargs,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Load MNIST: ``(images uint8 (N, 28, 28), labels int64 (N,))``. See :func:`load_idx_dataset`."""
+    return load_idx_dataset("mnist", split, data_dir, download, verify, **kwargs)
+
+
+def load_fashion_mnist(
+    split: str = "train",
+    data_dir: Optional[StrPath] = None,
+    download: bool = False,
+    verify: bool = True,
+    **kwargs,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Load Fashion-MNIST: ``(images uint8 (N, 28, 28), labels int64 (N,))``. See :func:`load_idx_dataset`."""
+    return load_idx_dataset("fashion-mnist", split, data_dir, download, verify, **kwargs)

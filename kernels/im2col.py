@@ -1,0 +1,114 @@
+"""Float im2col / col2im for NCHW convolutions (Numba, parallel).
+
+For an input ``x`` of shape (N, C, H, W), kernel (KH, KW), stride (SH, SW), zero padding (PH, PW)
+and dilation (DH, DW), the output size is
+
+    OH = (H + 2 PH - DH (KH - 1) - 1) // SH + 1       (likewise OW)
+
+and ``im2col`` writes the matrix ``cols`` of shape (C*KH*KW, N*OH*OW) with
+
+    cols[(c*KH + i)*KW + j, (n*OH + oy)*OW + ox] = x[n, c, oy*SH - PH + i*DH, ox*SW - PW + j*DW]
+
+(0 where the index falls in the padding). The row order (c, i, j) matches a weight tensor
+(O, C, KH, KW) reshaped to (O, C*KH*KW), so a convolution is ``w.reshape(O, -1) @ cols``, an
+(O, N*OH*OW) matrix that ``swap_leading_axes`` turns into NCHW. Inner loops run along ``ox``,
+contiguous in both arrays for stride 1, with the padded border handled outside the loop.
+``col2im`` is the adjoint: it scatter-adds ``cols`` back into an (N, C, H, W) array.
+
+Kernels take plain arrays and a caller-allocated ``out``; ``boundscheck`` is off (the callers
+validate shapes) and ``fastmath`` is off so results are bit-reproducible.
+"""
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+_JIT = dict(nogil=True, cache=True, boundscheck=False, fastmath=False)
+
+
+def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    """Output length along one axis (floor mode); raises if the kernel does not fit."""
+    span = dilation * (kernel - 1) + 1
+    out = (size + 2 * padding - span) // stride + 1
+    if out <= 0:
+        raise ValueError(
+            f"kernel of size {kernel} (dilation {dilation}, effective span {span}) does not fit an "
+            f"input of size {size} with padding {padding}; use a larger input or more padding")
+    return out
+
+
+@nb.njit(inline="always")
+def _valid_range(off, stride, size, n_out):
+    """[lo, hi): the outputs o with 0 <= o*stride + off < size."""
+    lo = max(0, -(off // stride))
+    hi = min(n_out, -((off - size) // stride))
+    return lo, max(lo, hi)
+
+
+@nb.njit(parallel=True, **_JIT)
+def im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out):
+    n_img, channels, height, width = x.shape
+    for plane in nb.prange(n_img * channels):
+        n = plane // channels
+        c = plane - n * channels
+        for i in range(kh):
+            for j in range(kw):
+                k = (c * kh + i) * kw + j
+                off = j * dw - pw
+                lo, hi = _valid_range(off, sw, width, ow)
+                for oy in range(oh):
+                    iy = oy * sh - ph + i * dh
+                    base = (n * oh + oy) * ow
+                    if iy < 0 or iy >= height:
+                        for ox in range(ow):
+                            out[k, base + ox] = 0
+                        continue
+                    for ox in range(lo):
+                        out[k, base + ox] = 0
+                    for ox in range(lo, hi):
+                        out[k, base + ox] = x[n, c, iy, ox * sw + off]
+                    for ox in range(hi, ow):
+                        out[k, base + ox] = 0
+
+
+@nb.njit(parallel=True, **_JIT)
+def col2im(cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out):
+    """out[n, c, y, x] = sum of the cols entries that im2col read from (n, c, y, x). ``out`` is
+    overwritten. Parallel over (n, c) planes, so no two threads write the same element."""
+    n_img, channels, height, width = out.shape
+    for plane in nb.prange(n_img * channels):
+        n = plane // channels
+        c = plane - n * channels
+        out[n, c] = 0
+        for i in range(kh):
+            for j in range(kw):
+                k = (c * kh + i) * kw + j
+                off = j * dw - pw
+                lo, hi = _valid_range(off, sw, width, ow)
+                for oy in range(oh):
+                    iy = oy * sh - ph + i * dh
+                    if iy < 0 or iy >= height:
+                        continue
+                    base = (n * oh + oy) * ow
+                    for ox in range(lo, hi):
+                        out[n, c, iy, ox * sw + off] += cols[k, base + ox]
+
+
+@nb.njit(parallel=True, **_JIT)
+def swap_leading_axes(a, out):
+    """out[j, i, :] = a[i, j, :] for a of shape (A, B, P): (O, N, P) <-> (N, O, P) block moves."""
+    n_a, n_b, length = a.shape
+    for j in nb.prange(n_b):
+        for i in range(n_a):
+            for p in range(length):
+                out[j, i, p] = a[i, j, p]
+
+
+def im2col_array(x: np.ndarray, kernel, stride, padding, dilation):
+    """Allocate and fill the im2col matrix (C*KH*KW, N*OH*OW); returns (cols, OH, OW)."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    oh = conv_output_size(x.shape[2], kh, sh, ph, dh)
+    ow = conv_output_size(x.shape[3], kw, sw, pw, dw)
+    cols = np.empty((x.shape[1] * kh * kw, x.shape[0] * oh * ow), dtype=x.dtype)
+    im2col(np.ascontiguousarray(x), kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, cols)
+    return cols, oh, ow

@@ -1,0 +1,101 @@
+"""Max and average pooling over NCHW planes (Numba, parallel over the N*C planes).
+
+For window (KH, KW), stride (SH, SW) and padding (PH, PW) (floor mode):
+
+    max:  y[n, c, oy, ox] = max over i<KH, j<KW of x[n, c, oy*SH - PH + i, ox*SW - PW + j]
+          (padding is -inf: it never wins); ``argmax`` stores the flat index y*W + x of the winner
+          (the first one in scan order on ties), so the backward routes the whole gradient there.
+    avg:  y[n, c, oy, ox] = (1 / (KH*KW)) * sum of the window, padding counted as zeros
+          (``count_include_pad=True``, PyTorch's default).
+"""
+from __future__ import annotations
+
+import numba as nb
+
+_JIT = dict(nogil=True, cache=True, boundscheck=False, fastmath=False)
+
+
+@nb.njit(parallel=True, **_JIT)
+def max_pool_forward(x, kh, kw, sh, sw, ph, pw, out, argmax):
+    n_img, channels, height, width = x.shape
+    oh, ow = out.shape[2], out.shape[3]
+    for plane in nb.prange(n_img * channels):
+        n = plane // channels
+        c = plane - n * channels
+        for oy in range(oh):
+            for ox in range(ow):
+                best = -1
+                best_val = x[n, c, 0, 0]
+                for i in range(kh):
+                    iy = oy * sh - ph + i
+                    if iy < 0 or iy >= height:
+                        continue
+                    for j in range(kw):
+                        ix = ox * sw - pw + j
+                        if ix < 0 or ix >= width:
+                            continue
+                        v = x[n, c, iy, ix]
+                        if best < 0 or v > best_val:
+                            best_val = v
+                            best = iy * width + ix
+                out[n, c, oy, ox] = best_val
+                argmax[n, c, oy, ox] = best
+
+
+@nb.njit(parallel=True, **_JIT)
+def max_pool_backward(grad_out, argmax, grad_in):
+    """grad_in[n, c, argmax] += grad_out[n, c, oy, ox]; ``grad_in`` is overwritten."""
+    n_img, channels, height, width = grad_in.shape
+    oh, ow = grad_out.shape[2], grad_out.shape[3]
+    for plane in nb.prange(n_img * channels):
+        n = plane // channels
+        c = plane - n * channels
+        grad_in[n, c] = 0
+        for oy in range(oh):
+            for ox in range(ow):
+                k = argmax[n, c, oy, ox]
+                grad_in[n, c, k // width, k % width] += grad_out[n, c, oy, ox]
+
+
+@nb.njit(parallel=True, **_JIT)
+def avg_pool_forward(x, kh, kw, sh, sw, ph, pw, out):
+    n_img, channels, height, width = x.shape
+    oh, ow = out.shape[2], out.shape[3]
+    for plane in nb.prange(n_img * channels):
+        n = plane // channels
+        c = plane - n * channels
+        for oy in range(oh):
+            for ox in range(ow):
+                acc = 0.0
+                for i in range(kh):
+                    iy = oy * sh - ph + i
+                    if iy < 0 or iy >= height:
+                        continue
+                    for j in range(kw):
+                        ix = ox * sw - pw + j
+                        if 0 <= ix < width:
+                            acc += x[n, c, iy, ix]
+                out[n, c, oy, ox] = acc / (kh * kw)
+
+
+@nb.njit(parallel=True, **_JIT)
+def avg_pool_backward(grad_out, kh, kw, sh, sw, ph, pw, grad_in):
+    """grad_in[n, c, y, x] = sum over windows containing (y, x) of grad_out / (KH*KW)."""
+    n_img, channels, height, width = grad_in.shape
+    oh, ow = grad_out.shape[2], grad_out.shape[3]
+    scale = 1.0 / (kh * kw)
+    for plane in nb.prange(n_img * channels):
+        n = plane // channels
+        c = plane - n * channels
+        grad_in[n, c] = 0
+        for oy in range(oh):
+            for ox in range(ow):
+                g = grad_out[n, c, oy, ox] * scale
+                for i in range(kh):
+                    iy = oy * sh - ph + i
+                    if iy < 0 or iy >= height:
+                        continue
+                    for j in range(kw):
+                        ix = ox * sw - pw + j
+                        if 0 <= ix < width:
+                            grad_in[n, c, iy, ix] += g

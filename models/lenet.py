@@ -1,0 +1,24 @@
+"""LeNet in BMXNet's layout for 28x28 single-channel images (MNIST, Fashion-MNIST).
+
+    conv 5x5x64 -> BN -> tanh -> max-pool 2   (28 -> 24 -> 12)
+    conv 5x5x64 -> BN -> tanh -> max-pool 2   (12 -> 8 -> 4)
+    flatten (64*4*4 = 1024) -> dense 1000 -> BN -> tanh -> dense 10
+"""
+from __future__ import annotations
+
+from bitnet import nn
+from bitnet.nn.init import as_generator
+from bitnet.models.registry import register
+
+
+@register("lenet")
+def lenet(num_classes: int = 10, in_channels: int = 1, seed=None) -> nn.Sequential:
+    """Full-precision LeNet (BMXNet layout); ``seed`` (int or Generator) fixes the initial weights."""
+    rng = as_generator(seed)
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 64, 5, rng=rng), nn.BatchNorm2d(64), nn.Tanh(), nn.MaxPool2d(2),
+        nn.Conv2d(64, 64, 5, rng=rng), nn.BatchNorm2d(64), nn.Tanh(), nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Dense(64 * 4 * 4, 1000, rng=rng), nn.BatchNorm1d(1000), nn.Tanh(),
+        nn.Dense(1000, num_classes, rng=rng),
+    )
