@@ -54,7 +54,7 @@ def _as_array(data, dtype=None) -> np.ndarray:
     arr = np.asarray(data, dtype=dtype)
     if dtype is None and arr.dtype.kind in "biu" and arr.dtype != np.bool_:
         return arr  # integer tensors (labels, indices) keep their dtype
-    if dtype is None and arr.dtype == np.float64 and not isinstance(data, np.ndarray):
+    if dtype is None and arr.dtype == np.float64 and not isinstance(data, (np.ndarray, np.generic)):
         # Python floats and lists default to float32, the training dtype.
         arr = arr.astype(np.float32)
     return arr
@@ -161,7 +161,7 @@ class Tensor:
                 else:
                     grads[key] = pg
             if not retain_graph:
-                node._ctx = None
+                node._ctx = _FREED
 
     def _topological_order(self):
         """Nodes reachable from self, each after every node that consumes it (output first)."""
@@ -234,6 +234,19 @@ class Function:
     def backward(self, grad):  # pragma: no cover - abstract
         raise NotImplementedError
 
+
+class _FreedGraph(Function):
+    """Stands in for the Function of a node whose graph a backward() pass has released."""
+
+    def backward(self, grad):
+        raise RuntimeError("backward() through a part of the graph that a previous backward() "
+                           "already freed; pass retain_graph=True to the first backward() to "
+                           "differentiate the same graph twice")
+
+
+_FREED = _FreedGraph()
+_FREED.parents = ()
+_FREED.needs_grad = ()
 
 from bitnet.ops import tensor_methods as _tensor_methods  # noqa: E402  (installs operators)
 

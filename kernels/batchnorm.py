@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 
 import numba as nb
+import numpy as np
 
 _JIT = dict(nogil=True, cache=True, boundscheck=False)
 _REDUCE = dict(_JIT, fastmath={"reassoc"})
@@ -32,12 +33,12 @@ def channel_stats(x, eps, mean, invstd):
     n_img, channels, length = x.shape
     m = n_img * length
     for c in nb.prange(channels):
-        shift = float(x[0, c, 0])
+        shift = np.float64(x[0, c, 0])
         s = 0.0
         ss = 0.0
         for n in range(n_img):
             for p in range(length):
-                d = x[n, c, p] - shift
+                d = np.float64(x[n, c, p]) - shift
                 s += d
                 ss += d * d
         md = s / m

@@ -11,7 +11,7 @@ and ``im2col`` writes the matrix ``cols`` of shape (C*KH*KW, N*OH*OW) with
 
 (0 where the index falls in the padding). The row order (c, i, j) matches a weight tensor
 (O, C, KH, KW) reshaped to (O, C*KH*KW), so a convolution is ``w.reshape(O, -1) @ cols``, an
-(O, N*OH*OW) matrix that ``swap_leading_axes`` turns into NCHW. Inner loops run along ``ox``,
+(O, N*OH*OW) matrix that ``swap_leading_axes`` turns into NCHW (adding the bias). Inner loops run along ``ox``,
 contiguous in both arrays for stride 1, with the padded border handled outside the loop.
 ``col2im`` is the adjoint: it scatter-adds ``cols`` back into an (N, C, H, W) array.
 
@@ -47,61 +47,65 @@ def _valid_range(off, stride, size, n_out):
 
 @nb.njit(parallel=True, **_JIT)
 def im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out):
+    """Parallel over the rows k = (c, i, j) of ``out``: each thread writes whole rows in order,
+    and its reads (channel c of every image) stay in cache across the KH*KW rows of c."""
     n_img, channels, height, width = x.shape
-    for plane in nb.prange(n_img * channels):
-        n = plane // channels
-        c = plane - n * channels
-        for i in range(kh):
-            for j in range(kw):
-                k = (c * kh + i) * kw + j
-                off = j * dw - pw
-                lo, hi = _valid_range(off, sw, width, ow)
-                for oy in range(oh):
-                    iy = oy * sh - ph + i * dh
-                    base = (n * oh + oy) * ow
-                    if iy < 0 or iy >= height:
-                        for ox in range(ow):
-                            out[k, base + ox] = 0
-                        continue
-                    for ox in range(lo):
+    for k in nb.prange(channels * kh * kw):
+        c = k // (kh * kw)
+        i = (k // kw) % kh
+        j = k % kw
+        off = j * dw - pw
+        lo, hi = _valid_range(off, sw, width, ow)
+        for n in range(n_img):
+            for oy in range(oh):
+                iy = oy * sh - ph + i * dh
+                base = (n * oh + oy) * ow
+                if iy < 0 or iy >= height:
+                    for ox in range(ow):
                         out[k, base + ox] = 0
-                    for ox in range(lo, hi):
-                        out[k, base + ox] = x[n, c, iy, ox * sw + off]
-                    for ox in range(hi, ow):
-                        out[k, base + ox] = 0
+                    continue
+                for ox in range(lo):
+                    out[k, base + ox] = 0
+                for ox in range(lo, hi):
+                    out[k, base + ox] = x[n, c, iy, ox * sw + off]
+                for ox in range(hi, ow):
+                    out[k, base + ox] = 0
 
 
 @nb.njit(parallel=True, **_JIT)
 def col2im(cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out):
-    """out[n, c, y, x] = sum of the cols entries that im2col read from (n, c, y, x). ``out`` is
-    overwritten. Parallel over (n, c) planes, so no two threads write the same element."""
+    """out[n, c, y, x] = sum of the cols entries that im2col read from (n, c, y, x); ``out`` is
+    overwritten. Parallel over channels: a thread owns out[:, c] and reads rows (c, i, j) in order."""
     n_img, channels, height, width = out.shape
-    for plane in nb.prange(n_img * channels):
-        n = plane // channels
-        c = plane - n * channels
-        out[n, c] = 0
+    for c in nb.prange(channels):
+        for n in range(n_img):
+            out[n, c] = 0
         for i in range(kh):
             for j in range(kw):
                 k = (c * kh + i) * kw + j
                 off = j * dw - pw
                 lo, hi = _valid_range(off, sw, width, ow)
-                for oy in range(oh):
-                    iy = oy * sh - ph + i * dh
-                    if iy < 0 or iy >= height:
-                        continue
-                    base = (n * oh + oy) * ow
-                    for ox in range(lo, hi):
-                        out[n, c, iy, ox * sw + off] += cols[k, base + ox]
+                for n in range(n_img):
+                    for oy in range(oh):
+                        iy = oy * sh - ph + i * dh
+                        if iy < 0 or iy >= height:
+                            continue
+                        base = (n * oh + oy) * ow
+                        for ox in range(lo, hi):
+                            out[n, c, iy, ox * sw + off] += cols[k, base + ox]
 
 
 @nb.njit(parallel=True, **_JIT)
-def swap_leading_axes(a, out):
-    """out[j, i, :] = a[i, j, :] for a of shape (A, B, P): (O, N, P) <-> (N, O, P) block moves."""
+def swap_leading_axes(a, bias, out):
+    """out[j, i, :] = a[i, j, :] + bias[i] for a of shape (A, B, P): the (O, N, P) <-> (N, O, P)
+    block moves between GEMM results and NCHW, with the conv bias added on the way (pass zeros
+    for none)."""
     n_a, n_b, length = a.shape
     for j in nb.prange(n_b):
         for i in range(n_a):
+            b = bias[i]
             for p in range(length):
-                out[j, i, p] = a[i, j, p]
+                out[j, i, p] = a[i, j, p] + b
 
 
 def im2col_array(x: np.ndarray, kernel, stride, padding, dilation):

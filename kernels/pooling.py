@@ -15,6 +15,13 @@ import numba as nb
 _JIT = dict(nogil=True, cache=True, boundscheck=False, fastmath=False)
 
 
+@nb.njit(inline="always")
+def _window(o, stride, pad, kernel, size):
+    """[lo, hi): the input positions of output o's window that lie inside the input."""
+    start = o * stride - pad
+    return max(start, 0), min(start + kernel, size)
+
+
 @nb.njit(parallel=True, **_JIT)
 def max_pool_forward(x, kh, kw, sh, sw, ph, pw, out, argmax):
     n_img, channels, height, width = x.shape
@@ -23,19 +30,15 @@ def max_pool_forward(x, kh, kw, sh, sw, ph, pw, out, argmax):
         n = plane // channels
         c = plane - n * channels
         for oy in range(oh):
+            y0, y1 = _window(oy, sh, ph, kh, height)
             for ox in range(ow):
-                best = -1
-                best_val = x[n, c, 0, 0]
-                for i in range(kh):
-                    iy = oy * sh - ph + i
-                    if iy < 0 or iy >= height:
-                        continue
-                    for j in range(kw):
-                        ix = ox * sw - pw + j
-                        if ix < 0 or ix >= width:
-                            continue
+                x0, x1 = _window(ox, sw, pw, kw, width)
+                best_val = x[n, c, y0, x0]
+                best = y0 * width + x0
+                for iy in range(y0, y1):
+                    for ix in range(x0, x1):
                         v = x[n, c, iy, ix]
-                        if best < 0 or v > best_val:
+                        if v > best_val:
                             best_val = v
                             best = iy * width + ix
                 out[n, c, oy, ox] = best_val
@@ -61,21 +64,19 @@ def max_pool_backward(grad_out, argmax, grad_in):
 def avg_pool_forward(x, kh, kw, sh, sw, ph, pw, out):
     n_img, channels, height, width = x.shape
     oh, ow = out.shape[2], out.shape[3]
+    scale = 1.0 / (kh * kw)
     for plane in nb.prange(n_img * channels):
         n = plane // channels
         c = plane - n * channels
         for oy in range(oh):
+            y0, y1 = _window(oy, sh, ph, kh, height)
             for ox in range(ow):
+                x0, x1 = _window(ox, sw, pw, kw, width)
                 acc = 0.0
-                for i in range(kh):
-                    iy = oy * sh - ph + i
-                    if iy < 0 or iy >= height:
-                        continue
-                    for j in range(kw):
-                        ix = ox * sw - pw + j
-                        if 0 <= ix < width:
-                            acc += x[n, c, iy, ix]
-                out[n, c, oy, ox] = acc / (kh * kw)
+                for iy in range(y0, y1):
+                    for ix in range(x0, x1):
+                        acc += x[n, c, iy, ix]
+                out[n, c, oy, ox] = acc * scale
 
 
 @nb.njit(parallel=True, **_JIT)
@@ -89,13 +90,10 @@ def avg_pool_backward(grad_out, kh, kw, sh, sw, ph, pw, grad_in):
         c = plane - n * channels
         grad_in[n, c] = 0
         for oy in range(oh):
+            y0, y1 = _window(oy, sh, ph, kh, height)
             for ox in range(ow):
+                x0, x1 = _window(ox, sw, pw, kw, width)
                 g = grad_out[n, c, oy, ox] * scale
-                for i in range(kh):
-                    iy = oy * sh - ph + i
-                    if iy < 0 or iy >= height:
-                        continue
-                    for j in range(kw):
-                        ix = ox * sw - pw + j
-                        if 0 <= ix < width:
-                            grad_in[n, c, iy, ix] += g
+                for iy in range(y0, y1):
+                    for ix in range(x0, x1):
+                        grad_in[n, c, iy, ix] += g

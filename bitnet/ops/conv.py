@@ -42,10 +42,9 @@ class Conv2d(Function):
             y = np.empty((n_out, cols.shape[1]), dtype=x.dtype)
             for g in range(groups):
                 np.matmul(wm[g * og:(g + 1) * og], cols[g * kg:(g + 1) * kg], out=y[g * og:(g + 1) * og])
-        if bias:
-            y += bias[0][:, None]
+        b = bias[0] if bias else np.zeros(n_out, dtype=x.dtype)
         out = np.empty((n_img, n_out, oh, ow), dtype=x.dtype)
-        K.swap_leading_axes(y.reshape(n_out, n_img, oh * ow), out.reshape(n_img, n_out, oh * ow))
+        K.swap_leading_axes(y.reshape(n_out, n_img, oh * ow), b, out.reshape(n_img, n_out, oh * ow))
         self.cols, self.w, self.x_shape, self.groups = cols, w, x.shape, groups
         return out
 
@@ -55,7 +54,7 @@ class Conv2d(Function):
         groups, og, kg = self.groups, n_out // self.groups, cg * kh * kw
         gt = np.empty((n_out, n_img * oh * ow), dtype=g.dtype)  # g as (O, N*OH*OW)
         K.swap_leading_axes(np.ascontiguousarray(g).reshape(n_img, n_out, oh * ow),
-                            gt.reshape(n_out, n_img, oh * ow))
+                            np.zeros(n_img, dtype=g.dtype), gt.reshape(n_out, n_img, oh * ow))
         wm = self.w.reshape(n_out, kg)
         gx = gw = None
         if self.needs_grad[1]:
@@ -75,7 +74,6 @@ class Conv2d(Function):
             gx = np.empty(self.x_shape, dtype=g.dtype)
             kh_, kw_, sh, sw, ph, pw, dh, dw = self.geom
             K.col2im(dcols, kh_, kw_, sh, sw, ph, pw, dh, dw, oh, ow, gx)
-        self.cols = None
         if len(self.needs_grad) == 3:
             gb = gt.sum(axis=1) if self.needs_grad[2] else None
             return gx, gw, gb

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from bitnet.kernels import activations as K
 from bitnet.tensor import Function, Tensor
 
 
@@ -30,6 +31,14 @@ def lift(x, like: Tensor) -> Tensor:
         return x
     dtype = like.dtype if like.dtype.kind == "f" else None
     return Tensor(np.asarray(x, dtype=dtype))
+
+
+def _fused(kernel, g, y):
+    """Run a fused backward kernel on flat contiguous views of g and y."""
+    g = np.ascontiguousarray(g, dtype=y.dtype)
+    out = np.empty_like(y)
+    kernel(g.reshape(-1), y.reshape(-1), out.reshape(-1))
+    return out
 
 
 class Add(Function):
@@ -84,6 +93,8 @@ class Pow(Function):
     """x ** p for a constant exponent p: d/dx = p * x ** (p - 1)."""
 
     def forward(self, a, exponent):
+        if a.dtype.kind == "f":
+            exponent = np.asarray(exponent, dtype=a.dtype)
         self.a, self.p = a, exponent
         return a ** exponent
 
@@ -118,7 +129,7 @@ class Tanh(Function):
         return self.out
 
     def backward(self, g):
-        return g * (1 - self.out * self.out)
+        return _fused(K.tanh_backward, g, self.out)
 
 
 class Sigmoid(Function):
@@ -130,7 +141,7 @@ class Sigmoid(Function):
         return self.out
 
     def backward(self, g):
-        return g * self.out * (1 - self.out)
+        return _fused(K.sigmoid_backward, g, self.out)
 
 
 class ReLU(Function):
@@ -186,10 +197,10 @@ class MatMul(Function):
         a2 = a[None, :] if a.ndim == 1 else a
         b2 = b[:, None] if b.ndim == 1 else b
         g2 = g
-        if a.ndim == 1:
-            g2 = np.expand_dims(g2, -2)
         if b.ndim == 1:
             g2 = np.expand_dims(g2, -1)
+        if a.ndim == 1:
+            g2 = np.expand_dims(g2, -2)
         ga = gb = None
         if self.needs_grad[0]:
             ga = g2 @ np.swapaxes(b2, -1, -2)

@@ -43,7 +43,7 @@ class Mean(Function):
     def forward(self, a, axis=None, keepdims=False):
         self.shape, self.axes, self.keepdims = a.shape, _norm_axes(axis, a.ndim), keepdims
         self.n = int(np.prod([a.shape[i] for i in self.axes])) if self.axes else 1
-        return np.asarray(a.mean(axis=self.axes, keepdims=keepdims), dtype=a.dtype)
+        return np.asarray(a.mean(axis=self.axes, keepdims=keepdims), dtype=a.dtype if a.dtype.kind == "f" else None)
 
     def backward(self, g):
         g = _expand(g, self.shape, self.axes, self.keepdims) / np.asarray(self.n, g.dtype)

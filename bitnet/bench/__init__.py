@@ -1,0 +1,1 @@
+"""Benchmarks (``bitnet bench ...``): each prints ratios against a baseline measured in the same run."""

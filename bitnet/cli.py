@@ -1,0 +1,120 @@
+"""The ``bitnet`` command line: ``bitnet train``, ``bitnet bench``.
+
+Run ``bitnet COMMAND --help`` for each command's options. Errors that come from the user's input
+(missing data files, unknown names, bad values) print one clear message and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+
+def _train_parser(sub):
+    from bitnet import models
+    from bitnet.data.datasets import NAMES
+    p = sub.add_parser("train", help="train a zoo model on a dataset and report its test accuracy",
+                       description="Train a model from the zoo; the last line printed is "
+                                   "'test accuracy: X'.")
+    p.add_argument("--model", default="lenet", choices=models.names(), help="zoo model name (default: lenet)")
+    p.add_argument("--dataset", default="mnist", choices=NAMES, help="dataset (default: mnist)")
+    p.add_argument("--data-dir", default=None,
+                   help="folder holding the dataset (or a parent with mnist/, fashion-mnist/, ...); "
+                        "default: $BITNET_DATA, else ~/.cache/bitnet/data")
+    p.add_argument("--download", action="store_true", help="download missing MNIST/Fashion-MNIST files")
+    p.add_argument("--epochs", type=int, default=3, help="passes over the training set (default: 3)")
+    p.add_argument("--batch-size", type=int, default=128, help="minibatch size (default: 128)")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling and dropout (default: 0)")
+    p.add_argument("--optimizer", default="adam", choices=("adam", "adamw", "sgd"), help="default: adam")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: 1e-3)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="default: 0")
+    p.add_argument("--schedule", default="cosine", choices=("cosine", "constant"),
+                   help="learning-rate schedule over all iterations (default: cosine)")
+    p.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up iterations (default: 0)")
+    p.add_argument("--limit-train", type=int, default=None,
+                   help="use only the first N training images (quick runs)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    p.set_defaults(run=cmd_train)
+
+
+def _make_optimizer(name, params, lr, weight_decay):
+    from bitnet import optim
+    if name == "sgd":
+        return optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    cls = optim.AdamW if name == "adamw" else optim.Adam
+    return cls(params, lr=lr, weight_decay=weight_decay)
+
+
+def cmd_train(args) -> int:
+    from bitnet import models, optim
+    from bitnet.data import DataLoader
+    from bitnet.data.datasets import load_dataset, transform_for
+    from bitnet.training import evaluate, fit
+
+    for name in ("epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    seeds = np.random.SeedSequence(args.seed).spawn(2)
+    x_train, y_train = load_dataset(args.dataset, "train", args.data_dir, args.download)
+    x_test, y_test = load_dataset(args.dataset, "test", args.data_dir, args.download)
+    if args.limit_train is not None:
+        x_train, y_train = x_train[:args.limit_train], y_train[:args.limit_train]
+    transform = transform_for(args.dataset)
+    train_loader = DataLoader((x_train, y_train), args.batch_size, shuffle=True,
+                              rng=np.random.default_rng(seeds[0]), transform=transform)
+    test_loader = DataLoader((x_test, y_test), 1000, transform=transform)
+
+    sample = transform(x_train[:1])
+    model = models.get(args.model, in_channels=sample.shape[1], image_size=sample.shape[-1],
+                       num_classes=int(y_train.max()) + 1, seed=np.random.default_rng(seeds[1]))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = _make_optimizer(args.optimizer, params, args.lr, args.weight_decay)
+    total = args.epochs * len(train_loader)
+    scheduler = None
+    if args.schedule == "cosine":
+        scheduler = optim.WarmupCosine(optimizer, warmup_steps=args.warmup_steps, total_steps=total)
+    elif args.warmup_steps:
+        scheduler = optim.LinearWarmup(optimizer, warmup_steps=args.warmup_steps)
+    log = None if args.quiet else print
+    if log:
+        log(f"training {args.model} on {args.dataset}: {len(y_train)} images, {args.epochs} epochs, "
+            f"batch {args.batch_size}, {args.optimizer} lr {args.lr}, {model.num_parameters()} parameters")
+    fit(model, optimizer, train_loader, args.epochs, scheduler=scheduler, progress=not args.quiet, log=log)
+    loss, acc = evaluate(model, test_loader)
+    if log:
+        log(f"test loss: {loss:.4f}")
+    print(f"test accuracy: {acc:.4f}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from bitnet import __version__
+    parser = argparse.ArgumentParser(prog="bitnet", description="Binary neural networks on NumPy and Numba.")
+    parser.add_argument("--version", action="version", version=f"bitnet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _train_parser(sub)
+    from bitnet.bench.cli import add_parser as add_bench
+    add_bench(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    from bitnet.data import DataFormatError, DatasetNotFoundError, DownloadError
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args)
+    except (DatasetNotFoundError, DataFormatError, DownloadError, ValueError) as exc:
+        print(f"bitnet {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"bitnet {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
