@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from bitnet.kernels import im2col as K
+from bitnet.kernels.gemm import matmul as gemm
 from bitnet.kernels import pooling as P
 from bitnet.tensor import Function, Tensor
 
@@ -37,11 +38,11 @@ class Conv2d(Function):
         wm = w.reshape(n_out, cg * kh * kw)
         og, kg = n_out // groups, cg * kh * kw
         if groups == 1:
-            y = wm @ cols
+            y = gemm(wm, cols)
         else:
             y = np.empty((n_out, cols.shape[1]), dtype=x.dtype)
             for g in range(groups):
-                np.matmul(wm[g * og:(g + 1) * og], cols[g * kg:(g + 1) * kg], out=y[g * og:(g + 1) * og])
+                gemm(wm[g * og:(g + 1) * og], cols[g * kg:(g + 1) * kg], out=y[g * og:(g + 1) * og])
         b = bias[0] if bias else np.zeros(n_out, dtype=x.dtype)
         out = np.empty((n_img, n_out, oh, ow), dtype=x.dtype)
         K.swap_leading_axes(y.reshape(n_out, n_img, oh * ow), b, out.reshape(n_img, n_out, oh * ow))
@@ -61,16 +62,16 @@ class Conv2d(Function):
             gw = np.empty_like(wm)
             for gi in range(groups):
                 o, k = slice(gi * og, (gi + 1) * og), slice(gi * kg, (gi + 1) * kg)
-                np.matmul(gt[o], self.cols[k].T, out=gw[o])
+                gemm(gt[o], self.cols[k].T, out=gw[o])
             gw = gw.reshape(self.w.shape)
         if self.needs_grad[0]:
             if groups == 1:
-                dcols = wm.T @ gt
+                dcols = gemm(wm.T, gt)
             else:
                 dcols = np.empty_like(self.cols)
                 for gi in range(groups):
                     o, k = slice(gi * og, (gi + 1) * og), slice(gi * kg, (gi + 1) * kg)
-                    np.matmul(wm[o].T, gt[o], out=dcols[k])
+                    gemm(wm[o].T, gt[o], out=dcols[k])
             gx = np.empty(self.x_shape, dtype=g.dtype)
             kh_, kw_, sh, sw, ph, pw, dh, dw = self.geom
             K.col2im(dcols, kh_, kw_, sh, sw, ph, pw, dh, dw, oh, ow, gx)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from bitnet.kernels import activations as K
+from bitnet.kernels.gemm import matmul as gemm
 from bitnet.tensor import Function, Tensor
 
 
@@ -182,6 +183,13 @@ class Where(Function):
                 unbroadcast(np.where(self.cond, zero, g), self.shapes[1]))
 
 
+def _matmul(a, b):
+    """2-D float products go through the threaded GEMM; everything else through np.matmul."""
+    if a.ndim == 2 and b.ndim == 2 and a.dtype == b.dtype and a.dtype.kind == "f":
+        return gemm(a, b)
+    return a @ b
+
+
 class MatMul(Function):
     """a @ b with NumPy's rules (1-D operands, batched stacks with broadcasting).
 
@@ -190,7 +198,7 @@ class MatMul(Function):
 
     def forward(self, a, b):
         self.a, self.b = a, b
-        return a @ b
+        return _matmul(a, b)
 
     def backward(self, g):
         a, b = self.a, self.b
@@ -203,10 +211,10 @@ class MatMul(Function):
             g2 = np.expand_dims(g2, -2)
         ga = gb = None
         if self.needs_grad[0]:
-            ga = g2 @ np.swapaxes(b2, -1, -2)
+            ga = _matmul(g2, np.swapaxes(b2, -1, -2))
             ga = unbroadcast(ga, a2.shape).reshape(a.shape)
         if self.needs_grad[1]:
-            gb = np.swapaxes(a2, -1, -2) @ g2
+            gb = _matmul(np.swapaxes(a2, -1, -2), g2)
             gb = unbroadcast(gb, b2.shape).reshape(b.shape)
         return ga, gb
 
