@@ -1,8 +1,10 @@
 """Float GEMM on NumPy's BLAS, split across threads that block instead of spinning.
 
-``matmul(a, b, out=None)`` computes ``out = a @ b`` for 2-D float arrays exactly as ``np.matmul``
-does (the same BLAS kernel on each block; every output element is computed by one BLAS call over
-the full K, so results do not depend on the split).
+``matmul(a, b, out=None)`` computes ``out = a @ b`` for 2-D float arrays with NumPy's BLAS. Every
+output element comes from one single-threaded BLAS call over the full K. Results are
+deterministic for a given thread count; across thread counts, and against ``np.matmul``, they may
+differ in the last bits because OpenBLAS picks its code path by block shape. (Products of +-1
+values, as in binary layers, are exact whatever the order while sums stay below 2^24.)
 
 Why not ``np.matmul`` directly: training alternates BLAS calls with Numba's parallel kernels.
 OpenBLAS's idle worker threads spin for a long time after each call (unless

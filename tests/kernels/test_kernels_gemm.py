@@ -1,0 +1,73 @@
+"""bitnet.kernels.gemm.matmul: the threaded GEMM used by conv2d and dense layers."""
+from __future__ import annotations
+
+import threading
+
+import numba
+import numpy as np
+import pytest
+
+from bitnet.kernels import gemm as G
+
+SHAPES = [(64, 1600, 8192), (1600, 64, 2048), (257, 1001, 333), (3000, 500, 40), (3, 5, 7), (1, 1, 1)]
+
+
+@pytest.fixture
+def restore_threads():
+    n = numba.get_num_threads()
+    yield
+    numba.set_num_threads(n)
+
+
+@pytest.mark.parametrize("m,k,n", SHAPES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matches_numpy_and_is_deterministic(m, k, n, dtype, restore_threads):
+    rng = np.random.default_rng(m * 7 + n)
+    a, b = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
+    # float32 rounding error of a K-term sum of N(0,1) products: about sqrt(K) * 6e-8 * sqrt(K)
+    # in the worst case; 1e-5 * K (float32) and 1e-13 * K (float64) bound it with margin.
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    tol = (1e-5 if dtype == np.float32 else 1e-13) * k
+    for t in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+        numba.set_num_threads(t)
+        out = np.full((m, n), np.nan, dtype)  # poisoned: every element must be written
+        G.matmul(a, b, out=out)
+        np.testing.assert_allclose(out, ref, rtol=0, atol=tol)
+        np.testing.assert_array_equal(G.matmul(a, b), out)  # same thread count: same bits
+
+
+def test_transposed_and_sliced_operands(restore_threads):
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((900, 64)).astype(np.float32)
+    b = rng.standard_normal((4000, 900)).astype(np.float32)
+    np.testing.assert_allclose(G.matmul(a.T, b.T), a.T @ b.T, rtol=1e-4, atol=1e-3)
+    out = np.zeros((64, 8000), np.float32)
+    G.matmul(a.T, b.T, out=out[:, ::2][:, :4000])  # a strided output view
+    np.testing.assert_allclose(out[:, ::2], a.T @ b.T, rtol=1e-4, atol=1e-3)
+    assert not out[:, 1::2].any()
+
+
+def test_restores_the_blas_thread_count():
+    if G._pool.blas is None:
+        pytest.skip("NumPy's BLAS is not an OpenBLAS that exposes its thread count")
+    _, get_threads = G._pool.blas
+    before = get_threads()
+    G.matmul(np.ones((512, 512), np.float32), np.ones((512, 512), np.float32))
+    assert get_threads() == before
+
+
+def test_concurrent_callers_get_correct_results():
+    rng = np.random.default_rng(2)
+    pairs = [(rng.standard_normal((300, 400)), rng.standard_normal((400, 500))) for _ in range(6)]
+    results = [None] * len(pairs)
+
+    def work(i):
+        results[i] = G.matmul(*pairs[i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(pairs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for (a, b), r in zip(pairs, results):
+        np.testing.assert_allclose(r, a @ b, rtol=1e-12, atol=1e-10)
