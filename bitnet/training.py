@@ -88,6 +88,10 @@ def fit(model, optimizer, train_loader, epochs: int, loss_fn=F.cross_entropy, va
                 p.grad = None
             logits = model(Tensor(x))
             loss = loss_fn(logits, y)
+            if not np.isfinite(loss.data):
+                raise FloatingPointError(
+                    f"epoch {epoch}, step {bar.count + 1}: the training loss became {float(loss.data)}; "
+                    "lower the learning rate or check the input normalization")
             loss.backward()
             optimizer.step()
             if scheduler is not None:
@@ -100,9 +104,6 @@ def fit(model, optimizer, train_loader, epochs: int, loss_fn=F.cross_entropy, va
             seen += n
             elapsed = time.perf_counter() - start
             bar.update(loss=loss_sum / seen, acc=correct / seen, img_s=f"{seen / elapsed:.0f}")
-        if not np.isfinite(loss_sum):
-            raise FloatingPointError(f"epoch {epoch}: the training loss became {loss_sum}; lower "
-                                     "the learning rate or check the input normalization")
         seconds = time.perf_counter() - start
         stats = EpochStats(epoch, loss_sum / seen, correct / seen, seconds, seen / seconds)
         if val_loader is not None:

@@ -77,6 +77,8 @@ def run(batch_size=128, threads=2, rounds=5, steps=20, data_dir=None, frameworks
     if "torch" in times:
         ratio = base / np.median(times["torch"])
         out(f"bitnet / PyTorch time per epoch: {ratio:.2f}x")
-    else:
+    elif importlib.util.find_spec("torch") is None:
         out("PyTorch is not installed: no comparison (pip install torch)")
+    else:
+        out("PyTorch not measured (--no-torch)")
     return records

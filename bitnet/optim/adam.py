@@ -21,6 +21,7 @@ import math
 
 import numpy as np
 
+from bitnet.kernels.optim import adam_update
 from bitnet.optim._checks import check_betas, check_number
 from bitnet.optim.optimizer import Optimizer
 
@@ -56,22 +57,20 @@ class Adam(Optimizer):
             if group["amsgrad"]:
                 state["max_exp_avg_sq"] = np.zeros_like(data)
         state["step"] = t = int(state["step"]) + 1
-        if wd != 0:
-            if group["decoupled_weight_decay"]:
-                data *= 1 - lr * wd
-            else:
-                grad = grad + wd * data
+        if wd != 0 and group["decoupled_weight_decay"]:
+            data *= 1 - lr * wd
+        l2 = 0.0 if group["decoupled_weight_decay"] else wd
         m, v = state["exp_avg"], state["exp_avg_sq"]
-        m *= beta1
-        m += (1 - beta1) * grad
-        v *= beta2
-        v += (1 - beta2) * (grad * grad)
-        if group["amsgrad"]:
-            vmax = state.setdefault("max_exp_avg_sq", np.zeros_like(data))
-            np.maximum(vmax, v, out=vmax)
-            v = vmax
-        denom = np.sqrt(v) / math.sqrt(1 - beta2 ** t) + group["eps"]
-        data -= (lr / (1 - beta1 ** t)) * m / denom
+        vmax = state.setdefault("max_exp_avg_sq", np.zeros_like(data)) if group["amsgrad"] else m
+        flat = [np.ascontiguousarray(a) for a in (data, m, v, vmax)]  # views when already contiguous
+        dt = data.dtype.type
+        adam_update(flat[0].reshape(-1), np.ascontiguousarray(grad, dtype=data.dtype).reshape(-1),
+                    flat[1].reshape(-1), flat[2].reshape(-1), flat[3].reshape(-1), bool(group["amsgrad"]),
+                    dt(beta1), dt(beta2), dt(1 - beta1), dt(1 - beta2), dt(l2),
+                    dt(lr / (1 - beta1 ** t)), dt(math.sqrt(1 - beta2 ** t)), dt(group["eps"]))
+        for a, f in zip((data, m, v, vmax), flat):
+            if f is not a:
+                a[...] = f
 
 
 class AdamW(Adam):

@@ -138,3 +138,21 @@ def test_bad_hyperparameters(kwargs, exc, msg):
         Adam([Parameter(np.ones(2))], **kwargs)
     with pytest.raises(exc, match=msg.replace("Adam:", "AdamW:")):
         AdamW([Parameter(np.ones(2))], **kwargs)
+
+
+def test_adam_updates_non_contiguous_parameters_in_place():
+    """A parameter that is a strided view is updated in place like a contiguous one."""
+    import numpy as np
+    from bitnet.optim import Adam
+    from bitnet.tensor import Parameter
+    base = np.arange(24, dtype=np.float64).reshape(4, 6)
+    strided, contiguous = Parameter(base[:, ::2]), Parameter(base[:, ::2].copy())
+    assert not strided.data.flags.c_contiguous
+    grad = np.linspace(-1, 1, 12).reshape(4, 3)
+    opts = [Adam([p], lr=0.1, amsgrad=True) for p in (strided, contiguous)]
+    for _ in range(3):
+        for p, opt in zip((strided, contiguous), opts):
+            p.grad = grad.copy()
+            opt.step()
+    np.testing.assert_array_equal(strided.data, contiguous.data)
+    np.testing.assert_array_equal(base[:, ::2], contiguous.data)  # the view wrote through
