@@ -46,7 +46,7 @@ def torch_stepper(batches, threads):
         loss = nn.functional.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
-        return float(loss)
+        return loss.item()
     return step
 
 

@@ -3,7 +3,9 @@
 Each framework runs in its own worker process (``bitnet.bench.worker``) with the same batch size
 and the same number of threads; the parent alternates rounds of ``steps`` training steps between
 them, so that noise from a shared machine hits both alike, and reports the median step time,
-the implied time per epoch (steps per epoch x median) and the ratio bitnet / PyTorch.
+the implied time per epoch (steps per epoch x median) and the ratio bitnet / PyTorch. The
+workers cycle through the MNIST training set in order, so ``--steps 469 --rounds R`` (batch 128)
+times R real epochs of each framework, alternated.
 """
 from __future__ import annotations
 

@@ -15,7 +15,8 @@ import numpy as np
 
 
 def load_batches(batch_size, n_batches, data_dir):
-    """The first n_batches MNIST training batches (normalized), or random data if absent."""
+    """The first n_batches MNIST training batches (normalized; all 60000 images at most), or
+    random data of the same shape if the files are absent."""
     try:
         from bitnet.data import load_mnist, Normalize, MNIST_MEAN, MNIST_STD
         x, y = load_mnist("train", data_dir=data_dir)
@@ -40,7 +41,7 @@ def main():
     ap.add_argument("--data-dir", default=None)
     args = ap.parse_args()
     from bitnet.bench.lenet_step import make_stepper
-    batches, source = load_batches(args.batch_size, 16, args.data_dir)
+    batches, source = load_batches(args.batch_size, -(-60000 // args.batch_size), args.data_dir)
     step = make_stepper(args.framework, batches, args.threads)
     for i in range(3):  # warm-up: compilation, allocator, thread pools
         step(i)

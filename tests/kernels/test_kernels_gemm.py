@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from bitnet.kernels import gemm as G
+from bitnet.kernels import threads as TH
 
 SHAPES = [(64, 1600, 8192), (1600, 64, 2048), (257, 1001, 333), (3000, 500, 40), (3, 5, 7), (1, 1, 1)]
 
@@ -48,9 +49,9 @@ def test_transposed_and_sliced_operands(restore_threads):
 
 
 def test_restores_the_blas_thread_count():
-    if G._pool.blas is None:
+    if TH._BLAS is None:
         pytest.skip("NumPy's BLAS is not an OpenBLAS that exposes its thread count")
-    _, get_threads = G._pool.blas
+    _, get_threads = TH._BLAS
     before = get_threads()
     G.matmul(np.ones((512, 512), np.float32), np.ones((512, 512), np.float32))
     assert get_threads() == before
@@ -71,3 +72,13 @@ def test_concurrent_callers_get_correct_results():
         t.join()
     for (a, b), r in zip(pairs, results):
         np.testing.assert_allclose(r, a @ b, rtol=1e-12, atol=1e-10)
+
+
+def test_nested_run_parallel_runs_inline_instead_of_deadlocking():
+    def inner(i):
+        return i * 10
+
+    def outer(i):
+        return sum(TH.run_parallel(inner, [(i,), (i + 1,), (i + 2,)]))
+
+    assert TH.run_parallel(outer, [(0,), (1,), (2,), (3,)]) == [30, 60, 90, 120]
