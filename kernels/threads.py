@@ -20,6 +20,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
+import numpy as np
 
 
 def _find_openblas():
@@ -107,3 +108,21 @@ def run_parallel(fn, tasks):
     futures = [executor.submit(_as_worker, fn, t) for t in tasks[1:]]
     first = _as_worker(fn, tasks[0])
     return [first] + [f.result() for f in futures]
+
+
+_MIN_ELEMENTS = 1 << 18  # below this one thread is faster than the hand-off
+
+
+def parallel_ufunc(ufunc, a):
+    """``ufunc(a)`` for a NumPy unary ufunc (e.g. ``np.tanh``), its flat range split across
+    bitnet's threads for large arrays (NumPy's ufuncs run on one core and release the GIL)."""
+    parts = num_threads()
+    if a.size < _MIN_ELEMENTS or parts < 2:
+        return ufunc(a)
+    a = np.ascontiguousarray(a)
+    out = np.empty_like(a)
+    flat_a, flat_out = a.reshape(-1), out.reshape(-1)
+    step = -(-a.size // parts)
+    run_parallel(lambda s: ufunc(flat_a[s], out=flat_out[s]),
+                 [(slice(i, i + step),) for i in range(0, a.size, step)])
+    return out

@@ -10,6 +10,7 @@ import numpy as np
 
 from bitnet.kernels import activations as K
 from bitnet.kernels.gemm import matmul as gemm
+from bitnet.kernels.threads import parallel_ufunc
 from bitnet.tensor import Function, Tensor
 
 
@@ -106,7 +107,7 @@ class Pow(Function):
 
 class Exp(Function):
     def forward(self, a):
-        self.out = np.exp(a)
+        self.out = parallel_ufunc(np.exp, a)
         return self.out
 
     def backward(self, g):
@@ -126,7 +127,7 @@ class Tanh(Function):
     """tanh(x); d/dx = 1 - tanh(x)^2."""
 
     def forward(self, a):
-        self.out = np.tanh(a)
+        self.out = parallel_ufunc(np.tanh, a)
         return self.out
 
     def backward(self, g):

@@ -82,3 +82,12 @@ def test_nested_run_parallel_runs_inline_instead_of_deadlocking():
         return sum(TH.run_parallel(inner, [(i,), (i + 1,), (i + 2,)]))
 
     assert TH.run_parallel(outer, [(0,), (1,), (2,), (3,)]) == [30, 60, 90, 120]
+
+
+@pytest.mark.parametrize("shape", [(0,), (7,), (3, 100001), (1 << 19,)])
+def test_parallel_ufunc_equals_the_ufunc(shape):
+    a = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
+    for uf in (np.tanh, np.exp):
+        out = TH.parallel_ufunc(uf, a)
+        assert out.shape == a.shape and out.dtype == a.dtype
+        np.testing.assert_array_equal(out, uf(a))  # same ufunc loop on each piece: same bits
