@@ -108,6 +108,76 @@ def swap_leading_axes(a, bias, out):
                 out[j, i, p] = a[i, j, p] + b
 
 
+# -- channels-last ("rows") layout, for layers with many channels per group -------------------------
+#
+# With x in NHWC, im2col_rows writes the matrix rows (N*OH*OW, G*KH*KW*Cg) with
+#
+#     rows[(n*OH + oy)*OW + ox, ((g*KH + i)*KW + j)*Cg + c] = x[n, iy, ix, g*Cg + c]
+#
+# (iy, ix as above, 0 in the padding): every (i, j) contributes a contiguous run of Cg channels,
+# read from one image that stays in cache and written in order. With 64 channels this is about
+# 1.5x faster for forward + backward than the column layout (runs of OW values); with one
+# channel it is 2x slower, hence the choice per layer in bitnet.ops.conv.
+
+@nb.njit(parallel=True, **_JIT)
+def im2col_rows(x, groups, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out):
+    n_img, height, width, channels = x.shape
+    cg = channels // groups
+    for r in nb.prange(n_img * oh * ow):
+        n = r // (oh * ow)
+        oy = (r // ow) % oh
+        ox = r % ow
+        for g in range(groups):
+            for i in range(kh):
+                iy = oy * sh - ph + i * dh
+                for j in range(kw):
+                    ix = ox * sw - pw + j * dw
+                    base = ((g * kh + i) * kw + j) * cg
+                    if 0 <= iy < height and 0 <= ix < width:
+                        for c in range(cg):
+                            out[r, base + c] = x[n, iy, ix, g * cg + c]
+                    else:
+                        for c in range(cg):
+                            out[r, base + c] = 0
+
+
+@nb.njit(parallel=True, **_JIT)
+def col2im_rows(rows, groups, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out):
+    """The adjoint of im2col_rows: out (N, H, W, C) is overwritten with the scatter-added rows.
+    Parallel over images, so no two threads write the same element."""
+    n_img, height, width, channels = out.shape
+    cg = channels // groups
+    for n in nb.prange(n_img):
+        out[n] = 0
+        for oy in range(oh):
+            for ox in range(ow):
+                r = (n * oh + oy) * ow + ox
+                for g in range(groups):
+                    for i in range(kh):
+                        iy = oy * sh - ph + i * dh
+                        if iy < 0 or iy >= height:
+                            continue
+                        for j in range(kw):
+                            ix = ox * sw - pw + j * dw
+                            if ix < 0 or ix >= width:
+                                continue
+                            base = ((g * kh + i) * kw + j) * cg
+                            for c in range(cg):
+                                out[n, iy, ix, g * cg + c] += rows[r, base + c]
+
+
+@nb.njit(parallel=True, **_JIT)
+def transpose_inner(a, bias, out):
+    """out[n, j, i] = a[n, i, j] + bias[j] for a of shape (N, A, B) and bias of length B:
+    NCHW <-> NHWC per image (as (N, C, H*W) <-> (N, H*W, C)), adding a bias indexed by a's last
+    axis on the way (the conv bias when B = O; zeros of length B for none)."""
+    n_img, n_a, n_b = a.shape
+    for n in nb.prange(n_img):
+        for i in range(n_a):
+            for j in range(n_b):
+                out[n, j, i] = a[n, i, j] + bias[j]
+
+
 def im2col_array(x: np.ndarray, kernel, stride, padding, dilation):
     """Allocate and fill the im2col matrix (C*KH*KW, N*OH*OW); returns (cols, OH, OW)."""
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation

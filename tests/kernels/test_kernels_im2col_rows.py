@@ -1,0 +1,49 @@
+"""Channels-last kernels against the column-layout im2col and NumPy, outputs poisoned with NaN."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bitnet.kernels import im2col as K
+
+
+@pytest.mark.parametrize("geom", [  # N, C, H, W, groups, KH, KW, SH, SW, PH, PW, DH, DW
+    (2, 6, 7, 5, 1, 3, 2, 1, 2, 1, 0, 1, 2),
+    (1, 8, 6, 6, 2, 3, 3, 2, 2, 2, 2, 1, 1),
+    (3, 4, 5, 9, 4, 2, 3, 1, 1, 0, 1, 2, 1),
+], ids=str)
+def test_im2col_rows_is_a_permutation_of_the_column_layout(geom):
+    n, c, h, w, g, kh, kw, sh, sw, ph, pw, dh, dw = geom
+    x = np.random.default_rng(sum(geom)).standard_normal((n, c, h, w))
+    oh, ow = (K.conv_output_size(h, kh, sh, ph, dh), K.conv_output_size(w, kw, sw, pw, dw))
+    cols = np.full((c * kh * kw, n * oh * ow), np.nan)
+    K.im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, cols)
+    rows = np.full((n * oh * ow, c * kh * kw), np.nan)
+    K.im2col_rows(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), g, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, rows)
+    cg = c // g
+    # rows[r, ((g*KH + i)*KW + j)*Cg + c'] == cols[((g*Cg + c')*KH + i)*KW + j, r]
+    expected = cols.reshape(g, cg, kh, kw, -1).transpose(4, 0, 2, 3, 1).reshape(n * oh * ow, -1)
+    np.testing.assert_array_equal(rows, expected)
+
+
+def test_transpose_inner_with_bias():
+    a = np.random.default_rng(0).standard_normal((3, 5, 7)).astype(np.float32)
+    bias = np.arange(7, dtype=np.float32)
+    out = np.full((3, 7, 5), np.nan, np.float32)
+    K.transpose_inner(a, bias, out)
+    np.testing.assert_array_equal(out, a.transpose(0, 2, 1) + bias[None, :, None])
+
+
+def test_col2im_rows_is_the_adjoint_of_im2col_rows():
+    """<im2col(x), r> == <x, col2im(r)> for random x, r: the defining property of the adjoint."""
+    rng = np.random.default_rng(4)
+    n, h, w, c, g, k = 2, 6, 5, 4, 2, 3
+    args = (g, k, k, 2, 1, 1, 1, 1, 1)
+    oh, ow = K.conv_output_size(h, k, 2, 1, 1), K.conv_output_size(w, k, 1, 1, 1)
+    x = rng.standard_normal((n, h, w, c))
+    r = rng.standard_normal((n * oh * ow, c * k * k))
+    rows = np.full(r.shape, np.nan)
+    K.im2col_rows(x, *args, oh, ow, rows)
+    back = np.full(x.shape, np.nan)
+    K.col2im_rows(r, *args, oh, ow, back)
+    assert np.isclose(np.vdot(rows, r), np.vdot(x, back), rtol=1e-12)
