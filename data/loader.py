@@ -11,15 +11,6 @@ from typing import Any, Callable, Iterator, Optional, Union
 
 import numpy as np
 
-from bitnet.data.transforms import (  # noqa: F401  (re-exported for convenience)
-    CIFAR10_MEAN,
-    CIFAR10_STD,
-    FASHION_MNIST_MEAN,
-    FASHION_MNIST_STD,
-    MNIST_MEAN,
-    MNIST_STD,
-    Normalize,
-)
 
 __all__ = ["ArrayDataset", "DataLoader"]
 
@@ -69,7 +60,7 @@ class DataLoader:
             ``shuffle=True`` and ``rng=None`` a fresh ``np.random.default_rng()``
             is created (not reproducible); pass a seed for reproducible runs.
         drop_last: drop the final batch if it is smaller than ``batch_size``.
-        transform: callable applied to each image batch (e.g. :class:`Normalize`);
+        transform: callable applied to each image batch (e.g. :class:`bitnet.data.Normalize`);
             its output is cast to float32. Without one, images are only cast to
             float32 (values unchanged, e.g. 0..255).
 

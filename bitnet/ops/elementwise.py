@@ -222,24 +222,26 @@ class MatMul(Function):
 
 # -- functional front ends ----------------------------------------------------------------------
 
-def add(a, b):
+def _binary(cls, a, b):
+    """Apply a binary Function with either operand possibly a scalar / array constant."""
     a = a if isinstance(a, Tensor) else lift(a, b)
-    return Add.apply(a, lift(b, a))
+    return cls.apply(a, lift(b, a))
+
+
+def add(a, b):
+    return _binary(Add, a, b)
 
 
 def sub(a, b):
-    a = a if isinstance(a, Tensor) else lift(a, b)
-    return Sub.apply(a, lift(b, a))
+    return _binary(Sub, a, b)
 
 
 def mul(a, b):
-    a = a if isinstance(a, Tensor) else lift(a, b)
-    return Mul.apply(a, lift(b, a))
+    return _binary(Mul, a, b)
 
 
 def div(a, b):
-    a = a if isinstance(a, Tensor) else lift(a, b)
-    return Div.apply(a, lift(b, a))
+    return _binary(Div, a, b)
 
 
 def neg(a):
