@@ -10,4 +10,15 @@ __version__ = "0.1.0"
 # The BLAS side is handled in bitnet.kernels.gemm. See docs/performance.md.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+# In the source tree, kernels/, models/ and data/ sit beside bitnet/ and are installed as
+# bitnet.kernels, bitnet.models and bitnet.data (pyproject's package-dir). When Python runs in
+# the repository root this source package shadows an installed copy, so make the same mapping
+# here; an installed package has bitnet/kernels and is left alone.
+_root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if not _os.path.isdir(_os.path.join(__path__[0], "kernels")) and _os.path.isfile(
+        _os.path.join(_root, "kernels", "__init__.py")):
+    __path__.append(_root)
+
 from bitnet.tensor import Tensor, Parameter, Function, no_grad, enable_grad, is_grad_enabled, tensor  # noqa: F401
+from bitnet import functional, nn, optim  # noqa: E402,F401
+from bitnet import data, models  # noqa: E402,F401  (bitnet.data, bitnet.models: the data/ and models/ folders)
