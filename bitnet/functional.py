@@ -9,7 +9,7 @@ from bitnet.ops.elementwise import (  # noqa: F401
 from bitnet.ops.loss import cross_entropy, dropout, log_softmax, softmax  # noqa: F401
 from bitnet.ops.norm import batch_norm  # noqa: F401
 from bitnet.ops.reduce import max, mean, min, sum  # noqa: F401
-from bitnet.ops.shape import concatenate, flatten, getitem, reshape, stack, transpose  # noqa: F401
+from bitnet.ops.shape import concatenate, flatten, getitem, pad, reshape, stack, transpose  # noqa: F401
 
 
 def linear(x, weight, bias=None):

@@ -185,15 +185,20 @@ class Tensor:
 
 
 class Parameter(Tensor):
-    """A tensor that a ``Module`` registers as trainable (``requires_grad=True``, float32 default)."""
+    """A tensor that a ``Module`` registers as trainable (``requires_grad=True``, float32 default).
 
-    __slots__ = ()
+    ``constraint``, if set, is a function ``f(data)`` that every optimizer applies to the array in
+    place after updating it (e.g. clipping the latent weights of a binary kernel to [-1, 1]).
+    """
 
-    def __init__(self, data, requires_grad: bool = True, dtype=None):
+    __slots__ = ("constraint",)
+
+    def __init__(self, data, requires_grad: bool = True, dtype=None, constraint=None):
         arr = _as_array(data, dtype)
         if arr.dtype.kind != "f":
             arr = arr.astype(np.float32)
         super().__init__(arr, requires_grad=requires_grad)
+        self.constraint = constraint
 
     def __repr__(self):
         return "Parameter" + super().__repr__()[len("Tensor"):]

@@ -7,3 +7,4 @@ from bitnet.nn.module import Module, StateDictError  # noqa: F401
 from bitnet.tensor import Parameter  # noqa: F401
 
 Linear = Dense  # PyTorch's name
+from bitnet.nn.quantized import QActivation, QConv2d, QDense  # noqa: F401,E402

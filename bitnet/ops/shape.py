@@ -56,6 +56,29 @@ class Concatenate(Function):
         return tuple(np.split(g, self.bounds, axis=self.axis))
 
 
+class Pad(Function):
+    """Constant padding of the trailing axes: widths ((before, after), ...) for the last
+    len(widths) axes; the backward slices the gradient of the interior back out."""
+
+    def forward(self, a, widths=(), value=0.0):
+        full = ((0, 0),) * (a.ndim - len(widths)) + tuple(widths)
+        self.inner = tuple(slice(lo, n + lo) for (lo, _), n in zip(full, a.shape))
+        return np.pad(a, full, mode="constant", constant_values=value)
+
+    def backward(self, g):
+        return np.ascontiguousarray(g[self.inner])
+
+
+def pad(a, widths, value=0.0):
+    """Pad the last ``len(widths)`` axes of ``a`` with the constant ``value``; ``widths`` is a
+    sequence of (before, after) pairs of non-negative ints, one per padded axis."""
+    widths = tuple((int(lo), int(hi)) for lo, hi in widths)
+    if len(widths) > a.ndim or any(lo < 0 or hi < 0 for lo, hi in widths):
+        raise ValueError(f"pad: widths {widths} must be non-negative (before, after) pairs for at most "
+                         f"{a.ndim} axes")
+    return Pad.apply(a, widths=widths, value=value)
+
+
 def reshape(a, *shape):
     if len(shape) == 1 and not np.isscalar(shape[0]):
         shape = tuple(shape[0])

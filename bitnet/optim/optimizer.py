@@ -126,6 +126,9 @@ class Optimizer:
                         raise ValueError(f"{self._name}.step: gradient shape {grad.shape} does "
                                          f"not match parameter shape {p.data.shape}")
                     self._update(p.data, grad, self.state.setdefault(p, {}), group)
+                    constraint = getattr(p, "constraint", None)
+                    if constraint is not None:
+                        constraint(p.data)
         return loss
 
     def _update(self, data: np.ndarray, grad: np.ndarray, state: dict, group: dict) -> None:
