@@ -171,7 +171,7 @@ class Quantizer:
         return type(self) is type(other) and self._arguments() == other._arguments()
 
     def __hash__(self):
-        return hash((type(self), json.dumps(self._arguments(), sort_keys=True)))
+        return hash((type(self), json.dumps(self._arguments(), sort_keys=True, default=repr)))
 
 
 def register(name: str):
@@ -249,14 +249,14 @@ def _check_bits(bits, low: int, high: int, what: str) -> int:
     return int(bits)
 
 
-def _check_clip(clip_value, what: str):
-    if clip_value is None:
+def _check_positive(value, what: str, arg: str = "clip_value", allow_none: bool = True):
+    if value is None and allow_none:
         return None
-    if (isinstance(clip_value, (bool, np.bool_)) or not isinstance(clip_value, numbers.Real)
-            or not np.isfinite(clip_value) or clip_value <= 0):
-        raise ValueError(f"{what}: clip_value must be a finite number > 0 or None (no cancelling), "
-                         f"got {clip_value!r}")
-    return float(clip_value)
+    if (isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real)
+            or not np.isfinite(value) or value <= 0):
+        extra = " or None (no cancelling)" if allow_none else ""
+        raise ValueError(f"{what}: {arg} must be a finite number > 0{extra}, got {value!r}")
+    return float(value)
 
 
 def for_bits(bits: int, kind: str):
@@ -281,7 +281,7 @@ class SteSign(Quantizer):
     function, precision = _SteSignFn, 1
 
     def __init__(self, clip_value=1.0):
-        self.clip_value = _check_clip(clip_value, "SteSign")
+        self.clip_value = _check_positive(clip_value, "SteSign")
 
 
 @register("approx_sign")
@@ -301,10 +301,7 @@ class SwishSign(Quantizer):
     function, precision = _SwishSignFn, 1
 
     def __init__(self, beta=5.0):
-        ok = isinstance(beta, numbers.Real) and not isinstance(beta, (bool, np.bool_))
-        if not ok or not np.isfinite(beta) or beta <= 0:
-            raise ValueError(f"SwishSign: beta must be a finite number > 0, got {beta!r}")
-        self.beta = float(beta)
+        self.beta = _check_positive(beta, "SwishSign", "beta", allow_none=False)
 
 
 @register("ste_heaviside")
@@ -314,7 +311,7 @@ class SteHeaviside(Quantizer):
     function, precision = _SteHeavisideFn, 1
 
     def __init__(self, clip_value=1.0):
-        self.clip_value = _check_clip(clip_value, "SteHeaviside")
+        self.clip_value = _check_positive(clip_value, "SteHeaviside")
 
 
 @register("magnitude_aware_sign")
@@ -328,7 +325,7 @@ class MagnitudeAwareSign(Quantizer):
     function, precision = _MagnitudeAwareSignFn, 1
 
     def __init__(self, clip_value=1.0):
-        self.clip_value = _check_clip(clip_value, "MagnitudeAwareSign")
+        self.clip_value = _check_positive(clip_value, "MagnitudeAwareSign")
 
 
 @register("dorefa_activation")
@@ -340,11 +337,10 @@ class DoReFaActivation(Quantizer):
     Valid bits: 2..31. (In float32, k above 24 cannot give 2^k distinct levels.)
     """
 
+    function, precision = _DoReFaActivationFn, property(lambda self: self.bits)
+
     def __init__(self, bits):
         self.bits = _check_bits(bits, 2, 31, "DoReFaActivation")
-
-    function = _DoReFaActivationFn
-    precision = property(lambda self: self.bits)
 
 
 @register("dorefa_weight")
@@ -356,11 +352,10 @@ class DoReFaWeight(Quantizer):
     i.e. grad * (1 - tanh(w)^2) / m. Valid bits: 2..31.
     """
 
+    function, precision = _DoReFaWeightFn, property(lambda self: self.bits)
+
     def __init__(self, bits):
         self.bits = _check_bits(bits, 2, 31, "DoReFaWeight")
-
-    function = _DoReFaWeightFn
-    precision = property(lambda self: self.bits)
 
 
 @register("identity")

@@ -29,6 +29,7 @@ class Module:
         object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "training", True)
+        object.__setattr__(self, "_forward_hooks", [])
 
     # -- registration ---------------------------------------------------------------------------
     def __setattr__(self, name, value):
@@ -198,7 +199,23 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} does not implement forward()")
 
     def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+        out = self.forward(*args, **kwargs)
+        for hook in self._forward_hooks:
+            hook(self, args, out)
+        return out
+
+    def register_forward_hook(self, hook):
+        """Call ``hook(module, inputs, output)`` after every forward of this module; returns a
+        handle whose ``remove()`` unregisters it."""
+        self._forward_hooks.append(hook)
+        hooks = self._forward_hooks
+
+        class _Handle:
+            @staticmethod
+            def remove():
+                if hook in hooks:
+                    hooks.remove(hook)
+        return _Handle()
 
     def extra_repr(self) -> str:
         return ""

@@ -1,0 +1,146 @@
+"""``bitnet.summary(model, input_shape)``: layers, bit widths, packed size and MACs by precision.
+
+For each leaf layer it reports the output shape (from one forward pass in eval mode, without
+recording a graph), the parameters by bit width, their size in packed form and the
+multiply-accumulates per image by precision. Packed form:
+
+- a binary kernel (kernel quantizer of precision 1) is stored as uint64 words, its K = fan-in
+  bits of each output channel padded to a multiple of 64: O * ceil(K / 64) * 8 bytes (plus O float32
+  scales with ``magnitude_aware_sign``);
+- everything else (float layers, biases, batch-norm parameters and running statistics, k-bit
+  kernels) as float32, 4 bytes per value.
+
+The float-32 size counts every parameter and buffer at 4 bytes. MACs: a convolution does
+(C/groups * KH * KW) per output value, a dense layer in_features per output value; they are
+"binary" when the layer's input and kernel quantizers are both 1-bit, else labelled by the wider
+of the two bit widths ("32-bit" for float layers).
+"""
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bitnet.nn.layers import Conv2d, Dense
+from bitnet.tensor import Tensor, no_grad
+
+
+@dataclass
+class LayerInfo:
+    name: str
+    kind: str
+    output_shape: tuple
+    params_by_bits: dict = field(default_factory=dict)
+    packed_bytes: int = 0
+    float_bytes: int = 0
+    macs: dict = field(default_factory=dict)
+
+
+@dataclass
+class Summary:
+    layers: list
+    total_params: int
+    packed_bytes: int
+    float32_bytes: int
+    macs: dict
+
+    @property
+    def compression(self) -> float:
+        return self.float32_bytes / self.packed_bytes if self.packed_bytes else float("nan")
+
+    @property
+    def binary_mac_share(self) -> float:
+        total = sum(self.macs.values())
+        return self.macs.get("binary", 0) / total if total else 0.0
+
+
+def _bits(q):
+    return 32 if q is None else int(q.precision)
+
+
+def _layer_info(name, mod, out_shape):
+    info = LayerInfo(name, type(mod).__name__, tuple(out_shape))
+    kq = getattr(mod, "kernel_quantizer", None)
+    for pname, p in mod._parameters.items():
+        if p is None:
+            continue
+        binary = pname == "weight" and kq is not None and kq.precision == 1
+        bits = 1 if binary else (_bits(kq) if pname == "weight" else 32)
+        info.params_by_bits[bits] = info.params_by_bits.get(bits, 0) + p.size
+        info.float_bytes += 4 * p.size
+        if binary:
+            fan_in = p.size // p.shape[0]
+            info.packed_bytes += p.shape[0] * math.ceil(fan_in / 64) * 8
+            if kq.get_config()["name"] == "magnitude_aware_sign":
+                info.packed_bytes += 4 * p.shape[0]
+        else:
+            info.packed_bytes += 4 * p.size
+    for b in mod._buffers.values():
+        if b is not None:
+            info.packed_bytes += 4 * b.size
+            info.float_bytes += 4 * b.size
+    if isinstance(mod, (Conv2d, Dense)):
+        per_output = mod.weight.size // mod.weight.shape[0]
+        outputs = int(np.prod(out_shape[1:]))
+        a, w = _bits(getattr(mod, "input_quantizer", None)), _bits(kq)
+        label = "binary" if a == 1 and w == 1 else f"{max(a, w)}-bit"
+        info.macs[label] = outputs * per_output
+    return info
+
+
+def summarize(model, input_shape, dtype=np.float32) -> Summary:
+    """Collect the summary without printing; ``input_shape`` excludes the batch axis."""
+    leaves = [(n, m) for n, m in model.named_modules() if not m._modules]
+    shapes, handles = {}, []
+    for name, mod in leaves:
+        handles.append(mod.register_forward_hook(lambda m, i, o, name=name: shapes.__setitem__(name, o.shape)))
+    was_training = model.training
+    model.eval()
+    try:
+        with no_grad():
+            model(Tensor(np.zeros((1,) + tuple(input_shape), dtype=dtype)))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    layers = [_layer_info(n, m, shapes[n]) for n, m in leaves if n in shapes]
+    macs = {}
+    for li in layers:
+        for k, v in li.macs.items():
+            macs[k] = macs.get(k, 0) + v
+    total = sum(sum(li.params_by_bits.values()) for li in layers)
+    return Summary(layers, total, sum(li.packed_bytes for li in layers), sum(li.float_bytes for li in layers), macs)
+
+
+def _fmt_bytes(n):
+    return f"{n / 1024:.1f} KiB" if n < 1024 ** 2 else f"{n / 1024 ** 2:.2f} MiB"
+
+
+def summary(model, input_shape, file=None) -> Summary:
+    """Print a table of ``model``'s layers for inputs of ``input_shape`` (no batch axis) and
+    return the ``Summary``."""
+    s = summarize(model, input_shape)
+    out = file or sys.stdout
+    head = f"{'layer':<6} {'type':<14} {'output':<18} {'params (bits:count)':<26} {'packed':>11} {'MACs':<24}"
+    print(head, file=out)
+    print("-" * len(head), file=out)
+    for li in s.layers:
+        params = " ".join(f"{b}:{c}" for b, c in sorted(li.params_by_bits.items())) or "-"
+        macs = " ".join(f"{k}:{v}" for k, v in li.macs.items()) or "-"
+        print(f"{li.name:<6} {li.kind:<14} {str(li.output_shape[1:]):<18} {params:<26} "
+              f"{_fmt_bytes(li.packed_bytes):>11} {macs:<24}", file=out)
+    print("-" * len(head), file=out)
+    by_bits = {}
+    for li in s.layers:
+        for b, c in li.params_by_bits.items():
+            by_bits[b] = by_bits.get(b, 0) + c
+    print(f"parameters: {s.total_params} ("
+          + ", ".join(f"{c} at {b} bit{'s' if b > 1 else ''}" for b, c in sorted(by_bits.items())) + ")", file=out)
+    print(f"packed size: {_fmt_bytes(s.packed_bytes)} ({s.packed_bytes} bytes); float-32 size: "
+          f"{_fmt_bytes(s.float32_bytes)}; compression: {s.compression:.1f}x", file=out)
+    total_macs = sum(s.macs.values())
+    print(f"MACs per image: {total_macs} (" + ", ".join(f"{k} {v}" for k, v in s.macs.items())
+          + f"); binary share: {100 * s.binary_mac_share:.1f}%", file=out)
+    return s
