@@ -24,7 +24,11 @@ from bitnet.optim.adam import Adam, AdamW
 from bitnet.optim.lr_scheduler import (LRScheduler, StepLR, MultiStepLR, CosineAnnealingLR,
                                        LinearWarmup, WarmupCosine)
 from bitnet.optim.clip import clip_grad_norm_, clip_grad_value_
+from bitnet.optim.bop import Bop
+from bitnet.optim.routing import (binary_kernels, split_parameters, param_groups, MultiOptimizer,
+                                  bop_and_adam)
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "LRScheduler", "StepLR", "MultiStepLR",
            "CosineAnnealingLR", "LinearWarmup", "WarmupCosine", "clip_grad_norm_",
-           "clip_grad_value_"]
+           "clip_grad_value_", "Bop", "binary_kernels", "split_parameters", "param_groups",
+           "MultiOptimizer", "bop_and_adam"]
