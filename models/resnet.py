@@ -1,0 +1,119 @@
+"""ResNet-18 in CIFAR-10 shape (32x32x3 input), float and binary.
+
+    stem: conv 3x3x64 (stride 1, pad 1) -> BN -> ReLU                        full precision
+    4 stages of 2 basic blocks, 64 / 128 / 256 / 512 channels, stride 2 at the start of stages 2-4
+    global average pool -> dense num_classes                                  full precision
+
+Float basic block (He et al. 2016): out = relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)),
+with a 1x1 conv + BN shortcut where the shape changes. 11,173,962 parameters, as torchvision-style
+CIFAR ResNet-18s.
+
+Binary basic block (BMXNet keeps the stem and the classifier in full precision; the shortcut
+around every binary convolution follows Bi-Real Net, which is what makes binary ResNets train):
+
+    y   = bn1(qconv1(x)) + shortcut(x)        qconv: ste_sign input, ste_sign kernel, pad_value +1
+    out = bn2(qconv2(y)) + y
+
+where the downsampling shortcut (stride 2 or more channels) stays in full precision: avg-pool 2
+then conv 1x1 + BN (as in Bi-Real Net and Larq's models). ``full_precision_stages`` keeps whole
+stages (1..4) float, BMXNet's partially binarized models.
+"""
+from __future__ import annotations
+
+from bitnet import functional as F
+from bitnet import nn
+from bitnet.models.registry import register
+from bitnet.nn.init import as_generator
+
+
+def _shortcut(cin, cout, stride, binary, rng):
+    if stride == 1 and cin == cout:
+        return None
+    if binary:  # full-precision downsampling, pooled first (Bi-Real Net)
+        pool = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
+        return nn.Sequential(pool, nn.Conv2d(cin, cout, 1, bias=False, rng=rng), nn.BatchNorm2d(cout))
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False, rng=rng), nn.BatchNorm2d(cout))
+
+
+class BasicBlock(nn.Module):
+    """Float basic block; see the module docstring."""
+
+    def __init__(self, cin, cout, stride=1, rng=None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False, rng=rng)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False, rng=rng)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = _shortcut(cin, cout, stride, False, rng)
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return F.relu(y + (x if self.shortcut is None else self.shortcut(x)))
+
+
+class BinaryBasicBlock(nn.Module):
+    """Binary basic block with a shortcut around each binary convolution; see the module docstring."""
+
+    def __init__(self, cin, cout, stride=1, rng=None):
+        super().__init__()
+        self.conv1 = nn.QConv2d(cin, cout, 3, stride=stride, padding=1, bias=False, rng=rng)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.QConv2d(cout, cout, 3, padding=1, bias=False, rng=rng)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = _shortcut(cin, cout, stride, True, rng)
+
+    def forward(self, x):
+        y = self.bn1(self.conv1(x)) + (x if self.shortcut is None else self.shortcut(x))
+        return self.bn2(self.conv2(y)) + y
+
+
+class ResNet(nn.Module):
+    """ResNet for 32x32 inputs; ``binary_stages`` lists the stages (1..4) built from binary blocks."""
+
+    def __init__(self, blocks=(2, 2, 2, 2), num_classes=10, in_channels=3, binary_stages=(), seed=None):
+        super().__init__()
+        rng = as_generator(seed)
+        bad = [s for s in binary_stages if s not in range(1, len(blocks) + 1)]
+        if bad:
+            raise ValueError(f"stage numbers must be in 1..{len(blocks)}, got {bad}")
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 64, 3, padding=1, bias=False, rng=rng),
+                                  nn.BatchNorm2d(64), nn.ReLU())
+        layers, cin = [], 64
+        for i, n in enumerate(blocks):
+            cout, stage = 64 * 2 ** i, i + 1
+            block = BinaryBasicBlock if stage in binary_stages else BasicBlock
+            for j in range(n):
+                layers.append(block(cin, cout, stride=2 if (j == 0 and i > 0) else 1, rng=rng))
+                cin = cout
+        self.stages = nn.Sequential(*layers)
+        self.pool = nn.GlobalAvgPool2d()
+        self.fc = nn.Dense(cin, num_classes, rng=rng)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.stages(self.stem(x))))
+
+
+def _check_image_size(image_size):
+    if image_size < 8:
+        raise ValueError(f"resnet18 needs images of at least 8x8 pixels, got {image_size}x{image_size}")
+
+
+@register("resnet18")
+def resnet18(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, seed=None) -> ResNet:
+    """Float ResNet-18 in CIFAR-10 shape."""
+    _check_image_size(image_size)
+    return ResNet(num_classes=num_classes, in_channels=in_channels, seed=seed)
+
+
+@register("resnet18-binary")
+def resnet18_binary(num_classes: int = 10, in_channels: int = 3, image_size: int = 32,
+                    full_precision_stages=(), seed=None) -> ResNet:
+    """Binary ResNet-18 in CIFAR-10 shape: stem and classifier in full precision, and the stages
+    listed in ``full_precision_stages`` (1..4) too (BMXNet's partially binarized models)."""
+    _check_image_size(image_size)
+    bad = [s for s in full_precision_stages if s not in (1, 2, 3, 4)]
+    if bad:
+        raise ValueError(f"full_precision_stages must be stage numbers in 1..4, got {list(full_precision_stages)}")
+    binary = tuple(s for s in (1, 2, 3, 4) if s not in full_precision_stages)
+    return ResNet(num_classes=num_classes, in_channels=in_channels, binary_stages=binary, seed=seed)
