@@ -36,36 +36,28 @@ def _shortcut(cin, cout, stride, binary, rng):
 
 
 class BasicBlock(nn.Module):
-    """Float basic block; see the module docstring."""
+    """Basic block, float or binary (``binary=True``); see the module docstring for both."""
 
-    def __init__(self, cin, cout, stride=1, rng=None):
+    def __init__(self, cin, cout, stride=1, binary=False, rng=None):
         super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False, rng=rng)
+        conv = nn.QConv2d if binary else nn.Conv2d
+        self.binary = binary
+        self.conv1 = conv(cin, cout, 3, stride=stride, padding=1, bias=False, rng=rng)
         self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False, rng=rng)
+        self.conv2 = conv(cout, cout, 3, padding=1, bias=False, rng=rng)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = _shortcut(cin, cout, stride, False, rng)
+        self.shortcut = _shortcut(cin, cout, stride, binary, rng)
 
     def forward(self, x):
+        sc = x if self.shortcut is None else self.shortcut(x)
+        if self.binary:
+            y = self.bn1(self.conv1(x)) + sc
+            return self.bn2(self.conv2(y)) + y
         y = F.relu(self.bn1(self.conv1(x)))
-        y = self.bn2(self.conv2(y))
-        return F.relu(y + (x if self.shortcut is None else self.shortcut(x)))
+        return F.relu(self.bn2(self.conv2(y)) + sc)
 
-
-class BinaryBasicBlock(nn.Module):
-    """Binary basic block with a shortcut around each binary convolution; see the module docstring."""
-
-    def __init__(self, cin, cout, stride=1, rng=None):
-        super().__init__()
-        self.conv1 = nn.QConv2d(cin, cout, 3, stride=stride, padding=1, bias=False, rng=rng)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.QConv2d(cout, cout, 3, padding=1, bias=False, rng=rng)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = _shortcut(cin, cout, stride, True, rng)
-
-    def forward(self, x):
-        y = self.bn1(self.conv1(x)) + (x if self.shortcut is None else self.shortcut(x))
-        return self.bn2(self.conv2(y)) + y
+    def extra_repr(self):
+        return "binary" if self.binary else ""
 
 
 class ResNet(nn.Module):
@@ -82,9 +74,9 @@ class ResNet(nn.Module):
         layers, cin = [], 64
         for i, n in enumerate(blocks):
             cout, stage = 64 * 2 ** i, i + 1
-            block = BinaryBasicBlock if stage in binary_stages else BasicBlock
             for j in range(n):
-                layers.append(block(cin, cout, stride=2 if (j == 0 and i > 0) else 1, rng=rng))
+                layers.append(BasicBlock(cin, cout, stride=2 if (j == 0 and i > 0) else 1,
+                                         binary=stage in binary_stages, rng=rng))
                 cin = cout
         self.stages = nn.Sequential(*layers)
         self.pool = nn.GlobalAvgPool2d()

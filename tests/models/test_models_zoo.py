@@ -8,7 +8,6 @@ import pytest
 
 import bitnet
 from bitnet import Tensor, nn
-from bitnet.models.resnet import BasicBlock, BinaryBasicBlock
 
 
 def test_registry_names_and_unknown_name():
@@ -36,8 +35,7 @@ def test_resnet18_matches_the_standard_parameter_count():
 
 def test_binary_resnet_keeps_stem_classifier_and_chosen_stages_float():
     m = bitnet.models.get("resnet18-binary", full_precision_stages=(1, 4), seed=0)
-    kinds = [type(b) for b in m.stages]
-    assert kinds == [BasicBlock] * 2 + [BinaryBasicBlock] * 4 + [BasicBlock] * 2
+    assert [b.binary for b in m.stages] == [False] * 2 + [True] * 4 + [False] * 2
     assert type(m.stem[0]) is nn.Conv2d and type(m.fc) is nn.Dense
     binary = {n for n, mod in m.named_modules() if getattr(mod, "kernel_quantizer", None) is not None}
     assert binary == {f"stages.{i}.conv{j}" for i in (2, 3, 4, 5) for j in (1, 2)}
