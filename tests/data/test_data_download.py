@@ -93,7 +93,7 @@ def test_every_mirror_failure_is_listed(tmp_path, serve):
     with pytest.raises(DownloadError) as info:
         download_file(NAMES[1], tmp_path / "out", [url, url + "other/"], "0" * 64, timeout=5, progress=False)
     msg = str(info.value)
-    assert msg.count("404") == 2 and url + NAMES[1] in msg and url + "other/" + NAMES[1] in msg
+    assert msg.count("HTTP Error 404") == 2 and url + NAMES[1] in msg and url + "other/" + NAMES[1] in msg
     assert list((tmp_path / "out").iterdir()) == []
 
 
