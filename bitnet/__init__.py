@@ -4,8 +4,9 @@ import os as _os
 __version__ = "0.1.0"
 
 # Training alternates between BLAS (GEMMs) and Numba's OpenMP pool (im2col, pooling, batch norm).
-# OpenMP's idle workers spin-wait by default and take the cores from the GEMM threads (measured
-# 1.6x slower LeNet steps on 2 cores). Numba starts its OpenMP pool lazily, so this default, set
+# OpenMP's idle workers spin-wait by default and take the cores from the GEMM threads (LeNet
+# steps on 2 cores: 252 -> 158 ms with OpenBLAS's own pool; 146-148 -> 119-143 ms with bitnet's
+# GEMM threads, docs/performance.md). Numba starts its OpenMP pool lazily, so this default, set
 # only where the user has not chosen a policy, takes effect whatever was imported before bitnet.
 # The BLAS side is handled in bitnet.kernels.gemm. See docs/performance.md.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
