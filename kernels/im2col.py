@@ -21,7 +21,6 @@ validate shapes) and ``fastmath`` is off so results are bit-reproducible.
 from __future__ import annotations
 
 import numba as nb
-import numpy as np
 
 _JIT = dict(nogil=True, cache=True, boundscheck=False, fastmath=False)
 
@@ -176,13 +175,3 @@ def transpose_inner(a, bias, out):
         for i in range(n_a):
             for j in range(n_b):
                 out[n, j, i] = a[n, i, j] + bias[j]
-
-
-def im2col_array(x: np.ndarray, kernel, stride, padding, dilation):
-    """Allocate and fill the im2col matrix (C*KH*KW, N*OH*OW); returns (cols, OH, OW)."""
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
-    oh = conv_output_size(x.shape[2], kh, sh, ph, dh)
-    ow = conv_output_size(x.shape[3], kw, sw, pw, dw)
-    cols = np.empty((x.shape[1] * kh * kw, x.shape[0] * oh * ow), dtype=x.dtype)
-    im2col(np.ascontiguousarray(x), kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, cols)
-    return cols, oh, ow

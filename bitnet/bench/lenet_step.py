@@ -6,8 +6,6 @@ and train on the same batches; ``make_stepper(framework, x, y, threads)`` return
 """
 from __future__ import annotations
 
-import numpy as np
-
 
 def bitnet_stepper(batches, threads):
     import numba

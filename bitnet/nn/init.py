@@ -24,8 +24,3 @@ def uniform_fan_in(shape, rng, dtype=np.float32) -> np.ndarray:
     """U(-b, b) with b = 1/sqrt(fan_in): PyTorch's default for Linear/Conv weights and biases."""
     bound = 1.0 / math.sqrt(max(1, fan_in(shape)))
     return rng.uniform(-bound, bound, size=shape).astype(dtype)
-
-
-def kaiming_normal(shape, rng, gain=math.sqrt(2.0), dtype=np.float32) -> np.ndarray:
-    """N(0, gain^2 / fan_in) (He initialization; gain sqrt(2) for ReLU)."""
-    return (rng.standard_normal(shape) * (gain / math.sqrt(max(1, fan_in(shape))))).astype(dtype)

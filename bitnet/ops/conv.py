@@ -51,7 +51,7 @@ class Conv2d(Function):
         ow = K.conv_output_size(width, kw, stride[1], padding[1], dilation[1])
         og, kg = n_out // groups, cg * kh * kw
         self.slices = [(slice(g * og, (g + 1) * og), slice(g * kg, (g + 1) * kg)) for g in range(groups)]
-        self.w, self.x_shape, self.groups, self.out_hw = w, x.shape, groups, (oh, ow)
+        self.w, self.x_shape, self.groups = w, x.shape, groups
         self.rows = cg >= ROWS_MIN_CHANNELS
         b = bias[0] if bias else np.zeros(n_out, dtype=x.dtype)
         out = np.empty((n_img, n_out, oh, ow), dtype=x.dtype)
