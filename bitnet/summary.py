@@ -5,8 +5,11 @@ recording a graph), the parameters by bit width, their size in packed form and t
 multiply-accumulates per image by precision. Packed form:
 
 - a binary kernel (kernel quantizer of precision 1) is stored as uint64 words, its K = fan-in
-  bits of each output channel padded to a multiple of 64: O * ceil(K / 64) * 8 bytes (plus O float32
-  scales with ``magnitude_aware_sign``);
+  bits of each output channel padded to a multiple of 64: O * ceil(K / 64) * 8 bytes;
+- a batch norm that folds into the binary layer before it (``bitnet.packed.fold``) becomes, with
+  that layer's bias and magnitude-aware scale, one float32 scale and shift per channel: 8 * O bytes
+  on the binary layer, nothing on the batch norm (shown as "folded");
+- an unfolded binary layer keeps its bias and, with ``magnitude_aware_sign``, O float32 scales;
 - everything else (float layers, biases, batch-norm parameters and running statistics, k-bit
   kernels) as float32, 4 bytes per value.
 
@@ -24,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bitnet.nn.layers import Conv2d, Dense
+from bitnet.packed.fold import batchnorm_pairs
 from bitnet.tensor import Tensor, no_grad
 
 
@@ -36,6 +40,7 @@ class LayerInfo:
     packed_bytes: int = 0
     float_bytes: int = 0
     macs: dict = field(default_factory=dict)
+    folded: bool = False
 
 
 @dataclass
@@ -60,8 +65,10 @@ def _bits(q):
     return 32 if q is None else int(q.precision)
 
 
-def _layer_info(name, mod, out_shape):
-    info = LayerInfo(name, type(mod).__name__, tuple(out_shape))
+def _layer_info(name, mod, out_shape, role):
+    """``role``: "layer" for a binary layer with a folded batch norm after it, "bn" for that batch
+    norm, None otherwise."""
+    info = LayerInfo(name, type(mod).__name__, tuple(out_shape), folded=role == "bn")
     kq = getattr(mod, "kernel_quantizer", None)
     for pname, p in mod._parameters.items():
         if p is None:
@@ -71,15 +78,17 @@ def _layer_info(name, mod, out_shape):
         info.params_by_bits[bits] = info.params_by_bits.get(bits, 0) + p.size
         info.float_bytes += 4 * p.size
         if binary:
-            fan_in = p.size // p.shape[0]
-            info.packed_bytes += p.shape[0] * math.ceil(fan_in / 64) * 8
-            if kq.get_config()["name"] == "magnitude_aware_sign":
-                info.packed_bytes += 4 * p.shape[0]
-        else:
+            out, fan_in = p.shape[0], p.size // p.shape[0]
+            info.packed_bytes += out * math.ceil(fan_in / 64) * 8
+            if role == "layer":
+                info.packed_bytes += 8 * out
+            elif kq.get_config()["name"] == "magnitude_aware_sign":
+                info.packed_bytes += 4 * out
+        elif role is None:
             info.packed_bytes += 4 * p.size
     for b in mod._buffers.values():
         if b is not None:
-            info.packed_bytes += 4 * b.size
+            info.packed_bytes += 0 if role else 4 * b.size
             info.float_bytes += 4 * b.size
     if isinstance(mod, (Conv2d, Dense)):
         per_output = mod.weight.size // mod.weight.shape[0]
@@ -105,7 +114,10 @@ def summarize(model, input_shape, dtype=np.float32) -> Summary:
         for h in handles:
             h.remove()
         model.train(was_training)
-    layers = [_layer_info(n, m, shapes[n]) for n, m in leaves if n in shapes]
+    roles = {}
+    for layer, bn in batchnorm_pairs(model):
+        roles[layer], roles[bn] = "layer", "bn"
+    layers = [_layer_info(n, m, shapes[n], roles.get(n)) for n, m in leaves if n in shapes]
     macs = {}
     for li in layers:
         for k, v in li.macs.items():
@@ -129,8 +141,9 @@ def summary(model, input_shape, file=None) -> Summary:
     for li in s.layers:
         params = " ".join(f"{b}:{c}" for b, c in sorted(li.params_by_bits.items())) or "-"
         macs = " ".join(f"{k}:{v}" for k, v in li.macs.items()) or "-"
+        packed = "folded" if li.folded else _fmt_bytes(li.packed_bytes)
         print(f"{li.name:<6} {li.kind:<14} {str(li.output_shape[1:]):<18} {params:<26} "
-              f"{_fmt_bytes(li.packed_bytes):>11} {macs:<24}", file=out)
+              f"{packed:>11} {macs:<24}", file=out)
     print("-" * len(head), file=out)
     by_bits = {}
     for li in s.layers:

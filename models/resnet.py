@@ -38,6 +38,9 @@ def _shortcut(cin, cout, stride, binary, rng):
 class BasicBlock(nn.Module):
     """Basic block, float or binary (``binary=True``); see the module docstring for both."""
 
+    # each conv's output feeds only the batch norm after it (bitnet.packed.fold)
+    FOLDABLE_BATCHNORMS = (("conv1", "bn1"), ("conv2", "bn2"))
+
     def __init__(self, cin, cout, stride=1, binary=False, rng=None):
         super().__init__()
         conv = nn.QConv2d if binary else nn.Conv2d

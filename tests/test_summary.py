@@ -13,19 +13,30 @@ def test_hand_computed_small_model():
     model = nn.Sequential(
         nn.Conv2d(1, 4, 3, rng=0),                        # 1*3*3*4 + 4 = 40 float params
         nn.QConv2d(4, 8, 3, padding=1, rng=0),            # binary 8 x K=36 -> 8 words; bias 8
-        nn.BatchNorm2d(8),                                # 16 params + 16 buffer values
+        nn.BatchNorm2d(8),                                # 16 params + 16 buffers: folded into
+                                                          # the QConv2d as 8 scales + 8 shifts
         nn.Flatten(),
         nn.QDense(8 * 4 * 4, 70, scaling=None, rng=0),    # binary 70 x K=128 -> 2 words each; bias 70
         nn.QDense(70, 5, act_bit=2, weight_bit=4, rng=0), # k-bit: float32 in packed form
     )
     s = bitnet.summary(model, (1, 6, 6), file=io.StringIO())
     assert [li.output_shape[1:] for li in s.layers] == [(4, 4, 4), (8, 4, 4), (8, 4, 4), (128,), (70,), (5,)]
-    expected_packed = (40 * 4) + (8 * 1 * 8 + 8 * 4) + (32 * 4) + (70 * 2 * 8 + 70 * 4) + ((350 + 5) * 4)
+    expected_packed = (40 * 4) + (8 * 1 * 8 + 8 * 8) + 0 + (70 * 2 * 8 + 70 * 4) + ((350 + 5) * 4)
     assert s.packed_bytes == expected_packed
     n_params = 40 + (288 + 8) + 16 + (128 * 70 + 70) + (350 + 5)
     assert s.total_params == n_params
     assert s.float32_bytes == 4 * (n_params + 16)
     assert s.macs == {"32-bit": 4 * 4 * 4 * 9, "binary": 8 * 4 * 4 * 36 + 70 * 128, "4-bit": 5 * 70}
+    assert [li.folded for li in s.layers] == [False, False, True, False, False, False]
+
+
+def test_unfolded_batchnorm_is_counted_in_full():
+    # a batch norm after a float layer, or one without running statistics, keeps its 4 vectors
+    m = nn.Sequential(nn.QConv2d(64, 3, 1, bias=False, rng=0), nn.BatchNorm2d(3, track_running_stats=False),
+                      nn.Flatten(), nn.Dense(12, 2, rng=0), nn.BatchNorm1d(2))
+    s = bitnet.summary(m, (64, 2, 2), file=io.StringIO())
+    assert s.packed_bytes == 3 * 8 + 3 * 2 * 4 + 26 * 4 + 2 * 4 * 4
+    assert not any(li.folded for li in s.layers)
 
 
 def test_magnitude_aware_scales_are_counted():
@@ -37,13 +48,13 @@ def test_magnitude_aware_scales_are_counted():
 def test_lenet_binary_is_no_larger_than_bmxnet_file_and_prints_totals():
     out = io.StringIO()
     s = bitnet.summary(bitnet.models.get("lenet-binary", seed=0), (1, 28, 28), file=out)
-    # 12800 + 256 (binary conv + bias) + 128000 + 4000 (binary dense + bias) + 6656 (first conv)
-    # + 2048 (two BatchNorm2d) + 16000 (BatchNorm1d) + 40040 (last dense), by hand:
-    assert s.packed_bytes == 209800
-    # BMXNet reports its binary LeNet file as "206 KB"; 209800 bytes = 204.9 KiB. (Folding batch
-    # norm in the converter, issue 5, would remove about 12 KB more.)
-    assert s.packed_bytes <= 206 * 1024
-    assert s.compression > 21
+    # by hand: 6656 (first conv) + 1024 (its BatchNorm2d) + 12800 + 512 (binary conv, scale and
+    # shift of the folded bias and BatchNorm2d) + 128000 + 8000 (binary dense, folded bias and
+    # BatchNorm1d) + 40040 (last dense)
+    assert s.packed_bytes == 197032
+    # BMXNet reports its binary LeNet file as "206 KB", 22x smaller than float
+    assert s.packed_bytes <= 206_000
+    assert s.compression > 22
     text = out.getvalue()
     assert "compression" in text and "binary share" in text and "QConv2d" in text
 

@@ -1,0 +1,80 @@
+"""Which batch norms fold into which binary layers, and the folded per-channel affine.
+
+A binary layer (kernel quantizer of precision 1) computes, per output channel c,
+
+    y_c = alpha_c * d_c + b_c
+
+with d_c the dot product of the (quantized) input with sign(W_c), alpha_c the magnitude-aware scale
+(1 without one) and b_c the bias (0 without one). A batch norm in eval mode that consumes y directly,
+and nothing else does, computes ``gamma_c * (y_c - mean_c) / sqrt(var_c + eps) + beta_c``; both
+together are one affine map of d:
+
+    z_c = scale_c * d_c + shift_c,
+    scale_c = alpha_c * gamma_c / sqrt(var_c + eps),
+    shift_c = (b_c - mean_c) * gamma_c / sqrt(var_c + eps) + beta_c,
+
+so a packed file stores 2 float32 per channel instead of alpha, bias and the batch norm's four
+vectors. The folding is computed in float64 and rounded once to float32; it changes the rounding of
+the float path (outputs agree within float tolerance, not bit for bit).
+
+Which pairs fold: in a ``Sequential``, a binary layer immediately followed by a batch norm; in
+other modules, the pairs listed in the class attribute ``FOLDABLE_BATCHNORMS`` (names of two
+children, e.g. ``(("conv1", "bn1"),)``), which a module declares when its forward feeds the layer's
+output to that batch norm and to nothing else. Batch norms that use batch statistics at eval time
+(``track_running_stats=False``) never fold.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def has_binary_kernel(module) -> bool:
+    """True for a quantized layer whose kernel quantizer has precision 1."""
+    kq = getattr(module, "kernel_quantizer", None)
+    return kq is not None and kq.precision == 1
+
+
+def _foldable_bn(module) -> bool:
+    from bitnet.nn.layers import _BatchNorm
+    return isinstance(module, _BatchNorm) and module.track_running_stats
+
+
+def _local_pairs(module):
+    from bitnet.nn.container import Sequential
+    children = module._modules
+    if isinstance(module, Sequential):
+        names = [n for n, m in children.items() if m is not None]
+        return list(zip(names, names[1:]))
+    return list(getattr(type(module), "FOLDABLE_BATCHNORMS", ()))
+
+
+def batchnorm_pairs(model) -> list:
+    """``[(layer_name, batchnorm_name), ...]`` (dotted names from ``model.named_modules()``) of
+    every batch norm that folds into the binary layer before it; see the module docstring."""
+    pairs = []
+    for prefix, module in model.named_modules():
+        for a, b in _local_pairs(module):
+            la, lb = module._modules.get(a), module._modules.get(b)
+            if la is not None and lb is not None and has_binary_kernel(la) and _foldable_bn(lb):
+                dot = f"{prefix}." if prefix else ""
+                pairs.append((dot + a, dot + b))
+    return pairs
+
+
+def fold_batchnorm(layer, bn=None):
+    """The per-channel ``(scale, shift)`` (float32) with ``layer`` followed by ``bn`` (or alone)
+    equal to ``scale * d + shift`` for the layer's integer dot products d; see the module docstring."""
+    w = layer.weight.data.astype(np.float64)
+    out = w.shape[0]
+    alpha = np.ones(out)
+    if layer.kernel_quantizer.get_config()["name"] == "magnitude_aware_sign":
+        alpha = np.abs(w).reshape(out, -1).mean(axis=1)
+    bias = np.zeros(out) if layer.bias is None else layer.bias.data.astype(np.float64)
+    if bn is None:
+        return alpha.astype(np.float32), bias.astype(np.float32)
+    if bn.num_features != out:
+        raise ValueError(f"cannot fold {bn!r} into {layer!r}: {bn.num_features} features, {out} channels")
+    g = bn.weight.data.astype(np.float64) / np.sqrt(bn.running_var.astype(np.float64) + bn.eps)
+    scale = alpha * g
+    shift = (bias - bn.running_mean.astype(np.float64)) * g + bn.bias.data.astype(np.float64)
+    return scale.astype(np.float32), shift.astype(np.float32)
