@@ -1,0 +1,109 @@
+"""The XNOR-popcount micro-kernel: a ROWS x (VECS * lanes) block of popcounts in vector registers.
+
+For ``ROWS = 4`` weight rows ``a_i`` (packed words, row-major, ``a_stride`` words apart) and a
+*panel* of ``P = VECS * lanes`` activation columns (for each K-word, the P columns' words are
+contiguous), it computes
+
+    acc[i, c] = sum_{k < kw} popcount(a_i[k] XOR panel[k, c])        i < ROWS, c < P
+
+keeping the ROWS * VECS accumulators in registers for the whole K loop. Per K-word: VECS vector
+loads of the panel, ROWS broadcasts of a weight word and ROWS * VECS xor + popcount + add. The
+caller turns popcounts into dot products (``K - 2 * acc``, see ``bitnet.kernels.bits``).
+
+Numba does not expose vector types, so the block is written in LLVM IR (``llvm.ctpop.v<lanes>i64``
+on ``<lanes x i64>`` vectors) through ``numba.extending.intrinsic``; explicit 512-bit vectors give
+``vpopcntq zmm`` whatever LLVM's preferred vector width for the CPU (its default tuning for recent
+Xeons is 256 bits). The IR is the same for every CPU; what differs is the width that fits the
+hardware: ``lanes = 8`` (512-bit) where the target has AVX-512 VPOPCNTDQ, ``lanes = 4`` (256-bit)
+otherwise, where LLVM lowers ctpop to a shuffle-based popcount (``preferred_lanes``).
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils, config
+from numba.extending import intrinsic
+
+ROWS = 4  # weight rows per block
+VECS = 4  # vectors of panel columns per block
+
+
+def target_cpu_features() -> str:
+    """The LLVM feature string Numba compiles for (``NUMBA_CPU_FEATURES`` or the host's)."""
+    if config.CPU_FEATURES is not None:
+        return config.CPU_FEATURES
+    from numba.core.codegen import get_host_cpu_features
+    return get_host_cpu_features()
+
+
+def has_vector_popcount(features: str | None = None) -> bool:
+    """True where the compile target has 512-bit vector popcount (AVX-512 F + VPOPCNTDQ)."""
+    feats = set((target_cpu_features() if features is None else features).split(","))
+    return "+avx512f" in feats and "+avx512vpopcntdq" in feats
+
+
+def preferred_lanes(features: str | None = None) -> int:
+    """uint64 lanes per vector for the micro-kernel on this target: 8 (zmm) or 4 (ymm)."""
+    return 8 if has_vector_popcount(features) else 4
+
+
+def _data_pointer(context, builder, arrtype, value):
+    return cgutils.create_struct_proxy(arrtype)(context, builder, value=value).data
+
+
+def make_xnor_block(lanes: int):
+    """The micro-kernel for ``lanes``-wide vectors, as a Numba intrinsic callable from njit code::
+
+        xnor_block(a, a_off, a_stride, panel, panel_off, kw, acc, acc_off)
+
+    ``a``, ``panel``: 1-D C-contiguous uint64 arrays (row i of the block starts at
+    ``a_off + i * a_stride``; the panel's word k of column c is at ``panel_off + k * P + c``);
+    ``acc``: 1-D int64 array receiving ``acc[acc_off + i * P + c]``. No bounds are checked: the
+    caller guarantees ``ROWS`` rows of ``kw`` words and a full panel.
+    """
+    if lanes not in (2, 4, 8):
+        raise ValueError(f"lanes must be 2, 4 or 8, got {lanes}")
+    width = lanes * VECS
+
+    @intrinsic
+    def xnor_block(typingctx, a, a_off, a_stride, panel, panel_off, kw, acc, acc_off):
+        sig = types.void(a, a_off, a_stride, panel, panel_off, kw, acc, acc_off)
+
+        def codegen(context, builder, signature, args):
+            a_arr, a_off, a_stride, p_arr, p_off, kw, acc_arr, acc_off = args
+            tys = signature.args
+            i64, i32 = ir.IntType(64), ir.IntType(32)
+            vec = ir.VectorType(i64, lanes)
+            ap = _data_pointer(context, builder, tys[0], a_arr)
+            pp = _data_pointer(context, builder, tys[3], p_arr)
+            cp = _data_pointer(context, builder, tys[6], acc_arr)
+            a_off, a_stride, p_off, kw, acc_off = (
+                context.cast(builder, v, t, types.int64)
+                for v, t in ((a_off, tys[1]), (a_stride, tys[2]), (p_off, tys[4]), (kw, tys[5]), (acc_off, tys[7])))
+            ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec]),
+                                                   f"llvm.ctpop.v{lanes}i64")
+            accs = [cgutils.alloca_once_value(builder, ir.Constant(vec, None)) for _ in range(ROWS * VECS)]
+            rows = [builder.add(a_off, builder.mul(ir.Constant(i64, i), a_stride)) for i in range(ROWS)]
+            splat = ir.Constant(ir.VectorType(i32, lanes), None)
+            with cgutils.for_range(builder, kw) as loop:
+                k = loop.index
+                base = builder.add(p_off, builder.mul(k, ir.Constant(i64, width)))
+                cols = [builder.load(builder.bitcast(builder.gep(pp, [builder.add(base, ir.Constant(i64, j * lanes))]),
+                                                     vec.as_pointer()), align=8) for j in range(VECS)]
+                for i in range(ROWS):
+                    word = builder.load(builder.gep(ap, [builder.add(rows[i], k)]))
+                    w = builder.insert_element(ir.Constant(vec, ir.Undefined), word, ir.Constant(i32, 0))
+                    w = builder.shuffle_vector(w, ir.Constant(vec, ir.Undefined), splat)
+                    for j in range(VECS):
+                        slot = accs[i * VECS + j]
+                        count = builder.call(ctpop, [builder.xor(w, cols[j])])
+                        builder.store(builder.add(builder.load(slot), count), slot)
+            for i in range(ROWS):
+                for j in range(VECS):
+                    dst = builder.gep(cp, [builder.add(acc_off, ir.Constant(i64, i * width + j * lanes))])
+                    builder.store(builder.load(accs[i * VECS + j]), builder.bitcast(dst, vec.as_pointer()), align=8)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return xnor_block
