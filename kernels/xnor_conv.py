@@ -116,6 +116,7 @@ def make_xnor_conv(lanes: int):
                             if emit_bits and negative:
                                 out_bits[q, gm // 64] |= np.uint64(1) << np.uint64(gm % 64)
 
+    xnor_conv.panel = P
     return xnor_conv
 
 
@@ -146,17 +147,44 @@ def pack_filters(w_signs: np.ndarray, groups: int = 1) -> np.ndarray:
     return out
 
 
+def pad_words(channels_per_group: int, pad_value: float) -> np.ndarray:
+    """The ``(words_for(Cg),)`` words a padded tap reads: all channel bits set for pad_value -1
+    (every padded value is -1), zeros for +1 and for 0 (0 is computed as +1, then corrected)."""
+    nw = -(-channels_per_group // 64)
+    words = np.zeros(nw, np.uint64)
+    if pad_value == -1:
+        for i in range(nw):
+            bits = min(64, channels_per_group - 64 * i)
+            words[i] = np.uint64((1 << bits) - 1)
+    return words
+
+
+def zero_pad_correction(w_signs, in_hw, stride, padding, dilation) -> np.ndarray:
+    """``(O, OH * OW)`` int32: for pad_value 0, the sum of the filter's +-1 values over the taps of
+    each output position that fall in the padding (those taps were computed as +1 * w and must
+    count 0)."""
+    o, _, kh, kw = w_signs.shape
+    h, w = in_hw
+    oh, ow = (_out_size(h, padding[0], dilation[0], kh, stride[0]), _out_size(w, padding[1], dilation[1], kw, stride[1]))
+    tap_sums = np.where(w_signs < 0, -1, 1).sum(axis=1)  # (O, KH, KW)
+    ih = np.arange(oh)[:, None] * stride[0] - padding[0] + np.arange(kh)[None, :] * dilation[0]  # (OH, KH)
+    iw = np.arange(ow)[:, None] * stride[1] - padding[1] + np.arange(kw)[None, :] * dilation[1]  # (OW, KW)
+    out_h, out_w = (ih < 0) | (ih >= h), (iw < 0) | (iw >= w)
+    padded = out_h[:, None, :, None] | out_w[None, :, None, :]  # (OH, OW, KH, KW)
+    return np.einsum("hwij,oij->ohw", padded.astype(np.int64), tap_sums).reshape(o, -1).astype(np.int32)
+
+
 def _out_size(size, pad, dil, k, stride):
     return (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
 
 
-def xnor_conv2d(x, filters, in_channels, kernel_size, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
-                out_channels=None, padword=None, corr=None, scale=None, shift=None, residual=None,
-                dots=False, emit_bits=False, kernel=None):
+def xnor_conv2d(x, filters, in_channels, out_channels, kernel_size, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
+                padword=None, corr=None, scale=None, shift=None, residual=None,
+                dots=False, emit_bits=False, kernel=None, k_true=None):
     """Run the fused packed convolution; see the module docstring.
 
     ``x``: ``(N, H, W, G, CWg)`` uint64 (``bitpack.pack_nchw``); ``filters``: ``pack_filters``'s
-    output; ``in_channels``: the true C; ``padword``: ``(CWg,)`` words for padded taps (default
+    output; ``in_channels``, ``out_channels``: the true C and O; ``padword``: ``(CWg,)`` words for padded taps (default
     zeros: +1); ``corr``: ``(O, OH * OW)`` int32 or None. Returns ``dots`` (``(N, O, OH, OW)`` int32)
     when ``dots`` is true, else ``scale * dot + shift (+ residual)`` as float32 ``(N, O, OH, OW)``;
     with ``emit_bits`` also the packed signs ``(N, OH, OW, 1, words_for(O))``.
@@ -173,8 +201,8 @@ def xnor_conv2d(x, filters, in_channels, kernel_size, stride=(1, 1), padding=(0,
     if in_channels % g or -(-(in_channels // g) // 64) != cwg:
         raise ValueError(f"xnor_conv2d: {in_channels} channels in {g} groups need {-(-(in_channels // g) // 64)} "
                          f"words per group, the input has {cwg}")
-    mg = (filters.shape[1] if out_channels is None else out_channels // g)
-    if mg > filters.shape[1] or mg < 1:
+    mg = out_channels // g
+    if out_channels % g or mg > filters.shape[1] or mg <= filters.shape[1] - ROWS:
         raise ValueError(f"xnor_conv2d: out_channels={out_channels} does not fit filters of shape {filters.shape}")
     o = mg * g
     oh, ow = (_out_size(h, padding[0], dilation[0], kh, stride[0]), _out_size(w_, padding[1], dilation[1], kw, stride[1]))
@@ -182,7 +210,7 @@ def xnor_conv2d(x, filters, in_channels, kernel_size, stride=(1, 1), padding=(0,
         raise ValueError(f"xnor_conv2d: a {h}x{w_} input is too small for a {kh}x{kw} kernel "
                          f"(padding {padding}, dilation {dilation})")
     padword = np.zeros(cwg, np.uint64) if padword is None else np.ascontiguousarray(padword, np.uint64)
-    k_true = (in_channels // g) * kh * kw
+    k_true = (in_channels // g) * kh * kw if k_true is None else int(k_true)
     out_i, out_f = _EMPTY_I, _EMPTY_F
     if dots:
         out_i = np.empty((n, o, oh * ow), np.int32)
@@ -211,6 +239,29 @@ def xnor_conv2d(x, filters, in_channels, kernel_size, stride=(1, 1), padding=(0,
     if emit_bits:
         return result, out_bits.reshape(n, oh, ow, 1, -1)
     return result
+
+
+def xnor_gemm(a_words, b_words, k, kernel=None):
+    """``(M, W) x (N, W) -> (N, M)`` int32 dot products of +-1 rows of true length ``k`` (a 1x1
+    convolution of N pixels); ``a_words`` may be ``pack_filters``'s output for M rows."""
+    a = np.asarray(a_words)
+    if a.ndim == 2:
+        m = a.shape[0]
+        a = np.zeros((1, -(-m // ROWS) * ROWS, a.shape[1]), np.uint64)
+        a[0, :m] = a_words
+    else:
+        m = a.shape[1]
+    b = np.ascontiguousarray(b_words)
+    if b.dtype != np.uint64 or b.ndim != 2 or b.shape[1] != a.shape[2]:
+        raise ValueError(f"xnor_gemm: b must be uint64 (N, {a.shape[2]}), got {b.dtype} {b.shape}")
+    if not 0 < k <= 64 * a.shape[2]:
+        raise ValueError(f"xnor_gemm: k={k} does not fit {a.shape[2]} words")
+    if k <= 64 * (a.shape[2] - 1):
+        raise ValueError(f"xnor_gemm: k={k} needs {-(-k // 64)} words, got {a.shape[2]}")
+    n = b.shape[0]
+    x = b.reshape(n, 1, 1, 1, -1)
+    dots = xnor_conv2d(x, a, 64 * a.shape[2], m, (1, 1), dots=True, kernel=kernel, k_true=k)
+    return dots.reshape(n, m)
 
 
 def _m_chunk(pixels, mg, kernel):
