@@ -162,11 +162,13 @@ def pad_words(channels_per_group: int, pad_value: float) -> np.ndarray:
 def zero_pad_correction(w_signs, in_hw, stride, padding, dilation) -> np.ndarray:
     """``(O, OH * OW)`` int32: for pad_value 0, the sum of the filter's +-1 values over the taps of
     each output position that fall in the padding (those taps were computed as +1 * w and must
-    count 0)."""
-    o, _, kh, kw = w_signs.shape
+    count 0). ``w_signs``: the filters ``(O, C / G, KH, KW)`` (only their signs matter), or
+    their per-tap sums of +-1 values ``(O, KH, KW)`` (int)."""
+    w_signs = np.asarray(w_signs)
+    tap_sums = w_signs if w_signs.ndim == 3 else np.where(w_signs < 0, -1, 1).sum(axis=1)  # (O, KH, KW)
+    o, kh, kw = tap_sums.shape
     h, w = in_hw
     oh, ow = (_out_size(h, padding[0], dilation[0], kh, stride[0]), _out_size(w, padding[1], dilation[1], kw, stride[1]))
-    tap_sums = np.where(w_signs < 0, -1, 1).sum(axis=1)  # (O, KH, KW)
     ih = np.arange(oh)[:, None] * stride[0] - padding[0] + np.arange(kh)[None, :] * dilation[0]  # (OH, KH)
     iw = np.arange(ow)[:, None] * stride[1] - padding[1] + np.arange(kw)[None, :] * dilation[1]  # (OW, KW)
     out_h, out_w = (ih < 0) | (ih >= h), (iw < 0) | (iw >= w)

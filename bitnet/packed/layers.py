@@ -1,0 +1,162 @@
+"""Packed binary layers: ``PackedConv2d`` and ``PackedDense``, inference-only twins of a binary
+``QConv2d`` / ``QDense`` (sign input, binary kernel) with the batch norm after them folded in.
+
+A packed layer holds its filters as uint64 words (packed once, ``kernels.xnor_conv.pack_filters``)
+and a per-channel ``scale`` and ``shift`` (``bitnet.packed.fold``). Its forward binarizes and packs
+the float input (``sign(x)``: the layer's input quantizer), runs the fused XNOR-popcount
+convolution and returns ``scale * dot + shift`` (+ ``residual``), float32, as the float layer
+and its batch norm would (within float rounding; the dot products themselves are exact integers,
+``dots(x)`` returns them).
+
+If the input tensor carries ``packed_signs`` (a ``SignedTensor`` made by a packed layer asked to
+``emit_signs``), those words are used instead of packing again.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from bitnet.kernels import bitpack
+from bitnet.kernels import xnor_conv as XC
+from bitnet.kernels.bits import unpack_reference
+from bitnet.nn.module import Module
+from bitnet.packed.fold import fold_batchnorm
+from bitnet.tensor import Tensor
+
+# input/kernel quantizers whose forward is sign(x) (times a per-channel scale for the kernel)
+SIGN_INPUTS = ("ste_sign", "approx_sign", "swish_sign")
+SIGN_KERNELS = SIGN_INPUTS + ("magnitude_aware_sign",)
+
+
+class SignedTensor(Tensor):
+    """A float tensor that also carries its signs packed for the next binary layer:
+    ``packed_signs`` (N, H, W, 1, words) uint64 with bit = (data < 0)."""
+    __slots__ = ("packed_signs",)
+
+
+def packable(layer) -> bool:
+    """True for a QConv2d / QDense that runs on bits: sign input, binary sign kernel."""
+    from bitnet.nn.quantized import QConv2d, QDense
+    if not isinstance(layer, (QConv2d, QDense)):
+        return False
+    iq, kq = layer.input_quantizer, layer.kernel_quantizer
+    return (iq is not None and kq is not None and iq.get_config()["name"] in SIGN_INPUTS
+            and kq.get_config()["name"] in SIGN_KERNELS)
+
+
+class PackedConv2d(Module):
+    """Binary convolution on packed bits; see the module docstring."""
+
+    def __init__(self, filters, in_channels, out_channels, kernel_size, stride=(1, 1), padding=(0, 0),
+                 dilation=(1, 1), groups=1, pad_value=1.0, scale=None, shift=None):
+        super().__init__()
+        self.in_channels, self.out_channels, self.groups = int(in_channels), int(out_channels), int(groups)
+        self.kernel_size, self.stride = tuple(kernel_size), tuple(stride)
+        self.padding, self.dilation = tuple(padding), tuple(dilation)
+        if pad_value not in (-1, 0, 1):
+            raise ValueError(f"PackedConv2d: pad_value must be -1, 0 or +1, got {pad_value!r}")
+        self.pad_value = float(pad_value)
+        self.register_buffer("filters", np.ascontiguousarray(filters, np.uint64))
+        ones = np.ones(out_channels, np.float32)
+        self.register_buffer("scale", ones if scale is None else np.asarray(scale, np.float32))
+        self.register_buffer("shift", 0 * ones if shift is None else np.asarray(shift, np.float32))
+        self.emit_signs = False
+        self._corr = {}
+
+    @classmethod
+    def from_layer(cls, layer, bn=None):
+        """Pack a binary ``QConv2d`` (``packable``), folding ``bn`` (a batch norm after it) in."""
+        if not packable(layer):
+            raise TypeError(f"cannot pack {layer!r}: it needs a sign input quantizer and a binary sign kernel")
+        scale, shift = fold_batchnorm(layer, bn)
+        return cls(XC.pack_filters(layer.weight.data, layer.groups), layer.in_channels, layer.out_channels,
+                   layer.kernel_size, layer.stride, layer.padding, layer.dilation, layer.groups, layer.pad_value,
+                   scale, shift)
+
+    def _taps(self):
+        """Per-tap sums of the filters' +-1 values (O, KH, KW), from the packed words."""
+        g, mg_pad, _ = self.filters.shape
+        mg = self.out_channels // g
+        kh, kw = self.kernel_size
+        words = self.filters[:, :mg].reshape(g * mg, kh, kw, -1)
+        return unpack_reference(words, self.in_channels // g).sum(axis=-1).astype(np.int64)
+
+    def _correction(self, hw):
+        if self.pad_value != 0 or not any(self.padding):
+            return None
+        if hw not in self._corr:
+            self._corr[hw] = XC.zero_pad_correction(self._taps(), hw, self.stride, self.padding, self.dilation)
+        return self._corr[hw]
+
+    def _packed_input(self, x):
+        bits = getattr(x, "packed_signs", None)
+        if bits is not None and self.groups == 1:
+            return bits
+        data = x.data if isinstance(x, Tensor) else x
+        if isinstance(data, np.ndarray) and data.dtype == np.uint64 and data.ndim == 5:
+            return data  # already packed (N, H, W, G, CWg)
+        if not isinstance(data, np.ndarray) or data.ndim != 4 or data.shape[1] != self.in_channels:
+            raise ValueError(f"{self!r} expects input (N, {self.in_channels}, H, W), got "
+                             f"{getattr(data, 'shape', type(data).__name__)}")
+        return bitpack.pack_nchw(np.asarray(data, np.float32), self.groups)
+
+    def _run(self, x, **kw):
+        xb = self._packed_input(x)
+        return XC.xnor_conv2d(xb, self.filters, self.in_channels, self.out_channels, self.kernel_size,
+                              self.stride, self.padding, self.dilation,
+                              padword=XC.pad_words(self.in_channels // self.groups, self.pad_value),
+                              corr=self._correction(xb.shape[1:3]), **kw)
+
+    def dots(self, x) -> np.ndarray:
+        """The exact integer dot products ``conv(sign(x), sign(W))`` (N, O, OH, OW) int32."""
+        return self._run(x, dots=True)
+
+    def forward(self, x, residual=None):
+        res = None if residual is None else (residual.data if isinstance(residual, Tensor) else residual)
+        out = self._run(x, scale=self.scale, shift=self.shift, residual=res, emit_bits=self.emit_signs)
+        if self.emit_signs:
+            y, bits = out
+            t = SignedTensor(y)
+            t.packed_signs = bits
+            return t
+        return Tensor(out)
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, pad_value={self.pad_value:g}")
+
+
+class PackedDense(Module):
+    """Binary dense layer on packed bits: a 1x1 ``PackedConv2d`` over (N, in_features) rows."""
+
+    def __init__(self, filters, in_features, out_features, scale=None, shift=None):
+        super().__init__()
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.conv = PackedConv2d(filters, in_features, out_features, (1, 1), scale=scale, shift=shift)
+
+    @classmethod
+    def from_layer(cls, layer, bn=None):
+        """Pack a binary ``QDense`` (``packable``), folding ``bn`` (a batch norm after it) in."""
+        if not packable(layer):
+            raise TypeError(f"cannot pack {layer!r}: it needs a sign input quantizer and a binary sign kernel")
+        scale, shift = fold_batchnorm(layer, bn)
+        w = layer.weight.data
+        return cls(XC.pack_filters(w.reshape(w.shape + (1, 1))), layer.in_features, layer.out_features, scale, shift)
+
+    def _packed_input(self, x):
+        data = x.data if isinstance(x, Tensor) else x
+        if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != self.in_features:
+            raise ValueError(f"{self!r} expects input (N, {self.in_features}), got "
+                             f"{getattr(data, 'shape', type(data).__name__)}")
+        bits = bitpack.pack_rows(np.asarray(data, np.float32))
+        return bits.reshape(bits.shape[0], 1, 1, 1, -1)
+
+    def dots(self, x) -> np.ndarray:
+        """The exact integer dot products ``sign(x) @ sign(W)^T`` (N, O) int32."""
+        return self.conv.dots(self._packed_input(x)).reshape(-1, self.out_features)
+
+    def forward(self, x):
+        y = self.conv(self._packed_input(x))
+        return Tensor(y.data.reshape(-1, self.out_features))
+
+    def extra_repr(self):
+        return f"{self.in_features}, {self.out_features}"
