@@ -16,12 +16,67 @@ def add_parser(sub):
     t.add_argument("--no-torch", action="store_true", help="time bitnet only")
     t.add_argument("--json", default=None, help="write the records to this file")
     t.set_defaults(run=cmd_train)
+    for name, helptext in (("gemm", "XNOR-popcount GEMM vs NumPy float32 GEMM (BMXNet paper sizes, squares)"),
+                           ("conv", "one binary convolution layer from a float input vs float im2col + GEMM"),
+                           ("model", "packed lenet-binary / resnet18-binary inference vs float (and PyTorch)")):
+        k = bsub.add_parser(name, help=helptext)
+        k.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
+        k.add_argument("--repeats", type=int, default=3, help="timed calls per method per round (default 3)")
+        k.add_argument("--threads", type=int, default=None, help="threads for bitnet, BLAS and torch "
+                       "(default: all of Numba's)")
+        k.add_argument("--quick", action="store_true", help="one small case only (a smoke test)")
+        k.add_argument("--json", default=None, help="write the records to this file")
+        if name == "model":
+            k.add_argument("--no-torch", action="store_true", help="skip the PyTorch column")
+        k.set_defaults(run=cmd_kernels, which=name)
 
 
 def cmd_train(args) -> int:
     from bitnet.bench import train
     frameworks = ["bitnet"] if args.no_torch else None
     records = train.run(args.batch_size, args.threads, args.rounds, args.steps, args.data_dir, frameworks)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(records, f, indent=2)
+    return 0
+
+
+def cmd_kernels(args) -> int:
+    import numba
+
+    from bitnet.bench.timing import print_table
+    if args.threads:
+        numba.set_num_threads(args.threads)
+    threads = numba.get_num_threads()
+    print(f"bitnet bench {args.which}: {threads} threads, median of {args.rounds} x {args.repeats} calls",
+          flush=True)
+    records = []
+    if args.which == "gemm":
+        from bitnet.bench import gemm
+        keys = ("ratio_vs_numpy",)
+        print_table([], keys)
+        for name, m, n, k in gemm.cases(args.quick):
+            recs = gemm.bench_case(name, m, n, k, args.rounds, args.repeats)
+            print_table(recs, keys, header=False)
+            records += recs
+    elif args.which == "conv":
+        from bitnet.bench import conv
+        keys = ("ratio_vs_numpy", "ratio_vs_float_conv")
+        print_table([], keys)
+        for c in ((64,) if args.quick else conv.CHANNELS):
+            recs = conv.bench_case(c, args.rounds, args.repeats)
+            print_table(recs, keys, header=False)
+            records += recs
+    else:
+        from bitnet.bench import model
+        keys = ("ratio_vs_bitnet_float", "ratio_vs_torch")
+        print_table([], keys)
+        nets = ("lenet-binary",) if args.quick else tuple(model.NETWORKS)
+        for net in nets:
+            for batch in model.BATCHES:
+                recs = model.bench_network(net, batch, args.rounds, args.repeats, threads, not args.no_torch)
+                print_table(recs, keys, header=False)
+                records += recs
     if args.json:
         with open(args.json, "w") as f:
             json.dump(records, f, indent=2)

@@ -14,6 +14,7 @@ from bitnet import functional as F
 from bitnet.kernels import xnor_conv as XC
 from bitnet.kernels.bitpack import pack_nchw, pack_rows
 from bitnet.kernels.bits import pack_reference, xnor_dot_reference
+from bitnet.kernels.xnor_naive import xnor_gemm_naive
 from bitnet.kernels.xnor_block import has_vector_popcount, preferred_lanes
 from bitnet.tensor import Tensor, no_grad
 
@@ -112,6 +113,7 @@ def test_gemm_equals_reference(m, n, k, kernel):
     got = XC.xnor_gemm(pack_rows(a), pack_rows(b), k, kernel=KERNELS[kernel])
     assert np.array_equal(got, xnor_dot_reference(pack_rows(a), pack_rows(b), k).T)
     assert np.array_equal(got, (_signs(b) @ _signs(a).T).astype(np.int32))
+    assert np.array_equal(xnor_gemm_naive(pack_rows(a), pack_rows(b), k), got)
 
 
 def test_filters_are_split_across_threads_when_pixels_are_few():

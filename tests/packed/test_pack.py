@@ -1,0 +1,166 @@
+"""bitnet.pack: packed models against the float models they came from. Binary dot products must be
+equal exactly; outputs within float rounding (batch-norm folding reorders float32 operations).
+Sign flips (a value within rounding of 0 taking the other sign before the next binary layer) are
+counted: with continuous random parameters they have probability ~1e-7 per value, and the seeds
+here have none, so the count is asserted to be 0."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import bitnet
+from bitnet import nn
+from bitnet.packed import PackedConv2d, PackedDense, pack
+from bitnet.tensor import Tensor, no_grad
+
+
+def _warm(model, shape, rng, passes=2, batch=8):
+    """Training-mode passes so batch norms hold non-trivial running statistics; then eval."""
+    model.train()
+    with no_grad():
+        for _ in range(passes):
+            model(Tensor(rng.standard_normal((batch,) + shape).astype(np.float32)))
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            m.weight.data[:] = rng.uniform(-1.5, 1.5, m.num_features).astype(np.float32)
+            m.bias.data[:] = rng.normal(size=m.num_features).astype(np.float32)
+    return model.eval()
+
+
+def _capture_inputs(model, names):
+    """Forward hooks recording the input of each named layer; returns (store, handles)."""
+    store, handles, mods = {}, [], dict(model.named_modules())
+    for n in names:
+        handles.append(mods[n].register_forward_hook(lambda m, i, o, n=n: store.__setitem__(n, (i[0].data, o.data))))
+    return store, handles
+
+
+def _signs(a):
+    return np.where(a >= 0, 1.0, -1.0).astype(np.float32)
+
+
+def _float_dots(layer, x):
+    """conv / dense of sign(x) and sign(W) on the float path (exact integers in float32)."""
+    from bitnet import functional as F
+    ws = Tensor(_signs(layer.weight.data))
+    with no_grad():
+        if isinstance(layer, nn.QDense):
+            return (Tensor(_signs(x)) @ ws.T).data
+        ph, pw = layer.padding
+        xp = F.pad(Tensor(_signs(x)), ((ph, ph), (pw, pw)), value=layer.pad_value)
+        return F.conv2d(xp, ws, None, layer.stride, 0, layer.dilation, layer.groups).data
+
+
+def _check(model, shape, batch, rng):
+    packed = pack(model)
+    assert packed.packed_layers, "nothing was packed"
+    x = Tensor(rng.standard_normal((batch,) + shape).astype(np.float32))
+    store, handles = _capture_inputs(model, packed.packed_layers)
+    with no_grad():
+        expected = model(x).data
+    for h in handles:
+        h.remove()
+    pmods = dict(packed.named_modules())
+    flips = 0
+    for name in packed.packed_layers:
+        layer_in, _ = store[name]
+        got = pmods[name].dots(layer_in)
+        assert got.dtype == np.int32
+        assert np.array_equal(got, _float_dots(dict(model.named_modules())[name], layer_in)), name
+    with no_grad():
+        got = packed(x).data
+    # intermediate signs: the float model's input to each binary layer vs the packed model's
+    pstore, handles = _capture_inputs(packed, packed.packed_layers)
+    with no_grad():
+        packed(x)
+    for h in handles:
+        h.remove()
+    for name in packed.packed_layers:
+        flips += int(np.sum((store[name][0] >= 0) != (pstore[name][0] >= 0)))
+    assert flips == 0
+    scale = np.abs(expected).max() + 1.0
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * scale)
+    return packed
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_lenet_binary(batch):
+    rng = np.random.default_rng(batch)
+    model = _warm(bitnet.models.get("lenet-binary", seed=0), (1, 28, 28), rng)
+    packed = _check(model, (1, 28, 28), batch, rng)
+    assert packed.packed_layers == ["5", "10"]
+    assert isinstance(packed[5], PackedConv2d) and isinstance(packed[10], PackedDense)
+    assert isinstance(packed[6], nn.Identity) and isinstance(packed[11], nn.Identity)
+
+
+@pytest.mark.parametrize("stages", [(), (1, 4)])
+def test_resnet18_binary_small_images(stages):
+    rng = np.random.default_rng(7)
+    model = _warm(bitnet.models.get("resnet18-binary", image_size=8, full_precision_stages=stages, seed=0),
+                  (3, 8, 8), rng, batch=4)
+    packed = _check(model, (3, 8, 8), 2, rng)
+    assert len(packed.packed_layers) == 16 - 4 * len(stages)
+
+
+CONV_CONFIGS = [  # cin, cout, k, stride, padding, dilation, groups, pad_value, scaling, bias
+    (3, 8, 3, 1, 1, 1, 1, 1.0, None, True),
+    (70, 20, 3, 2, 1, 1, 1, -1.0, "channel", False),
+    (64, 64, 5, 1, 2, 1, 1, 0.0, None, True),
+    (66, 12, 3, 1, 2, 2, 2, 0.0, "channel", True),
+    (130, 7, (1, 3), (2, 1), (0, 1), 1, 1, -1.0, None, False),
+]
+
+
+@pytest.mark.parametrize("cfg", CONV_CONFIGS)
+def test_random_conv_blocks(cfg):
+    cin, cout, k, s, p, d, g, pad_value, scaling, bias = cfg
+    rng = np.random.default_rng(cin + cout)
+    model = nn.Sequential(
+        nn.QConv2d(cin, cout, k, stride=s, padding=p, dilation=d, groups=g, pad_value=pad_value,
+                   scaling=scaling, bias=bias, rng=1),
+        nn.BatchNorm2d(cout),
+        nn.QConv2d(cout, 9, 3, padding=1, pad_value=pad_value, rng=2),  # unfolded: no batch norm after it
+        nn.Flatten(),
+    )
+    if bias:
+        model[0].bias.data[:] = rng.normal(size=cout).astype(np.float32)
+    model = _warm(model, (cin, 9, 7), rng)
+    packed = _check(model, (cin, 9, 7), 3, rng)
+    assert packed.packed_layers == ["0", "2"]
+
+
+def test_dense_with_k_not_a_multiple_of_64_and_magnitude_scaling():
+    rng = np.random.default_rng(3)
+    model = nn.Sequential(nn.Dense(20, 100, rng=0), nn.QDense(100, 37, scaling="channel", rng=1), nn.BatchNorm1d(37),
+                          nn.QDense(37, 5, rng=2))
+    model = _warm(model, (20,), rng)
+    _check(model, (20,), 4, rng)
+
+
+def test_layers_that_do_not_run_on_bits_stay_as_they_are():
+    model = nn.Sequential(nn.QDense(10, 8, act_bit=2, weight_bit=1, rng=0),
+                          nn.QDense(8, 8, input_quantizer="ste_heaviside", rng=0),
+                          nn.QDense(8, 4, act_bit=32, weight_bit=1, rng=0))
+    packed = pack(model)
+    assert packed.packed_layers == []
+    assert [type(m) for m in packed] == [nn.QDense] * 3
+
+
+def test_pack_copies_and_leaves_the_model_alone():
+    model = bitnet.models.get("lenet-binary", seed=0)
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    packed = pack(model)
+    assert model.training and isinstance(model[5], nn.QConv2d)
+    assert all(np.array_equal(before[k], v) for k, v in model.state_dict().items())
+    assert not packed.training
+
+
+def test_packed_layer_errors():
+    layer = PackedConv2d.from_layer(nn.QConv2d(8, 4, 3, rng=0))
+    with pytest.raises(ValueError, match=r"expects input \(N, 8, H, W\), got \(2, 3, 5, 5\)"):
+        layer(Tensor(np.zeros((2, 3, 5, 5), np.float32)))
+    with pytest.raises(TypeError, match="cannot pack"):
+        PackedConv2d.from_layer(nn.QConv2d(8, 4, 3, act_bit=32, rng=0))
+    dense = PackedDense.from_layer(nn.QDense(8, 4, rng=0))
+    with pytest.raises(ValueError, match=r"expects input \(N, 8\), got \(2, 9\)"):
+        dense(Tensor(np.zeros((2, 9), np.float32)))
