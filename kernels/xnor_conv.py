@@ -42,6 +42,58 @@ DOTS, AFFINE = 0, 1
 _JIT = dict(parallel=True, boundscheck=False, nogil=True, cache=True)
 
 
+@nb.njit(inline="always", boundscheck=False)
+def _epilogue(acc, off, gm, cols, img, pix_of, one_image, K, corr, use_corr, mode, scale, shift, residual,
+              use_res, out_i, out_f, out_bits, emit_bits, q0, dots, vals):
+    """Filter ``gm``'s row of a block: popcounts -> dots (-> affine, + residual) -> outputs; one
+    branch-free loop per step so that LLVM vectorizes them, contiguous stores within one image."""
+    n0, p0 = img[0], pix_of[0]
+    if mode == DOTS and one_image and not use_corr and not emit_bits:  # the GEMM's case: one pass
+        row_i = out_i[n0, gm]
+        for c in range(cols):
+            row_i[p0 + c] = K - 2 * acc[off + c]
+        return
+    for c in range(cols):
+        dots[c] = K - 2 * acc[off + c]
+    if use_corr:
+        for c in range(cols):
+            dots[c] -= corr[gm, pix_of[c]]
+    if mode == DOTS:
+        if one_image:
+            row_i = out_i[n0, gm]
+            for c in range(cols):
+                row_i[p0 + c] = dots[c]
+        else:
+            for c in range(cols):
+                out_i[img[c], gm, pix_of[c]] = dots[c]
+        for c in range(cols):
+            vals[c] = np.float32(dots[c])
+    else:
+        sc, sh = scale[gm], shift[gm]
+        for c in range(cols):
+            vals[c] = sc * np.float32(dots[c]) + sh
+        if use_res:
+            if one_image:
+                row_r = residual[n0, gm]
+                for c in range(cols):
+                    vals[c] += row_r[p0 + c]
+            else:
+                for c in range(cols):
+                    vals[c] += residual[img[c], gm, pix_of[c]]
+        if one_image:
+            row_f = out_f[n0, gm]
+            for c in range(cols):
+                row_f[p0 + c] = vals[c]
+        else:
+            for c in range(cols):
+                out_f[img[c], gm, pix_of[c]] = vals[c]
+    if emit_bits:
+        word, bit = gm // 64, np.uint64(1) << np.uint64(gm % 64)
+        for c in range(cols):
+            if vals[c] < 0:
+                out_bits[q0 + c, word] |= bit
+
+
 def make_xnor_conv(lanes: int):
     """The fused kernel built on the ``lanes``-wide micro-kernel (panel width ``P = VECS * lanes``)."""
     block = make_xnor_block(lanes)
@@ -65,6 +117,14 @@ def make_xnor_conv(lanes: int):
             buf = np.empty(kwords * P, np.uint64)
             acc = np.empty(ROWS * P, np.int64)
             cols = min(P, total - p * P)
+            img = np.empty(P, np.int64)  # image and pixel of each column, computed once per task
+            pix_of = np.empty(P, np.int64)
+            for c in range(cols):
+                img[c] = (p * P + c) // OHW
+                pix_of[c] = (p * P + c) - img[c] * OHW
+            one_image = img[0] == img[cols - 1]  # the panel's pixels are contiguous in the output
+            dots = np.empty(P, np.int32)
+            vals = np.empty(P, np.float32)
             if emit_bits:  # clear this task's words of its pixels' sign bits
                 for c in range(cols):
                     q = p * P + c
@@ -79,9 +139,9 @@ def make_xnor_conv(lanes: int):
                         for k in range(kwords):
                             buf[k * P + c] = 0
                         continue
-                    q = p * P + c
-                    n, pix = q // OHW, q % OHW
-                    oh, ow = pix // OW, pix % OW
+                    n, pix = img[c], pix_of[c]
+                    oh = pix // OW
+                    ow = pix - oh * OW
                     for i in range(KH):
                         ih = oh * sh - ph + i * dh
                         for j in range(KW):
@@ -97,24 +157,9 @@ def make_xnor_conv(lanes: int):
                 for m0 in range(m_lo, m_hi, ROWS):
                     block(w, (g * Mg_pad + m0) * kwords, kwords, buf, 0, kwords, acc, 0)
                     for r in range(min(ROWS, m_hi - m0)):
-                        gm = g * Mg + m0 + r
-                        for c in range(cols):
-                            q = p * P + c
-                            n, pix = q // OHW, q % OHW
-                            dot = K - 2 * acc[r * P + c]
-                            if use_corr:
-                                dot -= corr[gm, pix]
-                            if mode == DOTS:
-                                out_i[n, gm, pix] = dot
-                                negative = dot < 0
-                            else:
-                                y = scale[gm] * np.float32(dot) + shift[gm]
-                                if use_res:
-                                    y += residual[n, gm, pix]
-                                out_f[n, gm, pix] = y
-                                negative = y < 0
-                            if emit_bits and negative:
-                                out_bits[q, gm // 64] |= np.uint64(1) << np.uint64(gm % 64)
+                        _epilogue(acc, r * P, g * Mg + m0 + r, cols, img, pix_of, one_image, K, corr, use_corr,
+                                  mode, scale, shift, residual, use_res, out_i, out_f, out_bits, emit_bits,
+                                  p * P, dots, vals)
 
     xnor_conv.panel = P
     return xnor_conv
@@ -244,8 +289,9 @@ def xnor_conv2d(x, filters, in_channels, out_channels, kernel_size, stride=(1, 1
 
 
 def xnor_gemm(a_words, b_words, k, kernel=None):
-    """``(M, W) x (N, W) -> (N, M)`` int32 dot products of +-1 rows of true length ``k`` (a 1x1
-    convolution of N pixels); ``a_words`` may be ``pack_filters``'s output for M rows."""
+    """``(M, W) x (N, W) -> (M, N)`` int32 dot products of +-1 rows of true length ``k``: a 1x1
+    convolution of one 1 x N image, so that each filter's outputs are contiguous.
+    ``a_words`` may be ``pack_filters``'s output for M rows."""
     a = np.asarray(a_words)
     if a.ndim == 2:
         m = a.shape[0]
@@ -261,9 +307,9 @@ def xnor_gemm(a_words, b_words, k, kernel=None):
     if k <= 64 * (a.shape[2] - 1):
         raise ValueError(f"xnor_gemm: k={k} needs {-(-k // 64)} words, got {a.shape[2]}")
     n = b.shape[0]
-    x = b.reshape(n, 1, 1, 1, -1)
+    x = b.reshape(1, 1, n, 1, -1)
     dots = xnor_conv2d(x, a, 64 * a.shape[2], m, (1, 1), dots=True, kernel=kernel, k_true=k)
-    return dots.reshape(n, m)
+    return dots.reshape(m, n)
 
 
 def _m_chunk(pixels, mg, kernel):
