@@ -1,7 +1,7 @@
 """The naive XNOR-popcount GEMM: one scalar popcount per word pair, no blocking (what BMXNet ran).
 A baseline for ``bitnet bench gemm`` and a second, independent kernel for the tests.
 
-    out[n, m] = k - 2 * sum_w popcount(a[m, w] XOR b[n, w])
+    out[m, n] = k - 2 * sum_w popcount(a[m, w] XOR b[n, w])
 """
 from __future__ import annotations
 
@@ -34,14 +34,14 @@ def _naive(a, b, k, out):
             s = 0
             for w in range(nw):
                 s += popcount64(a[m, w] ^ b[n, w])
-            out[n, m] = k - 2 * s
+            out[m, n] = k - 2 * s
 
 
 def xnor_gemm_naive(a_words: np.ndarray, b_words: np.ndarray, k: int) -> np.ndarray:
-    """``(M, W) x (N, W) -> (N, M)`` int32 dot products, one popcount at a time."""
+    """``(M, W) x (N, W) -> (M, N)`` int32 dot products, one popcount at a time."""
     a, b = np.ascontiguousarray(a_words, np.uint64), np.ascontiguousarray(b_words, np.uint64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"xnor_gemm_naive: operands (M, W) and (N, W) needed, got {a.shape} and {b.shape}")
-    out = np.empty((b.shape[0], a.shape[0]), np.int32)
+    out = np.empty((a.shape[0], b.shape[0]), np.int32)
     _naive(a, b, k, out)
     return out

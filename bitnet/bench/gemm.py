@@ -50,7 +50,7 @@ def bench_case(name, m, n, k, rounds, repeats, naive=True):
     methods["xnor"] = lambda: xnor_gemm(a_panel, bw, k)
     methods["xnor+binarize"] = lambda: xnor_gemm(a_panel, pack_rows(bt), k)
     # correctness of what is timed: exact
-    ref = (bt[:64] @ a.T).astype(np.int32)
+    ref = (a @ bt[:64].T).astype(np.int32)
     assert np.array_equal(xnor_gemm(a_panel, bw[:64], k), ref)
     med = time_methods(methods, rounds, repeats)
     layouts = ("numpy (A@B)", "numpy (A@Bt.T)")
