@@ -66,8 +66,9 @@ def _epilogue(acc, off, gm, cols, img, pix_of, one_image, K, corr, use_corr, mod
         else:
             for c in range(cols):
                 out_i[img[c], gm, pix_of[c]] = dots[c]
-        for c in range(cols):
-            vals[c] = np.float32(dots[c])
+        if emit_bits:
+            for c in range(cols):
+                vals[c] = np.float32(dots[c])
     else:
         sc, sh = scale[gm], shift[gm]
         for c in range(cols):
