@@ -43,7 +43,7 @@ def bench_network(name, batch, rounds, repeats, threads, torch_too=True):
             return m(xt).data
 
     # packed vs float outputs: equal up to float rounding, except where a value within rounding of
-    # 0 took the other sign before a binary layer (it happens at this scale; see docs/packed.md)
+    # 0 took the other sign before a binary layer (it happens at this scale; docs/benchmarks.md)
     diff = float(np.abs(run(packed) - run(model)).max())
     methods = {"packed": lambda: run(packed), "bitnet float": lambda: run(model)}
     if torch_too and importlib.util.find_spec("torch") is not None:

@@ -55,6 +55,7 @@ class PackedConv2d(Module):
         if pad_value not in (-1, 0, 1):
             raise ValueError(f"PackedConv2d: pad_value must be -1, 0 or +1, got {pad_value!r}")
         self.pad_value = float(pad_value)
+        self._padword = XC.pad_words(self.in_channels // self.groups, self.pad_value)
         self.register_buffer("filters", np.ascontiguousarray(filters, np.uint64))
         ones = np.ones(out_channels, np.float32)
         self.register_buffer("scale", ones if scale is None else np.asarray(scale, np.float32))
@@ -103,7 +104,7 @@ class PackedConv2d(Module):
         xb = self._packed_input(x)
         return XC.xnor_conv2d(xb, self.filters, self.in_channels, self.out_channels, self.kernel_size,
                               self.stride, self.padding, self.dilation,
-                              padword=XC.pad_words(self.in_channels // self.groups, self.pad_value),
+                              padword=self._padword,
                               corr=self._correction(xb.shape[1:3]), **kw)
 
     def dots(self, x) -> np.ndarray:
