@@ -33,26 +33,34 @@ def _pack_rows(x, out):
             out[r, wd] = v
 
 
+_PIXELS = 256  # pixels of one channel plane per task: 1 KB contiguous float32 reads
+
+
 @nb.njit(**_JIT)
-def _pack_nchw(x, groups, out):
-    n_img, channels, height, width = x.shape
+def _pack_nchw(x, n_img, channels, hw, groups, out, nw):
+    """x: flat (N, C, H*W) float32; out: flat (N, H*W, G, nw) uint64. A task is (image, chunk of
+    ``_PIXELS`` pixels, group, word): it reads the word's 64 channel planes contiguously over the
+    chunk and ORs each into the chunk's words (a vectorized compare-shift-or loop)."""
     cg = channels // groups
-    nw = out.shape[4]
-    for nh in nb.prange(n_img * height):
-        n, h = nh // height, nh % height
-        row = np.empty(width, np.uint64)
-        for g in range(groups):
-            for wd in range(nw):
-                row[:] = 0
-                lo = wd * 64
-                for b in range(min(64, cg - lo)):
-                    c = g * cg + lo + b
-                    bit = np.uint64(1) << np.uint64(b)
-                    for w in range(width):
-                        if x[n, c, h, w] < 0:
-                            row[w] |= bit
-                for w in range(width):
-                    out[n, h, w, g, wd] = row[w]
+    chunks = (hw + _PIXELS - 1) // _PIXELS
+    for task in nb.prange(n_img * chunks * groups * nw):
+        wd = task % nw
+        g = (task // nw) % groups
+        chunk = (task // (nw * groups)) % chunks
+        n = task // (nw * groups * chunks)
+        p0 = chunk * _PIXELS
+        cnt = min(_PIXELS, hw - p0)
+        acc = np.zeros(_PIXELS, np.uint64)
+        lo = wd * 64
+        for b in range(min(64, cg - lo)):
+            src = (n * channels + g * cg + lo + b) * hw + p0
+            plane = x[src:src + cnt]  # a slice indexed by the loop counter: contiguous vector loads
+            shift = np.uint64(b)      # (x[src + i] would be a gather: the index might be negative)
+            for i in range(cnt):
+                acc[i] |= np.uint64(plane[i] < 0) << shift
+        dst = ((n * hw + p0) * groups + g) * nw + wd
+        for i in range(cnt):
+            out[dst + i * groups * nw] = acc[i]
 
 
 def _float32(x, what, ndim):
@@ -83,5 +91,5 @@ def pack_nchw(x: np.ndarray, groups: int = 1) -> np.ndarray:
     if groups < 1 or c % groups:
         raise ValueError(f"pack_nchw: {c} channels do not split into {groups} groups")
     out = np.empty((n, h, w, groups, words_for(c // groups)), np.uint64)
-    _pack_nchw(x, groups, out)
+    _pack_nchw(x.reshape(-1), n, c, h * w, groups, out.reshape(-1), out.shape[4])
     return out

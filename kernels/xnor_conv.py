@@ -1,35 +1,31 @@
-"""Packed binary convolution (and dense layer, and GEMM): bit im2col into panels, the XNOR-popcount
-micro-kernel, and the epilogue, fused in one parallel kernel.
+"""Packed binary convolution (and dense layer, and GEMM): bit im2col rows, the XNOR-popcount
+micro-kernel and its epilogue, fused in one parallel kernel, channels-last in and out.
 
 Operands (bit convention: ``bitnet.kernels.bits``):
 
 - activations ``x``: packed channels-last words, flat view of ``(N, H, W, G, CWg)``;
-- weights ``w``: flat view of ``(G, Mg_pad, KH * KW * CWg)``, each row a filter's words in
-  (kh, kw, channel-word) order, ``Mg_pad`` = filters per group rounded up to ``ROWS`` (zero rows).
+- weights: *filter panels*, flat view of ``(G, n_fp, KW_words, P)`` (``pack_filters``): for each
+  K-word the words of ``P = VECS * lanes`` consecutive filters are contiguous, so one vector load
+  covers ``lanes`` filters; filters beyond ``Mg`` are zero words.
 
 For output pixel q = (n, oh, ow) and filter m of group g, with K = (C / G) * KH * KW:
 
-    dot[n, m, oh, ow] = K - 2 * sum_{i, j, cw} popcount(w[g, m, i, j, cw] XOR x_pad[n, ih, iw, g, cw])
+    dot[q, g, m] = K - 2 * sum_{i, j, cw} popcount(x_pad[n, ih, iw, g, cw] XOR w[g, m, i, j, cw])
     ih = oh * sh - ph + i * dh,   iw = ow * sw - pw + j * dw
 
-where taps outside the image read ``padword[cw]`` (0 for pad_value +1 and 0, the channel bits set for
-pad_value -1). With ``pad_value = 0`` a padded tap must contribute 0 instead of +1 * w, so the caller
-passes ``corr[m, oh * OW + ow]`` = the sum of sign(w) over the padded taps, and dot -= corr.
+where taps outside the image read ``padword[cw]`` (0 for pad_value +1 and 0, the channel bits set
+for pad_value -1). With ``pad_value = 0`` a padded tap must contribute 0 instead of +1 * w, so the
+caller passes ``corr[pos, g * Mg_pad + m]`` = the sum of sign(w) over the taps of output position
+``pos = oh * OW + ow`` that fall in the padding, and dot -= corr.
 
-Work: a task is one *panel* of P consecutive output pixels (over the whole batch) and a range of
-filters. It writes the pixels' im2col words into a panel buffer (for each K-word the P pixels'
-words contiguous: the micro-kernel's layout; it stays in L1/L2, no im2col matrix is ever
-materialized), runs the micro-kernel over its filters in blocks of ``ROWS``, and applies the
-epilogue, by ``mode``:
-
-- ``DOTS``: ``out_i[n, g*Mg + m, pix] = dot`` (int32);
-- ``AFFINE``: ``out_f[n, gm, pix] = scale[gm] * dot + shift[gm]`` (float32), plus
-  ``residual[n, gm, pix]`` when ``residual`` is non-empty;
-
-and, when ``out_bits`` is non-empty (shape ``(N * OH * OW, words_for(M))``), packs the signs of the
-result (bit set where it is < 0) along the filter axis: the next binary layer's input, ready.
-Tasks that share a pixel own disjoint 64-filter ranges of ``out_bits`` words, so no two threads
-write the same word.
+Work: a task is a block of ``T`` consecutive output pixels (over the whole batch) and a range of
+filter panels. It writes the pixels' im2col words into a small row buffer (each pixel's K words
+contiguous, in L1; no im2col matrix is materialized; a 1x1 / stride-1 / unpadded convolution
+reads its rows straight from ``x``), then for each filter panel runs the micro-kernel over the
+rows, ``ROWS`` pixels at a time (pixel words broadcast, filter words in vector lanes), and the
+vector epilogue (``bitnet.kernels.xnor_epilogue``): int32 dots, or ``scale * dot + shift``
+(+ residual) as float32, and optionally the signs packed along filters, the next binary layer's
+input. Outputs are channels-last ``(N * OH * OW, G * Mg_pad)``, each pixel's filters contiguous.
 """
 from __future__ import annotations
 
@@ -37,130 +33,95 @@ import numba as nb
 import numpy as np
 
 from bitnet.kernels.xnor_block import ROWS, VECS, make_xnor_block, preferred_lanes
+from bitnet.kernels.xnor_epilogue import AFFINE, BITS, CORR, RESIDUAL, make_xnor_epilogue
 
-DOTS, AFFINE = 0, 1
 _JIT = dict(parallel=True, boundscheck=False, nogil=True, cache=True)
 
 
 @nb.njit(inline="always", boundscheck=False)
-def _epilogue(acc, off, gm, cols, img, pix_of, one_image, K, corr, use_corr, mode, scale, shift, residual,
-              use_res, out_i, out_f, out_bits, emit_bits, q0, dots, vals):
-    """Filter ``gm``'s row of a block: popcounts -> dots (-> affine, + residual) -> outputs; one
-    branch-free loop per step so that LLVM vectorizes them, contiguous stores within one image."""
-    n0, p0 = img[0], pix_of[0]
-    if mode == DOTS and one_image and not use_corr and not emit_bits:  # the GEMM's case: one pass
-        row_i = out_i[n0, gm]
-        for c in range(cols):
-            row_i[p0 + c] = K - 2 * acc[off + c]
-        return
-    for c in range(cols):
-        dots[c] = K - 2 * acc[off + c]
-    if use_corr:
-        for c in range(cols):
-            dots[c] -= corr[gm, pix_of[c]]
-    if mode == DOTS:
-        if one_image:
-            row_i = out_i[n0, gm]
-            for c in range(cols):
-                row_i[p0 + c] = dots[c]
-        else:
-            for c in range(cols):
-                out_i[img[c], gm, pix_of[c]] = dots[c]
-        if emit_bits:
-            for c in range(cols):
-                vals[c] = np.float32(dots[c])
-    else:
-        sc, sh = scale[gm], shift[gm]
-        for c in range(cols):
-            vals[c] = sc * np.float32(dots[c]) + sh
-        if use_res:
-            if one_image:
-                row_r = residual[n0, gm]
-                for c in range(cols):
-                    vals[c] += row_r[p0 + c]
-            else:
-                for c in range(cols):
-                    vals[c] += residual[img[c], gm, pix_of[c]]
-        if one_image:
-            row_f = out_f[n0, gm]
-            for c in range(cols):
-                row_f[p0 + c] = vals[c]
-        else:
-            for c in range(cols):
-                out_f[img[c], gm, pix_of[c]] = vals[c]
-    if emit_bits:
-        word, bit = gm // 64, np.uint64(1) << np.uint64(gm % 64)
-        for c in range(cols):
-            if vals[c] < 0:
-                out_bits[q0 + c, word] |= bit
+def _im2col_rows(x, rows, q0, cnt, T, g, H, W, G, CWg, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, padword):
+    """rows[r * kwords + (i * KW + j) * CWg + cw] = the word tap (i, j), channel word cw of pixel
+    q0 + r (group g), the pad word outside the image; rows beyond ``cnt`` all zero."""
+    OHW = OH * OW
+    kwords = KH * KW * CWg
+    for r in range(T):
+        base = r * kwords
+        if r >= cnt:
+            for k in range(kwords):
+                rows[base + k] = 0
+            continue
+        q = q0 + r
+        n = q // OHW
+        pix = q - n * OHW
+        oh = pix // OW
+        ow = pix - oh * OW
+        ih0, iw0 = oh * sh - ph, ow * sw - pw
+        inside = ih0 >= 0 and ih0 + (KH - 1) * dh < H and iw0 >= 0 and iw0 + (KW - 1) * dw < W
+        if inside and CWg == 1:  # the common case, without per-tap tests
+            step = dw * G
+            for i in range(KH):
+                src = ((n * H + ih0 + i * dh) * W + iw0) * G + g
+                rows[base + i * KW:base + (i + 1) * KW] = x[src:src + (KW - 1) * step + 1:step]
+            continue
+        for i in range(KH):
+            ih = ih0 + i * dh
+            for j in range(KW):
+                iw = iw0 + j * dw
+                kb = base + (i * KW + j) * CWg
+                if ih >= 0 and ih < H and iw >= 0 and iw < W:
+                    src = (((n * H + ih) * W + iw) * G + g) * CWg
+                    for cw in range(CWg):
+                        rows[kb + cw] = x[src + cw]
+                else:
+                    for cw in range(CWg):
+                        rows[kb + cw] = padword[cw]
 
 
 def make_xnor_conv(lanes: int):
-    """The fused kernel built on the ``lanes``-wide micro-kernel (panel width ``P = VECS * lanes``)."""
+    """The fused kernel built on the ``lanes``-wide micro-kernel (filter panels of ``VECS * lanes``)."""
     block = make_xnor_block(lanes)
+    epilogue = make_xnor_epilogue(lanes)
     P = VECS * lanes
 
     @nb.njit(**_JIT)
-    def xnor_conv(x, n_img, H, W, G, CWg, w, Mg, Mg_pad, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW,
-                  padword, K, corr, mode, scale, shift, residual, out_i, out_f, out_bits, m_chunk):
+    def xnor_conv(x, n_img, H, W, G, CWg, w, n_fp, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, padword, K, flags,
+                  corr, scale, shift, residual, out_i, out_f, bits, bits_stride, T, fp_chunk, n_threads):
         OHW = OH * OW
         total = n_img * OHW
         kwords = KH * KW * CWg
-        n_panels = (total + P - 1) // P
-        n_chunks = (Mg + m_chunk - 1) // m_chunk
-        use_corr = corr.shape[0] > 0
-        use_res = residual.shape[0] > 0
-        emit_bits = out_bits.shape[0] > 0
-        for task in nb.prange(n_panels * n_chunks):
-            p = task // n_chunks
-            m_lo = (task % n_chunks) * m_chunk
-            m_hi = min(Mg, m_lo + m_chunk)
-            buf = np.empty(kwords * P, np.uint64)
+        OS = G * n_fp * P  # output row stride: all filters (panels) of all groups
+        direct = KH == 1 and KW == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0
+        n_blocks = (total + T - 1) // T
+        n_chunks = (n_fp + fp_chunk - 1) // fp_chunk
+        n_tasks = n_blocks * n_chunks
+        n_threads = max(1, min(n_threads, n_tasks))
+        for t in nb.prange(n_threads):
+            rows = np.empty(T * kwords, np.uint64)
             acc = np.empty(ROWS * P, np.int64)
-            cols = min(P, total - p * P)
-            img = np.empty(P, np.int64)  # image and pixel of each column, computed once per task
-            pix_of = np.empty(P, np.int64)
-            for c in range(cols):
-                img[c] = (p * P + c) // OHW
-                pix_of[c] = (p * P + c) - img[c] * OHW
-            one_image = img[0] == img[cols - 1]  # the panel's pixels are contiguous in the output
-            dots = np.empty(P, np.int32)
-            vals = np.empty(P, np.float32)
-            if emit_bits:  # clear this task's words of its pixels' sign bits
-                for c in range(cols):
-                    q = p * P + c
-                    for g in range(G):
-                        lo, hi = g * Mg + m_lo, g * Mg + m_hi
-                        for wd in range(lo // 64, (hi + 63) // 64):
-                            out_bits[q, wd] = 0
-            for g in range(G):
-                # bit im2col of this panel for group g
-                for c in range(P):
-                    if c >= cols:
-                        for k in range(kwords):
-                            buf[k * P + c] = 0
-                        continue
-                    n, pix = img[c], pix_of[c]
-                    oh = pix // OW
-                    ow = pix - oh * OW
-                    for i in range(KH):
-                        ih = oh * sh - ph + i * dh
-                        for j in range(KW):
-                            iw = ow * sw - pw + j * dw
-                            kb = (i * KW + j) * CWg
-                            if ih >= 0 and ih < H and iw >= 0 and iw < W:
-                                src = (((n * H + ih) * W + iw) * G + g) * CWg
-                                for cw in range(CWg):
-                                    buf[(kb + cw) * P + c] = x[src + cw]
-                            else:
-                                for cw in range(CWg):
-                                    buf[(kb + cw) * P + c] = padword[cw]
-                for m0 in range(m_lo, m_hi, ROWS):
-                    block(w, (g * Mg_pad + m0) * kwords, kwords, buf, 0, kwords, acc, 0)
-                    for r in range(min(ROWS, m_hi - m0)):
-                        _epilogue(acc, r * P, g * Mg + m0 + r, cols, img, pix_of, one_image, K, corr, use_corr,
-                                  mode, scale, shift, residual, use_res, out_i, out_f, out_bits, emit_bits,
-                                  p * P, dots, vals)
+            corr_rows = np.zeros(ROWS, np.int64)
+            for task in range(t, n_tasks, n_threads):
+                q0 = (task // n_chunks) * T
+                fp_lo = (task % n_chunks) * fp_chunk
+                fp_hi = min(n_fp, fp_lo + fp_chunk)
+                cnt = min(T, total - q0)
+                for g in range(G):
+                    src, a0, a_stride = rows, 0, kwords
+                    if direct and cnt == T:
+                        src, a0, a_stride = x, (q0 * G + g) * CWg, G * CWg
+                    else:
+                        _im2col_rows(x, rows, q0, cnt, T, g, H, W, G, CWg, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW,
+                                     padword)
+                    for fp in range(fp_lo, fp_hi):
+                        col = (g * n_fp + fp) * P
+                        for r0 in range(0, cnt, ROWS):
+                            block(src, a0 + r0 * a_stride, a_stride, w, col * kwords, kwords, acc, 0)
+                            q = q0 + r0
+                            nr = min(ROWS, cnt - r0)
+                            if flags & CORR:
+                                for i in range(nr):
+                                    corr_rows[i] = ((q + i) % OHW) * OS + col
+                            epilogue(acc, nr, K, flags, corr, corr_rows, scale, shift, col, residual, out_i, out_f,
+                                     q * OS + col, OS, bits, q * bits_stride + col // 8, bits_stride)
 
     xnor_conv.panel = P
     return xnor_conv
@@ -170,27 +131,39 @@ LANES = preferred_lanes()
 xnor_conv = make_xnor_conv(LANES)
 PANEL = VECS * LANES
 
-
-_EMPTY_I = np.zeros((0, 0, 0), np.int32)
-_EMPTY_F = np.zeros((0, 0, 0), np.float32)
-_EMPTY_C = np.zeros((0, 0), np.int32)
-_EMPTY_B = np.zeros((0, 0), np.uint64)
-_EMPTY_V = np.zeros(0, np.float32)
+_EMPTY_I = np.zeros(0, np.int32)
+_EMPTY_F = np.zeros(0, np.float32)
+_EMPTY_B = np.zeros(0, np.uint8)
 
 
-def pack_filters(w_signs: np.ndarray, groups: int = 1) -> np.ndarray:
-    """Pack filters ``(O, C / G, KH, KW)`` (their signs: bit = w < 0) into the kernel's weight
-    layout ``(G, Mg_pad, KH * KW * words_for(C / G))``, rows beyond O / G zero."""
+def panel_words(words: np.ndarray, panel: int = PANEL) -> np.ndarray:
+    """Lay out packed filter rows ``(G, Mg, KW_words)`` (or ``(M, KW_words)``: one group) as
+    filter panels ``(G, ceil(Mg / panel), KW_words, panel)``, filters beyond Mg zero."""
+    words = np.asarray(words, np.uint64)
+    if words.ndim == 2:
+        words = words[None]
+    g, mg, kw = words.shape
+    n_fp = -(-mg // panel)
+    padded = np.zeros((g, n_fp * panel, kw), np.uint64)
+    padded[:, :mg] = words
+    return np.ascontiguousarray(padded.reshape(g, n_fp, panel, kw).transpose(0, 1, 3, 2))
+
+
+def unpanel_words(panels: np.ndarray, mg: int) -> np.ndarray:
+    """The inverse of ``panel_words``: ``(G, n_fp, KW_words, panel)`` -> rows ``(G, mg, KW_words)``."""
+    g, n_fp, kw, panel = panels.shape
+    return np.ascontiguousarray(panels.transpose(0, 1, 3, 2).reshape(g, n_fp * panel, kw)[:, :mg])
+
+
+def pack_filters(w_signs: np.ndarray, groups: int = 1, panel: int = PANEL) -> np.ndarray:
+    """Pack filters ``(O, C / G, KH, KW)`` (their signs: bit = w < 0) into the kernel's filter
+    panels ``(G, ceil((O / G) / panel), KH * KW * words_for(C / G), panel)``."""
     from bitnet.kernels.bits import pack_reference
     o, cg, kh, kw = w_signs.shape
-    if o % groups:
+    if groups < 1 or o % groups:
         raise ValueError(f"pack_filters: {o} filters do not split into {groups} groups")
     words = pack_reference(np.transpose(w_signs, (0, 2, 3, 1)), axis=-1)  # (O, KH, KW, CWg)
-    mg = o // groups
-    mg_pad = -(-mg // ROWS) * ROWS
-    out = np.zeros((groups, mg_pad, kh * kw * words.shape[-1]), np.uint64)
-    out[:, :mg] = words.reshape(groups, mg, -1)
-    return out
+    return panel_words(words.reshape(groups, o // groups, -1), panel)
 
 
 def pad_words(channels_per_group: int, pad_value: float) -> np.ndarray:
@@ -206,7 +179,7 @@ def pad_words(channels_per_group: int, pad_value: float) -> np.ndarray:
 
 
 def zero_pad_correction(w_signs, in_hw, stride, padding, dilation) -> np.ndarray:
-    """``(O, OH * OW)`` int32: for pad_value 0, the sum of the filter's +-1 values over the taps of
+    """``(OH * OW, O)`` int32: for pad_value 0, the sum of the filter's +-1 values over the taps of
     each output position that fall in the padding (those taps were computed as +1 * w and must
     count 0). ``w_signs``: the filters ``(O, C / G, KH, KW)`` (only their signs matter), or
     their per-tap sums of +-1 values ``(O, KH, KW)`` (int)."""
@@ -219,106 +192,163 @@ def zero_pad_correction(w_signs, in_hw, stride, padding, dilation) -> np.ndarray
     iw = np.arange(ow)[:, None] * stride[1] - padding[1] + np.arange(kw)[None, :] * dilation[1]  # (OW, KW)
     out_h, out_w = (ih < 0) | (ih >= h), (iw < 0) | (iw >= w)
     padded = out_h[:, None, :, None] | out_w[None, :, None, :]  # (OH, OW, KH, KW)
-    return np.einsum("hwij,oij->ohw", padded.astype(np.int64), tap_sums).reshape(o, -1).astype(np.int32)
+    return np.einsum("hwij,oij->hwo", padded.astype(np.int64), tap_sums).reshape(-1, o).astype(np.int32)
 
 
 def _out_size(size, pad, dil, k, stride):
     return (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
 
 
-def xnor_conv2d(x, filters, in_channels, out_channels, kernel_size, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
-                padword=None, corr=None, scale=None, shift=None, residual=None,
-                dots=False, emit_bits=False, kernel=None, k_true=None):
-    """Run the fused packed convolution; see the module docstring.
-
-    ``x``: ``(N, H, W, G, CWg)`` uint64 (``bitpack.pack_nchw``); ``filters``: ``pack_filters``'s
-    output; ``in_channels``, ``out_channels``: the true C and O; ``padword``: ``(CWg,)`` words for padded taps (default
-    zeros: +1); ``corr``: ``(O, OH * OW)`` int32 or None. Returns ``dots`` (``(N, O, OH, OW)`` int32)
-    when ``dots`` is true, else ``scale * dot + shift (+ residual)`` as float32 ``(N, O, OH, OW)``;
-    with ``emit_bits`` also the packed signs ``(N, OH, OW, 1, words_for(O))``.
-    """
+def _check_operands(x, filters, in_channels, out_channels, kernel_size, panel):
     if not isinstance(x, np.ndarray) or x.dtype != np.uint64 or x.ndim != 5:
         raise TypeError(f"xnor_conv2d expects packed activations, a uint64 array (N, H, W, G, CWg); got "
                         f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}; pack with "
                         "bitnet.kernels.bitpack.pack_nchw")
     n, h, w_, g, cwg = x.shape
     kh, kw = kernel_size
-    if filters.dtype != np.uint64 or filters.ndim != 3 or filters.shape[0] != g or filters.shape[2] != kh * kw * cwg:
-        raise ValueError(f"xnor_conv2d: filters must be uint64 ({g}, Mg_pad, {kh * kw * cwg}) for {g} groups, "
-                         f"{kh}x{kw} taps and {cwg} words per tap; got {filters.dtype} {filters.shape}")
+    kwords = kh * kw * cwg
+    if (not isinstance(filters, np.ndarray) or filters.dtype != np.uint64 or filters.ndim != 4
+            or filters.shape[0] != g or filters.shape[2:] != (kwords, panel)):
+        raise ValueError(f"xnor_conv2d: filters must be uint64 ({g}, n_panels, {kwords}, {panel}) for {g} groups, "
+                         f"{kh}x{kw} taps, {cwg} words per tap and panels of {panel} filters; got "
+                         f"{getattr(filters, 'dtype', type(filters).__name__)} {getattr(filters, 'shape', '')}; "
+                         "pack them with pack_filters")
     if in_channels % g or -(-(in_channels // g) // 64) != cwg:
         raise ValueError(f"xnor_conv2d: {in_channels} channels in {g} groups need {-(-(in_channels // g) // 64)} "
                          f"words per group, the input has {cwg}")
     mg = out_channels // g
-    if out_channels % g or mg > filters.shape[1] or mg <= filters.shape[1] - ROWS:
-        raise ValueError(f"xnor_conv2d: out_channels={out_channels} does not fit filters of shape {filters.shape}")
-    o = mg * g
+    if out_channels % g or not filters.shape[1] == -(-mg // panel):
+        raise ValueError(f"xnor_conv2d: out_channels={out_channels} in {g} groups does not fit filters of shape "
+                         f"{filters.shape}")
+
+
+def _padded(values, g, mg, n_fp, panel, fill, dtype):
+    """Per-filter values (G * Mg,) -> per panel lane (G * n_fp * panel,), padding lanes = fill."""
+    out = np.full((g, n_fp * panel), fill, dtype)
+    out[:, :mg] = np.asarray(values, dtype).reshape(g, mg)
+    return out.reshape(-1)
+
+
+def xnor_conv2d(x, filters, in_channels, out_channels, kernel_size, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
+                padword=None, corr=None, scale=None, shift=None, residual=None,
+                dots=False, emit_bits=False, kernel=None, k_true=None, layout="nchw"):
+    """Run the fused packed convolution; see the module docstring.
+
+    ``x``: ``(N, H, W, G, CWg)`` uint64 (``bitpack.pack_nchw``); ``filters``: ``pack_filters``'s
+    output; ``in_channels``, ``out_channels``: the true C and O; ``padword``: ``(CWg,)`` words for
+    padded taps (default zeros: +1); ``corr``: ``zero_pad_correction``'s ``(OH * OW, O)`` or None.
+    Returns ``dots`` (int32) when ``dots`` is true, else ``scale * dot + shift (+ residual)``
+    (float32), as ``(N, O, OH, OW)`` (``layout="nchw"``, a view of the channels-last result) or
+    ``(N, OH, OW, O)`` (``"nhwc"``); ``residual`` is given in the same layout. With
+    ``emit_bits`` (affine only) also the packed signs ``(N, OH, OW, 1, words_for(O))``, the next
+    layer's input (for groups > 1 each group's filters must fill whole panels).
+    """
+    kernel = kernel or xnor_conv
+    panel = kernel.panel
+    _check_operands(x, filters, in_channels, out_channels, kernel_size, panel)
+    if layout not in ("nchw", "nhwc"):
+        raise ValueError(f"xnor_conv2d: layout must be 'nchw' or 'nhwc', got {layout!r}")
+    n, h, w_, g, cwg = x.shape
+    kh, kw = kernel_size
+    mg, n_fp = out_channels // g, filters.shape[1]
+    os_ = g * n_fp * panel
     oh, ow = (_out_size(h, padding[0], dilation[0], kh, stride[0]), _out_size(w_, padding[1], dilation[1], kw, stride[1]))
     if oh < 1 or ow < 1:
         raise ValueError(f"xnor_conv2d: a {h}x{w_} input is too small for a {kh}x{kw} kernel "
                          f"(padding {padding}, dilation {dilation})")
+    total = n * oh * ow
     padword = np.zeros(cwg, np.uint64) if padword is None else np.ascontiguousarray(padword, np.uint64)
     k_true = (in_channels // g) * kh * kw if k_true is None else int(k_true)
-    out_i, out_f = _EMPTY_I, _EMPTY_F
+    flags = 0
+    out_i, out_f, sc, sh, res, bits, corr_p = _EMPTY_I, _EMPTY_F, _EMPTY_F, _EMPTY_F, _EMPTY_F, _EMPTY_B, _EMPTY_I
     if dots:
-        out_i = np.empty((n, o, oh * ow), np.int32)
+        if emit_bits or residual is not None:
+            raise ValueError("xnor_conv2d: dots=True returns raw dot products; residual and emit_bits need the "
+                             "affine epilogue (scale, shift)")
+        out = out_i = np.empty(total * os_, np.int32)
     else:
-        out_f = np.empty((n, o, oh * ow), np.float32)
         if scale is None or shift is None:
             raise ValueError("xnor_conv2d: the affine epilogue needs scale and shift (or pass dots=True)")
-    out_bits = np.empty((n * oh * ow, -(-o // 64)), np.uint64) if emit_bits else _EMPTY_B
-    scale = _EMPTY_V if scale is None else np.ascontiguousarray(scale, np.float32)
-    shift = _EMPTY_V if shift is None else np.ascontiguousarray(shift, np.float32)
-    if not dots and (scale.shape != (o,) or shift.shape != (o,)):
-        raise ValueError(f"xnor_conv2d: scale and shift must have shape ({o},), got {scale.shape} and {shift.shape}")
-    res = _EMPTY_F
-    if residual is not None:
-        res = np.ascontiguousarray(residual, np.float32)
-        if res.shape != (n, o, oh, ow):
-            raise ValueError(f"xnor_conv2d: residual must have shape {(n, o, oh, ow)}, got {res.shape}")
-        res = res.reshape(n, o, oh * ow)
-    corr = _EMPTY_C if corr is None else np.ascontiguousarray(corr, np.int32)
-    m_chunk = _m_chunk(n * oh * ow, mg, kernel)
-    (kernel or xnor_conv)(x.reshape(-1), n, h, w_, g, cwg, filters.reshape(-1), mg, filters.shape[1], kh, kw,
-                          stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], oh, ow,
-                          padword, k_true, corr, DOTS if dots else AFFINE, scale, shift, res, out_i, out_f,
-                          out_bits, m_chunk)
-    result = (out_i if dots else out_f).reshape(n, o, oh, ow)
+        scale, shift = np.asarray(scale), np.asarray(shift)
+        if scale.shape != (out_channels,) or shift.shape != (out_channels,):
+            raise ValueError(f"xnor_conv2d: scale and shift must have shape ({out_channels},), got {scale.shape} "
+                             f"and {shift.shape}")
+        flags |= AFFINE
+        sc = _padded(scale, g, mg, n_fp, panel, 0.0, np.float32)
+        sh = _padded(shift, g, mg, n_fp, panel, 1.0, np.float32)  # padding lanes: +1, sign bit 0
+        out = out_f = np.empty(total * os_, np.float32)
+        if residual is not None:
+            want = (n, out_channels, oh, ow) if layout == "nchw" else (n, oh, ow, out_channels)
+            r = np.asarray(residual, np.float32)
+            if r.shape != want:
+                raise ValueError(f"xnor_conv2d: residual must have shape {want} ({layout}), got {r.shape}")
+            if layout == "nchw":
+                r = r.transpose(0, 2, 3, 1)
+            res = np.zeros((total, g, n_fp * panel), np.float32)
+            res[:, :, :mg] = r.reshape(total, g, mg)
+            res = res.reshape(-1)
+            flags |= RESIDUAL
+    words = -(-out_channels // 64)
     if emit_bits:
-        return result, out_bits.reshape(n, oh, ow, 1, -1)
-    return result
+        if g > 1 and mg % panel:
+            raise ValueError(f"xnor_conv2d: emit_bits with {g} groups needs filters per group ({mg}) to be a "
+                             f"multiple of {panel}")
+        out_bits = np.zeros((total, words), np.uint64)
+        bits = out_bits.reshape(-1).view(np.uint8)
+        flags |= BITS
+    if corr is not None:
+        corr = np.asarray(corr, np.int32)
+        if corr.shape != (oh * ow, out_channels):
+            raise ValueError(f"xnor_conv2d: corr must have shape {(oh * ow, out_channels)}, got {corr.shape}")
+        corr_p = np.zeros((oh * ow, g, n_fp * panel), np.int32)
+        corr_p[:, :, :mg] = corr.reshape(oh * ow, g, mg)
+        corr_p = corr_p.reshape(-1)
+        flags |= CORR
+    t_rows, fp_chunk = _task_shape(total, n_fp)
+    kernel(x.reshape(-1), n, h, w_, g, cwg, filters.reshape(-1), n_fp, kh, kw, stride[0], stride[1], padding[0],
+           padding[1], dilation[0], dilation[1], oh, ow, padword, k_true, flags, corr_p, sc, sh, res, out_i, out_f,
+           bits, 8 * words, t_rows, fp_chunk, nb.get_num_threads())
+    out = out.reshape(n, oh, ow, g, n_fp * panel)[..., :mg].reshape(n, oh, ow, out_channels)
+    if layout == "nchw":
+        out = out.transpose(0, 3, 1, 2)
+    if emit_bits:
+        return out, out_bits.reshape(n, oh, ow, 1, words)
+    return out
 
 
 def xnor_gemm(a_words, b_words, k, kernel=None):
-    """``(M, W) x (N, W) -> (M, N)`` int32 dot products of +-1 rows of true length ``k``: a 1x1
-    convolution of one 1 x N image, so that each filter's outputs are contiguous.
-    ``a_words`` may be ``pack_filters``'s output for M rows."""
+    """``(M, W) x (N, W) -> (M, N)`` int32 dot products of +-1 rows of true length ``k`` (a view
+    of the kernel's ``(N, M)`` result): a 1x1 convolution of N pixels, the rows of ``b`` read
+    in place."""
+    kernel = kernel or xnor_conv
     a = np.asarray(a_words)
-    if a.ndim == 2:
-        m = a.shape[0]
-        a = np.zeros((1, -(-m // ROWS) * ROWS, a.shape[1]), np.uint64)
-        a[0, :m] = a_words
-    else:
-        m = a.shape[1]
     b = np.ascontiguousarray(b_words)
-    if b.dtype != np.uint64 or b.ndim != 2 or b.shape[1] != a.shape[2]:
-        raise ValueError(f"xnor_gemm: b must be uint64 (N, {a.shape[2]}), got {b.dtype} {b.shape}")
-    if not 0 < k <= 64 * a.shape[2]:
-        raise ValueError(f"xnor_gemm: k={k} does not fit {a.shape[2]} words")
-    if k <= 64 * (a.shape[2] - 1):
-        raise ValueError(f"xnor_gemm: k={k} needs {-(-k // 64)} words, got {a.shape[2]}")
-    n = b.shape[0]
-    x = b.reshape(1, 1, n, 1, -1)
-    dots = xnor_conv2d(x, a, 64 * a.shape[2], m, (1, 1), dots=True, kernel=kernel, k_true=k)
-    return dots.reshape(m, n)
+    if a.dtype != np.uint64 or a.ndim != 2:
+        raise ValueError(f"xnor_gemm: a must be uint64 (M, W), got {a.dtype} {a.shape}")
+    if b.dtype != np.uint64 or b.ndim != 2 or b.shape[1] != a.shape[1]:
+        raise ValueError(f"xnor_gemm: b must be uint64 (N, {a.shape[1]}), got {b.dtype} {b.shape}")
+    return xnor_gemm_panels(panel_words(a, kernel.panel), a.shape[0], b, k, kernel)
 
 
-def _m_chunk(pixels, mg, kernel):
-    """Filters per task: all of them, unless there are too few panels to keep the threads busy."""
-    panel = PANEL if kernel is None else getattr(kernel, "panel", PANEL)
-    panels = -(-pixels // panel)
-    threads = nb.get_num_threads()
-    if panels >= 4 * threads or mg <= 64:
-        return -(-mg // 64) * 64
-    chunks = min(-(-mg // 64), -(-4 * threads // panels))
-    return -(-(-(-mg // chunks)) // 64) * 64
+def xnor_gemm_panels(a_panels, m, b_words, k, kernel=None):
+    """``xnor_gemm`` with the first operand already laid out by ``panel_words`` (``m`` true rows)."""
+    kernel = kernel or xnor_conv
+    nw = a_panels.shape[2]
+    if not 0 < k <= 64 * nw or k <= 64 * (nw - 1):
+        raise ValueError(f"xnor_gemm: k={k} needs {-(-k // 64)} words, got {nw}")
+    n = b_words.shape[0]
+    dots = xnor_conv2d(b_words.reshape(1, 1, n, 1, nw), a_panels, 64 * nw, m, (1, 1), dots=True, kernel=kernel,
+                       k_true=k, layout="nhwc")
+    return dots.reshape(n, m).T
+
+
+def _task_shape(pixels, n_fp):
+    """(pixels per task, filter panels per task): blocks of 32 pixels and all panels, smaller
+    blocks and then filter chunks where that leaves fewer than 4 tasks per thread."""
+    want = 4 * nb.get_num_threads()
+    t_rows = 32
+    while t_rows > ROWS and -(-pixels // t_rows) < want:
+        t_rows //= 2
+    blocks = -(-pixels // t_rows)
+    chunks = min(n_fp, -(-want // blocks))
+    return t_rows, -(-n_fp // chunks)

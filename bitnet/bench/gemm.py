@@ -35,23 +35,22 @@ def cases(quick=False):
 
 def bench_case(name, m, n, k, rounds, repeats, naive=True):
     from bitnet.kernels.bitpack import pack_rows
-    from bitnet.kernels.xnor_conv import ROWS, xnor_gemm
+    from bitnet.kernels.xnor_conv import panel_words, xnor_gemm_panels
     from bitnet.kernels.xnor_naive import xnor_gemm_naive
     rng = np.random.default_rng(0)
     a = np.where(rng.standard_normal((m, k)) >= 0, 1, -1).astype(np.float32)
     bt = np.where(rng.standard_normal((n, k)) >= 0, 1, -1).astype(np.float32)  # (N, K)
     b = np.ascontiguousarray(bt.T)                                             # (K, N)
     aw, bw = pack_rows(a), pack_rows(bt)
-    a_panel = np.zeros((1, -(-m // ROWS) * ROWS, aw.shape[1]), np.uint64)
-    a_panel[0, :m] = aw
+    a_panel = panel_words(aw)  # the weights' layout, made once, as a packed layer holds them
     methods = {"numpy (A@B)": lambda: a @ b, "numpy (A@Bt.T)": lambda: a @ bt.T}
     if naive:
         methods["naive"] = lambda: xnor_gemm_naive(aw, bw, k)
-    methods["xnor"] = lambda: xnor_gemm(a_panel, bw, k)
-    methods["xnor+binarize"] = lambda: xnor_gemm(a_panel, pack_rows(bt), k)
+    methods["xnor"] = lambda: xnor_gemm_panels(a_panel, m, bw, k)
+    methods["xnor+binarize"] = lambda: xnor_gemm_panels(a_panel, m, pack_rows(bt), k)
     # correctness of what is timed: exact
     ref = (a @ bt[:64].T).astype(np.int32)
-    assert np.array_equal(xnor_gemm(a_panel, bw[:64], k), ref)
+    assert np.array_equal(xnor_gemm_panels(a_panel, m, bw[:64], k), ref)
     med = time_methods(methods, rounds, repeats)
     layouts = ("numpy (A@B)", "numpy (A@Bt.T)")
     best = min(layouts, key=med.get)

@@ -8,13 +8,24 @@ import time
 import numpy as np
 
 
-def time_methods(methods: dict, rounds: int = 3, repeats: int = 3) -> dict:
-    """``{name: median seconds}`` of calling each ``methods[name]()``; every round runs each method
-    once untimed (warm-up: compilation, caches, thread pools) and then ``repeats`` timed calls."""
+SETTLE_S = 0.25  # longer than OpenBLAS's and OpenMP's spin-wait after a call (2**28 cycles ~ 0.1 s)
+WARMUP_S = 0.02
+
+
+def time_methods(methods: dict, rounds: int = 3, repeats: int = 3, settle_s: float = SETTLE_S) -> dict:
+    """``{name: median seconds}`` of calling each ``methods[name]()``, its steady-state time per
+    call. Every round gives each method in turn a block: a pause of ``settle_s`` (the previous
+    method's thread pool stops spinning: on 2 cores a spinning OpenBLAS pool halves the next
+    method's speed), untimed warm-up calls for at least ``WARMUP_S`` (compilation, caches,
+    waking the method's own threads), then ``repeats`` timed calls."""
     times = {name: [] for name in methods}
     for _ in range(rounds):
         for name, fn in methods.items():
+            time.sleep(settle_s)
+            t_end = time.perf_counter() + WARMUP_S
             fn()
+            while time.perf_counter() < t_end:
+                fn()
             for _ in range(repeats):
                 t0 = time.perf_counter()
                 fn()

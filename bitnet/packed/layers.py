@@ -75,10 +75,9 @@ class PackedConv2d(Module):
 
     def _taps(self):
         """Per-tap sums of the filters' +-1 values (O, KH, KW), from the packed words."""
-        g, mg_pad, _ = self.filters.shape
-        mg = self.out_channels // g
+        g = self.filters.shape[0]
         kh, kw = self.kernel_size
-        words = self.filters[:, :mg].reshape(g * mg, kh, kw, -1)
+        words = XC.unpanel_words(self.filters, self.out_channels // g).reshape(self.out_channels, kh, kw, -1)
         return unpack_reference(words, self.in_channels // g).sum(axis=-1).astype(np.int64)
 
     def _correction(self, hw):

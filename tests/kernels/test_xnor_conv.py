@@ -61,8 +61,9 @@ def test_dots_equal_float_convolution_of_signs(cfg, pad_value, kernel):
     xs, ws = _signs(x), _signs(wt)
     ref = _float_conv(xs, ws, s, p, d, g, pad_value)
     corr = XC.zero_pad_correction(ws, (h, w), s, p, d) if pad_value == 0 else None
-    got = XC.xnor_conv2d(pack_nchw(x, g), XC.pack_filters(wt, g), c, o, k, s, p, d,
-                         padword=XC.pad_words(c // g, pad_value), corr=corr, dots=True, kernel=KERNELS[kernel])
+    kern = KERNELS[kernel]
+    got = XC.xnor_conv2d(pack_nchw(x, g), XC.pack_filters(wt, g, kern.panel), c, o, k, s, p, d,
+                         padword=XC.pad_words(c // g, pad_value), corr=corr, dots=True, kernel=kern)
     assert got.dtype == np.int32 and got.shape == ref.shape
     assert np.array_equal(got, ref)
 
@@ -78,8 +79,9 @@ def test_affine_epilogue_residual_and_sign_bits(kernel):
     res = rng.normal(size=(n, o, h, w)).astype(np.float32)
     dots = _float_conv(_signs(x), _signs(wt), (1, 1), (1, 1), (1, 1), 1, 1.0)
     for residual in (None, res):
-        y, bits = XC.xnor_conv2d(pack_nchw(x), XC.pack_filters(wt), c, o, (3, 3), padding=(1, 1), scale=scale,
-                                 shift=shift, residual=residual, emit_bits=True, kernel=KERNELS[kernel])
+        kern = KERNELS[kernel]
+        y, bits = XC.xnor_conv2d(pack_nchw(x), XC.pack_filters(wt, 1, kern.panel), c, o, (3, 3), padding=(1, 1),
+                                 scale=scale, shift=shift, residual=residual, emit_bits=True, kernel=kern)
         # the same float32 operations in the same order: exact
         expected = scale[None, :, None, None] * dots + shift[None, :, None, None]
         if residual is not None:
@@ -89,20 +91,45 @@ def test_affine_epilogue_residual_and_sign_bits(kernel):
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
-def test_raw_kernel_writes_every_output_over_poisoned_buffers(kernel):
+@pytest.mark.parametrize("t_rows,fp_chunk", [(4, 1), (8, 2), (32, 1)])
+def test_raw_kernel_writes_every_output_over_poisoned_buffers(kernel, t_rows, fp_chunk):
+    # 2 images of 5x5 -> 3x3 (18 pixels: partial pixel blocks), 40 filters (a partial panel), the
+    # epilogue with every flag on; outputs start as garbage and must all be overwritten
     kern = KERNELS[kernel]
-    n, c, h, w, o = 2, 64, 5, 5, 9
+    n, c, h, w, o, p = 2, 64, 5, 5, 40, kern.panel
     rng = np.random.default_rng(9)
     x, wt = rng.standard_normal((n, c, h, w)).astype(np.float32), rng.standard_normal((o, c, 3, 3)).astype(np.float32)
-    xp, fp = pack_nchw(x), XC.pack_filters(wt)
-    out_i = np.full((n, o, 9), -12345, np.int32)
-    out_bits = np.full((n * 9, 1), np.uint64(2**64 - 1), np.uint64)
-    kern(xp.reshape(-1), n, h, w, 1, 1, fp.reshape(-1), o, fp.shape[1], 3, 3, 1, 1, 0, 0, 1, 1, 3, 3,
-         np.zeros(1, np.uint64), c * 9, XC._EMPTY_C, XC.DOTS, XC._EMPTY_V, XC._EMPTY_V, XC._EMPTY_F, out_i,
-         XC._EMPTY_F, out_bits, 64)
-    ref = _float_conv(_signs(x), _signs(wt), (1, 1), (0, 0), (1, 1), 1, 1.0)
-    assert np.array_equal(out_i.reshape(ref.shape), ref)
-    assert np.array_equal(out_bits, pack_reference(ref.transpose(0, 2, 3, 1).reshape(-1, o), axis=-1))
+    xp, fp = pack_nchw(x), XC.pack_filters(wt, 1, p)
+    n_fp = fp.shape[1]
+    os_ = n_fp * p
+    ref = _float_conv(_signs(x), _signs(wt), (1, 1), (0, 0), (1, 1), 1, 1.0).transpose(0, 2, 3, 1).reshape(-1, o)
+    out_i = np.full(18 * os_, -12345, np.int32)
+    kern(xp.reshape(-1), n, h, w, 1, 1, fp.reshape(-1), n_fp, 3, 3, 1, 1, 0, 0, 1, 1, 3, 3, np.zeros(1, np.uint64),
+         c * 9, 0, XC._EMPTY_I, XC._EMPTY_F, XC._EMPTY_F, XC._EMPTY_F, out_i, XC._EMPTY_F, XC._EMPTY_B, 8,
+         t_rows, fp_chunk, 2)
+    assert np.array_equal(out_i.reshape(18, os_)[:, :o], ref)
+    # affine + residual + corr + bits, all through the raw kernel
+    scale = np.zeros(os_, np.float32)
+    shift = np.ones(os_, np.float32)
+    scale[:o], shift[:o] = rng.uniform(-1, 1, o), rng.normal(size=o)
+    res = np.zeros((18, os_), np.float32)
+    res[:, :o] = rng.normal(size=(18, o))
+    corr = np.zeros((9, os_), np.int32)
+    corr[:, :o] = rng.integers(-9, 10, (9, o))
+    out_f = np.full(18 * os_, np.nan, np.float32)
+    out_bits = np.full(18, np.uint64(2**64 - 1), np.uint64)
+    flags = XC.AFFINE | XC.RESIDUAL | XC.CORR | XC.BITS
+    kern(xp.reshape(-1), n, h, w, 1, 1, fp.reshape(-1), n_fp, 3, 3, 1, 1, 0, 0, 1, 1, 3, 3, np.zeros(1, np.uint64),
+         c * 9, flags, corr.reshape(-1), scale, shift, res.reshape(-1), XC._EMPTY_I, out_f, out_bits.view(np.uint8), 8,
+         t_rows, fp_chunk, 2)
+    dots = ref - np.tile(corr[:, :o], (2, 1))
+    expected = scale[:o] * dots.astype(np.float32) + shift[:o] + res[:, :o]
+    assert np.array_equal(out_f.reshape(18, os_)[:, :o], expected)
+    # the sign word: the 40 filters' bits, then the padding lanes' (+1: bit 0); bits 32.. of a
+    # 32-lane panel's word are not written by it (xnor_conv2d zeroes that buffer)
+    want = pack_reference(expected, axis=-1)[:, 0]
+    low = np.uint64((1 << min(64, os_)) - 1) if os_ < 64 else np.uint64(2**64 - 1)
+    assert np.array_equal(out_bits & low, want & low)
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -117,8 +144,10 @@ def test_gemm_equals_reference(m, n, k, kernel):
 
 
 def test_filters_are_split_across_threads_when_pixels_are_few():
-    # batch-1 dense layer: one panel, 1000 filters -> several filter chunks of 64-multiples
-    assert XC._m_chunk(1, 1000, None) % 64 == 0
+    # batch-1 dense layer: one pixel, 1000 filters -> several filter chunks per thread
+    t_rows, fp_chunk = XC._task_shape(1, -(-1000 // XC.PANEL))
+    assert t_rows == 4 and fp_chunk < -(-1000 // XC.PANEL)
+    assert XC._task_shape(12800, 2) == (32, 2)
     rng = np.random.default_rng(1)
     a, b = rng.standard_normal((1000, 1024)).astype(np.float32), rng.standard_normal((1, 1024)).astype(np.float32)
     assert np.array_equal(XC.xnor_gemm(pack_rows(a), pack_rows(b), 1024), (_signs(a) @ _signs(b).T).astype(np.int32))
@@ -129,7 +158,7 @@ def test_bad_operands_get_clear_errors():
     f = XC.pack_filters(np.ones((4, 10, 3, 3), np.float32))
     with pytest.raises(TypeError, match="packed activations, a uint64 array"):
         XC.xnor_conv2d(x.astype(np.float32), f, 10, 4, (3, 3), dots=True)
-    with pytest.raises(ValueError, match=r"filters must be uint64 \(1, Mg_pad, 25\)"):
+    with pytest.raises(ValueError, match=rf"filters must be uint64 \(1, n_panels, 25, {XC.PANEL}\)"):
         XC.xnor_conv2d(x, f, 10, 4, (5, 5), dots=True)
     with pytest.raises(ValueError, match="too small"):
         XC.xnor_conv2d(np.zeros((1, 2, 2, 1, 1), np.uint64), f, 10, 4, (3, 3), dots=True)
@@ -137,6 +166,12 @@ def test_bad_operands_get_clear_errors():
         XC.xnor_conv2d(x, f, 10, 4, (3, 3))
     with pytest.raises(ValueError, match=r"residual must have shape \(1, 4, 2, 2\)"):
         XC.xnor_conv2d(x, f, 10, 4, (3, 3), scale=np.ones(4), shift=np.ones(4), residual=np.zeros((1, 4, 3, 3)))
+    with pytest.raises(ValueError, match="residual and emit_bits need the affine epilogue"):
+        XC.xnor_conv2d(x, f, 10, 4, (3, 3), dots=True, emit_bits=True)
+    with pytest.raises(ValueError, match=r"corr must have shape \(4, 4\)"):
+        XC.xnor_conv2d(x, f, 10, 4, (3, 3), dots=True, corr=np.zeros((4, 4, 1), np.int32))
+    with pytest.raises(ValueError, match="layout must be"):
+        XC.xnor_conv2d(x, f, 10, 4, (3, 3), dots=True, layout="chwn")
     with pytest.raises(ValueError, match="k=1 needs 1 words, got 2"):
         XC.xnor_gemm(np.zeros((2, 2), np.uint64), np.zeros((3, 2), np.uint64), 1)
 
