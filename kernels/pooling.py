@@ -11,6 +11,7 @@ For window (KH, KW), stride (SH, SW) and padding (PH, PW) (floor mode):
 from __future__ import annotations
 
 import numba as nb
+import numpy as np
 
 _JIT = dict(nogil=True, cache=True, boundscheck=False, fastmath=False)
 
@@ -117,3 +118,27 @@ def avg_pool_backward(grad_out, kh, kw, sh, sw, ph, pw, grad_in):
                 for iy in range(y0, y1):
                     for ix in range(x0, x1):
                         grad_in[n, c, iy, ix] += g
+
+
+@nb.njit(parallel=True, **_JIT)
+def avg_pool_nhwc(x, k, out):
+    """Channels-last average pool, window and stride ``k``, no padding:
+    ``out[n, oy, ox, c] = (sum_{i, j < k} x[n, k*oy + i, k*ox + j, c]) / k^2``, summed in float64 in
+    the order of ``avg_pool_forward`` (so the results are the same bits)."""
+    n_img, height, width, channels = x.shape
+    oh, ow = out.shape[1], out.shape[2]
+    scale = 1.0 / (k * k)
+    for row in nb.prange(n_img * oh):
+        n = row // oh
+        oy = row - n * oh
+        acc = np.empty(channels, np.float64)
+        for ox in range(ow):
+            acc[:] = 0.0
+            for iy in range(oy * k, oy * k + k):
+                for ix in range(ox * k, ox * k + k):
+                    src = x[n, iy, ix]
+                    for c in range(channels):
+                        acc[c] += src[c]
+            dst = out[n, oy, ox]
+            for c in range(channels):
+                dst[c] = acc[c] * scale

@@ -42,26 +42,32 @@ _JIT = dict(parallel=True, boundscheck=False, nogil=True, cache=True)
 def _im2col_rows(x, rows, q0, cnt, T, g, H, W, G, CWg, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, padword):
     """rows[r * kwords + (i * KW + j) * CWg + cw] = the word tap (i, j), channel word cw of pixel
     q0 + r (group g), the pad word outside the image; rows beyond ``cnt`` all zero."""
-    OHW = OH * OW
     kwords = KH * KW * CWg
+    n = q0 // (OH * OW)  # the first pixel's (n, oh, ow), then stepped: no divisions per pixel
+    oh = (q0 - n * OH * OW) // OW
+    ow = q0 - (n * OH + oh) * OW - 1
     for r in range(T):
         base = r * kwords
         if r >= cnt:
             for k in range(kwords):
                 rows[base + k] = 0
             continue
-        q = q0 + r
-        n = q // OHW
-        pix = q - n * OHW
-        oh = pix // OW
-        ow = pix - oh * OW
+        ow += 1
+        if ow == OW:
+            ow = 0
+            oh += 1
+            if oh == OH:
+                oh = 0
+                n += 1
         ih0, iw0 = oh * sh - ph, ow * sw - pw
         inside = ih0 >= 0 and ih0 + (KH - 1) * dh < H and iw0 >= 0 and iw0 + (KW - 1) * dw < W
         if inside and CWg == 1:  # the common case, without per-tap tests
-            step = dw * G
-            for i in range(KH):
-                src = ((n * H + ih0 + i * dh) * W + iw0) * G + g
-                rows[base + i * KW:base + (i + 1) * KW] = x[src:src + (KW - 1) * step + 1:step]
+            step = np.uint64(dw * G)
+            for i in range(KH):  # unsigned indices: no negative-index wraparound code per word
+                src = np.uint64(((n * H + ih0 + i * dh) * W + iw0) * G + g)
+                dst = np.uint64(base + i * KW)
+                for j in range(np.uint64(KW)):
+                    rows[dst + j] = x[src + j * step]
             continue
         for i in range(KH):
             ih = ih0 + i * dh
@@ -284,9 +290,12 @@ def xnor_conv2d(x, filters, in_channels, out_channels, kernel_size, stride=(1, 1
                 raise ValueError(f"xnor_conv2d: residual must have shape {want} ({layout}), got {r.shape}")
             if layout == "nchw":
                 r = r.transpose(0, 2, 3, 1)
-            res = np.zeros((total, g, n_fp * panel), np.float32)
-            res[:, :, :mg] = r.reshape(total, g, mg)
-            res = res.reshape(-1)
+            if mg == n_fp * panel and layout == "nhwc":  # the kernel's own layout: read in place
+                res = np.ascontiguousarray(r).reshape(-1)
+            else:
+                res = np.zeros((total, g, n_fp * panel), np.float32)
+                res[:, :, :mg] = r.reshape(total, g, mg)
+                res = res.reshape(-1)
             flags |= RESIDUAL
     words = -(-out_channels // 64)
     if emit_bits:

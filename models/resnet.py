@@ -59,6 +59,19 @@ class BasicBlock(nn.Module):
         y = F.relu(self.bn1(self.conv1(x)))
         return F.relu(self.bn2(self.conv2(y)) + sc)
 
+    def to_packed(self, pack_layer):
+        """``bitnet.pack`` hook: the binary block as a ``PackedResidualBlock`` (both residual additions
+        in the kernels' epilogue, channels-last, signs handed over packed); None for a float block
+        or binary layers that do not run on bits."""
+        from bitnet.packed.blocks import ChannelsLastShortcut, PackedResidualBlock
+        from bitnet.packed.layers import packable
+        if not (self.binary and packable(self.conv1) and packable(self.conv2)):
+            return None
+        shortcut = self.shortcut
+        if shortcut is not None:
+            shortcut = ChannelsLastShortcut.from_modules(shortcut) or shortcut.eval()
+        return PackedResidualBlock(pack_layer(self.conv1, self.bn1), pack_layer(self.conv2, self.bn2), shortcut)
+
     def extra_repr(self):
         return "binary" if self.binary else ""
 
@@ -87,6 +100,17 @@ class ResNet(nn.Module):
 
     def forward(self, x):
         return self.fc(self.pool(self.stages(self.stem(x))))
+
+    def to_packed(self, pack_layer):
+        """``bitnet.pack`` hook (runs on the packed copy): when the first stage is binary, the float
+        stem becomes a channels-last convolution with its batch norm and ReLU fused
+        (``bitnet.packed.ChannelsLastConv2d``), so the packed blocks get their input without a
+        transposition; the blocks are then packed by their own hook."""
+        from bitnet.packed.blocks import ChannelsLastConv2d
+        first = next(iter(self.stages._modules.values()), None)
+        if getattr(first, "binary", False):
+            self.stem = ChannelsLastConv2d.from_sequential(self.stem) or self.stem
+        return None
 
 
 def _check_image_size(image_size):

@@ -74,7 +74,12 @@ def fold_batchnorm(layer, bn=None):
         return alpha.astype(np.float32), bias.astype(np.float32)
     if bn.num_features != out:
         raise ValueError(f"cannot fold {bn!r} into {layer!r}: {bn.num_features} features, {out} channels")
+    g, b = batchnorm_affine(bn)
+    return (alpha * g).astype(np.float32), (bias * g + b).astype(np.float32)
+
+
+def batchnorm_affine(bn):
+    """An eval-mode batch norm as ``y = g * x + b`` per channel (float64):
+    ``g = gamma / sqrt(var + eps)``, ``b = beta - mean * g``."""
     g = bn.weight.data.astype(np.float64) / np.sqrt(bn.running_var.astype(np.float64) + bn.eps)
-    scale = alpha * g
-    shift = (bias - bn.running_mean.astype(np.float64)) * g + bn.bias.data.astype(np.float64)
-    return scale.astype(np.float32), shift.astype(np.float32)
+    return g, bn.bias.data.astype(np.float64) - bn.running_mean.astype(np.float64) * g

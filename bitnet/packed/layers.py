@@ -111,6 +111,9 @@ class PackedConv2d(Module):
         return self._run(x, dots=True)
 
     def forward(self, x, residual=None):
+        from bitnet.packed.blocks import FeatureMap
+        if isinstance(x, FeatureMap):
+            return self._forward_channels_last(x, residual)
         res = None if residual is None else (residual.data if isinstance(residual, Tensor) else residual)
         out = self._run(x, scale=self.scale, shift=self.shift, residual=res, emit_bits=self.emit_signs)
         if self.emit_signs:
@@ -119,6 +122,25 @@ class PackedConv2d(Module):
             t.packed_signs = bits
             return t
         return Tensor(out)
+
+    def _forward_channels_last(self, fm, residual):
+        """FeatureMap in (its packed signs used when present), FeatureMap out (with its signs packed
+        when ``emit_signs``); ``residual``: a FeatureMap or an (N, OH, OW, O) array."""
+        from bitnet.packed.blocks import FeatureMap
+        n, h, w, c = fm.nhwc.shape
+        if c != self.in_channels:
+            raise ValueError(f"{self!r} expects {self.in_channels} channels, got a feature map of shape "
+                             f"{fm.nhwc.shape} (N, H, W, C)")
+        g = self.groups
+        xb = fm.bits
+        if xb is None or g != 1 or xb.shape[:3] != (n, h, w):
+            xb = bitpack.pack_rows(np.ascontiguousarray(fm.nhwc).reshape(-1, c // g)).reshape(n, h, w, g, -1)
+        res = residual.nhwc if isinstance(residual, FeatureMap) else residual
+        emit = self.emit_signs and (g == 1 or (self.out_channels // g) % self.filters.shape[3] == 0)
+        out = XC.xnor_conv2d(xb, self.filters, self.in_channels, self.out_channels, self.kernel_size, self.stride,
+                             self.padding, self.dilation, padword=self._padword, corr=self._correction((h, w)),
+                             scale=self.scale, shift=self.shift, residual=res, emit_bits=emit, layout="nhwc")
+        return FeatureMap.of(*out) if emit else FeatureMap.of(out)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

@@ -8,7 +8,9 @@ Returns a copy of ``model`` in eval mode (the original is untouched) where
   into its ``scale`` / ``shift`` and replaced by ``Identity``;
 - a module that defines ``to_packed(pack_layer)`` (e.g. the binary ResNet block, which fuses its
   residual additions into the packed layers' epilogue) builds its own packed version; it receives
-  a function ``pack_layer(layer, bn)``;
+  a function ``pack_layer(layer, bn)`` and returns the packed module, or None to be packed
+  layer by layer like any other (the hook runs on the copy: the root model's hook may first
+  replace some of its own children, e.g. the ResNet's float stem by a channels-last one);
 - everything else (float layers, k-bit layers, binary layers with other quantizers) stays as it was.
 
 The packed model computes what ``model.eval()`` computes: binary dot products exactly, the rest
@@ -45,20 +47,28 @@ def pack(model):
     packed = copy.deepcopy(model)
     packed.eval()
     if hasattr(packed, "to_packed"):
-        return packed.to_packed(pack_layer)
+        new = packed.to_packed(pack_layer)
+        if new is not None:
+            new.packed_layers = [n for n, m in new.named_modules() if isinstance(m, (PackedConv2d, PackedDense))]
+            return new
     pairs = dict(batchnorm_pairs(packed))
     modules = dict(packed.named_modules())
-    names = []
+    names, replaced = [], []
     for name, mod in list(modules.items()):
-        if name and hasattr(mod, "to_packed") and not _inside(name, names):
-            _set_child(packed, name, mod.to_packed(pack_layer))
-            names.append(name)
-        elif packable(mod) and not _inside(name, names):
+        if _inside(name, replaced):
+            continue
+        new = mod.to_packed(pack_layer) if name and hasattr(mod, "to_packed") else None
+        if new is not None:
+            _set_child(packed, name, new)
+            replaced.append(name)
+            names += [f"{name}.{sub}" for sub, m in new.named_modules() if isinstance(m, (PackedConv2d, PackedDense))]
+        elif packable(mod):
             bn_name = pairs.get(name)
             _set_child(packed, name, pack_layer(mod, modules[bn_name] if bn_name else None))
             if bn_name:
                 _set_child(packed, bn_name, Identity())
             names.append(name)
+            replaced.append(name)
     packed.packed_layers = names
     return packed
 

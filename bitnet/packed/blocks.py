@@ -1,0 +1,172 @@
+"""Channels-last feature maps between packed layers, and the packed residual block.
+
+Between packed layers activations stay channels-last, as the kernels produce them, and carry
+their signs already packed: a ``FeatureMap`` holds ``nhwc`` (float32 ``(N, H, W, C)``) and
+``bits`` (``(N, H, W, 1, words_for(C))`` uint64, bit = value < 0, or None). It *is* a ``Tensor``
+whose ``data`` is the ``(N, C, H, W)`` view of ``nhwc``, so any float layer can consume it
+unchanged; packed layers read ``nhwc`` / ``bits`` directly (no transposition, no re-packing).
+
+``PackedResidualBlock`` is the binary ResNet block (Bi-Real shortcuts) on packed layers::
+
+    y   = scale1 * dot(sign(x), W1) + shift1 + shortcut(x)      one kernel call, emits sign(y)
+    out = scale2 * dot(sign(y), W2) + shift2 + y                 one kernel call, emits sign(out)
+
+(batch norms folded into scale/shift; both additions happen in the kernels' epilogue). A
+downsampling shortcut (avg-pool, float 1x1 convolution, batch norm) runs channels-last as one
+float GEMM with the batch norm folded into its columns (``ChannelsLastShortcut``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from bitnet.kernels.pooling import avg_pool_nhwc
+from bitnet.nn.module import Module
+from bitnet.packed.fold import batchnorm_affine
+from bitnet.tensor import Tensor
+
+
+class FeatureMap(Tensor):
+    """An NCHW tensor backed by a channels-last array, with its packed signs; see the module docstring."""
+    __slots__ = ("nhwc", "bits")
+
+    @classmethod
+    def of(cls, nhwc: np.ndarray, bits: np.ndarray | None = None) -> "FeatureMap":
+        fm = cls(nhwc.transpose(0, 3, 1, 2))
+        fm.nhwc, fm.bits = nhwc, bits
+        return fm
+
+    @classmethod
+    def from_tensor(cls, x) -> "FeatureMap":
+        """``x`` itself if it is a FeatureMap, else a channels-last copy of the NCHW tensor / array."""
+        if isinstance(x, FeatureMap):
+            return x
+        data = x.data if isinstance(x, Tensor) else np.asarray(x)
+        if data.ndim != 4:
+            raise ValueError(f"expected a feature map (N, C, H, W), got shape {data.shape}")
+        return cls.of(np.ascontiguousarray(data.transpose(0, 2, 3, 1), np.float32))
+
+
+class ChannelsLastConv2d(Module):
+    """A float convolution with its batch norm folded (and a ReLU), channels-last, as one GEMM over
+    im2col rows (the float stem of a packed ResNet):
+
+        out[q, o] = relu( sum_{i, j, c} x_pad[n, oh*sh + i, ow*sw + j, c] * W[o, c, i, j] * g[o] + shift[o] )
+
+    with ``g``, ``shift`` from the batch norm (``batchnorm_affine``) and the conv bias."""
+
+    def __init__(self, weight, scale, shift, stride=(1, 1), padding=(0, 0), relu=False):
+        super().__init__()
+        o, c, kh, kw = weight.shape
+        folded = weight.astype(np.float64) * np.asarray(scale, np.float64)[:, None, None, None]
+        self.register_buffer("weight_t", np.ascontiguousarray(folded.transpose(2, 3, 1, 0).reshape(-1, o), np.float32))
+        self.register_buffer("shift", np.asarray(shift, np.float32))
+        self.kernel_size, self.stride, self.padding, self.relu = (kh, kw), tuple(stride), tuple(padding), bool(relu)
+        self.in_channels, self.out_channels = c, o
+
+    @classmethod
+    def from_sequential(cls, seq):
+        """From ``Sequential(Conv2d, BatchNorm2d[, ReLU])`` (groups 1, dilation 1, running
+        statistics); None for anything else."""
+        from bitnet.nn.layers import BatchNorm2d, Conv2d, ReLU
+        mods = list(seq._modules.values())
+        if len(mods) not in (2, 3) or not isinstance(mods[0], Conv2d) or not isinstance(mods[1], BatchNorm2d):
+            return None
+        conv, bn = mods[0], mods[1]
+        if (len(mods) == 3 and not isinstance(mods[2], ReLU)) or conv.groups != 1 or conv.dilation != (1, 1) \
+                or not bn.track_running_stats:
+            return None
+        g, b = batchnorm_affine(bn)
+        bias = np.zeros(conv.out_channels) if conv.bias is None else conv.bias.data.astype(np.float64)
+        return cls(conv.weight.data, g, b + bias * g, conv.stride, conv.padding, relu=len(mods) == 3)
+
+    def forward(self, x) -> "FeatureMap":
+        fm = FeatureMap.from_tensor(x)
+        n, h, w, c = fm.nhwc.shape
+        if c != self.in_channels:
+            raise ValueError(f"{self!r} expects {self.in_channels} channels, got a map of shape {fm.nhwc.shape} (N, H, W, C)")
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        xp = np.pad(fm.nhwc, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+        win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(1, 2))[:, ::sh, ::sw]  # (N, OH, OW, C, KH, KW)
+        oh, ow = win.shape[1], win.shape[2]
+        out = win.transpose(0, 1, 2, 4, 5, 3).reshape(-1, kh * kw * c) @ self.weight_t
+        out += self.shift
+        if self.relu:
+            np.maximum(out, 0, out=out)
+        return FeatureMap.of(out.reshape(n, oh, ow, -1))
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, relu={self.relu}")
+
+
+class ChannelsLastShortcut(Module):
+    """Avg-pool ``k`` (k = 1: none), then a float 1x1 convolution with its batch norm folded:
+    ``out[q, o] = sum_c pool(x)[q, c] * (W[o, c] * g[o]) + shift[o]``, on channels-last maps."""
+
+    def __init__(self, pool: int, weight: np.ndarray, scale: np.ndarray, shift: np.ndarray):
+        super().__init__()
+        self.pool = int(pool)
+        self.register_buffer("weight_t", np.ascontiguousarray((weight * scale[:, None]).T, np.float32))
+        self.register_buffer("shift", np.asarray(shift, np.float32))
+
+    @classmethod
+    def from_modules(cls, shortcut):
+        """From the float ``Sequential(AvgPool2d(k) or Identity, Conv2d 1x1, BatchNorm2d)``; None
+        when it has another form (the block then runs it on NCHW tensors)."""
+        from bitnet.nn.layers import AvgPool2d, BatchNorm2d, Conv2d, Identity
+        mods = list(shortcut._modules.values())
+        if len(mods) != 3 or not isinstance(mods[1], Conv2d) or not isinstance(mods[2], BatchNorm2d):
+            return None
+        pool, conv, bn = mods
+        if isinstance(pool, Identity):
+            k = 1
+        elif (isinstance(pool, AvgPool2d) and pool.kernel_size == pool.stride and pool.padding == (0, 0)
+              and pool.kernel_size[0] == pool.kernel_size[1]):
+            k = pool.kernel_size[0]
+        else:
+            return None
+        if (conv.kernel_size != (1, 1) or conv.stride != (1, 1) or conv.padding != (0, 0) or conv.groups != 1
+                or not bn.track_running_stats):
+            return None
+        g, b = batchnorm_affine(bn)
+        bias = np.zeros(conv.out_channels) if conv.bias is None else conv.bias.data.astype(np.float64)
+        w = conv.weight.data.reshape(conv.out_channels, -1).astype(np.float64)
+        return cls(k, w, g, b + bias * g)
+
+    def forward(self, fm: FeatureMap) -> FeatureMap:
+        x = fm.nhwc
+        n, h, w, c = x.shape
+        k = self.pool
+        if k > 1:
+            if h % k or w % k:
+                raise ValueError(f"{self!r}: a {h}x{w} map does not split into {k}x{k} pooling windows")
+            pooled = np.empty((n, h // k, w // k, c), np.float32)
+            avg_pool_nhwc(np.ascontiguousarray(x), k, pooled)
+            x = pooled
+        out = x.reshape(-1, c) @ self.weight_t
+        out += self.shift
+        return FeatureMap.of(out.reshape(x.shape[:3] + (-1,)))
+
+    def extra_repr(self):
+        return f"pool={self.pool}, {self.weight_t.shape[0]} -> {self.weight_t.shape[1]}"
+
+
+class PackedResidualBlock(Module):
+    """The binary ResNet block on packed layers; see the module docstring. ``shortcut``: None
+    (identity), a ``ChannelsLastShortcut``, or any module taking NCHW tensors."""
+
+    def __init__(self, conv1, conv2, shortcut=None):
+        super().__init__()
+        self.conv1, self.conv2, self.shortcut = conv1, conv2, shortcut
+        conv1.emit_signs = conv2.emit_signs = True
+
+    def forward(self, x):
+        fm = FeatureMap.from_tensor(x)
+        if self.shortcut is None:
+            sc = fm
+        elif isinstance(self.shortcut, ChannelsLastShortcut):
+            sc = self.shortcut(fm)
+        else:
+            sc = FeatureMap.from_tensor(self.shortcut(Tensor(fm.data)))
+        y = self.conv1(fm, residual=sc)
+        return self.conv2(y, residual=y)
