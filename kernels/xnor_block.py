@@ -1,14 +1,20 @@
 """The XNOR-popcount micro-kernel: a ROWS x (VECS * lanes) block of popcounts in vector registers.
 
-For ``ROWS = 4`` weight rows ``a_i`` (packed words, row-major, ``a_stride`` words apart) and a
-*panel* of ``P = VECS * lanes`` activation columns (for each K-word, the P columns' words are
-contiguous), it computes
+For ``ROWS = 4`` output pixels i (their activation words broadcast) and a *filter panel* of
+``P = VECS * lanes`` filters c (for each K-word, the P filters' words contiguous), it computes
 
-    acc[i, c] = sum_{k < kw} popcount(a_i[k] XOR panel[k, c])        i < ROWS, c < P
+    acc[i, c] = sum_{t < n_taps} sum_{u < tap_words} popcount(a[a_off + taps[t] + i * a_stride + u]
+                                                              XOR panel[panel_off + (t * tap_words + u) * P + c])
 
-keeping the ROWS * VECS accumulators in registers for the whole K loop. Per K-word: VECS vector
-loads of the panel, ROWS broadcasts of a weight word and ROWS * VECS xor + popcount + add. The
-caller turns popcounts into dot products (``K - 2 * acc``, see ``bitnet.kernels.bits``).
+keeping the ROWS * VECS accumulators in registers for the whole K loop (K-words = n_taps *
+tap_words). Per K-word: VECS vector loads of the panel, ROWS broadcasts of activation words and
+ROWS * VECS xor + popcount + add. The caller turns popcounts into dot products (``K - 2 * acc``,
+see ``bitnet.kernels.bits``).
+
+The tap table makes the same kernel serve three layouts: im2col rows (one tap at offset 0,
+``tap_words`` = the row length, ``a_stride`` = the row length), a 1x1 convolution read in place,
+and an *implicit* convolution (``taps[t]`` = the offset of kernel tap t in the channels-last input,
+``a_stride`` = the words between horizontally adjacent output pixels: no im2col at all).
 
 Numba does not expose vector types, so the block is written in LLVM IR (``llvm.ctpop.v<lanes>i64``
 on ``<lanes x i64>`` vectors) through ``numba.extending.intrinsic``; explicit 512-bit vectors give
@@ -54,50 +60,51 @@ def _data_pointer(context, builder, arrtype, value):
 def make_xnor_block(lanes: int):
     """The micro-kernel for ``lanes``-wide vectors, as a Numba intrinsic callable from njit code::
 
-        xnor_block(a, a_off, a_stride, panel, panel_off, kw, acc, acc_off)
+        xnor_block(a, a_off, a_stride, taps, n_taps, tap_words, panel, panel_off, acc, acc_off)
 
-    ``a``, ``panel``: 1-D C-contiguous uint64 arrays (row i of the block starts at
-    ``a_off + i * a_stride``; the panel's word k of column c is at ``panel_off + k * P + c``);
-    ``acc``: 1-D int64 array receiving ``acc[acc_off + i * P + c]``. No bounds are checked: the
-    caller guarantees ``ROWS`` rows of ``kw`` words and a full panel.
+    ``a``, ``panel``: 1-D C-contiguous uint64 arrays, ``taps``: 1-D int64 (see the module
+    docstring); ``acc``: 1-D int64 array receiving ``acc[acc_off + i * P + c]``. No bounds are
+    checked: the caller guarantees ``ROWS`` readable rows and a full panel.
     """
     if lanes not in (2, 4, 8):
         raise ValueError(f"lanes must be 2, 4 or 8, got {lanes}")
     width = lanes * VECS
 
     @intrinsic
-    def xnor_block(typingctx, a, a_off, a_stride, panel, panel_off, kw, acc, acc_off):
-        sig = types.void(a, a_off, a_stride, panel, panel_off, kw, acc, acc_off)
+    def xnor_block(typingctx, a, a_off, a_stride, taps, n_taps, tap_words, panel, panel_off, acc, acc_off):
+        sig = types.void(a, a_off, a_stride, taps, n_taps, tap_words, panel, panel_off, acc, acc_off)
 
         def codegen(context, builder, signature, args):
-            a_arr, a_off, a_stride, p_arr, p_off, kw, acc_arr, acc_off = args
             tys = signature.args
             i64, i32 = ir.IntType(64), ir.IntType(32)
             vec = ir.VectorType(i64, lanes)
-            ap = _data_pointer(context, builder, tys[0], a_arr)
-            pp = _data_pointer(context, builder, tys[3], p_arr)
-            cp = _data_pointer(context, builder, tys[6], acc_arr)
-            a_off, a_stride, p_off, kw, acc_off = (
-                context.cast(builder, v, t, types.int64)
-                for v, t in ((a_off, tys[1]), (a_stride, tys[2]), (p_off, tys[4]), (kw, tys[5]), (acc_off, tys[7])))
+            ap, tp, pp, cp = (_data_pointer(context, builder, tys[j], args[j]) for j in (0, 3, 6, 8))
+            a_off, a_stride, n_taps, tap_words, p_off, acc_off = (
+                context.cast(builder, args[j], tys[j], types.int64) for j in (1, 2, 4, 5, 7, 9))
             ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec]),
                                                    f"llvm.ctpop.v{lanes}i64")
             accs = [cgutils.alloca_once_value(builder, ir.Constant(vec, None)) for _ in range(ROWS * VECS)]
             rows = [builder.add(a_off, builder.mul(ir.Constant(i64, i), a_stride)) for i in range(ROWS)]
             splat = ir.Constant(ir.VectorType(i32, lanes), None)
-            with cgutils.for_range(builder, kw) as loop:
-                k = loop.index
-                base = builder.add(p_off, builder.mul(k, ir.Constant(i64, width)))
-                cols = [builder.load(builder.bitcast(builder.gep(pp, [builder.add(base, ir.Constant(i64, j * lanes))]),
-                                                     vec.as_pointer()), align=8) for j in range(VECS)]
-                for i in range(ROWS):
-                    word = builder.load(builder.gep(ap, [builder.add(rows[i], k)]))
-                    w = builder.insert_element(ir.Constant(vec, ir.Undefined), word, ir.Constant(i32, 0))
-                    w = builder.shuffle_vector(w, ir.Constant(vec, ir.Undefined), splat)
-                    for j in range(VECS):
-                        slot = accs[i * VECS + j]
-                        count = builder.call(ctpop, [builder.xor(w, cols[j])])
-                        builder.store(builder.add(builder.load(slot), count), slot)
+            with cgutils.for_range(builder, n_taps) as taps_loop:
+                t = taps_loop.index
+                toff = builder.load(builder.gep(tp, [t]))
+                k0 = builder.mul(t, tap_words)
+                with cgutils.for_range(builder, tap_words) as loop:
+                    u = loop.index
+                    k = builder.add(k0, u)
+                    base = builder.add(p_off, builder.mul(k, ir.Constant(i64, width)))
+                    cols = [builder.load(builder.bitcast(builder.gep(pp, [builder.add(base, ir.Constant(i64, j * lanes))]),
+                                                         vec.as_pointer()), align=8) for j in range(VECS)]
+                    at = builder.add(toff, u)
+                    for i in range(ROWS):
+                        word = builder.load(builder.gep(ap, [builder.add(rows[i], at)]))
+                        w = builder.insert_element(ir.Constant(vec, ir.Undefined), word, ir.Constant(i32, 0))
+                        w = builder.shuffle_vector(w, ir.Constant(vec, ir.Undefined), splat)
+                        for j in range(VECS):
+                            slot = accs[i * VECS + j]
+                            count = builder.call(ctpop, [builder.xor(w, cols[j])])
+                            builder.store(builder.add(builder.load(slot), count), slot)
             for i in range(ROWS):
                 for j in range(VECS):
                     dst = builder.gep(cp, [builder.add(acc_off, ir.Constant(i64, i * width + j * lanes))])

@@ -19,11 +19,13 @@ caller passes ``corr[pos, g * Mg_pad + m]`` = the sum of sign(w) over the taps o
 ``pos = oh * OW + ow`` that fall in the padding, and dot -= corr.
 
 Work: a task is a block of ``T`` consecutive output pixels (over the whole batch) and a range of
-filter panels. It writes the pixels' im2col words into a small row buffer (each pixel's K words
-contiguous, in L1; no im2col matrix is materialized; a 1x1 / stride-1 / unpadded convolution
-reads its rows straight from ``x``), then for each filter panel runs the micro-kernel over the
-rows, ``ROWS`` pixels at a time (pixel words broadcast, filter words in vector lanes), and the
-vector epilogue (``bitnet.kernels.xnor_epilogue``): int32 dots, or ``scale * dot + shift``
+filter panels, split into row blocks of ``ROWS`` pixels. A row block reads ``x`` in place where
+it can: a 1x1 / stride-1 / unpadded convolution row by row, and a block of pixels in one output
+row whose taps all fall inside the image as an *implicit* convolution (the micro-kernel's tap
+table); the others (image borders, pixels wrapping to the next row) get their im2col words
+written into a small row buffer first (each pixel's K words contiguous, in L1). For each filter
+panel the task runs the micro-kernel on every row block (pixel words broadcast, filter words in
+vector lanes) and the vector epilogue (``bitnet.kernels.xnor_epilogue``): int32 dots, or ``scale * dot + shift``
 (+ residual) as float32, and optionally the signs packed along filters, the next binary layer's
 input. Outputs are channels-last ``(N * OH * OW, G * Mg_pad)``, each pixel's filters contiguous.
 """
@@ -97,6 +99,11 @@ def make_xnor_conv(lanes: int):
         kwords = KH * KW * CWg
         OS = G * n_fp * P  # output row stride: all filters (panels) of all groups
         direct = KH == 1 and KW == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0
+        taps = np.empty(KH * KW, np.int64)  # implicit convolution: tap offsets in x (words)
+        for i in range(KH):
+            for j in range(KW):
+                taps[i * KW + j] = (i * dh * W + j * dw) * G * CWg
+        one_tap = np.zeros(1, np.int64)
         n_blocks = (total + T - 1) // T
         n_chunks = (n_fp + fp_chunk - 1) // fp_chunk
         n_tasks = n_blocks * n_chunks
@@ -105,22 +112,47 @@ def make_xnor_conv(lanes: int):
             rows = np.empty(T * kwords, np.uint64)
             acc = np.empty(ROWS * P, np.int64)
             corr_rows = np.zeros(ROWS, np.int64)
+            src = np.empty(T // ROWS, np.int64)  # per row block: its first word in x, or -1 (built rows)
             for task in range(t, n_tasks, n_threads):
                 q0 = (task // n_chunks) * T
                 fp_lo = (task % n_chunks) * fp_chunk
                 fp_hi = min(n_fp, fp_lo + fp_chunk)
                 cnt = min(T, total - q0)
+                n_rb = (cnt + ROWS - 1) // ROWS
                 for g in range(G):
-                    src, a0, a_stride = rows, 0, kwords
-                    if direct and cnt == T:
-                        src, a0, a_stride = x, (q0 * G + g) * CWg, G * CWg
-                    else:
-                        _im2col_rows(x, rows, q0, cnt, T, g, H, W, G, CWg, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW,
-                                     padword)
+                    n = q0 // OHW
+                    oh = (q0 - n * OHW) // OW
+                    ow = q0 - n * OHW - oh * OW
+                    for b in range(n_rb):  # plan: read x in place where the block allows it, else build rows
+                        r0 = b * ROWS
+                        ih0, iw0 = oh * sh - ph, ow * sw - pw
+                        full = r0 + ROWS <= cnt
+                        if direct and full:
+                            src[b] = ((q0 + r0) * G + g) * CWg
+                        elif (not direct and full and ow + ROWS <= OW and ih0 >= 0 and ih0 + (KH - 1) * dh < H
+                              and iw0 >= 0 and iw0 + (ROWS - 1) * sw + (KW - 1) * dw < W):
+                            src[b] = ((n * H + ih0) * W + iw0) * G * CWg + g * CWg
+                        else:
+                            src[b] = -1
+                            _im2col_rows(x, rows[r0 * kwords:], q0 + r0, min(ROWS, cnt - r0), ROWS, g, H, W, G, CWg,
+                                         KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, padword)
+                        ow += ROWS
+                        while ow >= OW:
+                            ow -= OW
+                            oh += 1
+                            if oh == OH:
+                                oh = 0
+                                n += 1
                     for fp in range(fp_lo, fp_hi):
                         col = (g * n_fp + fp) * P
-                        for r0 in range(0, cnt, ROWS):
-                            block(src, a0 + r0 * a_stride, a_stride, w, col * kwords, kwords, acc, 0)
+                        for b in range(n_rb):
+                            r0 = b * ROWS
+                            if src[b] < 0:
+                                block(rows, r0 * kwords, kwords, one_tap, 1, kwords, w, col * kwords, acc, 0)
+                            elif direct:
+                                block(x, src[b], G * CWg, one_tap, 1, kwords, w, col * kwords, acc, 0)
+                            else:
+                                block(x, src[b], sw * G * CWg, taps, KH * KW, CWg, w, col * kwords, acc, 0)
                             q = q0 + r0
                             nr = min(ROWS, cnt - r0)
                             if flags & CORR:

@@ -31,6 +31,10 @@ CONFIGS = [
     (2, 63, 6, 6, 67, 1, 1, 0, 1, 1),
     (1, 65, 11, 13, 5, (3, 5), (2, 1), (1, 2), (1, 2), 1),
     (4, 256, 4, 4, 128, 3, 1, 1, 1, 1),
+    # interior blocks read in place (implicit convolution): stride 2 with groups and 2 words per
+    # tap, and dilation 2 without padding
+    (2, 130, 20, 21, 40, 3, 2, 1, 1, 2),
+    (1, 64, 16, 18, 32, 3, 1, 0, 2, 1),
 ]
 
 
