@@ -13,24 +13,48 @@ from __future__ import annotations
 
 import numba as nb
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from bitnet.kernels.bits import words_for
 
 _JIT = dict(parallel=True, boundscheck=False, nogil=True, cache=True)
 
 
+@intrinsic
+def _sign_word(typingctx, x, off):
+    """``sum_{b < 64} (x[off + b] < 0) << b`` for a 1-D float32 array: one ``<64 x float>`` load,
+    a vector compare to a 64-bit mask (AVX-512: 4 compares into mask registers). No bounds check."""
+    sig = types.uint64(x, off)
+
+    def codegen(context, builder, signature, args):
+        arr, o = args
+        data = cgutils.create_struct_proxy(signature.args[0])(context, builder, value=arr).data
+        o = context.cast(builder, o, signature.args[1], types.int64)
+        vt = ir.VectorType(ir.FloatType(), 64)
+        v = builder.load(builder.bitcast(builder.gep(data, [o]), vt.as_pointer()), align=4)
+        neg = builder.fcmp_ordered("<", v, ir.Constant(vt, None))
+        return builder.bitcast(neg, ir.IntType(64))
+
+    return sig, codegen
+
+
 @nb.njit(**_JIT)
-def _pack_rows(x, out):
-    rows, k = x.shape
-    nw = out.shape[1]
+def _pack_rows(x, k, rows, out, nw):
+    """x: flat (rows, k) float32, out: flat (rows, nw) uint64; full words by ``_sign_word``, the
+    last partial word bit by bit (its padding bits 0)."""
+    full = k // 64
     for r in nb.prange(rows):
-        for wd in range(nw):
-            lo = wd * 64
-            hi = min(k, lo + 64)
+        base = r * k
+        for wd in range(full):
+            out[r * nw + wd] = _sign_word(x, base + wd * 64)
+        if full < nw:
             v = np.uint64(0)
-            for b in range(hi - lo):
-                v |= np.uint64(x[r, lo + b] < 0) << np.uint64(b)
-            out[r, wd] = v
+            for b in range(k - full * 64):
+                v |= np.uint64(x[base + full * 64 + b] < 0) << np.uint64(b)
+            out[r * nw + full] = v
 
 
 _PIXELS = 256  # pixels of one channel plane per task: 1 KB contiguous float32 reads
@@ -77,9 +101,10 @@ def pack_rows(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     shape = (x.shape[0], words_for(x.shape[1]))
     if out is None:
         out = np.empty(shape, np.uint64)
-    elif out.shape != shape or out.dtype != np.uint64:
-        raise ValueError(f"pack_rows: out must be uint64 of shape {shape}, got {out.dtype} {out.shape}")
-    _pack_rows(x, out)
+    elif not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != np.uint64 or not out.flags.c_contiguous:
+        raise ValueError(f"pack_rows: out must be a C-contiguous uint64 array of shape {shape}, got "
+                         f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}")
+    _pack_rows(x.reshape(-1), x.shape[1], x.shape[0], out.reshape(-1), shape[1])
     return out
 
 

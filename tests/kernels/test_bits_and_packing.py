@@ -64,5 +64,7 @@ def test_pack_errors_say_what_was_wrong():
         bitpack.pack_nchw([[1.0]])
     with pytest.raises(ValueError, match="5 channels do not split into 2 groups"):
         bitpack.pack_nchw(np.zeros((1, 5, 2, 2), np.float32), 2)
-    with pytest.raises(ValueError, match=r"out must be uint64 of shape \(2, 1\)"):
+    with pytest.raises(ValueError, match=r"out must be a C-contiguous uint64 array of shape \(2, 1\), got uint64 \(2, 2\)"):
         bitpack.pack_rows(np.zeros((2, 3), np.float32), out=np.zeros((2, 2), np.uint64))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        bitpack.pack_rows(np.zeros((2, 3), np.float32), out=np.zeros((2, 2), np.uint64)[:, :1])
