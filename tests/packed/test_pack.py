@@ -1,8 +1,9 @@
 """bitnet.pack: packed models against the float models they came from. Binary dot products must be
 equal exactly; outputs within float rounding (batch-norm folding reorders float32 operations).
 Sign flips (a value within rounding of 0 taking the other sign before the next binary layer) are
-counted: with continuous random parameters they have probability ~1e-7 per value, and the seeds
-here have none, so the count is asserted to be 0."""
+counted: with continuous random parameters they are rare (none in the small cases here, asserted);
+at full scale (a binary ResNet-18 on 32x32 images, millions of values per layer) some occur, and
+the test checks that every one is a near-tie and that the other samples agree."""
 from __future__ import annotations
 
 import numpy as np
@@ -51,7 +52,15 @@ def _float_dots(layer, x):
         return F.conv2d(xp, ws, None, layer.stride, 0, layer.dilation, layer.groups).data
 
 
-def _check(model, shape, batch, rng):
+NEAR_TIE = 1e-4  # a sign may differ only where |value| <= NEAR_TIE * max |value| of that layer's input
+
+
+def _check(model, shape, batch, rng, near_ties_allowed=False):
+    """Packed vs float model on one batch: exact dot products per binary layer; the same input signs
+    at every binary layer; outputs within float tolerance. With ``near_ties_allowed``, a sample may
+    see signs differ, but only first at values within rounding of 0 (a near-tie: folding the batch
+    norm rounds differently), after which it is excluded from the output comparison. Returns
+    (packed model, {layer: number of near-tie flips}) ."""
     packed = pack(model)
     assert packed.packed_layers, "nothing was packed"
     x = Tensor(rng.standard_normal((batch,) + shape).astype(np.float32))
@@ -61,36 +70,55 @@ def _check(model, shape, batch, rng):
     for h in handles:
         h.remove()
     pmods = dict(packed.named_modules())
-    flips = 0
     for name in packed.packed_layers:
         layer_in, _ = store[name]
         got = pmods[name].dots(layer_in)
         assert got.dtype == np.int32
         assert np.array_equal(got, _float_dots(dict(model.named_modules())[name], layer_in)), name
-    with no_grad():
-        got = packed(x).data
-    # intermediate signs: the float model's input to each binary layer vs the packed model's
+    # the packed model's own inputs to its binary layers (its own signs, handed over or packed)
     pstore, handles = _capture_inputs(packed, packed.packed_layers)
     with no_grad():
-        packed(x)
+        got = packed(x).data
     for h in handles:
         h.remove()
+    flipped = np.zeros(batch, bool)  # samples that already saw a flip upstream
+    flips = {}
     for name in packed.packed_layers:
-        flips += int(np.sum((store[name][0] >= 0) != (pstore[name][0] >= 0)))
-    assert flips == 0
+        ref_in, pk_in = store[name][0], np.asarray(pstore[name][0])
+        differ = (ref_in >= 0) != (pk_in >= 0)
+        fresh = differ.reshape(batch, -1).any(axis=1) & ~flipped
+        if fresh.any():
+            tie = NEAR_TIE * np.abs(ref_in).max()
+            assert np.all(np.abs(ref_in[fresh][differ[fresh]]) <= tie), f"{name}: a sign differs away from 0"
+            flips[name] = int(differ[fresh].sum())
+        flipped |= fresh
+    if not near_ties_allowed:
+        assert not flips, flips
+    keep = ~flipped
     scale = np.abs(expected).max() + 1.0
-    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * scale)
-    return packed
+    np.testing.assert_allclose(got[keep], expected[keep], rtol=0, atol=1e-5 * scale)
+    return packed, flips
 
 
 @pytest.mark.parametrize("batch", [1, 5])
 def test_lenet_binary(batch):
     rng = np.random.default_rng(batch)
     model = _warm(bitnet.models.get("lenet-binary", seed=0), (1, 28, 28), rng)
-    packed = _check(model, (1, 28, 28), batch, rng)
+    packed, _ = _check(model, (1, 28, 28), batch, rng)
     assert packed.packed_layers == ["5", "10"]
     assert isinstance(packed[5], PackedConv2d) and isinstance(packed[10], PackedDense)
     assert isinstance(packed[6], nn.Identity) and isinstance(packed[11], nn.Identity)
+
+
+def test_resnet18_binary_full_size_flips_only_at_near_ties():
+    # as in `bitnet bench model`: batch-norm statistics from two training passes, default affine;
+    # at this scale (about 20 million values enter binary layers) a few values land within rounding
+    # of 0 and take the other sign in the packed model (this seed, on the development machine: 16
+    # of them, in 2 layers; the count depends on the BLAS's rounding, the near-tie property does not)
+    from bitnet.bench.model import _model
+    model = _model("resnet18-binary", (3, 32, 32))
+    packed, flips = _check(model, (3, 32, 32), 64, np.random.default_rng(1), near_ties_allowed=True)
+    assert sum(flips.values()) <= 64, flips
 
 
 @pytest.mark.parametrize("stages", [(), (1, 4)])
@@ -98,7 +126,7 @@ def test_resnet18_binary_small_images(stages):
     rng = np.random.default_rng(7)
     model = _warm(bitnet.models.get("resnet18-binary", image_size=8, full_precision_stages=stages, seed=0),
                   (3, 8, 8), rng, batch=4)
-    packed = _check(model, (3, 8, 8), 2, rng)
+    packed, _ = _check(model, (3, 8, 8), 2, rng)
     assert len(packed.packed_layers) == 16 - 4 * len(stages)
 
 
@@ -125,7 +153,7 @@ def test_random_conv_blocks(cfg):
     if bias:
         model[0].bias.data[:] = rng.normal(size=cout).astype(np.float32)
     model = _warm(model, (cin, 9, 7), rng)
-    packed = _check(model, (cin, 9, 7), 3, rng)
+    packed, _ = _check(model, (cin, 9, 7), 3, rng)
     assert packed.packed_layers == ["0", "2"]
 
 
