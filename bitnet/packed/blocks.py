@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from bitnet.kernels.gemm import matmul
 from bitnet.kernels.pooling import avg_pool_nhwc
 from bitnet.nn.module import Module
 from bitnet.packed.fold import batchnorm_affine
@@ -88,7 +89,7 @@ class ChannelsLastConv2d(Module):
         xp = np.pad(fm.nhwc, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
         win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(1, 2))[:, ::sh, ::sw]  # (N, OH, OW, C, KH, KW)
         oh, ow = win.shape[1], win.shape[2]
-        out = win.transpose(0, 1, 2, 4, 5, 3).reshape(-1, kh * kw * c) @ self.weight_t
+        out = matmul(win.transpose(0, 1, 2, 4, 5, 3).reshape(-1, kh * kw * c), self.weight_t)
         out += self.shift
         if self.relu:
             np.maximum(out, 0, out=out)
@@ -143,7 +144,7 @@ class ChannelsLastShortcut(Module):
             pooled = np.empty((n, h // k, w // k, c), np.float32)
             avg_pool_nhwc(np.ascontiguousarray(x), k, pooled)
             x = pooled
-        out = x.reshape(-1, c) @ self.weight_t
+        out = matmul(x.reshape(-1, c), self.weight_t)  # BLAS kept single-threaded: see kernels.gemm
         out += self.shift
         return FeatureMap.of(out.reshape(x.shape[:3] + (-1,)))
 
