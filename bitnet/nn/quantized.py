@@ -18,6 +18,12 @@ With no quantizers a quantized layer computes exactly what its float twin comput
 [-1, 1] after every optimizer step (``kernel_clip=True``); without clipping they can grow without
 bound, where the gradient no longer flips their sign ("starved weights"), so turning it off warns.
 
+Forward on bits: when both quantizers produce only +-1 values (sign input quantizer, sign kernel
+quantizer without magnitude scaling) the forward pass, in training as in evaluation, runs on the
+XNOR-popcount kernels (``bitnet.ops.binary``): the same numbers bit for bit, so the same loss and
+gradients; the backward pass stays the float one. ``forward_on_bits = False`` on a layer (or
+class) turns it off.
+
 Padding of binary convolutions (DESIGN.md section 3): a +-1 tensor cannot hold 0, so ``pad_value``
 says what the border holds: +1 or -1, or 0 (the float twin's zero padding). The default (None)
 is +1 for a 1-bit input quantizer, which is exactly sign() of a zero-padded input (sign(0) = +1),
@@ -46,8 +52,14 @@ def clip_unit(data: np.ndarray) -> None:
     np.clip(data, -1.0, 1.0, out=data)
 
 
+# quantizers whose forward output is exactly sign(x) in {-1, +1}
+_SIGN_QUANTIZERS = ("ste_sign", "approx_sign", "swish_sign")
+
+
 class _QuantizedWeights:
-    """Shared set-up of QDense and QConv2d: quantizers, scaling, clipping."""
+    """Shared set-up of QDense and QConv2d: quantizers, scaling, clipping, forward on bits."""
+
+    forward_on_bits = True
 
     def _setup_quantizers(self, act_bit, weight_bit, input_quantizer, kernel_quantizer, scaling, kernel_clip):
         if scaling not in (None, "channel"):
@@ -72,6 +84,12 @@ class _QuantizedWeights:
                               "weights can grow until their gradient no longer flips their sign "
                               "(starved weights); keep kernel_clip=True unless you know why.",
                               stacklevel=3)
+
+    def runs_on_bits(self) -> bool:
+        """True when this layer's forward uses the packed kernels (see the module docstring)."""
+        iq, kq = self.input_quantizer, self.kernel_quantizer
+        return (self.forward_on_bits and iq is not None and kq is not None
+                and iq.get_config()["name"] in _SIGN_QUANTIZERS and kq.get_config()["name"] in _SIGN_QUANTIZERS)
 
     def quantized_input(self, x):
         return x if self.input_quantizer is None else self.input_quantizer(x)
@@ -112,6 +130,9 @@ class QDense(_QuantizedWeights, Dense):
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"{self!r} expects inputs with {self.in_features} features in the last "
                              f"axis, got shape {x.shape}; flatten conv features with Flatten() first")
+        if x.ndim == 2 and self.runs_on_bits():
+            from bitnet.ops.binary import binary_linear
+            return binary_linear(self.quantized_input(x), self.quantized_weight(), self.bias)
         return F.linear(self.quantized_input(x), self.quantized_weight(), self.bias)
 
     def extra_repr(self):
@@ -136,6 +157,10 @@ class QConv2d(_QuantizedWeights, Conv2d):
     def forward(self, x):
         self.check_input(x)
         xq, wq = self.quantized_input(x), self.quantized_weight()
+        if self.runs_on_bits():
+            from bitnet.ops.binary import binary_conv2d
+            return binary_conv2d(xq, wq, self.bias, self.stride, self.padding, self.dilation, self.groups,
+                                 self.pad_value)
         ph, pw = self.padding
         if self.pad_value != 0 and (ph or pw):
             xq = F.pad(xq, ((ph, ph), (pw, pw)), value=self.pad_value)

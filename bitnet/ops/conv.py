@@ -44,17 +44,44 @@ def pair(v, name: str) -> tuple:
 
 class Conv2d(Function):
     def forward(self, x, w, *bias, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
-        n_img, channels, height, width = x.shape
+        oh, ow = self._setup(x.shape, w, stride, padding, dilation, groups)
+        n_img, n_out = x.shape[0], w.shape[0]
+        b = bias[0] if bias else np.zeros(n_out, dtype=x.dtype)
+        out = np.empty((n_img, n_out, oh, ow), dtype=x.dtype)
+        p = oh * ow
+        rows = self._lower(x)
+        if self.rows:
+            y = np.empty((n_img * p, n_out), dtype=x.dtype)
+            for o, k in self.slices:
+                gemm(rows[:, k], self.wm[o].T, out=y[:, o])
+            K.transpose_inner(y.reshape(n_img, p, n_out), b, out.reshape(n_img, n_out, p))
+        else:
+            y = np.empty((n_out, n_img * p), dtype=x.dtype)
+            for o, k in self.slices:
+                gemm(self.wm[o], rows[k], out=y[o])
+            K.swap_leading_axes(y.reshape(n_out, n_img, p), b, out.reshape(n_img, n_out, p))
+        return out
+
+    def _setup(self, x_shape, w, stride, padding, dilation, groups):
+        """Geometry, group slices and the choice of lowering; returns (OH, OW)."""
+        n_img, channels, height, width = x_shape
         n_out, cg, kh, kw = w.shape
-        self.geom = (kh, kw) + stride + padding + dilation
+        self.geom = (kh, kw) + tuple(stride) + tuple(padding) + tuple(dilation)
         oh = K.conv_output_size(height, kh, stride[0], padding[0], dilation[0])
         ow = K.conv_output_size(width, kw, stride[1], padding[1], dilation[1])
         og, kg = n_out // groups, cg * kh * kw
         self.slices = [(slice(g * og, (g + 1) * og), slice(g * kg, (g + 1) * kg)) for g in range(groups)]
-        self.w, self.x_shape, self.groups = w, x.shape, groups
+        self.w, self.x_shape, self.groups, self.out_hw = w, x_shape, groups, (oh, ow)
         self.rows = cg >= ROWS_MIN_CHANNELS
-        b = bias[0] if bias else np.zeros(n_out, dtype=x.dtype)
-        out = np.empty((n_img, n_out, oh, ow), dtype=x.dtype)
+        return oh, ow
+
+    def _lower(self, x):
+        """The lowered input (``self.lowered``, kept for the backward pass) and the weight as a
+        matrix (``self.wm``) in the layout ``_setup`` chose."""
+        n_img, channels, height, width = x.shape
+        w, groups = self.w, self.groups
+        n_out, cg, kh, kw = w.shape
+        kg, (oh, ow) = cg * kh * kw, self.out_hw
         p = oh * ow
         if self.rows:
             xh = np.empty((n_img, height * width, channels), dtype=x.dtype)
@@ -63,20 +90,12 @@ class Conv2d(Function):
             rows = np.empty((n_img * p, groups * kg), dtype=x.dtype)
             K.im2col_rows(xh.reshape(n_img, height, width, channels), groups, *self.geom, oh, ow, rows)
             self.wm = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(n_out, kg)
-            y = np.empty((n_img * p, n_out), dtype=x.dtype)
-            for o, k in self.slices:
-                gemm(rows[:, k], self.wm[o].T, out=y[:, o])
-            K.transpose_inner(y.reshape(n_img, p, n_out), b, out.reshape(n_img, n_out, p))
         else:
             rows = np.empty((groups * kg, n_img * p), dtype=x.dtype)  # the column layout
             K.im2col(np.ascontiguousarray(x), *self.geom, oh, ow, rows)
             self.wm = w.reshape(n_out, kg)
-            y = np.empty((n_out, n_img * p), dtype=x.dtype)
-            for o, k in self.slices:
-                gemm(self.wm[o], rows[k], out=y[o])
-            K.swap_leading_axes(y.reshape(n_out, n_img, p), b, out.reshape(n_img, n_out, p))
         self.lowered = rows
-        return out
+        return rows
 
     def backward(self, g):
         n_img, n_out, oh, ow = g.shape

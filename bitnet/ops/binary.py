@@ -1,0 +1,92 @@
+"""Binary convolution and matrix product whose forward pass runs on packed bits, for training.
+
+When both operands hold only +-1 values (a sign input quantizer and a sign kernel quantizer), the
+float forward of a convolution or dense layer computes integer dot products, exactly, with float
+GEMMs. These ops compute the same numbers with the XNOR-popcount kernels instead
+(``bitnet.kernels.xnor_conv``):
+
+    conv:   y[n, o, oy, ox] = dot(x_pad[n, :, window], w[o]) + b[o]   (x_pad: pad_value at the border)
+    matmul: y[n, o] = dot(x[n], w[o])
+
+where ``dot`` of +-1 vectors of length K is ``K - 2 * popcount(bits(x) XOR bits(w))``: exact
+integers, converted to float32 and added to the bias exactly as the float path does, so the loss
+and every gradient are bit for bit those of the float path.
+
+The backward pass is the float one (the straight-through estimators upstream need float gradients
+of the +-1 operands): d/dx = g conv^T w, d/dw = g conv x, with the lowered (im2col) input built
+only then, from the saved +-1 input. A forward without gradients (evaluation) never builds it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from bitnet.kernels import bitpack
+from bitnet.kernels import xnor_conv as XC
+from bitnet.ops.conv import Conv2d
+from bitnet.ops.elementwise import MatMul
+from bitnet.tensor import Tensor
+
+
+class BinaryConv2d(Conv2d):
+    """conv2d of +-1 tensors, forward on bits; ``pad_value`` fills the border (+1, -1 or 0)."""
+
+    def forward(self, x, w, *bias, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, pad_value=0.0):
+        n_img, channels, height, width = x.shape
+        n_out, cg, kh, kw = w.shape
+        corr = None
+        if pad_value == 0 and any(padding):
+            corr = XC.zero_pad_correction(w, (height, width), stride, padding, dilation)
+        dots = XC.xnor_conv2d(bitpack.pack_nchw(np.ascontiguousarray(x, np.float32), groups),
+                              XC.pack_filters(w, groups), channels, n_out, (kh, kw), stride, padding, dilation,
+                              padword=XC.pad_words(cg, pad_value), corr=corr, dots=True)
+        out = np.empty(dots.shape, x.dtype)
+        out[...] = dots
+        if bias:
+            out += bias[0][None, :, None, None]
+        self.saved = (x, w, stride, padding, dilation, groups, pad_value)
+        return out
+
+    def backward(self, g):
+        x, w, stride, padding, dilation, groups, pad_value = self.saved
+        ph, pw = padding
+        padded = pad_value != 0 and (ph or pw)
+        if padded:  # the float path's explicit border of +-1 values, lowered with padding 0
+            x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=pad_value)
+            padding = (0, 0)
+        self._setup(x.shape, w, stride, padding, dilation, groups)
+        self._lower(x)
+        grads = super().backward(g)
+        if padded and grads[0] is not None:
+            h, w_ = x.shape[2] - 2 * ph, x.shape[3] - 2 * pw
+            grads = (np.ascontiguousarray(grads[0][:, :, ph:ph + h, pw:pw + w_]),) + tuple(grads[1:])
+        return grads
+
+
+class BinaryMatMul(MatMul):
+    """``x @ w^T`` for +-1 matrices x (N, K) and w (O, K) (passed as ``w^T``), forward on bits."""
+
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        k = a.shape[1]
+        dots = XC.xnor_gemm(bitpack.pack_rows(np.ascontiguousarray(b.T, np.float32)),
+                            bitpack.pack_rows(np.ascontiguousarray(a, np.float32)), k)  # (O, N) view
+        out = np.empty((a.shape[0], b.shape[1]), a.dtype)
+        out[...] = dots.T
+        return out
+
+
+def binary_conv2d(x: Tensor, weight: Tensor, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
+                  groups=1, pad_value=0.0) -> Tensor:
+    """conv2d of +-1 tensors with the border filled with ``pad_value``, on bits (module docstring).
+    The caller guarantees +-1 values (outputs of sign quantizers); shapes as for ``conv2d``."""
+    args = (x, weight) if bias is None else (x, weight, bias)
+    return BinaryConv2d.apply(*args, stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation),
+                              groups=groups, pad_value=float(pad_value))
+
+
+def binary_linear(x: Tensor, weight: Tensor, bias=None) -> Tensor:
+    """``x @ weight^T + bias`` for +-1 tensors x (N, K) and weight (O, K), on bits."""
+    from bitnet.ops.elementwise import add
+    from bitnet.ops.shape import transpose
+    y = BinaryMatMul.apply(x, transpose(weight))
+    return y if bias is None else add(y, bias)
