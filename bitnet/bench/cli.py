@@ -18,7 +18,8 @@ def add_parser(sub):
     t.set_defaults(run=cmd_train)
     for name, helptext in (("gemm", "XNOR-popcount GEMM vs NumPy float32 GEMM (BMXNet paper sizes, squares)"),
                            ("conv", "one binary convolution layer from a float input vs float im2col + GEMM"),
-                           ("model", "packed lenet-binary / resnet18-binary inference vs float (and PyTorch)")):
+                           ("model", "packed lenet-binary / resnet18-binary inference vs float (and PyTorch)"),
+                           ("train-bits", "binary networks' training step with the forward on bits vs in float")):
         k = bsub.add_parser(name, help=helptext)
         k.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
         k.add_argument("--repeats", type=int, default=3, help="timed calls per method per round (default 3)")
@@ -66,6 +67,18 @@ def cmd_kernels(args) -> int:
         for c in ((64,) if args.quick else conv.CHANNELS):
             recs = conv.bench_case(c, args.rounds, args.repeats)
             print_table(recs, keys, header=False)
+            records += recs
+    elif args.which == "train-bits":
+        from bitnet.bench import bits_training
+        keys = ("ratio_vs_float_forward",)
+        print_table([], keys)
+        nets = ("lenet-binary",) if args.quick else tuple(bits_training.NETWORKS)
+        for net in nets:
+            recs = bits_training.bench_network(net, args.rounds, args.repeats)
+            print_table(recs, keys, header=False)
+            for r in recs:
+                print(f"    {r['method']}: {r['steps_per_epoch']} steps per epoch -> {r['epoch_s']:.1f} s per epoch",
+                      flush=True)
             records += recs
     else:
         from bitnet.bench import model
