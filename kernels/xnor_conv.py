@@ -34,6 +34,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from bitnet.kernels.atomics import fetch_add
 from bitnet.kernels.xnor_block import ROWS, VECS, make_xnor_block, preferred_lanes
 from bitnet.kernels.xnor_epilogue import AFFINE, BITS, CORR, RESIDUAL, make_xnor_epilogue
 
@@ -108,12 +109,16 @@ def make_xnor_conv(lanes: int):
         n_chunks = (n_fp + fp_chunk - 1) // fp_chunk
         n_tasks = n_blocks * n_chunks
         n_threads = max(1, min(n_threads, n_tasks))
-        for t in nb.prange(n_threads):
+        next_task = np.zeros(1, np.int64)  # tasks are handed out dynamically (kernels.atomics)
+        for _ in nb.prange(n_threads):
             rows = np.empty(T * kwords, np.uint64)
             acc = np.empty(ROWS * P, np.int64)
             corr_rows = np.zeros(ROWS, np.int64)
             src = np.empty(T // ROWS, np.int64)  # per row block: its first word in x, or -1 (built rows)
-            for task in range(t, n_tasks, n_threads):
+            while True:
+                task = fetch_add(next_task, 0, 1)
+                if task >= n_tasks:
+                    break
                 q0 = (task // n_chunks) * T
                 fp_lo = (task % n_chunks) * fp_chunk
                 fp_hi = min(n_fp, fp_lo + fp_chunk)
