@@ -3,7 +3,7 @@
 Networks: ``lenet-binary`` (1 x 28 x 28) and ``resnet18-binary`` (CIFAR shape, 3 x 32 x 32), at
 batch 1 and 64, with batch-norm statistics from a few training-mode passes (so folding is not
 trivial). Methods: ``packed`` (``bitnet.pack(model)``), ``bitnet float`` (the same model in eval
-mode on the float path) and, when PyTorch is installed, ``torch float32``: the float twin of the
+mode on the float path, ``forward_on_bits`` off) and, when PyTorch is installed, ``torch float32``: the float twin of the
 architecture in PyTorch (``bitnet.bench.torch_models``), eval mode, ``torch.no_grad``, same threads.
 """
 from __future__ import annotations
@@ -35,6 +35,9 @@ def bench_network(name, batch, rounds, repeats, threads, torch_too=True):
     shape = NETWORKS[name]
     model = _model(name, shape)
     packed = bitnet.pack(model)
+    for m in model.modules():  # the float path proper: binary layers' forward in float GEMMs
+        if hasattr(m, "forward_on_bits"):
+            m.forward_on_bits = False
     x = np.random.default_rng(1).standard_normal((batch,) + shape).astype(np.float32)
     xt = Tensor(x)
 
