@@ -201,11 +201,16 @@ def unpanel_words(panels: np.ndarray, mg: int) -> np.ndarray:
 def pack_filters(w_signs: np.ndarray, groups: int = 1, panel: int = PANEL) -> np.ndarray:
     """Pack filters ``(O, C / G, KH, KW)`` (their signs: bit = w < 0) into the kernel's filter
     panels ``(G, ceil((O / G) / panel), KH * KW * words_for(C / G), panel)``."""
+    from bitnet.kernels.bitpack import pack_rows
     from bitnet.kernels.bits import pack_reference
     o, cg, kh, kw = w_signs.shape
     if groups < 1 or o % groups:
         raise ValueError(f"pack_filters: {o} filters do not split into {groups} groups")
-    words = pack_reference(np.transpose(w_signs, (0, 2, 3, 1)), axis=-1)  # (O, KH, KW, CWg)
+    taps = np.transpose(w_signs, (0, 2, 3, 1))  # (O, KH, KW, C / G): channels last
+    if taps.dtype == np.float32:  # the fast packer (training packs the kernels at every step)
+        words = pack_rows(np.ascontiguousarray(taps).reshape(-1, cg))
+    else:
+        words = pack_reference(taps, axis=-1)
     return panel_words(words.reshape(groups, o // groups, -1), panel)
 
 
