@@ -12,12 +12,13 @@ SETTLE_S = 0.25  # longer than OpenBLAS's and OpenMP's spin-wait after a call (2
 WARMUP_S = 0.02
 
 
-def time_methods(methods: dict, rounds: int = 3, repeats: int = 3, settle_s: float = SETTLE_S) -> dict:
+def time_methods(methods: dict, rounds: int = 3, repeats: int = 3, settle_s: float | None = None) -> dict:
     """``{name: median seconds}`` of calling each ``methods[name]()``, its steady-state time per
     call. Every round gives each method in turn a block: a pause of ``settle_s`` (the previous
     method's thread pool stops spinning: on 2 cores a spinning OpenBLAS pool halves the next
     method's speed), untimed warm-up calls for at least ``WARMUP_S`` (compilation, caches,
     waking the method's own threads), then ``repeats`` timed calls."""
+    settle_s = SETTLE_S if settle_s is None else settle_s
     times = {name: [] for name in methods}
     for _ in range(rounds):
         for name, fn in methods.items():
