@@ -61,7 +61,7 @@ def _check(model, shape, batch, rng, near_ties_allowed=False):
     see signs differ, but only first at values within rounding of 0 (a near-tie: folding the batch
     norm rounds differently), after which it is excluded from the output comparison. Returns
     (packed model, {layer: number of near-tie flips}) ."""
-    packed = pack(model)
+    packed = pack(model, micro_batch=None)  # whole batches: the hooks below see every sample at once
     assert packed.packed_layers, "nothing was packed"
     x = Tensor(rng.standard_normal((batch,) + shape).astype(np.float32))
     store, handles = _capture_inputs(model, packed.packed_layers)
@@ -172,6 +172,20 @@ def test_layers_that_do_not_run_on_bits_stay_as_they_are():
     packed = pack(model)
     assert packed.packed_layers == []
     assert [type(m) for m in packed] == [nn.QDense] * 3
+
+
+def test_micro_batches_give_the_same_outputs():
+    rng = np.random.default_rng(5)
+    model = _warm(bitnet.models.get("resnet18-binary", image_size=8, seed=0), (3, 8, 8), rng, batch=4)
+    x = Tensor(rng.standard_normal((11, 3, 8, 8)).astype(np.float32))
+    whole, sliced = pack(model, micro_batch=None), pack(model, micro_batch=4)
+    assert isinstance(sliced, type(model)) and sliced.micro_batch == 4
+    with no_grad():
+        a, b = whole(x).data, sliced(x).data
+    assert b.shape == (11, 10)
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * (np.abs(a).max() + 1))  # BLAS blocks may round apart
+    with pytest.raises(ValueError, match="micro_batch must be a positive int or None, got 0"):
+        pack(model, micro_batch=0)
 
 
 def test_pack_copies_and_leaves_the_model_alone():
