@@ -25,3 +25,4 @@ from bitnet import functional, nn, optim  # noqa: E402,F401
 from bitnet import data, models  # noqa: E402,F401  (bitnet.data, bitnet.models: the data/ and models/ folders)
 from bitnet.summary import summary  # noqa: E402,F401
 from bitnet.packed import pack  # noqa: E402,F401
+from bitnet.files import BitnetFileError, load, load_training_state, save  # noqa: E402,F401

@@ -24,10 +24,22 @@ def names() -> list:
     return sorted(_BUILDERS)
 
 
-def get(name: str, **kwargs):
-    """Build the model registered under ``name`` with the builder's keyword arguments."""
+def builder(name: str) -> Callable:
+    """The builder registered under ``name``."""
     try:
-        builder = _BUILDERS[name]
+        return _BUILDERS[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; available models: {', '.join(names())}") from None
-    return builder(**kwargs)
+
+
+def get(name: str, **kwargs):
+    """Build the model registered under ``name`` with the builder's keyword arguments. The model
+    remembers them (``model.zoo_config``, without ``seed``) so that a model file can rebuild it."""
+    model = builder(name)(**kwargs)
+    model.zoo_config = {"name": name, "kwargs": {k: _plain(v) for k, v in kwargs.items() if k != "seed"}}
+    return model
+
+
+def _plain(value):
+    """Tuples as lists (JSON has no tuples); other values as given."""
+    return [_plain(v) for v in value] if isinstance(value, (tuple, list)) else value

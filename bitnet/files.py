@@ -1,0 +1,308 @@
+"""HDF5 model files: ``save`` / ``load`` (and the training state of checkpoints), written atomically and
+checked completely before anything is built. The format is documented in docs/file-format.md.
+
+    bitnet.save(model, "ckpt.h5", optimizer=opt, epoch=3, rng=rng)
+    model = bitnet.load("ckpt.h5")
+    state = bitnet.load_training_state("ckpt.h5")    # optimizer state, epoch, RNG state
+    opt = bitnet.optim.Adam(model.parameters(), lr=1e-3); state.restore(opt, rng)
+
+Safety: the architecture is a JSON config naming a model builder of ``bitnet.models`` and its
+keyword arguments (no pickle, no eval, no import of names taken from the file); every dataset's
+dtype and shape is compared with what the config's model expects before its data is read; float
+weights must be finite; every problem raises ``BitnetFileError`` naming the file, the key, what was
+expected and what was found. A save writes a temporary file in the same directory and renames it
+over the target, so a crash or a kill leaves the previous file intact.
+"""
+from __future__ import annotations
+
+import datetime
+import inspect
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+
+FORMAT_NAME = "bitnet-model"
+FORMAT_VERSION = 1
+MAX_CONFIG_BYTES = 1 << 20   # a JSON config larger than this is not a bitnet file
+MAX_INT_ARGUMENT = 1 << 16   # builder arguments (classes, channels, image size) above this are refused
+
+
+class BitnetFileError(ValueError):
+    """A model file that cannot be read as one: says which file, which key, expected vs found."""
+
+    def __init__(self, path, key, expected, found, hint=""):
+        self.path, self.key, self.expected, self.found = str(path), key, expected, found
+        msg = f"{path}: {key}: expected {expected}, found {found}"
+        super().__init__(msg + (f"; {hint}" if hint else ""))
+
+
+# -- writing ----------------------------------------------------------------------------------------
+
+def model_config(model) -> dict:
+    """The JSON-serializable description a file stores to rebuild ``model``: the zoo builder's
+    name and keyword arguments, recorded by ``bitnet.models.get``."""
+    cfg = getattr(model, "zoo_config", None)
+    if cfg is None:
+        raise TypeError(f"cannot save a {type(model).__name__} built outside the model zoo: files rebuild "
+                        "models from their bitnet.models name and arguments; build it with "
+                        "bitnet.models.get(name, ...)")
+    return {"model": cfg["name"], "kwargs": dict(cfg["kwargs"])}
+
+
+def _atomic_h5(path, write):
+    """Write an HDF5 file through ``write(h5file)`` into a temporary file beside ``path``, then
+    rename it over ``path`` (atomic on POSIX): readers see the old file or the new one, never a part."""
+    import h5py
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".bitnet-", suffix=".h5.tmp", dir=folder)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _write_header(f, kind, config):
+    from bitnet import __version__
+    f.attrs["format"] = FORMAT_NAME
+    f.attrs["format_version"] = FORMAT_VERSION
+    f.attrs["bitnet_version"] = __version__
+    f.attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    f.attrs["kind"] = kind
+    f.attrs["config"] = json.dumps(config, sort_keys=True)
+
+
+def save(model, path, optimizer=None, epoch=None, rng=None) -> None:
+    """Write ``model`` (its zoo config and every parameter and buffer) to the HDF5 file ``path``; with
+    ``optimizer`` / ``epoch`` / ``rng`` (a ``np.random.Generator``) a training checkpoint."""
+    config = model_config(model)
+    state = model.state_dict()
+    opt_state = optimizer.state_dict() if optimizer is not None else None
+    if epoch is not None and (not isinstance(epoch, (int, np.integer)) or epoch < 0):
+        raise ValueError(f"save: epoch must be a non-negative int, got {epoch!r}")
+    if rng is not None and not isinstance(rng, np.random.Generator):
+        raise TypeError(f"save: rng must be a numpy.random.Generator, got {type(rng).__name__}")
+
+    def write(f):
+        _write_header(f, "checkpoint", config)
+        weights = f.create_group("weights")
+        for key, value in state.items():
+            weights.create_dataset(key, data=value)
+        if opt_state is not None or epoch is not None or rng is not None:
+            train = f.create_group("training")
+            if epoch is not None:
+                train.attrs["epoch"] = int(epoch)
+            if rng is not None:
+                train.attrs["rng"] = json.dumps(rng.bit_generator.state)
+            if opt_state is not None:
+                og = train.create_group("optimizer")
+                og.attrs["class"] = type(optimizer).__name__
+                og.attrs["param_groups"] = json.dumps(opt_state["param_groups"])
+                for index, entries in opt_state["state"].items():
+                    g = og.create_group(f"state/{int(index)}")
+                    for name, value in entries.items():
+                        g.create_dataset(name, data=np.asarray(value))
+    _atomic_h5(path, write)
+
+
+# -- reading ----------------------------------------------------------------------------------------
+
+def _open(path):
+    import h5py
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such model file")
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise BitnetFileError(path, "(file)", "an HDF5 file", f"unreadable data ({e})") from None
+
+
+def _attr(f, path, name, kind):
+    if name not in f.attrs:
+        raise BitnetFileError(path, f"attribute {name!r}", f"a {kind}", "nothing", "not a bitnet model file?")
+    value = f.attrs[name]
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if kind == "string" and not isinstance(value, str):
+        raise BitnetFileError(path, f"attribute {name!r}", "a string", f"{type(value).__name__}")
+    if kind == "int" and not isinstance(value, (int, np.integer)):
+        raise BitnetFileError(path, f"attribute {name!r}", "an integer", f"{type(value).__name__}")
+    return value
+
+
+def _check_header(f, path):
+    if _attr(f, path, "format", "string") != FORMAT_NAME:
+        raise BitnetFileError(path, "attribute 'format'", repr(FORMAT_NAME), repr(f.attrs["format"]))
+    version = int(_attr(f, path, "format_version", "int"))
+    if version != FORMAT_VERSION:
+        raise BitnetFileError(path, "attribute 'format_version'", f"{FORMAT_VERSION}", f"{version}",
+                              "written by another bitnet version; convert it with that version")
+    text = _attr(f, path, "config", "string")
+    if len(text) > MAX_CONFIG_BYTES:
+        raise BitnetFileError(path, "attribute 'config'", f"at most {MAX_CONFIG_BYTES} bytes of JSON", f"{len(text)}")
+    try:
+        config = json.loads(text)
+    except ValueError as e:
+        raise BitnetFileError(path, "attribute 'config'", "JSON", f"invalid JSON ({e})") from None
+    return config
+
+
+def _check_config(config, path):
+    """The builder and its arguments, checked against the registry and the builder's signature."""
+    from bitnet.models import registry
+    if not isinstance(config, dict) or set(config) != {"model", "kwargs"}:
+        raise BitnetFileError(path, "config", "an object with keys 'model' and 'kwargs'", _short(config))
+    name, kwargs = config["model"], config["kwargs"]
+    if not isinstance(name, str) or name not in registry.names():
+        raise BitnetFileError(path, "config.model", f"one of {registry.names()}", _short(name))
+    if not isinstance(kwargs, dict):
+        raise BitnetFileError(path, "config.kwargs", "an object", _short(kwargs))
+    params = inspect.signature(registry.builder(name)).parameters
+    for key, value in kwargs.items():
+        if key not in params or key == "seed":
+            raise BitnetFileError(path, f"config.kwargs.{key}", f"an argument of {name} ({', '.join(params)})",
+                                  "an unknown name")
+        for v in (value if isinstance(value, list) else [value]):
+            if isinstance(v, bool) or v is None or isinstance(v, str):
+                continue
+            if not isinstance(v, (int, float)) or isinstance(v, float) and not np.isfinite(v):
+                raise BitnetFileError(path, f"config.kwargs.{key}", "numbers, strings or lists of them", _short(value))
+            if isinstance(v, int) and not -MAX_INT_ARGUMENT <= v <= MAX_INT_ARGUMENT:
+                raise BitnetFileError(path, f"config.kwargs.{key}", f"an integer within +-{MAX_INT_ARGUMENT}", f"{v}")
+    return name, kwargs
+
+
+def _value(data):
+    """A dataset's content: 0-d arrays as Python scalars (optimizer step counts), others as arrays."""
+    data = np.asarray(data)
+    return data.item() if data.ndim == 0 else data
+
+
+def _short(value, limit=80):
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _build(name, kwargs, path):
+    from bitnet import models
+    try:
+        model = models.get(name, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise BitnetFileError(path, "config.kwargs", f"arguments that build {name}", f"{_short(kwargs)} ({e})") from None
+    return model
+
+
+def _read_array(ds, path, key, shape, dtype, finite):
+    import h5py
+    if not isinstance(ds, h5py.Dataset):
+        raise BitnetFileError(path, key, "a dataset", type(ds).__name__)
+    if ds.shape != tuple(shape):
+        raise BitnetFileError(path, key, f"shape {tuple(shape)}", f"shape {ds.shape}")
+    if ds.dtype != dtype:
+        raise BitnetFileError(path, key, f"dtype {np.dtype(dtype)}", f"dtype {ds.dtype}")
+    try:
+        data = ds[()]
+    except (OSError, ValueError, RuntimeError) as e:
+        raise BitnetFileError(path, key, "readable data", f"a damaged dataset ({e})") from None
+    data = np.asarray(data)
+    if finite and data.dtype.kind == "f" and not np.all(np.isfinite(data)):
+        raise BitnetFileError(path, key, "finite values", f"{int(np.sum(~np.isfinite(data)))} NaN or infinite values")
+    return data
+
+
+def _read_weights(f, path, model):
+    import h5py
+    group = f.get("weights")
+    if not isinstance(group, h5py.Group):
+        raise BitnetFileError(path, "group 'weights'", "a group of datasets", "nothing" if group is None else "a dataset")
+    expected = model.state_dict()
+    extra = sorted(set(group) - set(expected))
+    if extra:
+        raise BitnetFileError(path, f"weights/{extra[0]}", f"only the keys of {model_config(model)['model']}",
+                              f"{len(extra)} unexpected key(s): {', '.join(extra[:5])}")
+    state = {}
+    for key, ref in expected.items():
+        if key not in group:
+            raise BitnetFileError(path, f"weights/{key}", f"a dataset of shape {ref.shape}", "nothing")
+        state[key] = _read_array(group[key], path, f"weights/{key}", ref.shape, ref.dtype, finite=True)
+    return state
+
+
+def load(path):
+    """The model stored in ``path``, rebuilt from its config with its weights loaded (training state
+    aside: ``load_training_state``); see the module docstring for what is checked first."""
+    with _open(path) as f:
+        try:
+            name, kwargs = _check_config(_check_header(f, path), path)
+            model = _build(name, kwargs, path)
+            state = _read_weights(f, path, model)
+        except BitnetFileError:
+            raise
+        except (KeyError, OSError, RuntimeError, TypeError, ValueError) as e:  # h5py on damaged structure
+            raise BitnetFileError(path, "(file)", "a readable bitnet model file", f"{type(e).__name__}: {e}") from None
+    model.load_state_dict(state)
+    model.zoo_config = {"name": name, "kwargs": kwargs}
+    return model
+
+
+@dataclass
+class TrainingState:
+    """What a checkpoint holds besides the model: ``optimizer`` (a state dict for
+    ``Optimizer.load_state_dict``, or None), ``epoch`` (or None), ``rng`` (a bit-generator state
+    for ``np.random.Generator``, or None)."""
+    optimizer: dict | None
+    optimizer_class: str | None
+    epoch: int | None
+    rng: dict | None
+
+    def restore(self, optimizer=None, rng=None):
+        """Load the optimizer state into ``optimizer`` and the RNG state into ``rng`` (where given)."""
+        if optimizer is not None:
+            if self.optimizer is None:
+                raise ValueError("this checkpoint has no optimizer state")
+            if self.optimizer_class != type(optimizer).__name__:
+                raise ValueError(f"the checkpoint's optimizer is a {self.optimizer_class}, got a "
+                                 f"{type(optimizer).__name__}")
+            optimizer.load_state_dict(self.optimizer)
+        if rng is not None:
+            if self.rng is None:
+                raise ValueError("this checkpoint has no RNG state")
+            rng.bit_generator.state = self.rng
+
+
+def load_training_state(path) -> TrainingState:
+    """The optimizer state, epoch and RNG state saved with a checkpoint (each None if absent)."""
+    import h5py
+    with _open(path) as f:
+        _check_header(f, path)
+        train = f.get("training")
+        if train is None:
+            return TrainingState(None, None, None, None)
+        try:
+            epoch = int(_attr(train, path, "epoch", "int")) if "epoch" in train.attrs else None
+            rng = json.loads(_attr(train, path, "rng", "string")) if "rng" in train.attrs else None
+            opt = opt_class = None
+            og = train.get("optimizer")
+            if isinstance(og, h5py.Group):
+                opt_class = _attr(og, path, "class", "string")
+                groups = json.loads(_attr(og, path, "param_groups", "string"))
+                state = {}
+                st = og.get("state")
+                for index in (st or {}):
+                    entries = st[index]
+                    state[int(index)] = {name: _value(entries[name][()]) for name in entries}
+                opt = {"state": state, "param_groups": groups}
+        except BitnetFileError:
+            raise
+        except (KeyError, OSError, RuntimeError, TypeError, ValueError) as e:
+            raise BitnetFileError(path, "training", "a readable training state", f"{type(e).__name__}: {e}") from None
+    return TrainingState(opt, opt_class, epoch, rng)

@@ -1,0 +1,186 @@
+"""bitnet.save / bitnet.load / bitnet.load_training_state: exact round trips of every zoo model and of
+a training checkpoint, atomic saves, and a clear BitnetFileError for each kind of bad file."""
+from __future__ import annotations
+
+import json
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+import bitnet
+from bitnet import functional as F
+from bitnet.files import BitnetFileError
+from bitnet.tensor import Tensor
+
+
+def _same_state(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(sa[k].dtype == sb[k].dtype and np.array_equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("name,kwargs", [(n, {}) for n in bitnet.models.registry.names()] + [
+    ("resnet18-binary", {"image_size": 16, "full_precision_stages": [1, 4], "num_classes": 7}),
+    ("lenet-binary", {"act_bit": 2, "weight_bit": 1})])
+def test_every_zoo_model_round_trips_exactly(name, kwargs, tmp_path):
+    model = bitnet.models.get(name, seed=3, **kwargs)
+    for m in model.modules():  # non-trivial buffers too
+        if hasattr(m, "running_mean"):
+            m.running_mean[:] = np.random.default_rng(0).normal(size=m.running_mean.shape)
+    path = tmp_path / "m.h5"
+    bitnet.save(model, path)
+    back = bitnet.load(path)
+    assert type(back) is type(model) and _same_state(model, back)
+    assert back.zoo_config == {"name": name, "kwargs": kwargs}
+    with h5py.File(path) as f:  # readable without bitnet: plain attributes and datasets
+        assert f.attrs["format"] == "bitnet-model" and f.attrs["format_version"] == 1
+        assert json.loads(f.attrs["config"]) == {"model": name, "kwargs": kwargs}
+        assert set(f["weights"]) == set(model.state_dict())
+
+
+def _train(model, opt, steps, rng):
+    for _ in range(steps):
+        x = Tensor(rng.standard_normal((8, 1, 28, 28)).astype(np.float32))
+        y = Tensor(rng.integers(0, 10, 8))
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+
+def test_checkpoint_resumes_bit_identically(tmp_path):
+    # uninterrupted: 4 steps; interrupted: 2 steps, save, load everything, 2 more steps
+    ref_model = bitnet.models.get("lenet-binary", seed=0)
+    ref_opt = bitnet.optim.Adam(ref_model.parameters(), lr=1e-3)
+    ref_rng = np.random.default_rng(5)
+    _train(ref_model, ref_opt, 4, ref_rng)
+
+    model = bitnet.models.get("lenet-binary", seed=0)
+    opt = bitnet.optim.Adam(model.parameters(), lr=1e-3)
+    rng = np.random.default_rng(5)
+    _train(model, opt, 2, rng)
+    bitnet.save(model, tmp_path / "ckpt.h5", optimizer=opt, epoch=2, rng=rng)
+    del model, opt, rng
+
+    model = bitnet.load(tmp_path / "ckpt.h5")
+    opt = bitnet.optim.Adam(model.parameters(), lr=0.5)  # hyperparameters come from the checkpoint
+    rng = np.random.default_rng(0)
+    state = bitnet.load_training_state(tmp_path / "ckpt.h5")
+    assert state.epoch == 2 and state.optimizer_class == "Adam"
+    state.restore(opt, rng)
+    assert opt.param_groups[0]["lr"] == 1e-3
+    _train(model, opt, 2, rng)
+    assert _same_state(model, ref_model)
+    assert rng.bit_generator.state == ref_rng.bit_generator.state
+
+
+def test_a_plain_model_file_has_no_training_state(tmp_path):
+    bitnet.save(bitnet.models.get("lenet", seed=0), tmp_path / "m.h5")
+    state = bitnet.load_training_state(tmp_path / "m.h5")
+    assert (state.optimizer, state.epoch, state.rng) == (None, None, None)
+    with pytest.raises(ValueError, match="no optimizer state"):
+        state.restore(bitnet.optim.SGD(bitnet.models.get("lenet", seed=0).parameters(), lr=0.1))
+
+
+def test_a_failed_save_leaves_the_old_file_intact(tmp_path, monkeypatch):
+    path = tmp_path / "m.h5"
+    old = bitnet.models.get("lenet-binary", seed=1)
+    bitnet.save(old, path)
+    calls = []
+    real = h5py.Group.create_dataset
+
+    def failing(self, name, *a, **k):
+        calls.append(name)
+        if len(calls) == 5:
+            raise KeyboardInterrupt("killed during the save")
+        return real(self, name, *a, **k)
+    monkeypatch.setattr(h5py.Group, "create_dataset", failing)
+    with pytest.raises(KeyboardInterrupt):
+        bitnet.save(bitnet.models.get("lenet-binary", seed=2), path)
+    monkeypatch.undo()
+    assert _same_state(bitnet.load(path), old)
+    assert os.listdir(tmp_path) == ["m.h5"]  # no temporary file left behind
+
+
+def test_saving_what_cannot_be_rebuilt_is_refused(tmp_path):
+    with pytest.raises(TypeError, match="built outside the model zoo"):
+        bitnet.save(bitnet.nn.Sequential(bitnet.nn.Dense(2, 2)), tmp_path / "x.h5")
+    with pytest.raises(ValueError, match="epoch must be a non-negative int"):
+        bitnet.save(bitnet.models.get("lenet", seed=0), tmp_path / "x.h5", epoch=-1)
+    assert not os.path.exists(tmp_path / "x.h5")
+
+
+# -- bad files: each raises BitnetFileError naming the file and the key ------------------------------
+
+def _good(tmp_path):
+    path = tmp_path / "good.h5"
+    bitnet.save(bitnet.models.get("lenet-binary", seed=0), path)
+    return path
+
+
+def _edit(path, fn):
+    with h5py.File(path, "r+") as f:
+        fn(f)
+    return path
+
+
+def _config(f, **changes):
+    cfg = json.loads(f.attrs["config"])
+    cfg.update(changes)
+    f.attrs["config"] = json.dumps(cfg)
+
+
+def _kwargs(f, **changes):
+    cfg = json.loads(f.attrs["config"])
+    cfg["kwargs"].update(changes)
+    f.attrs["config"] = json.dumps(cfg)
+
+
+def _replace(f, key, data):
+    del f["weights"][key]
+    f["weights"].create_dataset(key, data=data)
+
+
+BAD = {
+    "format name": (lambda f: f.attrs.__setitem__("format", "keras"), "attribute 'format'"),
+    "format version": (lambda f: f.attrs.__setitem__("format_version", 2), "attribute 'format_version'"),
+    "no config": (lambda f: f.attrs.__delitem__("config"), "attribute 'config'"),
+    "config not JSON": (lambda f: f.attrs.__setitem__("config", "{model: lenet"), "invalid JSON"),
+    "unknown model": (lambda f: _config(f, model="os.system"), "config.model"),
+    "unknown argument": (lambda f: _kwargs(f, __import__="os"), "config.kwargs.__import__"),
+    "absurd size": (lambda f: _kwargs(f, num_classes=10 ** 12), "config.kwargs.num_classes"),
+    "missing weight": (lambda f: f["weights"].__delitem__("5.weight"), "weights/5.weight"),
+    "extra weight": (lambda f: f["weights"].create_dataset("evil", data=np.zeros(3)), "weights/evil"),
+    "wrong shape": (lambda f: _replace(f, "0.weight", np.zeros((64, 1, 5, 4), np.float32)), "shape"),
+    "huge claimed shape": (lambda f: (f["weights"].__delitem__("13.weight"), f["weights"].create_dataset(
+        "13.weight", shape=(10 ** 6, 10 ** 6), dtype="f4", chunks=(1, 1024))), "shape (10, 1000)"),
+    "wrong dtype": (lambda f: _replace(f, "0.bias", np.zeros(64, np.float64)), "dtype float32"),
+    "NaN weight": (lambda f: f["weights"]["13.bias"].__setitem__(0, np.nan), "finite values"),
+    "weights not a group": (lambda f: (f.__delitem__("weights"), f.create_dataset("weights", data=1)), "weights"),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_files_raise_one_clear_error(case, tmp_path):
+    edit, where = BAD[case]
+    path = _edit(_good(tmp_path), edit)
+    with pytest.raises(BitnetFileError, match=None) as err:
+        bitnet.load(path)
+    msg = str(err.value)
+    assert str(path) in msg and where in msg and "expected" in msg, msg
+
+
+def test_not_an_hdf5_file_and_a_truncated_one(tmp_path):
+    text = tmp_path / "notes.h5"
+    text.write_text("hello")
+    with pytest.raises(BitnetFileError, match="an HDF5 file"):
+        bitnet.load(text)
+    good = _good(tmp_path)
+    data = good.read_bytes()
+    for cut in (100, len(data) // 2, len(data) - 1000):
+        bad = tmp_path / f"cut{cut}.h5"
+        bad.write_bytes(data[:cut])
+        with pytest.raises(BitnetFileError, match=str(bad)):
+            bitnet.load(bad)
+    with pytest.raises(FileNotFoundError, match="no such model file"):
+        bitnet.load(tmp_path / "missing.h5")
