@@ -26,3 +26,4 @@ from bitnet import data, models  # noqa: E402,F401  (bitnet.data, bitnet.models:
 from bitnet.summary import summary  # noqa: E402,F401
 from bitnet.packed import pack  # noqa: E402,F401
 from bitnet.files import BitnetFileError, load, load_training_state, save  # noqa: E402,F401
+from bitnet.convert import convert, load_packed  # noqa: E402,F401

@@ -52,6 +52,12 @@ def model_config(model) -> dict:
     return {"model": cfg["name"], "kwargs": dict(cfg["kwargs"])}
 
 
+def create_dataset(group, name, data):
+    """``group[name] = data`` (contiguous; HDF5's compact layout was measured to save nothing here)."""
+    data = np.asarray(data)
+    return group.create_dataset(name, data=data if data.ndim == 0 else np.ascontiguousarray(data))
+
+
 def _atomic_h5(path, write):
     """Write an HDF5 file through ``write(h5file)`` into a temporary file beside ``path``, then
     rename it over ``path`` (atomic on POSIX): readers see the old file or the new one, never a part."""
@@ -61,7 +67,7 @@ def _atomic_h5(path, write):
     fd, tmp = tempfile.mkstemp(prefix=".bitnet-", suffix=".h5.tmp", dir=folder)
     os.close(fd)
     try:
-        with h5py.File(tmp, "w") as f:
+        with h5py.File(tmp, "w", libver="latest") as f:
             write(f)
         os.replace(tmp, path)
     except BaseException:
@@ -95,7 +101,7 @@ def save(model, path, optimizer=None, epoch=None, rng=None) -> None:
         _write_header(f, "checkpoint", config)
         weights = f.create_group("weights")
         for key, value in state.items():
-            weights.create_dataset(key, data=value)
+            create_dataset(weights, key, value)
         if opt_state is not None or epoch is not None or rng is not None:
             train = f.create_group("training")
             if epoch is not None:
@@ -109,7 +115,7 @@ def save(model, path, optimizer=None, epoch=None, rng=None) -> None:
                 for index, entries in opt_state["state"].items():
                     g = og.create_group(f"state/{int(index)}")
                     for name, value in entries.items():
-                        g.create_dataset(name, data=np.asarray(value))
+                        create_dataset(g, name, np.asarray(value))
     _atomic_h5(path, write)
 
 
@@ -242,7 +248,12 @@ def load(path):
     aside: ``load_training_state``); see the module docstring for what is checked first."""
     with _open(path) as f:
         try:
-            name, kwargs = _check_config(_check_header(f, path), path)
+            config = _check_header(f, path)
+            kind = f.attrs.get("kind")
+            if kind != "checkpoint":
+                raise BitnetFileError(path, "attribute 'kind'", "'checkpoint' (a file written by bitnet.save)",
+                                      repr(kind), "load a packed file with bitnet.load_packed")
+            name, kwargs = _check_config(config, path)
             model = _build(name, kwargs, path)
             state = _read_weights(f, path, model)
         except BitnetFileError:

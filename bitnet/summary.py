@@ -50,6 +50,7 @@ class Summary:
     packed_bytes: int
     float32_bytes: int
     macs: dict
+    file_bytes: int | None = None  # predicted size of the packed HDF5 file (bitnet convert)
 
     @property
     def compression(self) -> float:
@@ -123,7 +124,9 @@ def summarize(model, input_shape, dtype=np.float32) -> Summary:
         for k, v in li.macs.items():
             macs[k] = macs.get(k, 0) + v
     total = sum(sum(li.params_by_bits.values()) for li in layers)
-    return Summary(layers, total, sum(li.packed_bytes for li in layers), sum(li.float_bytes for li in layers), macs)
+    from bitnet.convert import predicted_file_bytes
+    return Summary(layers, total, sum(li.packed_bytes for li in layers), sum(li.float_bytes for li in layers), macs,
+                   predicted_file_bytes(model))
 
 
 def _fmt_bytes(n):
@@ -153,6 +156,8 @@ def summary(model, input_shape, file=None) -> Summary:
           + ", ".join(f"{c} at {b} bit{'s' if b > 1 else ''}" for b, c in sorted(by_bits.items())) + ")", file=out)
     print(f"packed size: {_fmt_bytes(s.packed_bytes)} ({s.packed_bytes} bytes); float-32 size: "
           f"{_fmt_bytes(s.float32_bytes)}; compression: {s.compression:.1f}x", file=out)
+    if s.file_bytes is not None:
+        print(f"packed file (bitnet convert, HDF5): about {s.file_bytes} bytes ({_fmt_bytes(s.file_bytes)})", file=out)
     total_macs = sum(s.macs.values())
     print(f"MACs per image: {total_macs} (" + ", ".join(f"{k} {v}" for k, v in s.macs.items())
           + f"); binary share: {100 * s.binary_mac_share:.1f}%", file=out)
