@@ -1,4 +1,4 @@
-"""The ``bitnet`` command line: ``bitnet train``, ``bitnet bench``.
+"""The ``bitnet`` command line: ``train``, ``convert``, ``summary``, ``eval``, ``bench``.
 
 Run ``bitnet COMMAND --help`` for each command's options. Errors that come from the user's input
 (missing data files, unknown names, bad values) print one clear message and exit with status 2.
@@ -35,6 +35,11 @@ def _train_parser(sub):
     p.add_argument("--limit-train", type=int, default=None,
                    help="use only the first N training images (quick runs)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    p.add_argument("--save", default=None, metavar="CKPT",
+                   help="write a training checkpoint (HDF5) after every epoch, atomically")
+    p.add_argument("--resume", default=None, metavar="CKPT",
+                   help="continue the run saved in CKPT (model, optimizer, schedule, data order) from "
+                        "its next epoch up to --epochs; the other options must be those of the saved run")
     p.set_defaults(run=cmd_train)
 
 
@@ -65,9 +70,13 @@ def cmd_train(args) -> int:
                               rng=np.random.default_rng(seeds[0]), transform=transform)
     test_loader = DataLoader((x_test, y_test), 1000, transform=transform)
 
+    import bitnet
     sample = transform(x_train[:1])
-    model = models.get(args.model, in_channels=sample.shape[1], image_size=sample.shape[-1],
-                       num_classes=int(y_train.max()) + 1, seed=np.random.default_rng(seeds[1]))
+    if args.resume:
+        model = bitnet.load(args.resume)
+    else:
+        model = models.get(args.model, in_channels=sample.shape[1], image_size=sample.shape[-1],
+                           num_classes=int(y_train.max()) + 1, seed=np.random.default_rng(seeds[1]))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _make_optimizer(args.optimizer, params, args.lr, args.weight_decay)
     total = args.epochs * len(train_loader)
@@ -76,14 +85,108 @@ def cmd_train(args) -> int:
         scheduler = optim.WarmupCosine(optimizer, warmup_steps=args.warmup_steps, total_steps=total)
     elif args.warmup_steps:
         scheduler = optim.LinearWarmup(optimizer, warmup_steps=args.warmup_steps)
+    start = 1
+    if args.resume:
+        state = bitnet.load_training_state(args.resume)
+        if state.epoch is None or state.optimizer is None:
+            raise ValueError(f"{args.resume}: not a training checkpoint (no epoch or optimizer state); "
+                             "write one with bitnet train --save")
+        state.restore(optimizer, train_loader.rng, scheduler)
+        start = state.epoch + 1
     log = None if args.quiet else print
     if log:
-        log(f"training {args.model} on {args.dataset}: {len(y_train)} images, {args.epochs} epochs, "
-            f"batch {args.batch_size}, {args.optimizer} lr {args.lr}, {model.num_parameters()} parameters")
-    fit(model, optimizer, train_loader, args.epochs, scheduler=scheduler, progress=not args.quiet, log=log)
+        log(f"training {model.zoo_config['name']} on {args.dataset}: {len(y_train)} images, {args.epochs} epochs, "
+            f"batch {args.batch_size}, {args.optimizer} lr {args.lr}, {model.num_parameters()} parameters"
+            + (f"; resumed from {args.resume} after epoch {start - 1}" if args.resume else ""))
+
+    def save_checkpoint(epoch, stats):
+        bitnet.save(model, args.save, optimizer=optimizer, epoch=epoch, rng=train_loader.rng, scheduler=scheduler)
+
+    if start <= args.epochs:
+        fit(model, optimizer, train_loader, args.epochs, scheduler=scheduler, progress=not args.quiet, log=log,
+            start_epoch=start, after_epoch=save_checkpoint if args.save else None)
     loss, acc = evaluate(model, test_loader)
     if log:
         log(f"test loss: {loss:.4f}")
+    print(f"test accuracy: {acc:.4f}")
+    return 0
+
+
+def _file_parsers(sub):
+    p = sub.add_parser("convert", help="write the packed deployment file (1 bit per binary weight) of a checkpoint",
+                       description="Convert a checkpoint (bitnet train --save, bitnet.save) into a packed HDF5 "
+                                   "file that bitnet.load_packed and bitnet eval / predict run on bits.")
+    p.add_argument("input", help="checkpoint file (HDF5)")
+    p.add_argument("output", help="packed file to write (HDF5; written atomically)")
+    p.set_defaults(run=cmd_convert)
+    p = sub.add_parser("summary", help="layers, bit widths, packed size and MACs of a model file",
+                       description="Print bitnet.summary of the model in a checkpoint or packed file.")
+    p.add_argument("file", help="checkpoint or packed file (HDF5)")
+    p.set_defaults(run=cmd_summary)
+    p = sub.add_parser("eval", help="test accuracy of a model file on a dataset",
+                       description="Evaluate a checkpoint or packed file on a dataset's test split; the "
+                                   "last line printed is 'test accuracy: X'.")
+    p.add_argument("file", help="checkpoint or packed file (HDF5)")
+    from bitnet.data.datasets import NAMES
+    p.add_argument("--dataset", default="mnist", choices=NAMES, help="dataset (default: mnist)")
+    p.add_argument("--data-dir", default=None, help="folder holding the dataset (default: $BITNET_DATA)")
+    p.add_argument("--batch-size", type=int, default=1000, help="default: 1000")
+    p.set_defaults(run=cmd_eval)
+
+
+def _load_any(path):
+    """(model ready for inference, kind) from a checkpoint or a packed file."""
+    import bitnet
+    from bitnet.files import _open
+    with _open(path) as f:
+        kind = f.attrs.get("kind")
+    if isinstance(kind, bytes):
+        kind = kind.decode()
+    if kind == "packed":
+        return bitnet.load_packed(path), kind
+    return bitnet.load(path).eval(), kind
+
+
+def _input_shape(model):
+    """(C, H, W) of a zoo model's input, from its recorded builder arguments and defaults."""
+    import inspect
+
+    from bitnet.models import registry
+    cfg = model.zoo_config
+    params = inspect.signature(registry.builder(cfg["name"])).parameters
+    value = {k: cfg["kwargs"].get(k, p.default) for k, p in params.items()}
+    return (int(value["in_channels"]), int(value["image_size"]), int(value["image_size"]))
+
+
+def cmd_convert(args) -> int:
+    import os
+
+    import bitnet
+    bitnet.convert(args.input, args.output)
+    print(f"wrote {args.output}: {os.path.getsize(args.output)} bytes (from {os.path.getsize(args.input)})")
+    return 0
+
+
+def cmd_summary(args) -> int:
+    import bitnet
+    model, kind = _load_any(args.file)
+    print(f"{args.file}: {kind} file, model {model.zoo_config['name']} {model.zoo_config['kwargs'] or ''}".rstrip())
+    if kind == "packed":
+        print(f"packed layers: {', '.join(model.packed_layers)}")
+        return 0
+    bitnet.summary(model, _input_shape(model))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from bitnet.data import DataLoader
+    from bitnet.data.datasets import load_dataset, transform_for
+    from bitnet.training import evaluate
+    model, kind = _load_any(args.file)
+    x_test, y_test = load_dataset(args.dataset, "test", args.data_dir, False)
+    loader = DataLoader((x_test, y_test), args.batch_size, transform=transform_for(args.dataset))
+    loss, acc = evaluate(model, loader)
+    print(f"{args.file} ({kind}) on {args.dataset} test: loss {loss:.4f}")
     print(f"test accuracy: {acc:.4f}")
     return 0
 
@@ -94,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bitnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _train_parser(sub)
+    _file_parsers(sub)
     from bitnet.bench.cli import add_parser as add_bench
     add_bench(sub)
     return parser
@@ -101,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     from bitnet.data import DataFormatError, DatasetNotFoundError, DownloadError
+    from bitnet.files import BitnetFileError
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -108,7 +213,8 @@ def main(argv=None) -> int:
         return 2
     try:
         return args.run(args)
-    except (DatasetNotFoundError, DataFormatError, DownloadError, ValueError) as exc:
+    except (DatasetNotFoundError, DataFormatError, DownloadError, BitnetFileError, FileNotFoundError, TypeError,
+            ValueError) as exc:
         print(f"bitnet {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -86,9 +86,10 @@ def _write_header(f, kind, config):
     f.attrs["config"] = json.dumps(config, sort_keys=True)
 
 
-def save(model, path, optimizer=None, epoch=None, rng=None) -> None:
+def save(model, path, optimizer=None, epoch=None, rng=None, scheduler=None) -> None:
     """Write ``model`` (its zoo config and every parameter and buffer) to the HDF5 file ``path``; with
-    ``optimizer`` / ``epoch`` / ``rng`` (a ``np.random.Generator``) a training checkpoint."""
+    ``optimizer`` / ``epoch`` / ``rng`` (a ``np.random.Generator``) / ``scheduler`` (a learning-rate
+    schedule) a training checkpoint."""
     config = model_config(model)
     state = model.state_dict()
     opt_state = optimizer.state_dict() if optimizer is not None else None
@@ -102,8 +103,10 @@ def save(model, path, optimizer=None, epoch=None, rng=None) -> None:
         weights = f.create_group("weights")
         for key, value in state.items():
             create_dataset(weights, key, value)
-        if opt_state is not None or epoch is not None or rng is not None:
+        if opt_state is not None or epoch is not None or rng is not None or scheduler is not None:
             train = f.create_group("training")
+            if scheduler is not None:
+                train.attrs["scheduler"] = json.dumps(scheduler.state_dict())
             if epoch is not None:
                 train.attrs["epoch"] = int(epoch)
             if rng is not None:
@@ -274,9 +277,11 @@ class TrainingState:
     optimizer_class: str | None
     epoch: int | None
     rng: dict | None
+    scheduler: dict | None = None
 
-    def restore(self, optimizer=None, rng=None):
-        """Load the optimizer state into ``optimizer`` and the RNG state into ``rng`` (where given)."""
+    def restore(self, optimizer=None, rng=None, scheduler=None):
+        """Load the optimizer state into ``optimizer``, the RNG state into ``rng`` and the schedule's
+        state into ``scheduler`` (where given)."""
         if optimizer is not None:
             if self.optimizer is None:
                 raise ValueError("this checkpoint has no optimizer state")
@@ -288,6 +293,10 @@ class TrainingState:
             if self.rng is None:
                 raise ValueError("this checkpoint has no RNG state")
             rng.bit_generator.state = self.rng
+        if scheduler is not None:
+            if self.scheduler is None:
+                raise ValueError("this checkpoint has no learning-rate schedule state")
+            scheduler.load_state_dict(self.scheduler)
 
 
 def load_training_state(path) -> TrainingState:
@@ -301,6 +310,7 @@ def load_training_state(path) -> TrainingState:
         try:
             epoch = int(_attr(train, path, "epoch", "int")) if "epoch" in train.attrs else None
             rng = json.loads(_attr(train, path, "rng", "string")) if "rng" in train.attrs else None
+            sched = json.loads(_attr(train, path, "scheduler", "string")) if "scheduler" in train.attrs else None
             opt = opt_class = None
             og = train.get("optimizer")
             if isinstance(og, h5py.Group):
@@ -316,4 +326,4 @@ def load_training_state(path) -> TrainingState:
             raise
         except (KeyError, OSError, RuntimeError, TypeError, ValueError) as e:
             raise BitnetFileError(path, "training", "a readable training state", f"{type(e).__name__}: {e}") from None
-    return TrainingState(opt, opt_class, epoch, rng)
+    return TrainingState(opt, opt_class, epoch, rng, sched)

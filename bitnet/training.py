@@ -67,18 +67,23 @@ def evaluate(model, loader, loss_fn=F.cross_entropy, progress: bool = False, des
 
 
 def fit(model, optimizer, train_loader, epochs: int, loss_fn=F.cross_entropy, val_loader=None,
-        scheduler=None, progress: bool = True, log=print, after_step=None) -> History:
+        scheduler=None, progress: bool = True, log=print, after_step=None, start_epoch: int = 1,
+        after_epoch=None) -> History:
     """Train ``model`` for ``epochs`` passes over ``train_loader``.
 
     ``scheduler.step()`` is called after every optimizer step (schedules count iterations);
     ``after_step(model)``, if given, runs after every step (e.g. weight clipping). ``log``
     receives one summary line per epoch (``None`` silences it). Returns a ``History``.
+    ``start_epoch`` > 1 continues a run (epochs ``start_epoch..epochs``, e.g. from a checkpoint);
+    ``after_epoch(epoch, stats)`` runs after each epoch (e.g. to save a checkpoint).
     """
     if epochs < 1:
         raise ValueError(f"fit: epochs must be >= 1, got {epochs}")
+    if not 1 <= start_epoch <= epochs + 1:
+        raise ValueError(f"fit: start_epoch must be in 1..{epochs + 1}, got {start_epoch}")
     history = History()
     params = [p for p in model.parameters() if p.requires_grad]
-    for epoch in range(1, epochs + 1):
+    for epoch in range(start_epoch, epochs + 1):
         model.train()
         bar = Progress(len(train_loader), f"epoch {epoch}/{epochs}", enabled=progress)
         loss_sum, correct, seen = 0.0, 0, 0
@@ -115,4 +120,6 @@ def fit(model, optimizer, train_loader, epochs: int, loss_fn=F.cross_entropy, va
             if val_loader is not None:
                 msg += f" | val loss {stats.val_loss:.4f} val acc {stats.val_accuracy:.4f}"
             log(msg)
+        if after_epoch is not None:
+            after_epoch(epoch, stats)
     return history
