@@ -1,4 +1,4 @@
-"""The ``bitnet`` command line: ``train``, ``convert``, ``summary``, ``eval``, ``bench``.
+"""The ``bitnet`` command line: ``train``, ``convert``, ``summary``, ``eval``, ``predict``, ``bench``.
 
 Run ``bitnet COMMAND --help`` for each command's options. Errors that come from the user's input
 (missing data files, unknown names, bad values) print one clear message and exit with status 2.
@@ -132,16 +132,24 @@ def _file_parsers(sub):
     p.add_argument("--data-dir", default=None, help="folder holding the dataset (default: $BITNET_DATA)")
     p.add_argument("--batch-size", type=int, default=1000, help="default: 1000")
     p.set_defaults(run=cmd_eval)
+    p = sub.add_parser("predict", help="predicted classes of a model file for images",
+                       description="Predict the class of each image in INPUT (a .npy array, an IDX file, a binary "
+                                   "PGM or a PNG image; uint8 pixels, or floats in [0, 1]) with a checkpoint or "
+                                   "packed file; one line per image: index, class, probability.")
+    p.add_argument("file", help="checkpoint or packed file (HDF5)")
+    p.add_argument("input", help="images: .npy, IDX (e.g. t10k-images-idx3-ubyte), PGM or PNG")
+    p.add_argument("--dataset", default="mnist", choices=NAMES,
+                   help="the dataset the model was trained on: its input normalization (default: mnist)")
+    p.add_argument("--limit", type=int, default=None, help="predict only the first N images")
+    p.set_defaults(run=cmd_predict)
 
 
 def _load_any(path):
     """(model ready for inference, kind) from a checkpoint or a packed file."""
     import bitnet
-    from bitnet.files import _open
+    from bitnet.files import _attr, _open
     with _open(path) as f:
-        kind = f.attrs.get("kind")
-    if isinstance(kind, bytes):
-        kind = kind.decode()
+        kind = _attr(f, path, "kind", "string") if "kind" in f.attrs else None
     if kind == "packed":
         return bitnet.load_packed(path), kind
     return bitnet.load(path).eval(), kind
@@ -188,6 +196,27 @@ def cmd_eval(args) -> int:
     loss, acc = evaluate(model, loader)
     print(f"{args.file} ({kind}) on {args.dataset} test: loss {loss:.4f}")
     print(f"test accuracy: {acc:.4f}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from bitnet import Tensor, functional as F, no_grad
+    from bitnet.data.datasets import transform_for
+    from bitnet.data.images import read_input
+    model, kind = _load_any(args.file)
+    x = read_input(args.input)
+    if args.limit is not None:
+        x = x[:max(0, args.limit)]
+    c, h, w = _input_shape(model)
+    x = transform_for(args.dataset)(x)
+    if x.shape[1:] != (c, h, w):
+        raise ValueError(f"{args.input}: images of shape {x.shape[1:]} (C, H, W); the model in {args.file} "
+                         f"expects {(c, h, w)}")
+    with no_grad():
+        probs = F.softmax(model(Tensor(x)), axis=1).data
+    for i, p in enumerate(probs):
+        k = int(p.argmax())
+        print(f"{i}\t{k}\t{p[k]:.4f}")
     return 0
 
 

@@ -16,8 +16,8 @@ import os
 
 import numpy as np
 
-from bitnet.files import (BitnetFileError, _atomic_h5, _build, _check_config, _check_header, _open, _read_array,
-                          _write_header, create_dataset, model_config)
+from bitnet.files import (BitnetFileError, _atomic_h5, _attr, _build, _check_config, _check_header, _open, _read_array,
+                          _write_header, create_dataset, model_config, set_text)
 
 # on every filters dataset: bit 1 = -1, LSB first, padding bits 0 (bitnet.kernels.bits); "k" = the true
 # length of a row's dot product, (C / groups) * KH * KW; rows are (out_channels, kh, kw, channel words)
@@ -41,10 +41,10 @@ def _file_state(packed) -> dict:
 
 
 # HDF5's own bytes in a packed file, measured with h5py 3.16 / HDF5 1.14 (libver "latest"): about
-# 5.4 kB of superblock, root attributes and group structures, and 370 bytes per dataset
+# 1.5 kB of superblock, root attributes and group structures, and 356 bytes per dataset
 # (object header, datatype, dataspace, layout); tests/test_convert.py checks the prediction.
-FILE_HEADER_BYTES = 5400
-FILE_BYTES_PER_DATASET = 370
+FILE_HEADER_BYTES = 1475
+FILE_BYTES_PER_DATASET = 356
 
 
 def predicted_file_bytes(model) -> int:
@@ -73,7 +73,10 @@ def convert(model_or_path, out_path, micro_batch: int | None = 32) -> None:
             if name in layers:
                 layer = layers[name]
                 for k, v in WORD_ATTRS.items():
-                    ds.attrs[k] = v
+                    if isinstance(v, str):
+                        set_text(ds, k, v)
+                    else:
+                        ds.attrs[k] = v
                 ds.attrs["k"] = (layer.in_channels // layer.groups) * layer.kernel_size[0] * layer.kernel_size[1]
     _atomic_h5(out_path, write)
 
@@ -87,7 +90,7 @@ def load_packed(path, micro_batch: int | None = 32):
     with _open(path) as f:
         try:
             config = _check_header(f, path)
-            kind = f.attrs.get("kind")
+            kind = _attr(f, path, "kind", "string")
             if kind != "packed":
                 raise BitnetFileError(path, "attribute 'kind'", "'packed' (a file written by bitnet.convert)",
                                       repr(kind), "load a checkpoint with bitnet.load")

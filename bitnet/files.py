@@ -76,14 +76,21 @@ def _atomic_h5(path, write):
         raise
 
 
+def set_text(obj, name, text: str) -> None:
+    """A string attribute, stored as fixed-length bytes: its content sits inside the attribute
+    message, so a reader knows its size before reading it (variable-length strings live in a heap
+    that a damaged file can make a reader chase for ever)."""
+    obj.attrs[name] = np.bytes_(text.encode("utf-8"))
+
+
 def _write_header(f, kind, config):
     from bitnet import __version__
-    f.attrs["format"] = FORMAT_NAME
+    set_text(f, "format", FORMAT_NAME)
     f.attrs["format_version"] = FORMAT_VERSION
-    f.attrs["bitnet_version"] = __version__
-    f.attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    f.attrs["kind"] = kind
-    f.attrs["config"] = json.dumps(config, sort_keys=True)
+    set_text(f, "bitnet_version", __version__)
+    set_text(f, "created", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    set_text(f, "kind", kind)
+    set_text(f, "config", json.dumps(config, sort_keys=True))
 
 
 def save(model, path, optimizer=None, epoch=None, rng=None, scheduler=None) -> None:
@@ -106,15 +113,15 @@ def save(model, path, optimizer=None, epoch=None, rng=None, scheduler=None) -> N
         if opt_state is not None or epoch is not None or rng is not None or scheduler is not None:
             train = f.create_group("training")
             if scheduler is not None:
-                train.attrs["scheduler"] = json.dumps(scheduler.state_dict())
+                set_text(train, "scheduler", json.dumps(scheduler.state_dict()))
             if epoch is not None:
                 train.attrs["epoch"] = int(epoch)
             if rng is not None:
-                train.attrs["rng"] = json.dumps(rng.bit_generator.state)
+                set_text(train, "rng", json.dumps(rng.bit_generator.state))
             if opt_state is not None:
                 og = train.create_group("optimizer")
-                og.attrs["class"] = type(optimizer).__name__
-                og.attrs["param_groups"] = json.dumps(opt_state["param_groups"])
+                set_text(og, "class", type(optimizer).__name__)
+                set_text(og, "param_groups", json.dumps(opt_state["param_groups"]))
                 for index, entries in opt_state["state"].items():
                     g = og.create_group(f"state/{int(index)}")
                     for name, value in entries.items():
@@ -136,21 +143,29 @@ def _open(path):
 
 
 def _attr(f, path, name, kind):
+    """Attribute ``name`` of ``f`` as a ``"string"`` or an ``"int"``; its type and size are checked
+    from the attribute's header before its value is read."""
     if name not in f.attrs:
         raise BitnetFileError(path, f"attribute {name!r}", f"a {kind}", "nothing", "not a bitnet model file?")
-    value = f.attrs[name]
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
-    if kind == "string" and not isinstance(value, str):
-        raise BitnetFileError(path, f"attribute {name!r}", "a string", f"{type(value).__name__}")
-    if kind == "int" and not isinstance(value, (int, np.integer)):
-        raise BitnetFileError(path, f"attribute {name!r}", "an integer", f"{type(value).__name__}")
-    return value
+    aid = f.attrs.get_id(name)
+    dtype, shape = aid.dtype, aid.shape
+    if shape != ():
+        raise BitnetFileError(path, f"attribute {name!r}", f"a single {kind}", f"shape {shape}")
+    if kind == "string":
+        if dtype.kind != "S":
+            raise BitnetFileError(path, f"attribute {name!r}", "a fixed-length string", f"dtype {dtype}")
+        if dtype.itemsize > MAX_CONFIG_BYTES:
+            raise BitnetFileError(path, f"attribute {name!r}", f"at most {MAX_CONFIG_BYTES} bytes", f"{dtype.itemsize}")
+        return bytes(f.attrs[name]).decode("utf-8", "replace")
+    if dtype.kind not in "iu" or dtype.itemsize > 8:
+        raise BitnetFileError(path, f"attribute {name!r}", "an integer", f"dtype {dtype}")
+    return int(f.attrs[name])
 
 
 def _check_header(f, path):
-    if _attr(f, path, "format", "string") != FORMAT_NAME:
-        raise BitnetFileError(path, "attribute 'format'", repr(FORMAT_NAME), repr(f.attrs["format"]))
+    fmt = _attr(f, path, "format", "string")
+    if fmt != FORMAT_NAME:
+        raise BitnetFileError(path, "attribute 'format'", repr(FORMAT_NAME), _short(fmt))
     version = int(_attr(f, path, "format_version", "int"))
     if version != FORMAT_VERSION:
         raise BitnetFileError(path, "attribute 'format_version'", f"{FORMAT_VERSION}", f"{version}",
@@ -252,7 +267,7 @@ def load(path):
     with _open(path) as f:
         try:
             config = _check_header(f, path)
-            kind = f.attrs.get("kind")
+            kind = _attr(f, path, "kind", "string")
             if kind != "checkpoint":
                 raise BitnetFileError(path, "attribute 'kind'", "'checkpoint' (a file written by bitnet.save)",
                                       repr(kind), "load a packed file with bitnet.load_packed")

@@ -61,7 +61,7 @@ def test_summary_predicts_the_file_size_within_one_percent(name, kwargs, shape, 
 def test_lenet_binary_file_size(tmp_path):
     bitnet.convert(bitnet.models.get("lenet-binary", seed=0), tmp_path / "l.h5")
     size = os.path.getsize(tmp_path / "l.h5")
-    assert size <= 206 * 1024  # BMXNet's binary LeNet file: 206 KB; float32: 4.6 MB
+    assert size <= 206_000  # BMXNet's binary LeNet file: 206 KB; float32: 4.6 MB
     assert size < bitnet.models.get("lenet-binary").num_parameters() * 4 / 22
 
 

@@ -34,7 +34,7 @@ def test_every_zoo_model_round_trips_exactly(name, kwargs, tmp_path):
     assert type(back) is type(model) and _same_state(model, back)
     assert back.zoo_config == {"name": name, "kwargs": kwargs}
     with h5py.File(path) as f:  # readable without bitnet: plain attributes and datasets
-        assert f.attrs["format"] == "bitnet-model" and f.attrs["format_version"] == 1
+        assert f.attrs["format"] == b"bitnet-model" and f.attrs["format_version"] == 1  # fixed-length strings
         assert json.loads(f.attrs["config"]) == {"model": name, "kwargs": kwargs}
         assert set(f["weights"]) == set(model.state_dict())
 
@@ -127,13 +127,13 @@ def _edit(path, fn):
 def _config(f, **changes):
     cfg = json.loads(f.attrs["config"])
     cfg.update(changes)
-    f.attrs["config"] = json.dumps(cfg)
+    f.attrs["config"] = np.bytes_(json.dumps(cfg))
 
 
 def _kwargs(f, **changes):
     cfg = json.loads(f.attrs["config"])
     cfg["kwargs"].update(changes)
-    f.attrs["config"] = json.dumps(cfg)
+    f.attrs["config"] = np.bytes_(json.dumps(cfg))
 
 
 def _replace(f, key, data):
@@ -142,10 +142,11 @@ def _replace(f, key, data):
 
 
 BAD = {
-    "format name": (lambda f: f.attrs.__setitem__("format", "keras"), "attribute 'format'"),
+    "format name": (lambda f: f.attrs.__setitem__("format", np.bytes_("keras")), "attribute 'format'"),
+    "variable-length string": (lambda f: f.attrs.__setitem__("format", "bitnet-model"), "fixed-length string"),
     "format version": (lambda f: f.attrs.__setitem__("format_version", 2), "attribute 'format_version'"),
     "no config": (lambda f: f.attrs.__delitem__("config"), "attribute 'config'"),
-    "config not JSON": (lambda f: f.attrs.__setitem__("config", "{model: lenet"), "invalid JSON"),
+    "config not JSON": (lambda f: f.attrs.__setitem__("config", np.bytes_("{model: lenet")), "invalid JSON"),
     "unknown model": (lambda f: _config(f, model="os.system"), "config.model"),
     "unknown argument": (lambda f: _kwargs(f, __import__="os"), "config.kwargs.__import__"),
     "absurd size": (lambda f: _kwargs(f, num_classes=10 ** 12), "config.kwargs.num_classes"),

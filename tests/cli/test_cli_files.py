@@ -57,7 +57,7 @@ def test_convert_summary_and_eval(data_dir, tmp_path, capsys):
         assert re.fullmatch(r"test accuracy: \d\.\d{4}", last) and last == trained
 
 
-@pytest.mark.parametrize("argv", [["convert", "--help"], ["summary", "--help"], ["eval", "--help"]])
+@pytest.mark.parametrize("argv", [["convert", "--help"], ["summary", "--help"], ["eval", "--help"], ["predict", "--help"]])
 def test_help(argv, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
@@ -73,3 +73,24 @@ def test_bad_files_are_clear_errors(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith(f"bitnet {argv[0]}: error: ") and str(tmp_path) in err
     assert not (tmp_path / "o.h5").exists()
+
+
+def test_predict_on_idx_and_npy(data_dir, tmp_path, capsys):
+    ckpt, packed = tmp_path / "m.h5", tmp_path / "p.h5"
+    assert main(TRAIN[:3] + ["--epochs", "1", "--limit-train", "640", "--quiet", "--data-dir", str(data_dir),
+                             "--save", str(ckpt)]) == 0
+    assert main(["convert", str(ckpt), str(packed)]) == 0
+    capsys.readouterr()
+    from bitnet.data.idx import read_idx
+    images = sorted(data_dir.glob("**/t10k-images-idx3-ubyte*"))[0]
+    np.save(tmp_path / "x.npy", read_idx(images)[:4])
+    outs = []
+    for f, inp, extra in ((packed, images, ["--limit", "4"]), (ckpt, tmp_path / "x.npy", [])):
+        assert main(["predict", str(f), str(inp)] + extra) == 0
+        lines = capsys.readouterr().out.strip().splitlines()
+        assert len(lines) == 4 and all(re.fullmatch(r"\d\t\d\t[01]\.\d{4}", line) for line in lines)
+        outs.append([line.split("\t")[1] for line in lines])
+    assert outs[0] == outs[1]  # the packed file and its checkpoint predict the same classes
+    np.save(tmp_path / "wrong.npy", np.zeros((2, 3, 32, 32), np.uint8))
+    assert main(["predict", str(packed), str(tmp_path / "wrong.npy")]) == 2
+    assert "expects (1, 28, 28)" in capsys.readouterr().err
