@@ -26,9 +26,11 @@ from bitnet.models.registry import register
 from bitnet.nn.init import as_generator
 
 
-def _shortcut(cin, cout, stride, binary, rng):
+def _shortcut(cin, cout, stride, binary, rng, binary_shortcut=False):
     if stride == 1 and cin == cout:
         return None
+    if binary and binary_shortcut:  # BMXNet's layout: a binary 1x1 convolution (sign input and weights)
+        return nn.Sequential(nn.QConv2d(cin, cout, 1, stride=stride, bias=False, rng=rng), nn.BatchNorm2d(cout))
     if binary:  # full-precision downsampling, pooled first (Bi-Real Net)
         pool = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
         return nn.Sequential(pool, nn.Conv2d(cin, cout, 1, bias=False, rng=rng), nn.BatchNorm2d(cout))
@@ -41,7 +43,7 @@ class BasicBlock(nn.Module):
     # each conv's output feeds only the batch norm after it (bitnet.packed.fold)
     FOLDABLE_BATCHNORMS = (("conv1", "bn1"), ("conv2", "bn2"))
 
-    def __init__(self, cin, cout, stride=1, binary=False, rng=None):
+    def __init__(self, cin, cout, stride=1, binary=False, rng=None, binary_shortcut=False):
         super().__init__()
         conv = nn.QConv2d if binary else nn.Conv2d
         self.binary = binary
@@ -49,7 +51,7 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = conv(cout, cout, 3, padding=1, bias=False, rng=rng)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = _shortcut(cin, cout, stride, binary, rng)
+        self.shortcut = _shortcut(cin, cout, stride, binary, rng, binary_shortcut)
 
     def forward(self, x):
         sc = x if self.shortcut is None else self.shortcut(x)
@@ -69,7 +71,12 @@ class BasicBlock(nn.Module):
             return None
         shortcut = self.shortcut
         if shortcut is not None:
-            shortcut = ChannelsLastShortcut.from_modules(shortcut) or shortcut.eval()
+            mods = list(shortcut._modules.values())
+            if len(mods) == 2 and packable(mods[0]):  # binary shortcut: a packed 1x1 convolution
+                from bitnet.nn import Identity, Sequential
+                shortcut = Sequential(pack_layer(mods[0], mods[1]), Identity())  # names as in the float model
+            else:
+                shortcut = ChannelsLastShortcut.from_modules(shortcut) or shortcut.eval()
         return PackedResidualBlock(pack_layer(self.conv1, self.bn1), pack_layer(self.conv2, self.bn2), shortcut)
 
     def extra_repr(self):
@@ -79,7 +86,8 @@ class BasicBlock(nn.Module):
 class ResNet(nn.Module):
     """ResNet for 32x32 inputs; ``binary_stages`` lists the stages (1..4) built from binary blocks."""
 
-    def __init__(self, blocks=(2, 2, 2, 2), num_classes=10, in_channels=3, binary_stages=(), seed=None):
+    def __init__(self, blocks=(2, 2, 2, 2), num_classes=10, in_channels=3, binary_stages=(), seed=None,
+                 binary_shortcuts=False):
         super().__init__()
         rng = as_generator(seed)
         bad = [s for s in binary_stages if s not in range(1, len(blocks) + 1)]
@@ -92,7 +100,7 @@ class ResNet(nn.Module):
             cout, stage = 64 * 2 ** i, i + 1
             for j in range(n):
                 layers.append(BasicBlock(cin, cout, stride=2 if (j == 0 and i > 0) else 1,
-                                         binary=stage in binary_stages, rng=rng))
+                                         binary=stage in binary_stages, rng=rng, binary_shortcut=binary_shortcuts))
                 cin = cout
         self.stages = nn.Sequential(*layers)
         self.pool = nn.GlobalAvgPool2d()
@@ -127,12 +135,17 @@ def resnet18(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, 
 
 @register("resnet18-binary")
 def resnet18_binary(num_classes: int = 10, in_channels: int = 3, image_size: int = 32,
-                    full_precision_stages=(), seed=None) -> ResNet:
+                    full_precision_stages=(), shortcut: str = "float", seed=None) -> ResNet:
     """Binary ResNet-18 in CIFAR-10 shape: stem and classifier in full precision, and the stages
-    listed in ``full_precision_stages`` (1..4) too (BMXNet's partially binarized models)."""
+    listed in ``full_precision_stages`` (1..4) too (BMXNet's partially binarized models).
+    ``shortcut``: ``"float"`` (avg-pool + float 1x1 conv, Bi-Real Net) or ``"binary"`` (a binary
+    1x1 convolution with stride, BMXNet's layout: the smallest file) for the downsampling shortcuts."""
+    if shortcut not in ("float", "binary"):
+        raise ValueError(f"shortcut must be 'float' or 'binary', got {shortcut!r}")
     _check_image_size(image_size)
     bad = [s for s in full_precision_stages if s not in (1, 2, 3, 4)]
     if bad:
         raise ValueError(f"full_precision_stages must be stage numbers in 1..4, got {list(full_precision_stages)}")
     binary = tuple(s for s in (1, 2, 3, 4) if s not in full_precision_stages)
-    return ResNet(num_classes=num_classes, in_channels=in_channels, binary_stages=binary, seed=seed)
+    return ResNet(num_classes=num_classes, in_channels=in_channels, binary_stages=binary, seed=seed,
+                  binary_shortcuts=shortcut == "binary")

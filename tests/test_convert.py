@@ -13,6 +13,7 @@ from bitnet.files import BitnetFileError
 from bitnet.tensor import Tensor, no_grad
 
 CASES = [("lenet-binary", {}, (1, 28, 28)), ("binary-vgg-small", {}, (1, 28, 28)),
+         ("resnet18-binary", {"image_size": 16, "shortcut": "binary"}, (3, 16, 16)),
          ("resnet18-binary", {"image_size": 16}, (3, 16, 16)),
          ("resnet18-binary", {"image_size": 16, "full_precision_stages": [1]}, (3, 16, 16))]
 
@@ -49,7 +50,9 @@ def test_packed_file_loads_as_the_packed_model(name, kwargs, shape, tmp_path):
             assert ds.shape[1] * 64 >= k and (ds.attrs["bit1"], ds.attrs["pad"], ds.attrs["k"]) == (-1, 0, k)
 
 
-@pytest.mark.parametrize("name,kwargs,shape", CASES + [("resnet18-binary", {}, (3, 32, 32))], ids=lambda c: str(c))
+@pytest.mark.parametrize("name,kwargs,shape", CASES + [("resnet18-binary", {}, (3, 32, 32)),
+                                                       ("resnet18-binary", {"shortcut": "binary"}, (3, 32, 32))],
+                         ids=lambda c: str(c))
 def test_summary_predicts_the_file_size_within_one_percent(name, kwargs, shape, tmp_path):
     model = _trained_like(name, kwargs)
     bitnet.convert(model, tmp_path / "p.h5")
@@ -110,3 +113,13 @@ def test_padding_bits_are_detected():
     words = np.full((8, 9 * 2), np.uint64(2 ** 64 - 1), np.uint64)
     masked = _masked(words, layer)
     assert np.all(masked[:, 0::2] == np.uint64(2 ** 64 - 1)) and np.all(masked[:, 1::2] == np.uint64(2 ** 6 - 1))
+
+
+def test_resnet18_binary_bmxnet_layout_file_size(tmp_path):
+    # BMXNet's layout (float stem and classifier, binary downsampling shortcuts): at least 30x smaller
+    # than float32 (44.7 MB); BMXNet's own file: 1.49 MB
+    model = bitnet.models.get("resnet18-binary", shortcut="binary", seed=0)
+    bitnet.convert(model, tmp_path / "r.h5")
+    size = os.path.getsize(tmp_path / "r.h5")
+    float32 = 4 * bitnet.models.get("resnet18", seed=0).num_parameters()
+    assert float32 / size >= 30 and size <= 1.49e6, (size, float32)

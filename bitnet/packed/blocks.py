@@ -119,6 +119,8 @@ class ChannelsLastShortcut(Module):
         if len(mods) != 3 or not isinstance(mods[1], Conv2d) or not isinstance(mods[2], BatchNorm2d):
             return None
         pool, conv, bn = mods
+        if getattr(conv, "kernel_quantizer", None) is not None:  # a quantized conv is not a float one
+            return None
         if isinstance(pool, Identity):
             k = 1
         elif (isinstance(pool, AvgPool2d) and pool.kernel_size == pool.stride and pool.padding == (0, 0)
@@ -154,7 +156,8 @@ class ChannelsLastShortcut(Module):
 
 class PackedResidualBlock(Module):
     """The binary ResNet block on packed layers; see the module docstring. ``shortcut``: None
-    (identity), a ``ChannelsLastShortcut``, or any module taking NCHW tensors."""
+    (identity), a ``ChannelsLastShortcut``, ``Sequential(PackedConv2d, Identity)`` (a binary
+    shortcut with its batch norm folded), or any module taking NCHW tensors."""
 
     def __init__(self, conv1, conv2, shortcut=None):
         super().__init__()
@@ -163,10 +166,14 @@ class PackedResidualBlock(Module):
 
     def forward(self, x):
         fm = FeatureMap.from_tensor(x)
+        from bitnet.packed.layers import PackedConv2d
+        first = next(iter(self.shortcut._modules.values()), None) if self.shortcut is not None else None
         if self.shortcut is None:
             sc = fm
         elif isinstance(self.shortcut, ChannelsLastShortcut):
             sc = self.shortcut(fm)
+        elif isinstance(first, PackedConv2d):  # a binary shortcut: (packed conv, folded batch norm)
+            sc = first(fm)
         else:
             sc = FeatureMap.from_tensor(self.shortcut(Tensor(fm.data)))
         y = self.conv1(fm, residual=sc)

@@ -121,13 +121,14 @@ def test_resnet18_binary_full_size_flips_only_at_near_ties():
     assert sum(flips.values()) <= 64, flips
 
 
-@pytest.mark.parametrize("stages", [(), (1, 4)])
-def test_resnet18_binary_small_images(stages):
+@pytest.mark.parametrize("stages,shortcut", [((), "float"), ((1, 4), "float"), ((), "binary"), ((4,), "binary")])
+def test_resnet18_binary_small_images(stages, shortcut):
     rng = np.random.default_rng(7)
-    model = _warm(bitnet.models.get("resnet18-binary", image_size=8, full_precision_stages=stages, seed=0),
-                  (3, 8, 8), rng, batch=4)
+    model = _warm(bitnet.models.get("resnet18-binary", image_size=8, full_precision_stages=stages, shortcut=shortcut,
+                                    seed=0), (3, 8, 8), rng, batch=4)
     packed, _ = _check(model, (3, 8, 8), 2, rng)
-    assert len(packed.packed_layers) == 16 - 4 * len(stages)
+    binary_shortcuts = 0 if shortcut == "float" else sum(s in (2, 3, 4) and s not in stages for s in (2, 3, 4))
+    assert len(packed.packed_layers) == 16 - 4 * len(stages) + binary_shortcuts
 
 
 CONV_CONFIGS = [  # cin, cout, k, stride, padding, dilation, groups, pad_value, scaling, bias
