@@ -185,3 +185,30 @@ def test_not_an_hdf5_file_and_a_truncated_one(tmp_path):
             bitnet.load(bad)
     with pytest.raises(FileNotFoundError, match="no such model file"):
         bitnet.load(tmp_path / "missing.h5")
+
+
+def test_sigkill_during_saves_leaves_a_loadable_file(tmp_path):
+    # a process saving a big model over and over is killed (SIGKILL: no cleanup at all) at several
+    # moments; each time the file must load, as the old or the new model, and only it may remain
+    import signal
+    import subprocess
+    import sys
+    import time
+    path = tmp_path / "m.h5"
+    bitnet.save(bitnet.models.get("resnet18-binary", seed=0), path)
+    code = ("import sys, bitnet\n"
+            "m = bitnet.models.get('resnet18-binary', seed=1)\n"
+            "print('ready', flush=True)\n"
+            "while True:\n"
+            "    bitnet.save(m, sys.argv[1])\n")
+    seeds = {0: bitnet.models.get("resnet18-binary", seed=0), 1: bitnet.models.get("resnet18-binary", seed=1)}
+    for delay in (0.05, 0.2, 0.45, 0.8):
+        proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        loaded = bitnet.load(path)
+        assert any(_same_state(loaded, m) for m in seeds.values())
+    leftovers = [p for p in os.listdir(tmp_path) if p != "m.h5"]
+    assert all(p.startswith(".bitnet-") and p.endswith(".h5.tmp") for p in leftovers)  # a killed writer's temp
