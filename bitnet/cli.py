@@ -95,7 +95,7 @@ def cmd_train(args) -> int:
         start = state.epoch + 1
     log = None if args.quiet else print
     if log:
-        log(f"training {model.zoo_config['name']} on {args.dataset}: {len(y_train)} images, {args.epochs} epochs, "
+        log(f"training {_describe(model)} on {args.dataset}: {len(y_train)} images, {args.epochs} epochs, "
             f"batch {args.batch_size}, {args.optimizer} lr {args.lr}, {model.num_parameters()} parameters"
             + (f"; resumed from {args.resume} after epoch {start - 1}" if args.resume else ""))
 
@@ -122,6 +122,8 @@ def _file_parsers(sub):
     p = sub.add_parser("summary", help="layers, bit widths, packed size and MACs of a model file",
                        description="Print bitnet.summary of the model in a checkpoint or packed file.")
     p.add_argument("file", help="checkpoint or packed file (HDF5)")
+    p.add_argument("--input-shape", default=None, metavar="C,H,W",
+                   help="input shape for models not from the zoo (zoo models know theirs)")
     p.set_defaults(run=cmd_summary)
     p = sub.add_parser("eval", help="test accuracy of a model file on a dataset",
                        description="Evaluate a checkpoint or packed file on a dataset's test split; the "
@@ -155,12 +157,26 @@ def _load_any(path):
     return bitnet.load(path).eval(), kind
 
 
-def _input_shape(model):
-    """(C, H, W) of a zoo model's input, from its recorded builder arguments and defaults."""
+def _describe(model):
+    cfg = getattr(model, "zoo_config", None)
+    return f"{cfg['name']} {cfg['kwargs'] or ''}".rstrip() if cfg else f"{type(model).__name__} of {len(model._modules)} layers"
+
+
+def _input_shape(model, given=None):
+    """(C, H, W) of the model's input: ``given`` ("C,H,W"), else a zoo model's recorded builder
+    arguments and defaults; None when neither says."""
     import inspect
 
     from bitnet.models import registry
-    cfg = model.zoo_config
+    if given:
+        try:
+            c, h, w = (int(v) for v in given.split(","))
+        except ValueError:
+            raise ValueError(f"--input-shape must be C,H,W (three integers), got {given!r}") from None
+        return c, h, w
+    cfg = getattr(model, "zoo_config", None)
+    if cfg is None:
+        return None
     params = inspect.signature(registry.builder(cfg["name"])).parameters
     value = {k: cfg["kwargs"].get(k, p.default) for k, p in params.items()}
     return (int(value["in_channels"]), int(value["image_size"]), int(value["image_size"]))
@@ -178,11 +194,14 @@ def cmd_convert(args) -> int:
 def cmd_summary(args) -> int:
     import bitnet
     model, kind = _load_any(args.file)
-    print(f"{args.file}: {kind} file, model {model.zoo_config['name']} {model.zoo_config['kwargs'] or ''}".rstrip())
+    print(f"{args.file}: {kind} file, model {_describe(model)}")
     if kind == "packed":
         print(f"packed layers: {', '.join(model.packed_layers)}")
         return 0
-    bitnet.summary(model, _input_shape(model))
+    shape = _input_shape(model, args.input_shape)
+    if shape is None:
+        raise ValueError(f"{args.file}: this model is not from the zoo; pass its input shape, e.g. --input-shape 1,28,28")
+    bitnet.summary(model, shape)
     return 0
 
 
@@ -207,11 +226,11 @@ def cmd_predict(args) -> int:
     x = read_input(args.input)
     if args.limit is not None:
         x = x[:max(0, args.limit)]
-    c, h, w = _input_shape(model)
+    shape = _input_shape(model)
     x = transform_for(args.dataset)(x)
-    if x.shape[1:] != (c, h, w):
+    if shape is not None and x.shape[1:] != shape:
         raise ValueError(f"{args.input}: images of shape {x.shape[1:]} (C, H, W); the model in {args.file} "
-                         f"expects {(c, h, w)}")
+                         f"expects {shape}")
     with no_grad():
         probs = F.softmax(model(Tensor(x)), axis=1).data
     for i, p in enumerate(probs):

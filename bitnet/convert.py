@@ -94,15 +94,14 @@ def load_packed(path, micro_batch: int | None = 32):
             if kind != "packed":
                 raise BitnetFileError(path, "attribute 'kind'", "'packed' (a file written by bitnet.convert)",
                                       repr(kind), "load a checkpoint with bitnet.load")
-            name, kwargs = _check_config(config, path)
-            packed = pack(_build(name, kwargs, path), micro_batch=micro_batch)
+            packed = pack(_build(_check_config(config, path), path), micro_batch=micro_batch)
             expected = _file_state(packed)
             group = f.get("weights")
             if not isinstance(group, h5py.Group):
                 raise BitnetFileError(path, "group 'weights'", "a group of datasets", "something else")
             extra = sorted(set(group) - set(expected))
             if extra:
-                raise BitnetFileError(path, f"weights/{extra[0]}", f"only the keys of packed {name}",
+                raise BitnetFileError(path, f"weights/{extra[0]}", "only the keys of the packed model",
                                       f"{len(extra)} unexpected key(s)")
             state = {}
             for key, ref in expected.items():
@@ -122,7 +121,6 @@ def load_packed(path, micro_batch: int | None = 32):
                                   "set padding bits")
         state[key] = panel_words(words.reshape(g, layer.out_channels // g, -1), layer.filters.shape[3])
     packed.load_state_dict(state)
-    packed.zoo_config = {"name": name, "kwargs": kwargs}
     return packed
 
 

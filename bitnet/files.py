@@ -42,14 +42,18 @@ class BitnetFileError(ValueError):
 # -- writing ----------------------------------------------------------------------------------------
 
 def model_config(model) -> dict:
-    """The JSON-serializable description a file stores to rebuild ``model``: the zoo builder's
-    name and keyword arguments, recorded by ``bitnet.models.get``."""
+    """The JSON-serializable description a file stores to rebuild ``model``: the zoo builder's name
+    and keyword arguments (recorded by ``bitnet.models.get``), or for a ``Sequential`` of bitnet's
+    layers their classes and constructor arguments (``bitnet.nn.config``)."""
     cfg = getattr(model, "zoo_config", None)
-    if cfg is None:
-        raise TypeError(f"cannot save a {type(model).__name__} built outside the model zoo: files rebuild "
-                        "models from their bitnet.models name and arguments; build it with "
-                        "bitnet.models.get(name, ...)")
-    return {"model": cfg["name"], "kwargs": dict(cfg["kwargs"])}
+    if cfg is not None:
+        return {"model": cfg["name"], "kwargs": dict(cfg["kwargs"])}
+    from bitnet.nn.config import layers_config
+    try:
+        return {"layers": layers_config(model)}
+    except TypeError as e:
+        raise TypeError(f"cannot save this {type(model).__name__}: {e}. Files rebuild models from a zoo name "
+                        "(bitnet.models.get) or from a Sequential of bitnet layers") from None
 
 
 def create_dataset(group, name, data):
@@ -180,11 +184,69 @@ def _check_header(f, path):
     return config
 
 
+MAX_PARAMETERS = 1 << 30  # a layers config that would allocate more values than this is refused
+
+
+def _check_value(path, key, value, depth=0):
+    """Config values: numbers, strings, booleans, None, and lists / objects of them (quantizer
+    configs), integers within +-MAX_INT_ARGUMENT, nothing nested deeply."""
+    if depth > 3:
+        raise BitnetFileError(path, key, "values nested at most 3 deep", _short(value))
+    if isinstance(value, (list, dict)):
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for k, v in items:
+            if not isinstance(k, (str, int)):
+                raise BitnetFileError(path, key, "string keys", _short(k))
+            _check_value(path, f"{key}.{k}", v, depth + 1)
+        return
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return
+    if not isinstance(value, (int, float)) or isinstance(value, float) and not np.isfinite(value):
+        raise BitnetFileError(path, key, "numbers, strings, booleans or lists of them", _short(value))
+    if isinstance(value, int) and not -MAX_INT_ARGUMENT <= value <= MAX_INT_ARGUMENT:
+        raise BitnetFileError(path, key, f"an integer within +-{MAX_INT_ARGUMENT}", f"{value}")
+
+
+def _check_layers(layers, path, key="config.layers"):
+    from bitnet.nn.config import LAYERS
+    if not isinstance(layers, list) or not layers:
+        raise BitnetFileError(path, key, "a non-empty list of layers", _short(layers))
+    for i, entry in enumerate(layers):
+        where = f"{key}[{i}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("class"), str):
+            raise BitnetFileError(path, where, "an object with a 'class'", _short(entry))
+        if entry["class"] == "Sequential":
+            if set(entry) != {"class", "layers"}:
+                raise BitnetFileError(path, where, "keys 'class' and 'layers'", _short(sorted(entry)))
+            _check_layers(entry["layers"], path, f"{where}.layers")
+            continue
+        if entry["class"] not in LAYERS or set(entry) != {"class", "args"} or not isinstance(entry["args"], dict):
+            raise BitnetFileError(path, where, f"{{'class': one of {sorted(LAYERS)} or 'Sequential', 'args': {{...}}}}",
+                                  _short(entry))
+        params = inspect.signature(LAYERS[entry["class"]][0].__init__).parameters
+        for name, value in entry["args"].items():
+            if name not in params or name in ("self", "rng"):
+                raise BitnetFileError(path, f"{where}.args.{name}", f"an argument of {entry['class']}", "an unknown name")
+            _check_value(path, f"{where}.args.{name}", value)
+
+
 def _check_config(config, path):
-    """The builder and its arguments, checked against the registry and the builder's signature."""
+    """What the config asks to build, checked against the registries and the constructors'
+    signatures: ``("zoo", name, kwargs)`` or ``("layers", layers)``."""
     from bitnet.models import registry
+    if isinstance(config, dict) and set(config) == {"layers"}:
+        from bitnet.nn.config import param_count
+        _check_layers(config["layers"], path)
+        try:
+            n = param_count(config["layers"])
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise BitnetFileError(path, "config.layers", "layer arguments that define sizes",
+                                  f"{type(e).__name__}: {e}") from None
+        if not 0 <= n <= MAX_PARAMETERS:
+            raise BitnetFileError(path, "config.layers", f"at most {MAX_PARAMETERS} parameters", f"{n}")
+        return ("layers", config["layers"])
     if not isinstance(config, dict) or set(config) != {"model", "kwargs"}:
-        raise BitnetFileError(path, "config", "an object with keys 'model' and 'kwargs'", _short(config))
+        raise BitnetFileError(path, "config", "an object with keys 'model' and 'kwargs' (or 'layers')", _short(config))
     name, kwargs = config["model"], config["kwargs"]
     if not isinstance(name, str) or name not in registry.names():
         raise BitnetFileError(path, "config.model", f"one of {registry.names()}", _short(name))
@@ -195,14 +257,10 @@ def _check_config(config, path):
         if key not in params or key == "seed":
             raise BitnetFileError(path, f"config.kwargs.{key}", f"an argument of {name} ({', '.join(params)})",
                                   "an unknown name")
-        for v in (value if isinstance(value, list) else [value]):
-            if isinstance(v, bool) or v is None or isinstance(v, str):
-                continue
-            if not isinstance(v, (int, float)) or isinstance(v, float) and not np.isfinite(v):
-                raise BitnetFileError(path, f"config.kwargs.{key}", "numbers, strings or lists of them", _short(value))
-            if isinstance(v, int) and not -MAX_INT_ARGUMENT <= v <= MAX_INT_ARGUMENT:
-                raise BitnetFileError(path, f"config.kwargs.{key}", f"an integer within +-{MAX_INT_ARGUMENT}", f"{v}")
-    return name, kwargs
+        if isinstance(value, dict):
+            raise BitnetFileError(path, f"config.kwargs.{key}", "numbers, strings or lists of them", _short(value))
+        _check_value(path, f"config.kwargs.{key}", value)
+    return ("zoo", name, kwargs)
 
 
 def _value(data):
@@ -216,12 +274,16 @@ def _short(value, limit=80):
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _build(name, kwargs, path):
+def _build(spec, path):
+    """Build what ``_check_config`` accepted; a model the arguments cannot build is a file error."""
     from bitnet import models
+    from bitnet.nn.config import build
     try:
-        model = models.get(name, **kwargs)
-    except (TypeError, ValueError) as e:
-        raise BitnetFileError(path, "config.kwargs", f"arguments that build {name}", f"{_short(kwargs)} ({e})") from None
+        if spec[0] == "layers":
+            return build(spec[1])
+        model = models.get(spec[1], **spec[2])
+    except (TypeError, ValueError, KeyError) as e:
+        raise BitnetFileError(path, "config", "arguments that build a model", f"{type(e).__name__}: {e}") from None
     return model
 
 
@@ -251,7 +313,7 @@ def _read_weights(f, path, model):
     expected = model.state_dict()
     extra = sorted(set(group) - set(expected))
     if extra:
-        raise BitnetFileError(path, f"weights/{extra[0]}", f"only the keys of {model_config(model)['model']}",
+        raise BitnetFileError(path, f"weights/{extra[0]}", "only the keys of the model the config describes",
                               f"{len(extra)} unexpected key(s): {', '.join(extra[:5])}")
     state = {}
     for key, ref in expected.items():
@@ -271,15 +333,14 @@ def load(path):
             if kind != "checkpoint":
                 raise BitnetFileError(path, "attribute 'kind'", "'checkpoint' (a file written by bitnet.save)",
                                       repr(kind), "load a packed file with bitnet.load_packed")
-            name, kwargs = _check_config(config, path)
-            model = _build(name, kwargs, path)
+            spec = _check_config(config, path)
+            model = _build(spec, path)
             state = _read_weights(f, path, model)
         except BitnetFileError:
             raise
         except (KeyError, OSError, RuntimeError, TypeError, ValueError) as e:  # h5py on damaged structure
             raise BitnetFileError(path, "(file)", "a readable bitnet model file", f"{type(e).__name__}: {e}") from None
     model.load_state_dict(state)
-    model.zoo_config = {"name": name, "kwargs": kwargs}
     return model
 
 

@@ -103,11 +103,59 @@ def test_a_failed_save_leaves_the_old_file_intact(tmp_path, monkeypatch):
 
 
 def test_saving_what_cannot_be_rebuilt_is_refused(tmp_path):
-    with pytest.raises(TypeError, match="built outside the model zoo"):
-        bitnet.save(bitnet.nn.Sequential(bitnet.nn.Dense(2, 2)), tmp_path / "x.h5")
+    class Custom(bitnet.nn.Module):
+        def forward(self, x):
+            return x
+    with pytest.raises(TypeError, match="cannot save this Custom"):
+        bitnet.save(Custom(), tmp_path / "x.h5")
+    with pytest.raises(TypeError, match="layer 1 is a Custom"):
+        bitnet.save(bitnet.nn.Sequential(bitnet.nn.Dense(2, 2), Custom()), tmp_path / "x.h5")
     with pytest.raises(ValueError, match="epoch must be a non-negative int"):
         bitnet.save(bitnet.models.get("lenet", seed=0), tmp_path / "x.h5", epoch=-1)
     assert not os.path.exists(tmp_path / "x.h5")
+
+
+def _custom_binary_net():
+    nn = bitnet.nn
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1, rng=0), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+        nn.QActivation(1), nn.QConv2d(16, 70, 3, padding=1, pad_value=-1, scaling="channel", rng=1), nn.BatchNorm2d(70),
+        nn.Sequential(nn.AvgPool2d(2), nn.Flatten()), nn.Dropout(0.1),
+        nn.QDense(70 * 7 * 7, 40, rng=2), nn.BatchNorm1d(40), nn.HardTanh(),
+        nn.QDense(40, 12, act_bit=2, weight_bit=1, rng=3), nn.Tanh(), nn.Dense(12, 10, rng=4))
+
+
+def test_a_sequential_of_bitnet_layers_round_trips_and_converts(tmp_path):
+    model = _custom_binary_net().eval()
+    bitnet.save(model, tmp_path / "m.h5")
+    back = bitnet.load(tmp_path / "m.h5").eval()
+    assert _same_state(model, back) and repr(back) == repr(model)
+    x = Tensor(np.random.default_rng(0).standard_normal((3, 1, 28, 28)).astype(np.float32))
+    with bitnet.no_grad():
+        assert np.array_equal(back(x).data, model(x).data)
+        bitnet.convert(model, tmp_path / "p.h5")
+        packed = bitnet.load_packed(tmp_path / "p.h5")
+        assert packed.packed_layers == bitnet.pack(model).packed_layers == ["5", "9"]
+        assert np.array_equal(packed(x).data, bitnet.pack(model)(x).data)
+
+
+@pytest.mark.parametrize("layers,where", [
+    ([{"class": "os.system", "args": {}}], "config.layers[0]"),
+    ([{"class": "Dense", "args": {"in_features": 2, "out_features": 2, "__class__": 1}}], "args.__class__"),
+    ([{"class": "Dense", "args": {"in_features": 60000, "out_features": 60000}}], "at most"),
+    ([{"class": "Dense", "args": {"in_features": 10 ** 12, "out_features": 1}}], "integer within"),
+    ([{"class": "Dense", "args": {"in_features": "x", "out_features": 1}}], "config"),
+    ([{"class": "Sequential", "layers": []}], "non-empty list"),
+    ([], "non-empty list"),
+])
+def test_bad_layer_configs_are_refused_before_building(layers, where, tmp_path):
+    path = tmp_path / "m.h5"
+    bitnet.save(bitnet.nn.Sequential(bitnet.nn.Dense(2, 2)), path)
+    with h5py.File(path, "r+") as f:
+        f.attrs["config"] = np.bytes_(json.dumps({"layers": layers}))
+    with pytest.raises(BitnetFileError) as err:
+        bitnet.load(path)
+    assert where in str(err.value) and str(path) in str(err.value), str(err.value)
 
 
 # -- bad files: each raises BitnetFileError naming the file and the key ------------------------------
