@@ -16,8 +16,8 @@ import os
 
 import numpy as np
 
-from bitnet.files import (BitnetFileError, _atomic_h5, _attr, _build, _check_config, _check_header, _open, _read_array,
-                          _write_header, create_dataset, model_config, set_text)
+from bitnet.files import (BitnetFileError, _atomic_h5, _build, _check_config, _check_header, _check_kind, _open,
+                          _read_weights, _write_header, create_dataset, model_config, set_text)
 
 # on every filters dataset: bit 1 = -1, LSB first, padding bits 0 (bitnet.kernels.bits); "k" = the true
 # length of a row's dot product, (C / groups) * KH * KW; rows are (out_channels, kh, kw, channel words)
@@ -84,30 +84,14 @@ def convert(model_or_path, out_path, micro_batch: int | None = 32) -> None:
 def load_packed(path, micro_batch: int | None = 32):
     """The packed model stored by ``convert``; every dataset is checked against the model its config
     describes before anything is read (shapes, dtypes, finite floats, no missing or extra keys)."""
-    import h5py
     from bitnet.kernels.xnor_conv import panel_words
     from bitnet.packed import pack
     with _open(path) as f:
         try:
             config = _check_header(f, path)
-            kind = _attr(f, path, "kind", "string")
-            if kind != "packed":
-                raise BitnetFileError(path, "attribute 'kind'", "'packed' (a file written by bitnet.convert)",
-                                      repr(kind), "load a checkpoint with bitnet.load")
+            _check_kind(f, path, "packed", "a file of bitnet.convert; load a checkpoint with bitnet.load")
             packed = pack(_build(_check_config(config, path), path), micro_batch=micro_batch)
-            expected = _file_state(packed)
-            group = f.get("weights")
-            if not isinstance(group, h5py.Group):
-                raise BitnetFileError(path, "group 'weights'", "a group of datasets", "something else")
-            extra = sorted(set(group) - set(expected))
-            if extra:
-                raise BitnetFileError(path, f"weights/{extra[0]}", "only the keys of the packed model",
-                                      f"{len(extra)} unexpected key(s)")
-            state = {}
-            for key, ref in expected.items():
-                if key not in group:
-                    raise BitnetFileError(path, f"weights/{key}", f"a dataset of shape {ref.shape}", "nothing")
-                state[key] = _read_array(group[key], path, f"weights/{key}", ref.shape, ref.dtype, finite=True)
+            state = _read_weights(f, path, _file_state(packed))
         except BitnetFileError:
             raise
         except (KeyError, OSError, RuntimeError, TypeError, ValueError) as e:

@@ -305,12 +305,19 @@ def _read_array(ds, path, key, shape, dtype, finite):
     return data
 
 
-def _read_weights(f, path, model):
+def _check_kind(f, path, want, hint):
+    kind = _attr(f, path, "kind", "string")
+    if kind != want:
+        raise BitnetFileError(path, "attribute 'kind'", repr(want), repr(kind), hint)
+
+
+def _read_weights(f, path, expected):
+    """The ``/weights`` datasets, each checked against ``expected`` (key -> array of the right
+    shape and dtype) before it is read; no key may be missing or extra."""
     import h5py
     group = f.get("weights")
     if not isinstance(group, h5py.Group):
         raise BitnetFileError(path, "group 'weights'", "a group of datasets", "nothing" if group is None else "a dataset")
-    expected = model.state_dict()
     extra = sorted(set(group) - set(expected))
     if extra:
         raise BitnetFileError(path, f"weights/{extra[0]}", "only the keys of the model the config describes",
@@ -329,13 +336,9 @@ def load(path):
     with _open(path) as f:
         try:
             config = _check_header(f, path)
-            kind = _attr(f, path, "kind", "string")
-            if kind != "checkpoint":
-                raise BitnetFileError(path, "attribute 'kind'", "'checkpoint' (a file written by bitnet.save)",
-                                      repr(kind), "load a packed file with bitnet.load_packed")
-            spec = _check_config(config, path)
-            model = _build(spec, path)
-            state = _read_weights(f, path, model)
+            _check_kind(f, path, "checkpoint", "a file of bitnet.save; load a packed file with bitnet.load_packed")
+            model = _build(_check_config(config, path), path)
+            state = _read_weights(f, path, model.state_dict())
         except BitnetFileError:
             raise
         except (KeyError, OSError, RuntimeError, TypeError, ValueError) as e:  # h5py on damaged structure
