@@ -287,10 +287,45 @@ def _build(spec, path):
     return model
 
 
-def _read_array(ds, path, key, shape, dtype, finite):
+def _member(group, name, path, key):
+    """``group[name]`` (None if absent) when it is stored in this file under that name: soft and
+    external links are refused, so a file never makes the reader open another file."""
+    import h5py
+    link = group.get(name, getlink=True)
+    if link is None:
+        return None
+    if not isinstance(link, h5py.HardLink):
+        raise BitnetFileError(path, key, "an object stored in this file", f"a {type(link).__name__}",
+                              "bitnet files do not follow links")
+    return group[name]
+
+
+def _group(parent, name, path, key):
+    """``parent[name]`` as a group stored in this file, or None if absent."""
+    import h5py
+    group = _member(parent, name, path, key)
+    if group is not None and not isinstance(group, h5py.Group):
+        raise BitnetFileError(path, key, "a group", type(group).__name__)
+    return group
+
+
+def _dataset(ds, path, key, max_size=None):
+    """``ds`` if it is a dataset whose data lies in this file (no external raw-data files, no
+    virtual dataset mapping other files) with at most ``max_size`` elements."""
     import h5py
     if not isinstance(ds, h5py.Dataset):
         raise BitnetFileError(path, key, "a dataset", type(ds).__name__)
+    if ds.is_virtual or ds.external:
+        raise BitnetFileError(path, key, "data stored in this file", "a virtual dataset" if ds.is_virtual
+                              else "raw data in external files", "bitnet files do not read other files")
+    if max_size is not None and ds.size > max_size:
+        raise BitnetFileError(path, key, f"at most {max_size} elements (the model's largest parameter)",
+                              f"{ds.size} (shape {ds.shape})")
+    return ds
+
+
+def _read_array(ds, path, key, shape, dtype, finite):
+    ds = _dataset(ds, path, key)
     if ds.shape != tuple(shape):
         raise BitnetFileError(path, key, f"shape {tuple(shape)}", f"shape {ds.shape}")
     if ds.dtype != dtype:
@@ -314,19 +349,19 @@ def _check_kind(f, path, want, hint):
 def _read_weights(f, path, expected):
     """The ``/weights`` datasets, each checked against ``expected`` (key -> array of the right
     shape and dtype) before it is read; no key may be missing or extra."""
-    import h5py
-    group = f.get("weights")
-    if not isinstance(group, h5py.Group):
-        raise BitnetFileError(path, "group 'weights'", "a group of datasets", "nothing" if group is None else "a dataset")
+    group = _group(f, "weights", path, "group 'weights'")
+    if group is None:
+        raise BitnetFileError(path, "group 'weights'", "a group of datasets", "nothing")
     extra = sorted(set(group) - set(expected))
     if extra:
         raise BitnetFileError(path, f"weights/{extra[0]}", "only the keys of the model the config describes",
                               f"{len(extra)} unexpected key(s): {', '.join(extra[:5])}")
     state = {}
     for key, ref in expected.items():
-        if key not in group:
+        ds = _member(group, key, path, f"weights/{key}")
+        if ds is None:
             raise BitnetFileError(path, f"weights/{key}", f"a dataset of shape {ref.shape}", "nothing")
-        state[key] = _read_array(group[key], path, f"weights/{key}", ref.shape, ref.dtype, finite=True)
+        state[key] = _read_array(ds, path, f"weights/{key}", ref.shape, ref.dtype, finite=True)
     return state
 
 
@@ -379,27 +414,32 @@ class TrainingState:
 
 
 def load_training_state(path) -> TrainingState:
-    """The optimizer state, epoch and RNG state saved with a checkpoint (each None if absent)."""
-    import h5py
+    """The optimizer state, epoch and RNG state saved with a checkpoint (each None if absent). Each
+    optimizer state array may hold at most as many elements as the model's largest parameter."""
     with _open(path) as f:
-        _check_header(f, path)
-        train = f.get("training")
-        if train is None:
-            return TrainingState(None, None, None, None)
         try:
+            config = _check_header(f, path)
+            train = _group(f, "training", path, "training")
+            if train is None:
+                return TrainingState(None, None, None, None)
             epoch = int(_attr(train, path, "epoch", "int")) if "epoch" in train.attrs else None
             rng = json.loads(_attr(train, path, "rng", "string")) if "rng" in train.attrs else None
             sched = json.loads(_attr(train, path, "scheduler", "string")) if "scheduler" in train.attrs else None
             opt = opt_class = None
-            og = train.get("optimizer")
-            if isinstance(og, h5py.Group):
+            og = _group(train, "optimizer", path, "training/optimizer")
+            if og is not None:
                 opt_class = _attr(og, path, "class", "string")
                 groups = json.loads(_attr(og, path, "param_groups", "string"))
+                largest = max((p.size for p in _build(_check_config(config, path), path).state_dict().values()),
+                              default=0)
                 state = {}
-                st = og.get("state")
+                st = _group(og, "state", path, "training/optimizer/state")
                 for index in (st or {}):
-                    entries = st[index]
-                    state[int(index)] = {name: _value(entries[name][()]) for name in entries}
+                    where = f"training/optimizer/state/{index}"
+                    entries = _group(st, index, path, where)
+                    state[int(index)] = {name: _value(_dataset(_member(entries, name, path, f"{where}/{name}"), path,
+                                                               f"{where}/{name}", largest)[()])
+                                         for name in entries}
                 opt = {"state": state, "param_groups": groups}
         except BitnetFileError:
             raise

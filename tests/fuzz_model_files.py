@@ -32,7 +32,7 @@ def _h5_edit(path, rng):
     import h5py
     with h5py.File(path, "r+") as f:
         keys = sorted(f["weights"]) if isinstance(f.get("weights"), h5py.Group) else []
-        choice = int(rng.integers(12))
+        choice = int(rng.integers(14))
         key = keys[int(rng.integers(len(keys)))] if keys else None
         if choice == 0 and key:
             del f["weights"][key]
@@ -95,6 +95,29 @@ def _h5_edit(path, rng):
             del f["weights"][key]
             f["weights"].create_group(key)
             return f"group instead of {key}"
+        if choice == 12 and key:
+            # links and storage that would make a reader open other files
+            shape = f["weights"][key].shape
+            del f["weights"][key]
+            kind = int(rng.integers(4))
+            if kind == 0:
+                f["weights"][key] = h5py.ExternalLink(str(path), "/weights/" + keys[0])
+            elif kind == 1:
+                f["weights"][key] = h5py.SoftLink("/weights/" + keys[0])
+            elif kind == 2:
+                f["weights"].create_dataset(key, shape=shape, dtype="f4", external=[(str(path), 0, h5py.h5f.UNLIMITED)])
+            else:
+                layout = h5py.VirtualLayout(shape=shape, dtype="f4")
+                layout[...] = h5py.VirtualSource(str(path), "/weights/" + keys[0], shape=shape)
+                f["weights"].create_virtual_dataset(key, layout)
+            return f"link or external storage {kind} for {key}"
+        if choice == 13 and key:
+            data = f["weights"][key][()]
+            del f["weights"][key]
+            chunks = None if data.ndim == 0 else True
+            f["weights"].create_dataset(key, data=data, chunks=chunks, compression="gzip" if chunks else None,
+                                        shuffle=bool(chunks))
+            return f"gzip {key} (a valid file)"
     return "noop"
 
 

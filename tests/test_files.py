@@ -206,7 +206,78 @@ BAD = {
     "wrong dtype": (lambda f: _replace(f, "0.bias", np.zeros(64, np.float64)), "dtype float32"),
     "NaN weight": (lambda f: f["weights"]["13.bias"].__setitem__(0, np.nan), "finite values"),
     "weights not a group": (lambda f: (f.__delitem__("weights"), f.create_dataset("weights", data=1)), "weights"),
+    # a file may not make the reader open other files: links and external or virtual data are refused
+    "external link": (lambda f: _link(f, "13.bias", h5py.ExternalLink("/etc/passwd", "/x")), "ExternalLink"),
+    "soft link": (lambda f: _link(f, "13.bias", h5py.SoftLink("/weights/0.bias")), "SoftLink"),
+    "external raw data": (lambda f: _link(f, "13.bias", None, external=[("/etc/hostname", 0, 40)]),
+                          "raw data in external files"),
+    "virtual dataset": (lambda f: _link(f, "13.bias", None, virtual=True), "a virtual dataset"),
+    "unknown compression filter": (lambda f: _unknown_filter(f, "13.bias"), "a damaged dataset"),
 }
+
+
+def _link(f, key, link, external=None, virtual=False):
+    g = f["weights"]
+    shape = g[key].shape
+    del g[key]
+    if link is not None:
+        g[key] = link
+    elif external:
+        g.create_dataset(key, shape=shape, dtype="f4", external=external)
+    else:
+        layout = h5py.VirtualLayout(shape=shape, dtype="f4")
+        layout[:] = h5py.VirtualSource("other.h5", "data", shape=shape)
+        g.create_virtual_dataset(key, layout)
+
+
+def _unknown_filter(f, key):
+    # a chunked dataset whose filter (id 31999, registered nowhere) cannot be applied at read time
+    g = f["weights"]
+    shape = g[key].shape
+    del g[key]
+    ds = g.create_dataset(key, shape=shape, dtype="f4", chunks=shape, compression=31999, allow_unknown_filter=True)
+    ds.id.write_direct_chunk((0,), np.zeros(shape, np.float32).tobytes())
+
+
+def test_compressed_and_chunked_weights_are_valid(tmp_path):
+    # HDF5's standard storage choices (chunks, gzip, shuffle, big-endian on disk is a dtype change) load
+    model = bitnet.models.get("lenet-binary", seed=0)
+    path = _edit(_good(tmp_path), lambda f: [_replace_chunked(f, k) for k in ("0.weight", "13.bias")])
+    loaded = bitnet.load(path)
+    for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert np.array_equal(a, b), k
+
+
+def _replace_chunked(f, key):
+    data = f["weights"][key][()]
+    del f["weights"][key]
+    f["weights"].create_dataset(key, data=data, chunks=True, compression="gzip", shuffle=True)
+
+
+def test_a_training_state_cannot_claim_absurd_sizes_or_links(tmp_path):
+    model = bitnet.models.get("lenet-binary", seed=0)
+    opt = bitnet.optim.Adam(model.parameters(), lr=1e-3)
+    loss = (model(bitnet.Tensor(np.ones((2, 1, 28, 28), np.float32))) ** 2).mean()
+    loss.backward()
+    opt.step()
+    path = tmp_path / "ckpt.h5"
+    bitnet.save(model, path, optimizer=opt, epoch=1)
+    assert bitnet.load_training_state(path).epoch == 1
+
+    def huge(f):
+        entries = f["training/optimizer/state/0"]
+        name = next(iter(entries))
+        del entries[name]
+        entries.create_dataset(name, shape=(10 ** 6, 10 ** 6), dtype="f4", chunks=(1, 1024))
+    with pytest.raises(BitnetFileError, match="the model's largest parameter"):
+        bitnet.load_training_state(_edit(path, huge))
+    bitnet.save(model, path, optimizer=opt, epoch=1)
+
+    def external(f):
+        del f["training/optimizer/state/1"]
+        f["training/optimizer/state/1"] = h5py.ExternalLink("x.h5", "/")
+    with pytest.raises(BitnetFileError, match="ExternalLink"):
+        bitnet.load_training_state(_edit(path, external))
 
 
 @pytest.mark.parametrize("case", BAD)
