@@ -24,6 +24,7 @@ from bitnet.tensor import Tensor, Parameter, Function, no_grad, enable_grad, is_
 from bitnet import functional, nn, optim  # noqa: E402,F401
 from bitnet import data, models  # noqa: E402,F401  (bitnet.data, bitnet.models: the data/ and models/ folders)
 from bitnet.summary import summary  # noqa: E402,F401
+from bitnet.backend import CudaUnavailableError, current_device, device  # noqa: E402,F401
 from bitnet.packed import pack  # noqa: E402,F401
 from bitnet.files import BitnetFileError, load, load_training_state, save  # noqa: E402,F401
 from bitnet.convert import convert, load_packed  # noqa: E402,F401

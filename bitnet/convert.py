@@ -81,9 +81,13 @@ def convert(model_or_path, out_path, micro_batch: int | None = 32) -> None:
     _atomic_h5(out_path, write)
 
 
-def load_packed(path, micro_batch: int | None = 32):
+def load_packed(path, micro_batch: int | None = 32, device: str | None = None):
     """The packed model stored by ``convert``; every dataset is checked against the model its config
-    describes before anything is read (shapes, dtypes, finite floats, no missing or extra keys)."""
+    describes before anything is read (shapes, dtypes, finite floats, no missing or extra keys).
+    ``device="cuda"`` (or inside ``with bitnet.device("cuda"):``) returns it on the GPU, as
+    ``bitnet.pack`` does."""
+    from bitnet.backend import resolve_device
+    device = resolve_device(device)
     from bitnet.kernels.xnor_conv import panel_words
     from bitnet.packed import pack
     with _open(path) as f:
@@ -105,7 +109,8 @@ def load_packed(path, micro_batch: int | None = 32):
                                   "set padding bits")
         state[key] = panel_words(words.reshape(g, layer.out_channels // g, -1), layer.filters.shape[3])
     packed.load_state_dict(state)
-    return packed
+    from bitnet.packed.model import on_device
+    return on_device(packed, device)
 
 
 def _masked(words, layer):

@@ -18,6 +18,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from bitnet.kernels.bit_scalar import sign_bit
 from bitnet.kernels.bits import words_for
 
 _JIT = dict(parallel=True, boundscheck=False, nogil=True, cache=True)
@@ -53,7 +54,7 @@ def _pack_rows(x, k, rows, out, nw):
         if full < nw:
             v = np.uint64(0)
             for b in range(k - full * 64):
-                v |= np.uint64(x[base + full * 64 + b] < 0) << np.uint64(b)
+                v |= sign_bit(x[base + full * 64 + b]) << np.uint64(b)
             out[r * nw + full] = v
 
 

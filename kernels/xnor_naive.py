@@ -12,6 +12,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from bitnet.kernels.bit_scalar import xnor_dot
+
 
 @intrinsic
 def popcount64(typingctx, x):
@@ -34,7 +36,7 @@ def _naive(a, b, k, out):
             s = 0
             for w in range(nw):
                 s += popcount64(a[m, w] ^ b[n, w])
-            out[m, n] = k - 2 * s
+            out[m, n] = xnor_dot(k, s)
 
 
 def xnor_gemm_naive(a_words: np.ndarray, b_words: np.ndarray, k: int) -> np.ndarray:

@@ -106,6 +106,9 @@ class ResNet(nn.Module):
         self.pool = nn.GlobalAvgPool2d()
         self.fc = nn.Dense(cin, num_classes, rng=rng)
 
+    # the forward is the composition of these children, in this order (bitnet.packed.cuda_model)
+    forward_chain = ("stem", "stages", "pool", "fc")
+
     def forward(self, x):
         return self.fc(self.pool(self.stages(self.stem(x))))
 

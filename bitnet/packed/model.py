@@ -48,15 +48,27 @@ def _set_child(root, dotted, new):
     parent._modules[leaf] = new  # in place: a Sequential keeps its order
 
 
-def pack(model, micro_batch: int | None = 32):
+def pack(model, micro_batch: int | None = 32, device: str | None = None):
     """A packed inference copy of ``model``; see the module docstring. The copy's ``packed_layers``
-    attribute lists the dotted names of the layers that run on bits."""
+    attribute lists the dotted names of the layers that run on bits. ``device="cuda"`` (or the
+    default of a ``with bitnet.device("cuda"):`` block) returns it as a ``CudaPackedModel``, its
+    weights on the GPU (``micro_batch`` applies to the CPU only)."""
+    from bitnet.backend import resolve_device
     if micro_batch is not None and (not isinstance(micro_batch, int) or micro_batch < 1):
         raise ValueError(f"pack: micro_batch must be a positive int or None, got {micro_batch!r}")
+    device = resolve_device(device)
     packed = _pack(model)
     packed.__class__ = _micro_batched(type(packed))
     packed.micro_batch = micro_batch
-    return packed
+    return on_device(packed, device)
+
+
+def on_device(packed, device: str):
+    """``packed`` itself for "cpu"; for "cuda" a ``CudaPackedModel`` running it on the GPU."""
+    if device == "cpu":
+        return packed
+    from bitnet.packed.cuda_model import CudaPackedModel
+    return CudaPackedModel(packed)
 
 
 def _pack(model):

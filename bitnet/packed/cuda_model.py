@@ -1,0 +1,380 @@
+"""Packed models on an NVIDIA GPU: ``CudaPackedModel`` runs a packed model (``bitnet.pack``) with its
+weights copied to the device once, at construction, and its activations kept on the device from
+the input copy to the output copy.
+
+Built by ``bitnet.pack(model, device="cuda")`` or ``bitnet.load_packed(path, device="cuda")`` (or
+either inside ``with bitnet.device("cuda"):``). Every module of the packed model becomes a *step*, a
+function from one device activation (``DeviceMap``) to the next:
+
+- binary layers (``PackedConv2d``, ``PackedDense``, ``PackedResidualBlock``): binarize-and-pack
+  (skipped where the previous binary layer handed over its signs packed), bit im2col, the XNOR GEMM
+  with its epilogue (``bitnet.kernels.xnor_cuda``); their outputs are bit-identical to the CPU
+  packed model's for the same input (same bit convention, same float32 operations in the same order);
+- float layers (``bitnet.kernels.cuda_float``): convolution, dense, eval-mode batch norm, pooling,
+  tanh / ReLU / hardtanh, sign activations, flatten; they round differently from the CPU's BLAS
+  (another summation order), within float32 rounding;
+- containers: ``Sequential``, and modules that declare ``forward_chain`` (the names of children whose
+  composition is their forward, e.g. the ResNet).
+
+A module without a GPU step raises ``NotImplementedError`` at construction, naming it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from bitnet.tensor import Tensor
+
+
+class DeviceMap:
+    """An activation on the GPU: ``data`` (a device array) in ``layout`` "nchw" ``(N, C, H, W)``,
+    "nhwc" ``(N, H, W, C)`` or "flat" ``(N, F)``; ``bits``: its signs packed ``(N, H, W, 1, words)``
+    (nhwc maps from a binary layer that emits them) or None."""
+    __slots__ = ("data", "layout", "bits")
+
+    def __init__(self, data, layout, bits=None):
+        self.data, self.layout, self.bits = data, layout, bits
+
+
+class CudaPackedModel:
+    """A packed model running on the GPU; see the module docstring. ``model(x)`` takes a float32
+    ``(N, ...)`` array or Tensor on the host and returns a Tensor on the host; ``run_device``
+    takes and returns device arrays. ``cpu_model`` is the packed CPU model it was built from."""
+
+    def __init__(self, packed):
+        from bitnet.backend import cuda_module
+        self.cuda = cuda_module()
+        from bitnet.kernels import cuda_float, xnor_cuda  # numba.cuda only now
+        self.xc, self.cf = xnor_cuda, cuda_float
+        self.cpu_model = packed
+        self.packed_layers = list(getattr(packed, "packed_layers", []))
+        self._step = self._plan(packed, "")
+
+    # -- running --------------------------------------------------------------------------------
+
+    def __call__(self, x):
+        data = x.data if isinstance(x, Tensor) else np.asarray(x)
+        if data.ndim not in (2, 4):
+            raise ValueError(f"CudaPackedModel expects a batch (N, C, H, W) or (N, F), got shape {data.shape}")
+        out = self.run_device(self.cuda.to_device(np.ascontiguousarray(data, np.float32)))
+        return Tensor(out.copy_to_host())
+
+    forward = __call__
+
+    def run_device(self, x):
+        """Device array in (NCHW or (N, F) float32), device array out (the model's output layout)."""
+        dm = self._step(DeviceMap(x, "nchw" if x.ndim == 4 else "flat"))
+        return self._nchw(dm).data if dm.layout == "nhwc" else dm.data
+
+    def eval(self):
+        return self
+
+    def __repr__(self):
+        return f"CudaPackedModel({self.cpu_model!r})"
+
+    # -- planning: one step per module ----------------------------------------------------------
+
+    def _plan(self, module, name):
+        from bitnet.nn import layers as L
+        from bitnet.nn.container import Sequential
+        from bitnet.nn.quantized import QActivation
+        from bitnet.packed.blocks import ChannelsLastConv2d, ChannelsLastShortcut, PackedResidualBlock
+        from bitnet.packed.layers import SIGN_INPUTS, PackedConv2d, PackedDense
+        chain = getattr(module, "forward_chain", None)
+        if isinstance(module, Sequential) or chain:
+            children = [(n, module._modules[n]) for n in (chain or module._modules)]
+            steps = [self._plan(m, f"{name}.{n}" if name else n) for n, m in children if m is not None]
+            return _compose(steps)
+        if isinstance(module, (L.Identity, L.Dropout)) or (isinstance(module, QActivation) and module.quantizer is None):
+            return lambda dm: dm
+        if isinstance(module, PackedConv2d):
+            return self._packed_conv(module)
+        if isinstance(module, PackedDense):
+            return self._packed_dense(module)
+        if isinstance(module, PackedResidualBlock):
+            return self._residual_block(module, name)
+        if isinstance(module, ChannelsLastConv2d):
+            return self._channels_last_conv(module)
+        if isinstance(module, ChannelsLastShortcut):
+            return self._channels_last_shortcut(module)
+        if type(module) is L.Conv2d:
+            return self._float_conv(module)
+        if type(module) is L.Dense:
+            return self._dense(module)
+        if isinstance(module, L.BatchNorm2d) and module.track_running_stats:
+            return self._batchnorm(module)
+        if isinstance(module, (L.MaxPool2d, L.AvgPool2d)):
+            return self._pool(module)
+        if isinstance(module, L.GlobalAvgPool2d):
+            return self._global_pool
+        if isinstance(module, L.Flatten) and module.start_dim == 1:
+            return self._flatten
+        unary = {L.ReLU: ("relu", {}), L.Tanh: ("tanh", {})}
+        if type(module) in unary:
+            op, params = unary[type(module)]
+            return self._unary(op, params)
+        if isinstance(module, L.HardTanh):
+            return self._unary("hardtanh", {"min_val": module.min_val, "max_val": module.max_val})
+        if isinstance(module, QActivation) and module.quantizer.get_config()["name"] in SIGN_INPUTS:
+            return self._unary("sign", {})
+        raise NotImplementedError(f"no CUDA step for module {name or '(root)'}: {module!r}; run this model on the CPU "
+                                  "(device='cpu')")
+
+    # -- layouts --------------------------------------------------------------------------------
+
+    def _empty(self, shape, dtype=np.float32):
+        return self.cuda.device_array(shape, dtype)
+
+    def _nchw(self, dm):
+        if dm.layout == "nchw":
+            return dm
+        if dm.layout != "nhwc":
+            raise ValueError(f"expected a feature map, got a {dm.layout} activation of shape {dm.data.shape}")
+        n, h, w, c = dm.data.shape
+        out = self._empty((n, c, h, w))
+        self.cf.rows_to_nchw(dm.data.reshape(n * h * w, c), n, h, w, out)
+        return DeviceMap(out, "nchw")
+
+    def _nhwc(self, dm):
+        if dm.layout == "nhwc":
+            return dm
+        if dm.layout != "nchw":
+            raise ValueError(f"expected a feature map, got a {dm.layout} activation of shape {dm.data.shape}")
+        n, c, h, w = dm.data.shape
+        out = self._empty((n, h, w, c))
+        self.cf.nchw_to_rows(dm.data, out.reshape(n * h * w, c))
+        return DeviceMap(out, "nhwc")
+
+    # -- binary layers --------------------------------------------------------------------------
+
+    def _packed_conv(self, layer):
+        """The GPU twin of ``PackedConv2d.forward`` (NCHW or channels-last input, channels-last
+        output with its signs packed when ``layer.emit_signs``)."""
+        from bitnet.kernels.xnor_conv import unpanel_words
+        cuda, xc = self.cuda, self.xc
+        g, o = layer.groups, layer.out_channels
+        mg, cg = o // g, layer.in_channels // g
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = layer.kernel_size, layer.stride, layer.padding, layer.dilation
+        rows = unpanel_words(layer.filters, mg)  # (G, Mg, KH * KW * CWg)
+        filters = [cuda.to_device(np.ascontiguousarray(rows[i])) for i in range(g)]
+        scale, shift = cuda.to_device(layer.scale), cuda.to_device(layer.shift)
+        padword = cuda.to_device(layer._padword)
+        k = cg * kh * kw
+        corr_cache = {}
+
+        def step(dm, residual=None):
+            xb = self._packed_input(dm, layer.in_channels, g)
+            n, h, w = xb.shape[:3]
+            oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+            ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+            p = n * oh * ow
+            corr = None
+            cpu_corr = layer._correction((h, w))
+            if cpu_corr is not None:
+                if (h, w) not in corr_cache:
+                    corr_cache[(h, w)] = cuda.to_device(np.ascontiguousarray(cpu_corr, np.int32))
+                corr = corr_cache[(h, w)]
+            out = self._empty((p, o))
+            res = None if residual is None else self._nhwc(residual).data.reshape(p, o)
+            direct = g == 1 and (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0)
+            for gi in range(g):
+                if direct:
+                    a = xb.reshape(p, xb.shape[4])
+                else:
+                    a = self._empty((p, kh * kw * xb.shape[4]), np.uint64)
+                    xc.im2col_bits(xb, gi, (kh, kw), (sh, sw), (ph, pw), (dh, dw), padword, a)
+                xc.xnor_gemm(a, filters[gi], k, out, corr=corr, scale=scale, shift=shift, residual=res, col0=gi * mg)
+            bits = None
+            if layer.emit_signs:
+                bits = self._empty((p, -(-o // 64)), np.uint64)
+                xc.pack_rows(out, bits)
+                bits = bits.reshape(n, oh, ow, 1, -(-o // 64))
+            return DeviceMap(out.reshape(n, oh, ow, o), "nhwc", bits)
+        return step
+
+    def _packed_input(self, dm, channels, groups):
+        """The signs of ``dm`` packed ``(N, H, W, G, CWg)``: its handed-over bits, or packed now."""
+        xc = self.xc
+        if dm.bits is not None and groups == 1:
+            return dm.bits
+        if dm.layout == "nchw":
+            n, c, h, w = dm.data.shape
+            out = self._empty((n, h, w, groups, -(-(c // groups) // 64)), np.uint64)
+            _check_channels(c, channels)
+            return xc.pack_nchw(dm.data, groups, out)
+        if dm.layout == "nhwc":
+            n, h, w, c = dm.data.shape
+            _check_channels(c, channels)
+            cwg = -(-(c // groups) // 64)
+            out = self._empty((n * h * w * groups, cwg), np.uint64)
+            xc.pack_rows(dm.data.reshape(n * h * w * groups, c // groups), out)
+            return out.reshape(n, h, w, groups, cwg)
+        raise ValueError(f"a binary convolution needs a feature map, got a {dm.layout} activation of shape "
+                         f"{dm.data.shape}")
+
+    def _packed_dense(self, layer):
+        conv = self._packed_conv(layer.conv)
+
+        def step(dm):
+            if dm.layout != "flat":
+                raise ValueError(f"{layer!r} expects (N, {layer.in_features}), got a {dm.layout} map")
+            n, f = dm.data.shape
+            out = conv(DeviceMap(dm.data.reshape(n, 1, 1, f), "nhwc"))
+            return DeviceMap(out.data.reshape(n, layer.out_features), "flat")
+        return step
+
+    def _residual_block(self, block, name):
+        from bitnet.packed.blocks import ChannelsLastShortcut
+        from bitnet.packed.layers import PackedConv2d
+        conv1, conv2 = self._packed_conv(block.conv1), self._packed_conv(block.conv2)
+        sc = block.shortcut
+        first = next(iter(sc._modules.values()), None) if sc is not None else None
+        if sc is None:
+            shortcut = None
+        elif isinstance(sc, ChannelsLastShortcut):
+            shortcut = self._channels_last_shortcut(sc)
+        elif isinstance(first, PackedConv2d):
+            shortcut = self._packed_conv(first)
+        else:
+            shortcut = self._plan(sc, f"{name}.shortcut")
+
+        def step(dm):
+            fm = self._nhwc(dm) if dm.layout == "nchw" else dm
+            s = fm if shortcut is None else shortcut(fm)
+            y = conv1(fm, residual=s)
+            return conv2(y, residual=y)
+        return step
+
+    # -- float layers ---------------------------------------------------------------------------
+
+    def _float_conv(self, conv):
+        if conv.groups != 1:
+            raise NotImplementedError(f"no CUDA step for a grouped float convolution: {conv!r}")
+        cuda, cf = self.cuda, self.cf
+        w2d = cuda.to_device(np.ascontiguousarray(conv.weight.data.reshape(conv.out_channels, -1), np.float32))
+        bias = None if conv.bias is None else cuda.to_device(np.asarray(conv.bias.data, np.float32))
+
+        def step(dm):
+            x = self._nchw(dm).data
+            n, c, h, w = x.shape
+            (kh, kw), (sh, sw), (ph, pw), (dh, dw) = conv.kernel_size, conv.stride, conv.padding, conv.dilation
+            oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+            ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+            out = self._empty((n, conv.out_channels, oh, ow))
+            cf.conv2d_nchw(x, w2d, bias, conv.kernel_size, conv.stride, conv.padding, conv.dilation, out)
+            return DeviceMap(out, "nchw")
+        return step
+
+    def _channels_last_conv(self, conv):
+        """``ChannelsLastConv2d`` (the packed ResNet's stem): im2col of the NCHW input, one GEMM with
+        the folded batch norm's shift as bias, ReLU; channels-last out."""
+        cuda, cf = self.cuda, self.cf
+        (kh, kw), o, c = conv.kernel_size, conv.out_channels, conv.in_channels
+        w2d = conv.weight_t.reshape(kh, kw, c, o).transpose(3, 2, 0, 1).reshape(o, -1)
+        w2d, shift = cuda.to_device(np.ascontiguousarray(w2d, np.float32)), cuda.to_device(conv.shift)
+
+        def step(dm):
+            x = self._nchw(dm).data
+            n, _, h, w = x.shape
+            (sh, sw), (ph, pw) = conv.stride, conv.padding
+            oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+            cols = self._empty((n * oh * ow, c * kh * kw))
+            cf.im2col_nchw(x, conv.kernel_size, conv.stride, conv.padding, (1, 1), cols)
+            out = self._empty((n * oh * ow, o))
+            cf.sgemm_nt(cols, w2d, out, bias=shift)
+            if conv.relu:
+                cf.unary(out, "relu", out)
+            return DeviceMap(out.reshape(n, oh, ow, o), "nhwc")
+        return step
+
+    def _channels_last_shortcut(self, sc):
+        cuda, cf = self.cuda, self.cf
+        w = cuda.to_device(np.ascontiguousarray(sc.weight_t.T, np.float32))
+        shift = cuda.to_device(sc.shift)
+        k = sc.pool
+
+        def step(dm):
+            fm = self._nhwc(dm)
+            if k > 1:
+                x = self._nchw(fm).data
+                n, c, h, w_ = x.shape
+                pooled = self._empty((n, c, h // k, w_ // k))
+                cf.avgpool2d_nchw(x, (k, k), (k, k), (0, 0), pooled)
+                fm = self._nhwc(DeviceMap(pooled, "nchw"))
+            n, h, w_, c = fm.data.shape
+            out = self._empty((n * h * w_, w.shape[0]))
+            cf.sgemm_nt(fm.data.reshape(-1, c), w, out, bias=shift)
+            return DeviceMap(out.reshape(n, h, w_, -1), "nhwc")
+        return step
+
+    def _dense(self, dense):
+        cuda, cf = self.cuda, self.cf
+        w = cuda.to_device(np.ascontiguousarray(dense.weight.data, np.float32))
+        bias = None if dense.bias is None else cuda.to_device(np.asarray(dense.bias.data, np.float32))
+
+        def step(dm):
+            if dm.layout != "flat":
+                raise ValueError(f"{dense!r} expects (N, {dense.in_features}), got a {dm.layout} map")
+            out = self._empty((dm.data.shape[0], dense.out_features))
+            cf.sgemm_nt(dm.data, w, out, bias=bias)
+            return DeviceMap(out, "flat")
+        return step
+
+    def _batchnorm(self, bn):
+        from bitnet.packed.fold import batchnorm_affine
+        g, b = batchnorm_affine(bn)
+        scale, shift = self.cuda.to_device(g.astype(np.float32)), self.cuda.to_device(b.astype(np.float32))
+
+        def step(dm):
+            x = self._nchw(dm).data
+            out = self._empty(x.shape)
+            self.cf.channel_affine_nchw(x, scale, shift, out)
+            return DeviceMap(out, "nchw")
+        return step
+
+    def _pool(self, pool):
+        from bitnet.nn.layers import MaxPool2d
+        fn = self.cf.maxpool2d_nchw if isinstance(pool, MaxPool2d) else self.cf.avgpool2d_nchw
+
+        def step(dm):
+            x = self._nchw(dm).data
+            n, c, h, w = x.shape
+            (kh, kw), (sh, sw), (ph, pw) = pool.kernel_size, pool.stride, pool.padding
+            out = self._empty((n, c, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1))
+            fn(x, pool.kernel_size, pool.stride, pool.padding, out)
+            return DeviceMap(out, "nchw")
+        return step
+
+    def _global_pool(self, dm):
+        if dm.layout == "flat":
+            raise ValueError(f"GlobalAvgPool2d expects a feature map, got shape {dm.data.shape}")
+        x = dm.data
+        n, c = (x.shape[0], x.shape[3]) if dm.layout == "nhwc" else x.shape[:2]
+        out = self._empty((n, c))
+        (self.cf.global_avgpool_nhwc if dm.layout == "nhwc" else self.cf.global_avgpool_nchw)(x, out)
+        return DeviceMap(out, "flat")
+
+    def _flatten(self, dm):
+        if dm.layout == "flat":
+            return dm
+        x = self._nchw(dm).data
+        return DeviceMap(x.reshape(x.shape[0], -1), "flat")
+
+    def _unary(self, op, params):
+        def step(dm):
+            out = self._empty(dm.data.shape)
+            self.cf.unary(dm.data, op, out, **params)
+            return DeviceMap(out, dm.layout)  # element-wise: the packed signs no longer apply
+        return step
+
+
+def _compose(steps):
+    def run(dm):
+        for step in steps:
+            dm = step(dm)
+        return dm
+    return run
+
+
+def _check_channels(got, want):
+    if got != want:
+        raise ValueError(f"a binary convolution over {want} channels got a map with {got}")
