@@ -133,6 +133,7 @@ def _file_parsers(sub):
     p.add_argument("--dataset", default="mnist", choices=NAMES, help="dataset (default: mnist)")
     p.add_argument("--data-dir", default=None, help="folder holding the dataset (default: $BITNET_DATA)")
     p.add_argument("--batch-size", type=int, default=1000, help="default: 1000")
+    _device_option(p)
     p.set_defaults(run=cmd_eval)
     p = sub.add_parser("predict", help="predicted classes of a model file for images",
                        description="Predict the class of each image in INPUT (a .npy array, an IDX file, a binary "
@@ -143,17 +144,26 @@ def _file_parsers(sub):
     p.add_argument("--dataset", default="mnist", choices=NAMES,
                    help="the dataset the model was trained on: its input normalization (default: mnist)")
     p.add_argument("--limit", type=int, default=None, help="predict only the first N images")
+    _device_option(p)
     p.set_defaults(run=cmd_predict)
 
 
-def _load_any(path):
-    """(model ready for inference, kind) from a checkpoint or a packed file."""
+def _device_option(p):
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where a packed file runs (default: cpu); cuda: on an NVIDIA GPU (docs/gpu.md)")
+
+
+def _load_any(path, device="cpu"):
+    """(model ready for inference, kind) from a checkpoint or a packed file (on ``device``)."""
     import bitnet
     from bitnet.files import _attr, _open
     with _open(path) as f:
         kind = _attr(f, path, "kind", "string") if "kind" in f.attrs else None
     if kind == "packed":
-        return bitnet.load_packed(path), kind
+        return bitnet.load_packed(path, device=device), kind
+    if device != "cpu":
+        raise ValueError(f"{path} is a checkpoint; --device {device} runs packed files: convert it first "
+                         f"(bitnet convert {path} OUT.h5)")
     return bitnet.load(path).eval(), kind
 
 
@@ -209,7 +219,7 @@ def cmd_eval(args) -> int:
     from bitnet.data import DataLoader
     from bitnet.data.datasets import load_dataset, transform_for
     from bitnet.training import evaluate
-    model, kind = _load_any(args.file)
+    model, kind = _load_any(args.file, args.device)
     x_test, y_test = load_dataset(args.dataset, "test", args.data_dir, False)
     loader = DataLoader((x_test, y_test), args.batch_size, transform=transform_for(args.dataset))
     loss, acc = evaluate(model, loader)
@@ -222,11 +232,11 @@ def cmd_predict(args) -> int:
     from bitnet import Tensor, functional as F, no_grad
     from bitnet.data.datasets import transform_for
     from bitnet.data.images import read_input
-    model, kind = _load_any(args.file)
+    model, kind = _load_any(args.file, args.device)
     x = read_input(args.input)
     if args.limit is not None:
         x = x[:max(0, args.limit)]
-    shape = _input_shape(model)
+    shape = _input_shape(getattr(model, "cpu_model", model))
     x = transform_for(args.dataset)(x)
     if shape is not None and x.shape[1:] != shape:
         raise ValueError(f"{args.input}: images of shape {x.shape[1:]} (C, H, W); the model in {args.file} "
@@ -253,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     from bitnet.data import DataFormatError, DatasetNotFoundError, DownloadError
+    from bitnet.backend import CudaUnavailableError
     from bitnet.files import BitnetFileError
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -261,8 +272,8 @@ def main(argv=None) -> int:
         return 2
     try:
         return args.run(args)
-    except (DatasetNotFoundError, DataFormatError, DownloadError, BitnetFileError, FileNotFoundError, TypeError,
-            ValueError) as exc:
+    except (DatasetNotFoundError, DataFormatError, DownloadError, BitnetFileError, CudaUnavailableError,
+            FileNotFoundError, TypeError, ValueError) as exc:
         print(f"bitnet {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

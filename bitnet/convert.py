@@ -50,7 +50,7 @@ FILE_BYTES_PER_DATASET = 356
 def predicted_file_bytes(model) -> int:
     """The size of the file ``convert(model, ...)`` writes: payload + HDF5 overhead (estimated)."""
     from bitnet.packed import pack
-    state = _file_state(pack(model, micro_batch=None))
+    state = _file_state(pack(model, micro_batch=None, device="cpu"))
     return sum(v.nbytes for v in state.values()) + FILE_HEADER_BYTES + FILE_BYTES_PER_DATASET * len(state)
 
 
@@ -60,7 +60,7 @@ def convert(model_or_path, out_path, micro_batch: int | None = 32) -> None:
     from bitnet.packed import pack
     model = load(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else model_or_path
     config = model_config(model)
-    packed = pack(model, micro_batch=micro_batch)
+    packed = pack(model, micro_batch=micro_batch, device="cpu")
     state = _file_state(packed)
     layers = _packed_layers(packed)
 
@@ -94,7 +94,7 @@ def load_packed(path, micro_batch: int | None = 32, device: str | None = None):
         try:
             config = _check_header(f, path)
             _check_kind(f, path, "packed", "a file of bitnet.convert; load a checkpoint with bitnet.load")
-            packed = pack(_build(_check_config(config, path), path), micro_batch=micro_batch)
+            packed = pack(_build(_check_config(config, path), path), micro_batch=micro_batch, device="cpu")
             state = _read_weights(f, path, _file_state(packed))
         except BitnetFileError:
             raise

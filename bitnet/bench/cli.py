@@ -29,6 +29,9 @@ def add_parser(sub):
         k.add_argument("--json", default=None, help="write the records to this file")
         if name == "model":
             k.add_argument("--no-torch", action="store_true", help="skip the PyTorch column")
+        if name in ("gemm", "model"):
+            k.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                           help="cuda: the GPU kernels vs cuBLAS / PyTorch on the GPU, timed with CUDA events")
         k.set_defaults(run=cmd_kernels, which=name)
 
 
@@ -42,8 +45,43 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_gpu(args) -> int:
+    from bitnet.backend import cuda_module
+    from bitnet.bench import gpu
+    from bitnet.bench.timing import print_table
+    cuda = cuda_module()
+    from numba import config
+    repeats = args.rounds * args.repeats
+    dev = "the CUDA simulator" if config.ENABLE_CUDASIM else cuda.get_current_device().name
+    dev = dev.decode() if isinstance(dev, bytes) else dev
+    print(f"bitnet bench {args.which} --device cuda: {dev}, median of {repeats} calls timed with CUDA events", flush=True)
+    records = []
+    if args.which == "gemm":
+        keys = ("ratio_vs_cublas", "fraction_of_popc_peak")
+        if not config.ENABLE_CUDASIM:
+            print(f"64-bit popcount peak of this GPU: {gpu.popc_peak_tops():.1f} TOPS", flush=True)
+        print_table([], keys)
+        for name, m, n, k in gpu.gemm_cases(args.quick, tiny=config.ENABLE_CUDASIM):
+            recs = gpu.bench_gemm_case(name, m, n, k, repeats)
+            print_table(recs, keys, header=False)
+            records += recs
+    else:
+        keys = ("ratio_vs_torch",)
+        print_table([], keys)
+        for batch in (1,) if args.quick else gpu.BATCHES:
+            recs = gpu.bench_model(batch, repeats, not args.no_torch)
+            print_table(recs, keys, header=False)
+            records += recs
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(records, f, indent=2)
+    return 0
+
+
 def cmd_kernels(args) -> int:
     import numba
+    if getattr(args, "device", "cpu") == "cuda":
+        return cmd_gpu(args)
 
     from bitnet.bench.timing import print_table
     if args.threads:

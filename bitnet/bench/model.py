@@ -34,7 +34,7 @@ def bench_network(name, batch, rounds, repeats, threads, torch_too=True):
     from bitnet.tensor import Tensor, no_grad
     shape = NETWORKS[name]
     model = _model(name, shape)
-    packed = bitnet.pack(model)
+    packed = bitnet.pack(model, device="cpu")
     for m in model.modules():  # the float path proper: binary layers' forward in float GEMMs
         if hasattr(m, "forward_on_bits"):
             m.forward_on_bits = False

@@ -56,7 +56,7 @@ def print_table(records: list, ratio_keys=("ratio_vs_numpy",), header=True, file
     if header:
         print(head, file=file)
     for r in records:
-        tops = f"{r['tops']:.3f}" if "tops" in r else "-"
+        tops = f"{r['tops']:.3f}" if r.get("tops") is not None else "-"
         line = f"{r['case']:<34} {r['method']:<16} {1e3 * r['median_s']:>8.2f}ms {tops:>7}"
-        line += "".join(f" {r[k]:>12.2f}x" if k in r else f" {'-':>13}" for k in ratio_keys)
+        line += "".join(f" {r[k]:>12.2f}x" if r.get(k) is not None else f" {'-':>13}" for k in ratio_keys)
         print(line, file=file, flush=True)

@@ -65,7 +65,13 @@ class CudaPackedModel:
         dm = self._step(DeviceMap(x, "nchw" if x.ndim == 4 else "flat"))
         return self._nchw(dm).data if dm.layout == "nhwc" else dm.data
 
+    training = False  # inference only, as the CPU packed model: train() / eval() change nothing else
+
     def eval(self):
+        return self.train(False)
+
+    def train(self, mode: bool = True):
+        self.training = bool(mode)
         return self
 
     def __repr__(self):

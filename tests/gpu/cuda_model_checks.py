@@ -1,0 +1,153 @@
+"""Packed models on the GPU (``bitnet.pack(model, device="cuda")``) against the same packed models on
+the CPU, run under Numba's CUDA simulator by tests/gpu/test_cuda_model.py (or on a real GPU:
+``python tests/gpu/cuda_model_checks.py``). A model whose every layer is binary (sign activations,
+binary convolutions and dense layers, folded batch norms) must give identical outputs; models with
+float layers (convolution, dense, pooling) agree within float32 rounding. Tiny shapes: the simulator
+runs one Python thread per CUDA thread."""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+import bitnet
+from bitnet import nn
+from bitnet.tensor import Tensor, no_grad
+
+rng = np.random.default_rng(0)
+
+
+def _stats(model):
+    """Non-trivial batch-norm statistics, so folding is not an identity."""
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            c = m.num_features
+            m.running_mean[...] = rng.standard_normal(c).astype(np.float32)
+            m.running_var[...] = rng.uniform(0.5, 2.0, c).astype(np.float32)
+            m.weight.data[...] = rng.standard_normal(c).astype(np.float32)
+            m.bias.data[...] = rng.standard_normal(c).astype(np.float32)
+    return model.eval()
+
+
+def _compare(model, x, exact, what):
+    cpu = bitnet.pack(model)
+    gpu = bitnet.pack(model, device="cuda")
+    with no_grad():
+        want = cpu(Tensor(x)).data
+    got = gpu(x).data
+    if got.shape != want.shape:
+        raise AssertionError(f"{what}: GPU output {got.shape}, CPU {want.shape}")
+    if exact:
+        if not np.array_equal(got, want):
+            raise AssertionError(f"{what}: {int(np.sum(got != want))} of {want.size} outputs differ from the CPU's "
+                                 f"(max {np.abs(got - want).max()})")
+    else:
+        # float layers sum in another order than the CPU's BLAS: float32 rounding of sums of at most
+        # a few hundred terms of size ~1, carried through a few layers; a sign flip before a binary
+        # layer would show as an error of ~2 * |scale|, far above this
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=what)
+    return gpu
+
+
+def binary_sequential():
+    sign = dict(act_bit=1)
+    return _stats(nn.Sequential(
+        nn.QActivation(1),
+        nn.QConv2d(3, 70, 3, padding=1, bias=False, pad_value=-1, rng=rng, **sign), nn.BatchNorm2d(70),
+        nn.QActivation(1),
+        nn.QConv2d(70, 16, 3, stride=2, padding=1, bias=False, pad_value=0, rng=rng, **sign), nn.BatchNorm2d(16),
+        nn.QActivation(1),
+        nn.QConv2d(16, 8, 1, groups=2, bias=True, rng=rng, **sign),
+        nn.QActivation(1),
+        nn.Flatten(),
+        nn.QDense(8 * 3 * 2, 10, bias=True, rng=rng, **sign), nn.BatchNorm1d(10)))
+
+
+def check_binary_sequential():
+    model = binary_sequential()
+    x = rng.standard_normal((2, 3, 5, 4)).astype(np.float32)
+    gpu = _compare(model, x, exact=True, what="binary Sequential")
+    if gpu.packed_layers != bitnet.pack(model).packed_layers or len(gpu.packed_layers) != 4:
+        raise AssertionError(f"packed layers {gpu.packed_layers}")
+
+
+def check_float_and_binary_sequential():
+    model = nn.Sequential(  # lenet-binary's layer kinds, small
+        nn.Conv2d(1, 8, 3, rng=rng), nn.BatchNorm2d(8), nn.Tanh(), nn.MaxPool2d(2),
+        nn.QActivation(1), nn.QConv2d(8, 16, 3, padding=1, bias=False, rng=rng), nn.BatchNorm2d(16),
+        nn.AvgPool2d(2), nn.Flatten(), nn.QActivation(1), nn.QDense(16, 12, rng=rng), nn.BatchNorm1d(12),
+        nn.HardTanh(), nn.ReLU(), nn.Dense(12, 3, rng=rng))
+    x = rng.standard_normal((2, 1, 6, 6)).astype(np.float32)
+    _compare(_stats(model), x, exact=False, what="float + binary Sequential")
+
+
+def check_resnets():
+    from bitnet.models.resnet import ResNet
+    for shortcuts in (True, False):  # BMXNet's binary 1x1 shortcut; Bi-Real's avg-pool + float 1x1
+        model = ResNet(blocks=(1, 1), binary_stages=(1, 2), binary_shortcuts=shortcuts, num_classes=5, seed=1)
+        x = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
+        _compare(_stats(model), x, exact=False, what=f"ResNet binary_shortcuts={shortcuts}")
+
+
+def check_files_and_device_blocks():
+    model = binary_sequential()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.packed.h5")
+        bitnet.convert(model, path)
+        x = rng.standard_normal((2, 3, 5, 4)).astype(np.float32)
+        with bitnet.device("cuda"):
+            if bitnet.current_device() != "cuda":
+                raise AssertionError("the with block did not set the device")
+            from_file = bitnet.load_packed(path)
+        if bitnet.current_device() != "cpu":
+            raise AssertionError("the with block did not restore the device")
+        want = bitnet.load_packed(path)(Tensor(x)).data
+        if not np.array_equal(from_file(x).data, want):
+            raise AssertionError("load_packed(device='cuda') differs from the CPU packed model of the same file")
+    try:
+        with bitnet.device("cuda"):
+            raise KeyError("boom")
+    except KeyError:
+        pass
+    if bitnet.current_device() != "cpu":
+        raise AssertionError("an exception inside the with block left the device set")
+    try:
+        bitnet.pack(nn.Sequential(nn.Dense(3, 3, rng=rng), nn.Sigmoid()), device="cuda")
+    except NotImplementedError as e:
+        if "no CUDA step for module 1: Sigmoid" not in str(e):
+            raise AssertionError(f"unclear error: {e}") from None
+    else:
+        raise AssertionError("a module without a GPU step was accepted")
+
+
+def check_cli():
+    import contextlib
+    import io
+
+    from bitnet.cli import main
+    model = binary_sequential()
+    with tempfile.TemporaryDirectory() as tmp:
+        path, images = os.path.join(tmp, "m.packed.h5"), os.path.join(tmp, "x.npy")
+        bitnet.convert(model, path)
+        np.save(images, rng.uniform(0, 1, (3, 3, 5, 4)).astype(np.float32))
+        outputs = {}
+        for device in ("cpu", "cuda"):
+            buf = io.StringIO()
+            with contextlib.redirect_stdout(buf):
+                code = main(["predict", path, images, "--device", device])
+            outputs[device] = (code, buf.getvalue())
+        if outputs["cpu"][0] != 0 or outputs["cpu"] != outputs["cuda"]:
+            raise AssertionError(f"bitnet predict --device cuda printed {outputs['cuda']}, on the CPU {outputs['cpu']}")
+        if len(outputs["cpu"][1].splitlines()) != 3:
+            raise AssertionError(f"expected one line per image: {outputs['cpu'][1]!r}")
+
+
+CHECKS = {"binary": check_binary_sequential, "mixed": check_float_and_binary_sequential,
+          "resnet": check_resnets, "files": check_files_and_device_blocks, "cli": check_cli}
+
+if __name__ == "__main__":
+    for name in sys.argv[1:] or CHECKS:
+        CHECKS[name]()
+        print(f"{name}: ok", flush=True)

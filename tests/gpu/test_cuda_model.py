@@ -1,0 +1,30 @@
+"""Packed models on the GPU agree with the CPU packed models (exactly where every layer is binary),
+run under Numba's CUDA simulator in a subprocess (tests/gpu/cuda_model_checks.py)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from cudasim import run_in_simulator
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.mark.parametrize("check", ["binary", "mixed", "resnet", "files", "cli"])
+def test_packed_models_on_the_gpu_match_the_cpu(check):
+    out = run_in_simulator(os.path.join(HERE, "cuda_model_checks.py"), check)
+    assert f"{check}: ok" in out
+
+
+def test_gpu_gemm_benchmark_runs(tmp_path):
+    import json
+    out = run_in_simulator("-m", "bitnet.cli", "bench", "gemm", "--device", "cuda", "--quick", "--rounds", "1",
+                           "--repeats", "2", "--json", str(tmp_path / "g.json"))
+    recs = json.loads((tmp_path / "g.json").read_text())
+    assert {r["method"] for r in recs} >= {"xnor", "xnor+binarize"}
+    if os.environ.get("BITNET_TEST_CUDA") != "gpu":  # the simulator: its tiny case, no timings
+        assert "the CUDA simulator" in out
+        assert all((r["m"], r["n"], r["k"]) == (40, 24, 200) for r in recs)
+    else:
+        assert all(r["tops"] > 0 for r in recs if r["method"].startswith("xnor"))
