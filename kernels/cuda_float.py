@@ -40,11 +40,14 @@ _A_TILE, _B_TILE, _ACC = (BK, BM + 1), (BK, BN + 1), (RM, RN)  # +1: fewer bank 
 IDENTITY, RELU, TANH, HARDTANH, SIGN = range(5)
 UNARY_OPS = {"identity": IDENTITY, "relu": RELU, "tanh": TANH, "hardtanh": HARDTANH, "sign": SIGN}
 
+# mul_rn(a, b): a float32 product rounded on its own, which the compiler may not fuse with the next
+# addition (NVVM contracts a * b + c into one FMA by default, rounding once: not the CPU's result).
+# The binary kernels' epilogue (bitnet.kernels.xnor_cuda) uses it too.
 if config.ENABLE_CUDASIM:  # no libdevice in the simulator; its float32 scalars round each operation
-    def _mul_rn(a, b):
+    def mul_rn(a, b):
         return a * b
-else:  # a float32 product that the compiler may not fuse with the next addition
-    from numba.cuda.libdevice import fmul_rn as _mul_rn
+else:
+    from numba.cuda.libdevice import fmul_rn as mul_rn
 
 
 # -- kernels (plain Python functions, kept for numba.cuda.compile_ptx; launched via cuda.jit) ----
@@ -147,7 +150,7 @@ def _channel_affine_kernel(x, scale, shift, channels, hw, out):
     start, step = cuda.grid(1), cuda.gridsize(1)
     for i in range(start, x.shape[0], step):
         c = (i // hw) % channels
-        out[i] = _mul_rn(x[i], scale[c]) + shift[c]
+        out[i] = mul_rn(x[i], scale[c]) + shift[c]
 
 
 def _unary_kernel(x, op, lo, hi, out):

@@ -27,20 +27,16 @@ thread a ``RT x CT`` register tile (rows ``ty + 16 i``, filters ``tx + 16 j``). 
 from __future__ import annotations
 
 import numpy as np
-from numba import config, cuda, float32, int32, uint64
+from numba import cuda, float32, int32, uint64
 
 from bitnet.kernels.bit_scalar import sign_bit, tap_word_index, xnor_dot
+from bitnet.kernels.cuda_float import mul_rn as _mul_rn
 from bitnet.kernels.xnor_epilogue import AFFINE, CORR, RESIDUAL
 
 TILE_K = 8          # words of K per shared-memory step
 THREADS = 16        # a block is THREADS x THREADS threads
 BLOCK_1D = 256      # threads per block of the element-wise kernels
 
-if config.ENABLE_CUDASIM:  # the simulator has no libdevice; its float32 scalars round each operation
-    def _mul_rn(a, b):
-        return a * b
-else:  # a product rounded to float32 that the compiler may not fuse with the next addition
-    from numba.cuda.libdevice import fmul_rn as _mul_rn
 
 
 # -- binarize and pack --------------------------------------------------------------------------
