@@ -232,9 +232,9 @@ def xnor_gemm(a, b, k, out, corr=None, scale=None, shift=None, residual=None, co
     if affine and (scale is None or shift is None):
         raise ValueError("xnor_gemm: a float32 out needs scale and shift")
     flags = (AFFINE if affine else 0) | (CORR if corr is not None else 0) | (RESIDUAL if residual is not None else 0)
-    none_i = _empty(np.int32, 2)
-    none_f = _empty(np.float32, 2)
-    none_v = _empty(np.float32, 1)
+    # stand-ins for the operands the flags leave unused (never read): views of ``a``, no allocation
+    none_i, none_f = a.view(np.int32), a.view(np.float32)
+    none_v = none_f[0]
     period = corr.shape[0] if corr is not None else 1
     rt, ct = (_tile(m), _tile(n)) if tile is None else tile
     if rt not in (2, 4) or ct not in (2, 4):
@@ -249,11 +249,6 @@ def xnor_gemm(a, b, k, out, corr=None, scale=None, shift=None, residual=None, co
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-def _empty(dtype, ndim):
-    """A one-element device array standing in for an operand a flag leaves unused."""
-    return cuda.device_array((1,) * ndim, dtype)
-
 
 def _tile(size: int) -> int:
     """Outputs per thread along one axis: 4 (64-wide block tiles), 2 for small axes. (8 x 8 register

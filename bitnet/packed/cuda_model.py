@@ -41,8 +41,11 @@ class CudaPackedModel:
     takes and returns device arrays. ``cpu_model`` is the packed CPU model it was built from."""
 
     def __init__(self, packed):
+        import threading
+
         from bitnet.backend import cuda_module
         self.cuda = cuda_module()
+        self._buffers, self._next, self._lock = [], 0, threading.Lock()
         from bitnet.kernels import cuda_float, xnor_cuda  # numba.cuda only now
         self.xc, self.cf = xnor_cuda, cuda_float
         self.cpu_model = packed
@@ -61,9 +64,16 @@ class CudaPackedModel:
     forward = __call__
 
     def run_device(self, x):
-        """Device array in (NCHW or (N, F) float32), device array out (the model's output layout)."""
-        dm = self._step(DeviceMap(x, "nchw" if x.ndim == 4 else "flat"))
-        return self._nchw(dm).data if dm.layout == "nhwc" else dm.data
+        """Device array in (NCHW or (N, F) float32), a new device array out (the model's output
+        layout). The activations in between live in buffers kept from call to call (reallocated when
+        the input's shape changes): calls on one model are serialized."""
+        with self._lock:
+            self._next = 0
+            dm = self._step(DeviceMap(x, "nchw" if x.ndim == 4 else "flat"))
+            out = self._nchw(dm).data if dm.layout == "nhwc" else dm.data
+            result = self.cuda.device_array(out.shape, out.dtype)
+            result.copy_to_device(out)
+            return result
 
     training = False  # inference only, as the CPU packed model: train() / eval() change nothing else
 
@@ -128,7 +138,18 @@ class CudaPackedModel:
     # -- layouts --------------------------------------------------------------------------------
 
     def _empty(self, shape, dtype=np.float32):
-        return self.cuda.device_array(shape, dtype)
+        """The run's next device buffer: the one the previous run allocated at this point, when its
+        shape and dtype match (the steps allocate in the same order every run), else a new one."""
+        shape, dtype, i = tuple(int(v) for v in shape), np.dtype(dtype), self._next
+        self._next += 1
+        if i < len(self._buffers) and self._buffers[i].shape == shape and self._buffers[i].dtype == dtype:
+            return self._buffers[i]
+        buf = self.cuda.device_array(shape, dtype)
+        if i < len(self._buffers):
+            self._buffers[i] = buf
+        else:
+            self._buffers.append(buf)
+        return buf
 
     def _nchw(self, dm):
         if dm.layout == "nchw":
@@ -266,7 +287,9 @@ class CudaPackedModel:
             oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
             ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
             out = self._empty((n, conv.out_channels, oh, ow))
-            cf.conv2d_nchw(x, w2d, bias, conv.kernel_size, conv.stride, conv.padding, conv.dilation, out)
+            work = self._empty((cf.conv2d_workspace_size(x.shape, conv.out_channels, conv.kernel_size, conv.stride,
+                                                         conv.padding, conv.dilation),))
+            cf.conv2d_nchw(x, w2d, bias, conv.kernel_size, conv.stride, conv.padding, conv.dilation, out, work)
             return DeviceMap(out, "nchw")
         return step
 

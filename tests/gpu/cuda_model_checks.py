@@ -13,6 +13,7 @@ import tempfile
 import numpy as np
 
 import bitnet
+import bitnet.backend
 from bitnet import nn
 from bitnet.tensor import Tensor, no_grad
 
@@ -69,6 +70,18 @@ def check_binary_sequential():
     model = binary_sequential()
     x = rng.standard_normal((2, 3, 5, 4)).astype(np.float32)
     gpu = _compare(model, x, exact=True, what="binary Sequential")
+    # the model keeps its activation buffers between calls: other batch sizes, then the first again
+    cpu = bitnet.pack(model)
+    outs = []
+    for xi in (x[:1], rng.standard_normal((3, 3, 5, 4)).astype(np.float32), x):
+        got, want = gpu(xi).data, cpu(Tensor(xi)).data
+        if not np.array_equal(got, want):
+            raise AssertionError(f"a repeated call with batch {len(xi)} differs from the CPU")
+        outs.append(got)
+    held = gpu.run_device(bitnet.backend.cuda_module().to_device(x))
+    gpu(x[:1])
+    if not np.array_equal(held.copy_to_host(), outs[2]):
+        raise AssertionError("run_device's result was overwritten by the next call")
     if gpu.packed_layers != bitnet.pack(model).packed_layers or len(gpu.packed_layers) != 4:
         raise AssertionError(f"packed layers {gpu.packed_layers}")
 
