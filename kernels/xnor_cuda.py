@@ -15,6 +15,7 @@ for the GPU). Importing this module imports ``numba.cuda``: only the CUDA backen
       dot[m, n] = k - 2 * sum_w popcount(a[m, w] XOR b[n, w])      (- corr[m % period, col0 + n])
       DOTS:     out[m, col0 + n] = dot                                      int32
       AFFINE:   out[m, col0 + n] = scale[c] * float32(dot) + shift[c]  (+ res[m, c])   float32, c = col0 + n
+      BITS:     bits[m, c // 64] bit c % 64 = (out[m, c] < 0)          the next binary layer's input
 
   with the product rounded to float32 before the addition (``fmul_rn``: no fused multiply-add), so
   the result is bit-identical to the CPU epilogue (``bitnet.kernels.xnor_epilogue``).
@@ -22,7 +23,9 @@ for the GPU). Importing this module imports ``numba.cuda``: only the CUDA backen
 The GEMM: a block of 16 x 16 threads computes a tile of ``16 * RT`` rows x ``16 * CT`` filters; each
 thread a ``RT x CT`` register tile (rows ``ty + 16 i``, filters ``tx + 16 j``). The K axis is walked
 ``TILE_K`` words at a time through shared memory (both operands, zero words beyond the matrix:
-0 XOR 0 adds nothing). Per word pair: one XOR and one ``popc.b64``.
+0 XOR 0 adds nothing). Per word pair: one XOR and one ``popc.b64``. With BITS a block covers 64
+filters (or all of them, when 32 or fewer): each row's signs are OR-ed into one shared-memory word
+(shared atomics), then stored whole.
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ from numba import cuda, float32, int32, uint64
 
 from bitnet.kernels.bit_scalar import sign_bit, tap_word_index, xnor_dot
 from bitnet.kernels.cuda_float import mul_rn as _mul_rn
-from bitnet.kernels.xnor_epilogue import AFFINE, CORR, RESIDUAL
+from bitnet.kernels.xnor_epilogue import AFFINE, BITS, CORR, RESIDUAL
 
 TILE_K = 8          # words of K per shared-memory step
 THREADS = 16        # a block is THREADS x THREADS threads
@@ -152,9 +155,10 @@ def _gemm_kernel(rt: int, ct: int):
     tm, tn = THREADS * rt, THREADS * ct
 
     @cuda.jit
-    def gemm(a, b, k_true, flags, corr, period, scale, shift, res, out_i, out_f, col0):
+    def gemm(a, b, k_true, flags, corr, period, scale, shift, res, out_i, out_f, col0, bits):
         sa = cuda.shared.array((TILE_K, tm), dtype=uint64)
         sb = cuda.shared.array((TILE_K, tn), dtype=uint64)
+        sbits = cuda.shared.array(tm, dtype=uint64)  # BITS: the sign word of each row of the tile
         m_rows, kw = a.shape
         n_cols = b.shape[0]
         tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
@@ -186,6 +190,11 @@ def _gemm_kernel(rt: int, ct: int):
                     for j in range(ct):
                         acc[i, j] += int32(cuda.popc(av[i] ^ bv[j]))
             cuda.syncthreads()
+        emit = flags & BITS
+        if emit:
+            for e in range(tid, tm, THREADS * THREADS):
+                sbits[e] = uint64(0)
+            cuda.syncthreads()
         for i in range(rt):
             r = row0 + ty + THREADS * i
             if r >= m_rows:
@@ -203,20 +212,31 @@ def _gemm_kernel(rt: int, ct: int):
                     if flags & RESIDUAL:
                         v += res[r, c]
                     out_f[r, c] = v
+                    if emit and v < 0:
+                        cuda.atomic.or_(sbits, ty + THREADS * i, uint64(1) << uint64(n - col_0))
                 else:
                     out_i[r, c] = dot
+        if emit:  # the block's filters are one whole word of signs (col0 + col_0 is a multiple of 64)
+            cuda.syncthreads()
+            word = (col0 + col_0) // 64
+            for e in range(tid, tm, THREADS * THREADS):
+                if row0 + e < m_rows:
+                    bits[row0 + e, word] = sbits[e]
 
     _GEMMS[(rt, ct)] = gemm
     return gemm
 
 
-def xnor_gemm(a, b, k, out, corr=None, scale=None, shift=None, residual=None, col0=0, tile=None):
+def xnor_gemm(a, b, k, out, corr=None, scale=None, shift=None, residual=None, col0=0, tile=None, bits=None):
     """``out[:, col0:col0 + N]`` from rows ``a`` ``(M, KW)`` and filter rows ``b`` ``(N, KW)`` (uint64
     device arrays); see the module docstring. ``out`` int32 gives the dots; float32 (with ``scale``
     and ``shift``, float32 ``(out columns,)``) the affine outputs, plus ``residual`` (like ``out``)
     when given; ``corr`` int32 ``(period, out columns)`` is subtracted from the dots of row m at
     ``m % period``. ``tile``: ``(rows, filters)`` outputs per thread, each 2 or 4 (default: by
-    the problem's size)."""
+    the problem's size). ``bits`` (uint64 ``(M, words_for(out columns))``, affine only): also the
+    signs of the outputs, packed (bit = value < 0, the next binary layer's input), written by the
+    epilogue for words ``col0 // 64 ..``; needs ``col0`` a multiple of 64, and bits of columns
+    beyond this call's N are 0."""
     _check(a, np.uint64, 2, "xnor_gemm: a")
     _check(b, np.uint64, 2, "xnor_gemm: b")
     if a.shape[1] != b.shape[1]:
@@ -232,11 +252,19 @@ def xnor_gemm(a, b, k, out, corr=None, scale=None, shift=None, residual=None, co
     if affine and (scale is None or shift is None):
         raise ValueError("xnor_gemm: a float32 out needs scale and shift")
     flags = (AFFINE if affine else 0) | (CORR if corr is not None else 0) | (RESIDUAL if residual is not None else 0)
+    if bits is not None:
+        words = -(-out.shape[1] // 64)
+        if not affine or col0 % 64 or bits.dtype != np.uint64 or bits.shape != (m, words):
+            raise ValueError(f"xnor_gemm: bits need the affine epilogue, col0 a multiple of 64 (got {col0}) and a "
+                             f"uint64 array ({m}, {words}); got {bits.dtype} {bits.shape}")
+        flags |= BITS
     # stand-ins for the operands the flags leave unused (never read): views of ``a``, no allocation
-    none_i, none_f = a.view(np.int32), a.view(np.float32)
+    none_i, none_f, none_u = a.view(np.int32), a.view(np.float32), a
     none_v = none_f[0]
     period = corr.shape[0] if corr is not None else 1
     rt, ct = (_tile(m), _tile(n)) if tile is None else tile
+    if bits is not None and n > 32:
+        ct = 4  # one block's filters = one word of signs
     if rt not in (2, 4) or ct not in (2, 4):
         raise ValueError(f"xnor_gemm: tile must be two of 2, 4, got {tile!r}")
     kernel = _gemm_kernel(rt, ct)
@@ -244,7 +272,8 @@ def xnor_gemm(a, b, k, out, corr=None, scale=None, shift=None, residual=None, co
     kernel[grid, (THREADS, THREADS)](a, b, k, flags, none_i if corr is None else corr, period,
                                      none_v if scale is None else scale, none_v if shift is None else shift,
                                      none_f if residual is None else residual,
-                                     out if not affine else none_i, out if affine else none_f, col0)
+                                     out if not affine else none_i, out if affine else none_f, col0,
+                                     none_u if bits is None else bits)
     return out
 
 

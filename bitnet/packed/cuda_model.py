@@ -203,18 +203,21 @@ class CudaPackedModel:
             out = self._empty((p, o))
             res = None if residual is None else self._nhwc(residual).data.reshape(p, o)
             direct = g == 1 and (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0)
+            words = -(-o // 64)
+            bits = self._empty((p, words), np.uint64) if layer.emit_signs else None
+            fused = bits is not None and (g == 1 or mg % 64 == 0)  # the epilogue packs the signs
             for gi in range(g):
                 if direct:
                     a = xb.reshape(p, xb.shape[4])
                 else:
                     a = self._empty((p, kh * kw * xb.shape[4]), np.uint64)
                     xc.im2col_bits(xb, gi, (kh, kw), (sh, sw), (ph, pw), (dh, dw), padword, a)
-                xc.xnor_gemm(a, filters[gi], k, out, corr=corr, scale=scale, shift=shift, residual=res, col0=gi * mg)
-            bits = None
-            if layer.emit_signs:
-                bits = self._empty((p, -(-o // 64)), np.uint64)
-                xc.pack_rows(out, bits)
-                bits = bits.reshape(n, oh, ow, 1, -(-o // 64))
+                xc.xnor_gemm(a, filters[gi], k, out, corr=corr, scale=scale, shift=shift, residual=res, col0=gi * mg,
+                             bits=bits if fused else None)
+            if bits is not None:
+                if not fused:
+                    xc.pack_rows(out, bits)
+                bits = bits.reshape(n, oh, ow, 1, words)
             return DeviceMap(out.reshape(n, oh, ow, o), "nhwc", bits)
         return step
 

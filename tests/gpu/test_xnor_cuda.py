@@ -28,7 +28,7 @@ def _kernels():
     u1, u2, u5 = (T.Array(T.uint64, d, "C") for d in (1, 2, 5))
     f1, f2, f4 = (T.Array(T.float32, d, "C") for d in (1, 2, 4))
     i2, i64 = T.Array(T.int32, 2, "C"), T.int64
-    gemm = (u2, u2, i64, i64, i2, i64, f1, f1, f2, i2, f2, i64)
+    gemm = (u2, u2, i64, i64, i2, i64, f1, f1, f2, i2, f2, i64, u2)
     return {
         "pack_rows": (XG._pack_rows_kernel.py_func, (f2, u2)),
         "pack_nchw": (XG._pack_nchw_kernel.py_func, (f4, i64, u5)),

@@ -35,7 +35,8 @@ def check_pack():
         equal(XG.pack_nchw(cuda.to_device(x), g, out).copy_to_host(), bitpack.pack_nchw(x, g), f"pack_nchw C={c} G={g}")
 
 
-def gpu_conv(xb, w, c, o, ksize, stride, padding, dilation, g, pad_value, scale=None, shift=None, residual=None):
+def gpu_conv(xb, w, c, o, ksize, stride, padding, dilation, g, pad_value, scale=None, shift=None, residual=None,
+             bits=None):
     """The GPU path of a packed convolution (as bitnet.packed.cuda_model runs it), channels-last out."""
     n, h, w_, _, cwg = xb.shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = ksize, stride, padding, dilation
@@ -54,7 +55,8 @@ def gpu_conv(xb, w, c, o, ksize, stride, padding, dilation, g, pad_value, scale=
                      corr=None if corr is None else cuda.to_device(corr),
                      scale=None if scale is None else cuda.to_device(scale),
                      shift=None if shift is None else cuda.to_device(shift),
-                     residual=None if residual is None else cuda.to_device(residual.reshape(p, o)), col0=gi * mg)
+                     residual=None if residual is None else cuda.to_device(residual.reshape(p, o)), col0=gi * mg,
+                     bits=bits)
     return out, (n, oh, ow, o)
 
 
@@ -64,6 +66,7 @@ CONVS = [  # (C, O, kernel, stride, padding, dilation, groups, pad_value)
     (70, 5, (3, 3), (1, 1), (1, 1), (1, 1), 1, 0.0),
     (6, 4, (3, 2), (2, 1), (1, 2), (2, 1), 2, 0.0),
     (64, 33, (1, 1), (2, 2), (0, 0), (1, 1), 1, 1.0),
+    (64, 80, (1, 1), (1, 1), (0, 0), (1, 1), 1, 1.0),
 ]
 
 
@@ -87,12 +90,14 @@ def check_conv():
                                          emit_bits=g == 1, layout="nhwc") if g == 1 else (
             XC.xnor_conv2d(xb, XC.pack_filters(w, g), c, o, ksize, stride, padding, dilation, padword=padword,
                            corr=corr, scale=scale, shift=shift, residual=res, layout="nhwc"), None)
-        got, _ = gpu_conv(xb, w, c, o, ksize, stride, padding, dilation, g, pad_value, scale, shift, res)
+        fused = cuda.device_array((int(np.prod(shape[:3])), bits.words_for(o)), np.uint64) if g == 1 else None
+        got, _ = gpu_conv(xb, w, c, o, ksize, stride, padding, dilation, g, pad_value, scale, shift, res, fused)
         equal(got.copy_to_host().reshape(shape), want, cfg + " scale*dot+shift+residual")
-        if want_bits is not None:  # the signs handed to the next layer: pack_rows of the outputs
+        if want_bits is not None:  # the signs handed to the next layer: from the epilogue, and pack_rows
+            equal(fused.copy_to_host().reshape(want_bits.shape), want_bits, cfg + " signs from the epilogue")
             words = cuda.device_array((got.shape[0], bits.words_for(o)), np.uint64)
             XG.pack_rows(got, words)
-            equal(words.copy_to_host().reshape(want_bits.shape), want_bits, cfg + " emitted signs")
+            equal(words.copy_to_host().reshape(want_bits.shape), want_bits, cfg + " signs packed from the output")
 
 
 def check_gemm_tiles():
@@ -115,12 +120,15 @@ def check_gemm_tiles():
 
 def check_errors():
     a = cuda.to_device(np.zeros((2, 3), np.uint64))
+    f = cuda.to_device(np.ones(4, np.float32))
     for call, text in (
             (lambda: XG.xnor_gemm(np.zeros((2, 3), np.uint64), a, 64, cuda.device_array((2, 2), np.int32)),
              "expected a CUDA device array"),
             (lambda: XG.xnor_gemm(a, a, 64, cuda.device_array((2, 2), np.float64)), "int32 (dots) or float32"),
             (lambda: XG.xnor_gemm(a, a, 64, cuda.device_array((2, 2), np.float32)), "needs scale and shift"),
             (lambda: XG.xnor_gemm(a, a, 500, cuda.device_array((2, 2), np.int32)), "k=500 must lie in 1..192"),
+            (lambda: XG.xnor_gemm(a, a, 64, cuda.device_array((2, 4), np.float32), scale=f, shift=f, col0=2,
+                                  bits=cuda.device_array((2, 1), np.uint64)), "col0 a multiple of 64 (got 2)"),
             (lambda: XG.pack_rows(cuda.to_device(np.zeros((2, 70), np.float32)), cuda.device_array((2, 1), np.uint64)),
              "out must be (2, 2)")):
         try:
