@@ -220,30 +220,19 @@ def _avgpool_kernel(x, kh, kw, sh, sw, ph, pw, out):
         out[n, c, oy, ox] = acc * scale
 
 
-def _global_avgpool_nchw_kernel(x, out):
-    """out[n, c] = (float64 sum of x[n, c, :, :]) / (H*W); one thread per (n, c)."""
-    channels, height, width = x.shape[1], x.shape[2], x.shape[3]
+def _global_avgpool_kernel(x, channels_last, out):
+    """out[n, c] = (float64 sum over the H*W positions p of map c) / (H*W), p in row-major order; ``x``
+    is (N, C, H*W), or (N, H*W, C) when ``channels_last`` (then neighbouring threads read neighbouring
+    channels). One thread per (n, c)."""
+    channels = out.shape[1]
+    hw = x.shape[1] if channels_last else x.shape[2]
     start, step = cuda.grid(1), cuda.gridsize(1)
     for idx in range(start, x.shape[0] * channels, step):
         n, c = idx // channels, idx % channels
         acc = float64(0.0)
-        for iy in range(height):
-            for ix in range(width):
-                acc += x[n, c, iy, ix]
-        out[n, c] = acc / (height * width)
-
-
-def _global_avgpool_nhwc_kernel(x, out):
-    """out[n, c] = (float64 sum of x[n, :, :, c]) / (H*W); one thread per (n, c), coalesced over c."""
-    height, width, channels = x.shape[1], x.shape[2], x.shape[3]
-    start, step = cuda.grid(1), cuda.gridsize(1)
-    for idx in range(start, x.shape[0] * channels, step):
-        n, c = idx // channels, idx % channels
-        acc = float64(0.0)
-        for iy in range(height):
-            for ix in range(width):
-                acc += x[n, iy, ix, c]
-        out[n, c] = acc / (height * width)
+        for p in range(hw):
+            acc += x[n, p, c] if channels_last else x[n, c, p]
+        out[n, c] = acc / hw
 
 
 _F1, _F2, _F4, _I = "float32[::1]", "float32[:, ::1]", "float32[:, :, :, ::1]", "int64"
@@ -258,8 +247,7 @@ KERNELS = (
     ("add", _add_kernel, f"void({_F1}, {_F1}, {_F1})"),
     ("maxpool", _maxpool_kernel, f"void({_F4}, {', '.join([_I] * 6)}, {_F4})"),
     ("avgpool", _avgpool_kernel, f"void({_F4}, {', '.join([_I] * 6)}, {_F4})"),
-    ("global_avgpool_nchw", _global_avgpool_nchw_kernel, f"void({_F4}, {_F2})"),
-    ("global_avgpool_nhwc", _global_avgpool_nhwc_kernel, f"void({_F4}, {_F2})"),
+    ("global_avgpool", _global_avgpool_kernel, f"void(float32[:, :, ::1], boolean, {_F2})"),
 )
 _JIT = {name: cuda.jit(fn) for name, fn, _ in KERNELS}
 
@@ -468,7 +456,8 @@ def global_avgpool_nchw(x, out):
     """x (N, C, H, W) -> out (N, C): ``out[n, c] = mean_{h, w} x[n, c, h, w]``."""
     _check(x, "global_avgpool_nchw x (N, C, H, W)", ndim=4)
     _check(out, "global_avgpool_nchw out (N, C)", shape=x.shape[:2])
-    _JIT["global_avgpool_nchw"][_blocks(out.size), BLOCK_1D](x, out)
+    n, c, h, w = x.shape
+    _JIT["global_avgpool"][_blocks(out.size), BLOCK_1D](x.reshape(n, c, h * w), False, out)
     return out
 
 
@@ -476,5 +465,6 @@ def global_avgpool_nhwc(x, out):
     """x (N, H, W, C) -> out (N, C): ``out[n, c] = mean_{h, w} x[n, h, w, c]``."""
     _check(x, "global_avgpool_nhwc x (N, H, W, C)", ndim=4)
     _check(out, "global_avgpool_nhwc out (N, C)", shape=(x.shape[0], x.shape[3]))
-    _JIT["global_avgpool_nhwc"][_blocks(out.size), BLOCK_1D](x, out)
+    n, h, w, c = x.shape
+    _JIT["global_avgpool"][_blocks(out.size), BLOCK_1D](x.reshape(n, h * w, c), True, out)
     return out
