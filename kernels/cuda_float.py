@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 
+import numba as nb
 import numpy as np
 from numba import config, cuda, float32, float64
 
@@ -177,19 +178,27 @@ def _add_kernel(a, b, out):
         out[i] = a[i] + b[i]
 
 
+@nb.njit(inline="always")  # inlined into both pooling kernels (no device function: see above)
+def _pool_window(idx, channels, height, width, oh, ow, kh, kw, sh, sw, ph, pw):
+    """Output element ``idx`` of (N, C, OH, OW) as (n, c, oy, ox) and its window's rows [y0, y1) and
+    columns [x0, x1), clipped to the input."""
+    ox, rest = idx % ow, idx // ow
+    oy, rest = rest % oh, rest // oh
+    c, n = rest % channels, rest // channels
+    y0, x0 = oy * sh - ph, ox * sw - pw
+    y1, x1 = y0 + kh, x0 + kw
+    y0, x0 = y0 if y0 > 0 else 0, x0 if x0 > 0 else 0
+    y1, x1 = y1 if y1 < height else height, x1 if x1 < width else width
+    return n, c, oy, ox, y0, y1, x0, x1
+
+
 def _maxpool_kernel(x, kh, kw, sh, sw, ph, pw, out):
     """One thread per output: the first maximum of the window clipped to the input (as on the CPU)."""
     channels, height, width = x.shape[1], x.shape[2], x.shape[3]
     oh, ow = out.shape[2], out.shape[3]
     start, step = cuda.grid(1), cuda.gridsize(1)
     for idx in range(start, out.shape[0] * channels * oh * ow, step):
-        ox, rest = idx % ow, idx // ow
-        oy, rest = rest % oh, rest // oh
-        c, n = rest % channels, rest // channels
-        y0, x0 = oy * sh - ph, ox * sw - pw
-        y1, x1 = y0 + kh, x0 + kw
-        y0, x0 = y0 if y0 > 0 else 0, x0 if x0 > 0 else 0  # the window clipped to the input
-        y1, x1 = y1 if y1 < height else height, x1 if x1 < width else width
+        n, c, oy, ox, y0, y1, x0, x1 = _pool_window(idx, channels, height, width, oh, ow, kh, kw, sh, sw, ph, pw)
         best = x[n, c, y0, x0]
         for iy in range(y0, y1):
             for ix in range(x0, x1):
@@ -206,13 +215,7 @@ def _avgpool_kernel(x, kh, kw, sh, sw, ph, pw, out):
     scale = 1.0 / (kh * kw)
     start, step = cuda.grid(1), cuda.gridsize(1)
     for idx in range(start, out.shape[0] * channels * oh * ow, step):
-        ox, rest = idx % ow, idx // ow
-        oy, rest = rest % oh, rest // oh
-        c, n = rest % channels, rest // channels
-        y0, x0 = oy * sh - ph, ox * sw - pw
-        y1, x1 = y0 + kh, x0 + kw
-        y0, x0 = y0 if y0 > 0 else 0, x0 if x0 > 0 else 0  # the window clipped to the input
-        y1, x1 = y1 if y1 < height else height, x1 if x1 < width else width
+        n, c, oy, ox, y0, y1, x0, x1 = _pool_window(idx, channels, height, width, oh, ow, kh, kw, sh, sw, ph, pw)
         acc = float64(0.0)
         for iy in range(y0, y1):
             for ix in range(x0, x1):

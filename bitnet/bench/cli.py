@@ -35,13 +35,18 @@ def add_parser(sub):
         k.set_defaults(run=cmd_kernels, which=name)
 
 
+def _write_json(path, records) -> None:
+    """The benchmark's records as JSON at ``path`` (nothing when None)."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(records, f, indent=2)
+
+
 def cmd_train(args) -> int:
     from bitnet.bench import train
     frameworks = ["bitnet"] if args.no_torch else None
     records = train.run(args.batch_size, args.threads, args.rounds, args.steps, args.data_dir, frameworks)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(records, f, indent=2)
+    _write_json(args.json, records)
     return 0
 
 
@@ -72,9 +77,7 @@ def cmd_gpu(args) -> int:
             recs = gpu.bench_model(batch, repeats, not args.no_torch)
             print_table(recs, keys, header=False)
             records += recs
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(records, f, indent=2)
+    _write_json(args.json, records)
     return 0
 
 
@@ -128,7 +131,5 @@ def cmd_kernels(args) -> int:
                 recs = model.bench_network(net, batch, args.rounds, args.repeats, threads, not args.no_torch)
                 print_table(recs, keys, header=False)
                 records += recs
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(records, f, indent=2)
+    _write_json(args.json, records)
     return 0
