@@ -5,8 +5,19 @@ right below it) plus a thin ``Quantizer`` class holding ``precision`` (bits) and
 registered under a string name. ``get`` turns a name, a config dict or an instance into a
 quantizer; ``for_bits`` is BMXNet's ``act_bit`` / ``weight_bit`` shorthand.
 
-Sign convention (DESIGN.md §3): ``sign(x) = +1 if x >= 0 else -1``; zero goes to +1 everywhere.
+Sign convention (docs/design.md): ``sign(x) = -1 if x < 0 else +1``: zero goes to +1, and so does NaN
+(it is not below 0), everywhere: training, packing (``bit = x < 0``), CUDA. A diverged network's NaN
+activations therefore binarize to +1 on every path alike; they still show in every float layer.
 Outputs keep the input's float dtype (float32 stays float32); integer/bool inputs become float32.
+
+Each quantizer declares what its output is (``Quantizer.output``), so that layers, packing and the
+summary ask a quantizer what it produces instead of testing its name:
+
+- ``"sign"``: exactly -1 or +1 (ste_sign, approx_sign, swish_sign): a binary input or kernel;
+- ``"scaled_sign"``: ``alpha[o] * sign(w)`` with one positive scale per output channel
+  (magnitude_aware_sign): a binary kernel; ``sign_part`` and ``scale`` give the two factors;
+- ``"heaviside"``: 0 or 1; ``"levels"``: k-bit levels (DoReFa); ``"float"``: anything else (the
+  default for a quantizer that declares nothing, and ``identity``).
 """
 from __future__ import annotations
 
@@ -19,11 +30,14 @@ import numpy as np
 
 from bitnet.tensor import Function, Tensor
 
-__all__ = ["Quantizer", "register", "get", "serialize", "names", "for_bits", "SteSign", "ApproxSign",
+__all__ = ["Quantizer", "OUTPUTS", "register", "get", "serialize", "names", "for_bits", "SteSign", "ApproxSign",
            "SwishSign", "SteHeaviside", "MagnitudeAwareSign", "DoReFaActivation", "DoReFaWeight",
            "Identity"]
 
 _REGISTRY: dict = {}
+
+# the kinds of output a quantizer can declare (``Quantizer.output``), see the module docstring
+OUTPUTS = ("sign", "scaled_sign", "heaviside", "levels", "float")
 
 
 def _float(x: np.ndarray) -> np.ndarray:
@@ -31,9 +45,9 @@ def _float(x: np.ndarray) -> np.ndarray:
 
 
 def _sign(x: np.ndarray) -> np.ndarray:
-    """+1 where x >= 0 (zero included), -1 elsewhere, in x's dtype."""
+    """-1 where x < 0, +1 elsewhere (zero and NaN included), in x's dtype."""
     one = x.dtype.type(1)
-    return np.where(x >= 0, one, -one)
+    return np.where(x < 0, -one, one)
 
 
 def _pass_within(g: np.ndarray, x: np.ndarray, clip_value) -> np.ndarray:
@@ -87,7 +101,7 @@ class _SwishSignFn(Function):
 class _SteHeavisideFn(Function):
     def forward(self, x, clip_value=1.0):
         self.x, self.clip_value = _float(x), clip_value
-        return np.where(self.x >= 0, self.x.dtype.type(1), self.x.dtype.type(0))
+        return np.where(self.x < 0, self.x.dtype.type(0), self.x.dtype.type(1))
 
     def backward(self, g):
         return _pass_within(g, self.x, self.clip_value)
@@ -137,6 +151,7 @@ class Quantizer:
     name = None          # set by @register
     function = None      # a Function subclass
     precision = 32
+    output = "float"     # what the output is: one of OUTPUTS (module docstring)
 
     def __init__(self):
         pass
@@ -182,13 +197,26 @@ def register(name: str):
     def decorate(cls):
         if not (isinstance(cls, type) and issubclass(cls, Quantizer)):
             raise TypeError(f"@register({name!r}) decorates Quantizer subclasses, got {cls!r}")
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"quantizer name {name!r} is already taken by {_REGISTRY[name].__name__}; "
+        old = _REGISTRY.get(name)
+        if old is not None and old is not cls and not _redefinition(old, cls):
+            raise ValueError(f"quantizer name {name!r} is already taken by {old.__module__}.{old.__qualname__}; "
                              "choose another name")
+        if cls.output not in OUTPUTS:
+            raise ValueError(f"@register({name!r}): {cls.__name__}.output must be one of {OUTPUTS}, got "
+                             f"{cls.output!r}; it says what the quantizer produces (bitnet.quantizers docstring)")
+        if cls.output == "scaled_sign" and not (callable(getattr(cls, "sign_part", None))
+                                                and callable(getattr(cls, "scale", None))):
+            raise TypeError(f"@register({name!r}): a 'scaled_sign' quantizer defines sign_part(w) (the +-1 factor, "
+                            "a Tensor) and scale(w) (one positive scale per output channel)")
         cls.name = name
         _REGISTRY[name] = cls
         return cls
     return decorate
+
+
+def _redefinition(old, new) -> bool:
+    """The same class defined again (a notebook cell or a module run twice): same module and name."""
+    return old.__module__ == new.__module__ and old.__qualname__ == new.__qualname__
 
 
 def names() -> list:
@@ -279,6 +307,7 @@ class SteSign(Quantizer):
     """
 
     function, precision = _SteSignFn, 1
+    output = "sign"
 
     def __init__(self, clip_value=1.0):
         self.clip_value = _check_positive(clip_value, "SteSign")
@@ -289,6 +318,7 @@ class ApproxSign(Quantizer):
     """Bi-Real Net: forward sign(x) (sign(0) = +1); backward grad * (2 - 2|x|) for |x| <= 1, else 0."""
 
     function, precision = _ApproxSignFn, 1
+    output = "sign"
 
 
 @register("swish_sign")
@@ -299,6 +329,7 @@ class SwishSign(Quantizer):
     """
 
     function, precision = _SwishSignFn, 1
+    output = "sign"
 
     def __init__(self, beta=5.0):
         self.beta = _check_positive(beta, "SwishSign", "beta", allow_none=False)
@@ -309,6 +340,7 @@ class SteHeaviside(Quantizer):
     """1 where x >= 0 else 0; gradient passed where |x| <= clip_value (None: everywhere)."""
 
     function, precision = _SteHeavisideFn, 1
+    output = "heaviside"
 
     def __init__(self, clip_value=1.0):
         self.clip_value = _check_positive(clip_value, "SteHeaviside")
@@ -323,9 +355,22 @@ class MagnitudeAwareSign(Quantizer):
     """
 
     function, precision = _MagnitudeAwareSignFn, 1
+    output = "scaled_sign"
 
     def __init__(self, clip_value=1.0):
         self.clip_value = _check_positive(clip_value, "MagnitudeAwareSign")
+
+    def sign_part(self, w) -> Tensor:
+        """The +-1 factor: ``ste_sign`` with this quantizer's clip_value (its gradient is the
+        straight-through one; the layer multiplies it by ``scale``, so the weight's gradient is
+        ste_sign's times alpha, as for the whole quantizer)."""
+        return _SteSignFn.apply(w if isinstance(w, Tensor) else Tensor(w), clip_value=self.clip_value)
+
+    @staticmethod
+    def scale(w) -> np.ndarray:
+        """alpha (O,): the mean |w| of each output channel, in w's float dtype."""
+        w = _float(np.asarray(w.data if isinstance(w, Tensor) else w))
+        return np.mean(np.abs(w.reshape(w.shape[0], -1)), axis=1).astype(w.dtype)
 
 
 @register("dorefa_activation")
@@ -338,6 +383,7 @@ class DoReFaActivation(Quantizer):
     """
 
     function, precision = _DoReFaActivationFn, property(lambda self: self.bits)
+    output = "levels"
 
     def __init__(self, bits):
         self.bits = _check_bits(bits, 2, 31, "DoReFaActivation")
@@ -353,6 +399,7 @@ class DoReFaWeight(Quantizer):
     """
 
     function, precision = _DoReFaWeightFn, property(lambda self: self.bits)
+    output = "levels"
 
     def __init__(self, bits):
         self.bits = _check_bits(bits, 2, 31, "DoReFaWeight")
@@ -362,7 +409,7 @@ class DoReFaWeight(Quantizer):
 class Identity(Quantizer):
     """Full precision: returns the input Tensor itself (arrays are wrapped in a Tensor)."""
 
-    precision = 32
+    precision, output = 32, "float"
 
     def __call__(self, x) -> Tensor:
         return x if isinstance(x, Tensor) else Tensor(x)

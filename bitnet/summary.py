@@ -4,12 +4,12 @@ For each leaf layer it reports the output shape (from one forward pass in eval m
 recording a graph), the parameters by bit width, their size in packed form and the
 multiply-accumulates per image by precision. Packed form:
 
-- a binary kernel (kernel quantizer of precision 1) is stored as uint64 words, its K = fan-in
-  bits of each output channel padded to a multiple of 64: O * ceil(K / 64) * 8 bytes;
-- a batch norm that folds into the binary layer before it (``bitnet.packed.fold``) becomes, with
-  that layer's bias and magnitude-aware scale, one float32 scale and shift per channel: 8 * O bytes
-  on the binary layer, nothing on the batch norm (shown as "folded");
-- an unfolded binary layer keeps its bias and, with ``magnitude_aware_sign``, O float32 scales;
+- the kernel of a layer that runs on bits (``bitnet.packed.packable``: binary input and kernel) is
+  stored as uint64 words, the K = fan-in bits of each output channel padded to a multiple of 64:
+  O * ceil(K / 64) * 8 bytes,
+  plus one float32 scale and shift per channel (8 * O bytes) holding the layer's bias, its
+  magnitude-aware scale and the batch norm after it, when one folds in (``bitnet.packed.fold``;
+  that batch norm is shown as "folded" and takes nothing);
 - everything else (float layers, biases, batch-norm parameters and running statistics, k-bit
   kernels) as float32, 4 bytes per value.
 
@@ -28,6 +28,7 @@ import numpy as np
 
 from bitnet.nn.layers import Conv2d, Dense
 from bitnet.packed.fold import batchnorm_pairs
+from bitnet.packed.layers import packable
 from bitnet.tensor import Tensor, no_grad
 
 
@@ -71,21 +72,18 @@ def _layer_info(name, mod, out_shape, role):
     norm, None otherwise."""
     info = LayerInfo(name, type(mod).__name__, tuple(out_shape), folded=role == "bn")
     kq = getattr(mod, "kernel_quantizer", None)
+    on_bits = packable(mod)
     for pname, p in mod._parameters.items():
         if p is None:
             continue
-        binary = pname == "weight" and kq is not None and kq.precision == 1
+        binary = pname == "weight" and on_bits
         bits = 1 if binary else (_bits(kq) if pname == "weight" else 32)
         info.params_by_bits[bits] = info.params_by_bits.get(bits, 0) + p.size
         info.float_bytes += 4 * p.size
-        if binary:
+        if binary:  # words, and the folded scale and shift (bias, alpha, batch norm) of each channel
             out, fan_in = p.shape[0], p.size // p.shape[0]
-            info.packed_bytes += out * math.ceil(fan_in / 64) * 8
-            if role == "layer":
-                info.packed_bytes += 8 * out
-            elif kq.get_config()["name"] == "magnitude_aware_sign":
-                info.packed_bytes += 4 * out
-        elif role is None:
+            info.packed_bytes += out * math.ceil(fan_in / 64) * 8 + 8 * out
+        elif role is None and not on_bits:
             info.packed_bytes += 4 * p.size
     for b in mod._buffers.values():
         if b is not None:
@@ -116,8 +114,10 @@ def summarize(model, input_shape, dtype=np.float32) -> Summary:
             h.remove()
         model.train(was_training)
     roles = {}
+    modules = dict(model.named_modules())
     for layer, bn in batchnorm_pairs(model):
-        roles[layer], roles[bn] = "layer", "bn"
+        if packable(modules[layer]):  # only layers that run on bits fold their batch norm (bitnet.pack)
+            roles[layer], roles[bn] = "layer", "bn"
     layers = [_layer_info(n, m, shapes[n], roles.get(n)) for n, m in leaves if n in shapes]
     macs = {}
     for li in layers:

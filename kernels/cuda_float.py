@@ -13,8 +13,8 @@ array) and returns ``out``. Kernels compile lazily, once per argument types. Sha
   ``w2d = weight.reshape(O, C*KH*KW)`` (``bitnet.ops.conv``'s cross-correlation, groups 1).
 - ``channel_affine_nchw``: ``out = fl(fl(x * scale[c]) + shift[c])``: the product is rounded
   before the addition (no fused multiply-add), so the result is NumPy's float32 bit for bit.
-- ``unary``: tanh, relu ``max(x, 0)``, hardtanh ``min(max(x, lo), hi)``, sign (+1 where x >= 0,
-  else -1), identity. ``add``: ``a + b``.
+- ``unary``: tanh, relu ``max(x, 0)``, hardtanh ``min(max(x, lo), hi)``, sign (-1 where x < 0,
+  else +1: zero and NaN give +1), identity. ``add``: ``a + b``.
 - Pooling as ``bitnet.kernels.pooling`` (floor mode, padding at most half the window): max over the
   window clipped to the input (padding never wins); average = window sum / (KH*KW) with padding
   counted as zeros, summed in float64 in the CPU kernel's order, so the results are the same bits.
@@ -167,7 +167,7 @@ def _unary_kernel(x, op, lo, hi, out):
         elif op == HARDTANH:
             v = lo if v < lo else (hi if v > hi else v)
         elif op == SIGN:
-            v = one if v >= zero else -one
+            v = -one if v < zero else one  # NaN is not below 0: +1, as bit = (x < 0)
         out[i] = v
 
 
@@ -411,8 +411,8 @@ def channel_affine_nchw(x, scale, shift, out):
 
 def unary(x, op, out, **params):
     """``out = f(x)`` elementwise on any shape: "identity", "relu" max(x, 0), "tanh",
-    "hardtanh" min(max(x, min_val), max_val) (params min_val=-1, max_val=1), "sign" (+1 where
-    x >= 0, else -1)."""
+    "hardtanh" min(max(x, min_val), max_val) (params min_val=-1, max_val=1), "sign" (-1 where
+    x < 0, else +1: zero and NaN give +1)."""
     if op not in UNARY_OPS:
         raise ValueError(f"unary: op must be one of {sorted(UNARY_OPS)}, got {op!r}")
     allowed = {"min_val", "max_val"} if op == "hardtanh" else set()

@@ -55,10 +55,12 @@ CONV = [  # cin, cout, k, stride, padding, dilation, groups, pad_value, bias
 ]
 
 
+@pytest.mark.parametrize("scaling", [None, "channel"])
 @pytest.mark.parametrize("cfg", CONV, ids=lambda c: "-".join(map(str, c)))
-def test_binary_conv_forward_on_bits_equals_float_path(cfg, bit_calls):
+def test_binary_conv_forward_on_bits_equals_float_path(cfg, scaling, bit_calls):
     cin, cout, k, s, p, d, g, pad_value, bias = cfg
-    layer = nn.QConv2d(cin, cout, k, stride=s, padding=p, dilation=d, groups=g, pad_value=pad_value, bias=bias, rng=1)
+    layer = nn.QConv2d(cin, cout, k, stride=s, padding=p, dilation=d, groups=g, pad_value=pad_value, bias=bias,
+                       scaling=scaling, rng=1)
     if bias:
         layer.bias.data[:] = np.random.default_rng(2).normal(size=cout).astype(np.float32)
     x = np.random.default_rng(cin).standard_normal((3, cin, 9, 8)).astype(np.float32)
@@ -67,9 +69,10 @@ def test_binary_conv_forward_on_bits_equals_float_path(cfg, bit_calls):
     _assert_same(layer, x, bit_calls)
 
 
+@pytest.mark.parametrize("scaling", [None, "channel"])
 @pytest.mark.parametrize("k", [5, 64, 100, 300])
-def test_binary_dense_forward_on_bits_equals_float_path(k, bit_calls):
-    layer = nn.QDense(k, 37, rng=3)
+def test_binary_dense_forward_on_bits_equals_float_path(k, scaling, bit_calls):
+    layer = nn.QDense(k, 37, scaling=scaling, rng=3)
     layer.bias.data[:] = np.random.default_rng(4).normal(size=37).astype(np.float32)
     x = np.random.default_rng(k).standard_normal((6, k)).astype(np.float32)
     _assert_same(layer, x, bit_calls)
@@ -78,7 +81,7 @@ def test_binary_dense_forward_on_bits_equals_float_path(k, bit_calls):
 def test_which_layers_run_on_bits():
     assert nn.QConv2d(4, 4, 3, rng=0).runs_on_bits()
     assert nn.QDense(4, 4, input_quantizer="approx_sign", kernel_quantizer="swish_sign", rng=0).runs_on_bits()
-    assert not nn.QConv2d(4, 4, 3, scaling="channel", rng=0).runs_on_bits()  # alpha * sign: not integers
+    assert nn.QConv2d(4, 4, 3, scaling="channel", rng=0).runs_on_bits()  # alpha * (integer dot)
     assert not nn.QDense(4, 4, act_bit=2, rng=0).runs_on_bits()
     assert not nn.QDense(4, 4, act_bit=32, rng=0).runs_on_bits()
     layer = nn.QDense(4, 4, rng=0)

@@ -17,11 +17,12 @@ def test_hand_computed_small_model():
                                                           # the QConv2d as 8 scales + 8 shifts
         nn.Flatten(),
         nn.QDense(8 * 4 * 4, 70, scaling=None, rng=0),    # binary 70 x K=128 -> 2 words each; bias 70
+                                                          # into 70 scales + 70 shifts
         nn.QDense(70, 5, act_bit=2, weight_bit=4, rng=0), # k-bit: float32 in packed form
     )
     s = bitnet.summary(model, (1, 6, 6), file=io.StringIO())
     assert [li.output_shape[1:] for li in s.layers] == [(4, 4, 4), (8, 4, 4), (8, 4, 4), (128,), (70,), (5,)]
-    expected_packed = (40 * 4) + (8 * 1 * 8 + 8 * 8) + 0 + (70 * 2 * 8 + 70 * 4) + ((350 + 5) * 4)
+    expected_packed = (40 * 4) + (8 * 1 * 8 + 8 * 8) + 0 + (70 * 2 * 8 + 70 * 8) + ((350 + 5) * 4)
     assert s.packed_bytes == expected_packed
     n_params = 40 + (288 + 8) + 16 + (128 * 70 + 70) + (350 + 5)
     assert s.total_params == n_params
@@ -35,14 +36,15 @@ def test_unfolded_batchnorm_is_counted_in_full():
     m = nn.Sequential(nn.QConv2d(64, 3, 1, bias=False, rng=0), nn.BatchNorm2d(3, track_running_stats=False),
                       nn.Flatten(), nn.Dense(12, 2, rng=0), nn.BatchNorm1d(2))
     s = bitnet.summary(m, (64, 2, 2), file=io.StringIO())
-    assert s.packed_bytes == 3 * 8 + 3 * 2 * 4 + 26 * 4 + 2 * 4 * 4
+    # the binary layer: 3 words and its 3 scales + 3 shifts (what its packed twin stores)
+    assert s.packed_bytes == 3 * 8 + 3 * 8 + 3 * 2 * 4 + 26 * 4 + 2 * 4 * 4
     assert not any(li.folded for li in s.layers)
 
 
 def test_magnitude_aware_scales_are_counted():
     m = nn.Sequential(nn.QDense(64, 3, scaling="channel", bias=False, rng=0))
     s = bitnet.summary(m, (64,), file=io.StringIO())
-    assert s.packed_bytes == 3 * 8 + 3 * 4
+    assert s.packed_bytes == 3 * 8 + 3 * 8  # words, and alpha folded into 3 scales + 3 shifts
 
 
 def test_lenet_binary_is_no_larger_than_bmxnet_file_and_prints_totals():

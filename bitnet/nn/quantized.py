@@ -14,17 +14,23 @@ gradient back to them):
 With no quantizers a quantized layer computes exactly what its float twin computes.
 
 ``scaling="channel"`` with a binary kernel uses ``magnitude_aware_sign``: sign(W) times the mean
-|W| of each output channel (XNOR-Net's alpha). A binary kernel's latent weights are clipped to
+|W| of each output channel (XNOR-Net's alpha). The layer computes it as ``alpha[o] * d[o]`` with ``d``
+the dot product of the input with sign(W) (an integer for a binary input), never as a sum of
++-alpha terms: float rounding then leaves exact zeros where d = 0, so the float path, the forward on
+bits and the packed model agree on every sign. A binary kernel's latent weights are clipped to
 [-1, 1] after every optimizer step (``kernel_clip=True``); without clipping they can grow without
 bound, where the gradient no longer flips their sign ("starved weights"), so turning it off warns.
 
-Forward on bits: when both quantizers produce only +-1 values (sign input quantizer, sign kernel
-quantizer without magnitude scaling) the forward pass, in training as in evaluation, runs on the
-XNOR-popcount kernels (``bitnet.ops.binary``): the same numbers bit for bit, so the same loss and
-gradients; the backward pass stays the float one. ``forward_on_bits = False`` on a layer (or
-class) turns it off.
+What a layer is, it says itself: ``binary_input`` (its input quantizer's output is exactly +-1),
+``binary_kernel`` (its kernel quantizer's output is +-1, or +-1 times a per-channel scale),
+``kernel_scale()`` (that scale, or None); see ``Quantizer.output`` in ``bitnet.quantizers``.
 
-Padding of binary convolutions (DESIGN.md section 3): a +-1 tensor cannot hold 0, so ``pad_value``
+Forward on bits: when both the input and the kernel are binary, the forward pass, in training as
+in evaluation, runs on the XNOR-popcount kernels (``bitnet.ops.binary``): the same numbers bit for
+bit, so the same loss and gradients; the backward pass stays the float one. ``forward_on_bits =
+False`` on a layer (or class) turns it off.
+
+Padding of binary convolutions (docs/design.md): a +-1 tensor cannot hold 0, so ``pad_value``
 says what the border holds: +1 or -1, or 0 (the float twin's zero padding). The default (None)
 is +1 for a 1-bit input quantizer, which is exactly sign() of a zero-padded input (sign(0) = +1),
 and 0 otherwise.
@@ -52,10 +58,6 @@ def clip_unit(data: np.ndarray) -> None:
     np.clip(data, -1.0, 1.0, out=data)
 
 
-# quantizers whose forward output is exactly sign(x) in {-1, +1}
-_SIGN_QUANTIZERS = ("ste_sign", "approx_sign", "swish_sign")
-
-
 class _QuantizedWeights:
     """Shared set-up of QDense and QConv2d: quantizers, scaling, clipping, forward on bits."""
 
@@ -66,7 +68,7 @@ class _QuantizedWeights:
             raise ValueError(f"{type(self).__name__}: scaling must be None or 'channel', got {scaling!r}")
         kq = _resolve(kernel_quantizer, weight_bit, "weight")
         if scaling == "channel":
-            if kernel_quantizer is not None or kq is None or kq.precision != 1:
+            if kernel_quantizer is not None or kq is None or kq.output != "sign":
                 raise ValueError(f"{type(self).__name__}: scaling='channel' applies to a binary kernel "
                                  f"given by weight_bit=1; got weight_bit={weight_bit}, "
                                  f"kernel_quantizer={kernel_quantizer!r}. Pass "
@@ -85,17 +87,41 @@ class _QuantizedWeights:
                               "(starved weights); keep kernel_clip=True unless you know why.",
                               stacklevel=3)
 
+    @property
+    def binary_input(self) -> bool:
+        """True when the input quantizer's output is exactly -1 or +1."""
+        return self.input_quantizer is not None and self.input_quantizer.output == "sign"
+
+    @property
+    def binary_kernel(self) -> bool:
+        """True when the kernel quantizer's output is +-1, or +-1 times one scale per output channel."""
+        kq = self.kernel_quantizer
+        return kq is not None and kq.output in ("sign", "scaled_sign")
+
+    def kernel_scale(self):
+        """alpha (out,) of a scaled binary kernel (``scaled_sign``), None otherwise."""
+        kq = self.kernel_quantizer
+        return kq.scale(self.weight.data) if kq is not None and kq.output == "scaled_sign" else None
+
     def runs_on_bits(self) -> bool:
         """True when this layer's forward uses the packed kernels (see the module docstring)."""
-        iq, kq = self.input_quantizer, self.kernel_quantizer
-        return (self.forward_on_bits and iq is not None and kq is not None
-                and iq.get_config()["name"] in _SIGN_QUANTIZERS and kq.get_config()["name"] in _SIGN_QUANTIZERS)
+        return self.forward_on_bits and self.binary_input and self.binary_kernel
 
     def quantized_input(self, x):
         return x if self.input_quantizer is None else self.input_quantizer(x)
 
     def quantized_weight(self):
-        return self.weight if self.kernel_quantizer is None else self.kernel_quantizer(self.weight)
+        """The quantized kernel; for a scaled binary kernel its +-1 factor (the layer applies
+        ``kernel_scale()`` to its output)."""
+        kq = self.kernel_quantizer
+        if kq is None:
+            return self.weight
+        return kq.sign_part(self.weight) if kq.output == "scaled_sign" else kq(self.weight)
+
+    def _finish(self, y, scale, axis_shape):
+        """``scale * y + bias`` for a scaled kernel (``y`` computed without the bias)."""
+        y = F.mul(y, scale.reshape(axis_shape))
+        return y if self.bias is None else F.add(y, F.reshape(self.bias, axis_shape))
 
     def _quant_repr(self):
         q = lambda v: "None" if v is None else v.get_config()["name"]  # noqa: E731
@@ -130,10 +156,14 @@ class QDense(_QuantizedWeights, Dense):
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"{self!r} expects inputs with {self.in_features} features in the last "
                              f"axis, got shape {x.shape}; flatten conv features with Flatten() first")
+        scale = self.kernel_scale()
+        bias = self.bias if scale is None else None
         if x.ndim == 2 and self.runs_on_bits():
             from bitnet.ops.binary import binary_linear
-            return binary_linear(self.quantized_input(x), self.quantized_weight(), self.bias)
-        return F.linear(self.quantized_input(x), self.quantized_weight(), self.bias)
+            y = binary_linear(self.quantized_input(x), self.quantized_weight(), bias)
+        else:
+            y = F.linear(self.quantized_input(x), self.quantized_weight(), bias)
+        return y if scale is None else self._finish(y, scale, (-1,))
 
     def extra_repr(self):
         return super().extra_repr() + self._quant_repr()
@@ -147,9 +177,9 @@ class QConv2d(_QuantizedWeights, Conv2d):
                  pad_value=None, scaling=None, kernel_clip=True, rng=None):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, rng=rng)
         self._setup_quantizers(act_bit, weight_bit, input_quantizer, kernel_quantizer, scaling, kernel_clip)
-        if pad_value is None:
-            binary_input = self.input_quantizer is not None and self.input_quantizer.precision == 1
-            pad_value = 1.0 if binary_input else 0.0
+        if pad_value is None:  # what the 1-bit quantizers (sign, heaviside) make of a zero-padded border
+            one_bit = self.input_quantizer is not None and self.input_quantizer.precision == 1
+            pad_value = 1.0 if one_bit else 0.0
         if pad_value not in (-1, 0, 1):
             raise ValueError(f"QConv2d: pad_value must be -1, 0 or +1, got {pad_value!r}")
         self.pad_value = float(pad_value)
@@ -157,15 +187,18 @@ class QConv2d(_QuantizedWeights, Conv2d):
     def forward(self, x):
         self.check_input(x)
         xq, wq = self.quantized_input(x), self.quantized_weight()
+        scale = self.kernel_scale()
+        bias = self.bias if scale is None else None
         if self.runs_on_bits():
             from bitnet.ops.binary import binary_conv2d
-            return binary_conv2d(xq, wq, self.bias, self.stride, self.padding, self.dilation, self.groups,
-                                 self.pad_value)
-        ph, pw = self.padding
-        if self.pad_value != 0 and (ph or pw):
-            xq = F.pad(xq, ((ph, ph), (pw, pw)), value=self.pad_value)
-            return F.conv2d(xq, wq, self.bias, self.stride, 0, self.dilation, self.groups)
-        return F.conv2d(xq, wq, self.bias, self.stride, self.padding, self.dilation, self.groups)
+            y = binary_conv2d(xq, wq, bias, self.stride, self.padding, self.dilation, self.groups, self.pad_value)
+        else:
+            ph, pw = self.padding
+            padding = self.padding
+            if self.pad_value != 0 and (ph or pw):
+                xq, padding = F.pad(xq, ((ph, ph), (pw, pw)), value=self.pad_value), 0
+            y = F.conv2d(xq, wq, bias, self.stride, padding, self.dilation, self.groups)
+        return y if scale is None else self._finish(y, scale, (1, -1, 1, 1))
 
     def extra_repr(self):
         return super().extra_repr() + self._quant_repr() + f", pad_value={self.pad_value:g}"

@@ -94,7 +94,7 @@ class CudaPackedModel:
         from bitnet.nn.container import Sequential
         from bitnet.nn.quantized import QActivation
         from bitnet.packed.blocks import ChannelsLastConv2d, ChannelsLastShortcut, PackedResidualBlock
-        from bitnet.packed.layers import SIGN_INPUTS, PackedConv2d, PackedDense
+        from bitnet.packed.layers import PackedConv2d, PackedDense
         chain = getattr(module, "forward_chain", None)
         if isinstance(module, Sequential) or chain:
             children = [(n, module._modules[n]) for n in (chain or module._modules)]
@@ -130,7 +130,7 @@ class CudaPackedModel:
             return self._unary(op, params)
         if isinstance(module, L.HardTanh):
             return self._unary("hardtanh", {"min_val": module.min_val, "max_val": module.max_val})
-        if isinstance(module, QActivation) and module.quantizer.get_config()["name"] in SIGN_INPUTS:
+        if isinstance(module, QActivation) and module.quantizer.output == "sign":
             return self._unary("sign", {})
         raise NotImplementedError(f"no CUDA step for module {name or '(root)'}: {module!r}; run this model on the CPU "
                                   "(device='cpu')")

@@ -1,6 +1,6 @@
 """Which batch norms fold into which binary layers, and the folded per-channel affine.
 
-A binary layer (kernel quantizer of precision 1) computes, per output channel c,
+A binary layer (``binary_kernel``: +-1 weights, maybe scaled) computes, per output channel c,
 
     y_c = alpha_c * d_c + b_c
 
@@ -29,9 +29,8 @@ import numpy as np
 
 
 def has_binary_kernel(module) -> bool:
-    """True for a quantized layer whose kernel quantizer has precision 1."""
-    kq = getattr(module, "kernel_quantizer", None)
-    return kq is not None and kq.precision == 1
+    """True for a quantized layer whose kernel is binary (+-1, or +-1 times a per-channel scale)."""
+    return bool(getattr(module, "binary_kernel", False))
 
 
 def _foldable_bn(module) -> bool:
@@ -67,8 +66,8 @@ def fold_batchnorm(layer, bn=None):
     w = layer.weight.data.astype(np.float64)
     out = w.shape[0]
     alpha = np.ones(out)
-    if layer.kernel_quantizer.get_config()["name"] == "magnitude_aware_sign":
-        alpha = np.abs(w).reshape(out, -1).mean(axis=1)
+    if layer.kernel_scale() is not None:  # the quantizer's alpha, in float64
+        alpha = layer.kernel_quantizer.scale(w)
     bias = np.zeros(out) if layer.bias is None else layer.bias.data.astype(np.float64)
     if bn is None:
         return alpha.astype(np.float32), bias.astype(np.float32)

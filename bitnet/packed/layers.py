@@ -22,11 +22,6 @@ from bitnet.nn.module import Module
 from bitnet.packed.fold import fold_batchnorm
 from bitnet.tensor import Tensor
 
-# input/kernel quantizers whose forward is sign(x) (times a per-channel scale for the kernel)
-SIGN_INPUTS = ("ste_sign", "approx_sign", "swish_sign")
-SIGN_KERNELS = SIGN_INPUTS + ("magnitude_aware_sign",)
-
-
 class SignedTensor(Tensor):
     """A float tensor that also carries its signs packed for the next binary layer:
     ``packed_signs`` (N, H, W, 1, words) uint64 with bit = (data < 0)."""
@@ -34,13 +29,10 @@ class SignedTensor(Tensor):
 
 
 def packable(layer) -> bool:
-    """True for a QConv2d / QDense that runs on bits: sign input, binary sign kernel."""
+    """True for a QConv2d / QDense that runs on bits: a binary input (+-1) and a binary kernel (+-1, or
+    +-1 times a per-channel scale), as the layer itself says (``binary_input``, ``binary_kernel``)."""
     from bitnet.nn.quantized import QConv2d, QDense
-    if not isinstance(layer, (QConv2d, QDense)):
-        return False
-    iq, kq = layer.input_quantizer, layer.kernel_quantizer
-    return (iq is not None and kq is not None and iq.get_config()["name"] in SIGN_INPUTS
-            and kq.get_config()["name"] in SIGN_KERNELS)
+    return isinstance(layer, (QConv2d, QDense)) and layer.binary_input and layer.binary_kernel
 
 
 class PackedConv2d(Module):

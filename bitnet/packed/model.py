@@ -72,6 +72,10 @@ def on_device(packed, device: str):
 
 
 def _pack(model):
+    if packable(model):  # a bare binary layer
+        new = pack_layer(model)
+        new.packed_layers = [""]
+        return new
     packed = copy.deepcopy(model)
     packed.eval()
     if hasattr(packed, "to_packed"):

@@ -253,6 +253,16 @@ def check_channel_affine(cuda, cf):
 
 
 @check
+def check_sign_of_nan(cuda, cf):
+    """sign(NaN) = +1 on the GPU as on the CPU's float path and in every packed kernel (bit = x < 0)."""
+    from bitnet.quantizers import _sign
+    x = np.array([np.nan, -np.nan, 0.0, -0.0, -1.0, 2.0], np.float32)
+    sign = cf.unary(_dev(cuda, x), "sign", _nan(cuda, x.shape)).copy_to_host()
+    np.testing.assert_array_equal(sign, [1, 1, 1, 1, -1, 1])
+    np.testing.assert_array_equal(sign, _sign(x))
+
+
+@check
 def check_unary_and_add(cuda, cf):
     """Exact for identity, relu, hardtanh, sign and add; tanh within 4 ulps (CUDA's tanhf is within 2
     ulps, NumPy's within 1): rtol = 4 * 2^-23, atol for results that underflow near 0."""
