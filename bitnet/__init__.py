@@ -26,5 +26,5 @@ from bitnet import data, models  # noqa: E402,F401  (bitnet.data, bitnet.models:
 from bitnet.summary import summary  # noqa: E402,F401
 from bitnet.backend import CudaUnavailableError, current_device, device  # noqa: E402,F401
 from bitnet.packed import pack  # noqa: E402,F401
-from bitnet.files import BitnetFileError, load, load_training_state, save  # noqa: E402,F401
-from bitnet.convert import convert, load_packed  # noqa: E402,F401
+from bitnet.io import (BitnetFileError, convert, load, load_packed, load_state_dict, load_training_state,  # noqa: E402,F401
+                       save, save_state_dict)

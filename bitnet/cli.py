@@ -154,42 +154,41 @@ def _device_option(p):
 
 
 def _load_any(path, device="cpu"):
-    """(model ready for inference, kind) from a checkpoint or a packed file (on ``device``)."""
+    """(model ready for inference, what the file is: ``bitnet.io.describe``) from a checkpoint or a
+    packed file (on ``device``)."""
     import bitnet
-    from bitnet.files import _attr, _open
-    with _open(path) as f:
-        kind = _attr(f, path, "kind", "string") if "kind" in f.attrs else None
-    if kind == "packed":
-        return bitnet.load_packed(path, device=device), kind
+    from bitnet.io import describe
+    info = describe(path)
+    if info["kind"] == "packed":
+        return bitnet.load_packed(path, device=device), info
+    if info["kind"] != "checkpoint":
+        raise ValueError(f"{path} holds weights only (bitnet.save_state_dict), no architecture: load it in Python "
+                         "into the model it belongs to (model.load_state_dict(bitnet.load_state_dict(path)))")
     if device != "cpu":
         raise ValueError(f"{path} is a checkpoint; --device {device} runs packed files: convert it first "
                          f"(bitnet convert {path} OUT.h5)")
-    return bitnet.load(path).eval(), kind
+    return bitnet.load(path).eval(), info
 
 
 def _describe(model):
     cfg = getattr(model, "zoo_config", None)
-    return f"{cfg['name']} {cfg['kwargs'] or ''}".rstrip() if cfg else f"{type(model).__name__} of {len(model._modules)} layers"
+    if cfg:
+        return f"{cfg['name']} {cfg['kwargs'] or ''}".rstrip()
+    return f"{type(model).__name__} of {len(model._modules)} modules"
 
 
-def _input_shape(model, given=None):
-    """(C, H, W) of the model's input: ``given`` ("C,H,W"), else a zoo model's recorded builder
-    arguments and defaults; None when neither says."""
-    import inspect
-
-    from bitnet.models import registry
+def _input_shape(info, given=None):
+    """(C, H, W) of the model's input: ``given`` ("C,H,W"), else what the file records (its zoo
+    builder's arguments, or the input_shape given to save / convert); None when neither says."""
     if given:
         try:
-            c, h, w = (int(v) for v in given.split(","))
+            shape = tuple(int(v) for v in given.split(","))
         except ValueError:
-            raise ValueError(f"--input-shape must be C,H,W (three integers), got {given!r}") from None
-        return c, h, w
-    cfg = getattr(model, "zoo_config", None)
-    if cfg is None:
-        return None
-    params = inspect.signature(registry.builder(cfg["name"])).parameters
-    value = {k: cfg["kwargs"].get(k, p.default) for k, p in params.items()}
-    return (int(value["in_channels"]), int(value["image_size"]), int(value["image_size"]))
+            raise ValueError(f"--input-shape must be C,H,W (integers), got {given!r}") from None
+        if not shape or min(shape) < 1:
+            raise ValueError(f"--input-shape must be positive sizes, e.g. 1,28,28; got {given!r}")
+        return shape
+    return None if info["input_shape"] is None else tuple(info["input_shape"])
 
 
 def cmd_convert(args) -> int:
@@ -202,16 +201,23 @@ def cmd_convert(args) -> int:
 
 
 def cmd_summary(args) -> int:
+    import os
+
     import bitnet
-    model, kind = _load_any(args.file)
-    print(f"{args.file}: {kind} file, model {_describe(model)}")
-    if kind == "packed":
-        print(f"packed layers: {', '.join(model.packed_layers)}")
-        return 0
-    shape = _input_shape(model, args.input_shape)
+    from bitnet.io import describe, load_architecture
+    info = describe(args.file)
+    if info["kind"] == "state_dict":
+        raise ValueError(f"{args.file} holds weights only (bitnet.save_state_dict): it has no architecture to summarize")
+    model = load_architecture(args.file)
+    print(f"{args.file}: {info['kind']} file of {os.path.getsize(args.file)} bytes, model {_describe(model)}")
+    shape = _input_shape(info, args.input_shape)
     if shape is None:
-        raise ValueError(f"{args.file}: this model is not from the zoo; pass its input shape, e.g. --input-shape 1,28,28")
+        raise ValueError(f"{args.file} does not record its input shape; pass it, e.g. --input-shape 1,28,28 "
+                         "(or save with bitnet.save(..., input_shape=(C, H, W)))")
     bitnet.summary(model, shape)
+    if info["kind"] == "packed":
+        packed = bitnet.load_packed(args.file, micro_batch=None)
+        print(f"layers on bits in this file: {', '.join(packed.packed_layers) or 'none'}")
     return 0
 
 
@@ -219,11 +225,11 @@ def cmd_eval(args) -> int:
     from bitnet.data import DataLoader
     from bitnet.data.datasets import load_dataset, transform_for
     from bitnet.training import evaluate
-    model, kind = _load_any(args.file, args.device)
+    model, info = _load_any(args.file, args.device)
     x_test, y_test = load_dataset(args.dataset, "test", args.data_dir, False)
     loader = DataLoader((x_test, y_test), args.batch_size, transform=transform_for(args.dataset))
     loss, acc = evaluate(model, loader)
-    print(f"{args.file} ({kind}) on {args.dataset} test: loss {loss:.4f}")
+    print(f"{args.file} ({info['kind']}) on {args.dataset} test: loss {loss:.4f}")
     print(f"test accuracy: {acc:.4f}")
     return 0
 
@@ -232,11 +238,11 @@ def cmd_predict(args) -> int:
     from bitnet import Tensor, functional as F, no_grad
     from bitnet.data.datasets import transform_for
     from bitnet.data.images import read_input
-    model, kind = _load_any(args.file, args.device)
+    model, info = _load_any(args.file, args.device)
     x = read_input(args.input)
     if args.limit is not None:
         x = x[:max(0, args.limit)]
-    shape = _input_shape(getattr(model, "cpu_model", model))
+    shape = _input_shape(info)
     x = transform_for(args.dataset)(x)
     if shape is not None and x.shape[1:] != shape:
         raise ValueError(f"{args.input}: images of shape {x.shape[1:]} (C, H, W); the model in {args.file} "
@@ -264,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from bitnet.data import DataFormatError, DatasetNotFoundError, DownloadError
     from bitnet.backend import CudaUnavailableError
-    from bitnet.files import BitnetFileError
+    from bitnet.io import BitnetFileError
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

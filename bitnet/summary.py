@@ -124,9 +124,9 @@ def summarize(model, input_shape, dtype=np.float32) -> Summary:
         for k, v in li.macs.items():
             macs[k] = macs.get(k, 0) + v
     total = sum(sum(li.params_by_bits.values()) for li in layers)
-    from bitnet.convert import predicted_file_bytes
+    from bitnet.io.packed import predicted_file_bytes
     return Summary(layers, total, sum(li.packed_bytes for li in layers), sum(li.float_bytes for li in layers), macs,
-                   predicted_file_bytes(model))
+                   predicted_file_bytes(model, input_shape))
 
 
 def _fmt_bytes(n):

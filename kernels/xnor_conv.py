@@ -214,6 +214,12 @@ def pack_filters(w_signs: np.ndarray, groups: int = 1, panel: int = PANEL) -> np
     return panel_words(words.reshape(groups, o // groups, -1), panel)
 
 
+def filter_panels_shape(w_shape, groups: int = 1, panel: int = PANEL) -> tuple:
+    """The shape ``pack_filters`` gives filters of shape ``(O, C / G, KH, KW)``, without packing."""
+    o, cg, kh, kw = (int(v) for v in w_shape)
+    return (groups, -(-(o // groups) // panel), kh * kw * (-(-cg // 64)), panel)
+
+
 def pad_words(channels_per_group: int, pad_value: float) -> np.ndarray:
     """The ``(words_for(Cg),)`` words a padded tap reads: all channel bits set for pad_value -1
     (every padded value is -1), zeros for +1 and for 0 (0 is computed as +1, then corrected)."""

@@ -36,10 +36,12 @@ def get(name: str, **kwargs):
     """Build the model registered under ``name`` with the builder's keyword arguments. The model
     remembers them (``model.zoo_config``, without ``seed``) so that a model file can rebuild it."""
     model = builder(name)(**kwargs)
-    model.zoo_config = {"name": name, "kwargs": {k: _plain(v) for k, v in kwargs.items() if k != "seed"}}
+    model.zoo_config = {"name": name, "kwargs": plain({k: v for k, v in kwargs.items() if k != "seed"})}
     return model
 
 
-def _plain(value):
-    """Tuples as lists (JSON has no tuples); other values as given."""
-    return [_plain(v) for v in value] if isinstance(value, (tuple, list)) else value
+def plain(value):
+    """Tuples as lists (JSON has no tuples), recursively; other values as given."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return [plain(v) for v in value] if isinstance(value, (tuple, list)) else value

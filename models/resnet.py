@@ -37,6 +37,7 @@ def _shortcut(cin, cout, stride, binary, rng, binary_shortcut=False):
     return nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False, rng=rng), nn.BatchNorm2d(cout))
 
 
+@nn.register("bitnet.models.BasicBlock")
 class BasicBlock(nn.Module):
     """Basic block, float or binary (``binary=True``); see the module docstring for both."""
 
@@ -83,6 +84,7 @@ class BasicBlock(nn.Module):
         return "binary" if self.binary else ""
 
 
+@nn.register("bitnet.models.ResNet")
 class ResNet(nn.Module):
     """ResNet for 32x32 inputs; ``binary_stages`` lists the stages (1..4) built from binary blocks."""
 

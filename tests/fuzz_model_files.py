@@ -32,7 +32,7 @@ def _h5_edit(path, rng):
     import h5py
     with h5py.File(path, "r+") as f:
         keys = sorted(f["weights"]) if isinstance(f.get("weights"), h5py.Group) else []
-        choice = int(rng.integers(14))
+        choice = int(rng.integers(16))
         key = keys[int(rng.integers(len(keys)))] if keys else None
         if choice == 0 and key:
             del f["weights"][key]
@@ -68,12 +68,31 @@ def _h5_edit(path, rng):
             f.attrs["config"] = text
             return "mangle config"
         if choice == 7:
-            cfg = {"model": ["lenet", "resnet18", "os.system", "", 5, None][int(rng.integers(6))],
+            zoo = {"model": ["lenet", "resnet18", "os.system", "", 5, None][int(rng.integers(6))],
                    "kwargs": {"num_classes": int(rng.choice([10, 0, -3, 10 ** 12, 2 ** 40]))}}
             if rng.random() < 0.3:
-                cfg["kwargs"]["evil"] = "__import__('os')"
+                zoo["kwargs"]["evil"] = "__import__('os')"
+            cfg = {"zoo": zoo} if rng.random() < 0.7 else zoo  # version 2's shape, or version 1's
             f.attrs["config"] = json.dumps(cfg)
             return f"config {cfg}"
+        if choice in (14, 15) and "architecture" in f.attrs:
+            import zlib
+            arch = json.loads(zlib.decompress(bytes(f.attrs["architecture"])))
+            nodes, stack = [], [arch]
+            while stack:
+                node = stack.pop()
+                nodes.append(node)
+                stack.extend(node.get("children", []))
+            node = nodes[int(rng.integers(len(nodes)))]
+            if choice == 14 and node.get("config"):
+                name = sorted(node["config"])[int(rng.integers(len(node["config"])))]
+                node["config"][name] = [0, -1, 10 ** 12, 2 ** 20, "x", None, [1] * 5, {"a": 1}, 1.5][int(rng.integers(9))]
+                desc = f"architecture {node['class']}.{name} = {node['config'][name]!r}"
+            else:
+                node["class"] = ["os.system", "Dense", "Sequential", "ReLU", "", 3][int(rng.integers(6))]
+                desc = f"architecture class {node['class']!r}"
+            f.attrs["architecture"] = np.void(zlib.compress(json.dumps(arch).encode()))
+            return desc
         if choice == 8 and key:
             ds = f["weights"][key]
             if ds.dtype.kind == "f" and ds.size:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import bitnet
-from bitnet.files import BitnetFileError
+from bitnet.io import BitnetFileError
 from bitnet.tensor import Tensor, no_grad
 
 CASES = [("lenet-binary", {}, (1, 28, 28)), ("binary-vgg-small", {}, (1, 28, 28)),
@@ -107,7 +107,7 @@ def test_bad_packed_files_raise_one_clear_error(edit, where, tmp_path):
 def test_padding_bits_are_detected():
     # no zoo layer has channels beyond a word boundary; a 70-channel layer does (6 padding bits per
     # tap's second word), and load_packed refuses words whose padding bits are set
-    from bitnet.convert import _masked
+    from bitnet.io.packed import masked as _masked
     from bitnet.packed import PackedConv2d
     layer = PackedConv2d.from_layer(bitnet.nn.QConv2d(70, 8, 3, rng=0))
     words = np.full((8, 9 * 2), np.uint64(2 ** 64 - 1), np.uint64)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 
 import h5py
 import numpy as np
@@ -11,7 +12,8 @@ import pytest
 
 import bitnet
 from bitnet import functional as F
-from bitnet.files import BitnetFileError
+from bitnet.io import BitnetFileError
+from bitnet.io.config import architecture
 from bitnet.tensor import Tensor
 
 
@@ -31,11 +33,14 @@ def test_every_zoo_model_round_trips_exactly(name, kwargs, tmp_path):
     path = tmp_path / "m.h5"
     bitnet.save(model, path)
     back = bitnet.load(path)
-    assert type(back) is type(model) and _same_state(model, back)
+    assert type(back) is type(model) and _same_state(model, back) and repr(back) == repr(model)
     assert back.zoo_config == {"name": name, "kwargs": kwargs}
     with h5py.File(path) as f:  # readable without bitnet: plain attributes and datasets
-        assert f.attrs["format"] == b"bitnet-model" and f.attrs["format_version"] == 1  # fixed-length strings
-        assert json.loads(f.attrs["config"]) == {"model": name, "kwargs": kwargs}
+        assert f.attrs["format"] == b"bitnet-model" and f.attrs["format_version"] == 2  # fixed-length strings
+        config = json.loads(f.attrs["config"])
+        assert config["zoo"] == {"model": name, "kwargs": kwargs} and len(config["input_shape"]) == 3
+        arch = json.loads(zlib.decompress(bytes(f.attrs["architecture"])))  # every layer's class and config
+        assert arch == architecture(model)
         assert set(f["weights"]) == set(model.state_dict())
 
 
@@ -106,10 +111,14 @@ def test_saving_what_cannot_be_rebuilt_is_refused(tmp_path):
     class Custom(bitnet.nn.Module):
         def forward(self, x):
             return x
-    with pytest.raises(TypeError, match="cannot save this Custom"):
+    with pytest.raises(TypeError, match=r"model is a .*Custom, which is not registered.*@bitnet.nn.register"):
         bitnet.save(Custom(), tmp_path / "x.h5")
-    with pytest.raises(TypeError, match="layer 1 is a Custom"):
+    with pytest.raises(TypeError, match=r"model\.1 is a .*Custom, which is not registered"):
         bitnet.save(bitnet.nn.Sequential(bitnet.nn.Dense(2, 2), Custom()), tmp_path / "x.h5")
+    changed = bitnet.nn.Sequential(bitnet.nn.Dense(2, 2))
+    changed[0].add_module("extra", bitnet.nn.ReLU())  # a child its constructor does not build
+    with pytest.raises(TypeError, match="changed after construction"):
+        bitnet.save(changed, tmp_path / "x.h5")
     with pytest.raises(ValueError, match="epoch must be a non-negative int"):
         bitnet.save(bitnet.models.get("lenet", seed=0), tmp_path / "x.h5", epoch=-1)
     assert not os.path.exists(tmp_path / "x.h5")
@@ -139,18 +148,65 @@ def test_a_sequential_of_bitnet_layers_round_trips_and_converts(tmp_path):
         assert np.array_equal(packed(x).data, bitnet.pack(model)(x).data)
 
 
+def _dense(**config):
+    return {"class": "Dense", "config": dict({"in_features": 2, "out_features": 2, "bias": True}, **config)}
+
+
+@pytest.mark.parametrize("arch,where", [
+    ({"class": "os.system", "config": {}}, "config.architecture.class"),
+    ({"class": "Sequential", "children": [dict(name="0", **_dense(__class__=1))]}, "config.__class__"),
+    ({"class": "Sequential", "children": [dict(name="0", **_dense(in_features=60000, out_features=60000))]},
+     "at most"),
+    ({"class": "Sequential", "children": [dict(name="0", **_dense(in_features=10 ** 12))]}, "integer within"),
+    ({"class": "Sequential", "children": [dict(name="0", **_dense(in_features="x"))]}, "config"),
+    ({"class": "Sequential", "children": [dict(name="0", **_dense(out_features=3))]}, "weights/0.weight"),
+    ({"class": "Sequential", "children": [dict(name="a.b", **_dense())]}, "children[0].name"),
+    ({"class": "Sequential", "config": {}, "children": []}, "no config for a Sequential"),
+    ({"class": "Dense", "config": {"in_features": 2, "out_features": 2}, "children": [
+        {"name": "x", "class": "ReLU", "config": {}}]}, "the file was written with another version"),
+])
+def test_bad_architectures_are_refused_before_reading_weights(arch, where, tmp_path):
+    path = tmp_path / "m.h5"
+    bitnet.save(bitnet.nn.Sequential(bitnet.nn.Dense(2, 2)), path)
+    with h5py.File(path, "r+") as f:
+        f.attrs["architecture"] = np.void(zlib.compress(json.dumps(arch).encode()))
+    with pytest.raises(BitnetFileError) as err:
+        bitnet.load(path)
+    assert where in str(err.value) and str(path) in str(err.value), str(err.value)
+
+
+def _v1_file(path, config, model):
+    """A file as bitnet wrote it in format version 1: the config attribute alone describes the model."""
+    bitnet.save(model, path)
+    with h5py.File(path, "r+") as f:
+        f.attrs["format_version"] = 1
+        f.attrs["config"] = np.bytes_(json.dumps(config))
+        del f.attrs["architecture"]
+    return path
+
+
+def test_version_1_files_still_load(tmp_path):
+    lenet = bitnet.models.get("lenet-binary", seed=1)
+    back = bitnet.load(_v1_file(tmp_path / "zoo.h5", {"model": "lenet-binary", "kwargs": {}}, lenet))
+    assert _same_state(back, lenet) and back.zoo_config == {"name": "lenet-binary", "kwargs": {}}
+    seq = bitnet.nn.Sequential(bitnet.nn.QDense(4, 3, rng=0), bitnet.nn.Sequential(bitnet.nn.Tanh()))
+    v1 = {"layers": [{"class": "QDense", "args": {"in_features": 4, "out_features": 3, "bias": True, "act_bit": 32,
+                                                  "weight_bit": 32, "input_quantizer": {"name": "ste_sign"},
+                                                  "kernel_quantizer": {"name": "ste_sign"}, "kernel_clip": True}},
+                     {"class": "Sequential", "layers": [{"class": "Tanh", "args": {}}]}]}
+    back = bitnet.load(_v1_file(tmp_path / "seq.h5", v1, seq))
+    assert _same_state(back, seq) and repr(back) == repr(seq)
+
+
 @pytest.mark.parametrize("layers,where", [
-    ([{"class": "os.system", "args": {}}], "config.layers[0]"),
-    ([{"class": "Dense", "args": {"in_features": 2, "out_features": 2, "__class__": 1}}], "args.__class__"),
+    ([{"class": "os.system", "args": {}}], "config.architecture.0.class"),
     ([{"class": "Dense", "args": {"in_features": 60000, "out_features": 60000}}], "at most"),
-    ([{"class": "Dense", "args": {"in_features": 10 ** 12, "out_features": 1}}], "integer within"),
-    ([{"class": "Dense", "args": {"in_features": "x", "out_features": 1}}], "config"),
     ([{"class": "Sequential", "layers": []}], "non-empty list"),
     ([], "non-empty list"),
 ])
-def test_bad_layer_configs_are_refused_before_building(layers, where, tmp_path):
-    path = tmp_path / "m.h5"
-    bitnet.save(bitnet.nn.Sequential(bitnet.nn.Dense(2, 2)), path)
+def test_bad_version_1_layer_configs_are_refused_before_building(layers, where, tmp_path):
+    path = _v1_file(tmp_path / "m.h5", {"layers": [{"class": "Dense", "args": {"in_features": 2, "out_features": 2}}]},
+                    bitnet.nn.Sequential(bitnet.nn.Dense(2, 2)))
     with h5py.File(path, "r+") as f:
         f.attrs["config"] = np.bytes_(json.dumps({"layers": layers}))
     with pytest.raises(BitnetFileError) as err:
@@ -180,7 +236,13 @@ def _config(f, **changes):
 
 def _kwargs(f, **changes):
     cfg = json.loads(f.attrs["config"])
-    cfg["kwargs"].update(changes)
+    cfg["zoo"]["kwargs"].update(changes)
+    f.attrs["config"] = np.bytes_(json.dumps(cfg))
+
+
+def _zoo(f, **changes):
+    cfg = json.loads(f.attrs["config"])
+    cfg["zoo"].update(changes)
     f.attrs["config"] = np.bytes_(json.dumps(cfg))
 
 
@@ -192,12 +254,19 @@ def _replace(f, key, data):
 BAD = {
     "format name": (lambda f: f.attrs.__setitem__("format", np.bytes_("keras")), "attribute 'format'"),
     "variable-length string": (lambda f: f.attrs.__setitem__("format", "bitnet-model"), "fixed-length string"),
-    "format version": (lambda f: f.attrs.__setitem__("format_version", 2), "attribute 'format_version'"),
+    "format version": (lambda f: f.attrs.__setitem__("format_version", 3), "attribute 'format_version'"),
+    "architecture damaged": (lambda f: f.attrs.__setitem__("architecture", np.void(b"x\x9c" + b"\x00" * 40)),
+                             "attribute 'architecture'"),
+    "architecture a zip bomb": (lambda f: f.attrs.__setitem__("architecture", np.void(zlib.compress(b" " * (1 << 25)))),
+                                "compressed JSON of at most"),
+    "architecture not JSON": (lambda f: f.attrs.__setitem__("architecture", np.void(zlib.compress(b"{"))), "invalid JSON"),
     "no config": (lambda f: f.attrs.__delitem__("config"), "attribute 'config'"),
     "config not JSON": (lambda f: f.attrs.__setitem__("config", np.bytes_("{model: lenet")), "invalid JSON"),
-    "unknown model": (lambda f: _config(f, model="os.system"), "config.model"),
-    "unknown argument": (lambda f: _kwargs(f, __import__="os"), "config.kwargs.__import__"),
-    "absurd size": (lambda f: _kwargs(f, num_classes=10 ** 12), "config.kwargs.num_classes"),
+    "unknown model": (lambda f: _zoo(f, model="os.system"), "config.zoo.model"),
+    "unknown argument": (lambda f: _kwargs(f, __import__="os"), "config.zoo.kwargs.__import__"),
+    "absurd size": (lambda f: _kwargs(f, num_classes=10 ** 12), "config.zoo.kwargs.num_classes"),
+    "unknown config key": (lambda f: _config(f, evil=1), "'architecture' (and 'zoo', 'input_shape')"),
+    "bad input shape": (lambda f: _config(f, input_shape=[0, 28]), "config.input_shape"),
     "missing weight": (lambda f: f["weights"].__delitem__("5.weight"), "weights/5.weight"),
     "extra weight": (lambda f: f["weights"].create_dataset("evil", data=np.zeros(3)), "weights/evil"),
     "wrong shape": (lambda f: _replace(f, "0.weight", np.zeros((64, 1, 5, 4), np.float32)), "shape"),

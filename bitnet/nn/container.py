@@ -7,6 +7,11 @@ from bitnet.nn.module import Module
 class ModuleList(Module):
     """A list of modules, registered under the names "0", "1", ..."""
 
+    config_children = True  # described by its children (model files), not by a config
+
+    def get_config(self) -> dict:
+        return {}
+
     def __init__(self, modules=()):
         super().__init__()
         for m in modules:

@@ -4,9 +4,18 @@ Assigning a ``Parameter`` or a ``Module`` to an attribute registers it; ``regist
 registers a NumPy array that is state but not trained (batch-norm running averages). Names are
 dotted paths (``features.0.weight``), used by ``state_dict`` / ``load_state_dict`` and by the
 HDF5 files.
+
+Configs: every module remembers the arguments of its constructor, and ``get_config()`` returns them
+(without random sources: arguments named ``rng`` or ``seed`` and generator objects only choose the
+initial weights, which a file replaces); ``cls.from_config(config)`` constructs it again. Model files
+store the config of every module (``bitnet.io.config``). A module whose hyperparameters change after
+construction, or whose arguments are not plain values (numbers, strings, lists, quantizers), overrides
+both.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 from collections import OrderedDict
 
 import numpy as np
@@ -21,8 +30,66 @@ class StateDictError(KeyError):
         return str(self.args[0])
 
 
+_RANDOM_SOURCES = (np.random.Generator, np.random.BitGenerator, np.random.SeedSequence, np.random.RandomState)
+
+
+class _Unrecorded:
+    """Stands in for a constructor argument that is not a plain value (an array, a module, a
+    function): not kept, so that it cannot keep memory alive; ``get_config`` reports it."""
+    __slots__ = ("type_name",)
+
+    def __init__(self, value):
+        self.type_name = type(value).__name__
+
+
+def _plain(value):
+    """``value`` if it is a plain config value (numbers, strings, None, quantizers, random sources,
+    and lists / tuples / dicts of them), else an ``_Unrecorded`` marker."""
+    from bitnet.quantizers import Quantizer
+    if value is None or isinstance(value, (bool, int, float, str, np.generic, Quantizer) + _RANDOM_SOURCES):
+        return value
+    if isinstance(value, (list, tuple)):
+        items = [_plain(v) for v in value]
+        return _Unrecorded(value) if any(isinstance(v, _Unrecorded) for v in items) else type(value)(items)
+    if isinstance(value, dict):
+        items = {k: _plain(v) for k, v in value.items()}
+        plain = all(isinstance(k, str) and not isinstance(v, _Unrecorded) for k, v in items.items())
+        return items if plain else _Unrecorded(value)
+    return _Unrecorded(value)
+
+
+def _records_arguments(init):
+    """Wrap a subclass's ``__init__`` so that the outermost constructor call records its bound
+    arguments in ``_constructor_arguments`` (the ``super().__init__`` calls inside it do not)."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        if "_constructor_arguments" not in self.__dict__:
+            try:
+                bound = signature.bind(self, *args, **kwargs)
+            except TypeError:
+                pass  # the constructor itself reports the bad call
+            else:
+                bound.apply_defaults()
+                arguments = {k: _plain(v) for k, v in list(bound.arguments.items())[1:]}  # [0] is self
+                object.__setattr__(self, "_constructor_arguments", (signature, arguments))
+        init(self, *args, **kwargs)
+    __init__._records_arguments = True
+    return __init__
+
+
 class Module:
     """Base class: subclasses set attributes in ``__init__`` and implement ``forward``."""
+
+    # containers (Sequential, ModuleList) are described by their children, not by a config
+    config_children = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is not None and not getattr(init, "_records_arguments", False):
+            cls.__init__ = _records_arguments(init)
 
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
@@ -193,6 +260,45 @@ class Module:
             else:
                 store[name] = np.array(src, dtype=v.dtype)
         return missing, unexpected
+
+    # -- configs --------------------------------------------------------------------------------------
+    def get_config(self) -> dict:
+        """The constructor arguments this module was built with (keyword form), random sources
+        left out; see the module docstring."""
+        recorded = self.__dict__.get("_constructor_arguments")
+        if recorded is None:
+            return {}
+        signature, arguments = recorded
+        config = {}
+        for name, value in arguments.items():
+            kind = signature.parameters[name].kind
+            if name in ("rng", "seed") or isinstance(value, _RANDOM_SOURCES):
+                continue
+            if isinstance(value, _Unrecorded):
+                raise TypeError(f"{type(self).__name__}.get_config(): constructor argument {name!r} is a "
+                                f"{value.type_name}, which a config cannot hold (plain values only: numbers, strings, "
+                                f"lists, quantizers); define get_config() and from_config() on {type(self).__name__} "
+                                "to describe it with plain values")
+            if kind is inspect.Parameter.VAR_KEYWORD:
+                config.update(value)
+            else:
+                config[name] = list(value) if kind is inspect.Parameter.VAR_POSITIONAL else value
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict):
+        """A new module built from ``get_config()``'s dictionary (fresh parameters)."""
+        params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+        config, args, kwargs = dict(config), [], {}
+        star = next((p for p in params if p.kind is inspect.Parameter.VAR_POSITIONAL), None)
+        for p in params:
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and star is not None:
+                if p.name in config:  # before *args: must be passed by position
+                    args.append(config.pop(p.name))
+            elif p.kind is p.VAR_POSITIONAL:
+                args.extend(config.pop(p.name, ()))
+        kwargs.update(config)
+        return cls(*args, **kwargs)
 
     # -- calling --------------------------------------------------------------------------------------
     def forward(self, *args, **kwargs):  # pragma: no cover - abstract

@@ -123,6 +123,14 @@ class _QuantizedWeights:
         y = F.mul(y, scale.reshape(axis_shape))
         return y if self.bias is None else F.add(y, F.reshape(self.bias, axis_shape))
 
+    def _quant_config(self) -> dict:
+        """The quantizers as explicit configs, ``act_bit`` / ``weight_bit`` as their precisions (32 for
+        none): what a constructor needs to rebuild them, whatever they were built from."""
+        iq, kq = self.input_quantizer, self.kernel_quantizer
+        return dict(act_bit=32 if iq is None else int(iq.precision), weight_bit=32 if kq is None else int(kq.precision),
+                    input_quantizer=None if iq is None else iq.get_config(),
+                    kernel_quantizer=None if kq is None else kq.get_config(), kernel_clip=self.kernel_clip)
+
     def _quant_repr(self):
         q = lambda v: "None" if v is None else v.get_config()["name"]  # noqa: E731
         return f", input_quantizer={q(self.input_quantizer)}, kernel_quantizer={q(self.kernel_quantizer)}"
@@ -139,6 +147,10 @@ class QActivation(Module):
 
     def forward(self, x):
         return x if self.quantizer is None else self.quantizer(x)
+
+    def get_config(self) -> dict:
+        q = self.quantizer
+        return dict(act_bit=32 if q is None else int(q.precision), quantizer=None if q is None else q.get_config())
 
     def extra_repr(self):
         return "quantizer=None" if self.quantizer is None else f"quantizer={self.quantizer!r}"
@@ -164,6 +176,10 @@ class QDense(_QuantizedWeights, Dense):
         else:
             y = F.linear(self.quantized_input(x), self.quantized_weight(), bias)
         return y if scale is None else self._finish(y, scale, (-1,))
+
+    def get_config(self) -> dict:
+        return dict(in_features=self.in_features, out_features=self.out_features, bias=self.bias is not None,
+                    **self._quant_config())
 
     def extra_repr(self):
         return super().extra_repr() + self._quant_repr()
@@ -199,6 +215,12 @@ class QConv2d(_QuantizedWeights, Conv2d):
                 xq, padding = F.pad(xq, ((ph, ph), (pw, pw)), value=self.pad_value), 0
             y = F.conv2d(xq, wq, bias, self.stride, padding, self.dilation, self.groups)
         return y if scale is None else self._finish(y, scale, (1, -1, 1, 1))
+
+    def get_config(self) -> dict:
+        pair = lambda v: [int(v[0]), int(v[1])]  # noqa: E731
+        return dict(in_channels=self.in_channels, out_channels=self.out_channels, kernel_size=pair(self.kernel_size),
+                    stride=pair(self.stride), padding=pair(self.padding), dilation=pair(self.dilation),
+                    groups=self.groups, bias=self.bias is not None, pad_value=self.pad_value, **self._quant_config())
 
     def extra_repr(self):
         return super().extra_repr() + self._quant_repr() + f", pad_value={self.pad_value:g}"

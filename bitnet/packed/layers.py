@@ -56,14 +56,20 @@ class PackedConv2d(Module):
         self._corr = {}
 
     @classmethod
-    def from_layer(cls, layer, bn=None):
-        """Pack a binary ``QConv2d`` (``packable``), folding ``bn`` (a batch norm after it) in."""
+    def from_layer(cls, layer, bn=None, weights=True):
+        """Pack a binary ``QConv2d`` (``packable``), folding ``bn`` (a batch norm after it) in; with
+        ``weights=False`` only its shapes (zero filters, unit scale, zero shift: a file's weights
+        are loaded into it)."""
         if not packable(layer):
             raise TypeError(f"cannot pack {layer!r}: it needs a sign input quantizer and a binary sign kernel")
-        scale, shift = fold_batchnorm(layer, bn)
-        return cls(XC.pack_filters(layer.weight.data, layer.groups), layer.in_channels, layer.out_channels,
-                   layer.kernel_size, layer.stride, layer.padding, layer.dilation, layer.groups, layer.pad_value,
-                   scale, shift)
+        if weights:
+            scale, shift = fold_batchnorm(layer, bn)
+            filters = XC.pack_filters(layer.weight.data, layer.groups)
+        else:
+            scale = shift = None
+            filters = np.zeros(XC.filter_panels_shape(layer.weight.shape, layer.groups), np.uint64)
+        return cls(filters, layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                   layer.dilation, layer.groups, layer.pad_value, scale, shift)
 
     def _taps(self):
         """Per-tap sums of the filters' +-1 values (O, KH, KW), from the packed words."""
@@ -148,12 +154,16 @@ class PackedDense(Module):
         self.conv = PackedConv2d(filters, in_features, out_features, (1, 1), scale=scale, shift=shift)
 
     @classmethod
-    def from_layer(cls, layer, bn=None):
-        """Pack a binary ``QDense`` (``packable``), folding ``bn`` (a batch norm after it) in."""
+    def from_layer(cls, layer, bn=None, weights=True):
+        """Pack a binary ``QDense`` (``packable``), folding ``bn`` (a batch norm after it) in; with
+        ``weights=False`` only its shapes (as ``PackedConv2d.from_layer``)."""
         if not packable(layer):
             raise TypeError(f"cannot pack {layer!r}: it needs a sign input quantizer and a binary sign kernel")
-        scale, shift = fold_batchnorm(layer, bn)
         w = layer.weight.data
+        if not weights:
+            filters = np.zeros(XC.filter_panels_shape(w.shape + (1, 1)), np.uint64)
+            return cls(filters, layer.in_features, layer.out_features)
+        scale, shift = fold_batchnorm(layer, bn)
         return cls(XC.pack_filters(w.reshape(w.shape + (1, 1))), layer.in_features, layer.out_features, scale, shift)
 
     def _packed_input(self, x):

@@ -40,6 +40,12 @@ def pack_layer(layer, bn=None):
     return cls.from_layer(layer, bn)
 
 
+def shape_layer(layer, bn=None):
+    """The packed twin of one packable layer with its shapes only (``from_layer(weights=False)``)."""
+    cls = PackedConv2d if isinstance(layer, QConv2d) else PackedDense
+    return cls.from_layer(layer, bn, weights=False)
+
+
 def _set_child(root, dotted, new):
     *path, leaf = dotted.split(".")
     parent = root
@@ -57,10 +63,20 @@ def pack(model, micro_batch: int | None = 32, device: str | None = None):
     if micro_batch is not None and (not isinstance(micro_batch, int) or micro_batch < 1):
         raise ValueError(f"pack: micro_batch must be a positive int or None, got {micro_batch!r}")
     device = resolve_device(device)
-    packed = _pack(model)
+    return on_device(_finish(_pack(copy.deepcopy(model), pack_layer), micro_batch), device)
+
+
+def pack_structure(model, micro_batch: int | None = 32):
+    """The packed model of ``model``'s architecture, built in place (``model`` is consumed) with the
+    packed layers' shapes only: the state a packed file's weights are loaded into (``load_packed``),
+    without packing ``model``'s weights."""
+    return _finish(_pack(model, shape_layer), micro_batch)
+
+
+def _finish(packed, micro_batch):
     packed.__class__ = _micro_batched(type(packed))
     packed.micro_batch = micro_batch
-    return on_device(packed, device)
+    return packed
 
 
 def on_device(packed, device: str):
@@ -71,13 +87,13 @@ def on_device(packed, device: str):
     return CudaPackedModel(packed)
 
 
-def _pack(model):
-    if packable(model):  # a bare binary layer
-        new = pack_layer(model)
+def _pack(packed, pack_layer):
+    """Pack ``packed`` (a copy the caller owns) in place with ``pack_layer(layer, bn)``."""
+    packed.eval()
+    if packable(packed):  # a bare binary layer
+        new = pack_layer(packed)
         new.packed_layers = [""]
         return new
-    packed = copy.deepcopy(model)
-    packed.eval()
     if hasattr(packed, "to_packed"):
         new = packed.to_packed(pack_layer)
         if new is not None:
@@ -120,7 +136,7 @@ def _micro_batched(cls):
         def forward(self, x, *args, **kwargs):
             from bitnet.tensor import Tensor
             size, n = self.micro_batch, x.shape[0]
-            if not size or n <= size:
+            if not size or n <= size or args or kwargs:  # slices of x only: not with other inputs
                 return cls.forward(self, x, *args, **kwargs)
             data = x.data if isinstance(x, Tensor) else np.asarray(x)
             parts = [cls.forward(self, Tensor(data[i:i + size]), *args, **kwargs) for i in range(0, n, size)]

@@ -49,8 +49,10 @@ def test_convert_summary_and_eval(data_dir, tmp_path, capsys):
     assert main(["summary", str(ckpt)]) == 0
     out = capsys.readouterr().out
     assert "lenet-binary" in out and "packed file (bitnet convert, HDF5): about" in out
-    assert main(["summary", str(packed)]) == 0
-    assert "packed layers: 5, 10" in capsys.readouterr().out
+    assert main(["summary", str(packed)]) == 0  # the whole table for a packed file too
+    out = capsys.readouterr().out
+    assert "packed file of" in out and "QConv2d" in out and "MACs per image: 8509200" in out
+    assert "layers on bits in this file: 5, 10" in out
     for f in (ckpt, packed):  # the float checkpoint and the packed file agree with training's result
         assert main(["eval", str(f), "--dataset", "mnist", "--data-dir", str(data_dir)]) == 0
         last = capsys.readouterr().out.strip().splitlines()[-1]

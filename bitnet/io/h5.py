@@ -1,0 +1,303 @@
+"""Safe HDF5 reading and atomic writing, shared by every kind of bitnet file (docs/file-format.md).
+
+Writing: ``atomic_write`` writes into a temporary file beside the target and renames it over the
+target, so a crash or a kill leaves the previous file intact; strings are fixed-length attributes.
+
+Reading: every attribute's type and size, and every dataset's shape, dtype and storage, are checked
+from their headers before any value is read; links to other objects or files, external raw data and
+virtual datasets are refused (a file never makes the reader open another file). Every problem raises
+``BitnetFileError`` naming the file, the key, what was expected and what was found.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import tempfile
+import zlib
+
+import numpy as np
+
+FORMAT_NAME = "bitnet-model"
+FORMAT_VERSION = 2           # written; see docs/file-format.md for what changed
+READABLE_VERSIONS = (1, 2)
+MAX_CONFIG_BYTES = 1 << 20   # a JSON config (or compressed architecture) larger than this is not a bitnet file
+MAX_ARCHITECTURE_BYTES = 1 << 24  # the architecture's JSON, decompressed
+
+
+class BitnetFileError(ValueError):
+    """A model file that cannot be read as one: says which file, which key, expected vs found."""
+
+    def __init__(self, path, key, expected, found, hint=""):
+        self.path, self.key, self.expected, self.found = str(path), key, expected, found
+        msg = f"{path}: {key}: expected {expected}, found {found}"
+        super().__init__(msg + (f"; {hint}" if hint else ""))
+
+
+def short(value, limit=80) -> str:
+    """``repr(value)``, cut to ``limit`` characters for error messages."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+# -- writing ----------------------------------------------------------------------------------------
+
+def atomic_write(path, write) -> None:
+    """Write an HDF5 file through ``write(h5file)`` into a temporary file beside ``path``, then rename it
+    over ``path`` (atomic on POSIX): readers see the old file or the new one, never a part."""
+    import h5py
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".bitnet-", suffix=".h5.tmp", dir=folder)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w", libver="latest") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def set_text(obj, name, text: str) -> None:
+    """A string attribute, stored as fixed-length bytes: its content sits inside the attribute message,
+    so a reader knows its size before reading it (variable-length strings live in a heap that a
+    damaged file can make a reader chase for ever)."""
+    obj.attrs[name] = np.bytes_(text.encode("utf-8"))
+
+
+def create_dataset(group, name, data):
+    """``group[name] = data`` (contiguous; HDF5's compact layout was measured to save nothing here)."""
+    data = np.asarray(data)
+    return group.create_dataset(name, data=data if data.ndim == 0 else np.ascontiguousarray(data))
+
+
+def _header_values(config: dict) -> tuple:
+    """(config JSON text without the architecture, the architecture's compressed bytes or None)."""
+    config = dict(config)
+    architecture = config.pop("architecture", None)
+    text = json.dumps(config, sort_keys=True, allow_nan=False)
+    if architecture is None:
+        return text, None
+    arch = json.dumps(architecture, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return text, zlib.compress(arch.encode("utf-8"), 9)
+
+
+def header_bytes(config: dict) -> int:
+    """The bytes ``write_header`` stores for ``config`` (its JSON and the compressed architecture)."""
+    text, arch = _header_values(config)
+    return len(text.encode("utf-8")) + (len(arch) if arch is not None else 0)
+
+
+def write_header(f, kind: str, config: dict) -> None:
+    """The root attributes of every bitnet file: format, version, bitnet's version, time, kind, config
+    (JSON text) and, when the config has one, the architecture (zlib-compressed JSON, opaque bytes: a
+    binary ResNet-18's 11 kB of JSON take 754 bytes)."""
+    from bitnet import __version__
+    set_text(f, "format", FORMAT_NAME)
+    f.attrs["format_version"] = FORMAT_VERSION
+    set_text(f, "bitnet_version", __version__)
+    set_text(f, "created", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    set_text(f, "kind", kind)
+    text, arch = _header_values(config)
+    set_text(f, "config", text)
+    if arch is not None:
+        f.attrs["architecture"] = np.void(arch)
+
+
+def write_weights(f, state: dict, attrs=None):
+    """The ``/weights`` group: one dataset per key of ``state``; ``attrs`` maps keys to attributes."""
+    weights = f.create_group("weights")
+    for key, value in state.items():
+        ds = create_dataset(weights, key, value)
+        for name, v in (attrs or {}).get(key, {}).items():
+            if isinstance(v, str):
+                set_text(ds, name, v)
+            else:
+                ds.attrs[name] = v
+    return weights
+
+
+# -- reading ----------------------------------------------------------------------------------------
+
+def open_file(path):
+    """The HDF5 file at ``path``, read-only; ``FileNotFoundError`` / ``BitnetFileError``."""
+    import h5py
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such model file")
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise BitnetFileError(path, "(file)", "an HDF5 file", f"unreadable data ({e})") from None
+
+
+def attr(obj, path, name, kind):
+    """Attribute ``name`` of ``obj`` as a ``"string"`` or an ``"int"``; its type and size are checked
+    from the attribute's header before its value is read."""
+    if name not in obj.attrs:
+        raise BitnetFileError(path, f"attribute {name!r}", f"a {kind}", "nothing", "not a bitnet model file?")
+    aid = obj.attrs.get_id(name)
+    dtype, shape = aid.dtype, aid.shape
+    if shape != ():
+        raise BitnetFileError(path, f"attribute {name!r}", f"a single {kind}", f"shape {shape}")
+    if kind == "string":
+        if dtype.kind != "S":
+            raise BitnetFileError(path, f"attribute {name!r}", "a fixed-length string", f"dtype {dtype}")
+        if dtype.itemsize > MAX_CONFIG_BYTES:
+            raise BitnetFileError(path, f"attribute {name!r}", f"at most {MAX_CONFIG_BYTES} bytes", f"{dtype.itemsize}")
+        return bytes(obj.attrs[name]).decode("utf-8", "replace")
+    if dtype.kind not in "iu" or dtype.itemsize > 8:
+        raise BitnetFileError(path, f"attribute {name!r}", "an integer", f"dtype {dtype}")
+    return int(obj.attrs[name])
+
+
+def _parse_json(text, path, name):
+    def constant(c):
+        raise ValueError(f"{c} is not a JSON number")
+    try:
+        return json.loads(text, parse_constant=constant)
+    except (ValueError, RecursionError) as e:
+        raise BitnetFileError(path, f"attribute {name!r}", "JSON", f"invalid JSON ({e})") from None
+
+
+def json_attr(obj, path, name):
+    """A string attribute holding JSON, parsed (NaN and infinities refused)."""
+    return _parse_json(attr(obj, path, name, "string"), path, name)
+
+
+def zlib_json_attr(obj, path, name):
+    """An opaque attribute holding zlib-compressed JSON, decompressed to at most
+    ``MAX_ARCHITECTURE_BYTES`` and parsed."""
+    aid = obj.attrs.get_id(name)
+    key = f"attribute {name!r}"
+    if aid.shape != () or aid.dtype.kind != "V" or aid.dtype.itemsize > MAX_CONFIG_BYTES:
+        raise BitnetFileError(path, key, f"at most {MAX_CONFIG_BYTES} bytes of compressed JSON",
+                              f"dtype {aid.dtype}, shape {aid.shape}")
+    stream = zlib.decompressobj()
+    try:
+        text = stream.decompress(bytes(obj.attrs[name]), MAX_ARCHITECTURE_BYTES)
+    except zlib.error as e:
+        raise BitnetFileError(path, key, "zlib-compressed JSON", f"damaged data ({e})") from None
+    if stream.unconsumed_tail or not stream.eof:
+        raise BitnetFileError(path, key, f"compressed JSON of at most {MAX_ARCHITECTURE_BYTES} bytes",
+                              "more" if stream.unconsumed_tail else "a truncated stream")
+    return _parse_json(text.decode("utf-8", "replace"), path, name)
+
+
+def read_header(f, path) -> tuple:
+    """``(format_version, kind, config)`` of a bitnet file, checked; the config includes the
+    architecture when the file has one."""
+    fmt = attr(f, path, "format", "string")
+    if fmt != FORMAT_NAME:
+        raise BitnetFileError(path, "attribute 'format'", repr(FORMAT_NAME), short(fmt))
+    version = attr(f, path, "format_version", "int")
+    if version not in READABLE_VERSIONS:
+        raise BitnetFileError(path, "attribute 'format_version'", f"one of {READABLE_VERSIONS}", f"{version}",
+                              "written by a newer bitnet: upgrade bitnet (pip install -U bitnet-bnn)")
+    config = json_attr(f, path, "config")
+    if "architecture" in f.attrs:
+        if version == 1 or not isinstance(config, dict) or "architecture" in config:
+            raise BitnetFileError(path, "attribute 'architecture'", "an architecture beside a version 2 config "
+                                  "without one", "a second architecture or a version 1 config")
+        config = dict(config, architecture=zlib_json_attr(f, path, "architecture"))
+    kind = attr(f, path, "kind", "string")
+    return version, kind, config
+
+
+def check_kind(path, kind, want, hint) -> None:
+    if kind != want:
+        raise BitnetFileError(path, "attribute 'kind'", repr(want), repr(kind), hint)
+
+
+def member(group, name, path, key):
+    """``group[name]`` (None if absent) when it is stored in this file under that name: soft and
+    external links are refused, so a file never makes the reader open another file."""
+    import h5py
+    link = group.get(name, getlink=True)
+    if link is None:
+        return None
+    if not isinstance(link, h5py.HardLink):
+        raise BitnetFileError(path, key, "an object stored in this file", f"a {type(link).__name__}",
+                              "bitnet files do not follow links")
+    return group[name]
+
+
+def group(parent, name, path, key):
+    """``parent[name]`` as a group stored in this file, or None if absent."""
+    import h5py
+    g = member(parent, name, path, key)
+    if g is not None and not isinstance(g, h5py.Group):
+        raise BitnetFileError(path, key, "a group", type(g).__name__)
+    return g
+
+
+def dataset(ds, path, key, max_size=None, limit_name=""):
+    """``ds`` if it is a dataset whose data lies in this file (no external raw-data files, no virtual
+    dataset mapping other files) with at most ``max_size`` elements."""
+    import h5py
+    if not isinstance(ds, h5py.Dataset):
+        raise BitnetFileError(path, key, "a dataset", type(ds).__name__)
+    if ds.is_virtual or ds.external:
+        raise BitnetFileError(path, key, "data stored in this file", "a virtual dataset" if ds.is_virtual
+                              else "raw data in external files", "bitnet files do not read other files")
+    if max_size is not None and ds.size > max_size:
+        raise BitnetFileError(path, key, f"at most {max_size} elements{limit_name}", f"{ds.size} (shape {ds.shape})")
+    return ds
+
+
+def read_data(ds, path, key, finite=True) -> np.ndarray:
+    """The values of a checked dataset; float values must be finite when ``finite``."""
+    try:
+        data = np.asarray(ds[()])
+    except (OSError, ValueError, RuntimeError) as e:
+        raise BitnetFileError(path, key, "readable data", f"a damaged dataset ({e})") from None
+    if finite and data.dtype.kind == "f" and not np.all(np.isfinite(data)):
+        raise BitnetFileError(path, key, "finite values", f"{int(np.sum(~np.isfinite(data)))} NaN or infinite values")
+    return data
+
+
+def read_array(ds, path, key, shape, dtype, finite=True) -> np.ndarray:
+    """The dataset's values, after checking its storage, shape and dtype against the expected ones."""
+    ds = dataset(ds, path, key)
+    if ds.shape != tuple(shape):
+        raise BitnetFileError(path, key, f"shape {tuple(shape)}", f"shape {ds.shape}")
+    if ds.dtype != dtype:
+        raise BitnetFileError(path, key, f"dtype {np.dtype(dtype)}", f"dtype {ds.dtype}")
+    return read_data(ds, path, key, finite)
+
+
+def weights_group(f, path):
+    g = group(f, "weights", path, "group 'weights'")
+    if g is None:
+        raise BitnetFileError(path, "group 'weights'", "a group of datasets", "nothing")
+    return g
+
+
+def claimed_values(f, path) -> int:
+    """The number of weights the ``/weights`` datasets claim (from their headers, nothing read): one per
+    element, 64 per uint64 element (a packed file's binary kernels)."""
+    g = weights_group(f, path)
+    total = 0
+    for key in g:
+        ds = dataset(member(g, key, path, f"weights/{key}"), path, f"weights/{key}")
+        total += int(ds.size) * (64 if ds.dtype == np.uint64 else 1)
+    return total
+
+
+def read_weights(f, path, expected: dict) -> dict:
+    """The ``/weights`` datasets, each checked against ``expected`` (key -> array of the right shape
+    and dtype) before it is read; no key may be missing or extra."""
+    g = weights_group(f, path)
+    extra = sorted(set(g) - set(expected))
+    if extra:
+        raise BitnetFileError(path, f"weights/{extra[0]}", "only the keys of the model the config describes",
+                              f"{len(extra)} unexpected key(s): {', '.join(extra[:5])}")
+    state = {}
+    for key, ref in expected.items():
+        ds = member(g, key, path, f"weights/{key}")
+        if ds is None:
+            raise BitnetFileError(path, f"weights/{key}", f"a dataset of shape {ref.shape}", "nothing")
+        state[key] = read_array(ds, path, f"weights/{key}", ref.shape, ref.dtype)
+    return state
