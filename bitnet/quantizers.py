@@ -13,11 +13,14 @@ Outputs keep the input's float dtype (float32 stays float32); integer/bool input
 Each quantizer declares what its output is (``Quantizer.output``), so that layers, packing and the
 summary ask a quantizer what it produces instead of testing its name:
 
-- ``"sign"``: exactly -1 or +1 (ste_sign, approx_sign, swish_sign): a binary input or kernel;
-- ``"scaled_sign"``: ``alpha[o] * sign(w)`` with one positive scale per output channel
+- ``"sign"``: the forward is exactly sign(x) of the convention above (-1 where x < 0, else +1),
+  whatever the backward (ste_sign, approx_sign, swish_sign): a binary input or kernel, run on bits;
+- ``"scaled_sign"``: the forward is ``alpha[o] * sign(w)`` with one scale per output channel
   (magnitude_aware_sign): a binary kernel; ``sign_part`` and ``scale`` give the two factors;
 - ``"heaviside"``: 0 or 1; ``"levels"``: k-bit levels (DoReFa); ``"float"``: anything else (the
-  default for a quantizer that declares nothing, and ``identity``).
+  default for a quantizer that declares nothing, and ``identity``). A quantizer whose outputs are
+  +-1 but not sign(x) of its input (a shifted threshold, say) must not declare ``"sign"``: packed
+  layers compute sign(x) from the bits ``x < 0``.
 """
 from __future__ import annotations
 

@@ -292,7 +292,7 @@ def read_weights(f, path, expected: dict) -> dict:
     g = weights_group(f, path)
     extra = sorted(set(g) - set(expected))
     if extra:
-        raise BitnetFileError(path, f"weights/{extra[0]}", "only the keys of the model the config describes",
+        raise BitnetFileError(path, f"weights/{extra[0]}", "only the keys of the model (its state_dict)",
                               f"{len(extra)} unexpected key(s): {', '.join(extra[:5])}")
     state = {}
     for key, ref in expected.items():
