@@ -123,3 +123,21 @@ def test_resnet18_binary_bmxnet_layout_file_size(tmp_path):
     size = os.path.getsize(tmp_path / "r.h5")
     float32 = 4 * bitnet.models.get("resnet18", seed=0).num_parameters()
     assert float32 / size >= 30 and size <= 1.49e6, (size, float32)
+
+
+def test_load_packed_packs_nothing(tmp_path, monkeypatch):
+    # the packed structure comes from the file's architecture: no weights are packed or folded at load
+    model = bitnet.models.get("resnet18-binary", seed=0)
+    bitnet.convert(model, tmp_path / "r.h5")
+    from bitnet.kernels import xnor_conv
+    from bitnet.packed import layers
+
+    def forbidden(*a, **k):
+        raise AssertionError("load_packed packed or folded weights")
+    monkeypatch.setattr(xnor_conv, "pack_filters", forbidden)
+    monkeypatch.setattr(layers, "fold_batchnorm", forbidden)
+    packed = bitnet.load_packed(tmp_path / "r.h5")
+    monkeypatch.undo()
+    x = Tensor(np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32))
+    with bitnet.no_grad():
+        assert np.array_equal(packed(x).data, bitnet.pack(model)(x).data)
