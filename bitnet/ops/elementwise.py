@@ -36,9 +36,12 @@ def lift(x, like: Tensor) -> Tensor:
 
 
 def _fused(kernel, g, y):
-    """Run a fused backward kernel on flat contiguous views of g and y."""
+    """Run a fused backward kernel on flat views of C-contiguous g, y and out. (``out`` is allocated
+    C-contiguous: ``np.empty_like`` of a transposed y would keep its layout, and ``out.reshape(-1)``
+    would then be a copy that the kernel fills and nobody reads.)"""
     g = np.ascontiguousarray(g, dtype=y.dtype)
-    out = np.empty_like(y)
+    y = np.ascontiguousarray(y)
+    out = np.empty(y.shape, y.dtype)
     kernel(g.reshape(-1), y.reshape(-1), out.reshape(-1))
     return out
 
