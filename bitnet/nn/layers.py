@@ -119,25 +119,42 @@ class BatchNorm2d(_BatchNorm):
 class _Pool2d(Module):
     function = None
 
-    def __init__(self, kernel_size, stride=None, padding=0):
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False):
         super().__init__()
         self.kernel_size = pair(kernel_size, "kernel_size")
         self.stride = self.kernel_size if stride is None else pair(stride, "stride")
         self.padding = pair(padding, "padding")
+        self.ceil_mode = bool(ceil_mode)
 
     def forward(self, x):
-        return type(self).function(x, self.kernel_size, self.stride, self.padding)
+        return type(self).function(x, self.kernel_size, self.stride, self.padding, self.ceil_mode)
 
     def extra_repr(self):
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+        extra = ", ceil_mode=True" if self.ceil_mode else ""
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}{extra}"
 
 
 class MaxPool2d(_Pool2d):
+    """Max pooling (``F.max_pool2d``); ``ceil_mode`` is keyword-only (PyTorch puts ``dilation`` and
+    ``return_indices`` before it, which bitnet does not have)."""
     function = staticmethod(F.max_pool2d)
+
+    def __init__(self, kernel_size, stride=None, padding=0, *, ceil_mode=False):
+        super().__init__(kernel_size, stride, padding, ceil_mode)
 
 
 class AvgPool2d(_Pool2d):
-    function = staticmethod(F.avg_pool2d)
+    """Average pooling (``F.avg_pool2d``), arguments in PyTorch's order."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+        super().__init__(kernel_size, stride, padding, ceil_mode)
+        self.count_include_pad = bool(count_include_pad)
+
+    def forward(self, x):
+        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad)
+
+    def extra_repr(self):
+        return super().extra_repr() + ("" if self.count_include_pad else ", count_include_pad=False")
 
 
 class GlobalAvgPool2d(Module):

@@ -52,12 +52,18 @@ class Mean(Function):
 
 class Max(Function):
     """y = max of x over ``axes``. The gradient goes to the maximal elements, split equally
-    between ties (so it is the average of the one-sided subgradients)."""
+    between ties (so it is the average of the one-sided subgradients). NaN propagates: a slice
+    holding a NaN gives NaN, and its gradient is split equally between its NaN positions
+    (PyTorch's rule for ``torch.max(x)``)."""
 
     def forward(self, a, axis=None, keepdims=False):
         self.shape, self.axes, self.keepdims = a.shape, _norm_axes(axis, a.ndim), keepdims
         out = a.max(axis=self.axes, keepdims=True)
         self.mask = a == out
+        if a.dtype.kind == "f":
+            nan_out = np.isnan(out)
+            if nan_out.any():  # NaN == NaN is False: mark the NaN positions of NaN slices instead
+                self.mask |= np.isnan(a) & nan_out
         return np.asarray(out if keepdims else out.reshape(
             [n for i, n in enumerate(a.shape) if i not in self.axes]))
 
