@@ -167,12 +167,18 @@ class GlobalAvgPool2d(Module):
 
 
 class Flatten(Module):
-    def __init__(self, start_dim: int = 1):
+    """Collapse axes ``start_dim .. end_dim`` into one (``F.flatten``); the default keeps the batch
+    axis, as ``torch.nn.Flatten``."""
+
+    def __init__(self, start_dim: int = 1, end_dim: int = -1):
         super().__init__()
-        self.start_dim = start_dim
+        self.start_dim, self.end_dim = int(start_dim), int(end_dim)
 
     def forward(self, x):
-        return F.flatten(x, self.start_dim)
+        return F.flatten(x, self.start_dim, self.end_dim)
+
+    def extra_repr(self):
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
 
 
 class _Elementwise(Module):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from bitnet.ops.dims import resolve
 from bitnet.tensor import Function, Tensor
 
 
@@ -50,13 +51,18 @@ class CrossEntropy(Function):
         return (grad * scale).astype(self.probs.dtype, copy=False)
 
 
-def log_softmax(x, axis=-1) -> Tensor:
+def log_softmax(x, axis=None, *, dim=None) -> Tensor:
+    """log_softmax(x)_k = x_k - m - log sum_j exp(x_j - m) along ``axis`` (``dim``; default -1);
+    backward: g - softmax(x) * sum_j g_j."""
+    axis, _ = resolve("log_softmax", axis, dim, default_axis=-1)
     return LogSoftmax.apply(x, axis=axis)
 
 
-def softmax(x, axis=-1) -> Tensor:
+def softmax(x, axis=None, *, dim=None) -> Tensor:
+    """softmax(x)_k = exp(x_k - m) / sum_j exp(x_j - m) along ``axis`` (``dim``; default -1),
+    computed as exp(log_softmax(x))."""
     from bitnet.ops.elementwise import exp
-    return exp(log_softmax(x, axis))
+    return exp(log_softmax(x, axis, dim=dim))
 
 
 def cross_entropy(logits, targets, reduction="mean", label_smoothing=0.0) -> Tensor:
