@@ -74,46 +74,74 @@ class Conv2d(Module):
 
 
 class _BatchNorm(Module):
-    input_ndim = None
+    """Batch norm (``F.batch_norm``) with PyTorch's options.
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
+    ``momentum``: running = (1 - m) running + m batch statistic; ``None`` gives the cumulative
+    average (m = 1 / num_batches_tracked, counting this batch), with a ``num_batches_tracked``
+    buffer (only then: with a number the state_dict keys are those of earlier files).
+    ``affine=False``: no weight and bias (none in ``parameters()`` or the state_dict), gamma = 1,
+    beta = 0. ``track_running_stats=False``: no running buffers; batch statistics in eval mode too.
+    """
+    input_ndims = ()
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum=0.1, affine: bool = True,
                  track_running_stats: bool = True):
         super().__init__()
-        self.num_features, self.eps, self.momentum = int(num_features), float(eps), float(momentum)
-        self.affine, self.track_running_stats = affine, track_running_stats
+        if momentum is not None and not 0.0 <= float(momentum) <= 1.0:
+            raise ValueError(f"{type(self).__name__}: momentum must be in [0, 1] or None (cumulative "
+                             f"average), got {momentum!r}")
+        self.num_features, self.eps = int(num_features), float(eps)
+        self.momentum = None if momentum is None else float(momentum)
+        self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
         if affine:
             self.weight = Parameter(np.ones(num_features, np.float32))
             self.bias = Parameter(np.zeros(num_features, np.float32))
         else:
-            self.weight = Parameter(np.ones(num_features, np.float32), requires_grad=False)
-            self.bias = Parameter(np.zeros(num_features, np.float32), requires_grad=False)
+            self.weight = self.bias = None
         if track_running_stats:
             self.register_buffer("running_mean", np.zeros(num_features, np.float32))
             self.register_buffer("running_var", np.ones(num_features, np.float32))
+            if momentum is None:
+                self.register_buffer("num_batches_tracked", np.array(0, np.int64))
         else:
             self.register_buffer("running_mean", None)
             self.register_buffer("running_var", None)
 
+    def _factor(self):
+        """The running-average factor of this forward (and the batch count when momentum is None)."""
+        if not (self.training and self.track_running_stats):
+            return 0.0 if self.momentum is None else self.momentum
+        if self.momentum is not None:
+            return self.momentum
+        if self._buffers.get("num_batches_tracked") is None:  # momentum set to None after construction
+            self.register_buffer("num_batches_tracked", np.array(0, np.int64))
+        self.num_batches_tracked = self.num_batches_tracked + 1
+        return 1.0 / float(self.num_batches_tracked)
+
     def forward(self, x):
-        if x.ndim != self.input_ndim or x.shape[1] != self.num_features:
-            layout = "(N, C)" if self.input_ndim == 2 else "(N, C, H, W)"
-            raise ValueError(f"{self!r} expects input {layout} with C={self.num_features}, got shape {x.shape}")
+        if x.ndim not in self.input_ndims or x.shape[1] != self.num_features:
+            layouts = {2: "(N, C)", 3: "(N, C, L)", 4: "(N, C, H, W)"}
+            want = " or ".join(layouts[d] for d in self.input_ndims)
+            raise ValueError(f"{self!r} expects input {want} with C={self.num_features}, got shape {x.shape}")
         training = self.training or not self.track_running_stats
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                            training=training, momentum=self.momentum, eps=self.eps)
+                            training=training, momentum=self._factor(), eps=self.eps)
 
     def extra_repr(self):
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+        s = f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+        if not self.affine:
+            s += ", affine=False"
+        return s + ("" if self.track_running_stats else ", track_running_stats=False")
 
 
 class BatchNorm1d(_BatchNorm):
-    """Batch norm over (N, C) features."""
-    input_ndim = 2
+    """Batch norm over (N, C) features or (N, C, L) sequences (statistics over N and L)."""
+    input_ndims = (2, 3)
 
 
 class BatchNorm2d(_BatchNorm):
     """Batch norm per channel of (N, C, H, W) maps."""
-    input_ndim = 4
+    input_ndims = (4,)
 
 
 class _Pool2d(Module):
