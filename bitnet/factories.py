@@ -25,7 +25,7 @@ __all__ = ["zeros", "ones", "rand", "randn", "zeros_like", "ones_like", "arange"
 
 
 def _size(name, size) -> tuple:
-    if len(size) == 1 and not isinstance(size[0], numbers.Integral):
+    if len(size) == 1 and isinstance(size[0], (tuple, list)):
         size = tuple(size[0])
     if not all(isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 0 for n in size):
         raise TypeError(f"{name}: the size must be non-negative ints, as {name}(2, 3) or {name}((2, 3)); "

@@ -4,6 +4,8 @@ Every front end takes ``axis=`` / ``keepdims=`` (NumPy) or ``dim=`` / ``keepdim=
 """
 from __future__ import annotations
 
+import builtins
+
 import numpy as np
 
 from bitnet.ops.dims import resolve
@@ -108,7 +110,7 @@ def _arg(fn, name, a, axis, dim, keepdims, keepdim):
     data = a.data if isinstance(a, Tensor) else np.asarray(a)
     if axis is not None and not isinstance(axis, (int, np.integer)):
         raise TypeError(f"{name}: dim must be one int (or None for the flattened tensor), got {axis!r}")
-    if axis is not None and not -data.ndim <= axis < max(data.ndim, 1):
+    if axis is not None and not -data.ndim <= axis < builtins.max(data.ndim, 1):
         raise ValueError(f"{name}: dim {axis} is out of range for a tensor with {data.ndim} dimensions")
     return Tensor(np.asarray(fn(data, axis=axis, keepdims=keepdims), dtype=np.int64))
 
