@@ -103,8 +103,10 @@ def test_parameters_with_constraint_still_work_with_optimizers():
     p.grad = np.array([-2.0, 2.0, 0.1], np.float32)
     opt.step()
     np.testing.assert_array_equal(p.data, np.float32([1.0, -1.0, 0.1]))
+    q = p
     with no_grad():  # a manual update does not apply the constraint (documented)
-        p += 5
+        q += 5
+    assert q is p and isinstance(q, Parameter)
     np.testing.assert_array_equal(p.data, np.float32([6.0, 4.0, 5.1]))
 
 
