@@ -21,6 +21,7 @@ if not _os.path.isdir(_os.path.join(__path__[0], "kernels")) and _os.path.isfile
     __path__.append(_root)
 
 from bitnet.tensor import Tensor, Parameter, Function, no_grad, enable_grad, is_grad_enabled, tensor  # noqa: F401
+from bitnet.factories import arange, ones, ones_like, rand, randn, zeros, zeros_like  # noqa: E402,F401
 from bitnet import functional, nn, optim  # noqa: E402,F401
 from bitnet import data, models  # noqa: E402,F401  (bitnet.data, bitnet.models: the data/ and models/ folders)
 from bitnet.summary import summary  # noqa: E402,F401

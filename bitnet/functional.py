@@ -3,13 +3,15 @@
 ``import bitnet.functional as F`` then ``F.conv2d(x, w)``, ``F.cross_entropy(logits, y)``, ...
 The primitives themselves (with their backward passes) live in ``bitnet.ops``.
 """
-from bitnet.ops.conv import avg_pool2d, conv2d, max_pool2d  # noqa: F401
+from bitnet.ops.conv import conv2d  # noqa: F401
+from bitnet.ops.pool import avg_pool2d, max_pool2d  # noqa: F401
 from bitnet.ops.elementwise import (  # noqa: F401
     add, clip, div, exp, hardtanh, log, matmul, mul, neg, pow, relu, sigmoid, sub, tanh, where)
 from bitnet.ops.loss import cross_entropy, dropout, log_softmax, softmax  # noqa: F401
 from bitnet.ops.norm import batch_norm  # noqa: F401
-from bitnet.ops.reduce import max, mean, min, sum  # noqa: F401
-from bitnet.ops.shape import concatenate, flatten, getitem, pad, reshape, stack, transpose  # noqa: F401
+from bitnet.ops.reduce import argmax, argmin, max, mean, min, sum  # noqa: F401
+from bitnet.ops.shape import (  # noqa: F401
+    cat, concatenate, flatten, getitem, pad, permute, reshape, stack, transpose)
 
 
 def linear(x, weight, bias=None):
@@ -17,5 +19,5 @@ def linear(x, weight, bias=None):
     if x.shape[-1] != weight.shape[1]:
         raise ValueError(f"linear: input has {x.shape[-1]} features but the weight expects "
                          f"{weight.shape[1]} (weight shape {weight.shape})")
-    y = matmul(x, transpose(weight))
+    y = matmul(x, transpose(weight, 0, 1))
     return y if bias is None else add(y, bias)

@@ -10,6 +10,10 @@ their gradient in ``.grad``; it accumulates across ``backward()`` calls until ze
 Primitives live in ``bitnet.ops``; each is a ``Function`` subclass whose ``backward`` stands right
 under its ``forward``. ``forward`` receives and returns NumPy arrays; ``backward`` receives the
 gradient of the output and returns one gradient (or ``None``) per tensor input.
+
+In-place arithmetic (``t -= x``, ``bitnet.ops.inplace``) bumps the tensor's ``_version``; every
+recorded operation remembers its inputs' versions, and ``backward()`` refuses to run through an
+operation whose input was modified in place afterwards (its saved arrays would be stale).
 """
 from __future__ import annotations
 
@@ -68,7 +72,7 @@ class Tensor:
     NumPy arrays keep their dtype (use float64 for gradient checks).
     """
 
-    __slots__ = ("data", "grad", "requires_grad", "_ctx", "__weakref__")
+    __slots__ = ("data", "grad", "requires_grad", "_ctx", "_version", "__weakref__")
     __array_priority__ = 1000  # make ``ndarray op Tensor`` dispatch to Tensor's reflected ops
 
     def __init__(self, data, requires_grad: bool = False, dtype=None):
@@ -76,6 +80,7 @@ class Tensor:
         self.grad = None
         self.requires_grad = bool(requires_grad)
         self._ctx = None
+        self._version = 0  # in-place modifications so far (see the module docstring)
         if self.requires_grad and self.data.dtype.kind != "f":
             raise TypeError(
                 f"only floating-point tensors can require gradients, got dtype {self.data.dtype}; "
@@ -90,12 +95,32 @@ class Tensor:
     def __len__(self):
         return len(self.data)
 
+    def numel(self) -> int:
+        """The number of elements (PyTorch's spelling of the ``size`` property)."""
+        return int(self.data.size)
+
     def numpy(self) -> np.ndarray:
         """The underlying array (not a copy)."""
         return self.data
 
     def item(self):
         return self.data.item()
+
+    def _scalar(self, what):
+        if self.data.size != 1:
+            raise RuntimeError(f"{what} of a tensor with {self.data.size} elements (shape {self.shape}) is "
+                               "ambiguous; it needs exactly one element. Reduce it first, e.g. with "
+                               ".any() / .all() / .sum(), or compare arrays with np.array_equal(a.data, b.data)")
+        return self.data.item()
+
+    def __bool__(self):
+        return bool(self._scalar("the truth value"))
+
+    def __float__(self):
+        return float(self._scalar("float()"))
+
+    def __int__(self):
+        return int(self._scalar("int()"))
 
     def detach(self) -> "Tensor":
         """A tensor sharing the same data, cut from the graph."""
@@ -146,6 +171,13 @@ class Tensor:
                 continue
             if g is None:
                 continue
+            for parent, version in zip(ctx.parents, getattr(ctx, "versions", ())):
+                if parent._version != version:
+                    raise RuntimeError(
+                        f"backward() through {type(ctx).__name__}: one of its inputs (shape {parent.shape}) "
+                        f"was modified by an in-place operation after it was used (version {version} -> "
+                        f"{parent._version}), so the values saved for the gradient are stale; update it "
+                        "after backward(), or use an out-of-place operation")
             parent_grads = ctx.backward(g)
             if not isinstance(parent_grads, tuple):
                 parent_grads = (parent_grads,)
@@ -230,6 +262,7 @@ class Function:
         result = Tensor(out, requires_grad=requires and out.dtype.kind == "f")
         if result.requires_grad:
             ctx.parents = tensors
+            ctx.versions = tuple(t._version for t in tensors)
             result._ctx = ctx
         return result
 

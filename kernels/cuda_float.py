@@ -15,9 +15,11 @@ array) and returns ``out``. Kernels compile lazily, once per argument types. Sha
   before the addition (no fused multiply-add), so the result is NumPy's float32 bit for bit.
 - ``unary``: tanh, relu ``max(x, 0)``, hardtanh ``min(max(x, lo), hi)``, sign (-1 where x < 0,
   else +1: zero and NaN give +1), identity. ``add``: ``a + b``.
-- Pooling as ``bitnet.kernels.pooling`` (floor mode, padding at most half the window): max over the
-  window clipped to the input (padding never wins); average = window sum / (KH*KW) with padding
-  counted as zeros, summed in float64 in the CPU kernel's order, so the results are the same bits.
+- Pooling as ``bitnet.kernels.pooling`` (floor or ceil mode, padding at most half the window): max
+  over the window clipped to the input (padding never wins; a NaN in the window gives NaN, as
+  PyTorch); average = window sum / D with PyTorch's divisor D (count_include_pad: the window clipped
+  to the padded input, KH*KW in floor mode; else the input elements in the window), summed in
+  float64 in the CPU kernel's order and multiplied by 1/D, so the results are the same bits.
   Global averages sum each map in float64 and divide by H*W.
 """
 from __future__ import annotations
@@ -29,6 +31,7 @@ import numpy as np
 from numba import config, cuda, float32, float64
 
 from bitnet.kernels.im2col import conv_output_size
+from bitnet.kernels.pooling import pool_output_size
 from bitnet.ops.conv import pair
 
 BLOCK_1D = 256      # threads per block of the element-wise kernels (grid-stride loops)
@@ -180,42 +183,47 @@ def _add_kernel(a, b, out):
 
 @nb.njit(inline="always")  # inlined into both pooling kernels (no device function: see above)
 def _pool_window(idx, channels, height, width, oh, ow, kh, kw, sh, sw, ph, pw):
-    """Output element ``idx`` of (N, C, OH, OW) as (n, c, oy, ox) and its window's rows [y0, y1) and
-    columns [x0, x1), clipped to the input."""
+    """Output element ``idx`` of (N, C, OH, OW) as (n, c, oy, ox), its window's rows [y0, y1) and
+    columns [x0, x1) clipped to the input, and the number of its positions inside the padded input
+    (the average's divisor with count_include_pad)."""
     ox, rest = idx % ow, idx // ow
     oy, rest = rest % oh, rest // oh
     c, n = rest % channels, rest // channels
     y0, x0 = oy * sh - ph, ox * sw - pw
     y1, x1 = y0 + kh, x0 + kw
+    py1, px1 = y1 if y1 < height + ph else height + ph, x1 if x1 < width + pw else width + pw
+    padded = (py1 - y0) * (px1 - x0)
     y0, x0 = y0 if y0 > 0 else 0, x0 if x0 > 0 else 0
     y1, x1 = y1 if y1 < height else height, x1 if x1 < width else width
-    return n, c, oy, ox, y0, y1, x0, x1
+    return n, c, oy, ox, y0, y1, x0, x1, padded
 
 
 def _maxpool_kernel(x, kh, kw, sh, sw, ph, pw, out):
-    """One thread per output: the first maximum of the window clipped to the input (as on the CPU)."""
+    """One thread per output: the maximum of the window clipped to the input, NaN if it holds one
+    (``v != v``), as on the CPU."""
     channels, height, width = x.shape[1], x.shape[2], x.shape[3]
     oh, ow = out.shape[2], out.shape[3]
     start, step = cuda.grid(1), cuda.gridsize(1)
     for idx in range(start, out.shape[0] * channels * oh * ow, step):
-        n, c, oy, ox, y0, y1, x0, x1 = _pool_window(idx, channels, height, width, oh, ow, kh, kw, sh, sw, ph, pw)
+        n, c, oy, ox, y0, y1, x0, x1, _ = _pool_window(idx, channels, height, width, oh, ow, kh, kw, sh, sw, ph, pw)
         best = x[n, c, y0, x0]
         for iy in range(y0, y1):
             for ix in range(x0, x1):
                 v = x[n, c, iy, ix]
-                if v > best:
+                if v > best or v != v:
                     best = v
         out[n, c, oy, ox] = best
 
 
-def _avgpool_kernel(x, kh, kw, sh, sw, ph, pw, out):
-    """One thread per output: float64 sum of the clipped window in scan order, times 1/(KH*KW)."""
+def _avgpool_kernel(x, kh, kw, sh, sw, ph, pw, count_include_pad, out):
+    """One thread per output: float64 sum of the clipped window in scan order, times 1/D."""
     channels, height, width = x.shape[1], x.shape[2], x.shape[3]
     oh, ow = out.shape[2], out.shape[3]
-    scale = 1.0 / (kh * kw)
     start, step = cuda.grid(1), cuda.gridsize(1)
     for idx in range(start, out.shape[0] * channels * oh * ow, step):
-        n, c, oy, ox, y0, y1, x0, x1 = _pool_window(idx, channels, height, width, oh, ow, kh, kw, sh, sw, ph, pw)
+        n, c, oy, ox, y0, y1, x0, x1, padded = _pool_window(idx, channels, height, width, oh, ow, kh, kw, sh, sw,
+                                                            ph, pw)
+        scale = float64(1.0) / (padded if count_include_pad else (y1 - y0) * (x1 - x0))
         acc = float64(0.0)
         for iy in range(y0, y1):
             for ix in range(x0, x1):
@@ -249,7 +257,7 @@ KERNELS = (
     ("unary", _unary_kernel, f"void({_F1}, {_I}, float32, float32, {_F1})"),
     ("add", _add_kernel, f"void({_F1}, {_F1}, {_F1})"),
     ("maxpool", _maxpool_kernel, f"void({_F4}, {', '.join([_I] * 6)}, {_F4})"),
-    ("avgpool", _avgpool_kernel, f"void({_F4}, {', '.join([_I] * 6)}, {_F4})"),
+    ("avgpool", _avgpool_kernel, f"void({_F4}, {', '.join([_I] * 6)}, boolean, {_F4})"),
     ("global_avgpool", _global_avgpool_kernel, f"void(float32[:, :, ::1], boolean, {_F2})"),
 )
 _JIT = {name: cuda.jit(fn) for name, fn, _ in KERNELS}
@@ -282,8 +290,8 @@ def _flat(arr):
     return arr.reshape(arr.size)
 
 
-def _pool_geometry(x, kernel_size, stride, padding, name):
-    """As ``bitnet.ops.conv``: stride None = the window; floor mode; padding at most half the window."""
+def _pool_geometry(x, kernel_size, stride, padding, name, ceil_mode=False):
+    """As ``bitnet.ops.pool``: stride None = the window; floor or ceil mode; padding at most half the window."""
     kh, kw = pair(kernel_size, "kernel_size")
     sh, sw = (kh, kw) if stride is None else pair(stride, "stride")
     ph, pw = pair(padding, "padding")
@@ -293,8 +301,8 @@ def _pool_geometry(x, kernel_size, stride, padding, name):
     if ph > kh // 2 or pw > kw // 2:
         raise ValueError(f"{name}: padding {(ph, pw)} must be at most half the kernel size {(kh, kw)}")
     _check(x, f"{name} x", ndim=4)
-    oh = conv_output_size(x.shape[2], kh, sh, ph, 1)
-    ow = conv_output_size(x.shape[3], kw, sw, pw, 1)
+    oh = pool_output_size(x.shape[2], kh, sh, ph, ceil_mode)
+    ow = pool_output_size(x.shape[3], kw, sw, pw, ceil_mode)
     return (kh, kw, sh, sw, ph, pw), (x.shape[0], x.shape[1], oh, ow)
 
 
@@ -437,21 +445,23 @@ def add(a, b, out):
     return out
 
 
-def maxpool2d_nchw(x, kernel_size, stride, padding, out):
+def maxpool2d_nchw(x, kernel_size, stride, padding, out, ceil_mode=False):
     """``out[n, c, oy, ox] = max_{i<KH, j<KW} x[n, c, oy*SH - PH + i, ox*SW - PW + j]`` over the
-    positions inside the input (padding is -inf); floor mode; stride None = the window."""
-    geom, shape = _pool_geometry(x, kernel_size, stride, padding, "maxpool2d_nchw")
+    positions inside the input (padding is -inf; NaN propagates); floor mode unless ``ceil_mode``;
+    stride None = the window."""
+    geom, shape = _pool_geometry(x, kernel_size, stride, padding, "maxpool2d_nchw", ceil_mode)
     _check(out, "maxpool2d_nchw out (N, C, OH, OW)", shape=shape)
     _JIT["maxpool"][_blocks(out.size), BLOCK_1D](x, *geom, out)
     return out
 
 
-def avgpool2d_nchw(x, kernel_size, stride, padding, out):
-    """``out[n, c, oy, ox] = (1 / (KH*KW)) * sum_{i<KH, j<KW} x[n, c, oy*SH - PH + i, ox*SW - PW + j]``
-    with padding counted as zeros (count_include_pad); floor mode; stride None = the window."""
-    geom, shape = _pool_geometry(x, kernel_size, stride, padding, "avgpool2d_nchw")
+def avgpool2d_nchw(x, kernel_size, stride, padding, out, ceil_mode=False, count_include_pad=True):
+    """``out[n, c, oy, ox] = (1 / D) * sum_{i<KH, j<KW} x[n, c, oy*SH - PH + i, ox*SW - PW + j]`` with
+    padding counted as zeros; D = KH*KW (count_include_pad, floor mode) or as in the module docstring;
+    floor mode unless ``ceil_mode``; stride None = the window."""
+    geom, shape = _pool_geometry(x, kernel_size, stride, padding, "avgpool2d_nchw", ceil_mode)
     _check(out, "avgpool2d_nchw out (N, C, OH, OW)", shape=shape)
-    _JIT["avgpool"][_blocks(out.size), BLOCK_1D](x, *geom, out)
+    _JIT["avgpool"][_blocks(out.size), BLOCK_1D](x, *geom, bool(count_include_pad), out)
     return out
 
 

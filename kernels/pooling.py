@@ -1,12 +1,21 @@
 """Max and average pooling over NCHW planes (Numba, parallel over the N*C planes).
 
-For window (KH, KW), stride (SH, SW) and padding (PH, PW) (floor mode):
+For window (KH, KW), stride (SH, SW) and padding (PH, PW), output position (oy, ox) covers the input
+rows oy*SH - PH .. oy*SH - PH + KH - 1 (columns alike), clipped to the input:
 
-    max:  y[n, c, oy, ox] = max over i<KH, j<KW of x[n, c, oy*SH - PH + i, ox*SW - PW + j]
-          (padding is -inf: it never wins); ``argmax`` stores the flat index y*W + x of the winner
-          (the first one in scan order on ties), so the backward routes the whole gradient there.
-    avg:  y[n, c, oy, ox] = (1 / (KH*KW)) * sum of the window, padding counted as zeros
-          (``count_include_pad=True``, PyTorch's default).
+    max:  y[n, c, oy, ox] = max of the window (padding is -inf: it never wins); NaN propagates as in
+          PyTorch: a window holding a NaN gives NaN. ``argmax`` stores the flat index y*W + x of the
+          winner: the last NaN in scan order if the window has one, else the first maximum (ties), so
+          the backward routes the whole gradient there (PyTorch's ``v > best || isnan(v)`` rule).
+    avg:  y[n, c, oy, ox] = (sum of the window) / D, with D (PyTorch's divisor):
+          count_include_pad=True (default): the window clipped to the padded input,
+          (min(y0 + KH, H + PH) - y0) * (min(x0 + KW, W + PW) - x0) with y0 = oy*SH - PH, i.e.
+          KH*KW except for ceil-mode windows hanging over the padded border;
+          count_include_pad=False: the number of input elements in the window.
+
+The output size per axis (``pool_output_size``) is floor((L + 2P - K) / S) + 1, or with ``ceil_mode``
+ceil((L + 2P - K) / S) + 1 less one if the last window would start in the right padding (PyTorch's
+rule), so every window holds at least one input element.
 """
 from __future__ import annotations
 
@@ -16,6 +25,18 @@ import numpy as np
 _JIT = dict(nogil=True, cache=True, boundscheck=False, fastmath=False)
 
 
+def pool_output_size(size: int, kernel: int, stride: int, padding: int, ceil_mode: bool = False) -> int:
+    """Output length along one axis (see the module docstring); raises if the window does not fit."""
+    span = size + 2 * padding - kernel
+    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    if span < 0 or out <= 0:
+        raise ValueError(f"pooling window of size {kernel} does not fit an input of size {size} with "
+                         f"padding {padding}; use a larger input, a smaller window or more padding")
+    return out
+
+
 @nb.njit(inline="always")
 def _window(o, stride, pad, kernel, size):
     """[lo, hi): the input positions of output o's window that lie inside the input."""
@@ -23,14 +44,24 @@ def _window(o, stride, pad, kernel, size):
     return max(start, 0), min(start + kernel, size)
 
 
+@nb.njit(inline="always")
+def _divisor(oy, ox, kh, kw, sh, sw, ph, pw, height, width, count_include_pad):
+    """The average pool's divisor D of window (oy, ox) (module docstring)."""
+    y0, x0 = oy * sh - ph, ox * sw - pw
+    if count_include_pad:
+        return (min(y0 + kh, height + ph) - y0) * (min(x0 + kw, width + pw) - x0)
+    return (min(y0 + kh, height) - max(y0, 0)) * (min(x0 + kw, width) - max(x0, 0))
+
+
 @nb.njit(parallel=True, **_JIT)
 def max_pool_forward(x, kh, kw, sh, sw, ph, pw, out, argmax):
-    """When the windows tile the input (stride == kernel, no padding: the usual 2x2/2), every
-    window lies inside the input and the loop runs without bounds and with branch-free selects
-    (8.0-8.2 ms vs 11.9 ms on LeNet's first pooling); otherwise each window is clipped to the input."""
+    """The output size is ``out``'s (floor or ceil mode). When the windows tile the input (stride ==
+    kernel, no padding, no window past the edge: the usual 2x2/2), every window lies inside the input
+    and the loop runs without bounds and with branch-free selects (8.0-8.2 ms vs 11.9 ms on LeNet's
+    first pooling); otherwise each window is clipped to the input. ``v != v`` is the NaN test."""
     n_img, channels, height, width = x.shape
     oh, ow = out.shape[2], out.shape[3]
-    if sh == kh and sw == kw and ph == 0 and pw == 0:
+    if sh == kh and sw == kw and ph == 0 and pw == 0 and oh * kh <= height and ow * kw <= width:
         for plane in nb.prange(n_img * channels):
             n = plane // channels
             c = plane - n * channels
@@ -41,7 +72,7 @@ def max_pool_forward(x, kh, kw, sh, sw, ph, pw, out, argmax):
                     for iy in range(oy * kh, oy * kh + kh):
                         for ix in range(ox * kw, ox * kw + kw):
                             v = x[n, c, iy, ix]
-                            better = v > best_val
+                            better = (v > best_val) | (v != v)
                             best_val = v if better else best_val
                             best = iy * width + ix if better else best
                     out[n, c, oy, ox] = best_val
@@ -59,7 +90,7 @@ def max_pool_forward(x, kh, kw, sh, sw, ph, pw, out, argmax):
                 for iy in range(y0, y1):
                     for ix in range(x0, x1):
                         v = x[n, c, iy, ix]
-                        if v > best_val:
+                        if v > best_val or v != v:
                             best_val = v
                             best = iy * width + ix
                 out[n, c, oy, ox] = best_val
@@ -82,10 +113,10 @@ def max_pool_backward(grad_out, argmax, grad_in):
 
 
 @nb.njit(parallel=True, **_JIT)
-def avg_pool_forward(x, kh, kw, sh, sw, ph, pw, out):
+def avg_pool_forward(x, kh, kw, sh, sw, ph, pw, out, count_include_pad=True):
+    """out = window sum (float64, row-major order) times 1/D; the output size is ``out``'s."""
     n_img, channels, height, width = x.shape
     oh, ow = out.shape[2], out.shape[3]
-    scale = 1.0 / (kh * kw)
     for plane in nb.prange(n_img * channels):
         n = plane // channels
         c = plane - n * channels
@@ -93,6 +124,7 @@ def avg_pool_forward(x, kh, kw, sh, sw, ph, pw, out):
             y0, y1 = _window(oy, sh, ph, kh, height)
             for ox in range(ow):
                 x0, x1 = _window(ox, sw, pw, kw, width)
+                scale = 1.0 / _divisor(oy, ox, kh, kw, sh, sw, ph, pw, height, width, count_include_pad)
                 acc = 0.0
                 for iy in range(y0, y1):
                     for ix in range(x0, x1):
@@ -101,11 +133,10 @@ def avg_pool_forward(x, kh, kw, sh, sw, ph, pw, out):
 
 
 @nb.njit(parallel=True, **_JIT)
-def avg_pool_backward(grad_out, kh, kw, sh, sw, ph, pw, grad_in):
-    """grad_in[n, c, y, x] = sum over windows containing (y, x) of grad_out / (KH*KW)."""
+def avg_pool_backward(grad_out, kh, kw, sh, sw, ph, pw, grad_in, count_include_pad=True):
+    """grad_in[n, c, y, x] = sum over windows containing (y, x) of grad_out / D."""
     n_img, channels, height, width = grad_in.shape
     oh, ow = grad_out.shape[2], grad_out.shape[3]
-    scale = 1.0 / (kh * kw)
     for plane in nb.prange(n_img * channels):
         n = plane // channels
         c = plane - n * channels
@@ -114,6 +145,7 @@ def avg_pool_backward(grad_out, kh, kw, sh, sw, ph, pw, grad_in):
             y0, y1 = _window(oy, sh, ph, kh, height)
             for ox in range(ow):
                 x0, x1 = _window(ox, sw, pw, kw, width)
+                scale = 1.0 / _divisor(oy, ox, kh, kw, sh, sw, ph, pw, height, width, count_include_pad)
                 g = grad_out[n, c, oy, ox] * scale
                 for iy in range(y0, y1):
                     for ix in range(x0, x1):

@@ -74,70 +74,115 @@ class Conv2d(Module):
 
 
 class _BatchNorm(Module):
-    input_ndim = None
+    """Batch norm (``F.batch_norm``) with PyTorch's options.
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
+    ``momentum``: running = (1 - m) running + m batch statistic; ``None`` gives the cumulative
+    average (m = 1 / num_batches_tracked, counting this batch), with a ``num_batches_tracked``
+    buffer (only then: with a number the state_dict keys are those of earlier files).
+    ``affine=False``: no weight and bias (none in ``parameters()`` or the state_dict), gamma = 1,
+    beta = 0. ``track_running_stats=False``: no running buffers; batch statistics in eval mode too.
+    """
+    input_ndims = ()
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum=0.1, affine: bool = True,
                  track_running_stats: bool = True):
         super().__init__()
-        self.num_features, self.eps, self.momentum = int(num_features), float(eps), float(momentum)
-        self.affine, self.track_running_stats = affine, track_running_stats
+        if momentum is not None and not 0.0 <= float(momentum) <= 1.0:
+            raise ValueError(f"{type(self).__name__}: momentum must be in [0, 1] or None (cumulative "
+                             f"average), got {momentum!r}")
+        self.num_features, self.eps = int(num_features), float(eps)
+        self.momentum = None if momentum is None else float(momentum)
+        self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
         if affine:
             self.weight = Parameter(np.ones(num_features, np.float32))
             self.bias = Parameter(np.zeros(num_features, np.float32))
         else:
-            self.weight = Parameter(np.ones(num_features, np.float32), requires_grad=False)
-            self.bias = Parameter(np.zeros(num_features, np.float32), requires_grad=False)
+            self.weight = self.bias = None
         if track_running_stats:
             self.register_buffer("running_mean", np.zeros(num_features, np.float32))
             self.register_buffer("running_var", np.ones(num_features, np.float32))
+            if momentum is None:
+                self.register_buffer("num_batches_tracked", np.array(0, np.int64))
         else:
             self.register_buffer("running_mean", None)
             self.register_buffer("running_var", None)
 
+    def _factor(self):
+        """The running-average factor of this forward (and the batch count when momentum is None)."""
+        if not (self.training and self.track_running_stats):
+            return 0.0 if self.momentum is None else self.momentum
+        if self.momentum is not None:
+            return self.momentum
+        if self._buffers.get("num_batches_tracked") is None:  # momentum set to None after construction
+            self.register_buffer("num_batches_tracked", np.array(0, np.int64))
+        self.num_batches_tracked = self.num_batches_tracked + 1
+        return 1.0 / float(self.num_batches_tracked)
+
     def forward(self, x):
-        if x.ndim != self.input_ndim or x.shape[1] != self.num_features:
-            layout = "(N, C)" if self.input_ndim == 2 else "(N, C, H, W)"
-            raise ValueError(f"{self!r} expects input {layout} with C={self.num_features}, got shape {x.shape}")
+        if x.ndim not in self.input_ndims or x.shape[1] != self.num_features:
+            layouts = {2: "(N, C)", 3: "(N, C, L)", 4: "(N, C, H, W)"}
+            want = " or ".join(layouts[d] for d in self.input_ndims)
+            raise ValueError(f"{self!r} expects input {want} with C={self.num_features}, got shape {x.shape}")
         training = self.training or not self.track_running_stats
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                            training=training, momentum=self.momentum, eps=self.eps)
+                            training=training, momentum=self._factor(), eps=self.eps)
 
     def extra_repr(self):
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+        s = f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+        if not self.affine:
+            s += ", affine=False"
+        return s + ("" if self.track_running_stats else ", track_running_stats=False")
 
 
 class BatchNorm1d(_BatchNorm):
-    """Batch norm over (N, C) features."""
-    input_ndim = 2
+    """Batch norm over (N, C) features or (N, C, L) sequences (statistics over N and L)."""
+    input_ndims = (2, 3)
 
 
 class BatchNorm2d(_BatchNorm):
     """Batch norm per channel of (N, C, H, W) maps."""
-    input_ndim = 4
+    input_ndims = (4,)
 
 
 class _Pool2d(Module):
     function = None
 
-    def __init__(self, kernel_size, stride=None, padding=0):
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False):
         super().__init__()
         self.kernel_size = pair(kernel_size, "kernel_size")
         self.stride = self.kernel_size if stride is None else pair(stride, "stride")
         self.padding = pair(padding, "padding")
+        self.ceil_mode = bool(ceil_mode)
 
     def forward(self, x):
-        return type(self).function(x, self.kernel_size, self.stride, self.padding)
+        return type(self).function(x, self.kernel_size, self.stride, self.padding, self.ceil_mode)
 
     def extra_repr(self):
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+        extra = ", ceil_mode=True" if self.ceil_mode else ""
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}{extra}"
 
 
 class MaxPool2d(_Pool2d):
+    """Max pooling (``F.max_pool2d``); ``ceil_mode`` is keyword-only (PyTorch puts ``dilation`` and
+    ``return_indices`` before it, which bitnet does not have)."""
     function = staticmethod(F.max_pool2d)
+
+    def __init__(self, kernel_size, stride=None, padding=0, *, ceil_mode=False):
+        super().__init__(kernel_size, stride, padding, ceil_mode)
 
 
 class AvgPool2d(_Pool2d):
-    function = staticmethod(F.avg_pool2d)
+    """Average pooling (``F.avg_pool2d``), arguments in PyTorch's order."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+        super().__init__(kernel_size, stride, padding, ceil_mode)
+        self.count_include_pad = bool(count_include_pad)
+
+    def forward(self, x):
+        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad)
+
+    def extra_repr(self):
+        return super().extra_repr() + ("" if self.count_include_pad else ", count_include_pad=False")
 
 
 class GlobalAvgPool2d(Module):
@@ -150,12 +195,18 @@ class GlobalAvgPool2d(Module):
 
 
 class Flatten(Module):
-    def __init__(self, start_dim: int = 1):
+    """Collapse axes ``start_dim .. end_dim`` into one (``F.flatten``); the default keeps the batch
+    axis, as ``torch.nn.Flatten``."""
+
+    def __init__(self, start_dim: int = 1, end_dim: int = -1):
         super().__init__()
-        self.start_dim = start_dim
+        self.start_dim, self.end_dim = int(start_dim), int(end_dim)
 
     def forward(self, x):
-        return F.flatten(x, self.start_dim)
+        return F.flatten(x, self.start_dim, self.end_dim)
+
+    def extra_repr(self):
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
 
 
 class _Elementwise(Module):

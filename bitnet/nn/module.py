@@ -168,6 +168,14 @@ class Module:
     def children(self):
         return (m for _, m in self.named_children())
 
+    def apply(self, fn):
+        """Call ``fn(module)`` on every submodule (recursively, children first) and then on self, as
+        PyTorch's ``Module.apply`` (e.g. to initialize weights); returns self."""
+        for child in self.children():
+            child.apply(fn)
+        fn(self)
+        return self
+
     def _named(self, attr, recurse=True):
         seen = set()
         mods = self.named_modules() if recurse else [("", self)]

@@ -88,5 +88,5 @@ def binary_linear(x: Tensor, weight: Tensor, bias=None) -> Tensor:
     """``x @ weight^T + bias`` for +-1 tensors x (N, K) and weight (O, K), on bits."""
     from bitnet.ops.elementwise import add
     from bitnet.ops.shape import transpose
-    y = BinaryMatMul.apply(x, transpose(weight))
+    y = BinaryMatMul.apply(x, transpose(weight, 0, 1))
     return y if bias is None else add(y, bias)

@@ -1,4 +1,4 @@
-"""2-D convolution and pooling on NCHW tensors, on the Numba kernels of ``bitnet.kernels``.
+"""2-D convolution on NCHW tensors, on the Numba kernels of ``bitnet.kernels``.
 
 conv2d (cross-correlation, as in every DL framework), with G groups, input (N, C, H, W),
 weight (O, C/G, KH, KW), optional bias (O,):
@@ -25,7 +25,6 @@ import numpy as np
 
 from bitnet.kernels import im2col as K
 from bitnet.kernels.gemm import matmul as gemm
-from bitnet.kernels import pooling as P
 from bitnet.tensor import Function, Tensor
 
 ROWS_MIN_CHANNELS = 16  # channels per group from which the channels-last lowering is used
@@ -167,58 +166,4 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> T
     return Conv2d.apply(*args, stride=stride, padding=padding, dilation=dilation, groups=groups)
 
 
-# -- pooling --------------------------------------------------------------------------------------
-
-class MaxPool2d(Function):
-    def forward(self, x, kernel=(2, 2), stride=(2, 2), padding=(0, 0)):
-        oh = K.conv_output_size(x.shape[2], kernel[0], stride[0], padding[0], 1)
-        ow = K.conv_output_size(x.shape[3], kernel[1], stride[1], padding[1], 1)
-        out = np.empty(x.shape[:2] + (oh, ow), dtype=x.dtype)
-        self.argmax = np.empty(out.shape, dtype=np.int32)
-        P.max_pool_forward(np.ascontiguousarray(x), *kernel, *stride, *padding, out, self.argmax)
-        self.x_shape = x.shape
-        return out
-
-    def backward(self, g):
-        gx = np.empty(self.x_shape, dtype=g.dtype)
-        P.max_pool_backward(np.ascontiguousarray(g), self.argmax, gx)
-        return gx
-
-
-class AvgPool2d(Function):
-    def forward(self, x, kernel=(2, 2), stride=(2, 2), padding=(0, 0)):
-        oh = K.conv_output_size(x.shape[2], kernel[0], stride[0], padding[0], 1)
-        ow = K.conv_output_size(x.shape[3], kernel[1], stride[1], padding[1], 1)
-        out = np.empty(x.shape[:2] + (oh, ow), dtype=x.dtype)
-        P.avg_pool_forward(np.ascontiguousarray(x), *kernel, *stride, *padding, out)
-        self.geom, self.x_shape = kernel + stride + padding, x.shape
-        return out
-
-    def backward(self, g):
-        gx = np.empty(self.x_shape, dtype=g.dtype)
-        P.avg_pool_backward(np.ascontiguousarray(g), *self.geom, gx)
-        return gx
-
-
-def _pool_args(x, kernel_size, stride, padding, name):
-    if x.ndim != 4:
-        raise ValueError(f"{name} expects a 4-D input (N, C, H, W), got shape {x.shape}")
-    kernel = pair(kernel_size, "kernel_size")
-    stride = kernel if stride is None else pair(stride, "stride")
-    padding = pair(padding, "padding")
-    if min(kernel) < 1 or min(stride) < 1 or min(padding) < 0:
-        raise ValueError(f"{name}: need kernel_size >= 1, stride >= 1, padding >= 0; got "
-                         f"{kernel}, {stride}, {padding}")
-    if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
-        raise ValueError(f"{name}: padding {padding} must be at most half the kernel size {kernel}")
-    return dict(kernel=kernel, stride=stride, padding=padding)
-
-
-def max_pool2d(x, kernel_size, stride=None, padding=0) -> Tensor:
-    """Max over KHxKW windows (stride defaults to the window); see ``bitnet.kernels.pooling``."""
-    return MaxPool2d.apply(x, **_pool_args(x, kernel_size, stride, padding, "max_pool2d"))
-
-
-def avg_pool2d(x, kernel_size, stride=None, padding=0) -> Tensor:
-    """Mean over KHxKW windows, padding counted as zeros (count_include_pad)."""
-    return AvgPool2d.apply(x, **_pool_args(x, kernel_size, stride, padding, "avg_pool2d"))
+from bitnet.ops.pool import avg_pool2d, max_pool2d  # noqa: E402,F401  (their old home)

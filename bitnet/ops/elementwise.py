@@ -36,9 +36,12 @@ def lift(x, like: Tensor) -> Tensor:
 
 
 def _fused(kernel, g, y):
-    """Run a fused backward kernel on flat contiguous views of g and y."""
-    g = np.ascontiguousarray(g, dtype=y.dtype)
-    out = np.empty_like(y)
+    """Run a fused backward kernel on flat views of C-contiguous g, y and out. (``out`` is allocated
+    C-contiguous: ``np.empty_like`` of a transposed y would keep its layout, and ``out.reshape(-1)``
+    would then be a copy that the kernel fills and nobody reads.)"""
+    g = np.asarray(g, dtype=y.dtype, order="C")  # (np.ascontiguousarray would make 0-d arrays 1-d)
+    y = np.asarray(y, order="C")
+    out = np.empty(y.shape, y.dtype)
     kernel(g.reshape(-1), y.reshape(-1), out.reshape(-1))
     return out
 
@@ -92,7 +95,8 @@ class Neg(Function):
 
 
 class Pow(Function):
-    """x ** p for a constant exponent p: d/dx = p * x ** (p - 1)."""
+    """x ** p for a constant exponent p: d/dx = p * x ** (p - 1), and d/dx = 0 where p = 0 (x ** 0 is
+    the constant 1, also at x = 0 where the formula would give 0 * inf = NaN; PyTorch gives 0)."""
 
     def forward(self, a, exponent):
         if a.dtype.kind == "f":
@@ -102,7 +106,13 @@ class Pow(Function):
 
     def backward(self, g):
         p = np.asarray(self.p, dtype=self.a.dtype)
-        return g * p * self.a ** (p - 1)
+        zero = p == 0
+        if not zero.any():
+            return g * p * self.a ** (p - 1)
+        if zero.all():
+            return np.zeros(np.broadcast_shapes(g.shape, p.shape), g.dtype)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(zero, np.zeros((), g.dtype), g * p * self.a ** (p - 1))
 
 
 class Exp(Function):

@@ -2,11 +2,21 @@
 
 log_softmax(x)_k = x_k - m - log sum_j exp(x_j - m), m = max_j x_j (so no exp overflows).
 cross_entropy(x, t) = mean_n [ -log_softmax(x_n)_{t_n} ], gradient (softmax(x_n) - onehot(t_n)) / N.
+
+With class weights w (K,), ignore_index and label smoothing e (PyTorch's definitions), writing
+l_nk = -log_softmax(x_n)_k, keep_n = [t_n != ignore_index] and wt_n = keep_n w_{t_n}:
+
+    loss_n = (1 - e) wt_n l_{n t_n} + (e / K) keep_n sum_k w_k l_nk        (0 for ignored samples)
+    mean   = sum_n loss_n / sum_n wt_n   (NaN when every target is ignored, as PyTorch)
+    d loss_n / d x_ni = p_ni ((1 - e) wt_n + (e / K) keep_n W) - (1 - e) wt_n [i = t_n] - (e / K) keep_n w_i
+
+with p = softmax(x) and W = sum_k w_k. Without weights w = 1 (W = K).
 """
 from __future__ import annotations
 
 import numpy as np
 
+from bitnet.ops.dims import resolve
 from bitnet.tensor import Function, Tensor
 
 
@@ -50,32 +60,92 @@ class CrossEntropy(Function):
         return (grad * scale).astype(self.probs.dtype, copy=False)
 
 
-def log_softmax(x, axis=-1) -> Tensor:
+class WeightedCrossEntropy(Function):
+    """cross_entropy with class weights and/or ignored targets (module docstring)."""
+
+    def forward(self, logits, targets=None, reduction="mean", label_smoothing=0.0, weight=None,
+                ignore_index=-100):
+        n, k = logits.shape
+        dt = logits.dtype
+        logp = _log_softmax(logits, 1)
+        keep = targets != ignore_index
+        safe = np.where(keep, targets, 0)
+        w = np.ones(k, dt) if weight is None else weight.astype(dt, copy=False)
+        wt = np.where(keep, w[safe], np.zeros((), dt))
+        loss = -logp[np.arange(n), safe] * wt
+        if label_smoothing:
+            smooth = -(logp * w).sum(axis=1) * keep
+            loss = (1 - label_smoothing) * loss + (label_smoothing / k) * smooth
+        self.probs, self.safe, self.keep, self.w, self.wt = np.exp(logp), safe, keep, w, wt
+        self.reduction, self.ls = reduction, label_smoothing
+        if reduction == "none":
+            return loss.astype(dt, copy=False)
+        total = loss.sum()
+        if reduction == "sum":
+            return np.asarray(total, dtype=dt)
+        self.denom = wt.sum()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.asarray(total / self.denom, dtype=dt)
+
+    def backward(self, g):
+        n, k = self.probs.shape
+        e, keep, wt = self.ls, self.keep, self.wt
+        coef = (1 - e) * wt + (e / k) * self.w.sum() * keep
+        grad = self.probs * coef[:, None]
+        grad[np.arange(n), self.safe] -= (1 - e) * wt
+        if e:
+            grad -= (e / k) * self.w[None, :] * keep[:, None]
+        if self.reduction == "none":
+            return (grad * g[:, None]).astype(self.probs.dtype, copy=False)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            scale = g / self.denom if self.reduction == "mean" else g
+            return (grad * scale).astype(self.probs.dtype, copy=False)
+
+
+def log_softmax(x, axis=None, *, dim=None) -> Tensor:
+    """log_softmax(x)_k = x_k - m - log sum_j exp(x_j - m) along ``axis`` (``dim``; default -1);
+    backward: g - softmax(x) * sum_j g_j."""
+    axis, _ = resolve("log_softmax", axis, dim, default_axis=-1)
     return LogSoftmax.apply(x, axis=axis)
 
 
-def softmax(x, axis=-1) -> Tensor:
+def softmax(x, axis=None, *, dim=None) -> Tensor:
+    """softmax(x)_k = exp(x_k - m) / sum_j exp(x_j - m) along ``axis`` (``dim``; default -1),
+    computed as exp(log_softmax(x))."""
     from bitnet.ops.elementwise import exp
-    return exp(log_softmax(x, axis))
+    return exp(log_softmax(x, axis, dim=dim))
 
 
-def cross_entropy(logits, targets, reduction="mean", label_smoothing=0.0) -> Tensor:
-    """Softmax cross-entropy of logits (N, K) against integer class targets (N,)."""
+def cross_entropy(logits, targets, reduction="mean", label_smoothing=0.0, weight=None,
+                  ignore_index=-100) -> Tensor:
+    """Softmax cross-entropy of logits (N, K) against integer class targets (N,), as PyTorch:
+    ``weight`` (K,) rescales each class, targets equal to ``ignore_index`` contribute nothing, and
+    the mean divides by the summed weights of the kept targets (module docstring)."""
     t = np.asarray(targets.data if isinstance(targets, Tensor) else targets)
     if logits.ndim != 2:
         raise ValueError(f"cross_entropy expects logits of shape (N, classes), got {logits.shape}")
-    if t.shape != (logits.shape[0],) or t.dtype.kind not in "iu":
-        raise ValueError(f"cross_entropy expects integer targets of shape ({logits.shape[0]},), got "
+    n, k = logits.shape
+    if t.shape != (n,) or t.dtype.kind not in "iu":
+        raise ValueError(f"cross_entropy expects integer targets of shape ({n},), got "
                          f"shape {t.shape} dtype {t.dtype}")
-    if t.size and (t.min() < 0 or t.max() >= logits.shape[1]):
-        raise ValueError(f"cross_entropy: targets must lie in [0, {logits.shape[1] - 1}], got values "
-                         f"from {t.min()} to {t.max()}")
+    kept = t[t != ignore_index]
+    if kept.size and (kept.min() < 0 or kept.max() >= k):
+        raise ValueError(f"cross_entropy: targets must lie in [0, {k - 1}] (or equal ignore_index="
+                         f"{ignore_index}), got values from {kept.min()} to {kept.max()}")
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1), got {label_smoothing}")
-    return CrossEntropy.apply(logits, targets=t.astype(np.intp), reduction=reduction,
-                              label_smoothing=label_smoothing)
+    if weight is not None:
+        weight = np.asarray(weight.data if isinstance(weight, Tensor) else weight)
+        if weight.shape != (k,) or weight.dtype.kind not in "fiu":
+            raise ValueError(f"cross_entropy: weight must be a float array of shape ({k},) (one weight per "
+                             f"class), got shape {weight.shape} dtype {weight.dtype}")
+    t = t.astype(np.intp)
+    if weight is None and kept.size == n:  # the plain case, as before (same arithmetic, same bits)
+        return CrossEntropy.apply(logits, targets=t, reduction=reduction, label_smoothing=label_smoothing)
+    return WeightedCrossEntropy.apply(logits, targets=t, reduction=reduction, label_smoothing=label_smoothing,
+                                      weight=weight, ignore_index=int(ignore_index))
 
 
 class Dropout(Function):

@@ -1,4 +1,4 @@
-"""Batch normalization (per channel over batch and spatial axes) on (N, C) or (N, C, H, W).
+"""Batch normalization (per channel over batch and spatial axes) on (N, C), (N, C, L) or (N, C, H, W).
 
 Training mode normalizes with the batch statistics (biased variance) and updates the running
 averages in place with PyTorch's convention:
@@ -67,12 +67,18 @@ class BatchNormEval(Function):
         return gx, gg, g.sum(axis=axes)
 
 
-def batch_norm(x, running_mean, running_var, weight, bias, training=True, momentum=0.1, eps=1e-5) -> Tensor:
-    """Batch norm of x (N, C[, H, W]); ``running_mean``/``running_var`` are NumPy arrays (C,)
-    updated in place when ``training``; ``weight``/``bias`` are tensors (C,)."""
-    if x.ndim not in (2, 4):
-        raise ValueError(f"batch_norm expects (N, C) or (N, C, H, W) input, got shape {x.shape}")
+def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=True, momentum=0.1,
+               eps=1e-5) -> Tensor:
+    """Batch norm of x (N, C, *) over every axis but C (so (N, C), (N, C, L) and (N, C, H, W));
+    ``running_mean``/``running_var`` are NumPy arrays (C,) updated in place when ``training``
+    (None: not tracked); ``weight``/``bias`` are tensors (C,), or None for gamma = 1 / beta = 0."""
+    if x.ndim < 2:
+        raise ValueError(f"batch_norm expects (N, C), (N, C, L) or (N, C, H, W) input, got shape {x.shape}")
     c = x.shape[1]
+    if weight is None:
+        weight = Tensor(np.ones(c, x.dtype))
+    if bias is None:
+        bias = Tensor(np.zeros(c, x.dtype))
     if weight.shape != (c,) or bias.shape != (c,):
         raise ValueError(f"batch_norm: input has {c} channels but weight/bias have shapes "
                          f"{weight.shape}/{bias.shape}; the layer was built for another channel count")

@@ -1,9 +1,15 @@
-"""Reductions over axes: sum, mean, max (and min through max of -x)."""
+"""Reductions over axes: sum, mean, max (and min through max of -x); argmax / argmin (no gradient).
+
+Every front end takes ``axis=`` / ``keepdims=`` (NumPy) or ``dim=`` / ``keepdim=`` (PyTorch).
+"""
 from __future__ import annotations
+
+import builtins
 
 import numpy as np
 
-from bitnet.tensor import Function
+from bitnet.ops.dims import resolve
+from bitnet.tensor import Function, Tensor
 
 
 def _norm_axes(axis, ndim):
@@ -52,12 +58,18 @@ class Mean(Function):
 
 class Max(Function):
     """y = max of x over ``axes``. The gradient goes to the maximal elements, split equally
-    between ties (so it is the average of the one-sided subgradients)."""
+    between ties (so it is the average of the one-sided subgradients). NaN propagates: a slice
+    holding a NaN gives NaN, and its gradient is split equally between its NaN positions
+    (PyTorch's rule for ``torch.max(x)``)."""
 
     def forward(self, a, axis=None, keepdims=False):
         self.shape, self.axes, self.keepdims = a.shape, _norm_axes(axis, a.ndim), keepdims
         out = a.max(axis=self.axes, keepdims=True)
         self.mask = a == out
+        if a.dtype.kind == "f":
+            nan_out = np.isnan(out)
+            if nan_out.any():  # NaN == NaN is False: mark the NaN positions of NaN slices instead
+                self.mask |= np.isnan(a) & nan_out
         return np.asarray(out if keepdims else out.reshape(
             [n for i, n in enumerate(a.shape) if i not in self.axes]))
 
@@ -67,18 +79,48 @@ class Max(Function):
         return (self.mask * (g / count)).astype(g.dtype, copy=False)
 
 
-def sum(a, axis=None, keepdims=False):  # noqa: A001
+def sum(a, axis=None, keepdims=None, *, dim=None, keepdim=None):  # noqa: A001
+    """y = sum of a over ``axis`` (``dim``; all axes by default)."""
+    axis, keepdims = resolve("sum", axis, dim, keepdims, keepdim)
     return Sum.apply(a, axis=axis, keepdims=keepdims)
 
 
-def mean(a, axis=None, keepdims=False):
+def mean(a, axis=None, keepdims=None, *, dim=None, keepdim=None):
+    """y = mean of a over ``axis`` (``dim``; all axes by default)."""
+    axis, keepdims = resolve("mean", axis, dim, keepdims, keepdim)
     return Mean.apply(a, axis=axis, keepdims=keepdims)
 
 
-def max(a, axis=None, keepdims=False):  # noqa: A001
+def max(a, axis=None, keepdims=None, *, dim=None, keepdim=None):  # noqa: A001
+    """y = max of a over ``axis`` (``dim``): the values only (PyTorch's ``max(dim=)`` also returns
+    the indices: use ``argmax`` for those)."""
+    axis, keepdims = resolve("max", axis, dim, keepdims, keepdim)
     return Max.apply(a, axis=axis, keepdims=keepdims)
 
 
-def min(a, axis=None, keepdims=False):  # noqa: A001
+def min(a, axis=None, keepdims=None, *, dim=None, keepdim=None):  # noqa: A001
+    """y = min of a over ``axis`` (``dim``) = -max(-a): the values only (see ``max``)."""
     from bitnet.ops.elementwise import neg
-    return neg(max(neg(a), axis=axis, keepdims=keepdims))
+    axis, keepdims = resolve("min", axis, dim, keepdims, keepdim)
+    return neg(Max.apply(neg(a), axis=axis, keepdims=keepdims))
+
+
+def _arg(fn, name, a, axis, dim, keepdims, keepdim):
+    axis, keepdims = resolve(name, axis, dim, keepdims, keepdim)
+    data = a.data if isinstance(a, Tensor) else np.asarray(a)
+    if axis is not None and not isinstance(axis, (int, np.integer)):
+        raise TypeError(f"{name}: dim must be one int (or None for the flattened tensor), got {axis!r}")
+    if axis is not None and not -data.ndim <= axis < builtins.max(data.ndim, 1):
+        raise ValueError(f"{name}: dim {axis} is out of range for a tensor with {data.ndim} dimensions")
+    return Tensor(np.asarray(fn(data, axis=axis, keepdims=keepdims), dtype=np.int64))
+
+
+def argmax(a, axis=None, keepdims=None, *, dim=None, keepdim=None):
+    """Index (int64) of the maximum along ``axis`` (``dim``), or in the flattened tensor when None;
+    the first one on ties; a NaN counts as the maximum (NumPy, PyTorch). No gradient."""
+    return _arg(np.argmax, "argmax", a, axis, dim, keepdims, keepdim)
+
+
+def argmin(a, axis=None, keepdims=None, *, dim=None, keepdim=None):
+    """Index (int64) of the minimum along ``axis`` (``dim``), as ``argmax``. No gradient."""
+    return _arg(np.argmin, "argmin", a, axis, dim, keepdims, keepdim)

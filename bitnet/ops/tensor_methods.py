@@ -1,13 +1,15 @@
-"""Operators and methods of ``Tensor`` (``a + b``, ``a @ b``, ``a.sum()``, ``a[i]``, ...).
+"""Operators and methods of ``Tensor`` (``a + b``, ``a @ b``, ``a.sum()``, ``a[i]``, ``a == b``, ...).
 
 They are thin calls into the functional primitives of ``bitnet.ops``; installing them here keeps
-``bitnet.tensor`` free of the primitive definitions.
+``bitnet.tensor`` free of the primitive definitions. Axis arguments take ``axis=`` / ``keepdims=``
+(NumPy) or ``dim=`` / ``keepdim=`` (PyTorch). Comparisons: ``bitnet.ops.compare``; in-place
+arithmetic (``p -= lr * p.grad``): ``bitnet.ops.inplace``.
 """
 from __future__ import annotations
 
 
 def install(cls):
-    from bitnet.ops import elementwise as E, reduce as R, shape as S
+    from bitnet.ops import compare, elementwise as E, inplace, loss as L, reduce as R, shape as S
 
     def _r(fn):
         return lambda self, other: fn(other, self)
@@ -25,6 +27,8 @@ def install(cls):
     cls.__matmul__ = lambda self, other: E.matmul(self, E.lift(other, self))
     cls.__rmatmul__ = lambda self, other: E.matmul(E.lift(other, self), self)
     cls.__getitem__ = lambda self, index: S.getitem(self, index)
+    compare.install(cls)
+    inplace.install(cls)
 
     cls.exp = lambda self: E.exp(self)
     cls.log = lambda self: E.log(self)
@@ -34,13 +38,32 @@ def install(cls):
     cls.clip = lambda self, min_val=None, max_val=None: E.clip(self, min_val, max_val)
     cls.matmul = lambda self, other: E.matmul(self, other)
 
-    cls.sum = lambda self, axis=None, keepdims=False: R.sum(self, axis, keepdims)
-    cls.mean = lambda self, axis=None, keepdims=False: R.mean(self, axis, keepdims)
-    cls.max = lambda self, axis=None, keepdims=False: R.max(self, axis, keepdims)
-    cls.min = lambda self, axis=None, keepdims=False: R.min(self, axis, keepdims)
+    def _reduction(fn):
+        return lambda self, axis=None, keepdims=None, *, dim=None, keepdim=None: fn(
+            self, axis, keepdims, dim=dim, keepdim=keepdim)
+
+    cls.sum = _reduction(R.sum)
+    cls.mean = _reduction(R.mean)
+    cls.max = _reduction(R.max)
+    cls.min = _reduction(R.min)
+    cls.argmax = _reduction(R.argmax)
+    cls.argmin = _reduction(R.argmin)
+    cls.softmax = lambda self, axis=None, *, dim=None: L.softmax(self, axis, dim=dim)
+    cls.log_softmax = lambda self, axis=None, *, dim=None: L.log_softmax(self, axis, dim=dim)
 
     cls.reshape = lambda self, *shape: S.reshape(self, *shape)
-    cls.transpose = lambda self, *axes: S.transpose(
-        self, (axes[0] if len(axes) == 1 and not isinstance(axes[0], int) else axes) or None)
-    cls.T = property(lambda self: S.transpose(self))
-    cls.flatten = lambda self, start_dim=0: S.flatten(self, start_dim)
+    cls.view = lambda self, *shape: S.reshape(self, *shape)  # PyTorch's name; always a new tensor here
+
+    def transpose(self, *dims):
+        """Swap two axes: ``t.transpose(dim0, dim1)`` (PyTorch); ``.T`` reverses all axes and
+        ``.permute(*dims)`` reorders them."""
+        if len(dims) != 2:
+            raise TypeError(f"Tensor.transpose(dim0, dim1) swaps two axes (PyTorch's meaning), got {len(dims)} "
+                            f"argument(s) {dims}; use .T to reverse all axes or .permute(*dims) for a "
+                            "permutation (NumPy's transpose(axes))")
+        return S.transpose(self, *dims)
+
+    cls.transpose = transpose
+    cls.permute = lambda self, *dims: S.permute(self, *dims)
+    cls.T = property(lambda self: S.reverse_axes(self))
+    cls.flatten = lambda self, start_dim=0, end_dim=-1: S.flatten(self, start_dim, end_dim)

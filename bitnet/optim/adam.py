@@ -52,26 +52,32 @@ class Adam(Optimizer):
         lr, (beta1, beta2), wd = group["lr"], group["betas"], group["weight_decay"]
         if not state:
             state["step"] = 0
-            state["exp_avg"] = np.zeros_like(data)
-            state["exp_avg_sq"] = np.zeros_like(data)
+            state["exp_avg"] = np.zeros(data.shape, data.dtype)
+            state["exp_avg_sq"] = np.zeros(data.shape, data.dtype)
             if group["amsgrad"]:
-                state["max_exp_avg_sq"] = np.zeros_like(data)
+                state["max_exp_avg_sq"] = np.zeros(data.shape, data.dtype)
         state["step"] = t = int(state["step"]) + 1
         if wd != 0 and group["decoupled_weight_decay"]:
             data *= 1 - lr * wd
         l2 = 0.0 if group["decoupled_weight_decay"] else wd
+        if group["amsgrad"]:
+            state.setdefault("max_exp_avg_sq", np.zeros(data.shape, data.dtype))
+        # The kernel updates flat views in place: the state arrays are kept C-contiguous (a
+        # non-contiguous one, e.g. loaded by hand, is replaced by a contiguous copy) and a
+        # non-contiguous parameter is updated through a contiguous copy written back.
+        for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+            if key in state and not state[key].flags.c_contiguous:
+                state[key] = np.ascontiguousarray(state[key])
         m, v = state["exp_avg"], state["exp_avg_sq"]
-        vmax = state.setdefault("max_exp_avg_sq", np.zeros_like(data)) if group["amsgrad"] else m
-        flat = [np.ascontiguousarray(a) for a in (data, m, v, vmax)]  # views when already contiguous
+        vmax = state["max_exp_avg_sq"] if group["amsgrad"] else m  # not read without amsgrad
+        p = data if data.flags.c_contiguous else np.ascontiguousarray(data)
         dt = data.dtype.type
-        adam_update(flat[0].reshape(-1), np.ascontiguousarray(grad, dtype=data.dtype).reshape(-1),
-                    flat[1].reshape(-1), flat[2].reshape(-1), flat[3].reshape(-1), bool(group["amsgrad"]),
+        adam_update(p.reshape(-1), np.ascontiguousarray(grad, dtype=data.dtype).reshape(-1),
+                    m.reshape(-1), v.reshape(-1), vmax.reshape(-1), bool(group["amsgrad"]),
                     dt(beta1), dt(beta2), dt(1 - beta1), dt(1 - beta2), dt(l2),
                     dt(lr / (1 - beta1 ** t)), dt(math.sqrt(1 - beta2 ** t)), dt(group["eps"]))
-        for a, f in zip((data, m, v, vmax), flat):
-            if f is not a:
-                a[...] = f
-
+        if p is not data:
+            data[...] = p
 
 class AdamW(Adam):
     """AdamW(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False):

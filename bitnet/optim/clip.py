@@ -25,17 +25,21 @@ def _grads(params) -> list:
 
 
 def clip_grad_norm_(params, max_norm: float, norm_type: float = 2.0,
-                    error_if_nonfinite: bool = False) -> float:
+                    error_if_nonfinite: bool = False) -> Tensor:
     """Scale all gradients so that their total ``norm_type``-norm is at most ``max_norm``.
 
-    Returns the total norm before clipping (a float; 0.0 if no parameter has a gradient).
+    Returns the total norm before clipping as a 0-d ``Tensor`` (as PyTorch) in the gradients' dtype
+    (float32 for float32 gradients; computed in float64, rounded once); ``float(total)`` or
+    ``total.item()`` gives the number. 0 if no parameter has a gradient.
     Raises ``RuntimeError`` if the norm is nan/inf and ``error_if_nonfinite`` is set.
     """
     max_norm = check_number("clip_grad_norm_", "max_norm", max_norm, low=0.0)
     norm_type = check_number("clip_grad_norm_", "norm_type", norm_type, low=0.0, low_open=True)
     grads = _grads(params)
     if not grads:
-        return 0.0
+        return Tensor(np.zeros((), np.float32))
+    dtype = np.result_type(*grads)
+    dtype = dtype if dtype.kind == "f" else np.dtype(np.float32)
     per_grad = np.array([np.linalg.norm(np.ravel(g).astype(np.float64), ord=norm_type)
                          for g in grads])
     total = float(np.linalg.norm(per_grad, ord=norm_type))
@@ -46,7 +50,7 @@ def clip_grad_norm_(params, max_norm: float, norm_type: float = 2.0,
     if coef < 1:
         for g in grads:
             g *= coef
-    return total
+    return Tensor(np.asarray(total, dtype=dtype))
 
 
 def clip_grad_value_(params, clip_value: float) -> None:

@@ -55,7 +55,7 @@ def test_retain_graph_conv_pool_bn_second_backward():
     w = Tensor(rng.standard_normal((3, 2, 3, 3)), requires_grad=True)
     g, b = Tensor(np.ones(3), requires_grad=True), Tensor(np.zeros(3), requires_grad=True)
     y = F.max_pool2d(F.batch_norm(F.conv2d(x, w, padding=1), None, None, g, b), 2)
-    loss = F.cross_entropy(F.flatten(y)[:, :5], np.array([0, 4]))
+    loss = F.cross_entropy(F.flatten(y, 1)[:, :5], np.array([0, 4]))
     loss.backward(retain_graph=True)
     first = [t.grad.copy() for t in (x, w, g, b)]
     loss.backward()
@@ -271,7 +271,7 @@ def test_float32_network_pipeline_keeps_float32_grads():
     for training in (True, False):
         y = F.avg_pool2d(F.max_pool2d(F.batch_norm(F.conv2d(x, w, b, groups=2, padding=1), rm, rv, g, be,
                                                     training=training), 2), 1)
-        y = F.dropout(F.relu(F.flatten(y)), 0.2, rng=np.random.default_rng(0))
+        y = F.dropout(F.relu(F.flatten(y, 1)), 0.2, rng=np.random.default_rng(0))
         loss = F.cross_entropy(y[:, :5], np.array([1, 2]), label_smoothing=0.1)
         assert y.dtype == np.float32 and loss.dtype == np.float32
         loss.backward()

@@ -61,26 +61,62 @@ def test_reshape_error_names_shapes():
         F.reshape(Tensor(np.ones((2, 3))), (4,))
 
 
-@pytest.mark.parametrize("axes", [None, (1, 0, 2), (2, 0, 1), (-1, 0, 1), (0, 1, 2)], ids=str)
-def test_transpose(axes):
+@pytest.mark.parametrize("axes", [(1, 0, 2), (2, 0, 1), (-1, 0, 1), (0, 1, 2)], ids=str)
+def test_permute(axes):
     x = np.random.default_rng(22).standard_normal((2, 3, 4))
-    gradcheck(lambda t: F.transpose(t, axes), [x])
-    np.testing.assert_array_equal(F.transpose(Tensor(x), axes).data, np.transpose(x, axes))
+    gradcheck(lambda t: F.permute(t, axes), [x])
+    gradcheck(lambda t: t.permute(*axes), [x])
+    np.testing.assert_array_equal(F.permute(Tensor(x), axes).data, np.transpose(x, axes))
+    np.testing.assert_array_equal(Tensor(x).permute(axes).data, np.transpose(x, axes))
+
+
+@pytest.mark.parametrize("dims", [(0, 1), (1, 0), (0, 2), (-1, 1), (2, 2)], ids=str)
+def test_transpose_swaps_two_axes(dims):
+    """PyTorch's transpose(dim0, dim1), on 3-D tensors too (it raised there and was a no-op on 2-D)."""
+    x = np.random.default_rng(25).standard_normal((2, 3, 4))
+    gradcheck(lambda t: F.transpose(t, *dims), [x])
+    gradcheck(lambda t: t.transpose(*dims), [x])
+    np.testing.assert_array_equal(F.transpose(Tensor(x), *dims).data, np.swapaxes(x, *dims))
 
 
 def test_transpose_method_and_T():
     x = np.random.default_rng(23).standard_normal((3, 5))
     gradcheck(lambda t: t.T, [x])
     gradcheck(lambda t: t.transpose(1, 0), [x])
+    np.testing.assert_array_equal(Tensor(x).transpose(0, 1).data, x.T)  # was a silent no-op
+    y = np.random.default_rng(26).standard_normal((2, 3, 4))
+    np.testing.assert_array_equal(Tensor(y).T.data, y.transpose(2, 1, 0))  # .T reverses all axes
     with pytest.raises(ValueError, match="permutation"):
-        F.transpose(Tensor(np.ones((2, 3))), (0, 0))
+        F.permute(Tensor(np.ones((2, 3))), (0, 0))
+    with pytest.raises(ValueError, match="out of range"):
+        F.permute(Tensor(np.ones((2, 3, 4))), (0, 4, 2))  # 4 % 3 == 1 must not wrap around
+    with pytest.raises(TypeError, match="permute"):
+        Tensor(x).transpose()
+    with pytest.raises(TypeError, match="permute"):
+        F.transpose(Tensor(y), (1, 0, 2), 0)
+    with pytest.raises(ValueError, match="out of range"):
+        Tensor(x).transpose(0, 2)
 
 
-@pytest.mark.parametrize("start_dim, expect", [(1, (2, 12)), (0, (24,)), (2, (2, 3, 4)), (-2, (2, 3, 4))])
-def test_flatten(start_dim, expect):
+@pytest.mark.parametrize("start_dim, end_dim, expect", [
+    (1, -1, (2, 12)), (0, -1, (24,)), (2, -1, (2, 3, 4)), (-2, -1, (2, 3, 4)), (0, 1, (6, 2, 2)),
+    (1, 2, (2, 6, 2)), (3, 3, (2, 3, 2, 2)), (-3, -2, (2, 6, 2))])
+def test_flatten(start_dim, end_dim, expect):
+    """torch.flatten(x, start_dim, end_dim) shapes, for F.flatten and Tensor.flatten alike."""
     x = np.random.default_rng(24).standard_normal((2, 3, 2, 2))
-    assert F.flatten(Tensor(x), start_dim).shape == expect
-    gradcheck(lambda t: F.flatten(t, start_dim), [x])
+    assert F.flatten(Tensor(x), start_dim, end_dim).shape == expect
+    assert Tensor(x).flatten(start_dim, end_dim).shape == expect
+    np.testing.assert_array_equal(F.flatten(Tensor(x), start_dim, end_dim).data, x.reshape(expect))
+    gradcheck(lambda t: F.flatten(t, start_dim, end_dim), [x])
+
+
+def test_flatten_defaults_match_torch():
+    x = Tensor(np.ones((2, 3, 4)))
+    assert F.flatten(x).shape == (24,)           # torch.flatten: start_dim=0 (was 1 here)
+    assert x.flatten().shape == (24,)
+    assert Tensor(np.float32(3.0)).flatten().shape == (1,)
+    with pytest.raises(ValueError, match="after end_dim"):
+        F.flatten(x, 2, 1)
 
 
 INDICES = [

@@ -338,6 +338,42 @@ def check_pooling(cuda, cf):
     _raises(ValueError, lambda: cf.avgpool2d_nchw(x, 2, 2, 0, _nan(cuda, (1, 1, 2, 2))), "(1, 1, 3, 3)")
 
 
+# N, C, H, W, kernel, stride, padding: windows hanging over the border in ceil mode
+POOL_MODE_CASES = [
+    (2, 3, 7, 6, (3, 3), (2, 2), (1, 1)),
+    (1, 2, 5, 5, (2, 2), None, (0, 0)),
+    (2, 2, 7, 5, (3, 2), (2, 3), (1, 1)),
+    (1, 2, 4, 4, (2, 2), (2, 2), (1, 1)),   # ceil mode drops the window starting in the padding
+]
+
+
+@check
+def check_pooling_ceil_mode_count_include_pad_and_nan(cuda, cf):
+    """ceil_mode, count_include_pad=False and NaN propagation give the CPU layers' bits (the CPU
+    kernels are checked against NumPy and PyTorch in tests/engine/test_pool_modes.py and
+    test_nan_and_edge_grads.py)."""
+    import bitnet.nn as nn
+    rng = _rng(8)
+    for n, c, h, w, k, s, p in POOL_MODE_CASES:
+        x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+        x[0, 0, 0, 1] = x[-1, -1, h - 1, w - 1] = x[0, 1, 2, 2] = np.nan  # not first in their windows
+        for ceil_mode in (False, True):
+            cpu = _cpu(nn.MaxPool2d(k, s, p, ceil_mode=ceil_mode), x)
+            assert np.isnan(cpu).any()
+            out = _nan(cuda, cpu.shape)
+            assert cf.maxpool2d_nchw(_dev(cuda, x), k, s, p, out, ceil_mode=ceil_mode) is out
+            np.testing.assert_array_equal(out.copy_to_host(), cpu)
+            finite = np.nan_to_num(x, nan=0.5)
+            for include in (True, False):
+                cpu = _cpu(nn.AvgPool2d(k, s, p, ceil_mode, include), finite)
+                out = _nan(cuda, cpu.shape)
+                assert cf.avgpool2d_nchw(_dev(cuda, finite), k, s, p, out, ceil_mode=ceil_mode,
+                                         count_include_pad=include) is out
+                np.testing.assert_array_equal(out.copy_to_host(), cpu)
+    x = _nan(cuda, (1, 1, 5, 5))
+    _raises(ValueError, lambda: cf.maxpool2d_nchw(x, 2, 2, 0, _nan(cuda, (1, 1, 2, 2)), ceil_mode=True), "(1, 1, 3, 3)")
+
+
 @check
 def check_global_avgpool(cuda, cf):
     """float64 sums rounded once: within rtol 2u of the float64 mean; within H*W u mean|x| of the

@@ -9,9 +9,15 @@ import subprocess
 import sys
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
 def simulator_env() -> dict:
-    """This process's environment with the simulator switched on (off for ``BITNET_TEST_CUDA=gpu``)."""
+    """This process's environment with the simulator switched on (off for ``BITNET_TEST_CUDA=gpu``),
+    and this checkout first on PYTHONPATH: a script's own folder (tests/gpu) is its sys.path[0], so
+    ``import bitnet`` would otherwise find an installed copy (e.g. another checkout's editable install)."""
     env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([REPO] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     if env.get("BITNET_TEST_CUDA") == "gpu":
         env.pop("NUMBA_ENABLE_CUDASIM", None)
     else:

@@ -46,7 +46,7 @@ def test_conv2d_wrong_channels_and_3d_input():
 def test_batchnorm_wrong_input_rank():
     with pytest.raises(ValueError, match=r"\(N, C, H, W\) with C=3.*\(4, 3\)"):
         nn.BatchNorm2d(3)(f32(np.ones((4, 3))))
-    with pytest.raises(ValueError, match=r"\(N, C\) with C=3.*\(4, 3, 2, 2\)"):
+    with pytest.raises(ValueError, match=r"\(N, C\) or \(N, C, L\) with C=3.*\(4, 3, 2, 2\)"):
         nn.BatchNorm1d(3)(f32(np.ones((4, 3, 2, 2))))
     with pytest.raises(ValueError, match=r"C=3.*\(4, 5\)"):
         nn.BatchNorm1d(3)(f32(np.ones((4, 5))))

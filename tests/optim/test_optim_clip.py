@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from bitnet.optim import clip_grad_norm_, clip_grad_value_
-from bitnet.tensor import Parameter
+from bitnet.tensor import Parameter, Tensor
 
 
 def params_with_grads(grads, dtype=np.float64):
@@ -20,7 +20,8 @@ def params_with_grads(grads, dtype=np.float64):
 def test_norm_2_over_all_grads_and_scaling():
     ps = params_with_grads([[3.0, 0.0], None, [[4.0]]])  # total 2-norm 5
     total = clip_grad_norm_(ps, max_norm=1.0)
-    assert total == 5.0 and isinstance(total, float)
+    assert isinstance(total, Tensor) and total.shape == () and total.dtype == np.float64  # the grads' dtype
+    assert total == 5.0 and float(total) == 5.0 and total.item() == 5.0
     c = 1.0 / (5.0 + 1e-6)
     np.testing.assert_allclose(ps[0].grad, [3 * c, 0.0], rtol=1e-15)
     np.testing.assert_allclose(ps[2].grad, [[4 * c]], rtol=1e-15)

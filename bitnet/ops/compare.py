@@ -1,0 +1,54 @@
+"""Elementwise comparisons ``==, !=, <, <=, >, >=`` of tensors (PyTorch's semantics).
+
+``a OP b`` is the bool tensor ``c[i] = (a[i] OP b[i])`` with NumPy broadcasting (b: a tensor, an
+array, a Python number or a list); it has no gradient and records no graph. NaN compares unequal to
+everything, itself included. Comparing with anything else (``None``, a string, a module) returns
+``NotImplemented``, so ``t == None`` is ``False`` as for any object. Tensors still hash by identity,
+so they work as dict keys and in sets (lookups compare identities first); but ``t in list_of_tensors``,
+``list.index`` and ``list.remove`` compare elementwise, like PyTorch: use ``any(t is u for u in ...)``.
+``bool(t)`` of a one-element tensor is its value; of a larger tensor it is an error (ambiguous).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from bitnet.tensor import Tensor
+
+_OPS = {"__eq__": np.equal, "__ne__": np.not_equal, "__lt__": np.less, "__le__": np.less_equal,
+        "__gt__": np.greater, "__ge__": np.greater_equal}
+
+
+def _operand(other):
+    if isinstance(other, Tensor):
+        return other.data
+    if isinstance(other, (bool, int, float, np.ndarray, np.generic)):
+        return other
+    if isinstance(other, (list, tuple)):
+        return np.asarray(other)
+    return NotImplemented
+
+
+def _make(ufunc):
+    def compare(self, other):
+        o = _operand(other)
+        if o is NotImplemented:
+            return NotImplemented
+        return Tensor(np.asarray(ufunc(self.data, o)))
+    compare.__doc__ = f"Elementwise ``{ufunc.__name__}`` as a bool tensor (no gradient)."
+    return compare
+
+
+def install(cls) -> None:
+    for name, ufunc in _OPS.items():
+        setattr(cls, name, _make(ufunc))
+    cls.any = lambda self, axis=None, keepdims=None, *, dim=None, keepdim=None: _reduce_bool(
+        np.any, self, "any", axis, dim, keepdims, keepdim)
+    cls.all = lambda self, axis=None, keepdims=None, *, dim=None, keepdim=None: _reduce_bool(
+        np.all, self, "all", axis, dim, keepdims, keepdim)
+
+
+def _reduce_bool(fn, t, name, axis, dim, keepdims, keepdim):
+    """``any`` / ``all`` over ``axis`` (``dim``) as a bool tensor (no gradient)."""
+    from bitnet.ops.dims import resolve
+    axis, keep = resolve(name, axis, dim, keepdims, keepdim)
+    return Tensor(np.asarray(fn(t.data, axis=axis, keepdims=keep)))
