@@ -400,3 +400,18 @@ def test_sigkill_during_saves_leaves_a_loadable_file(tmp_path):
         assert any(_same_state(loaded, m) for m in seeds.values())
     leftovers = [p for p in os.listdir(tmp_path) if p != "m.h5"]
     assert all(p.startswith(".bitnet-") and p.endswith(".h5.tmp") for p in leftovers)  # a killed writer's temp
+
+
+def test_layer_options_and_later_changes_are_saved(tmp_path):
+    nn = bitnet.nn
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, rng=0), nn.BatchNorm2d(4, affine=False, momentum=None),
+                          nn.MaxPool2d(2, ceil_mode=True), nn.AvgPool2d(3, 1, 1, count_include_pad=False),
+                          nn.Flatten(1, -1), nn.Dropout(0.3, rng=0), nn.HardTanh(-2.0, 0.5), nn.Dense(36, 2, rng=0))
+    model[5].p = 0.2          # hyperparameters changed after construction are what the file stores
+    model[1].eps = 1e-3
+    model.train()(Tensor(np.random.default_rng(0).standard_normal((3, 1, 7, 7)).astype(np.float32)))
+    bitnet.save(model, tmp_path / "m.h5")
+    back = bitnet.load(tmp_path / "m.h5")
+    assert repr(back) == repr(model) and _same_state(model, back)
+    assert back[5].p == 0.2 and back[1].eps == 1e-3 and back[1].num_batches_tracked == 1
+    assert architecture(back) == architecture(model)

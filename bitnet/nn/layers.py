@@ -1,7 +1,9 @@
 """Float layers: Dense, Conv2d, batch norm, pooling, activations, Flatten, Dropout, Identity.
 
 Each checks the shape of its input and says what it received and what it expected, naming the
-layer, so a wrong shape fails at the layer that cannot take it.
+layer, so a wrong shape fails at the layer that cannot take it. A layer with hyperparameters
+reports them in ``get_config()`` from its current attributes (what model files store), so a
+change made after construction (``layer.p = 0.2``) is saved as well.
 """
 from __future__ import annotations
 
@@ -12,6 +14,10 @@ from bitnet.nn.init import as_generator, uniform_fan_in
 from bitnet.nn.module import Module
 from bitnet.ops.conv import pair
 from bitnet.tensor import Parameter
+
+
+def _pair(v) -> list:
+    return [int(v[0]), int(v[1])]
 
 
 class Dense(Module):
@@ -34,6 +40,9 @@ class Dense(Module):
 
     def extra_repr(self):
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
+
+    def get_config(self) -> dict:
+        return dict(in_features=self.in_features, out_features=self.out_features, bias=self.bias is not None)
 
 
 class Conv2d(Module):
@@ -71,6 +80,11 @@ class Conv2d(Module):
         if self.groups != 1:
             s += f", groups={self.groups}"
         return s + f", bias={self.bias is not None}"
+
+    def get_config(self) -> dict:
+        return dict(in_channels=self.in_channels, out_channels=self.out_channels, kernel_size=_pair(self.kernel_size),
+                    stride=_pair(self.stride), padding=_pair(self.padding), dilation=_pair(self.dilation),
+                    groups=self.groups, bias=self.bias is not None)
 
 
 class _BatchNorm(Module):
@@ -133,6 +147,10 @@ class _BatchNorm(Module):
             s += ", affine=False"
         return s + ("" if self.track_running_stats else ", track_running_stats=False")
 
+    def get_config(self) -> dict:
+        return dict(num_features=self.num_features, eps=self.eps, momentum=self.momentum, affine=self.affine,
+                    track_running_stats=self.track_running_stats)
+
 
 class BatchNorm1d(_BatchNorm):
     """Batch norm over (N, C) features or (N, C, L) sequences (statistics over N and L)."""
@@ -161,6 +179,10 @@ class _Pool2d(Module):
         extra = ", ceil_mode=True" if self.ceil_mode else ""
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}{extra}"
 
+    def get_config(self) -> dict:
+        return dict(kernel_size=_pair(self.kernel_size), stride=_pair(self.stride), padding=_pair(self.padding),
+                    ceil_mode=self.ceil_mode)
+
 
 class MaxPool2d(_Pool2d):
     """Max pooling (``F.max_pool2d``); ``ceil_mode`` is keyword-only (PyTorch puts ``dilation`` and
@@ -183,6 +205,9 @@ class AvgPool2d(_Pool2d):
 
     def extra_repr(self):
         return super().extra_repr() + ("" if self.count_include_pad else ", count_include_pad=False")
+
+    def get_config(self) -> dict:
+        return dict(super().get_config(), count_include_pad=self.count_include_pad)
 
 
 class GlobalAvgPool2d(Module):
@@ -207,6 +232,9 @@ class Flatten(Module):
 
     def extra_repr(self):
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
+
+    def get_config(self) -> dict:
+        return dict(start_dim=self.start_dim, end_dim=self.end_dim)
 
 
 class _Elementwise(Module):
@@ -240,6 +268,9 @@ class HardTanh(Module):
     def forward(self, x):
         return F.hardtanh(x, self.min_val, self.max_val)
 
+    def get_config(self) -> dict:
+        return dict(min_val=float(self.min_val), max_val=float(self.max_val))
+
 
 class Dropout(Module):
     """Inverted dropout with probability p; its own Generator (from ``rng``: Generator or seed)."""
@@ -255,3 +286,6 @@ class Dropout(Module):
 
     def extra_repr(self):
         return f"p={self.p}"
+
+    def get_config(self) -> dict:
+        return dict(p=self.p)

@@ -178,8 +178,7 @@ class QDense(_QuantizedWeights, Dense):
         return y if scale is None else self._finish(y, scale, (-1,))
 
     def get_config(self) -> dict:
-        return dict(in_features=self.in_features, out_features=self.out_features, bias=self.bias is not None,
-                    **self._quant_config())
+        return dict(super().get_config(), **self._quant_config())
 
     def extra_repr(self):
         return super().extra_repr() + self._quant_repr()
@@ -217,10 +216,7 @@ class QConv2d(_QuantizedWeights, Conv2d):
         return y if scale is None else self._finish(y, scale, (1, -1, 1, 1))
 
     def get_config(self) -> dict:
-        pair = lambda v: [int(v[0]), int(v[1])]  # noqa: E731
-        return dict(in_channels=self.in_channels, out_channels=self.out_channels, kernel_size=pair(self.kernel_size),
-                    stride=pair(self.stride), padding=pair(self.padding), dilation=pair(self.dilation),
-                    groups=self.groups, bias=self.bias is not None, pad_value=self.pad_value, **self._quant_config())
+        return dict(super().get_config(), pad_value=self.pad_value, **self._quant_config())
 
     def extra_repr(self):
         return super().extra_repr() + self._quant_repr() + f", pad_value={self.pad_value:g}"

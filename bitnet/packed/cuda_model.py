@@ -122,7 +122,7 @@ class CudaPackedModel:
             return self._pool(module)
         if isinstance(module, L.GlobalAvgPool2d):
             return self._global_pool
-        if isinstance(module, L.Flatten) and module.start_dim == 1:
+        if isinstance(module, L.Flatten) and module.start_dim == 1 and module.end_dim == -1:
             return self._flatten
         unary = {L.ReLU: ("relu", {}), L.Tanh: ("tanh", {})}
         if type(module) in unary:
@@ -364,15 +364,21 @@ class CudaPackedModel:
         return step
 
     def _pool(self, pool):
+        from bitnet.kernels.pooling import pool_output_size
         from bitnet.nn.layers import MaxPool2d
-        fn = self.cf.maxpool2d_nchw if isinstance(pool, MaxPool2d) else self.cf.avgpool2d_nchw
+        options = {"ceil_mode": pool.ceil_mode}
+        if isinstance(pool, MaxPool2d):
+            fn = self.cf.maxpool2d_nchw
+        else:
+            fn, options["count_include_pad"] = self.cf.avgpool2d_nchw, pool.count_include_pad
 
         def step(dm):
             x = self._nchw(dm).data
             n, c, h, w = x.shape
             (kh, kw), (sh, sw), (ph, pw) = pool.kernel_size, pool.stride, pool.padding
-            out = self._empty((n, c, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1))
-            fn(x, pool.kernel_size, pool.stride, pool.padding, out)
+            out = self._empty((n, c, pool_output_size(h, kh, sh, ph, pool.ceil_mode),
+                               pool_output_size(w, kw, sw, pw, pool.ceil_mode)))
+            fn(x, pool.kernel_size, pool.stride, pool.padding, out, **options)
             return DeviceMap(out, "nchw")
         return step
 

@@ -80,5 +80,7 @@ def fold_batchnorm(layer, bn=None):
 def batchnorm_affine(bn):
     """An eval-mode batch norm as ``y = g * x + b`` per channel (float64):
     ``g = gamma / sqrt(var + eps)``, ``b = beta - mean * g``."""
-    g = bn.weight.data.astype(np.float64) / np.sqrt(bn.running_var.astype(np.float64) + bn.eps)
-    return g, bn.bias.data.astype(np.float64) - bn.running_mean.astype(np.float64) * g
+    gamma = 1.0 if bn.weight is None else bn.weight.data.astype(np.float64)  # affine=False: gamma 1, beta 0
+    beta = 0.0 if bn.bias is None else bn.bias.data.astype(np.float64)
+    g = gamma / np.sqrt(bn.running_var.astype(np.float64) + bn.eps)
+    return g, beta - bn.running_mean.astype(np.float64) * g

@@ -94,6 +94,15 @@ def check_float_and_binary_sequential():
         nn.HardTanh(), nn.ReLU(), nn.Dense(12, 3, rng=rng))
     x = rng.standard_normal((2, 1, 6, 6)).astype(np.float32)
     _compare(_stats(model), x, exact=False, what="float + binary Sequential")
+    model = nn.Sequential(  # PyTorch's pooling options and an affine=False batch norm folded into a binary layer
+        nn.Conv2d(1, 8, 3, rng=rng), nn.MaxPool2d(2, ceil_mode=True),
+        nn.QConv2d(8, 8, 3, padding=1, bias=False, rng=rng), nn.BatchNorm2d(8, affine=False),
+        nn.AvgPool2d(3, 2, padding=1, ceil_mode=True, count_include_pad=False), nn.Flatten(), nn.Dense(8 * 2 * 2, 3, rng=rng))
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean[...] = rng.standard_normal(8).astype(np.float32)
+    x = rng.standard_normal((2, 1, 7, 7)).astype(np.float32)
+    _compare(model.eval(), x, exact=False, what="ceil_mode / count_include_pad / affine=False")
 
 
 def check_resnets():
