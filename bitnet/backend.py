@@ -1,6 +1,6 @@
 """Where packed models run: the CPU (default) or an NVIDIA GPU through numba.cuda.
 
-The choice is explicit, never a hidden global (DESIGN.md section 3): an argument
+The choice is explicit, never a hidden global (docs/design.md, section 3): an argument
 (``bitnet.pack(model, device="cuda")``, ``bitnet.load_packed(path, device="cuda")``) or a ``with``
 block that sets the default for the calls inside it and restores the previous one on exit::
 
