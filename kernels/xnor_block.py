@@ -104,8 +104,9 @@ def xnor_block(typingctx, a, a_off, a_stride, taps, n_taps, tap_words, panel, pa
                 u = loop.index
                 k = builder.add(k0, u)
                 base = builder.add(p_off, builder.mul(k, ir.Constant(i64, width)))
-                cols = [builder.load(builder.bitcast(builder.gep(pp, [builder.add(base, ir.Constant(i64, j * n_lanes))]),
-                                                     vec.as_pointer()), align=8) for j in range(VECS)]
+                cols = [builder.load(builder.bitcast(
+                    builder.gep(pp, [builder.add(base, ir.Constant(i64, j * n_lanes))]), vec.as_pointer()), align=8)
+                    for j in range(VECS)]
                 at = builder.add(toff, u)
                 for i in range(ROWS):
                     word = builder.load(builder.gep(ap, [builder.add(rows[i], at)]))

@@ -159,7 +159,8 @@ def make_xnor_conv(lanes: int):
                         for b in range(n_rb):
                             r0 = b * ROWS
                             if src[b] < 0:
-                                xnor_block(rows, r0 * kwords, kwords, one_tap, 1, kwords, w, col * kwords, acc, 0, lanes)
+                                xnor_block(rows, r0 * kwords, kwords, one_tap, 1, kwords, w, col * kwords, acc, 0,
+                                           lanes)
                             elif direct:
                                 xnor_block(x, src[b], G * CWg, one_tap, 1, kwords, w, col * kwords, acc, 0, lanes)
                             else:

@@ -75,7 +75,8 @@ def xnor_epilogue(typingctx, acc, nrows, K, flags, corr, corr_rows, scale, shift
 
         def splat(value, vt):
             v = builder.insert_element(ir.Constant(vt, ir.Undefined), value, ir.Constant(i32, 0))
-            return builder.shuffle_vector(v, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(i32, n_lanes), None))
+            zeros = ir.Constant(ir.VectorType(i32, n_lanes), None)
+            return builder.shuffle_vector(v, ir.Constant(vt, ir.Undefined), zeros)
 
         use_corr, affine, use_res, emit = flag(CORR), flag(AFFINE), flag(RESIDUAL), flag(BITS)
         k_vec = splat(K, v64)
