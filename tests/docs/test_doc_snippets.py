@@ -91,7 +91,7 @@ def test_cpu_blocks_run(page, tmp_path, data_dir):
     chosen = [b for b in blocks(page) if not b["gpu"]]
     if not chosen:
         pytest.skip(f"{page.name}: every block needs a GPU (test_gpu_blocks_run)")
-    _run(page, chosen, tmp_path, data_dir)
+    print(_run(page, chosen, tmp_path, data_dir))  # each block's time, shown with pytest -s
 
 
 @pytest.mark.parametrize("page", [p for p in PAGES_WITH_CODE if any(b["gpu"] for b in blocks(p))],
@@ -100,4 +100,4 @@ def test_gpu_blocks_run(page, tmp_path, data_dir):
     reason = cuda_unavailable()
     if reason:
         pytest.skip(f"{page.name}: its ```python gpu blocks need an NVIDIA GPU; here: {reason[:200]}")
-    _run(page, blocks(page), tmp_path, data_dir)
+    print(_run(page, blocks(page), tmp_path, data_dir))
