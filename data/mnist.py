@@ -14,10 +14,9 @@ downloading by default unless given ``--no-download``).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
-
-import sys
 
 import numpy as np
 
@@ -235,7 +234,7 @@ def load_idx_dataset(
     except DatasetNotFoundError:
         if not download:
             raise
-        download_idx_dataset(dataset, data_dir, (split,), checksums=table, mirrors=mirrors, timeout=timeout)
+        download_idx_dataset(dataset, data_dir, (split,), checksums=checksums, mirrors=mirrors, timeout=timeout)
         paths = _locate(dataset, split, data_dir)
     if verify:
         for p in paths:

@@ -87,3 +87,12 @@ def test_no_network_error_explains_data_dir(tmp_path):
 def test_refuses_download_without_checksum(tmp_path):
     with pytest.raises(ValueError, match="no SHA-256"):
         load_mnist("test", data_dir=tmp_path, download=True, mirrors=["http://127.0.0.1:9/"], checksums={})
+
+
+def test_python_download_of_the_real_files_announces_size_and_folder(tmp_path, serve, data_dir, capsys):
+    url = serve(data_dir / "mnist")  # a local mirror of the canonical files
+    x, y = load_mnist("test", data_dir=tmp_path, download=True, mirrors=[url], timeout=5)
+    assert x.shape == (10000, 28, 28) and len(y) == 10000
+    err = capsys.readouterr().err
+    assert f"downloading MNIST (1.7 MB) into {tmp_path / 'mnist'} ...\n" in err  # the test split only
+    assert sorted(p.name for p in (tmp_path / "mnist").iterdir()) == sorted(NAMES)
