@@ -1,7 +1,7 @@
 """One line on stderr when Numba is about to compile bitnet's kernels, so a first run does not
 look hung.
 
-The first run on a machine compiles every kernel it uses (about 45 s for ``bitnet train`` of the
+The first run on a machine compiles every kernel it uses (25-55 s for ``bitnet train`` of the
 binary LeNet on a 2-core machine); later runs load them from Numba's on-disk cache
 (``__pycache__`` beside the sources, or ``$NUMBA_CACHE_DIR``) in well under a second. Whether
 compiling will happen is known exactly at the moment it starts: Numba looks up a kernel in its
@@ -17,7 +17,7 @@ import sys
 
 from numba.core import event
 
-NOTICE = "compiling kernels (first run only, about a minute) ..."
+NOTICE = "compiling kernels (first run only, up to a minute) ..."
 
 
 def _is_cached(dispatcher) -> bool:
