@@ -21,9 +21,13 @@ def shared_data_dir():
     return None
 
 
+_SHARED_DATA = shared_data_dir()  # looked up once, before any test changes BITNET_DATA
+
+
 @pytest.fixture
 def data_dir():
-    d = shared_data_dir()
+    """The shared data folder (as found when the tests started); skips the test where there is none."""
+    d = _SHARED_DATA
     if d is None:
         pytest.skip("MNIST files not found in $BITNET_DATA or ../shared/data")
     return d
