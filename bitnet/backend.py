@@ -1,6 +1,6 @@
 """Where packed models run: the CPU (default) or an NVIDIA GPU through numba.cuda.
 
-The choice is explicit, never a hidden global (DESIGN.md section 3): an argument
+The choice is explicit, never a hidden global (docs/design.md, section 3): an argument
 (``bitnet.pack(model, device="cuda")``, ``bitnet.load_packed(path, device="cuda")``) or a ``with``
 block that sets the default for the calls inside it and restores the previous one on exit::
 
@@ -9,7 +9,7 @@ block that sets the default for the calls inside it and restores the previous on
 
 ``numba.cuda`` is imported only when the CUDA backend is asked for, so ``import bitnet`` works on a
 machine without CUDA; asking for it there raises ``CudaUnavailableError`` saying what is missing.
-The CUDA target is NVIDIA's ``numba-cuda`` package where installed (``pip install "bitnet[cuda]"``),
+The CUDA target is NVIDIA's ``numba-cuda`` package where installed (``pip install "bitnet-bnn[cuda]"``),
 else the one built into Numba (deprecated by Numba, still shipped with 0.68); both run the same
 kernels. ``NUMBA_ENABLE_CUDASIM=1`` (set before Numba is imported) runs them in Numba's CUDA
 simulator, without a GPU: that is how the tests run them.
@@ -65,12 +65,12 @@ def cuda_module():
         from numba import cuda
     except ImportError as e:  # a Numba without a CUDA target and no numba-cuda package
         raise CudaUnavailableError(f"the CUDA backend needs numba.cuda, which failed to import ({e}); "
-                                   'install it with pip install "bitnet[cuda]"') from None
+                                   'install it with pip install "bitnet-bnn[cuda]"') from None
     if not cuda.is_available():
         raise CudaUnavailableError(
             "the CUDA backend was requested but numba.cuda finds no usable NVIDIA GPU here "
             f"(numba.cuda.is_available() is False{_reason(cuda)}). Run on a machine with an NVIDIA GPU and its "
-            'driver (pip install "bitnet[cuda]" for NVIDIA\'s numba-cuda), use device="cpu", or set '
+            'driver (pip install "bitnet-bnn[cuda]" for NVIDIA\'s numba-cuda), use device="cpu", or set '
             "NUMBA_ENABLE_CUDASIM=1 before Python starts to run the kernels in Numba's (slow) CUDA simulator")
     return cuda
 

@@ -19,10 +19,7 @@ def _train_parser(sub):
                                    "'test accuracy: X'.")
     p.add_argument("--model", default="lenet", choices=models.names(), help="zoo model name (default: lenet)")
     p.add_argument("--dataset", default="mnist", choices=NAMES, help="dataset (default: mnist)")
-    p.add_argument("--data-dir", default=None,
-                   help="folder holding the dataset (or a parent with mnist/, fashion-mnist/, ...); "
-                        "default: $BITNET_DATA, else ~/.cache/bitnet/data")
-    p.add_argument("--download", action="store_true", help="download missing MNIST/Fashion-MNIST files")
+    _data_options(p)
     p.add_argument("--epochs", type=int, default=3, help="passes over the training set (default: 3)")
     p.add_argument("--batch-size", type=int, default=128, help="minibatch size (default: 128)")
     p.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling and dropout (default: 0)")
@@ -43,6 +40,19 @@ def _train_parser(sub):
     p.set_defaults(run=cmd_train)
 
 
+def _data_options(p):
+    """Where the dataset's files are, and whether missing ones may be downloaded (train and eval)."""
+    p.add_argument("--data-dir", default=None,
+                   help="folder holding the dataset (or a parent with mnist/, fashion-mnist/, cifar-10/); "
+                        "default: $BITNET_DATA, else ~/.cache/bitnet/data")
+    p.add_argument("--no-download", dest="download", action="store_false",
+                   help="fail if the files are missing instead of downloading them (by default missing MNIST "
+                        "and Fashion-MNIST files are downloaded into the data folder, checksummed)")
+    p.add_argument("--download", dest="download", action="store_true",
+                   help="download missing files: the default, accepted for old scripts")
+    p.set_defaults(download=True)
+
+
 def _make_optimizer(name, params, lr, weight_decay):
     from bitnet import optim
     if name == "sgd":
@@ -54,15 +64,15 @@ def _make_optimizer(name, params, lr, weight_decay):
 def cmd_train(args) -> int:
     from bitnet import models, optim
     from bitnet.data import DataLoader
-    from bitnet.data.datasets import load_dataset, transform_for
+    from bitnet.data.datasets import load_splits, transform_for
     from bitnet.training import evaluate, fit
 
     for name in ("epochs", "batch_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     seeds = np.random.SeedSequence(args.seed).spawn(2)
-    x_train, y_train = load_dataset(args.dataset, "train", args.data_dir, args.download)
-    x_test, y_test = load_dataset(args.dataset, "test", args.data_dir, args.download)
+    (x_train, y_train), (x_test, y_test) = load_splits(args.dataset, ("train", "test"), args.data_dir,
+                                                       args.download)
     if args.limit_train is not None:
         x_train, y_train = x_train[:args.limit_train], y_train[:args.limit_train]
     transform = transform_for(args.dataset)
@@ -131,7 +141,7 @@ def _file_parsers(sub):
     p.add_argument("file", help="checkpoint or packed file (HDF5)")
     from bitnet.data.datasets import NAMES
     p.add_argument("--dataset", default="mnist", choices=NAMES, help="dataset (default: mnist)")
-    p.add_argument("--data-dir", default=None, help="folder holding the dataset (default: $BITNET_DATA)")
+    _data_options(p)
     p.add_argument("--batch-size", type=int, default=1000, help="default: 1000")
     _device_option(p)
     p.set_defaults(run=cmd_eval)
@@ -223,10 +233,10 @@ def cmd_summary(args) -> int:
 
 def cmd_eval(args) -> int:
     from bitnet.data import DataLoader
-    from bitnet.data.datasets import load_dataset, transform_for
+    from bitnet.data.datasets import load_splits, transform_for
     from bitnet.training import evaluate
     model, info = _load_any(args.file, args.device)
-    x_test, y_test = load_dataset(args.dataset, "test", args.data_dir, False)
+    [(x_test, y_test)] = load_splits(args.dataset, ("test",), args.data_dir, args.download)
     loader = DataLoader((x_test, y_test), args.batch_size, transform=transform_for(args.dataset))
     loss, acc = evaluate(model, loader)
     print(f"{args.file} ({info['kind']}) on {args.dataset} test: loss {loss:.4f}")
@@ -270,17 +280,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from bitnet.data import DataFormatError, DatasetNotFoundError, DownloadError
     from bitnet.backend import CudaUnavailableError
+    from bitnet.compile_notice import announce_compilation
     from bitnet.io import BitnetFileError
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
+    announce_compilation()  # one line on stderr if Numba has to compile kernels (first run on a machine)
     try:
         return args.run(args)
     except (DatasetNotFoundError, DataFormatError, DownloadError, BitnetFileError, CudaUnavailableError,
             FileNotFoundError, TypeError, ValueError) as exc:
-        print(f"bitnet {args.command}: error: {exc}", file=sys.stderr)
+        message = getattr(exc, "cli_message", exc)  # data errors word their fix as command-line options
+        print(f"bitnet {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"bitnet {args.command}: interrupted", file=sys.stderr)

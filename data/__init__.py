@@ -8,8 +8,10 @@ Readers return plain NumPy arrays and cache nothing:
   binary or python batches (the pickles are read with a restricted unpickler).
 
 Files are looked up in ``data_dir`` (``--data-dir``), else ``$BITNET_DATA``, else
-``~/.cache/bitnet/data``, under a subfolder named after the dataset or directly.
-Downloading happens only when asked (``download=True``); tests never download.
+``~/.cache/bitnet/data`` (``$XDG_CACHE_HOME/bitnet/data``), under a subfolder named after the
+dataset or directly. The Python readers download only when asked (``download=True``, as in
+torchvision); the ``bitnet`` command downloads missing MNIST / Fashion-MNIST files by default
+(``--no-download`` forbids it). Tests never reach the internet.
 
 :class:`DataLoader` yields ``(x float32, y int64)`` NumPy batches, shuffling with
 its own ``numpy.random.Generator``; :class:`Normalize` scales and standardizes.
@@ -17,7 +19,7 @@ its own ``numpy.random.Generator``; :class:`Normalize` scales and standardizes.
 Example::
 
     from bitnet.data import load_mnist, DataLoader, Normalize, MNIST_MEAN, MNIST_STD
-    x, y = load_mnist("train", data_dir="../shared/data")
+    x, y = load_mnist("train", download=True)   # into ~/.cache/bitnet/data/mnist the first time
     loader = DataLoader((x, y), batch_size=128, shuffle=True, rng=0,
                         transform=Normalize(MNIST_MEAN, MNIST_STD))
     for xb, yb in loader:   # xb: float32 (128, 1, 28, 28), yb: int64 (128,)
@@ -37,7 +39,8 @@ from bitnet.data.errors import (
 )
 from bitnet.data.idx import read_idx, sha256_file, verify_checksum
 from bitnet.data.loader import ArrayDataset, DataLoader
-from bitnet.data.mnist import CANONICAL_SHA256, load_fashion_mnist, load_idx_dataset, load_mnist
+from bitnet.data.mnist import (CANONICAL_SHA256, download_idx_dataset, load_fashion_mnist, load_idx_dataset,
+                               load_mnist)
 from bitnet.data.paths import ENV_VAR, default_cache_dir, resolve_data_dir
 from bitnet.data.transforms import (
     CIFAR10_MEAN,
@@ -54,7 +57,7 @@ __all__ = [
     "ENV_VAR", "resolve_data_dir", "default_cache_dir",
     # readers
     "read_idx", "sha256_file", "verify_checksum",
-    "load_mnist", "load_fashion_mnist", "load_idx_dataset", "CANONICAL_SHA256",
+    "load_mnist", "load_fashion_mnist", "load_idx_dataset", "download_idx_dataset", "CANONICAL_SHA256",
     "load_cifar10", "read_cifar_bin", "read_cifar_python", "RestrictedUnpickler", "CIFAR10_CLASSES",
     "download_file", "download_files", "DEFAULT_MIRRORS",
     # batching

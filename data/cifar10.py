@@ -144,7 +144,8 @@ def _find_batches(split: str, data_dir: Optional[StrPath], fmt: str) -> tuple[st
     ]
     raise dataset_not_found(
         "cifar-10", searched, expected, download_supported=False,
-        extra_hint=f"Get 'CIFAR-10 binary version' (or python version) from {_URL} and extract it there.",
+        extra_hint=(f"bitnet has no CIFAR-10 downloader: get the 'CIFAR-10 binary version' (cifar-10-binary.tar.gz, "
+                    f"or the python version) from {_URL} and extract it into DIR/cifar-10/."),
     )
 
 

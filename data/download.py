@@ -54,22 +54,24 @@ def _is_network_error(exc: BaseException) -> bool:
 
 
 class _Progress:
-    """One self-overwriting progress line on stderr, updated at most 10 times a second."""
+    """Download progress on stderr: on a terminal one line redrawn in place at most 10 times a
+    second; elsewhere (a log file, CI) only the final line, so logs stay readable."""
 
     def __init__(self, label: str, total: int | None, enabled: bool) -> None:
         self.label, self.total, self.enabled = label, total, enabled
+        self.tty = bool(getattr(sys.stderr, "isatty", lambda: False)())
         self.last = 0.0
 
     def update(self, done: int, final: bool = False) -> None:
         now = time.monotonic()
-        if not self.enabled or (not final and now - self.last < 0.1):
+        if not self.enabled or (not final and (not self.tty or now - self.last < 0.1)):
             return
         self.last = now
         if self.total:
             msg = f"{done / 1e6:.1f}/{self.total / 1e6:.1f} MB ({100 * done // self.total}%)"
         else:
             msg = f"{done / 1e6:.1f} MB"
-        sys.stderr.write(f"\rDownloading {self.label}: {msg}" + ("\n" if final else ""))
+        sys.stderr.write(("\r" if self.tty else "") + f"Downloading {self.label}: {msg}" + ("\n" if final else ""))
         sys.stderr.flush()
 
 
@@ -131,14 +133,15 @@ def download_file(
 
 
 def _download_error(filename: str, target_dir: Path, failures: list[tuple[str, BaseException | str]]) -> DownloadError:
+    """The error after every mirror failed, its fix worded for Python callers and for the CLI."""
     lines = [f"could not download {filename} into {target_dir}; every mirror failed:"]
     lines += [f"  {url}: {why}" for url, why in failures]
-    if any(isinstance(why, BaseException) and _is_network_error(why) for _, why in failures):
-        lines.append(
-            "This machine may have no internet access. Copy the dataset files from a machine that has, "
-            f"then pass --data-dir DIR (data_dir=DIR) or set {ENV_VAR}=DIR to the folder holding them."
-        )
-    return DownloadError("\n".join(lines))
+    if not any(isinstance(why, BaseException) and _is_network_error(why) for _, why in failures):
+        return DownloadError("\n".join(lines))
+    offline = ("This machine may have no internet access. Copy the dataset files from a machine that has, "
+               "then {} or set {}=DIR to the folder holding them.")
+    return DownloadError("\n".join(lines + [offline.format("pass data_dir=DIR", ENV_VAR)]),
+                         "\n".join(lines + [offline.format("pass --data-dir DIR", ENV_VAR)]))
 
 
 def download_files(

@@ -1,7 +1,10 @@
 """Exceptions raised by :mod:`bitnet.data`.
 
 Every message says which file or directory was involved, what was found,
-what was expected, and how to fix it.
+what was expected, and how to fix it. The errors about missing or undownloadable
+data name the fix in two wordings: ``str(error)`` in Python's terms (``data_dir=``,
+``download=True``) and ``error.cli_message`` in the command line's (``--data-dir``,
+``--no-download``); the ``bitnet`` command prints the latter.
 """
 
 from __future__ import annotations
@@ -19,7 +22,15 @@ __all__ = [
 ]
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class _TwoWordings:
+    """Mixin: ``str(self)`` is the message for Python callers, ``cli_message`` the one for the CLI."""
+
+    def __init__(self, message: str, cli_message: str | None = None) -> None:
+        super().__init__(message)
+        self.cli_message = message if cli_message is None else cli_message
+
+
+class DatasetNotFoundError(_TwoWordings, FileNotFoundError):
     """The files of a dataset are not in any of the searched directories."""
 
 
@@ -43,5 +54,5 @@ class ChecksumError(ValueError):
     """The SHA-256 digest of a file differs from the expected one."""
 
 
-class DownloadError(OSError):
+class DownloadError(_TwoWordings, OSError):
     """Every mirror failed to deliver a file with the expected checksum."""

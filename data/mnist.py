@@ -4,10 +4,17 @@ Both datasets share the same file names, sizes and format, so one function,
 :func:`load_idx_dataset`, reads either; :func:`load_mnist` and
 :func:`load_fashion_mnist` only fix the dataset name.  Nothing is cached:
 every call reads the files again.
+
+Downloading: ``download=False`` by default, as in torchvision's ``MNIST(root, download=False)``:
+a Python call never touches the network unless asked. ``download=True`` fetches the missing
+``.gz`` files of the split into the data folder (checksummed, atomically) and announces it on
+stderr; :func:`download_idx_dataset` fetches several splits at once (what ``bitnet train`` does,
+downloading by default unless given ``--no-download``).
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -23,6 +30,8 @@ __all__ = [
     "SPLIT_FILES",
     "CANONICAL_COUNTS",
     "CANONICAL_SHA256",
+    "CANONICAL_SIZES",
+    "download_idx_dataset",
     "load_idx_dataset",
     "load_mnist",
     "load_fashion_mnist",
@@ -55,6 +64,23 @@ CANONICAL_SHA256: dict[str, dict[str, str]] = {
     },
 }
 
+#: Size in bytes of the canonical ``.gz`` files (the same names in both datasets).
+CANONICAL_SIZES: dict[str, dict[str, int]] = {
+    "mnist": {
+        "train-images-idx3-ubyte.gz": 9912422,
+        "train-labels-idx1-ubyte.gz": 28881,
+        "t10k-images-idx3-ubyte.gz": 1648877,
+        "t10k-labels-idx1-ubyte.gz": 4542,
+    },
+    "fashion-mnist": {
+        "train-images-idx3-ubyte.gz": 26421880,
+        "train-labels-idx1-ubyte.gz": 29515,
+        "t10k-images-idx3-ubyte.gz": 4422102,
+        "t10k-labels-idx1-ubyte.gz": 5148,
+    },
+}
+
+_TITLES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
 _IMAGE_SHAPE = (28, 28)
 _NUM_CLASSES = 10
 
@@ -65,17 +91,58 @@ def _locate(dataset: str, split: str, data_dir: Optional[StrPath]) -> list[Path]
     return locate_files(dataset, required, data_dir)
 
 
-def _download(
+def _shown(path: Path) -> str:
+    """``path`` with the home folder written as ``~``."""
+    try:
+        return str(Path("~") / path.resolve().relative_to(Path.home().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def download_idx_dataset(
     dataset: str,
-    split: str,
-    data_dir: Optional[StrPath],
-    checksums: Mapping[str, str],
-    mirrors: Optional[Sequence[str]],
-    timeout: float,
-) -> None:
+    data_dir: Optional[StrPath] = None,
+    splits: Sequence[str] = ("train", "test"),
+    *,
+    checksums: Optional[Mapping[str, str]] = None,
+    mirrors: Optional[Sequence[str]] = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    progress: bool = True,
+) -> list[Path]:
+    """Download the ``.gz`` files of ``splits`` of MNIST or Fashion-MNIST that the data folder lacks.
+
+    Splits whose files are already found (see :func:`load_idx_dataset`) are left alone; the
+    missing files go to ``DATA/<dataset>/`` (``DATA`` as resolved from ``data_dir``), each
+    verified against its SHA-256 before it is renamed into place. With ``progress`` one line
+    announces the download on stderr (``downloading MNIST (11.6 MB) into ~/.cache/bitnet/data/mnist
+    ...``), then each file's progress. Returns the paths downloaded (empty when nothing was missing).
+
+    Raises:
+        DownloadError: no mirror delivered a verified file (e.g. no internet access).
+        ValueError: an unknown dataset or split, or a file without a known SHA-256.
+    """
+    if dataset not in IDX_DATASETS:
+        raise ValueError(f"unknown IDX dataset {dataset!r}; expected one of {IDX_DATASETS}")
+    unknown = [s for s in splits if s not in SPLIT_FILES]
+    if unknown:
+        raise ValueError(f"unknown split {unknown[0]!r}; expected 'train' or 'test'")
+    table = CANONICAL_SHA256[dataset] if checksums is None else checksums
+    missing = []
+    for split in splits:
+        try:
+            _locate(dataset, split, data_dir)
+        except DatasetNotFoundError:
+            missing.append(split)
     target = download_target_dir(dataset, data_dir)
-    names = [n + ".gz" for n in SPLIT_FILES[split] if not (target / (n + ".gz")).is_file()]
-    download_files(names, target, mirrors or DEFAULT_MIRRORS[dataset], checksums, timeout=timeout)
+    names = [n + ".gz" for split in missing for n in SPLIT_FILES[split] if not (target / (n + ".gz")).is_file()]
+    if not names:
+        return []
+    if progress:
+        sizes = CANONICAL_SIZES[dataset]
+        size = f" ({sum(sizes[n] for n in names) / 1e6:.1f} MB)" if checksums is None else ""
+        print(f"downloading {_TITLES[dataset]}{size} into {_shown(target)} ...", file=sys.stderr, flush=True)
+    return download_files(names, target, mirrors or DEFAULT_MIRRORS[dataset], table, timeout=timeout,
+                          progress=progress)
 
 
 def _verify(path: Path, checksums: Mapping[str, str]) -> None:
@@ -132,9 +199,12 @@ def load_idx_dataset(
     Args:
         dataset: ``"mnist"`` or ``"fashion-mnist"``.
         split: ``"train"`` (60,000 samples) or ``"test"`` (10,000 samples).
-        data_dir: data root (see :func:`bitnet.data.resolve_data_dir`); files are
-            searched in ``data_dir/<dataset>/`` and then in ``data_dir`` itself.
-        download: fetch missing ``.gz`` files from the mirrors (needs internet).
+        data_dir: data root (see :func:`bitnet.data.resolve_data_dir`: ``data_dir``, else
+            ``$BITNET_DATA``, else ``~/.cache/bitnet/data``); files are searched in
+            ``data_dir/<dataset>/`` and then in ``data_dir`` itself.
+        download: fetch the split's missing ``.gz`` files from the mirrors into
+            ``data_dir/<dataset>/`` (needs internet; see :func:`download_idx_dataset`).
+            False by default, as in torchvision: without it nothing touches the network.
         verify: check the SHA-256 of each ``.gz`` file. Raw (decompressed)
             files are not checksummed but still get every structural check.
         checksums: ``{file name: sha256}`` replacing the canonical table. When
@@ -164,7 +234,7 @@ def load_idx_dataset(
     except DatasetNotFoundError:
         if not download:
             raise
-        _download(dataset, split, data_dir, table, mirrors, timeout)
+        download_idx_dataset(dataset, data_dir, (split,), checksums=checksums, mirrors=mirrors, timeout=timeout)
         paths = _locate(dataset, split, data_dir)
     if verify:
         for p in paths:

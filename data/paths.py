@@ -95,7 +95,7 @@ def locate_files(
         else:
             return found
     expected = [" or ".join(names) for names in required]
-    raise dataset_not_found(dataset, searched, expected, download_supported=download_supported)
+    raise dataset_not_found(dataset, searched, expected, download_supported=download_supported, data_dir=data_dir)
 
 
 def dataset_not_found(
@@ -105,20 +105,30 @@ def dataset_not_found(
     *,
     download_supported: bool = True,
     extra_hint: str = "",
+    data_dir: Optional[StrPath] = None,
 ) -> DatasetNotFoundError:
-    """Build a :class:`DatasetNotFoundError` naming the searched dirs, the expected files and the fixes."""
+    """Build a :class:`DatasetNotFoundError` naming the searched dirs, the expected files and the fixes.
+
+    The fix is worded twice: for Python callers (``data_dir=DIR``, ``download=True``) as the
+    message, and for the command line (``--data-dir DIR``, leaving out ``--no-download``) as
+    ``cli_message``. ``data_dir`` is the caller's argument: it names the folder a download would
+    fill.
+    """
     lines = [f"{dataset} files not found.", "Searched directories:"]
     lines += [f"  {d}" + ("" if d.is_dir() else "  (does not exist)") for d in searched]
     lines.append("Expected files:")
     lines += [f"  {name}" for name in expected]
-    lines.append(
-        f"Fix: pass --data-dir DIR (or data_dir=DIR) or set the environment variable {ENV_VAR}=DIR, "
-        f"where DIR/{dataset}/ or DIR itself holds these files"
-    )
-    if download_supported:
-        lines[-1] += "; or call with download=True on a machine with internet access."
-    else:
-        lines[-1] += "."
-    if extra_hint:
-        lines.append(extra_hint)
-    return DatasetNotFoundError("\n".join(lines))
+    where = f"where DIR/{dataset}/ or DIR itself holds these files"
+    fixes = {}
+    for caller, dir_option, download_fix in (
+        ("python", "data_dir=DIR", "call with download=True"),
+        ("cli", "--data-dir DIR", "leave out --no-download"),
+    ):
+        fix = f"Fix: pass {dir_option} or set the environment variable {ENV_VAR}=DIR, {where}"
+        if download_supported:
+            target = download_target_dir(dataset, data_dir)
+            fix += f"; or {download_fix} to download them into {target} (needs internet access)."
+        else:
+            fix += "."
+        fixes[caller] = "\n".join(lines + [fix] + ([extra_hint] if extra_hint else []))
+    return DatasetNotFoundError(fixes["python"], fixes["cli"])

@@ -1,4 +1,4 @@
-"""The one bit convention of every packed kernel (DESIGN.md section 3), and NumPy references.
+"""The one bit convention of every packed kernel (docs/design.md, section 3), and NumPy references.
 
 - A +-1 value is one bit: **bit 1 means -1, bit 0 means +1**, so ``bit = (x < 0)`` and
   sign(0) = +1 packs to 0.

@@ -28,6 +28,7 @@ from __future__ import annotations
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils, config
+from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
 ROWS = 4  # weight rows per block
@@ -57,60 +58,69 @@ def _data_pointer(context, builder, arrtype, value):
     return cgutils.create_struct_proxy(arrtype)(context, builder, value=value).data
 
 
-def make_xnor_block(lanes: int):
-    """The micro-kernel for ``lanes``-wide vectors, as a Numba intrinsic callable from njit code::
+def literal_lanes(lanes) -> int:
+    """The vector width a kernel is specialised for: the value of the compile-time constant
+    ``lanes`` (a Numba ``IntegerLiteral`` type) passed to ``xnor_block`` / ``xnor_epilogue``."""
+    value = getattr(lanes, "literal_value", None)
+    if not isinstance(lanes, types.IntegerLiteral) or value not in (2, 4, 8):
+        raise TypingError(f"lanes must be the compile-time constant 2, 4 or 8 (a closure variable or global "
+                          f"int of the calling kernel), got the type {lanes}")
+    return value
 
-        xnor_block(a, a_off, a_stride, taps, n_taps, tap_words, panel, panel_off, acc, acc_off)
+
+@intrinsic
+def xnor_block(typingctx, a, a_off, a_stride, taps, n_taps, tap_words, panel, panel_off, acc, acc_off, lanes):
+    """The micro-kernel for ``lanes``-wide vectors, a Numba intrinsic callable from njit code::
+
+        xnor_block(a, a_off, a_stride, taps, n_taps, tap_words, panel, panel_off, acc, acc_off, lanes)
 
     ``a``, ``panel``: 1-D C-contiguous uint64 arrays, ``taps``: 1-D int64 (see the module
-    docstring); ``acc``: 1-D int64 array receiving ``acc[acc_off + i * P + c]``. No bounds are
+    docstring); ``acc``: 1-D int64 array receiving ``acc[acc_off + i * P + c]``; ``lanes``: a
+    compile-time constant (2, 4 or 8: the caller's closure variable or global), so each width is
+    its own specialisation and the calling kernel's cache entry is keyed by it. No bounds are
     checked: the caller guarantees ``ROWS`` readable rows and a full panel.
     """
-    if lanes not in (2, 4, 8):
-        raise ValueError(f"lanes must be 2, 4 or 8, got {lanes}")
-    width = lanes * VECS
+    n_lanes = literal_lanes(lanes)
+    width = n_lanes * VECS
+    sig = types.void(a, a_off, a_stride, taps, n_taps, tap_words, panel, panel_off, acc, acc_off, lanes)
 
-    @intrinsic
-    def xnor_block(typingctx, a, a_off, a_stride, taps, n_taps, tap_words, panel, panel_off, acc, acc_off):
-        sig = types.void(a, a_off, a_stride, taps, n_taps, tap_words, panel, panel_off, acc, acc_off)
+    def codegen(context, builder, signature, args):
+        tys = signature.args
+        i64, i32 = ir.IntType(64), ir.IntType(32)
+        vec = ir.VectorType(i64, n_lanes)
+        ap, tp, pp, cp = (_data_pointer(context, builder, tys[j], args[j]) for j in (0, 3, 6, 8))
+        a_off, a_stride, n_taps, tap_words, p_off, acc_off = (
+            context.cast(builder, args[j], tys[j], types.int64) for j in (1, 2, 4, 5, 7, 9))
+        ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec]),
+                                               f"llvm.ctpop.v{n_lanes}i64")
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(vec, None)) for _ in range(ROWS * VECS)]
+        rows = [builder.add(a_off, builder.mul(ir.Constant(i64, i), a_stride)) for i in range(ROWS)]
+        splat = ir.Constant(ir.VectorType(i32, n_lanes), None)
+        with cgutils.for_range(builder, n_taps) as taps_loop:
+            t = taps_loop.index
+            toff = builder.load(builder.gep(tp, [t]))
+            k0 = builder.mul(t, tap_words)
+            with cgutils.for_range(builder, tap_words) as loop:
+                u = loop.index
+                k = builder.add(k0, u)
+                base = builder.add(p_off, builder.mul(k, ir.Constant(i64, width)))
+                cols = [builder.load(builder.bitcast(
+                    builder.gep(pp, [builder.add(base, ir.Constant(i64, j * n_lanes))]), vec.as_pointer()), align=8)
+                    for j in range(VECS)]
+                at = builder.add(toff, u)
+                for i in range(ROWS):
+                    word = builder.load(builder.gep(ap, [builder.add(rows[i], at)]))
+                    w = builder.insert_element(ir.Constant(vec, ir.Undefined), word, ir.Constant(i32, 0))
+                    w = builder.shuffle_vector(w, ir.Constant(vec, ir.Undefined), splat)
+                    for j in range(VECS):
+                        slot = accs[i * VECS + j]
+                        count = builder.call(ctpop, [builder.xor(w, cols[j])])
+                        builder.store(builder.add(builder.load(slot), count), slot)
+        for i in range(ROWS):
+            for j in range(VECS):
+                dst = builder.gep(cp, [builder.add(acc_off, ir.Constant(i64, i * width + j * n_lanes))])
+                builder.store(builder.load(accs[i * VECS + j]), builder.bitcast(dst, vec.as_pointer()), align=8)
+        return context.get_dummy_value()
 
-        def codegen(context, builder, signature, args):
-            tys = signature.args
-            i64, i32 = ir.IntType(64), ir.IntType(32)
-            vec = ir.VectorType(i64, lanes)
-            ap, tp, pp, cp = (_data_pointer(context, builder, tys[j], args[j]) for j in (0, 3, 6, 8))
-            a_off, a_stride, n_taps, tap_words, p_off, acc_off = (
-                context.cast(builder, args[j], tys[j], types.int64) for j in (1, 2, 4, 5, 7, 9))
-            ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec]),
-                                                   f"llvm.ctpop.v{lanes}i64")
-            accs = [cgutils.alloca_once_value(builder, ir.Constant(vec, None)) for _ in range(ROWS * VECS)]
-            rows = [builder.add(a_off, builder.mul(ir.Constant(i64, i), a_stride)) for i in range(ROWS)]
-            splat = ir.Constant(ir.VectorType(i32, lanes), None)
-            with cgutils.for_range(builder, n_taps) as taps_loop:
-                t = taps_loop.index
-                toff = builder.load(builder.gep(tp, [t]))
-                k0 = builder.mul(t, tap_words)
-                with cgutils.for_range(builder, tap_words) as loop:
-                    u = loop.index
-                    k = builder.add(k0, u)
-                    base = builder.add(p_off, builder.mul(k, ir.Constant(i64, width)))
-                    cols = [builder.load(builder.bitcast(builder.gep(pp, [builder.add(base, ir.Constant(i64, j * lanes))]),
-                                                         vec.as_pointer()), align=8) for j in range(VECS)]
-                    at = builder.add(toff, u)
-                    for i in range(ROWS):
-                        word = builder.load(builder.gep(ap, [builder.add(rows[i], at)]))
-                        w = builder.insert_element(ir.Constant(vec, ir.Undefined), word, ir.Constant(i32, 0))
-                        w = builder.shuffle_vector(w, ir.Constant(vec, ir.Undefined), splat)
-                        for j in range(VECS):
-                            slot = accs[i * VECS + j]
-                            count = builder.call(ctpop, [builder.xor(w, cols[j])])
-                            builder.store(builder.add(builder.load(slot), count), slot)
-            for i in range(ROWS):
-                for j in range(VECS):
-                    dst = builder.gep(cp, [builder.add(acc_off, ir.Constant(i64, i * width + j * lanes))])
-                    builder.store(builder.load(accs[i * VECS + j]), builder.bitcast(dst, vec.as_pointer()), align=8)
-            return context.get_dummy_value()
+    return sig, codegen
 
-        return sig, codegen
-
-    return xnor_block

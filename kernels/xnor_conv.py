@@ -35,8 +35,8 @@ import numba as nb
 import numpy as np
 
 from bitnet.kernels.atomics import fetch_add
-from bitnet.kernels.xnor_block import ROWS, VECS, make_xnor_block, preferred_lanes
-from bitnet.kernels.xnor_epilogue import AFFINE, BITS, CORR, RESIDUAL, make_xnor_epilogue
+from bitnet.kernels.xnor_block import ROWS, VECS, preferred_lanes, xnor_block
+from bitnet.kernels.xnor_epilogue import AFFINE, BITS, CORR, RESIDUAL, xnor_epilogue
 
 _JIT = dict(parallel=True, boundscheck=False, nogil=True, cache=True)
 
@@ -87,9 +87,15 @@ def _im2col_rows(x, rows, q0, cnt, T, g, H, W, G, CWg, KH, KW, sh, sw, ph, pw, d
 
 
 def make_xnor_conv(lanes: int):
-    """The fused kernel built on the ``lanes``-wide micro-kernel (filter panels of ``VECS * lanes``)."""
-    block = make_xnor_block(lanes)
-    epilogue = make_xnor_epilogue(lanes)
+    """The fused kernel built on the ``lanes``-wide micro-kernel (filter panels of ``VECS * lanes``).
+
+    One source for every width: ``lanes`` reaches the micro-kernel and the epilogue as a
+    compile-time constant (the closure's only variables are plain ints), so each width compiles to
+    its own code, and Numba's on-disk cache, which keys a closure by its variables' values, finds
+    the compiled kernel again in the next process instead of compiling it anew.
+    """
+    if lanes not in (2, 4, 8):
+        raise ValueError(f"make_xnor_conv: lanes must be 2, 4 or 8 (uint64 lanes per vector), got {lanes!r}")
     P = VECS * lanes
 
     @nb.njit(**_JIT)
@@ -153,18 +159,21 @@ def make_xnor_conv(lanes: int):
                         for b in range(n_rb):
                             r0 = b * ROWS
                             if src[b] < 0:
-                                block(rows, r0 * kwords, kwords, one_tap, 1, kwords, w, col * kwords, acc, 0)
+                                xnor_block(rows, r0 * kwords, kwords, one_tap, 1, kwords, w, col * kwords, acc, 0,
+                                           lanes)
                             elif direct:
-                                block(x, src[b], G * CWg, one_tap, 1, kwords, w, col * kwords, acc, 0)
+                                xnor_block(x, src[b], G * CWg, one_tap, 1, kwords, w, col * kwords, acc, 0, lanes)
                             else:
-                                block(x, src[b], sw * G * CWg, taps, KH * KW, CWg, w, col * kwords, acc, 0)
+                                xnor_block(x, src[b], sw * G * CWg, taps, KH * KW, CWg, w, col * kwords, acc, 0,
+                                           lanes)
                             q = q0 + r0
                             nr = min(ROWS, cnt - r0)
                             if flags & CORR:
                                 for i in range(nr):
                                     corr_rows[i] = ((q + i) % OHW) * OS + col
-                            epilogue(acc, nr, K, flags, corr, corr_rows, scale, shift, col, residual, out_i, out_f,
-                                     q * OS + col, OS, bits, q * bits_stride + col // 8, bits_stride)
+                            xnor_epilogue(acc, nr, K, flags, corr, corr_rows, scale, shift, col, residual, out_i,
+                                          out_f, q * OS + col, OS, bits, q * bits_stride + col // 8, bits_stride,
+                                          lanes)
 
     xnor_conv.panel = P
     return xnor_conv

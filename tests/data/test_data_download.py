@@ -1,11 +1,8 @@
 """Downloads from a local HTTP server (127.0.0.1 only): verified, atomic, mirror fallback."""
 
-import functools
 import gzip
 import hashlib
-import http.server
 import struct
-import threading
 
 import numpy as np
 import pytest
@@ -13,31 +10,6 @@ import pytest
 from bitnet.data import DownloadError, download_file, load_mnist
 
 NAMES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def serve():
-    """serve(folder) -> base URL of a server for that folder; all servers shut down afterwards."""
-    servers = []
-
-    def start(folder):
-        handler = functools.partial(_QuietHandler, directory=str(folder))
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}/"
-
-    try:
-        yield start
-    finally:
-        for server in servers:
-            server.shutdown()
-            server.server_close()
 
 
 def _fake_files(folder, n=4, seed=1):
@@ -54,11 +26,12 @@ def _fake_files(folder, n=4, seed=1):
     return images, labels, {name: hashlib.sha256(blob).hexdigest() for name, blob in blobs.items()}
 
 
-def test_download_then_load(tmp_path, serve):
+def test_download_then_load(tmp_path, serve, capsys):
     images, labels, sums = _fake_files(tmp_path / "server")
     url = serve(tmp_path / "server")
     data = tmp_path / "data"
     x, y = load_mnist("test", data_dir=data, download=True, mirrors=[url], checksums=sums, timeout=5)
+    assert f"downloading MNIST into {data / 'mnist'} ...\n" in capsys.readouterr().err  # announced on stderr
     np.testing.assert_array_equal(x, images)
     np.testing.assert_array_equal(y, labels)
     assert sorted(p.name for p in (data / "mnist").iterdir()) == sorted(NAMES)
@@ -106,10 +79,20 @@ def test_no_network_error_explains_data_dir(tmp_path):
     sock.close()  # nothing listens here: connection refused, like being offline
     with pytest.raises(DownloadError) as info:
         download_file(NAMES[1], tmp_path, [f"http://127.0.0.1:{port}/"], "0" * 64, timeout=2, progress=False)
-    msg = str(info.value)
-    assert "BITNET_DATA" in msg and "--data-dir" in msg and "internet" in msg
+    python, cli = str(info.value), info.value.cli_message  # the fix in each caller's terms
+    assert "BITNET_DATA" in python and "data_dir=DIR" in python and "internet" in python and "--" not in python
+    assert "BITNET_DATA" in cli and "--data-dir DIR" in cli and "internet" in cli and "data_dir=" not in cli
 
 
 def test_refuses_download_without_checksum(tmp_path):
     with pytest.raises(ValueError, match="no SHA-256"):
         load_mnist("test", data_dir=tmp_path, download=True, mirrors=["http://127.0.0.1:9/"], checksums={})
+
+
+def test_python_download_of_the_real_files_announces_size_and_folder(tmp_path, serve, data_dir, capsys):
+    url = serve(data_dir / "mnist")  # a local mirror of the canonical files
+    x, y = load_mnist("test", data_dir=tmp_path, download=True, mirrors=[url], timeout=5)
+    assert x.shape == (10000, 28, 28) and len(y) == 10000
+    err = capsys.readouterr().err
+    assert f"downloading MNIST (1.7 MB) into {tmp_path / 'mnist'} ...\n" in err  # the test split only
+    assert sorted(p.name for p in (tmp_path / "mnist").iterdir()) == sorted(NAMES)

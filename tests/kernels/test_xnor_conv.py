@@ -188,8 +188,13 @@ def test_kernel_selection_follows_the_compile_target():
 
 @pytest.mark.skipif(not has_vector_popcount(), reason="this CPU has no AVX-512 VPOPCNTDQ")
 def test_selected_kernel_uses_512_bit_popcount():
-    XC.xnor_gemm(np.zeros((4, 1), np.uint64), np.zeros((1, 1), np.uint64), 64)
-    asm = "\n".join(XC.xnor_conv.inspect_asm(sig) for sig in XC.xnor_conv.signatures)
+    # Numba keeps no assembly for code loaded from its cache: compile the selected kernel's own
+    # function (closure and options included) once more, without the cache, to read its assembly.
+    import numba
+    kernel = numba.njit(**{**XC._JIT, "cache": False})(XC.xnor_conv.py_func)
+    kernel.panel = XC.PANEL
+    XC.xnor_gemm(np.zeros((4, 1), np.uint64), np.zeros((1, 1), np.uint64), 64, kernel=kernel)
+    asm = "\n".join(kernel.inspect_asm(sig) for sig in kernel.signatures)
     assert "vpopcntq\t%zmm" in asm
 
 
