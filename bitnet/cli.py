@@ -128,12 +128,15 @@ def _file_parsers(sub):
                                    "file that bitnet.load_packed and bitnet eval / predict run on bits.")
     p.add_argument("input", help="checkpoint file (HDF5)")
     p.add_argument("output", help="packed file to write (HDF5; written atomically)")
+    _import_option(p)
     p.set_defaults(run=cmd_convert)
     p = sub.add_parser("summary", help="layers, bit widths, packed size and MACs of a model file",
                        description="Print bitnet.summary of the model in a checkpoint or packed file.")
     p.add_argument("file", help="checkpoint or packed file (HDF5)")
     p.add_argument("--input-shape", default=None, metavar="C,H,W",
-                   help="input shape for models not from the zoo (zoo models know theirs)")
+                   help="input shape for a file that does not record it (zoo models and files saved with "
+                        "input_shape= do)")
+    _import_option(p)
     p.set_defaults(run=cmd_summary)
     p = sub.add_parser("eval", help="test accuracy of a model file on a dataset",
                        description="Evaluate a checkpoint or packed file on a dataset's test split; the "
@@ -144,6 +147,7 @@ def _file_parsers(sub):
     _data_options(p)
     p.add_argument("--batch-size", type=int, default=1000, help="default: 1000")
     _device_option(p)
+    _import_option(p)
     p.set_defaults(run=cmd_eval)
     p = sub.add_parser("predict", help="predicted classes of a model file for images",
                        description="Predict the class of each image in INPUT (a .npy array, an IDX file, a binary "
@@ -155,7 +159,28 @@ def _file_parsers(sub):
                    help="the dataset the model was trained on: its input normalization (default: mnist)")
     p.add_argument("--limit", type=int, default=None, help="predict only the first N images")
     _device_option(p)
+    _import_option(p)
     p.set_defaults(run=cmd_predict)
+
+
+def _import_option(p):
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first (repeatable): the module that defines and registers your own "
+                        "classes (@bitnet.nn.register), found from the current folder like `python -m`")
+
+
+def _import_modules(names):
+    """Import the modules of ``--import`` (the current folder first on the path, as ``python -m``)."""
+    import importlib
+    import os
+    if names and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ValueError(f"--import {name}: cannot import it ({e}); give a module name (mynet for ./mynet.py, "
+                             "package.module for a package), run from the folder that holds it") from None
 
 
 def _device_option(p):
@@ -289,6 +314,7 @@ def main(argv=None) -> int:
         return 2
     announce_compilation()  # one line on stderr if Numba has to compile kernels (first run on a machine)
     try:
+        _import_modules(getattr(args, "imports", []))
         return args.run(args)
     except (DatasetNotFoundError, DataFormatError, DownloadError, BitnetFileError, CudaUnavailableError,
             FileNotFoundError, TypeError, ValueError) as exc:

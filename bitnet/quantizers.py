@@ -1,6 +1,6 @@
 """Quantizers: a forward that quantizes, a straight-through backward, a precision and a config.
 
-Larq's shape (DESIGN.md §4): each quantizer is a small ``Function`` (forward with its backward
+Larq's shape (docs/design.md, section 4): each quantizer is a small ``Function`` (forward with its backward
 right below it) plus a thin ``Quantizer`` class holding ``precision`` (bits) and a JSON config,
 registered under a string name. ``get`` turns a name, a config dict or an instance into a
 quantizer; ``for_bits`` is BMXNet's ``act_bit`` / ``weight_bit`` shorthand.

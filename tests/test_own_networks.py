@@ -180,3 +180,19 @@ def test_a_config_cannot_allocate_more_than_the_file_holds(tmp_path):
     with pytest.raises(BitnetFileError, match="the file's weights can fill"):
         bitnet.load(path)
     assert bitnet.nn.Dense(3000, 3000).weight.shape == (3000, 3000)  # the limit ended with the load
+
+
+def test_the_command_line_imports_the_module_that_registers_the_class(mynet, tmp_path):
+    bitnet.save(mynet.MyNet(rng=0), tmp_path / "mynet.h5", input_shape=(1, 6, 6))
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "bitnet.cli", *args], capture_output=True, text=True,
+                              cwd=tmp_path, env=env, timeout=600)
+    res = cli("summary", "mynet.h5")
+    assert res.returncode == 2 and "'MyNet'" in res.stderr and "--import MODULE" in res.stderr
+    res = cli("summary", "mynet.h5", "--import", "mynet")
+    assert res.returncode == 0, res.stderr
+    assert "model MyNet of 4 modules" in res.stdout and "QConv2d" in res.stdout and "MACs per image" in res.stdout
+    res = cli("summary", "mynet.h5", "--import", "no_such_module")
+    assert res.returncode == 2 and "--import no_such_module: cannot import it" in res.stderr

@@ -65,9 +65,9 @@ def lookup(name: str):
     try:
         return _CLASSES[name]
     except KeyError:
-        raise KeyError(f"no module class is registered as {name!r}: if it is your own class, import it and "
-                       f"decorate it with @bitnet.nn.register (or call bitnet.nn.register({name.split('.')[-1]})) "
-                       "before loading the file") from None
+        raise KeyError(f"no module class is registered as {name!r}: if it is your own class, import the module "
+                       f"that defines it, decorated with @bitnet.nn.register (or call bitnet.nn.register("
+                       f"{name.split('.')[-1]})), before loading the file (command line: --import MODULE)") from None
 
 
 def names() -> list:
