@@ -32,7 +32,7 @@ from numba import config, cuda, float32, float64
 
 from bitnet.kernels.im2col import conv_output_size
 from bitnet.kernels.pooling import pool_output_size
-from bitnet.ops.conv import pair
+from bitnet.ops.dims import pair
 
 BLOCK_1D = 256      # threads per block of the element-wise kernels (grid-stride loops)
 MAX_BLOCKS = 4096   # enough to fill any current GPU; grid-stride loops cover the rest

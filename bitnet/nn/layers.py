@@ -12,7 +12,7 @@ import numpy as np
 from bitnet import functional as F
 from bitnet.nn.init import as_generator, uniform_fan_in
 from bitnet.nn.module import Module
-from bitnet.ops.conv import pair
+from bitnet.ops.dims import pair
 from bitnet.tensor import Parameter
 
 

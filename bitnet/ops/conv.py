@@ -25,20 +25,10 @@ import numpy as np
 
 from bitnet.kernels import im2col as K
 from bitnet.kernels.gemm import matmul as gemm
+from bitnet.ops.dims import pair
 from bitnet.tensor import Function, Tensor
 
 ROWS_MIN_CHANNELS = 16  # channels per group from which the channels-last lowering is used
-
-
-def pair(v, name: str) -> tuple:
-    """Normalize an int or a 2-sequence of ints to a pair, with a clear error otherwise."""
-    if isinstance(v, (int, np.integer)):
-        return int(v), int(v)
-    try:
-        a, b = v
-        return int(a), int(b)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}") from None
 
 
 class Conv2d(Function):
@@ -165,5 +155,3 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> T
     args = (x, weight) if bias is None else (x, weight, bias)
     return Conv2d.apply(*args, stride=stride, padding=padding, dilation=dilation, groups=groups)
 
-
-from bitnet.ops.pool import avg_pool2d, max_pool2d  # noqa: E402,F401  (their old home)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from bitnet.kernels import pooling as P
-from bitnet.ops.conv import pair
+from bitnet.ops.dims import pair
 from bitnet.tensor import Function, Tensor
 
 

@@ -19,6 +19,7 @@ from bitnet.kernels import bitpack
 from bitnet.kernels import xnor_conv as XC
 from bitnet.kernels.bits import unpack_reference
 from bitnet.nn.module import Module
+from bitnet.packed.featuremap import FeatureMap
 from bitnet.packed.fold import fold_batchnorm
 from bitnet.tensor import Tensor
 
@@ -109,7 +110,6 @@ class PackedConv2d(Module):
         return self._run(x, dots=True)
 
     def forward(self, x, residual=None):
-        from bitnet.packed.blocks import FeatureMap
         if isinstance(x, FeatureMap):
             return self._forward_channels_last(x, residual)
         res = None if residual is None else (residual.data if isinstance(residual, Tensor) else residual)
@@ -124,7 +124,6 @@ class PackedConv2d(Module):
     def _forward_channels_last(self, fm, residual):
         """FeatureMap in (its packed signs used when present), FeatureMap out (with its signs packed
         when ``emit_signs``); ``residual``: a FeatureMap or an (N, OH, OW, O) array."""
-        from bitnet.packed.blocks import FeatureMap
         n, h, w, c = fm.nhwc.shape
         if c != self.in_channels:
             raise ValueError(f"{self!r} expects {self.in_channels} channels, got a feature map of shape "
