@@ -3,14 +3,6 @@ import os as _os
 
 __version__ = "0.1.0"
 
-# Training alternates between BLAS (GEMMs) and Numba's OpenMP pool (im2col, pooling, batch norm).
-# OpenMP's idle workers spin-wait by default and take the cores from the GEMM threads (LeNet
-# steps on 2 cores: 252 -> 158 ms with OpenBLAS's own pool; 146-148 -> 119-143 ms with bitnet's
-# GEMM threads, docs/performance.md). Numba starts its OpenMP pool lazily, so this default, set
-# only where the user has not chosen a policy, takes effect whatever was imported before bitnet.
-# The BLAS side is handled in bitnet.kernels.gemm. See docs/performance.md.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 # In the source tree, kernels/, models/ and data/ sit beside bitnet/ and are installed as
 # bitnet.kernels, bitnet.models and bitnet.data (pyproject's package-dir). When Python runs in
 # the repository root this source package shadows an installed copy, so make the same mapping

@@ -1,4 +1,4 @@
-"""Fused elementwise backward passes of activations (Numba, parallel over flat chunks).
+"""Fused elementwise backward passes of activations (Numba, split across bitnet's threads).
 
 NumPy evaluates ``g * (1 - y * y)`` in three passes with two temporaries; these kernels make one
 pass. Inputs are C-contiguous arrays of the same shape, viewed flat.
@@ -10,21 +10,37 @@ from __future__ import annotations
 
 import numba as nb
 
+from bitnet.kernels.atomics import claim
+from bitnet.kernels.threads import parallel
+
 _JIT = dict(nogil=True, cache=True, boundscheck=False, fastmath=False)
-_CHUNK = 1 << 16
 
 
-@nb.njit(parallel=True, **_JIT)
-def tanh_backward(g, y, out):
+@nb.njit(**_JIT)
+def _tanh_backward(g, y, out, counter, chunk):
     n = g.size
-    for b in nb.prange((n + _CHUNK - 1) // _CHUNK):
-        for i in range(b * _CHUNK, min(n, (b + 1) * _CHUNK)):
+    lo, hi = claim(counter, chunk, n)
+    while lo < n:
+        for i in range(lo, hi):
             out[i] = g[i] * (1 - y[i] * y[i])
+        lo, hi = claim(counter, chunk, n)
 
 
-@nb.njit(parallel=True, **_JIT)
-def sigmoid_backward(g, y, out):
+@nb.njit(**_JIT)
+def _sigmoid_backward(g, y, out, counter, chunk):
     n = g.size
-    for b in nb.prange((n + _CHUNK - 1) // _CHUNK):
-        for i in range(b * _CHUNK, min(n, (b + 1) * _CHUNK)):
+    lo, hi = claim(counter, chunk, n)
+    while lo < n:
+        for i in range(lo, hi):
             out[i] = g[i] * y[i] * (1 - y[i])
+        lo, hi = claim(counter, chunk, n)
+
+
+def tanh_backward(g, y, out):
+    """out = g * (1 - y^2) for flat arrays."""
+    parallel(_tanh_backward, g.size, g, y, out)
+
+
+def sigmoid_backward(g, y, out):
+    """out = g * y * (1 - y) for flat arrays."""
+    parallel(_sigmoid_backward, g.size, g, y, out)

@@ -18,10 +18,12 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from bitnet.kernels.atomics import claimed
 from bitnet.kernels.bit_scalar import sign_bit
 from bitnet.kernels.bits import words_for
+from bitnet.kernels.threads import parallel
 
-_JIT = dict(parallel=True, boundscheck=False, nogil=True, cache=True)
+_JIT = dict(boundscheck=False, nogil=True, cache=True)
 
 
 @intrinsic
@@ -43,11 +45,11 @@ def _sign_word(typingctx, x, off):
 
 
 @nb.njit(**_JIT)
-def _pack_rows(x, k, rows, out, nw):
+def _pack_rows(x, k, rows, out, nw, counter, chunk):
     """x: flat (rows, k) float32, out: flat (rows, nw) uint64; full words by ``_sign_word``, the
-    last partial word bit by bit (its padding bits 0)."""
+    last partial word bit by bit (its padding bits 0). One thread's share: the rows it claims."""
     full = k // 64
-    for r in nb.prange(rows):
+    for r in claimed(counter, chunk, rows):
         base = r * k
         for wd in range(full):
             out[r * nw + wd] = _sign_word(x, base + wd * 64)
@@ -62,18 +64,18 @@ _PIXELS = 256  # pixels of one channel plane per task: 1 KB contiguous float32 r
 
 
 @nb.njit(**_JIT)
-def _pack_nchw(x, n_img, channels, hw, groups, out, nw):
+def _pack_nchw(x, n_img, channels, hw, groups, out, nw, counter, chunk):
     """x: flat (N, C, H*W) float32; out: flat (N, H*W, G, nw) uint64. A task is (image, chunk of
     ``_PIXELS`` pixels, group, word): it reads the word's 64 channel planes contiguously over the
     chunk and ORs each into the chunk's words (a vectorized compare-shift-or loop)."""
     cg = channels // groups
     chunks = (hw + _PIXELS - 1) // _PIXELS
-    for task in nb.prange(n_img * chunks * groups * nw):
+    for task in claimed(counter, chunk, n_img * chunks * groups * nw):
         wd = task % nw
         g = (task // nw) % groups
-        chunk = (task // (nw * groups)) % chunks
+        part = (task // (nw * groups)) % chunks
         n = task // (nw * groups * chunks)
-        p0 = chunk * _PIXELS
+        p0 = part * _PIXELS
         cnt = min(_PIXELS, hw - p0)
         acc = np.zeros(_PIXELS, np.uint64)
         lo = wd * 64
@@ -105,7 +107,8 @@ def pack_rows(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     elif not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != np.uint64 or not out.flags.c_contiguous:
         raise ValueError(f"pack_rows: out must be a C-contiguous uint64 array of shape {shape}, got "
                          f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}")
-    _pack_rows(x.reshape(-1), x.shape[1], x.shape[0], out.reshape(-1), shape[1])
+    parallel(_pack_rows, x.shape[0], x.reshape(-1), x.shape[1], x.shape[0], out.reshape(-1), shape[1],
+             cost=x.shape[1] // 8 + 1)
     return out
 
 
@@ -117,5 +120,7 @@ def pack_nchw(x: np.ndarray, groups: int = 1) -> np.ndarray:
     if groups < 1 or c % groups:
         raise ValueError(f"pack_nchw: {c} channels do not split into {groups} groups")
     out = np.empty((n, h, w, groups, words_for(c // groups)), np.uint64)
-    _pack_nchw(x.reshape(-1), n, c, h * w, groups, out.reshape(-1), out.shape[4])
+    tasks = n * -(-(h * w) // _PIXELS) * groups * out.shape[4]
+    parallel(_pack_nchw, tasks, x.reshape(-1), n, c, h * w, groups, out.reshape(-1), out.shape[4],
+             cost=_PIXELS * 64 // 8)
     return out

@@ -1,4 +1,4 @@
-"""Float im2col / col2im for NCHW convolutions (Numba, parallel).
+"""Float im2col / col2im for NCHW convolutions (Numba; the work split across bitnet's threads).
 
 For an input ``x`` of shape (N, C, H, W), kernel (KH, KW), stride (SH, SW), zero padding (PH, PW)
 and dilation (DH, DW), the output size is
@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import numba as nb
 
+from bitnet.kernels.atomics import claimed
+from bitnet.kernels.threads import parallel
+
 _JIT = dict(nogil=True, cache=True, boundscheck=False, fastmath=False)
 
 
@@ -44,12 +47,18 @@ def _valid_range(off, stride, size, n_out):
     return lo, max(lo, hi)
 
 
-@nb.njit(parallel=True, **_JIT)
 def im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out):
     """Parallel over the rows k = (c, i, j) of ``out``: each thread writes whole rows in order,
     and its reads (channel c of every image) stay in cache across the KH*KW rows of c."""
+    parallel(_im2col, x.shape[1] * kh * kw, x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out,
+             cost=x.shape[0] * oh * ow)
+
+
+@nb.njit(**_JIT)
+def _im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, counter, chunk):
+    """One thread's share of ``im2col``: the items it claims."""
     n_img, channels, height, width = x.shape
-    for k in nb.prange(channels * kh * kw):
+    for k in claimed(counter, chunk, channels * kh * kw):
         c = k // (kh * kw)
         i = (k // kw) % kh
         j = k % kw
@@ -71,12 +80,18 @@ def im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out):
                     out[k, base + ox] = 0
 
 
-@nb.njit(parallel=True, **_JIT)
 def col2im(cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out):
     """out[n, c, y, x] = sum of the cols entries that im2col read from (n, c, y, x); ``out`` is
     overwritten. Parallel over channels: a thread owns out[:, c] and reads rows (c, i, j) in order."""
+    parallel(_col2im, out.shape[1], cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out,
+             cost=out.shape[0] * oh * ow * kh * kw)
+
+
+@nb.njit(**_JIT)
+def _col2im(cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, counter, chunk):
+    """One thread's share of ``col2im``: the items it claims."""
     n_img, channels, height, width = out.shape
-    for c in nb.prange(channels):
+    for c in claimed(counter, chunk, channels):
         for n in range(n_img):
             out[n, c] = 0
         for i in range(kh):
@@ -94,13 +109,19 @@ def col2im(cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out):
                             out[n, c, iy, ox * sw + off] += cols[k, base + ox]
 
 
-@nb.njit(parallel=True, **_JIT)
 def swap_leading_axes(a, bias, out):
     """out[j, i, :] = a[i, j, :] + bias[i] for a of shape (A, B, P): the (O, N, P) <-> (N, O, P)
     block moves between GEMM results and NCHW, with the conv bias added on the way (pass zeros
     for none)."""
+    parallel(_swap_leading_axes, a.shape[1], a, bias, out,
+             cost=a.shape[0] * a.shape[2])
+
+
+@nb.njit(**_JIT)
+def _swap_leading_axes(a, bias, out, counter, chunk):
+    """One thread's share of ``swap_leading_axes``: the items it claims."""
     n_a, n_b, length = a.shape
-    for j in nb.prange(n_b):
+    for j in claimed(counter, chunk, n_b):
         for i in range(n_a):
             b = bias[i]
             for p in range(length):
@@ -118,11 +139,18 @@ def swap_leading_axes(a, bias, out):
 # 1.5x faster for forward + backward than the column layout (runs of OW values); with one
 # channel it is 2x slower, hence the choice per layer in bitnet.ops.conv.
 
-@nb.njit(parallel=True, **_JIT)
 def im2col_rows(x, groups, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out):
+    """See the module docstring."""
+    parallel(_im2col_rows, x.shape[0] * oh * ow, x, groups, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out,
+             cost=kh * kw * x.shape[3])
+
+
+@nb.njit(**_JIT)
+def _im2col_rows(x, groups, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, counter, chunk):
+    """One thread's share of ``im2col_rows``: the items it claims."""
     n_img, height, width, channels = x.shape
     cg = channels // groups
-    for r in nb.prange(n_img * oh * ow):
+    for r in claimed(counter, chunk, n_img * oh * ow):
         n = r // (oh * ow)
         oy = (r // ow) % oh
         ox = r % ow
@@ -140,13 +168,19 @@ def im2col_rows(x, groups, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out):
                             out[r, base + c] = 0
 
 
-@nb.njit(parallel=True, **_JIT)
 def col2im_rows(rows, groups, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out):
     """The adjoint of im2col_rows: out (N, H, W, C) is overwritten with the scatter-added rows.
     Parallel over images, so no two threads write the same element."""
+    parallel(_col2im_rows, out.shape[0], rows, groups, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out,
+             cost=oh * ow * kh * kw * out.shape[3])
+
+
+@nb.njit(**_JIT)
+def _col2im_rows(rows, groups, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, counter, chunk):
+    """One thread's share of ``col2im_rows``: the items it claims."""
     n_img, height, width, channels = out.shape
     cg = channels // groups
-    for n in nb.prange(n_img):
+    for n in claimed(counter, chunk, n_img):
         out[n] = 0
         for oy in range(oh):
             for ox in range(ow):
@@ -165,13 +199,19 @@ def col2im_rows(rows, groups, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out):
                                 out[n, iy, ix, g * cg + c] += rows[r, base + c]
 
 
-@nb.njit(parallel=True, **_JIT)
 def transpose_inner(a, bias, out):
     """out[n, j, i] = a[n, i, j] + bias[j] for a of shape (N, A, B) and bias of length B:
     NCHW <-> NHWC per image (as (N, C, H*W) <-> (N, H*W, C)), adding a bias indexed by a's last
     axis on the way (the conv bias when B = O; zeros of length B for none)."""
+    parallel(_transpose_inner, a.shape[0], a, bias, out,
+             cost=a.shape[1] * a.shape[2])
+
+
+@nb.njit(**_JIT)
+def _transpose_inner(a, bias, out, counter, chunk):
+    """One thread's share of ``transpose_inner``: the items it claims."""
     n_img, n_a, n_b = a.shape
-    for n in nb.prange(n_img):
+    for n in claimed(counter, chunk, n_img):
         for i in range(n_a):
             for j in range(n_b):
                 out[n, j, i] = a[n, i, j] + bias[j]

@@ -18,16 +18,25 @@ import math
 
 import numba as nb
 
+from bitnet.kernels.atomics import claim
+from bitnet.kernels.threads import parallel
+
 _JIT = dict(nogil=True, cache=True, boundscheck=False, fastmath=False)
-_CHUNK = 1 << 15
 
 
-@nb.njit(parallel=True, **_JIT)
-def adam_update(p, g, m, v, vmax, amsgrad, beta1, beta2, one_m_beta1, one_m_beta2, l2, step_size,
-                bc2_sqrt, eps):
+def adam_update(p, g, m, v, vmax, amsgrad, beta1, beta2, one_m_beta1, one_m_beta2, l2, step_size, bc2_sqrt, eps):
+    """One Adam step on flat arrays, in place (module docstring)."""
+    parallel(_adam_update, p.size, p, g, m, v, vmax, amsgrad, beta1, beta2, one_m_beta1, one_m_beta2, l2,
+             step_size, bc2_sqrt, eps, cost=8)
+
+
+@nb.njit(**_JIT)
+def _adam_update(p, g, m, v, vmax, amsgrad, beta1, beta2, one_m_beta1, one_m_beta2, l2, step_size,
+                 bc2_sqrt, eps, counter, chunk):
     n = p.size
-    for b in nb.prange((n + _CHUNK - 1) // _CHUNK):
-        for i in range(b * _CHUNK, min(n, (b + 1) * _CHUNK)):
+    lo, hi = claim(counter, chunk, n)
+    while lo < n:
+        for i in range(lo, hi):
             gi = g[i]
             if l2 != 0:
                 gi = gi + l2 * p[i]
@@ -40,3 +49,4 @@ def adam_update(p, g, m, v, vmax, amsgrad, beta1, beta2, one_m_beta1, one_m_beta
                     vmax[i] = vi
                 vi = vmax[i]
             p[i] = p[i] - step_size * mi / (math.sqrt(vi) / bc2_sqrt + eps)
+        lo, hi = claim(counter, chunk, n)

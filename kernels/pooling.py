@@ -1,4 +1,4 @@
-"""Max and average pooling over NCHW planes (Numba, parallel over the N*C planes).
+"""Max and average pooling over NCHW planes (Numba; the N*C planes split across bitnet's threads).
 
 For window (KH, KW), stride (SH, SW) and padding (PH, PW), output position (oy, ox) covers the input
 rows oy*SH - PH .. oy*SH - PH + KH - 1 (columns alike), clipped to the input:
@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import numba as nb
 import numpy as np
+
+from bitnet.kernels.atomics import claimed
+from bitnet.kernels.threads import parallel
 
 _JIT = dict(nogil=True, cache=True, boundscheck=False, fastmath=False)
 
@@ -53,16 +56,22 @@ def _divisor(oy, ox, kh, kw, sh, sw, ph, pw, height, width, count_include_pad):
     return (min(y0 + kh, height) - max(y0, 0)) * (min(x0 + kw, width) - max(x0, 0))
 
 
-@nb.njit(parallel=True, **_JIT)
 def max_pool_forward(x, kh, kw, sh, sw, ph, pw, out, argmax):
     """The output size is ``out``'s (floor or ceil mode). When the windows tile the input (stride ==
     kernel, no padding, no window past the edge: the usual 2x2/2), every window lies inside the input
     and the loop runs without bounds and with branch-free selects (8.0-8.2 ms vs 11.9 ms on LeNet's
     first pooling); otherwise each window is clipped to the input. ``v != v`` is the NaN test."""
+    parallel(_max_pool_forward, x.shape[0] * x.shape[1], x, kh, kw, sh, sw, ph, pw, out, argmax,
+             cost=out.shape[2] * out.shape[3] * kh * kw)
+
+
+@nb.njit(**_JIT)
+def _max_pool_forward(x, kh, kw, sh, sw, ph, pw, out, argmax, counter, chunk):
+    """One thread's share of ``max_pool_forward``: the planes it claims."""
     n_img, channels, height, width = x.shape
     oh, ow = out.shape[2], out.shape[3]
     if sh == kh and sw == kw and ph == 0 and pw == 0 and oh * kh <= height and ow * kw <= width:
-        for plane in nb.prange(n_img * channels):
+        for plane in claimed(counter, chunk, n_img * channels):
             n = plane // channels
             c = plane - n * channels
             for oy in range(oh):
@@ -78,7 +87,7 @@ def max_pool_forward(x, kh, kw, sh, sw, ph, pw, out, argmax):
                     out[n, c, oy, ox] = best_val
                     argmax[n, c, oy, ox] = best
         return
-    for plane in nb.prange(n_img * channels):
+    for plane in claimed(counter, chunk, n_img * channels):
         n = plane // channels
         c = plane - n * channels
         for oy in range(oh):
@@ -97,12 +106,18 @@ def max_pool_forward(x, kh, kw, sh, sw, ph, pw, out, argmax):
                 argmax[n, c, oy, ox] = best
 
 
-@nb.njit(parallel=True, **_JIT)
 def max_pool_backward(grad_out, argmax, grad_in):
     """grad_in[n, c, argmax] += grad_out[n, c, oy, ox]; ``grad_in`` is overwritten."""
+    parallel(_max_pool_backward, grad_in.shape[0] * grad_in.shape[1], grad_out, argmax, grad_in,
+             cost=grad_in.shape[2] * grad_in.shape[3])
+
+
+@nb.njit(**_JIT)
+def _max_pool_backward(grad_out, argmax, grad_in, counter, chunk):
+    """One thread's share of ``max_pool_backward``: the planes it claims."""
     n_img, channels, height, width = grad_in.shape
     oh, ow = grad_out.shape[2], grad_out.shape[3]
-    for plane in nb.prange(n_img * channels):
+    for plane in claimed(counter, chunk, n_img * channels):
         n = plane // channels
         c = plane - n * channels
         grad_in[n, c] = 0
@@ -112,12 +127,18 @@ def max_pool_backward(grad_out, argmax, grad_in):
                 grad_in[n, c, k // width, k % width] += grad_out[n, c, oy, ox]
 
 
-@nb.njit(parallel=True, **_JIT)
 def avg_pool_forward(x, kh, kw, sh, sw, ph, pw, out, count_include_pad=True):
     """out = window sum (float64, row-major order) times 1/D; the output size is ``out``'s."""
+    parallel(_avg_pool_forward, x.shape[0] * x.shape[1], x, kh, kw, sh, sw, ph, pw, out, count_include_pad,
+             cost=out.shape[2] * out.shape[3] * kh * kw)
+
+
+@nb.njit(**_JIT)
+def _avg_pool_forward(x, kh, kw, sh, sw, ph, pw, out, count_include_pad, counter, chunk):
+    """One thread's share of ``avg_pool_forward``: the planes it claims."""
     n_img, channels, height, width = x.shape
     oh, ow = out.shape[2], out.shape[3]
-    for plane in nb.prange(n_img * channels):
+    for plane in claimed(counter, chunk, n_img * channels):
         n = plane // channels
         c = plane - n * channels
         for oy in range(oh):
@@ -132,12 +153,19 @@ def avg_pool_forward(x, kh, kw, sh, sw, ph, pw, out, count_include_pad=True):
                 out[n, c, oy, ox] = acc * scale
 
 
-@nb.njit(parallel=True, **_JIT)
 def avg_pool_backward(grad_out, kh, kw, sh, sw, ph, pw, grad_in, count_include_pad=True):
     """grad_in[n, c, y, x] = sum over windows containing (y, x) of grad_out / D."""
+    parallel(_avg_pool_backward, grad_in.shape[0] * grad_in.shape[1], grad_out, kh, kw, sh, sw, ph, pw, grad_in,
+             count_include_pad,
+             cost=grad_out.shape[2] * grad_out.shape[3] * kh * kw)
+
+
+@nb.njit(**_JIT)
+def _avg_pool_backward(grad_out, kh, kw, sh, sw, ph, pw, grad_in, count_include_pad, counter, chunk):
+    """One thread's share of ``avg_pool_backward``: the planes it claims."""
     n_img, channels, height, width = grad_in.shape
     oh, ow = grad_out.shape[2], grad_out.shape[3]
-    for plane in nb.prange(n_img * channels):
+    for plane in claimed(counter, chunk, n_img * channels):
         n = plane // channels
         c = plane - n * channels
         grad_in[n, c] = 0
@@ -152,15 +180,20 @@ def avg_pool_backward(grad_out, kh, kw, sh, sw, ph, pw, grad_in, count_include_p
                         grad_in[n, c, iy, ix] += g
 
 
-@nb.njit(parallel=True, **_JIT)
 def avg_pool_nhwc(x, k, out):
     """Channels-last average pool, window and stride ``k``, no padding:
     ``out[n, oy, ox, c] = (sum_{i, j < k} x[n, k*oy + i, k*ox + j, c]) / k^2``, summed in float64 in
     the order of ``avg_pool_forward`` (so the results are the same bits)."""
+    parallel(_avg_pool_nhwc, x.shape[0] * out.shape[1], x, k, out, cost=out.shape[2] * out.shape[3] * k * k)
+
+
+@nb.njit(**_JIT)
+def _avg_pool_nhwc(x, k, out, counter, chunk):
+    """One thread's share of ``avg_pool_nhwc``: the planes it claims."""
     n_img, height, width, channels = x.shape
     oh, ow = out.shape[1], out.shape[2]
     scale = 1.0 / (k * k)
-    for row in nb.prange(n_img * oh):
+    for row in claimed(counter, chunk, n_img * oh):
         n = row // oh
         oy = row - n * oh
         acc = np.empty(channels, np.float64)

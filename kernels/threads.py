@@ -1,13 +1,23 @@
-"""bitnet's own worker threads, and BLAS kept single-threaded while they run.
+"""bitnet's parallel runtime: the calling thread does the work, awake helpers join in.
 
-Training alternates BLAS GEMMs with Numba kernels. OpenBLAS's idle workers spin for a long time
-after each call (unless ``OPENBLAS_THREAD_TIMEOUT`` was set before NumPy loaded) and take the
-cores from everything else; on 2 cores that made LeNet training 1.5x slower. So bitnet runs BLAS
-with one thread inside ``single_threaded_blas()`` and parallelizes itself, with ``run_parallel``:
-the calling thread and ``T - 1`` pool threads that sleep on a queue when idle (NumPy and
-``nogil`` Numba kernels release the GIL, so the threads really run in parallel).
+Every parallel kernel of bitnet is a *worker*: a function that claims pieces of work from a shared
+counter until none are left (``fetch_add`` of ``bitnet.kernels.atomics`` inside Numba kernels,
+``itertools.count`` in Python). ``run(worker, n)`` calls it on the calling thread and hands it to up
+to ``n - 1`` helper threads, then returns as soon as the caller's call has returned and every
+helper that *started* on it has finished: a helper that is not running (descheduled on a machine
+shared with other work, or still waking up) never makes the caller wait; it either joins in while
+work is left or finds none and returns. So a forward pass on a busy machine degrades to the speed
+of the threads that actually run, instead of waiting a scheduler time slice for a sleeping thread
+at the end of every kernel (OpenMP's barrier did: 2 threads were 1.2x slower than 1 with two busy
+processes beside them, and 2.6x slower on tiny batches even alone).
 
-``T`` follows ``numba.get_num_threads()``: one setting (``NUMBA_NUM_THREADS`` or
+Helpers are Python threads that block (never spin) on a queue when idle; the kernels they run are
+``nogil`` Numba functions or NumPy / BLAS calls, which release the GIL, so the threads really run
+in parallel. BLAS runs single-threaded inside ``single_threaded_blas()``: bitnet splits GEMMs
+itself (``bitnet.kernels.gemm``), and OpenBLAS's own pool, whose idle workers spin, would take the
+cores from everything else (on 2 cores that made LeNet training 1.5x slower).
+
+The thread count follows ``numba.get_num_threads()``: one setting (``NUMBA_NUM_THREADS`` or
 ``numba.set_num_threads``) controls all of bitnet's threads. Where NumPy's BLAS is not an OpenBLAS
 we can find, ``single_threaded_blas`` is a no-op and BLAS threads as it likes.
 """
@@ -15,9 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import os
+import queue
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
@@ -49,24 +60,22 @@ def _find_openblas():
 
 _BLAS = _find_openblas()
 _blas_lock = threading.RLock()  # the OpenBLAS thread count is process-wide
-_pool_lock = threading.Lock()
-_executor = None
-_executor_size = 0
 
 
 def num_threads() -> int:
+    """The threads a parallel kernel may use: ``numba.get_num_threads()``."""
     return numba.get_num_threads()
 
 
-_inside = threading.local()
+_local = threading.local()  # .active: this thread is inside a worker (a nested run() runs inline)
 
 
 @contextlib.contextmanager
 def single_threaded_blas():
     """Run BLAS with one thread inside the block; the previous count is restored after it.
-    Inside a ``run_parallel`` task it does nothing: the caller's block already holds the setting
-    (and its lock, which the task must not wait for)."""
-    if _BLAS is None or getattr(_inside, "active", False):
+    Inside a worker it does nothing: the caller's block already holds the setting (and its lock,
+    which the worker must not wait for)."""
+    if _BLAS is None or getattr(_local, "active", False):
         yield
         return
     set_threads, get_threads = _BLAS
@@ -79,40 +88,132 @@ def single_threaded_blas():
             set_threads(previous)
 
 
-def _get_executor(workers):
-    global _executor, _executor_size
-    with _pool_lock:
-        if _executor is None or _executor_size < workers:
-            if _executor is not None:
-                _executor.shutdown(wait=False)
-            _executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bitnet")
-            _executor_size = workers
-        return _executor
+class _Job:
+    """One ``run``: the worker, how many helpers are inside it, and whether it still admits helpers."""
+    __slots__ = ("worker", "cond", "active", "closed", "error")
+
+    def __init__(self, worker):
+        self.worker, self.cond = worker, threading.Condition()
+        self.active, self.closed, self.error = 0, False, None
+
+    def join(self) -> bool:
+        """A helper enters the job; False when the caller has finished it already."""
+        with self.cond:
+            if self.closed:
+                return False
+            self.active += 1
+            return True
+
+    def leave(self, error=None):
+        with self.cond:
+            self.active -= 1
+            if error is not None and self.error is None:
+                self.error = error
+            if self.active == 0 and self.closed:
+                self.cond.notify_all()
+
+    def close_and_wait(self):
+        """No helper may enter any more; wait for those inside (each holds work it claimed)."""
+        with self.cond:
+            self.closed = True
+            while self.active:
+                self.cond.wait()
 
 
-def _as_worker(fn, task):
-    _inside.active = True
+def _helper(inbox):
+    _local.active = True
+    while True:
+        job = inbox.get()
+        if job is None:
+            return
+        if not job.join():
+            continue  # woke too late: the caller did the work
+        error = None
+        try:
+            job.worker()
+        except BaseException as e:  # re-raised by the caller
+            error = e
+        job.leave(error)
+
+
+class _Helpers:
+    """The helper threads of this process (made again after a fork, whose child has none)."""
+
+    def __init__(self):
+        self.lock, self.inboxes, self.pid = threading.Lock(), [], None
+
+    def inboxes_for(self, n):
+        with self.lock:
+            if self.pid != os.getpid():
+                self.inboxes, self.pid = [], os.getpid()
+            while len(self.inboxes) < n:
+                inbox = queue.SimpleQueue()
+                threading.Thread(target=_helper, args=(inbox,), daemon=True,
+                                 name=f"bitnet-helper-{len(self.inboxes) + 1}").start()
+                self.inboxes.append(inbox)
+            return self.inboxes[:n]
+
+
+_helpers = _Helpers()
+
+
+def run(worker, n: int | None = None) -> None:
+    """Call ``worker()`` on this thread and on up to ``n - 1`` helpers (default: all of bitnet's
+    threads); return when this thread's call and every helper call that started have returned.
+    ``worker`` must claim its work from a shared counter (see the module docstring), so that the
+    work gets done whoever runs. A helper's exception is raised here. Inside a worker, or with
+    ``n <= 1``, the worker runs on this thread only."""
+    n = num_threads() if n is None else int(n)
+    if n <= 1 or getattr(_local, "active", False):
+        worker()
+        return
+    job = _Job(worker)
+    for inbox in _helpers.inboxes_for(n - 1):
+        inbox.put(job)
+    _local.active = True
     try:
-        return fn(*task)
+        worker()
     finally:
-        _inside.active = False
+        _local.active = False
+        job.close_and_wait()
+    if job.error is not None:
+        raise job.error
 
 
 def run_parallel(fn, tasks):
-    """Call ``fn(*task)`` for every task, the first on this thread and the others on the pool;
-    returns the results in task order. Exceptions propagate. A call made from inside a task runs
-    its tasks inline (a nested wait on the same pool could otherwise deadlock)."""
-    if len(tasks) <= 1 or getattr(_inside, "active", False):
+    """Call ``fn(*task)`` for every task, on this thread and awake helpers (``run``); returns the
+    results in task order. Exceptions propagate."""
+    if len(tasks) <= 1 or getattr(_local, "active", False):
         return [fn(*t) for t in tasks]
-    executor = _get_executor(len(tasks) - 1)
-    futures = [executor.submit(_as_worker, fn, t) for t in tasks[1:]]
-    first = _as_worker(fn, tasks[0])
-    return [first] + [f.result() for f in futures]
+    results = [None] * len(tasks)
+    claim = itertools.count()
+
+    def worker():
+        while (i := next(claim)) < len(tasks):
+            results[i] = fn(*tasks[i])
+    run(worker, min(len(tasks), num_threads()))
+    return results
+
+
+# work (items x cost) below which one thread beats waking a helper: a helper's wake-up and a
+# kernel's dispatch cost a few tens of microseconds, a few hundred thousand simple operations
+MIN_PARALLEL_WORK = 1 << 18
+
+
+def parallel(kernel, n_items: int, *args, cost: int = 1) -> None:
+    """Run the worker kernel ``kernel(*args, counter, chunk)`` over ``n_items`` items: each thread
+    claims ``chunk`` items at a time (``bitnet.kernels.atomics.claim``); several threads (``run``)
+    only when ``n_items * cost`` (the work, in simple operations) is worth waking them."""
+    threads = num_threads()
+    if n_items * cost < MIN_PARALLEL_WORK or n_items < 2:
+        threads = 1
+    threads = min(threads, n_items)
+    chunk = max(1, -(-n_items // (8 * threads)))  # several chunks a thread: the awake ones take more
+    counter = np.zeros(1, np.int64)
+    run(lambda: kernel(*args, counter, chunk), threads)
 
 
 _MIN_ELEMENTS = 1 << 18  # below this one thread is faster than the hand-off
-
-
 def parallel_ufunc(ufunc, a):
     """``ufunc(a)`` for a NumPy unary ufunc (e.g. ``np.tanh``), its flat range split across
     bitnet's threads for large arrays (NumPy's ufuncs run on one core and release the GIL)."""

@@ -35,10 +35,11 @@ import numba as nb
 import numpy as np
 
 from bitnet.kernels.atomics import fetch_add
+from bitnet.kernels.threads import num_threads, run
 from bitnet.kernels.xnor_block import ROWS, VECS, preferred_lanes, xnor_block
 from bitnet.kernels.xnor_epilogue import AFFINE, BITS, CORR, RESIDUAL, xnor_epilogue
 
-_JIT = dict(parallel=True, boundscheck=False, nogil=True, cache=True)
+_JIT = dict(boundscheck=False, nogil=True, cache=True)
 
 
 @nb.njit(inline="always", boundscheck=False)
@@ -100,7 +101,9 @@ def make_xnor_conv(lanes: int):
 
     @nb.njit(**_JIT)
     def xnor_conv(x, n_img, H, W, G, CWg, w, n_fp, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, padword, K, flags,
-                  corr, scale, shift, residual, out_i, out_f, bits, bits_stride, T, fp_chunk, n_threads):
+                  corr, scale, shift, residual, out_i, out_f, bits, bits_stride, T, fp_chunk, next_task):
+        """One thread's share: claims tasks from ``next_task`` (``fetch_add``) until none are left;
+        ``bitnet.kernels.threads.run`` calls it on every thread that runs."""
         OHW = OH * OW
         total = n_img * OHW
         kwords = KH * KW * CWg
@@ -114,66 +117,63 @@ def make_xnor_conv(lanes: int):
         n_blocks = (total + T - 1) // T
         n_chunks = (n_fp + fp_chunk - 1) // fp_chunk
         n_tasks = n_blocks * n_chunks
-        n_threads = max(1, min(n_threads, n_tasks))
-        next_task = np.zeros(1, np.int64)  # tasks are handed out dynamically (kernels.atomics)
-        for _ in nb.prange(n_threads):
-            rows = np.empty(T * kwords, np.uint64)
-            acc = np.empty(ROWS * P, np.int64)
-            corr_rows = np.zeros(ROWS, np.int64)
-            src = np.empty(T // ROWS, np.int64)  # per row block: its first word in x, or -1 (built rows)
-            while True:
-                task = fetch_add(next_task, 0, 1)
-                if task >= n_tasks:
-                    break
-                q0 = (task // n_chunks) * T
-                fp_lo = (task % n_chunks) * fp_chunk
-                fp_hi = min(n_fp, fp_lo + fp_chunk)
-                cnt = min(T, total - q0)
-                n_rb = (cnt + ROWS - 1) // ROWS
-                for g in range(G):
-                    n = q0 // OHW
-                    oh = (q0 - n * OHW) // OW
-                    ow = q0 - n * OHW - oh * OW
-                    for b in range(n_rb):  # plan: read x in place where the block allows it, else build rows
+        rows = np.empty(T * kwords, np.uint64)
+        acc = np.empty(ROWS * P, np.int64)
+        corr_rows = np.zeros(ROWS, np.int64)
+        src = np.empty(T // ROWS, np.int64)  # per row block: its first word in x, or -1 (built rows)
+        while True:
+            task = fetch_add(next_task, 0, 1)
+            if task >= n_tasks:
+                break
+            q0 = (task // n_chunks) * T
+            fp_lo = (task % n_chunks) * fp_chunk
+            fp_hi = min(n_fp, fp_lo + fp_chunk)
+            cnt = min(T, total - q0)
+            n_rb = (cnt + ROWS - 1) // ROWS
+            for g in range(G):
+                n = q0 // OHW
+                oh = (q0 - n * OHW) // OW
+                ow = q0 - n * OHW - oh * OW
+                for b in range(n_rb):  # plan: read x in place where the block allows it, else build rows
+                    r0 = b * ROWS
+                    ih0, iw0 = oh * sh - ph, ow * sw - pw
+                    full = r0 + ROWS <= cnt
+                    if direct and full:
+                        src[b] = ((q0 + r0) * G + g) * CWg
+                    elif (not direct and full and ow + ROWS <= OW and ih0 >= 0 and ih0 + (KH - 1) * dh < H
+                          and iw0 >= 0 and iw0 + (ROWS - 1) * sw + (KW - 1) * dw < W):
+                        src[b] = ((n * H + ih0) * W + iw0) * G * CWg + g * CWg
+                    else:
+                        src[b] = -1
+                        _im2col_rows(x, rows[r0 * kwords:], q0 + r0, min(ROWS, cnt - r0), ROWS, g, H, W, G, CWg,
+                                     KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, padword)
+                    ow += ROWS
+                    while ow >= OW:
+                        ow -= OW
+                        oh += 1
+                        if oh == OH:
+                            oh = 0
+                            n += 1
+                for fp in range(fp_lo, fp_hi):
+                    col = (g * n_fp + fp) * P
+                    for b in range(n_rb):
                         r0 = b * ROWS
-                        ih0, iw0 = oh * sh - ph, ow * sw - pw
-                        full = r0 + ROWS <= cnt
-                        if direct and full:
-                            src[b] = ((q0 + r0) * G + g) * CWg
-                        elif (not direct and full and ow + ROWS <= OW and ih0 >= 0 and ih0 + (KH - 1) * dh < H
-                              and iw0 >= 0 and iw0 + (ROWS - 1) * sw + (KW - 1) * dw < W):
-                            src[b] = ((n * H + ih0) * W + iw0) * G * CWg + g * CWg
+                        if src[b] < 0:
+                            xnor_block(rows, r0 * kwords, kwords, one_tap, 1, kwords, w, col * kwords, acc, 0,
+                                       lanes)
+                        elif direct:
+                            xnor_block(x, src[b], G * CWg, one_tap, 1, kwords, w, col * kwords, acc, 0, lanes)
                         else:
-                            src[b] = -1
-                            _im2col_rows(x, rows[r0 * kwords:], q0 + r0, min(ROWS, cnt - r0), ROWS, g, H, W, G, CWg,
-                                         KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, padword)
-                        ow += ROWS
-                        while ow >= OW:
-                            ow -= OW
-                            oh += 1
-                            if oh == OH:
-                                oh = 0
-                                n += 1
-                    for fp in range(fp_lo, fp_hi):
-                        col = (g * n_fp + fp) * P
-                        for b in range(n_rb):
-                            r0 = b * ROWS
-                            if src[b] < 0:
-                                xnor_block(rows, r0 * kwords, kwords, one_tap, 1, kwords, w, col * kwords, acc, 0,
-                                           lanes)
-                            elif direct:
-                                xnor_block(x, src[b], G * CWg, one_tap, 1, kwords, w, col * kwords, acc, 0, lanes)
-                            else:
-                                xnor_block(x, src[b], sw * G * CWg, taps, KH * KW, CWg, w, col * kwords, acc, 0,
-                                           lanes)
-                            q = q0 + r0
-                            nr = min(ROWS, cnt - r0)
-                            if flags & CORR:
-                                for i in range(nr):
-                                    corr_rows[i] = ((q + i) % OHW) * OS + col
-                            xnor_epilogue(acc, nr, K, flags, corr, corr_rows, scale, shift, col, residual, out_i,
-                                          out_f, q * OS + col, OS, bits, q * bits_stride + col // 8, bits_stride,
-                                          lanes)
+                            xnor_block(x, src[b], sw * G * CWg, taps, KH * KW, CWg, w, col * kwords, acc, 0,
+                                       lanes)
+                        q = q0 + r0
+                        nr = min(ROWS, cnt - r0)
+                        if flags & CORR:
+                            for i in range(nr):
+                                corr_rows[i] = ((q + i) % OHW) * OS + col
+                        xnor_epilogue(acc, nr, K, flags, corr, corr_rows, scale, shift, col, residual, out_i,
+                                      out_f, q * OS + col, OS, bits, q * bits_stride + col // 8, bits_stride,
+                                      lanes)
 
     xnor_conv.panel = P
     return xnor_conv
@@ -370,10 +370,12 @@ def xnor_conv2d(x, filters, in_channels, out_channels, kernel_size, stride=(1, 1
         corr_p[:, :, :mg] = corr.reshape(oh * ow, g, mg)
         corr_p = corr_p.reshape(-1)
         flags |= CORR
-    t_rows, fp_chunk = _task_shape(total, n_fp)
-    kernel(x.reshape(-1), n, h, w_, g, cwg, filters.reshape(-1), n_fp, kh, kw, stride[0], stride[1], padding[0],
-           padding[1], dilation[0], dilation[1], oh, ow, padword, k_true, flags, corr_p, sc, sh, res, out_i, out_f,
-           bits, 8 * words, t_rows, fp_chunk, nb.get_num_threads())
+    threads = _threads_for(total * n_fp * panel * kh * kw * cwg)
+    t_rows, fp_chunk = _task_shape(total, n_fp, threads)
+    args = (x.reshape(-1), n, h, w_, g, cwg, filters.reshape(-1), n_fp, kh, kw, stride[0], stride[1], padding[0],
+            padding[1], dilation[0], dilation[1], oh, ow, padword, k_true, flags, corr_p, sc, sh, res, out_i, out_f,
+            bits, 8 * words, t_rows, fp_chunk, np.zeros(1, np.int64))
+    run(lambda: kernel(*args), threads)
     out = out.reshape(n, oh, ow, g, n_fp * panel)[..., :mg].reshape(n, oh, ow, out_channels)
     if layout == "nchw":
         out = out.transpose(0, 3, 1, 2)
@@ -408,10 +410,19 @@ def xnor_gemm_panels(a_panels, m, b_words, k, kernel=None):
     return dots.reshape(n, m).T
 
 
-def _task_shape(pixels, n_fp):
+# word-XORs (output pixels x filter lanes x K words) below which one thread beats waking a helper
+# (a helper's wake-up and the kernel's dispatch cost a few tens of microseconds)
+MIN_PARALLEL_WORK = 1 << 21
+
+
+def _threads_for(work: int) -> int:
+    return 1 if work < MIN_PARALLEL_WORK else num_threads()
+
+
+def _task_shape(pixels, n_fp, threads):
     """(pixels per task, filter panels per task): blocks of 32 pixels and all panels, smaller
     blocks and then filter chunks where that leaves fewer than 4 tasks per thread."""
-    want = 4 * nb.get_num_threads()
+    want = 4 * threads
     t_rows = 32
     while t_rows > ROWS and -(-pixels // t_rows) < want:
         t_rows //= 2

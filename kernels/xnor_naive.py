@@ -12,7 +12,9 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from bitnet.kernels.atomics import claimed
 from bitnet.kernels.bit_scalar import xnor_dot
+from bitnet.kernels.threads import parallel
 
 
 @intrinsic
@@ -28,10 +30,10 @@ def popcount64(typingctx, x):
     return sig, codegen
 
 
-@nb.njit(parallel=True, boundscheck=False, nogil=True, cache=True)
-def _naive(a, b, k, out):
+@nb.njit(boundscheck=False, nogil=True, cache=True)
+def _naive(a, b, k, out, counter, chunk):
     m_rows, nw = a.shape
-    for n in nb.prange(b.shape[0]):
+    for n in claimed(counter, chunk, b.shape[0]):
         for m in range(m_rows):
             s = 0
             for w in range(nw):
@@ -45,5 +47,5 @@ def xnor_gemm_naive(a_words: np.ndarray, b_words: np.ndarray, k: int) -> np.ndar
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"xnor_gemm_naive: operands (M, W) and (N, W) needed, got {a.shape} and {b.shape}")
     out = np.empty((a.shape[0], b.shape[0]), np.int32)
-    _naive(a, b, k, out)
+    parallel(_naive, b.shape[0], a, b, k, out, cost=a.shape[0] * a.shape[1])
     return out

@@ -17,6 +17,7 @@ from bitnet.kernels.bits import pack_reference, xnor_dot_reference
 from bitnet.kernels.xnor_naive import xnor_gemm_naive
 from bitnet.kernels.xnor_block import has_vector_popcount, preferred_lanes
 from bitnet.tensor import Tensor, no_grad
+from bitnet.kernels.threads import run
 
 FALLBACK = XC.make_xnor_conv(4 if XC.LANES == 8 else 8)
 KERNELS = {"selected": XC.xnor_conv, "other-width": FALLBACK}
@@ -108,9 +109,10 @@ def test_raw_kernel_writes_every_output_over_poisoned_buffers(kernel, t_rows, fp
     os_ = n_fp * p
     ref = _float_conv(_signs(x), _signs(wt), (1, 1), (0, 0), (1, 1), 1, 1.0).transpose(0, 2, 3, 1).reshape(-1, o)
     out_i = np.full(18 * os_, -12345, np.int32)
-    kern(xp.reshape(-1), n, h, w, 1, 1, fp.reshape(-1), n_fp, 3, 3, 1, 1, 0, 0, 1, 1, 3, 3, np.zeros(1, np.uint64),
-         c * 9, 0, XC._EMPTY_I, XC._EMPTY_F, XC._EMPTY_F, XC._EMPTY_F, out_i, XC._EMPTY_F, XC._EMPTY_B, 8,
-         t_rows, fp_chunk, 2)
+    counter = np.zeros(1, np.int64)  # tasks claimed by both threads of run()
+    run(lambda: kern(xp.reshape(-1), n, h, w, 1, 1, fp.reshape(-1), n_fp, 3, 3, 1, 1, 0, 0, 1, 1, 3, 3,
+                     np.zeros(1, np.uint64), c * 9, 0, XC._EMPTY_I, XC._EMPTY_F, XC._EMPTY_F, XC._EMPTY_F, out_i,
+                     XC._EMPTY_F, XC._EMPTY_B, 8, t_rows, fp_chunk, counter), 2)
     assert np.array_equal(out_i.reshape(18, os_)[:, :o], ref)
     # affine + residual + corr + bits, all through the raw kernel
     scale = np.zeros(os_, np.float32)
@@ -123,9 +125,10 @@ def test_raw_kernel_writes_every_output_over_poisoned_buffers(kernel, t_rows, fp
     out_f = np.full(18 * os_, np.nan, np.float32)
     out_bits = np.full(18, np.uint64(2**64 - 1), np.uint64)
     flags = XC.AFFINE | XC.RESIDUAL | XC.CORR | XC.BITS
-    kern(xp.reshape(-1), n, h, w, 1, 1, fp.reshape(-1), n_fp, 3, 3, 1, 1, 0, 0, 1, 1, 3, 3, np.zeros(1, np.uint64),
-         c * 9, flags, corr.reshape(-1), scale, shift, res.reshape(-1), XC._EMPTY_I, out_f, out_bits.view(np.uint8), 8,
-         t_rows, fp_chunk, 2)
+    counter = np.zeros(1, np.int64)
+    run(lambda: kern(xp.reshape(-1), n, h, w, 1, 1, fp.reshape(-1), n_fp, 3, 3, 1, 1, 0, 0, 1, 1, 3, 3,
+                     np.zeros(1, np.uint64), c * 9, flags, corr.reshape(-1), scale, shift, res.reshape(-1), XC._EMPTY_I,
+                     out_f, out_bits.view(np.uint8), 8, t_rows, fp_chunk, counter), 2)
     dots = ref - np.tile(corr[:, :o], (2, 1))
     expected = scale[:o] * dots.astype(np.float32) + shift[:o] + res[:, :o]
     assert np.array_equal(out_f.reshape(18, os_)[:, :o], expected)
@@ -149,9 +152,10 @@ def test_gemm_equals_reference(m, n, k, kernel):
 
 def test_filters_are_split_across_threads_when_pixels_are_few():
     # batch-1 dense layer: one pixel, 1000 filters -> several filter chunks per thread
-    t_rows, fp_chunk = XC._task_shape(1, -(-1000 // XC.PANEL))
+    t_rows, fp_chunk = XC._task_shape(1, -(-1000 // XC.PANEL), 2)
     assert t_rows == 4 and fp_chunk < -(-1000 // XC.PANEL)
-    assert XC._task_shape(12800, 2) == (32, 2)
+    assert XC._task_shape(12800, 2, 2) == (32, 2)
+    assert XC._task_shape(1, -(-1000 // XC.PANEL), 1)[1] < -(-1000 // XC.PANEL)  # one thread: still several tasks
     rng = np.random.default_rng(1)
     a, b = rng.standard_normal((1000, 1024)).astype(np.float32), rng.standard_normal((1, 1024)).astype(np.float32)
     assert np.array_equal(XC.xnor_gemm(pack_rows(a), pack_rows(b), 1024), (_signs(a) @ _signs(b).T).astype(np.int32))
