@@ -207,3 +207,34 @@ def test_packed_layer_errors():
     dense = PackedDense.from_layer(nn.QDense(8, 4, rng=0))
     with pytest.raises(ValueError, match=r"expects input \(N, 8\), got \(2, 9\)"):
         dense(Tensor(np.zeros((2, 9), np.float32)))
+
+
+def test_slices_run_in_parallel_with_the_callers_grad_mode():
+    import numba
+    from bitnet.kernels.threads import num_threads
+    from bitnet.packed.model import MIN_SLICE, slice_size
+    previous = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        assert slice_size(64, 32) == 32 and slice_size(32, 32) is None and slice_size(64, None) is None
+        if previous >= 2:
+            numba.set_num_threads(2)
+            assert slice_size(64, 32) == 16 and slice_size(12, 32) == MIN_SLICE and slice_size(MIN_SLICE, 32) is None
+        model = _warm(bitnet.models.get("lenet-binary", seed=0), (1, 28, 28), np.random.default_rng(1), batch=8)
+        packed = pack(model)
+        x = Tensor(np.random.default_rng(2).standard_normal((37, 1, 28, 28)).astype(np.float32))
+        seen = []
+        first = packed[0]  # a float convolution whose weights require grad: a graph if grad were enabled
+        first.register_forward_hook(lambda m, i, o: seen.append((i[0].shape[0], o.requires_grad)))
+        with no_grad():
+            out = packed(x).data
+        numba.set_num_threads(1)
+        with no_grad():
+            one = pack(model, micro_batch=None)(x).data
+        assert num_threads() == 1
+    finally:
+        numba.set_num_threads(previous)
+    np.testing.assert_allclose(out, one, rtol=0, atol=1e-5 * (np.abs(one).max() + 1))  # BLAS blocks may round apart
+    assert all(not requires for _, requires in seen)  # no graph recorded on the helper thread either
+    if previous >= 2:
+        assert sorted(n for n, _ in seen) == [7, 10, 10, 10]  # 37 images in 4 slices (2 threads)
