@@ -21,9 +21,9 @@ timed.
 """
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
+
+from bitnet.bench import onnx_models
 
 NETWORKS = {"lenet-binary": (1, 28, 28), "resnet18-binary": (3, 32, 32)}
 BATCHES = (1, 64)
@@ -56,7 +56,7 @@ class Contenders:
             if hasattr(m, "forward_on_bits"):
                 m.forward_on_bits = False
         self.model, self.torch_model, self.ort = model, None, None
-        have_torch = importlib.util.find_spec("torch") is not None
+        have_torch = onnx_models.installed("torch")
         if torch_too and not have_torch:
             self.notes.append("torch float32 skipped: PyTorch is not installed "
                               "(pip install torch --index-url https://download.pytorch.org/whl/cpu)")
@@ -68,7 +68,6 @@ class Contenders:
             twin = float_twin(name).eval()
             self.torch_model = twin if torch_too else None
         if ort_too:
-            from bitnet.bench import onnx_models
             why = onnx_models.missing()
             if why:
                 self.notes.append(f"ort fp32 / ort int8 skipped: {why}")

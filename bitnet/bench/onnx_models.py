@@ -41,9 +41,14 @@ INSTALL_HINT = ("pip install onnx onnxruntime, and torch for the export "
                 "(CPU build: pip install torch --index-url https://download.pytorch.org/whl/cpu)")
 
 
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported (without importing it)."""
+    return importlib.util.find_spec(module) is not None
+
+
 def missing() -> str | None:
     """None when the ONNX Runtime columns can run, else why not (in words)."""
-    absent = [m for m in ("torch", "onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+    absent = [m for m in ("torch", "onnx", "onnxruntime") if not installed(m)]
     if not absent:
         return None
     why = "; they need PyTorch to export the float twins to ONNX" if "torch" in absent else ""

@@ -105,7 +105,7 @@ def _run_threads(model, batch_size, threads, rounds, steps, data_dir, frameworks
     steps_per_epoch = -(-epoch_images // batch_size)
     source = workers[0].info["source"]
     med = {f: float(np.median(t)) for f, t in times.items()}
-    k = min(LOSS_WINDOW, len(losses[frameworks[0]]))
+    k = max(1, min(LOSS_WINDOW, len(losses[frameworks[0]]) // 2))  # first and last k do not overlap
     records = []
     for f, t in times.items():
         rec = {"case": f"{model} train batch {batch_size}, {threads} thr", "method": f, "model": model,
