@@ -14,9 +14,9 @@ How, following ONNX Runtime's quantization guide for x86 CPUs:
   the same kind of input the benchmark times. ``calibration_source`` says which was used.
   Activations: uint8 (``"u8s8"``, the default) or int8 (``"s8s8"``, the guide's first choice).
   Measured with ONNX Runtime 1.32 on an AVX-512 VNNI Xeon: with S8S8 the CPU provider fuses only
-  the ResNet's convolutions without a ReLU into ``QLinearConv`` (8 of 20) and leaves the other 12
-  and the 8 residual additions in float between QuantizeLinear / DequantizeLinear, 3.3x slower
-  than U8S8, which it fuses completely (20 ``QLinearConv``, 8 ``QLinearAdd``; its u8 x s8 dot
+  8 of the ResNet's 20 convolutions (each block's second one) into ``QLinearConv`` and leaves the
+  other 12 and the 8 residual additions in float between QuantizeLinear / DequantizeLinear, about
+  3x slower than U8S8, which it fuses completely (20 ``QLinearConv``, 8 ``QLinearAdd``; its u8 x s8 dot
   products are what VNNI's VPDPBUSD computes, so the guide's saturation caveat does not apply).
   So the column times the faster form; ``--ort-int8 s8s8`` times the other;
 - sessions: ``intra_op_num_threads`` = the benchmark's threads, ``inter_op_num_threads`` 1,
