@@ -41,11 +41,13 @@ def add_parser(sub):
     bsub = p.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
     t = bsub.add_parser("train", help="training time per step and epoch vs PyTorch (if installed)")
     t.add_argument("--model", choices=("lenet-binary", "resnet18-binary", "lenet"), default="lenet-binary")
-    t.add_argument("--batch-size", type=int, default=None, help="default 128 (lenet-binary, lenet), 64 (resnet18-binary)")
+    t.add_argument("--batch-size", type=int, default=None,
+                   help="default 128 (lenet-binary, lenet), 64 (resnet18-binary)")
     t.add_argument("--threads", type=thread_counts, default=None,
                    help="thread counts, e.g. 1,2: the whole comparison for each (default: 1 and all cores)")
     t.add_argument("--rounds", type=int, default=5)
-    t.add_argument("--steps", type=int, default=None, help="steps per round per framework (default 20; 5 for resnet18-binary)")
+    t.add_argument("--steps", type=int, default=None,
+                   help="steps per round per framework (default 20; 5 for resnet18-binary)")
     t.add_argument("--data-dir", default=None)
     t.add_argument("--no-torch", action="store_true", help="time bitnet only")
     _add_busy(t)

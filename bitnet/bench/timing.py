@@ -15,7 +15,8 @@ WARMUP_S = 0.02
 
 
 def time_calls(methods: dict, rounds: int = 3, repeats: int = 3, settle_s: float | None = None) -> dict:
-    """``{name: [seconds of each timed call]}`` of calling each ``methods[name]()``. Every round gives each method in turn a block: a pause of ``settle_s`` (the previous
+    """``{name: [seconds of each timed call]}`` of calling each ``methods[name]()``. Every round
+    gives each method in turn a block: a pause of ``settle_s`` (the previous
     method's thread pool stops spinning: on 2 cores a spinning OpenBLAS pool halves the next
     method's speed), untimed warm-up calls for at least ``WARMUP_S`` (compilation, caches,
     waking the method's own threads), then ``repeats`` timed calls."""
