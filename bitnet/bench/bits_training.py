@@ -5,7 +5,9 @@ For ``lenet-binary`` (MNIST shape) and ``resnet18-binary`` (CIFAR-10 shape), one
 for every binary layer (``bitnet.ops.binary``), timed side by side in one run. Both settings
 compute the same numbers (the tests check it bit for bit), so only time differs. Reported: the
 median step, the implied time per epoch (``EPOCH_IMAGES / batch`` steps: 60,000 MNIST, 50,000
-CIFAR-10 training images) and the ratio float / bits.
+CIFAR-10 training images), the p90, max and max / median of the timed steps, and the ratio
+float / bits. With ``busy`` > 0 that many busy-looping processes (``bitnet.bench.load``) run while
+the steps are timed.
 """
 from __future__ import annotations
 
@@ -36,16 +38,19 @@ def _stepper(name, shape, batch, on_bits):
     return step
 
 
-def bench_network(name, rounds, repeats, batch=None):
-    from bitnet.bench.timing import records_for, time_methods
+def bench_network(name, rounds, repeats, batch=None, busy=0):
+    from bitnet.bench import load
+    from bitnet.bench.timing import records_for, time_calls
     shape, epoch_images, default_batch = NETWORKS[name]
     batch = batch or default_batch
     methods = {"float forward": _stepper(name, shape, batch, False),
                "forward on bits": _stepper(name, shape, batch, True)}
-    med = time_methods(methods, rounds, repeats)
+    with load.busy(busy):
+        calls = time_calls(methods, rounds, repeats)
+    med = {m: float(np.median(ts)) for m, ts in calls.items()}
     steps = -(-epoch_images // batch)
     recs = records_for(f"{name} batch {batch} train step", med, "float forward", ratio_key="ratio_vs_float_forward",
-                       network=name, batch=batch, steps_per_epoch=steps)
+                       calls=calls, network=name, batch=batch, steps_per_epoch=steps, busy=busy)
     for r in recs:
         r["epoch_s"] = r["median_s"] * steps
     return recs

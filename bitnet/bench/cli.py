@@ -1,34 +1,82 @@
 """``bitnet bench`` subcommands."""
 from __future__ import annotations
 
+import argparse
 import json
+import os
+
+
+def thread_counts(text: str) -> list:
+    """``"1,2"`` -> ``[1, 2]`` (``--threads`` of ``bench model`` and ``bench train``)."""
+    try:
+        counts = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected thread counts >= 1 separated by commas, e.g. 1,2; got {text!r}")
+    return list(dict.fromkeys(counts))
+
+
+def _threads_list(requested) -> list:
+    """The thread counts to run: as given, else 1 and the machine's count; each at most what Numba
+    allows (``NUMBA_NUM_THREADS``)."""
+    import numba
+    most = numba.config.NUMBA_NUM_THREADS
+    if requested is None:
+        return list(dict.fromkeys([1, min(most, os.cpu_count() or 1)]))
+    too_many = [t for t in requested if t > most]
+    if too_many:
+        raise ValueError(f"--threads {','.join(map(str, too_many))}: at most {most} on this machine "
+                         "(NUMBA_NUM_THREADS)")
+    return requested
+
+
+def _add_busy(p):
+    p.add_argument("--busy", type=int, default=0, metavar="N",
+                   help="run N busy-looping processes while timing (load of a shared machine); default 0")
 
 
 def add_parser(sub):
     p = sub.add_parser("bench", help="benchmarks that print ratios measured in one run")
     bsub = p.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
-    t = bsub.add_parser("train", help="LeNet training time per epoch vs PyTorch (if installed)")
-    t.add_argument("--batch-size", type=int, default=128)
-    t.add_argument("--threads", type=int, default=2)
+    t = bsub.add_parser("train", help="training time per step and epoch vs PyTorch (if installed)")
+    t.add_argument("--model", choices=("lenet-binary", "resnet18-binary", "lenet"), default="lenet-binary")
+    t.add_argument("--batch-size", type=int, default=None,
+                   help="default 128 (lenet-binary, lenet), 64 (resnet18-binary)")
+    t.add_argument("--threads", type=thread_counts, default=None,
+                   help="thread counts, e.g. 1,2: the whole comparison for each (default: 1 and all cores)")
     t.add_argument("--rounds", type=int, default=5)
-    t.add_argument("--steps", type=int, default=20, help="steps per round per framework")
+    t.add_argument("--steps", type=int, default=None,
+                   help="steps per round per framework (default 20; 5 for resnet18-binary)")
     t.add_argument("--data-dir", default=None)
     t.add_argument("--no-torch", action="store_true", help="time bitnet only")
+    _add_busy(t)
     t.add_argument("--json", default=None, help="write the records to this file")
     t.set_defaults(run=cmd_train)
     for name, helptext in (("gemm", "XNOR-popcount GEMM vs NumPy float32 GEMM (BMXNet paper sizes, squares)"),
                            ("conv", "one binary convolution layer from a float input vs float im2col + GEMM"),
-                           ("model", "packed lenet-binary / resnet18-binary inference vs float (and PyTorch)"),
+                           ("model", "packed lenet-binary / resnet18-binary inference vs float, PyTorch, ONNX Runtime"),
                            ("train-bits", "binary networks' training step with the forward on bits vs in float")):
         k = bsub.add_parser(name, help=helptext)
         k.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
         k.add_argument("--repeats", type=int, default=3, help="timed calls per method per round (default 3)")
-        k.add_argument("--threads", type=int, default=None, help="threads for bitnet, BLAS and torch "
-                       "(default: all of Numba's)")
+        if name == "model":
+            k.add_argument("--threads", type=thread_counts, default=None,
+                           help="thread counts for every engine, e.g. 1,2: the whole comparison for each "
+                                "(default: 1 and all of Numba's)")
+        else:
+            k.add_argument("--threads", type=int, default=None, help="threads for bitnet, BLAS and torch "
+                           "(default: all of Numba's)")
         k.add_argument("--quick", action="store_true", help="one small case only (a smoke test)")
         k.add_argument("--json", default=None, help="write the records to this file")
         if name == "model":
             k.add_argument("--no-torch", action="store_true", help="skip the PyTorch column")
+            k.add_argument("--no-ort", action="store_true", help="skip the ONNX Runtime columns")
+            k.add_argument("--ort-int8", choices=("u8s8", "s8s8"), default="u8s8",
+                           help="ONNX Runtime int8 activations: uint8 (default, the faster here) or int8")
+            k.add_argument("--data-dir", default=None, help="MNIST for the int8 calibration of lenet-binary")
+        if name in ("model", "train-bits"):
+            _add_busy(k)
         if name in ("gemm", "model"):
             k.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                            help="cuda: the GPU kernels vs cuBLAS / PyTorch on the GPU, timed with CUDA events")
@@ -45,7 +93,9 @@ def _write_json(path, records) -> None:
 def cmd_train(args) -> int:
     from bitnet.bench import train
     frameworks = ["bitnet"] if args.no_torch else None
-    records = train.run(args.batch_size, args.threads, args.rounds, args.steps, args.data_dir, frameworks)
+    threads = _threads_list(args.threads)
+    records = train.run(args.model, args.batch_size, threads, args.rounds, args.steps, args.data_dir,
+                        frameworks, args.busy)
     _write_json(args.json, records)
     return 0
 
@@ -81,17 +131,52 @@ def cmd_gpu(args) -> int:
     return 0
 
 
+def cmd_model(args) -> list:
+    """``bench model``: every network's contenders built once, then for each thread count every
+    network and batch size; the table has the tail columns and the ratio columns."""
+    from bitnet.bench import load, model
+    from bitnet.bench.timing import print_table
+    threads = _threads_list(args.threads)
+    print(f"bitnet bench model: threads {', '.join(map(str, threads))}, median of {args.rounds} x "
+          f"{args.repeats} calls, load: {load.describe(args.busy)}", flush=True)
+    nets = ("lenet-binary",) if args.quick else tuple(model.NETWORKS)
+    contenders, records = [], []
+    try:
+        for net in nets:
+            c = model.Contenders(net, not args.no_torch, not args.no_ort, args.data_dir, args.ort_int8)
+            contenders.append(c)
+            for note in c.notes:
+                print(f"  {net}: {note}", flush=True)
+        keys = tuple(model.RATIOS.values())
+        print_table([], keys, tail=True, tops=False)
+        for t in threads:
+            for c in contenders:
+                for batch in model.BATCHES:
+                    recs = model.bench_network(c, batch, args.rounds, args.repeats, t, args.busy)
+                    print_table(recs, keys, header=False, tail=True, tops=False)
+                    records += recs
+    finally:
+        for c in contenders:
+            c.close()
+    return records
+
+
 def cmd_kernels(args) -> int:
     import numba
     if getattr(args, "device", "cpu") == "cuda":
         return cmd_gpu(args)
+    if args.which == "model":
+        _write_json(args.json, cmd_model(args))
+        return 0
 
+    from bitnet.bench import load
     from bitnet.bench.timing import print_table
     if args.threads:
         numba.set_num_threads(args.threads)
     threads = numba.get_num_threads()
-    print(f"bitnet bench {args.which}: {threads} threads, median of {args.rounds} x {args.repeats} calls",
-          flush=True)
+    busy = getattr(args, "busy", None)
+    print(f"bitnet bench {args.which}: {threads} threads, median of {args.rounds} x {args.repeats} calls"
+          + ("" if busy is None else f", load: {load.describe(busy)}"), flush=True)
     records = []
     if args.which == "gemm":
         from bitnet.bench import gemm
@@ -109,27 +194,17 @@ def cmd_kernels(args) -> int:
             recs = conv.bench_case(c, args.rounds, args.repeats)
             print_table(recs, keys, header=False)
             records += recs
-    elif args.which == "train-bits":
+    else:
         from bitnet.bench import bits_training
         keys = ("ratio_vs_float_forward",)
-        print_table([], keys)
+        print_table([], keys, tail=True, tops=False)
         nets = ("lenet-binary",) if args.quick else tuple(bits_training.NETWORKS)
         for net in nets:
-            recs = bits_training.bench_network(net, args.rounds, args.repeats)
-            print_table(recs, keys, header=False)
+            recs = bits_training.bench_network(net, args.rounds, args.repeats, busy=busy)
+            print_table(recs, keys, header=False, tail=True, tops=False)
             for r in recs:
                 print(f"    {r['method']}: {r['steps_per_epoch']} steps per epoch -> {r['epoch_s']:.1f} s per epoch",
                       flush=True)
             records += recs
-    else:
-        from bitnet.bench import model
-        keys = ("ratio_vs_bitnet_float", "ratio_vs_torch")
-        print_table([], keys)
-        nets = ("lenet-binary",) if args.quick else tuple(model.NETWORKS)
-        for net in nets:
-            for batch in model.BATCHES:
-                recs = model.bench_network(net, batch, args.rounds, args.repeats, threads, not args.no_torch)
-                print_table(recs, keys, header=False)
-                records += recs
     _write_json(args.json, records)
     return 0

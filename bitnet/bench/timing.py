@@ -1,6 +1,8 @@
 """Side-by-side timing for the kernel benchmarks: every method of a case is timed in the same run,
 in alternating rounds (a shared machine's noise hits all of them alike), and reported as the
-median of its repeats with ratios against a baseline method of the same case."""
+median of its repeats with ratios against a baseline method of the same case; where asked, also
+the tail of the timed calls: their 90th percentile, their maximum and max / median (how much
+slower the slowest call was than the typical one, e.g. under ``--busy`` load)."""
 from __future__ import annotations
 
 import time
@@ -12,9 +14,9 @@ SETTLE_S = 0.25  # longer than OpenBLAS's and OpenMP's spin-wait after a call (2
 WARMUP_S = 0.02
 
 
-def time_methods(methods: dict, rounds: int = 3, repeats: int = 3, settle_s: float | None = None) -> dict:
-    """``{name: median seconds}`` of calling each ``methods[name]()``, its steady-state time per
-    call. Every round gives each method in turn a block: a pause of ``settle_s`` (the previous
+def time_calls(methods: dict, rounds: int = 3, repeats: int = 3, settle_s: float | None = None) -> dict:
+    """``{name: [seconds of each timed call]}`` of calling each ``methods[name]()``. Every round
+    gives each method in turn a block: a pause of ``settle_s`` (the previous
     method's thread pool stops spinning: on 2 cores a spinning OpenBLAS pool halves the next
     method's speed), untimed warm-up calls for at least ``WARMUP_S`` (compilation, caches,
     waking the method's own threads), then ``repeats`` timed calls."""
@@ -31,32 +33,57 @@ def time_methods(methods: dict, rounds: int = 3, repeats: int = 3, settle_s: flo
                 t0 = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - t0)
-    return {name: float(np.median(ts)) for name, ts in times.items()}
+    return times
+
+
+def time_methods(methods: dict, rounds: int = 3, repeats: int = 3, settle_s: float | None = None) -> dict:
+    """``{name: median seconds}`` of ``time_calls``: each method's steady-state time per call."""
+    return {name: float(np.median(ts)) for name, ts in time_calls(methods, rounds, repeats, settle_s).items()}
+
+
+def tail_stats(times) -> dict:
+    """``p90_s`` (90th percentile, linear interpolation), ``max_s`` and ``max_over_median`` of a
+    list of call times."""
+    ts = np.asarray(times, dtype=float)
+    med = float(np.median(ts))
+    return {"p90_s": float(np.percentile(ts, 90)), "max_s": float(ts.max()), "max_over_median": float(ts.max()) / med}
 
 
 def records_for(case: str, medians: dict, baseline: str, ops: float | None = None,
-                ratio_key: str = "ratio_vs_numpy", **extra) -> list:
+                ratio_key: str = "ratio_vs_numpy", calls: dict | None = None, **extra) -> list:
     """One record per method: ``case``, ``method``, ``median_s``, ``ratio_key`` (the baseline
-    method's time / this method's time: > 1 means faster) and, when ``ops`` (operations per call)
-    is given, ``tops``."""
+    method's time / this method's time: > 1 means faster), when ``ops`` (operations per call)
+    is given ``tops``, and when ``calls`` (``time_calls``'s lists) is given the ``tail_stats``."""
     out = []
     for method, t in medians.items():
         rec = {"case": case, "method": method, "median_s": t, ratio_key: medians[baseline] / t}
         if ops:
             rec["tops"] = ops / t / 1e12
+        if calls is not None:
+            rec.update(tail_stats(calls[method]), calls=len(calls[method]))
         rec.update(extra)
         out.append(rec)
     return out
 
 
-def print_table(records: list, ratio_keys=("ratio_vs_numpy",), header=True, file=None) -> None:
-    """Print records as a table: case, method, median, TOPS and the ratio columns."""
-    head = f"{'case':<34} {'method':<16} {'median':>10} {'TOPS':>7}"
+def _ms(t) -> str:
+    return f"{1e3 * t:.2f}ms"
+
+
+def print_table(records: list, ratio_keys=("ratio_vs_numpy",), header=True, file=None, tail=False,
+                tops=True) -> None:
+    """Print records as a table: case, method, median, TOPS, the ratio columns and, with ``tail``,
+    the p90 and max of the timed calls and max / median."""
+    head = f"{'case':<34} {'method':<16} {'median':>10}" + (f" {'TOPS':>7}" if tops else "")
+    head += f" {'p90':>10} {'max':>10} {'max/med':>7}" if tail else ""
     head += "".join(f" {k.replace('ratio_vs_', 'x '):>13}" for k in ratio_keys)
     if header:
         print(head, file=file)
     for r in records:
-        tops = f"{r['tops']:.3f}" if r.get("tops") is not None else "-"
-        line = f"{r['case']:<34} {r['method']:<16} {1e3 * r['median_s']:>8.2f}ms {tops:>7}"
+        line = f"{r['case']:<34} {r['method']:<16} {_ms(r['median_s']):>10}"
+        if tops:
+            line += f" {r['tops']:>7.3f}" if r.get("tops") is not None else f" {'-':>7}"
+        if tail:
+            line += f" {_ms(r['p90_s']):>10} {_ms(r['max_s']):>10} {r['max_over_median']:>6.2f}x"
         line += "".join(f" {r[k]:>12.2f}x" if r.get(k) is not None else f" {'-':>13}" for k in ratio_keys)
         print(line, file=file, flush=True)

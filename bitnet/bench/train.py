@@ -1,11 +1,20 @@
-"""``bitnet bench train``: LeNet training time per epoch, bitnet vs PyTorch, in one run.
+"""``bitnet bench train``: training time per step and per epoch, bitnet vs PyTorch, in one run.
 
-Each framework runs in its own worker process (``bitnet.bench.worker``) with the same batch size
-and the same number of threads; the parent alternates rounds of ``steps`` training steps between
-them, so that noise from a shared machine hits both alike, and reports the median step time,
-the implied time per epoch (steps per epoch x median) and the ratio bitnet / PyTorch. The
-workers cycle through the MNIST training set in order, so ``--steps 469 --rounds R`` (batch 128)
-times R real epochs of each framework, alternated.
+Models: ``lenet-binary`` (default, batch 128), ``resnet18-binary`` (batch 64) and the float
+``lenet`` (batch 128); PyTorch trains the same network from the same initial weights
+(``bitnet.bench.train_step``: hand-written sign straight-through estimator, latent binary weights
+clipped to [-1, 1] after each step, Adam lr 1e-3). Each framework runs in its own worker process
+(``bitnet.bench.worker``) with the same batch size and number of threads; the parent alternates
+rounds of ``steps`` training steps between them, so that noise from a shared machine hits both
+alike. Reported per framework: the median step time, the p90, max and max / median of the timed
+steps, the implied time per epoch (steps per epoch x median: 60,000 MNIST images; for
+resnet18-binary 50,000, a CIFAR-10 epoch, though it trains on random data of CIFAR shape: there
+are no CIFAR files here) and bitnet / PyTorch. The MNIST models cycle through the MNIST training
+set in order, so ``--steps 469 --rounds R`` (batch 128) times R real epochs of each framework.
+
+Same work: both frameworks' losses over the timed steps are printed side by side (the last few,
+and the mean of the first and last few), and kept in the records. With ``busy`` > 0 that many
+busy-looping processes (``bitnet.bench.load``) run during the timed rounds.
 """
 from __future__ import annotations
 
@@ -18,20 +27,26 @@ import time
 
 import numpy as np
 
+BATCH = {"lenet-binary": 128, "resnet18-binary": 64, "lenet": 128}
+STEPS = {"lenet-binary": 20, "resnet18-binary": 5, "lenet": 20}
+EPOCH = {"lenet-binary": (60000, "60k MNIST"), "resnet18-binary": (50000, "50k, CIFAR-10 size"),
+         "lenet": (60000, "60k MNIST")}
+LOSS_WINDOW = 5  # steps averaged at the start and end of the timed run
+
 
 class Worker:
-    def __init__(self, framework, batch_size, threads, data_dir, env=None):
-        cmd = [sys.executable, "-m", "bitnet.bench.worker", "--framework", framework,
+    def __init__(self, framework, model, batch_size, threads, data_dir, env=None):
+        cmd = [sys.executable, "-m", "bitnet.bench.worker", "--framework", framework, "--model", model,
                "--batch-size", str(batch_size), "--threads", str(threads)]
         if data_dir:
             cmd += ["--data-dir", str(data_dir)]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                     env=env)
+        self.framework = framework
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         hello = self.proc.stdout.readline()
         if not hello:
+            self.close()
             raise RuntimeError(f"the {framework} benchmark worker failed to start (see its error above)")
         self.info = json.loads(hello)
-        self.framework = framework
 
     def run(self, steps):
         self.proc.stdin.write(json.dumps({"steps": steps}) + "\n")
@@ -39,48 +54,85 @@ class Worker:
         return json.loads(self.proc.stdout.readline())
 
     def close(self):
+        """Ask the worker to stop; kill it if it does not (an error or Ctrl-C mid-step)."""
         try:
             self.proc.stdin.write("\n")
             self.proc.stdin.close()
-        finally:
             self.proc.wait(timeout=30)
+        except Exception:  # noqa: BLE001 - a broken pipe, a timeout: it goes anyway
+            self.proc.kill()
+            self.proc.wait()
 
 
-def run(batch_size=128, threads=2, rounds=5, steps=20, data_dir=None, frameworks=None, out=print):
-    """Run the comparison; returns a list of result records (one per framework)."""
+def run(model="lenet-binary", batch_size=None, threads=(2,), rounds=5, steps=None, data_dir=None,
+        frameworks=None, busy=0, out=print):
+    """Run the comparison for each thread count; returns the result records (one per framework
+    and thread count)."""
     if frameworks is None:
         frameworks = ["bitnet"] + (["torch"] if importlib.util.find_spec("torch") else [])
+    batch_size = batch_size or BATCH[model]
+    steps = steps or STEPS[model]
+    records = []
+    for t in threads:
+        records += _run_threads(model, batch_size, t, rounds, steps, data_dir, frameworks, busy, out)
+    return records
+
+
+def _run_threads(model, batch_size, threads, rounds, steps, data_dir, frameworks, busy, out):
+    from bitnet.bench import load
+    from bitnet.bench.timing import tail_stats
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    workers = [Worker(f, batch_size, threads, data_dir, env) for f in frameworks]
-    times = {w.framework: [] for w in workers}
+    workers = []
+    times = {f: [] for f in frameworks}
+    losses = {f: [] for f in frameworks}
     try:
-        for r in range(rounds):
-            for w in workers:
-                time.sleep(0.3)  # let the other process's thread pool go idle
-                times[w.framework] += w.run(steps)["times"]
-            out(f"round {r + 1}/{rounds}: " + ", ".join(
-                f"{f} {1e3 * np.median(t[-steps:]):.1f} ms/step" for f, t in times.items()))
+        for f in frameworks:
+            workers.append(Worker(f, model, batch_size, threads, data_dir, env))
+        with load.busy(busy):
+            for r in range(rounds):
+                for w in workers:
+                    time.sleep(0.3)  # let the other process's thread pool go idle
+                    reply = w.run(steps)
+                    times[w.framework] += reply["times"]
+                    losses[w.framework] += reply["losses"]
+                out(f"round {r + 1}/{rounds}: " + ", ".join(
+                    f"{f} {1e3 * np.median(t[-steps:]):.1f} ms/step (loss {losses[f][-1]:.3f})"
+                    for f, t in times.items()))
     finally:
         for w in workers:
             w.close()
-    steps_per_epoch = -(-60000 // batch_size)
-    base = np.median(times["bitnet"])
+    epoch_images, epoch_label = EPOCH[model]
+    steps_per_epoch = -(-epoch_images // batch_size)
+    source = workers[0].info["source"]
+    med = {f: float(np.median(t)) for f, t in times.items()}
+    k = max(1, min(LOSS_WINDOW, len(losses[frameworks[0]]) // 2))  # first and last k do not overlap
     records = []
     for f, t in times.items():
-        med = float(np.median(t))
-        records.append({"case": f"lenet-train-b{batch_size}", "method": f, "median_s": med,
-                        "epoch_s": med * steps_per_epoch, "ratio_vs_bitnet": med / base,
-                        "data": workers[0].info["source"]})
-    out(f"\nLeNet (BMXNet layout) training step, batch {batch_size}, {threads} threads, "
-        f"{rounds} rounds x {steps} steps, data: {workers[0].info['source']}")
-    out(f"{'framework':<10} {'median ms/step':>15} {'s/epoch (60k)':>14}")
+        rec = {"case": f"{model} train batch {batch_size}, {threads} thr", "method": f, "model": model,
+               "batch": batch_size, "threads": threads, "busy": busy, "median_s": med[f], **tail_stats(t),
+               "calls": len(t), "epoch_s": med[f] * steps_per_epoch, "steps_per_epoch": steps_per_epoch,
+               "ratio_vs_bitnet": med[f] / med["bitnet"] if "bitnet" in med else None, "data": source,
+               "loss_first_mean": float(np.mean(losses[f][:k])), "loss_last_mean": float(np.mean(losses[f][-k:])),
+               "last_losses": losses[f][-k:]}
+        if "torch" in med:
+            rec["ratio_vs_torch"] = med["torch"] / med[f]
+        records.append(rec)
+    out(f"\n{model} training step, batch {batch_size}, {threads} thread{'s' if threads > 1 else ''}, "
+        f"{rounds} rounds x {steps} steps, data: {source}, load: {load.describe(busy)}")
+    out(f"{'framework':<10} {'median ms':>10} {'p90 ms':>9} {'max ms':>9} {'max/med':>8} "
+        f"{'s/epoch (' + epoch_label + ')':>28}")
     for rec in records:
-        out(f"{rec['method']:<10} {1e3 * rec['median_s']:>15.1f} {rec['epoch_s']:>14.1f}")
-    if "torch" in times:
-        ratio = base / np.median(times["torch"])
-        out(f"bitnet / PyTorch time per epoch: {ratio:.2f}x")
+        out(f"{rec['method']:<10} {1e3 * rec['median_s']:>10.1f} {1e3 * rec['p90_s']:>9.1f} "
+            f"{1e3 * rec['max_s']:>9.1f} {rec['max_over_median']:>7.2f}x {rec['epoch_s']:>28.1f}")
+    if "torch" in med and "bitnet" in med:
+        out(f"bitnet / PyTorch time per step (and per epoch): {med['bitnet'] / med['torch']:.2f}x")
     elif importlib.util.find_spec("torch") is None:
-        out("PyTorch is not installed: no comparison (pip install torch)")
+        out("PyTorch is not installed: no comparison "
+            "(pip install torch --index-url https://download.pytorch.org/whl/cpu)")
     else:
         out("PyTorch not measured (--no-torch)")
+    out(f"losses, last {k} timed steps: " + "; ".join(
+        f"{f} " + " ".join(f"{v:.3f}" for v in losses[f][-k:]) for f in frameworks))
+    out(f"mean loss, first {k} -> last {k} timed steps: " + ", ".join(
+        f"{r['method']} {r['loss_first_mean']:.3f} -> {r['loss_last_mean']:.3f}" for r in records))
     return records
