@@ -162,20 +162,22 @@ def run(worker, n: int | None = None) -> None:
     threads); return when this thread's call and every helper call that started have returned.
     ``worker`` must claim its work from a shared counter (see the module docstring), so that the
     work gets done whoever runs. A helper's exception is raised here. Inside a worker, or with
-    ``n <= 1``, the worker runs on this thread only."""
+    ``n <= 1``, the worker runs on this thread only. BLAS runs single-threaded while the workers
+    run (``single_threaded_blas``): every worker's GEMMs stay on its own thread."""
     n = num_threads() if n is None else int(n)
     if n <= 1 or getattr(_local, "active", False):
         worker()
         return
     job = _Job(worker)
-    for inbox in _helpers.inboxes_for(n - 1):
-        inbox.put(job)
-    _local.active = True
-    try:
-        worker()
-    finally:
-        _local.active = False
-        job.close_and_wait()
+    with single_threaded_blas():  # BLAS inside any worker runs on that worker's thread only
+        for inbox in _helpers.inboxes_for(n - 1):
+            inbox.put(job)
+        _local.active = True
+        try:
+            worker()
+        finally:
+            _local.active = False
+            job.close_and_wait()
     if job.error is not None:
         raise job.error
 
