@@ -166,3 +166,19 @@ def test_train_against_pytorch_same_work(tmp_path, capsys):
     for a, b in zip(rows["bitnet"]["last_losses"], rows["torch"]["last_losses"]):
         assert a == pytest.approx(b, rel=0.2)
     assert "losses, last 2 timed steps" in capsys.readouterr().out
+
+
+def test_steady_timing_runs_and_stops_its_load():
+    import os
+
+    from bitnet.bench import load, steady
+    before = len(load.STARTED)
+    times = steady.main(["infer", "lenet-binary", "--batch", "2", "--threads", "1", "--busy", "1", "--seconds", "0.2"])
+    assert len(times) >= 1 and (times > 0).all()
+    pids = load.STARTED[before:]
+    assert len(pids) == 1
+    for pid in pids:  # killed and reaped: no such process any more
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    times = steady.main(["train", "lenet-binary", "--batch", "4", "--seconds", "0.1"])
+    assert len(times) >= 1
