@@ -8,8 +8,8 @@ helper that *started* on it has finished: a helper that is not running (deschedu
 shared with other work, or still waking up) never makes the caller wait; it either joins in while
 work is left or finds none and returns. So a forward pass on a busy machine degrades to the speed
 of the threads that actually run, instead of waiting a scheduler time slice for a sleeping thread
-at the end of every kernel (OpenMP's barrier did: 2 threads were 1.2x slower than 1 with two busy
-processes beside them, and 2.6x slower on tiny batches even alone).
+at the end of every kernel (the OpenMP barrier bitnet used before did: on a machine at a load of
+about 4.5, resnet18-binary at 2 threads ran 4-6x slower than at 1 thread, issue 13).
 
 Helpers are Python threads that block (never spin) on a queue when idle; the kernels they run are
 ``nogil`` Numba functions or NumPy / BLAS calls, which release the GIL, so the threads really run
@@ -209,18 +209,17 @@ def parallel(kernel, n_items: int, *args, cost: int = 1) -> None:
     threads = num_threads()
     if n_items * cost < MIN_PARALLEL_WORK or n_items < 2:
         threads = 1
-    threads = min(threads, n_items)
+    threads = max(1, min(threads, n_items))  # n_items == 0: one thread that claims nothing
     chunk = max(1, -(-n_items // (8 * threads)))  # several chunks a thread: the awake ones take more
     counter = np.zeros(1, np.int64)
     run(lambda: kernel(*args, counter, chunk), threads)
 
 
-_MIN_ELEMENTS = 1 << 18  # below this one thread is faster than the hand-off
 def parallel_ufunc(ufunc, a):
     """``ufunc(a)`` for a NumPy unary ufunc (e.g. ``np.tanh``), its flat range split across
     bitnet's threads for large arrays (NumPy's ufuncs run on one core and release the GIL)."""
     parts = num_threads()
-    if a.size < _MIN_ELEMENTS or parts < 2:
+    if a.size < MIN_PARALLEL_WORK or parts < 2:
         return ufunc(a)
     a = np.ascontiguousarray(a)
     out = np.empty_like(a)
