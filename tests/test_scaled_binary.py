@@ -49,7 +49,7 @@ def test_scaled_network_float_packed_and_bits_agree_in_sign():
                 m.register_forward_hook(lambda mod, i, o, acts=acts: acts.append(o.data.copy()))
             model.eval()(x)
             outs[name] = acts
-        packed = bitnet.pack(net())
+        packed = bitnet.pack(net(), micro_batch=None)  # whole batches: the hooks see every sample at once
         acts = []
         for m in packed:
             m.register_forward_hook(lambda mod, i, o, acts=acts: acts.append(np.asarray(o.data).copy()))

@@ -267,7 +267,13 @@ class Module:
                 v.data[...] = src.astype(v.dtype, copy=False)
             else:
                 store[name] = np.array(src, dtype=v.dtype)
+        for _, mod in self.named_modules():
+            mod._state_changed()
         return missing, unexpected
+
+    def _state_changed(self) -> None:
+        """Called on every module after ``load_state_dict`` wrote new values into it: a module that
+        keeps values derived from its state (caches of a packed model) drops them here."""
 
     # -- configs --------------------------------------------------------------------------------------
     def get_config(self) -> dict:

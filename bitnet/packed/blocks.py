@@ -24,6 +24,19 @@ from bitnet.packed.fold import batchnorm_affine
 from bitnet.tensor import Tensor
 
 
+def conv_nhwc(x, weight_t, kernel_size, stride=(1, 1), padding=(0, 0)):
+    """Float convolution, channels-last, as one GEMM over im2col rows (groups 1, dilation 1):
+    ``out[n, oy, ox, o] = sum_{i, j, c} x_pad[n, oy*sh + i, ox*sw + j, c] * weight_t[(i*KW + j)*C + c, o]``
+    for ``x`` (N, H, W, C) and ``weight_t`` (KH*KW*C, O): (N, OH, OW, O) float32."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    n, c = x.shape[0], x.shape[3]
+    xp = np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0))) if ph or pw else x
+    win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(1, 2))[:, ::sh, ::sw]  # (N, OH, OW, C, KH, KW)
+    oh, ow = win.shape[1], win.shape[2]
+    out = matmul(win.transpose(0, 1, 2, 4, 5, 3).reshape(-1, kh * kw * c), weight_t)
+    return out.reshape(n, oh, ow, -1)
+
+
 class ChannelsLastConv2d(Module):
     """A float convolution with its batch norm folded (and a ReLU), channels-last, as one GEMM over
     im2col rows (the float stem of a packed ResNet):
@@ -62,15 +75,11 @@ class ChannelsLastConv2d(Module):
         n, h, w, c = fm.nhwc.shape
         if c != self.in_channels:
             raise ValueError(f"{self!r} expects {self.in_channels} channels, got a map of shape {fm.nhwc.shape} (N, H, W, C)")
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        xp = np.pad(fm.nhwc, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
-        win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(1, 2))[:, ::sh, ::sw]  # (N, OH, OW, C, KH, KW)
-        oh, ow = win.shape[1], win.shape[2]
-        out = matmul(win.transpose(0, 1, 2, 4, 5, 3).reshape(-1, kh * kw * c), self.weight_t)
+        out = conv_nhwc(fm.nhwc, self.weight_t, self.kernel_size, self.stride, self.padding)
         out += self.shift
         if self.relu:
             np.maximum(out, 0, out=out)
-        return FeatureMap.of(out.reshape(n, oh, ow, -1))
+        return FeatureMap.of(out)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

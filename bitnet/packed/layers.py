@@ -17,7 +17,7 @@ import numpy as np
 
 from bitnet.kernels import bitpack
 from bitnet.kernels import xnor_conv as XC
-from bitnet.kernels.bits import unpack_reference
+from bitnet.kernels.bits import unpack_reference, words_for
 from bitnet.nn.module import Module
 from bitnet.packed.featuremap import FeatureMap
 from bitnet.packed.fold import fold_batchnorm
@@ -71,6 +71,9 @@ class PackedConv2d(Module):
             filters = np.zeros(XC.filter_panels_shape(layer.weight.shape, layer.groups), np.uint64)
         return cls(filters, layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
                    layer.dilation, layer.groups, layer.pad_value, scale, shift)
+
+    def _state_changed(self):
+        self._corr = {}  # derived from the filters
 
     def _taps(self):
         """Per-tap sums of the filters' +-1 values (O, KH, KW), from the packed words."""
@@ -167,6 +170,11 @@ class PackedDense(Module):
 
     def _packed_input(self, x):
         data = x.data if isinstance(x, Tensor) else x
+        if isinstance(data, np.ndarray) and data.dtype == np.uint64 and data.ndim == 2:  # already packed rows
+            if data.shape[1] != words_for(self.in_features):
+                raise ValueError(f"{self!r} expects packed rows of {words_for(self.in_features)} words "
+                                 f"({self.in_features} features), got shape {data.shape}")
+            return data.reshape(data.shape[0], 1, 1, 1, -1)
         if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != self.in_features:
             raise ValueError(f"{self!r} expects input (N, {self.in_features}), got "
                              f"{getattr(data, 'shape', type(data).__name__)}")

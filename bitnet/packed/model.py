@@ -37,6 +37,7 @@ from bitnet.nn.layers import Identity
 from bitnet.nn.quantized import QConv2d
 from bitnet.packed.fold import batchnorm_pairs
 from bitnet.packed.layers import PackedConv2d, PackedDense, packable
+from bitnet.packed.sign_chains import fuse_sign_chains
 from bitnet.tensor import enable_grad, is_grad_enabled, no_grad
 
 
@@ -80,6 +81,7 @@ def pack_structure(model, micro_batch: int | None = 32):
 
 
 def _finish(packed, micro_batch):
+    fuse_sign_chains(packed)
     packed.__class__ = _micro_batched(type(packed))
     packed.micro_batch = micro_batch
     return packed

@@ -52,6 +52,17 @@ def _float_dots(layer, x):
         return F.conv2d(xp, ws, None, layer.stride, 0, layer.dilation, layer.groups).data
 
 
+def _as_values(x, shape):
+    """A packed layer's input as values: +-1 for packed signs (a chain of ``bitnet.packed.sign_chains``
+    hands over words: (N, H, W, 1, words) for a convolution, (N, words) for a dense layer)."""
+    if x.dtype != np.uint64:
+        return x
+    from bitnet.kernels.bits import unpack_reference
+    if x.ndim == 5:
+        return unpack_reference(x[:, :, :, 0], shape[1]).transpose(0, 3, 1, 2)
+    return unpack_reference(x, shape[1])
+
+
 NEAR_TIE = 1e-4  # a sign may differ only where |value| <= NEAR_TIE * max |value| of that layer's input
 
 
@@ -84,7 +95,7 @@ def _check(model, shape, batch, rng, near_ties_allowed=False):
     flipped = np.zeros(batch, bool)  # samples that already saw a flip upstream
     flips = {}
     for name in packed.packed_layers:
-        ref_in, pk_in = store[name][0], np.asarray(pstore[name][0])
+        ref_in, pk_in = store[name][0], _as_values(np.asarray(pstore[name][0]), store[name][0].shape)
         differ = (ref_in >= 0) != (pk_in >= 0)
         fresh = differ.reshape(batch, -1).any(axis=1) & ~flipped
         if fresh.any():

@@ -1,0 +1,192 @@
+"""Chains of layers whose output only a binary layer reads, run straight to its packed input bits.
+
+In a packed ``Sequential`` the float layers before a binary layer are often read only through
+that layer's sign: binary LeNet's ``Conv2d -> BatchNorm2d -> Tanh -> MaxPool2d -> QActivation ->
+PackedConv2d``, and its ``PackedConv2d -> MaxPool2d -> Flatten -> QActivation -> PackedDense``. For
+such a chain neither the activation nor the pooled floats need to exist (``kernels.sign_pool``):
+
+    sign(maxpool(act(BN(conv(x))))) = -1  <=>  every value z of the window is < 0,
+    z = g * conv(x) + shift,  g, shift: the batch norm (and the conv's bias) per channel,
+
+for an activation that keeps the sign and never decreases (tanh, hardtanh with min < 0 <= max, or
+none). So a chain runs as its source layer, channels-last, and one pass that writes the sink's
+input bits: the float convolution as one GEMM (``bitnet.packed.blocks.conv_nhwc``) and the
+window-AND of the signs, straight to packed words; the sink (``PackedConv2d`` with groups 1, or a
+``PackedDense`` after a ``Flatten``) reads them without packing again.
+
+A chain is
+
+    source:   a float Conv2d (groups 1, dilation 1) [+ BatchNorm2d with running statistics],
+              or a PackedConv2d (its scale and shift already hold its batch norm);
+    middle:   any of Identity, Tanh, HardTanh(min < 0 <= max), and at most one MaxPool2d;
+    then:     [Flatten(1, -1)] and any QActivations whose output is a sign;
+    sink:     a PackedConv2d with groups 1 (no Flatten) or a PackedDense (after the Flatten).
+
+Chains from a PackedConv2d without pooling or flatten are left alone (nothing to save). What a
+chain computes equals the layer-by-layer run except for float rounding: from a PackedConv2d the
+bits are identical (same epilogue floats; max pooling, tanh and sign commute exactly); from a float
+convolution the GEMM's summation order and the folded batch norm round differently, so a value
+within rounding of 0 can take the other sign (``bitnet.packed.model``'s docstring; the tests count
+such cases).
+
+The modules stay in the model unchanged (its state, its file, its summary); only the forward of
+the ``Sequential`` holding them runs the chains. A chain with a forward hook on one of its layers
+runs layer by layer, so the hook sees what it expects. The float layers' weights are read when the model
+first runs and again after ``load_state_dict`` (``Module._state_changed``): a packed model is a
+snapshot of the float model (to change a weight, change the float model and pack it again).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from bitnet.kernels.pooling import pool_output_size
+from bitnet.kernels.sign_pool import pool_signs_flat, pool_signs_nhwc
+from bitnet.packed.blocks import conv_nhwc
+from bitnet.packed.featuremap import FeatureMap
+from bitnet.packed.fold import batchnorm_affine
+from bitnet.packed.layers import PackedConv2d, PackedDense
+from bitnet.tensor import Tensor
+
+
+def _is_float_conv(m) -> bool:
+    from bitnet.nn.layers import Conv2d
+    return (isinstance(m, Conv2d) and getattr(m, "kernel_quantizer", None) is None
+            and getattr(m, "input_quantizer", None) is None and m.groups == 1 and tuple(m.dilation) == (1, 1))
+
+
+def _keeps_sign(m) -> bool:
+    """An activation a with a(z) < 0 exactly where z < 0 that never decreases."""
+    from bitnet.nn.layers import HardTanh, Identity, Tanh
+    return type(m) in (Identity, Tanh) or (type(m) is HardTanh and m.min_val < 0 <= m.max_val)
+
+
+def _is_sign(m) -> bool:
+    from bitnet.nn.quantized import QActivation
+    return isinstance(m, QActivation) and m.quantizer is not None and m.quantizer.output == "sign"
+
+
+class SignChain:
+    """``modules[start:stop]`` of a Sequential run as one chain (module docstring); ``stop`` is the
+    sink's index: the chain's output (a Tensor of uint64 words) is the sink's input."""
+
+    def __init__(self, start, stop, source, bn, pool, flat):
+        self.start, self.stop = start, stop
+        self.source, self.bn, self.pool, self.flat = source, bn, pool, flat
+        self._consts = None
+
+    def reset(self):
+        """Forget the float constants read from the layers (read again at the next call)."""
+        self._consts = None
+
+    def _constants(self):
+        if self._consts is None:
+            src = self.source
+            if isinstance(src, PackedConv2d):
+                self._consts = (None, None, None)
+            else:
+                o = src.out_channels
+                g, b = batchnorm_affine(self.bn) if self.bn is not None else (np.ones(o), np.zeros(o))
+                bias = np.zeros(o) if src.bias is None else src.bias.data.astype(np.float64)
+                w = src.weight.data
+                weight_t = np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0]), np.float32)
+                self._consts = (weight_t, g.astype(np.float32), (b + bias * g).astype(np.float32))
+        return self._consts
+
+    def _source_nhwc(self, x):
+        weight_t, g, shift = self._constants()
+        src = self.source
+        if isinstance(src, PackedConv2d):
+            y = src(x)
+            return (y.nhwc if isinstance(y, FeatureMap) else y.data.transpose(0, 2, 3, 1)), None, None
+        if isinstance(x, FeatureMap):
+            nhwc = x.nhwc
+        else:
+            data = x.data if isinstance(x, Tensor) else np.asarray(x)
+            if data.ndim != 4 or data.shape[1] != src.in_channels:
+                raise ValueError(f"{src!r} expects input (N, {src.in_channels}, H, W), got "
+                                 f"{getattr(data, 'shape', type(data).__name__)}")
+            nhwc = np.ascontiguousarray(data.transpose(0, 2, 3, 1), np.float32)
+        return conv_nhwc(nhwc, weight_t, src.kernel_size, src.stride, src.padding), g, shift
+
+    def __call__(self, x) -> Tensor:
+        y, g, shift = self._source_nhwc(x)
+        _, h, w, _ = y.shape
+        if self.pool is None:
+            kernel = stride = (1, 1)
+            padding, size = (0, 0), (h, w)
+        else:
+            p = self.pool
+            kernel, stride, padding = p.kernel_size, p.stride, p.padding
+            size = tuple(pool_output_size(n, k, s, q, p.ceil_mode) for n, k, s, q in zip((h, w), kernel, stride, padding))
+        signs = pool_signs_flat if self.flat else pool_signs_nhwc
+        bits = signs(y, g, shift, kernel, stride, padding, size)
+        return Tensor(bits if self.flat else bits[:, :, :, None, :])
+
+
+def find_chains(seq) -> list[SignChain]:
+    """The chains of the Sequential ``seq``'s children (module docstring), in order."""
+    from bitnet.nn.layers import BatchNorm2d, Flatten, MaxPool2d
+    mods = list(seq._modules.values())
+    chains, i = [], 0
+    while i < len(mods):
+        src = mods[i]
+        if not (_is_float_conv(src) or isinstance(src, PackedConv2d)):
+            i += 1
+            continue
+        j, bn, pool, flat = i + 1, None, None, False
+        if _is_float_conv(src) and j < len(mods) and isinstance(mods[j], BatchNorm2d) and mods[j].track_running_stats:
+            bn, j = mods[j], j + 1
+        while j < len(mods) and (_keeps_sign(mods[j]) or (pool is None and type(mods[j]) is MaxPool2d)):
+            pool = mods[j] if type(mods[j]) is MaxPool2d else pool
+            j += 1
+        if j < len(mods) and type(mods[j]) is Flatten and (mods[j].start_dim, mods[j].end_dim) == (1, -1):
+            flat, j = True, j + 1
+        while j < len(mods) and _is_sign(mods[j]):
+            j += 1
+        sink = mods[j] if j < len(mods) else None
+        fits = (isinstance(sink, PackedDense) if flat else
+                isinstance(sink, PackedConv2d) and sink.groups == 1 and sink.in_channels == src.out_channels)
+        if fits and (pool is not None or flat or not isinstance(src, PackedConv2d)):
+            chains.append(SignChain(i, j, src, bn, pool, flat))
+            i = j
+        else:
+            i += 1
+    return chains
+
+
+_FUSED = {}
+
+
+def _fused_class(cls):
+    """``cls`` (a Sequential class) with a forward that runs its chains."""
+    if cls not in _FUSED:
+        def forward(self, x):
+            mods = list(self._modules.values())
+            starts = {c.start: c for c in self._sign_chains}
+            i = 0
+            while i < len(mods):
+                chain = starts.get(i)
+                if chain is not None and not any(m._forward_hooks for m in mods[i:chain.stop]):
+                    x, i = chain(x), chain.stop
+                else:
+                    x, i = mods[i](x), i + 1
+            return x
+
+        def _state_changed(self):
+            cls._state_changed(self)
+            for chain in self._sign_chains:
+                chain.reset()
+        _FUSED[cls] = type(cls.__name__, (cls,), {"forward": forward, "_state_changed": _state_changed,
+                                                  "__doc__": cls.__doc__, "__module__": cls.__module__})
+    return _FUSED[cls]
+
+
+def fuse_sign_chains(packed) -> None:
+    """Give every Sequential in ``packed`` that holds chains the forward that runs them (in place)."""
+    from bitnet.nn.container import Sequential
+    for m in list(packed.modules()):
+        if isinstance(m, Sequential) and type(m) not in _FUSED.values():
+            chains = find_chains(m)
+            if chains:
+                m._sign_chains = chains
+                m.__class__ = _fused_class(type(m))
