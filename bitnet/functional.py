@@ -12,6 +12,12 @@ from bitnet.ops.norm import batch_norm  # noqa: F401
 from bitnet.ops.reduce import argmax, argmin, max, mean, min, sum  # noqa: F401
 from bitnet.ops.shape import (  # noqa: F401
     cat, concatenate, flatten, getitem, pad, permute, reshape, stack, transpose)
+from bitnet.ops.elementwise import _matmul
+from bitnet.tensor import Tensor, is_grad_enabled
+
+
+def _data(t):
+    return t.data if isinstance(t, Tensor) else t
 
 
 def linear(x, weight, bias=None):
@@ -19,5 +25,9 @@ def linear(x, weight, bias=None):
     if x.shape[-1] != weight.shape[1]:
         raise ValueError(f"linear: input has {x.shape[-1]} features but the weight expects "
                          f"{weight.shape[1]} (weight shape {weight.shape})")
+    if not (is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in (x, weight, bias))):
+        # nothing to differentiate (inference): the same kernels without building a graph
+        y = _matmul(_data(x), _data(weight).T)
+        return Tensor(y if bias is None else y + _data(bias))
     y = matmul(x, transpose(weight, 0, 1))
     return y if bias is None else add(y, bias)

@@ -201,3 +201,23 @@ def test_linear(xshape, bias):
 def test_linear_wrong_features():
     with pytest.raises(ValueError, match="expects 3"):
         F.linear(Tensor(np.ones((2, 4))), Tensor(np.ones((5, 3))))
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (2, 4, 5), (5,)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_without_a_graph_gives_the_same_bits(shape, bias):
+    """Under no_grad (or with no input needing a gradient) linear skips the graph; the result must
+    be the graph path's, bit for bit, and carry no gradient."""
+    rng = np.random.default_rng(0)
+    x = Tensor(rng.standard_normal(shape).astype(np.float32), requires_grad=True)
+    w = Tensor(rng.standard_normal((7, 5)).astype(np.float32), requires_grad=True)
+    b = Tensor(rng.standard_normal(7).astype(np.float32), requires_grad=True) if bias else None
+    with_graph = F.linear(x, w, b)
+    assert with_graph.requires_grad
+    from bitnet import no_grad
+    with no_grad():
+        plain = F.linear(x, w, b)
+    constants = F.linear(Tensor(x.data), Tensor(w.data), None if b is None else Tensor(b.data))
+    for y in (plain, constants):
+        assert not y.requires_grad and y.dtype == with_graph.dtype
+        np.testing.assert_array_equal(y.data, with_graph.data)
