@@ -287,6 +287,8 @@ def _check_operands(x, filters, in_channels, out_channels, kernel_size, panel):
 
 def _padded(values, g, mg, n_fp, panel, fill, dtype):
     """Per-filter values (G * Mg,) -> per panel lane (G * n_fp * panel,), padding lanes = fill."""
+    if mg == n_fp * panel:  # no padding lanes
+        return np.ascontiguousarray(values, dtype).reshape(-1)
     out = np.full((g, n_fp * panel), fill, dtype)
     out[:, :mg] = np.asarray(values, dtype).reshape(g, mg)
     return out.reshape(-1)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from bitnet.kernels.gemm import matmul
+from bitnet.kernels.im2col import conv_output_size, im2col
 from bitnet.kernels.pooling import avg_pool_nhwc
 from bitnet.nn.module import Module
 from bitnet.packed.featuremap import FeatureMap
@@ -31,11 +32,25 @@ def conv_nhwc(x, weight_t, kernel_size, stride=(1, 1), padding=(0, 0)):
     (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
     n, c = x.shape[0], x.shape[3]
     xp = np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0))) if ph or pw else x
-    # NumPy's copy of the window view: 2-3.5x faster than kernels.im2col.im2col_rows for 1 channel
     win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(1, 2))[:, ::sh, ::sw]  # (N, OH, OW, C, KH, KW)
     oh, ow = win.shape[1], win.shape[2]
     out = matmul(win.transpose(0, 1, 2, 4, 5, 3).reshape(-1, kh * kw * c), weight_t)
     return out.reshape(n, oh, ow, -1)
+
+
+def conv_nchw_to_nhwc(x, weight_t, kernel_size, stride=(1, 1), padding=(0, 0)):
+    """Float convolution of an NCHW input to a channels-last output, as one GEMM over im2col columns
+    (groups 1, dilation 1): ``out[n, oy, ox, o] = sum_{c, i, j} x_pad[n, c, oy*sh + i, ox*sw + j] *
+    weight_t[(c*KH + i)*KW + j, o]`` for ``x`` (N, C, H, W) and ``weight_t`` (C*KH*KW, O), i.e.
+    ``W.reshape(O, -1).T``: (N, OH, OW, O) float32. The columns (``kernels.im2col.im2col``) are
+    written in runs along the output rows, fast for few channels (a first layer; 1.4x faster than
+    ``conv_nhwc`` with one channel), and BLAS reads them transposed."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    n, c, h, w = x.shape
+    oh, ow = conv_output_size(h, kh, sh, ph, 1), conv_output_size(w, kw, sw, pw, 1)
+    cols = np.empty((c * kh * kw, n * oh * ow), np.float32)
+    im2col(np.ascontiguousarray(x, np.float32), kh, kw, sh, sw, ph, pw, 1, 1, oh, ow, cols)
+    return matmul(cols.T, weight_t).reshape(n, oh, ow, -1)
 
 
 class ChannelsLastConv2d(Module):

@@ -10,7 +10,7 @@ such a chain neither the activation nor the pooled floats need to exist (``kerne
 
 for an activation that keeps the sign and never decreases (tanh, hardtanh with min < 0 <= max, or
 none). So a chain runs as its source layer, channels-last, and one pass that writes the sink's
-input bits: the float convolution as one GEMM (``bitnet.packed.blocks.conv_nhwc``) and the
+input bits: the float convolution as one GEMM (``bitnet.packed.blocks.conv_nchw_to_nhwc``) and the
 window-AND of the signs, straight to packed words; the sink (``PackedConv2d`` with groups 1, or a
 ``PackedDense`` after a ``Flatten``) reads them without packing again.
 
@@ -41,7 +41,7 @@ import numpy as np
 
 from bitnet.kernels.pooling import pool_output_size
 from bitnet.kernels.sign_pool import pool_signs_flat, pool_signs_nhwc
-from bitnet.packed.blocks import conv_nhwc
+from bitnet.packed.blocks import conv_nchw_to_nhwc
 from bitnet.packed.featuremap import FeatureMap
 from bitnet.packed.fold import batchnorm_affine
 from bitnet.packed.layers import PackedConv2d, PackedDense
@@ -88,7 +88,7 @@ class SignChain:
                 g, b = batchnorm_affine(self.bn) if self.bn is not None else (np.ones(o), np.zeros(o))
                 bias = np.zeros(o) if src.bias is None else src.bias.data.astype(np.float64)
                 w = src.weight.data
-                weight_t = np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0]), np.float32)
+                weight_t = np.ascontiguousarray(w.reshape(w.shape[0], -1).T, np.float32)
                 self._consts = (weight_t, g.astype(np.float32), (b + bias * g).astype(np.float32))
         return self._consts
 
@@ -98,15 +98,11 @@ class SignChain:
         if isinstance(src, PackedConv2d):
             y = src(x)
             return (y.nhwc if isinstance(y, FeatureMap) else y.data.transpose(0, 2, 3, 1)), None, None
-        if isinstance(x, FeatureMap):
-            nhwc = x.nhwc
-        else:
-            data = x.data if isinstance(x, Tensor) else np.asarray(x)
-            if data.ndim != 4 or data.shape[1] != src.in_channels:
-                raise ValueError(f"{src!r} expects input (N, {src.in_channels}, H, W), got "
-                                 f"{getattr(data, 'shape', type(data).__name__)}")
-            nhwc = np.ascontiguousarray(data.transpose(0, 2, 3, 1), np.float32)
-        return conv_nhwc(nhwc, weight_t, src.kernel_size, src.stride, src.padding), g, shift
+        data = x.data if isinstance(x, Tensor) else np.asarray(x)
+        if data.ndim != 4 or data.shape[1] != src.in_channels:
+            raise ValueError(f"{src!r} expects input (N, {src.in_channels}, H, W), got "
+                             f"{getattr(data, 'shape', type(data).__name__)}")
+        return conv_nchw_to_nhwc(data, weight_t, src.kernel_size, src.stride, src.padding), g, shift
 
     def __call__(self, x) -> Tensor:
         y, g, shift = self._source_nhwc(x)
