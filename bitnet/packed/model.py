@@ -11,7 +11,10 @@ Returns a copy of ``model`` in eval mode (the original is untouched) where
   a function ``pack_layer(layer, bn)`` and returns the packed module, or None to be packed
   layer by layer like any other (the hook runs on the copy: the root model's hook may first
   replace some of its own children, e.g. the ResNet's float stem by a channels-last one);
-- everything else (float layers, k-bit layers, binary layers with other quantizers) stays as it was.
+- everything else (float layers, k-bit layers, binary layers with other quantizers) stays as it was;
+  but in a Sequential, float layers whose output only the next binary layer reads through its sign
+  (e.g. conv, batch norm, tanh, max pool before a binary conv) run as one chain straight to that
+  layer's packed input bits (``bitnet.packed.sign_chains``; the modules themselves stay).
 
 A batch larger than ``micro_batch`` (default 32) is run in slices of at most that many samples and
 the outputs concatenated: every sample's result is independent of the others in eval mode, and a
