@@ -29,8 +29,11 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
         out = np.empty((m, n), dtype=np.result_type(a, b))
     # Small products run single-threaded too: a multi-threaded call would wake OpenBLAS's pool,
     # which would then spin through the next Numba kernels.
+    if m * n * k < _MIN_WORK:
+        with single_threaded_blas():
+            return np.matmul(a, b, out=out)
     # two blocks a thread: a thread that runs takes the block of one that does not (kernels.threads)
-    parts = 2 * num_threads() if m * n * k >= _MIN_WORK else 1
+    parts = 2 * num_threads()
     if n >= m:  # column blocks: out[:, j] = a @ b[:, j]
         jobs = [(a, b[:, s], out[:, s]) for s in _blocks(n, parts)]
     else:       # row blocks: out[i] = a[i] @ b
