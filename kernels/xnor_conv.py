@@ -262,12 +262,8 @@ def _out_size(size, pad, dil, k, stride):
     return (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
 
 
-def _check_operands(x, filters, in_channels, out_channels, kernel_size, panel):
-    if not isinstance(x, np.ndarray) or x.dtype != np.uint64 or x.ndim != 5:
-        raise TypeError(f"xnor_conv2d expects packed activations, a uint64 array (N, H, W, G, CWg); got "
-                        f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}; pack with "
-                        "bitnet.kernels.bitpack.pack_nchw")
-    n, h, w_, g, cwg = x.shape
+def _check_operands(x_shape, filters, in_channels, out_channels, kernel_size, panel):
+    n, h, w_, g, cwg = x_shape
     kh, kw = kernel_size
     kwords = kh * kw * cwg
     if (not isinstance(filters, np.ndarray) or filters.dtype != np.uint64 or filters.ndim != 4
@@ -307,83 +303,129 @@ def xnor_conv2d(x, filters, in_channels, out_channels, kernel_size, stride=(1, 1
     ``(N, OH, OW, O)`` (``"nhwc"``); ``residual`` is given in the same layout. With
     ``emit_bits`` (affine only) also the packed signs ``(N, OH, OW, 1, words_for(O))``, the next
     layer's input (for groups > 1 each group's filters must fill whole panels).
+    ``XnorConv2d`` is the same call prepared once for an input shape.
     """
-    kernel = kernel or xnor_conv
-    panel = kernel.panel
-    _check_operands(x, filters, in_channels, out_channels, kernel_size, panel)
-    if layout not in ("nchw", "nhwc"):
-        raise ValueError(f"xnor_conv2d: layout must be 'nchw' or 'nhwc', got {layout!r}")
-    n, h, w_, g, cwg = x.shape
-    kh, kw = kernel_size
-    mg, n_fp = out_channels // g, filters.shape[1]
-    os_ = g * n_fp * panel
-    oh, ow = (_out_size(h, padding[0], dilation[0], kh, stride[0]), _out_size(w_, padding[1], dilation[1], kw, stride[1]))
-    if oh < 1 or ow < 1:
-        raise ValueError(f"xnor_conv2d: a {h}x{w_} input is too small for a {kh}x{kw} kernel "
-                         f"(padding {padding}, dilation {dilation})")
-    total = n * oh * ow
-    padword = np.zeros(cwg, np.uint64) if padword is None else np.ascontiguousarray(padword, np.uint64)
-    k_true = (in_channels // g) * kh * kw if k_true is None else int(k_true)
-    flags = 0
-    out_i, out_f, sc, sh, res, bits, corr_p = _EMPTY_I, _EMPTY_F, _EMPTY_F, _EMPTY_F, _EMPTY_F, _EMPTY_B, _EMPTY_I
-    if dots:
-        if emit_bits or residual is not None:
-            raise ValueError("xnor_conv2d: dots=True returns raw dot products; residual and emit_bits need the "
-                             "affine epilogue (scale, shift)")
-        out = out_i = np.empty(total * os_, np.int32)
-    else:
-        if scale is None or shift is None:
-            raise ValueError("xnor_conv2d: the affine epilogue needs scale and shift (or pass dots=True)")
-        scale, shift = np.asarray(scale), np.asarray(shift)
-        if scale.shape != (out_channels,) or shift.shape != (out_channels,):
-            raise ValueError(f"xnor_conv2d: scale and shift must have shape ({out_channels},), got {scale.shape} "
-                             f"and {shift.shape}")
-        flags |= AFFINE
-        sc = _padded(scale, g, mg, n_fp, panel, 0.0, np.float32)
-        sh = _padded(shift, g, mg, n_fp, panel, 1.0, np.float32)  # padding lanes: +1, sign bit 0
-        out = out_f = np.empty(total * os_, np.float32)
+    if not isinstance(x, np.ndarray) or x.dtype != np.uint64 or x.ndim != 5:
+        raise TypeError(f"xnor_conv2d expects packed activations, a uint64 array (N, H, W, G, CWg); got "
+                        f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}; pack with "
+                        "bitnet.kernels.bitpack.pack_nchw")
+    call = XnorConv2d(x.shape, filters, in_channels, out_channels, kernel_size, stride, padding, dilation, padword,
+                      corr, scale, shift, residual is not None, dots, emit_bits, kernel, k_true, layout)
+    return call(x, residual)
+
+
+class XnorConv2d:
+    """``xnor_conv2d`` prepared for one input shape (``x_shape``) and one set of options: the checks,
+    the epilogue's per-lane scale and shift, the zero-padding correction, the output shape and the
+    thread split are made once; ``call(x, residual=None)`` then only allocates the output and runs
+    the kernel (a packed layer keeps one per input shape: most of a small batch's time was this
+    preparation). ``residual``: whether calls pass one. The arrays given here are read at each call,
+    not copied."""
+
+    def __init__(self, x_shape, filters, in_channels, out_channels, kernel_size, stride=(1, 1), padding=(0, 0),
+                 dilation=(1, 1), padword=None, corr=None, scale=None, shift=None, residual=False, dots=False,
+                 emit_bits=False, kernel=None, k_true=None, layout="nchw"):
+        kernel = kernel or xnor_conv
+        panel = kernel.panel
+        x_shape = tuple(int(v) for v in x_shape)
+        if len(x_shape) != 5:
+            raise TypeError(f"xnor_conv2d expects packed activations (N, H, W, G, CWg); got shape {x_shape}")
+        _check_operands(x_shape, filters, in_channels, out_channels, kernel_size, panel)
+        if layout not in ("nchw", "nhwc"):
+            raise ValueError(f"xnor_conv2d: layout must be 'nchw' or 'nhwc', got {layout!r}")
+        n, h, w_, g, cwg = x_shape
+        kh, kw = kernel_size
+        mg, n_fp = out_channels // g, filters.shape[1]
+        oh, ow = (_out_size(h, padding[0], dilation[0], kh, stride[0]),
+                  _out_size(w_, padding[1], dilation[1], kw, stride[1]))
+        if oh < 1 or ow < 1:
+            raise ValueError(f"xnor_conv2d: a {h}x{w_} input is too small for a {kh}x{kw} kernel "
+                             f"(padding {padding}, dilation {dilation})")
+        self.x_shape, self.kernel, self.layout, self.dots, self.emit_bits = x_shape, kernel, layout, dots, emit_bits
+        self.out_channels, self.mg, self.lanes, self.oh, self.ow = out_channels, mg, g * n_fp * panel, oh, ow
+        self.total = n * oh * ow
+        padword = np.zeros(cwg, np.uint64) if padword is None else np.ascontiguousarray(padword, np.uint64)
+        k_true = (in_channels // g) * kh * kw if k_true is None else int(k_true)
+        flags = 0
+        sc, sh, corr_p = _EMPTY_F, _EMPTY_F, _EMPTY_I
+        if dots:
+            if emit_bits or residual:
+                raise ValueError("xnor_conv2d: dots=True returns raw dot products; residual and emit_bits need the "
+                                 "affine epilogue (scale, shift)")
+        else:
+            if scale is None or shift is None:
+                raise ValueError("xnor_conv2d: the affine epilogue needs scale and shift (or pass dots=True)")
+            scale, shift = np.asarray(scale), np.asarray(shift)
+            if scale.shape != (out_channels,) or shift.shape != (out_channels,):
+                raise ValueError(f"xnor_conv2d: scale and shift must have shape ({out_channels},), got "
+                                 f"{scale.shape} and {shift.shape}")
+            flags |= AFFINE
+            sc = _padded(scale, g, mg, n_fp, panel, 0.0, np.float32)
+            sh = _padded(shift, g, mg, n_fp, panel, 1.0, np.float32)  # padding lanes: +1, sign bit 0
+            if residual:
+                flags |= RESIDUAL
+        self.words = -(-out_channels // 64)
+        if emit_bits:
+            if g > 1 and mg % panel:
+                raise ValueError(f"xnor_conv2d: emit_bits with {g} groups needs filters per group ({mg}) to be a "
+                                 f"multiple of {panel}")
+            flags |= BITS
+        if corr is not None:
+            corr = np.asarray(corr, np.int32)
+            if corr.shape != (oh * ow, out_channels):
+                raise ValueError(f"xnor_conv2d: corr must have shape {(oh * ow, out_channels)}, got {corr.shape}")
+            corr_p = np.zeros((oh * ow, g, n_fp * panel), np.int32)
+            corr_p[:, :, :mg] = corr.reshape(oh * ow, g, mg)
+            corr_p = corr_p.reshape(-1)
+            flags |= CORR
+        self.flags = flags
+        self.threads = _threads_for(self.total * n_fp * panel * kh * kw * cwg)
+        t_rows, fp_chunk = _task_shape(self.total, n_fp, self.threads)
+        # the kernel's arguments; x, residual, outputs and the task counter are filled in per call
+        self.args = [None, n, h, w_, g, cwg, filters.reshape(-1), n_fp, kh, kw, stride[0], stride[1], padding[0],
+                     padding[1], dilation[0], dilation[1], oh, ow, padword, k_true, flags, corr_p, sc, sh, _EMPTY_F,
+                     _EMPTY_I, _EMPTY_F, _EMPTY_B, 8 * self.words, t_rows, fp_chunk, None]
+
+    def __call__(self, x, residual=None):
+        if x.shape != self.x_shape or x.dtype != np.uint64:
+            raise ValueError(f"xnor_conv2d: prepared for packed input {self.x_shape} uint64, got {x.dtype} {x.shape}")
+        if (residual is not None) != bool(self.flags & RESIDUAL):
+            raise ValueError("xnor_conv2d: prepared " + ("with" if self.flags & RESIDUAL else "without") +
+                             " a residual; call it the same way")
+        n, oh, ow, mg, oc = self.x_shape[0], self.oh, self.ow, self.mg, self.out_channels
+        g = self.x_shape[3]
+        args = list(self.args)
+        args[0] = x.reshape(-1)
+        if self.dots:
+            out = args[25] = np.empty(self.total * self.lanes, np.int32)
+        else:
+            out = args[26] = np.empty(self.total * self.lanes, np.float32)
         if residual is not None:
-            want = (n, out_channels, oh, ow) if layout == "nchw" else (n, oh, ow, out_channels)
+            want = (n, oc, oh, ow) if self.layout == "nchw" else (n, oh, ow, oc)
             r = np.asarray(residual, np.float32)
             if r.shape != want:
-                raise ValueError(f"xnor_conv2d: residual must have shape {want} ({layout}), got {r.shape}")
-            if layout == "nchw":
+                raise ValueError(f"xnor_conv2d: residual must have shape {want} ({self.layout}), got {r.shape}")
+            if self.layout == "nchw":
                 r = r.transpose(0, 2, 3, 1)
-            if mg == n_fp * panel and layout == "nhwc":  # the kernel's own layout: read in place
+            if mg * g == self.lanes and self.layout == "nhwc":  # the kernel's own layout: read in place
                 res = np.ascontiguousarray(r).reshape(-1)
             else:
-                res = np.zeros((total, g, n_fp * panel), np.float32)
-                res[:, :, :mg] = r.reshape(total, g, mg)
+                res = np.zeros((self.total, g, self.lanes // g), np.float32)
+                res[:, :, :mg] = r.reshape(self.total, g, mg)
                 res = res.reshape(-1)
-            flags |= RESIDUAL
-    words = -(-out_channels // 64)
-    if emit_bits:
-        if g > 1 and mg % panel:
-            raise ValueError(f"xnor_conv2d: emit_bits with {g} groups needs filters per group ({mg}) to be a "
-                             f"multiple of {panel}")
-        out_bits = np.zeros((total, words), np.uint64)
-        bits = out_bits.reshape(-1).view(np.uint8)
-        flags |= BITS
-    if corr is not None:
-        corr = np.asarray(corr, np.int32)
-        if corr.shape != (oh * ow, out_channels):
-            raise ValueError(f"xnor_conv2d: corr must have shape {(oh * ow, out_channels)}, got {corr.shape}")
-        corr_p = np.zeros((oh * ow, g, n_fp * panel), np.int32)
-        corr_p[:, :, :mg] = corr.reshape(oh * ow, g, mg)
-        corr_p = corr_p.reshape(-1)
-        flags |= CORR
-    threads = _threads_for(total * n_fp * panel * kh * kw * cwg)
-    t_rows, fp_chunk = _task_shape(total, n_fp, threads)
-    args = (x.reshape(-1), n, h, w_, g, cwg, filters.reshape(-1), n_fp, kh, kw, stride[0], stride[1], padding[0],
-            padding[1], dilation[0], dilation[1], oh, ow, padword, k_true, flags, corr_p, sc, sh, res, out_i, out_f,
-            bits, 8 * words, t_rows, fp_chunk, np.zeros(1, np.int64))
-    run(lambda: kernel(*args), threads)
-    out = out.reshape(n, oh, ow, g, n_fp * panel)[..., :mg].reshape(n, oh, ow, out_channels)
-    if layout == "nchw":
-        out = out.transpose(0, 3, 1, 2)
-    if emit_bits:
-        return out, out_bits.reshape(n, oh, ow, 1, words)
-    return out
+            args[24] = res
+        if self.emit_bits:
+            out_bits = np.zeros((self.total, self.words), np.uint64)
+            args[27] = out_bits.reshape(-1).view(np.uint8)
+        args[-1] = np.zeros(1, np.int64)
+        kernel = self.kernel
+        run(lambda: kernel(*args), self.threads)
+        out = out.reshape(n, oh, ow, g, self.lanes // g)[..., :mg].reshape(n, oh, ow, oc)
+        if self.layout == "nchw":
+            out = out.transpose(0, 3, 1, 2)
+        if self.emit_bits:
+            return out, out_bits.reshape(n, oh, ow, 1, self.words)
+        return out
 
 
 def xnor_gemm(a_words, b_words, k, kernel=None):

@@ -55,6 +55,7 @@ class PackedConv2d(Module):
         self.register_buffer("shift", 0 * ones if shift is None else np.asarray(shift, np.float32))
         self.emit_signs = False
         self._corr = {}
+        self._calls = {}  # prepared kernel calls (kernels.xnor_conv.XnorConv2d) per input shape and options
 
     @classmethod
     def from_layer(cls, layer, bn=None, weights=True):
@@ -73,7 +74,7 @@ class PackedConv2d(Module):
                    layer.dilation, layer.groups, layer.pad_value, scale, shift)
 
     def _state_changed(self):
-        self._corr = {}  # derived from the filters
+        self._corr, self._calls = {}, {}  # derived from the filters, scale and shift
 
     def _taps(self):
         """Per-tap sums of the filters' +-1 values (O, KH, KW), from the packed words."""
@@ -101,22 +102,31 @@ class PackedConv2d(Module):
                              f"{getattr(data, 'shape', type(data).__name__)}")
         return bitpack.pack_nchw(np.asarray(data, np.float32), self.groups)
 
-    def _run(self, x, **kw):
-        xb = self._packed_input(x)
-        return XC.xnor_conv2d(xb, self.filters, self.in_channels, self.out_channels, self.kernel_size,
-                              self.stride, self.padding, self.dilation,
-                              padword=self._padword,
-                              corr=self._correction(xb.shape[1:3]), **kw)
+    def _xnor(self, xb, residual=None, dots=False, emit=False, layout="nchw"):
+        """The packed convolution of packed input ``xb`` through a prepared kernel call, made once per
+        input shape and options (at most 8 kept; made again after ``load_state_dict``)."""
+        key = (xb.shape, residual is not None, dots, emit, layout)
+        call = self._calls.get(key)
+        if call is None:
+            if len(self._calls) >= 8:
+                self._calls = {}
+            call = XC.XnorConv2d(xb.shape, self.filters, self.in_channels, self.out_channels, self.kernel_size,
+                                 self.stride, self.padding, self.dilation, padword=self._padword,
+                                 corr=self._correction(xb.shape[1:3]), scale=None if dots else self.scale,
+                                 shift=None if dots else self.shift, residual=residual is not None, dots=dots,
+                                 emit_bits=emit, layout=layout)
+            self._calls[key] = call
+        return call(xb, residual)
 
     def dots(self, x) -> np.ndarray:
         """The exact integer dot products ``conv(sign(x), sign(W))`` (N, O, OH, OW) int32."""
-        return self._run(x, dots=True)
+        return self._xnor(self._packed_input(x), dots=True)
 
     def forward(self, x, residual=None):
         if isinstance(x, FeatureMap):
             return self._forward_channels_last(x, residual)
         res = None if residual is None else (residual.data if isinstance(residual, Tensor) else residual)
-        out = self._run(x, scale=self.scale, shift=self.shift, residual=res, emit_bits=self.emit_signs)
+        out = self._xnor(self._packed_input(x), res, emit=self.emit_signs)
         if self.emit_signs:
             y, bits = out
             t = SignedTensor(y)
@@ -137,9 +147,7 @@ class PackedConv2d(Module):
             xb = bitpack.pack_rows(np.ascontiguousarray(fm.nhwc).reshape(-1, c // g)).reshape(n, h, w, g, -1)
         res = residual.nhwc if isinstance(residual, FeatureMap) else residual
         emit = self.emit_signs and (g == 1 or (self.out_channels // g) % self.filters.shape[3] == 0)
-        out = XC.xnor_conv2d(xb, self.filters, self.in_channels, self.out_channels, self.kernel_size, self.stride,
-                             self.padding, self.dilation, padword=self._padword, corr=self._correction((h, w)),
-                             scale=self.scale, shift=self.shift, residual=res, emit_bits=emit, layout="nhwc")
+        out = self._xnor(xb, res, emit=emit, layout="nhwc")
         return FeatureMap.of(*out) if emit else FeatureMap.of(out)
 
     def extra_repr(self):
