@@ -88,34 +88,48 @@ def _flat_images(y, scale, shift, kh, kw, sh, sw, ph, pw, PH, PW, out, counter, 
             out[n, wd] = _sign_word(t, wd * 64)
 
 
-def _affine(scale, shift, c):
-    one = np.ones(c, np.float32)
-    return (one if scale is None else np.ascontiguousarray(scale, np.float32),
-            0 * one if shift is None else np.ascontiguousarray(shift, np.float32))
+class PoolSigns:
+    """``pool_signs_nhwc`` / ``pool_signs_flat`` prepared for one input shape: sizes, the affine
+    vectors and the kernel's arguments worked out once; ``call(y)`` allocates the words and runs.
+    ``scale`` / ``shift`` are read at each call, not copied (when given as float32)."""
+
+    def __init__(self, y_shape, scale=None, shift=None, kernel=(1, 1), stride=(1, 1), padding=(0, 0),
+                 out_size=None, flat=False):
+        n, h, w, c = self.y_shape = tuple(int(v) for v in y_shape)
+        (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+        PH, PW = out_size if out_size is not None else ((h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
+        if PH < 1 or PW < 1:
+            raise ValueError(f"pool_signs: a {kh}x{kw} window does not fit a {h}x{w} map with padding {padding}")
+        one = np.ones(c, np.float32)
+        g = one if scale is None else np.ascontiguousarray(scale, np.float32)
+        b = 0 * one if shift is None else np.ascontiguousarray(shift, np.float32)
+        if g.shape != (c,) or b.shape != (c,):
+            raise ValueError(f"pool_signs: scale and shift must have shape ({c},), got {g.shape} and {b.shape}")
+        self.args = (g, b, kh, kw, sh, sw, ph, pw, PH, PW)
+        if flat:
+            self.kernel, self.items, self.cost = _flat_images, n, c * PH * PW * kh * kw
+            self.out_shape = (n, words_for(c * PH * PW))
+        else:
+            self.kernel, self.items, self.cost = _nhwc_rows, n * PH, PW * kh * kw * c
+            self.out_shape = (n, PH, PW, words_for(c))
+
+    def __call__(self, y):
+        if y.shape != self.y_shape:
+            raise ValueError(f"pool_signs: prepared for maps of shape {self.y_shape} (N, H, W, C), got {y.shape}")
+        y = np.ascontiguousarray(y, np.float32)
+        out = np.empty(self.out_shape, np.uint64)
+        parallel(self.kernel, self.items, y, *self.args, out, cost=self.cost)
+        return out
 
 
 def pool_signs_nhwc(y, scale=None, shift=None, kernel=(1, 1), stride=(1, 1), padding=(0, 0), out_size=None):
     """Packed signs of ``maxpool(scale * y + shift)`` for channels-last ``y`` (N, H, W, C) float32
     (module docstring): (N, PH, PW, words_for(C)) uint64. ``out_size`` (PH, PW): the pooling's
     output size (``kernels.pooling.pool_output_size``; default: windows that tile the input)."""
-    y = np.ascontiguousarray(y, np.float32)
-    n, h, w, c = y.shape
-    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-    PH, PW = out_size if out_size is not None else ((h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
-    g, b = _affine(scale, shift, c)
-    out = np.empty((n, PH, PW, words_for(c)), np.uint64)
-    parallel(_nhwc_rows, n * PH, y, g, b, kh, kw, sh, sw, ph, pw, PH, PW, out, cost=PW * kh * kw * c)
-    return out
+    return PoolSigns(y.shape, scale, shift, kernel, stride, padding, out_size)(y)
 
 
 def pool_signs_flat(y, scale=None, shift=None, kernel=(1, 1), stride=(1, 1), padding=(0, 0), out_size=None):
     """Packed signs of ``flatten(maxpool(scale * y + shift))`` in NCHW flatten order for channels-last
     ``y`` (N, H, W, C) float32 (module docstring): (N, words_for(C * PH * PW)) uint64."""
-    y = np.ascontiguousarray(y, np.float32)
-    n, h, w, c = y.shape
-    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-    PH, PW = out_size if out_size is not None else ((h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
-    g, b = _affine(scale, shift, c)
-    out = np.empty((n, words_for(c * PH * PW)), np.uint64)
-    parallel(_flat_images, n, y, g, b, kh, kw, sh, sw, ph, pw, PH, PW, out, cost=c * PH * PW * kh * kw)
-    return out
+    return PoolSigns(y.shape, scale, shift, kernel, stride, padding, out_size, flat=True)(y)

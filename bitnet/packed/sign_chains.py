@@ -31,8 +31,8 @@ such cases).
 
 The modules stay in the model unchanged (its state, its file, its summary); only the forward of
 the ``Sequential`` holding them runs the chains. A chain with a forward hook on one of its layers
-runs layer by layer, so the hook sees what it expects. The float layers' weights are read when the model
-first runs and again after ``load_state_dict`` (``Module._state_changed``): a packed model is a
+runs layer by layer, so the hook sees what it expects. The float layers' weights are read when a chain first runs on an
+input shape and again after ``load_state_dict`` (``Module._state_changed``): a packed model is a
 snapshot of the float model (to change a weight, change the float model and pack it again).
 """
 from __future__ import annotations
@@ -40,9 +40,9 @@ from __future__ import annotations
 import numpy as np
 
 from bitnet.kernels.pooling import pool_output_size
-from bitnet.kernels.sign_pool import pool_signs_flat, pool_signs_nhwc
+from bitnet.kernels.im2col import conv_output_size
+from bitnet.kernels.sign_pool import PoolSigns
 from bitnet.packed.blocks import conv_nchw_to_nhwc
-from bitnet.packed.featuremap import FeatureMap
 from bitnet.packed.fold import batchnorm_affine
 from bitnet.packed.layers import PackedConv2d, PackedDense
 from bitnet.tensor import Tensor
@@ -72,51 +72,70 @@ class SignChain:
     def __init__(self, start, stop, source, bn, pool, flat):
         self.start, self.stop = start, stop
         self.source, self.bn, self.pool, self.flat = source, bn, pool, flat
-        self._consts = None
+        self._runs = {}  # input shape -> prepared run (at most 8)
 
     def reset(self):
-        """Forget the float constants read from the layers (read again at the next call)."""
-        self._consts = None
+        """Forget what was read from the layers and prepared (done again at the next call)."""
+        self._runs = {}
 
-    def _constants(self):
-        if self._consts is None:
-            src = self.source
-            if isinstance(src, PackedConv2d):
-                self._consts = (None, None, None)
-            else:
-                o = src.out_channels
-                g, b = batchnorm_affine(self.bn) if self.bn is not None else (np.ones(o), np.zeros(o))
-                bias = np.zeros(o) if src.bias is None else src.bias.data.astype(np.float64)
-                w = src.weight.data
-                weight_t = np.ascontiguousarray(w.reshape(w.shape[0], -1).T, np.float32)
-                self._consts = (weight_t, g.astype(np.float32), (b + bias * g).astype(np.float32))
-        return self._consts
+    def _conv_constants(self):
+        """The float source's GEMM operand (C*KH*KW, O) and per-channel scale and shift (float32)."""
+        src = self.source
+        o = src.out_channels
+        g, b = batchnorm_affine(self.bn) if self.bn is not None else (np.ones(o), np.zeros(o))
+        bias = np.zeros(o) if src.bias is None else src.bias.data.astype(np.float64)
+        w = src.weight.data
+        weight_t = np.ascontiguousarray(w.reshape(w.shape[0], -1).T, np.float32)
+        return weight_t, g.astype(np.float32), (b + bias * g).astype(np.float32)
 
-    def _source_nhwc(self, x):
-        weight_t, g, shift = self._constants()
+    def _prepare(self, shape):
+        """``run(data) -> words`` for inputs of ``shape``: the source layer channels-last, then the
+        prepared window-sign pass (``kernels.sign_pool.PoolSigns``)."""
         src = self.source
         if isinstance(src, PackedConv2d):
-            y = src(x)
-            return (y.nhwc if isinstance(y, FeatureMap) else y.data.transpose(0, 2, 3, 1)), None, None
-        data = x.data if isinstance(x, Tensor) else np.asarray(x)
-        if data.ndim != 4 or data.shape[1] != src.in_channels:
-            raise ValueError(f"{src!r} expects input (N, {src.in_channels}, H, W), got "
-                             f"{getattr(data, 'shape', type(data).__name__)}")
-        return conv_nchw_to_nhwc(data, weight_t, src.kernel_size, src.stride, src.padding), g, shift
+            if len(shape) == 5:   # packed words (N, H, W, G, CWg)
+                n, h, w = shape[:3]
+            else:                 # floats (N, C, H, W)
+                n, h, w = shape[0], shape[2], shape[3]
+            (kh, kw), (sh, sw), (ph, pw), (dh, dw) = src.kernel_size, src.stride, src.padding, src.dilation
+            oh, ow = (conv_output_size(h, kh, sh, ph, dh), conv_output_size(w, kw, sw, pw, dw))
+            g = shift = None
 
-    def __call__(self, x) -> Tensor:
-        y, g, shift = self._source_nhwc(x)
-        _, h, w, _ = y.shape
+            def source(data):
+                return src(Tensor(data)).data.transpose(0, 2, 3, 1)
+        else:
+            if len(shape) != 4 or shape[1] != src.in_channels:
+                raise ValueError(f"{src!r} expects input (N, {src.in_channels}, H, W), got {shape}")
+            weight_t, g, shift = self._conv_constants()
+            n, h, w = shape[0], shape[2], shape[3]
+            (kh, kw), (sh, sw), (ph, pw) = src.kernel_size, src.stride, src.padding
+            oh, ow = conv_output_size(h, kh, sh, ph, 1), conv_output_size(w, kw, sw, pw, 1)
+
+            def source(data):
+                return conv_nchw_to_nhwc(data, weight_t, src.kernel_size, src.stride, src.padding)
         if self.pool is None:
             kernel = stride = (1, 1)
-            padding, size = (0, 0), (h, w)
+            padding, size = (0, 0), (oh, ow)
         else:
             p = self.pool
             kernel, stride, padding = p.kernel_size, p.stride, p.padding
-            size = tuple(pool_output_size(n, k, s, q, p.ceil_mode) for n, k, s, q in zip((h, w), kernel, stride, padding))
-        signs = pool_signs_flat if self.flat else pool_signs_nhwc
-        bits = signs(y, g, shift, kernel, stride, padding, size)
-        return Tensor(bits if self.flat else bits[:, :, :, None, :])
+            size = tuple(pool_output_size(v, k, s, q, p.ceil_mode) for v, k, s, q in zip((oh, ow), kernel, stride, padding))
+        signs = PoolSigns((n, oh, ow, src.out_channels), g, shift, kernel, stride, padding, size, self.flat)
+        flat = self.flat
+
+        def run(data):
+            bits = signs(source(data))
+            return bits if flat else bits[:, :, :, None, :]
+        return run
+
+    def __call__(self, x) -> Tensor:
+        data = x.data if isinstance(x, Tensor) else np.asarray(x)
+        run = self._runs.get(data.shape)
+        if run is None:
+            if len(self._runs) >= 8:
+                self._runs = {}
+            run = self._runs[data.shape] = self._prepare(data.shape)
+        return Tensor(run(data))
 
 
 def find_chains(seq) -> list[SignChain]:
