@@ -14,6 +14,9 @@ import numpy as np
 from bitnet.kernels.threads import num_threads, run_parallel, single_threaded_blas
 
 _MIN_WORK = 1 << 22  # m*n*k below which one thread is faster than the hand-off (~20 us)
+# m*n*k below which OpenBLAS itself uses one thread (its interface/gemm.c: 65536 * GEMM_MULTITHREAD_THRESHOLD,
+# 4 by default): no need to set its thread count (a few microseconds a call)
+_BLAS_SERIAL = 1 << 16
 
 
 def _blocks(n, parts):
@@ -29,6 +32,8 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
         out = np.empty((m, n), dtype=np.result_type(a, b))
     # Small products run single-threaded too: a multi-threaded call would wake OpenBLAS's pool,
     # which would then spin through the next Numba kernels.
+    if m * n * k < _BLAS_SERIAL:  # OpenBLAS runs these on one thread anyway
+        return np.matmul(a, b, out=out)
     if m * n * k < _MIN_WORK:
         with single_threaded_blas():
             return np.matmul(a, b, out=out)

@@ -73,18 +73,20 @@ _local = threading.local()  # .active: this thread is inside a worker (a nested 
 @contextlib.contextmanager
 def single_threaded_blas():
     """Run BLAS with one thread inside the block; the previous count is restored after it.
-    Inside a worker it does nothing: the caller's block already holds the setting (and its lock,
-    which the worker must not wait for)."""
-    if _BLAS is None or getattr(_local, "active", False):
-        yield
+    Inside a worker, or inside another such block on this thread, it does nothing: the outer block
+    already holds the setting (and its lock, which a worker must not wait for)."""
+    if _BLAS is None or getattr(_local, "active", False) or getattr(_local, "single_blas", False):
+        yield  # nested: the outer block holds the setting
         return
     set_threads, get_threads = _BLAS
     with _blas_lock:
         previous = get_threads()
         set_threads(1)
+        _local.single_blas = True
         try:
             yield
         finally:
+            _local.single_blas = False
             set_threads(previous)
 
 
@@ -206,20 +208,22 @@ def parallel(kernel, n_items: int, *args, cost: int = 1) -> None:
     """Run the worker kernel ``kernel(*args, counter, chunk)`` over ``n_items`` items: each thread
     claims ``chunk`` items at a time (``bitnet.kernels.atomics.claim``); several threads (``run``)
     only when ``n_items * cost`` (the work, in simple operations) is worth waking them."""
-    threads = num_threads()
-    if n_items * cost < MIN_PARALLEL_WORK or n_items < 2:
-        threads = 1
-    threads = max(1, min(threads, n_items))  # n_items == 0: one thread that claims nothing
-    chunk = max(1, -(-n_items // (8 * threads)))  # several chunks a thread: the awake ones take more
     counter = np.zeros(1, np.int64)
+    if n_items * cost < MIN_PARALLEL_WORK or n_items < 2:  # this thread alone, claiming everything at once
+        kernel(*args, counter, max(1, n_items))
+        return
+    threads = min(num_threads(), n_items)
+    chunk = max(1, -(-n_items // (8 * threads)))  # several chunks a thread: the awake ones take more
     run(lambda: kernel(*args, counter, chunk), threads)
 
 
 def parallel_ufunc(ufunc, a):
     """``ufunc(a)`` for a NumPy unary ufunc (e.g. ``np.tanh``), its flat range split across
     bitnet's threads for large arrays (NumPy's ufuncs run on one core and release the GIL)."""
+    if a.size < MIN_PARALLEL_WORK:
+        return ufunc(a)
     parts = num_threads()
-    if a.size < MIN_PARALLEL_WORK or parts < 2:
+    if parts < 2:
         return ufunc(a)
     a = np.ascontiguousarray(a)
     out = np.empty_like(a)

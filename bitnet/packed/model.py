@@ -40,7 +40,7 @@ from bitnet.nn.layers import Identity
 from bitnet.nn.quantized import QConv2d
 from bitnet.packed.fold import batchnorm_pairs
 from bitnet.packed.layers import PackedConv2d, PackedDense, packable
-from bitnet.packed.sign_chains import fuse_sign_chains
+from bitnet.packed.plan import prepare
 from bitnet.tensor import enable_grad, is_grad_enabled, no_grad
 
 
@@ -84,7 +84,9 @@ def pack_structure(model, micro_batch: int | None = 32):
 
 
 def _finish(packed, micro_batch):
-    fuse_sign_chains(packed)
+    for p in packed.parameters():  # an inference model: no graph, ever (its planned forward builds none)
+        p.requires_grad = False
+    prepare(packed)
     packed.__class__ = _micro_batched(type(packed))
     packed.micro_batch = micro_batch
     return packed
@@ -144,7 +146,7 @@ def slice_size(n: int, micro_batch: int | None) -> int | None:
     """Images per slice for a batch of ``n`` (None: run it whole): at most ``micro_batch``, and with
     several threads small enough that every thread gets about two slices, but not below
     ``MIN_SLICE``."""
-    if not micro_batch:
+    if not micro_batch or n <= min(MIN_SLICE, micro_batch):  # one slice whatever the threads
         return None
     threads = num_threads()
     step = micro_batch if threads < 2 else min(micro_batch, max(MIN_SLICE, -(-n // (2 * threads))))

@@ -30,8 +30,8 @@ within rounding of 0 can take the other sign (``bitnet.packed.model``'s docstrin
 such cases).
 
 The modules stay in the model unchanged (its state, its file, its summary); only the forward of
-the ``Sequential`` holding them runs the chains. A chain with a forward hook on one of its layers
-runs layer by layer, so the hook sees what it expects. The float layers' weights are read when a chain first runs on an
+the ``Sequential`` holding them runs the chains (``bitnet.packed.plan``). A chain with a forward
+hook on one of its layers runs layer by layer, so the hook sees what it expects. The float layers' weights are read when a chain first runs on an
 input shape and again after ``load_state_dict`` (``Module._state_changed``): a packed model is a
 snapshot of the float model (to change a weight, change the float model and pack it again).
 """
@@ -101,8 +101,8 @@ class SignChain:
             oh, ow = (conv_output_size(h, kh, sh, ph, dh), conv_output_size(w, kw, sw, pw, dw))
             g = shift = None
 
-            def source(data):
-                return src(Tensor(data)).data.transpose(0, 2, 3, 1)
+            def source(data):  # what src(Tensor(data)) computes, channels-last
+                return src._xnor(src._packed_input(data), layout="nhwc")
         else:
             if len(shape) != 4 or shape[1] != src.in_channels:
                 raise ValueError(f"{src!r} expects input (N, {src.in_channels}, H, W), got {shape}")
@@ -128,14 +128,17 @@ class SignChain:
             return bits if flat else bits[:, :, :, None, :]
         return run
 
-    def __call__(self, x) -> Tensor:
-        data = x.data if isinstance(x, Tensor) else np.asarray(x)
+    def run(self, data: np.ndarray) -> np.ndarray:
+        """The sink's input words for the chain's input array ``data``."""
         run = self._runs.get(data.shape)
         if run is None:
             if len(self._runs) >= 8:
                 self._runs = {}
             run = self._runs[data.shape] = self._prepare(data.shape)
-        return Tensor(run(data))
+        return run(data)
+
+    def __call__(self, x) -> Tensor:
+        return Tensor(self.run(x.data if isinstance(x, Tensor) else np.asarray(x)))
 
 
 def find_chains(seq) -> list[SignChain]:
@@ -167,41 +170,3 @@ def find_chains(seq) -> list[SignChain]:
         else:
             i += 1
     return chains
-
-
-_FUSED = {}
-
-
-def _fused_class(cls):
-    """``cls`` (a Sequential class) with a forward that runs its chains."""
-    if cls not in _FUSED:
-        def forward(self, x):
-            mods = list(self._modules.values())
-            starts = {c.start: c for c in self._sign_chains}
-            i = 0
-            while i < len(mods):
-                chain = starts.get(i)
-                if chain is not None and not any(m._forward_hooks for m in mods[i:chain.stop]):
-                    x, i = chain(x), chain.stop
-                else:
-                    x, i = mods[i](x), i + 1
-            return x
-
-        def _state_changed(self):
-            cls._state_changed(self)
-            for chain in self._sign_chains:
-                chain.reset()
-        _FUSED[cls] = type(cls.__name__, (cls,), {"forward": forward, "_state_changed": _state_changed,
-                                                  "__doc__": cls.__doc__, "__module__": cls.__module__})
-    return _FUSED[cls]
-
-
-def fuse_sign_chains(packed) -> None:
-    """Give every Sequential in ``packed`` that holds chains the forward that runs them (in place)."""
-    from bitnet.nn.container import Sequential
-    for m in list(packed.modules()):
-        if isinstance(m, Sequential) and type(m) not in _FUSED.values():
-            chains = find_chains(m)
-            if chains:
-                m._sign_chains = chains
-                m.__class__ = _fused_class(type(m))

@@ -1,0 +1,148 @@
+"""The forward of a packed ``Sequential``: sign chains, and a plan per input shape.
+
+At small batches a packed model's time goes to Python, not to its kernels: every layer call builds
+Tensors, checks its input and works out sizes and kernel arguments (binary LeNet at batch 1: about
+0.14 ms a forward, of which the kernels take a third). So the forward of every ``Sequential`` in a
+packed model (``prepare(packed)``, called by ``bitnet.pack``):
+
+- runs its *sign chains* (``bitnet.packed.sign_chains``) in place of the layers they cover;
+- the first time it sees an input shape, runs layer by layer (chains included) and records a
+  *plan*: one step per layer, a function of a NumPy array returning one, with every size, constant
+  and kernel argument worked out (the packed layers' prepared kernel calls, the chains' prepared
+  runs, a dense layer's GEMM and bias, tanh); a layer without such a step runs through its own
+  forward inside the plan. Later calls with that shape run the plan.
+
+A plan gives the same bits as the layer-by-layer run (tested), and is used only where that run
+would give a plain tensor without a graph: the input is a plain ``Tensor`` or array that does not
+need a gradient (a packed model's parameters never do: ``bitnet.pack`` freezes them), no module
+below carries a forward hook, the children are those the plan was made for, and every layer
+returned a plain ``Tensor`` while it was recorded (packed layers that hand over packed signs in
+``SignedTensor`` / ``FeatureMap`` objects run layer by layer). Plans and chains read the layers'
+weights when they are made, and are made again after ``load_state_dict``; at most 8 input shapes
+are kept per Sequential.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from bitnet.kernels.threads import single_threaded_blas
+from bitnet.packed.layers import PackedConv2d, PackedDense
+from bitnet.packed.sign_chains import find_chains
+from bitnet.tensor import Tensor, is_grad_enabled
+
+MAX_PLANS = 8
+
+
+def _step(module, a):
+    """A function ``array -> array`` doing what ``module(Tensor(a)).data`` does, faster, or None."""
+    from bitnet.kernels.threads import parallel_ufunc
+    from bitnet.nn.layers import Dense, Flatten, Identity, Tanh
+    from bitnet.ops.elementwise import _matmul
+    t = type(module)
+    if t is Identity:
+        return lambda a: a
+    if t is Tanh:  # ops.elementwise.Tanh.forward
+        return lambda a: parallel_ufunc(np.tanh, a)
+    if t is Flatten and (module.start_dim, module.end_dim) == (1, -1) and a.ndim >= 2:
+        return lambda a: a.reshape(a.shape[0], -1)
+    if t is Dense:  # F.linear without a graph
+        w_t = module.weight.data.T
+        bias = None if module.bias is None else module.bias.data
+        return (lambda a: _matmul(a, w_t)) if bias is None else (lambda a: _matmul(a, w_t) + bias)
+    if isinstance(module, PackedConv2d) and not module.emit_signs:
+        return lambda a: module._xnor(module._packed_input(a))
+    if isinstance(module, PackedDense):
+        conv, o = module.conv, module.out_features
+        return lambda a: conv._xnor(module._packed_input(a)).reshape(-1, o)
+    return None
+
+
+class _Plan:
+    """The recorded steps for one input shape, with what must hold to run them."""
+    __slots__ = ("mods", "subtree", "steps")
+
+    def __init__(self, mods, subtree, steps):
+        self.mods, self.subtree, self.steps = mods, subtree, steps
+
+    def usable(self, mods) -> bool:
+        return mods == self.mods and not any(m._forward_hooks for m in self.subtree)
+
+    def __call__(self, a):
+        with single_threaded_blas():  # once for every GEMM of the plan (kernels.threads)
+            for step in self.steps:
+                a = step(a)
+        return a
+
+
+def _generic(module):
+    return lambda a: module(Tensor(a)).data
+
+
+def _run(seq, x, mods, record):
+    """The layer-by-layer forward (chains included); with ``record`` also the plan's steps (None
+    where a layer hands over anything but a plain Tensor)."""
+    starts = {c.start: c for c in seq._sign_chains}
+    steps, i = [], 0
+    while i < len(mods):
+        chain = starts.get(i)
+        if chain is not None and not any(m._forward_hooks for m in mods[i:chain.stop]):
+            unit, stop = chain, chain.stop
+        else:
+            unit, stop = mods[i], i + 1
+        if record is not None:
+            if type(x) is not Tensor:
+                record = None
+            else:
+                step = unit.run if unit is chain else _step(unit, x.data)
+                steps.append(_generic(unit) if step is None else step)
+        x, i = unit(x), stop
+    if record is not None and type(x) is not Tensor:
+        record = None
+    return x, (steps if record is not None else None)
+
+
+def planned_forward(seq, x):
+    """``Sequential.forward`` with chains and plans (module docstring)."""
+    mods = list(seq._modules.values())
+    if type(x) is Tensor or isinstance(x, np.ndarray):
+        data = x.data if type(x) is Tensor else x
+        if not (is_grad_enabled() and getattr(x, "requires_grad", False)):
+            key = (data.shape, data.dtype.str)
+            plan = seq._plans.get(key)
+            if plan is not None and plan.usable(mods):
+                return Tensor(plan(data))
+            if plan is None and key not in seq._plans:
+                subtree = [m for m in seq.modules() if m is not seq]
+                out, steps = _run(seq, x if type(x) is Tensor else Tensor(x), mods,
+                                  record=not any(m._forward_hooks for m in subtree))
+                if len(seq._plans) >= MAX_PLANS:
+                    seq._plans.clear()
+                seq._plans[key] = None if steps is None else _Plan(mods, subtree, steps)
+                return out
+    return _run(seq, x, mods, record=None)[0]
+
+
+_PLANNED = {}
+
+
+def _planned_class(cls):
+    """``cls`` (a Sequential class) with ``planned_forward`` as its forward."""
+    if cls not in _PLANNED:
+        def _state_changed(self):
+            cls._state_changed(self)
+            for chain in self._sign_chains:
+                chain.reset()
+            self._plans.clear()
+        _PLANNED[cls] = type(cls.__name__, (cls,), {"forward": planned_forward, "_state_changed": _state_changed,
+                                                    "__doc__": cls.__doc__, "__module__": cls.__module__})
+    return _PLANNED[cls]
+
+
+def prepare(packed) -> None:
+    """Give every Sequential in ``packed`` its chains and the planned forward (in place)."""
+    from bitnet.nn.container import Sequential
+    for m in list(packed.modules()):
+        if isinstance(m, Sequential) and type(m) not in _PLANNED.values():
+            m._sign_chains = find_chains(m)
+            m._plans = {}
+            m.__class__ = _planned_class(type(m))

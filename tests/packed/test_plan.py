@@ -1,0 +1,102 @@
+"""bitnet.packed.plan: a packed Sequential's forward recorded once per input shape must give the
+bits of the layer-by-layer run (its first call), and must step aside wherever it would not."""
+import numpy as np
+import pytest
+
+import bitnet
+from bitnet import nn
+from bitnet.packed import pack
+from bitnet.packed.plan import MAX_PLANS, _Plan
+from bitnet.tensor import Tensor, no_grad
+
+
+def _warm(model, rng):
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            c = m.num_features
+            m.running_mean[:] = rng.normal(0, 0.5, c)
+            m.running_var[:] = rng.uniform(0.3, 3, c)
+            m.weight.data[:] = rng.uniform(-1.5, 1.5, c).astype(np.float32)
+            m.bias.data[:] = rng.normal(size=c).astype(np.float32)
+    return model.eval()
+
+
+def _models(rng):
+    q = dict(act_bit=1, weight_bit=1)
+    yield "lenet-binary", _warm(bitnet.models.get("lenet-binary", seed=1), rng), (1, 28, 28)
+    yield "no chains", _warm(nn.Sequential(  # packed conv without pooling, relu, k-bit layer, float tail
+        nn.QConv2d(3, 16, 3, padding=1, rng=rng, **q), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.QConv2d(16, 8, 3, stride=2, rng=rng, act_bit=2, weight_bit=2), nn.Flatten(),
+        nn.QDense(8 * 4 * 4, 20, rng=rng, **q), nn.BatchNorm1d(20), nn.Tanh(), nn.Dense(20, 4, rng=rng)), rng), (3, 10, 10)
+    yield "nested", _warm(nn.Sequential(
+        nn.Sequential(nn.Conv2d(2, 8, 3, rng=rng), nn.BatchNorm2d(8), nn.HardTanh(), nn.MaxPool2d(2),
+                      nn.QActivation(1), nn.QConv2d(8, 8, 3, padding=1, rng=rng, **q), nn.BatchNorm2d(8)),
+        nn.Flatten(), nn.Dense(8 * 16, 3, bias=False, rng=rng)), rng), (2, 10, 10)
+
+
+@pytest.mark.parametrize("batch", [1, 3, 40])
+def test_plans_give_the_bits_of_the_layer_by_layer_run(batch):
+    rng = np.random.default_rng(batch)
+    for name, model, shape in _models(rng):
+        packed = pack(model)
+        x = Tensor(rng.standard_normal((batch,) + shape).astype(np.float32))
+        with no_grad():
+            first = packed(x).data     # layer by layer, recording
+            second = packed(x).data    # the plan
+            third = packed(x.data).data
+        np.testing.assert_array_equal(first, second, err_msg=name)
+        np.testing.assert_array_equal(first, third, err_msg=name)
+        seqs = [m for m in packed.modules() if hasattr(m, "_plans")]
+        assert any(isinstance(p, _Plan) for s in seqs for p in s._plans.values()), name
+
+
+def test_a_packed_model_builds_no_graph():
+    packed = pack(_warm(bitnet.models.get("lenet-binary", seed=0), np.random.default_rng(0)))
+    assert not any(p.requires_grad for p in packed.parameters())
+    x = Tensor(np.random.default_rng(1).standard_normal((2, 1, 28, 28)).astype(np.float32))
+    out1, out2 = packed(x), packed(x)  # grad mode on (the default)
+    assert not out1.requires_grad and not out2.requires_grad
+    np.testing.assert_array_equal(out1.data, out2.data)
+
+
+def test_hooks_and_new_children_make_it_run_layer_by_layer():
+    rng = np.random.default_rng(2)
+    packed = pack(_warm(bitnet.models.get("lenet-binary", seed=2), rng))
+    x = Tensor(rng.standard_normal((2, 1, 28, 28)).astype(np.float32))
+    with no_grad():
+        base = packed(x).data
+        packed(x)
+        seen = []
+        handle = packed[12].register_forward_hook(lambda m, i, o: seen.append(o.shape))  # the Tanh
+        np.testing.assert_array_equal(packed(x).data, base)
+        assert seen == [(2, 1000)]
+        handle.remove()
+        packed._modules["12"] = nn.Identity()  # a new child: the old plan no longer applies
+        changed = packed(x).data
+    assert not np.array_equal(changed, base)
+    with no_grad():
+        np.testing.assert_array_equal(changed, packed(x).data)
+
+
+def test_load_state_dict_makes_plans_again():
+    rng = np.random.default_rng(3)
+    q = dict(act_bit=1, weight_bit=1)
+
+    def net():
+        return _warm(nn.Sequential(nn.QDense(30, 16, rng=rng, **q), nn.BatchNorm1d(16), nn.Tanh(),
+                                   nn.Dense(16, 5, rng=rng)), rng)
+    packed, other = pack(net()), pack(net())
+    x = Tensor(rng.standard_normal((4, 30)).astype(np.float32))
+    with no_grad():
+        packed(x), packed(x)
+        packed.load_state_dict(other.state_dict())
+        np.testing.assert_array_equal(packed(x).data, other(x).data)
+        np.testing.assert_array_equal(packed(x).data, other(x).data)
+
+
+def test_plans_per_shape_are_bounded():
+    packed = pack(_warm(bitnet.models.get("lenet-binary", seed=4), np.random.default_rng(4)), micro_batch=None)
+    with no_grad():
+        for n in range(1, MAX_PLANS + 4):
+            packed(Tensor(np.zeros((n, 1, 28, 28), np.float32)))
+    assert 0 < len(packed._plans) <= MAX_PLANS
