@@ -182,3 +182,15 @@ def test_steady_timing_runs_and_stops_its_load():
             os.kill(pid, 0)
     times = steady.main(["train", "lenet-binary", "--batch", "4", "--seconds", "0.1"])
     assert len(times) >= 1
+
+
+def test_packed_paths_times_the_three_paths_and_restores_threads():
+    import numba
+
+    from bitnet.bench import packed_paths
+    before = numba.get_num_threads()
+    results = packed_paths.main(["--batch", "1", "3", "--rounds", "1", "--calls", "1"])
+    assert numba.get_num_threads() == before
+    assert set(results) == {1, 3}
+    for times in results.values():
+        assert set(times) == {"layer by layer", "chains", "planned"} and all(t > 0 for t in times.values())
