@@ -75,6 +75,8 @@ def add_parser(sub):
             k.add_argument("--ort-int8", choices=("u8s8", "s8s8"), default="u8s8",
                            help="ONNX Runtime int8 activations: uint8 (default, the faster here) or int8")
             k.add_argument("--data-dir", default=None, help="MNIST for the int8 calibration of lenet-binary")
+            k.add_argument("--model", action="append", choices=("lenet-binary", "resnet18-binary"),
+                           help="only this network (repeat for several; default: both)")
         if name in ("model", "train-bits"):
             _add_busy(k)
         if name in ("gemm", "model"):
@@ -139,7 +141,7 @@ def cmd_model(args) -> list:
     threads = _threads_list(args.threads)
     print(f"bitnet bench model: threads {', '.join(map(str, threads))}, median of {args.rounds} x "
           f"{args.repeats} calls, load: {load.describe(args.busy)}", flush=True)
-    nets = ("lenet-binary",) if args.quick else tuple(model.NETWORKS)
+    nets = ("lenet-binary",) if args.quick else tuple(args.model or model.NETWORKS)
     contenders, records = [], []
     try:
         for net in nets:
