@@ -23,7 +23,6 @@ we can find, ``single_threaded_blas`` is a no-op and BLAS threads as it likes.
 """
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import itertools
 import os
@@ -70,24 +69,30 @@ def num_threads() -> int:
 _local = threading.local()  # .active: this thread is inside a worker (a nested run() runs inline)
 
 
-@contextlib.contextmanager
-def single_threaded_blas():
-    """Run BLAS with one thread inside the block; the previous count is restored after it.
-    Inside a worker, or inside another such block on this thread, it does nothing: the outer block
-    already holds the setting (and its lock, which a worker must not wait for)."""
-    if _BLAS is None or getattr(_local, "active", False) or getattr(_local, "single_blas", False):
-        yield  # nested: the outer block holds the setting
-        return
-    set_threads, get_threads = _BLAS
-    with _blas_lock:
-        previous = get_threads()
+class single_threaded_blas:
+    """``with single_threaded_blas():`` runs BLAS with one thread inside the block; the previous count
+    is restored after it. Inside a worker, or inside another such block on this thread, it does
+    nothing: the outer block already holds the setting (and its lock, which a worker must not wait
+    for). (A class, not a generator: it is entered around every GEMM.)"""
+    __slots__ = ("previous",)
+
+    def __enter__(self):
+        self.previous = None
+        if _BLAS is None or getattr(_local, "active", False) or getattr(_local, "single_blas", False):
+            return self  # nested: the outer block holds the setting
+        set_threads, get_threads = _BLAS
+        _blas_lock.acquire()
+        self.previous = get_threads()
         set_threads(1)
         _local.single_blas = True
-        try:
-            yield
-        finally:
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
             _local.single_blas = False
-            set_threads(previous)
+            _BLAS[0](self.previous)
+            _blas_lock.release()
+        return False
 
 
 class _Job:

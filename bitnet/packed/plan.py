@@ -59,13 +59,14 @@ def _step(module, a):
 
 class _Plan:
     """The recorded steps for one input shape, with what must hold to run them."""
-    __slots__ = ("mods", "subtree", "steps")
+    __slots__ = ("mods", "hooks", "steps")
 
     def __init__(self, mods, subtree, steps):
-        self.mods, self.subtree, self.steps = mods, subtree, steps
+        self.mods, self.steps = mods, steps
+        self.hooks = [m._forward_hooks for m in subtree]  # the modules' own hook lists (never replaced)
 
     def usable(self, mods) -> bool:
-        return mods == self.mods and not any(m._forward_hooks for m in self.subtree)
+        return mods == self.mods and not any(self.hooks)
 
     def __call__(self, a):
         with single_threaded_blas():  # once for every GEMM of the plan (kernels.threads)
