@@ -419,7 +419,10 @@ class XnorConv2d:
             args[27] = out_bits.reshape(-1).view(np.uint8)
         args[-1] = np.zeros(1, np.int64)
         kernel = self.kernel
-        run(lambda: kernel(*args), self.threads)
+        if self.threads == 1:
+            kernel(*args)
+        else:
+            run(lambda: kernel(*args), self.threads)
         out = out.reshape(n, oh, ow, g, self.lanes // g)[..., :mg].reshape(n, oh, ow, oc)
         if self.layout == "nchw":
             out = out.transpose(0, 3, 1, 2)
