@@ -58,15 +58,13 @@ def _step(module, a):
 
 
 class _Plan:
-    """The recorded steps for one input shape, with what must hold to run them."""
+    """The recorded steps for one input shape (None: the layers hand over objects a plan cannot
+    pass), the children they were recorded for and the hook lists of every module below."""
     __slots__ = ("mods", "hooks", "steps")
 
     def __init__(self, mods, subtree, steps):
         self.mods, self.steps = mods, steps
         self.hooks = [m._forward_hooks for m in subtree]  # the modules' own hook lists (never replaced)
-
-    def usable(self, mods) -> bool:
-        return mods == self.mods and not any(self.hooks)
 
     def __call__(self, a):
         with single_threaded_blas():  # once for every GEMM of the plan (kernels.threads)
@@ -79,9 +77,9 @@ def _generic(module):
     return lambda a: module(Tensor(a)).data
 
 
-def _run(seq, x, mods, record):
-    """The layer-by-layer forward (chains included); with ``record`` also the plan's steps (None
-    where a layer hands over anything but a plain Tensor)."""
+def _run(seq, x, mods, record=False):
+    """The layer-by-layer forward (chains included): ``(output, steps)``, with ``record`` the plan's
+    steps, else (or where a layer hands over anything but a plain Tensor) None."""
     starts = {c.start: c for c in seq._sign_chains}
     steps, i = [], 0
     while i < len(mods):
@@ -90,37 +88,35 @@ def _run(seq, x, mods, record):
             unit, stop = chain, chain.stop
         else:
             unit, stop = mods[i], i + 1
-        if record is not None:
+        if record:
             if type(x) is not Tensor:
-                record = None
+                record = False
             else:
                 step = unit.run if unit is chain else _step(unit, x.data)
                 steps.append(_generic(unit) if step is None else step)
         x, i = unit(x), stop
-    if record is not None and type(x) is not Tensor:
-        record = None
-    return x, (steps if record is not None else None)
+    return x, (steps if record and type(x) is Tensor else None)
 
 
 def planned_forward(seq, x):
     """``Sequential.forward`` with chains and plans (module docstring)."""
     mods = list(seq._modules.values())
-    if type(x) is Tensor or isinstance(x, np.ndarray):
+    if (type(x) is Tensor or isinstance(x, np.ndarray)) and not (is_grad_enabled() and getattr(x, "requires_grad", False)):
         data = x.data if type(x) is Tensor else x
-        if not (is_grad_enabled() and getattr(x, "requires_grad", False)):
-            key = (data.shape, data.dtype.str)
-            plan = seq._plans.get(key)
-            if plan is not None and plan.usable(mods):
+        key = (data.shape, data.dtype.str)
+        plan = seq._plans.get(key)
+        if plan is not None and plan.mods == mods:  # recorded for these children
+            if plan.steps is not None and not any(plan.hooks):
                 return Tensor(plan(data))
-            if plan is None and key not in seq._plans:
-                subtree = [m for m in seq.modules() if m is not seq]
-                out, steps = _run(seq, x if type(x) is Tensor else Tensor(x), mods,
-                                  record=not any(m._forward_hooks for m in subtree))
-                if len(seq._plans) >= MAX_PLANS:
-                    seq._plans.clear()
-                seq._plans[key] = None if steps is None else _Plan(mods, subtree, steps)
-                return out
-    return _run(seq, x, mods, record=None)[0]
+            return _run(seq, x, mods)[0]  # hooks, or layers that hand over what a plan cannot pass
+        subtree = [m for m in seq.modules() if m is not seq]
+        if not any(m._forward_hooks for m in subtree):  # record the plan (again, for new children)
+            out, steps = _run(seq, x if type(x) is Tensor else Tensor(x), mods, record=True)
+            if len(seq._plans) >= MAX_PLANS:
+                seq._plans.clear()
+            seq._plans[key] = _Plan(mods, subtree, steps)
+            return out
+    return _run(seq, x, mods)[0]
 
 
 _PLANNED = {}
