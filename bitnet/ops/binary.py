@@ -22,6 +22,7 @@ import numpy as np
 
 from bitnet.kernels import bitpack
 from bitnet.kernels import xnor_conv as XC
+from bitnet.ops import workspace as W
 from bitnet.ops.conv import Conv2d
 from bitnet.ops.elementwise import MatMul
 from bitnet.tensor import Tensor
@@ -39,7 +40,7 @@ class BinaryConv2d(Conv2d):
         dots = XC.xnor_conv2d(bitpack.pack_nchw(np.ascontiguousarray(x, np.float32), groups),
                               XC.pack_filters(w, groups), channels, n_out, (kh, kw), stride, padding, dilation,
                               padword=XC.pad_words(cg, pad_value), corr=corr, dots=True)
-        out = np.empty(dots.shape, x.dtype)
+        out = W.empty(dots.shape, x.dtype)
         out[...] = dots
         if bias:
             out += bias[0][None, :, None, None]
@@ -70,7 +71,7 @@ class BinaryMatMul(MatMul):
         k = a.shape[1]
         dots = XC.xnor_gemm(bitpack.pack_rows(np.ascontiguousarray(b.T, np.float32)),
                             bitpack.pack_rows(np.ascontiguousarray(a, np.float32)), k)  # (O, N) view
-        out = np.empty((a.shape[0], b.shape[1]), a.dtype)
+        out = W.empty((a.shape[0], b.shape[1]), a.dtype)
         out[...] = dots.T
         return out
 

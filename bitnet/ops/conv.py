@@ -25,6 +25,7 @@ import numpy as np
 
 from bitnet.kernels import im2col as K
 from bitnet.kernels.gemm import matmul as gemm
+from bitnet.ops import workspace as W
 from bitnet.ops.dims import pair
 from bitnet.tensor import Function, Tensor
 
@@ -36,16 +37,16 @@ class Conv2d(Function):
         oh, ow = self._setup(x.shape, w, stride, padding, dilation, groups)
         n_img, n_out = x.shape[0], w.shape[0]
         b = bias[0] if bias else np.zeros(n_out, dtype=x.dtype)
-        out = np.empty((n_img, n_out, oh, ow), dtype=x.dtype)
+        out = W.empty((n_img, n_out, oh, ow), dtype=x.dtype)
         p = oh * ow
         rows = self._lower(x)
         if self.rows:
-            y = np.empty((n_img * p, n_out), dtype=x.dtype)
+            y = W.empty((n_img * p, n_out), dtype=x.dtype)
             for o, k in self.slices:
                 gemm(rows[:, k], self.wm[o].T, out=y[:, o])
             K.transpose_inner(y.reshape(n_img, p, n_out), b, out.reshape(n_img, n_out, p))
         else:
-            y = np.empty((n_out, n_img * p), dtype=x.dtype)
+            y = W.empty((n_out, n_img * p), dtype=x.dtype)
             for o, k in self.slices:
                 gemm(self.wm[o], rows[k], out=y[o])
             K.swap_leading_axes(y.reshape(n_out, n_img, p), b, out.reshape(n_img, n_out, p))
@@ -73,14 +74,14 @@ class Conv2d(Function):
         kg, (oh, ow) = cg * kh * kw, self.out_hw
         p = oh * ow
         if self.rows:
-            xh = np.empty((n_img, height * width, channels), dtype=x.dtype)
+            xh = W.empty((n_img, height * width, channels), dtype=x.dtype)
             K.transpose_inner(np.ascontiguousarray(x).reshape(n_img, channels, -1),
                               np.zeros(height * width, x.dtype), xh)
-            rows = np.empty((n_img * p, groups * kg), dtype=x.dtype)
+            rows = W.empty((n_img * p, groups * kg), dtype=x.dtype)
             K.im2col_rows(xh.reshape(n_img, height, width, channels), groups, *self.geom, oh, ow, rows)
             self.wm = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(n_out, kg)
         else:
-            rows = np.empty((groups * kg, n_img * p), dtype=x.dtype)  # the column layout
+            rows = W.empty((groups * kg, n_img * p), dtype=x.dtype)  # the column layout
             K.im2col(np.ascontiguousarray(x), *self.geom, oh, ow, rows)
             self.wm = w.reshape(n_out, kg)
         self.lowered = rows
@@ -92,9 +93,9 @@ class Conv2d(Function):
         g3 = np.ascontiguousarray(g).reshape(n_img, n_out, p)
         wm, low, geom, groups = self.wm, self.lowered, self.geom, self.groups
         gw = np.empty_like(wm) if self.needs_grad[1] else None
-        gx = np.empty(self.x_shape, dtype=g.dtype) if self.needs_grad[0] else None
+        gx = W.empty(self.x_shape, dtype=g.dtype) if self.needs_grad[0] else None
         if self.rows:
-            gr = np.empty((n_img, p, n_out), dtype=g.dtype)  # G as (N*OH*OW, O)
+            gr = W.empty((n_img, p, n_out), dtype=g.dtype)  # G as (N*OH*OW, O)
             K.transpose_inner(g3, np.zeros(p, g.dtype), gr)
             gr = gr.reshape(n_img * p, n_out)
             gb = gr.sum(axis=0)
@@ -105,16 +106,16 @@ class Conv2d(Function):
                 kh, kw = geom[:2]
                 gw = gw.reshape(n_out, kh, kw, -1).transpose(0, 3, 1, 2)
             if gx is not None:
-                drows = np.empty_like(low)
+                drows = W.empty_like(low)
                 for o, k in self.slices:
                     gemm(gr[:, o], wm[o], out=drows[:, k])
                 c, h, w_ = self.x_shape[1:]
-                gxh = np.empty((n_img, h, w_, c), dtype=g.dtype)
+                gxh = W.empty((n_img, h, w_, c), dtype=g.dtype)
                 K.col2im_rows(drows, groups, *geom, oh, ow, gxh)
                 K.transpose_inner(gxh.reshape(n_img, h * w_, c), np.zeros(c, g.dtype),
                                   gx.reshape(n_img, c, h * w_))
         else:
-            gt = np.empty((n_out, n_img * p), dtype=g.dtype)  # G as (O, N*OH*OW)
+            gt = W.empty((n_out, n_img * p), dtype=g.dtype)  # G as (O, N*OH*OW)
             K.swap_leading_axes(g3, np.zeros(n_img, dtype=g.dtype), gt.reshape(n_out, n_img, p))
             gb = gt.sum(axis=1)
             if gw is not None:
@@ -122,7 +123,7 @@ class Conv2d(Function):
                     gemm(gt[o], low[k].T, out=gw[o])
                 gw = gw.reshape(self.w.shape)
             if gx is not None:
-                dcols = np.empty_like(low)
+                dcols = W.empty_like(low)
                 for o, k in self.slices:
                     gemm(wm[o].T, gt[o], out=dcols[k])
                 K.col2im(dcols, *geom, oh, ow, gx)

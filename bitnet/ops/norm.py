@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from bitnet.kernels import batchnorm as K
+from bitnet.ops import workspace as W
 from bitnet.tensor import Function, Tensor
 
 
@@ -27,7 +28,7 @@ class BatchNormTrain(Function):
         mean = np.empty(x.shape[1], dtype=np.float64)
         invstd = np.empty(x.shape[1], dtype=np.float64)
         K.channel_stats(x3, eps, mean, invstd)
-        out = np.empty_like(x3)
+        out = W.empty_like(x3)
         K.normalize_affine(x3, mean, invstd, gamma, beta, out)
         self.x, self.gamma, self.mean, self.invstd = x3, gamma, mean, invstd
         if running_mean is not None:
@@ -41,7 +42,7 @@ class BatchNormTrain(Function):
 
     def backward(self, g):
         g3 = _as_ncl(g)
-        gx = np.empty_like(g3)
+        gx = W.empty_like(g3)
         gg = np.empty(self.gamma.shape, dtype=np.float64)
         gb = np.empty(self.gamma.shape, dtype=np.float64)
         K.batch_norm_backward(g3, self.x, self.mean, self.invstd, self.gamma, gx, gg, gb)
@@ -53,7 +54,7 @@ class BatchNormEval(Function):
     def forward(self, x, gamma, beta, mean=None, var=None, eps=1e-5):
         self.invstd = 1.0 / np.sqrt(var.astype(np.float64) + eps)
         self.x, self.mean, self.gamma = x, mean.astype(np.float64), gamma
-        out = np.empty_like(_as_ncl(x))
+        out = W.empty_like(_as_ncl(x))
         K.normalize_affine(_as_ncl(x), self.mean, self.invstd, gamma, beta, out)
         return out.reshape(x.shape)
 
