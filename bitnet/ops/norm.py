@@ -22,6 +22,18 @@ def _as_ncl(a):
     return np.ascontiguousarray(a).reshape(a.shape[0], a.shape[1], -1)
 
 
+def update_running(running_mean, running_var, mean, invstd, eps, momentum, m) -> None:
+    """The running averages' update (module docstring) from a batch's mean and invstd over m values
+    per channel; nothing when ``running_mean`` is None."""
+    if running_mean is None:
+        return
+    var = 1.0 / invstd ** 2 - eps
+    running_mean *= 1 - momentum
+    running_mean += (momentum * mean).astype(running_mean.dtype)
+    running_var *= 1 - momentum
+    running_var += (momentum * var * m / (m - 1)).astype(running_var.dtype)
+
+
 class BatchNormTrain(Function):
     def forward(self, x, gamma, beta, eps=1e-5, running_mean=None, running_var=None, momentum=0.1):
         x3 = _as_ncl(x)
@@ -31,13 +43,7 @@ class BatchNormTrain(Function):
         out = W.empty_like(x3)
         K.normalize_affine(x3, mean, invstd, gamma, beta, out)
         self.x, self.gamma, self.mean, self.invstd = x3, gamma, mean, invstd
-        if running_mean is not None:
-            m = x3.shape[0] * x3.shape[2]
-            var = 1.0 / invstd ** 2 - eps
-            running_mean *= 1 - momentum
-            running_mean += (momentum * mean).astype(running_mean.dtype)
-            running_var *= 1 - momentum
-            running_var += (momentum * var * m / (m - 1)).astype(running_var.dtype)
+        update_running(running_mean, running_var, mean, invstd, eps, momentum, x3.shape[0] * x3.shape[2])
         return out.reshape(x.shape)
 
     def backward(self, g):

@@ -47,9 +47,11 @@ def test_pool_is_bounded_and_limit_zero_turns_it_off():
         live = [W.empty(BIG, np.float32) for _ in range(5)]  # two do not fit: plain arrays
         assert W.pooled_bytes() <= 3 * nbytes
         del live
-        other = W.empty((BIG[0] + 1,), np.float32)  # evicts a dead one to fit
+        keep = [W.empty(BIG, np.float32) for _ in range(2)]  # the first two of the key stay alive
+        other = W.empty((BIG[0] + 1,), np.float32)  # evicts the dead third to fit
         assert W.pooled_bytes() <= 3 * nbytes
-        del other
+        assert W.empty(BIG, np.float32) is not keep[0]
+        del other, keep
     with W.limit(0):
         assert W.pooled_bytes() == 0
         a = W.empty(BIG, np.float32)
