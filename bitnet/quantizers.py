@@ -56,19 +56,23 @@ def _flat(a: np.ndarray) -> np.ndarray:
 _KERNEL_DTYPES = (np.float32, np.float64)  # others (float16) take NumPy's passes
 
 
-def _sign(x: np.ndarray) -> np.ndarray:
-    """-1 where x < 0, +1 elsewhere (zero and NaN included), in x's dtype (one pass, ``kernels.sign``)."""
+def _sign(x: np.ndarray, clip_value=None):
+    """-1 where x < 0, +1 elsewhere (zero and NaN included), in x's dtype (one pass, ``kernels.sign``).
+    With a ``clip_value``: ``(signs, within)``, ``within`` True when every |x| <= clip_value (then
+    the straight-through gradient passes everywhere; found in the same pass)."""
     if x.dtype not in _KERNEL_DTYPES:
         one = x.dtype.type(1)
-        return np.where(x < 0, -one, one)
-    out = W.empty(x.shape, x.dtype)
-    S.sign(_flat(x), out.reshape(-1))
-    return out
+        out, within = np.where(x < 0, -one, one), False
+    else:
+        out = W.empty(x.shape, x.dtype)
+        within = S.sign(_flat(x), out.reshape(-1), clip_value)
+    return out if clip_value is None else (out, within)
 
 
-def _pass_within(g: np.ndarray, x: np.ndarray, clip_value) -> np.ndarray:
-    """g where |x| <= clip_value (boundary included), 0 elsewhere; everywhere if clip_value is None."""
-    if clip_value is None:
+def _pass_within(g: np.ndarray, x: np.ndarray, clip_value, within=False) -> np.ndarray:
+    """g where |x| <= clip_value (boundary included), 0 elsewhere; g itself if clip_value is None or
+    ``within`` (every |x| <= clip_value, as ``_sign`` found)."""
+    if clip_value is None or (within and g.shape == x.shape):
         return g
     if x.dtype not in _KERNEL_DTYPES or g.dtype not in _KERNEL_DTYPES:
         return np.where(np.abs(x) <= x.dtype.type(clip_value), g, g.dtype.type(0))
@@ -87,10 +91,13 @@ def _round_levels(v: np.ndarray, bits: int) -> np.ndarray:
 class _SteSignFn(Function):
     def forward(self, x, clip_value=1.0):
         self.x, self.clip_value = _float(x), clip_value
-        return _sign(self.x)
+        if clip_value is None:
+            return _sign(self.x)
+        out, self.within = _sign(self.x, clip_value)
+        return out
 
     def backward(self, g):
-        return _pass_within(g, self.x, self.clip_value)
+        return _pass_within(g, self.x, self.clip_value, self.clip_value is not None and self.within)
 
 
 class _ApproxSignFn(Function):

@@ -51,3 +51,30 @@ def test_quantizer_on_non_contiguous_and_0d_inputs():
     z = Q.SteSign()(s)
     z.backward(np.float32(3))
     assert z.shape == () and z.data == -1 and s.grad.shape == () and s.grad == 3
+
+
+@pytest.mark.parametrize("n", [1, 999, MIN_PARALLEL_WORK + 7])
+def test_sign_reports_whether_every_value_is_within_the_clip(n):
+    rng = np.random.default_rng(n)
+    x = rng.uniform(-1, 1, n).astype(np.float32)
+    x[0] = 1.0  # the boundary is within
+    out = np.full(n, np.nan, np.float32)
+    assert S.sign(x, out, 1.0)
+    np.testing.assert_array_equal(out, np.where(x < 0, np.float32(-1), np.float32(1)))
+    for bad in (np.float32(1.0000001), np.float32(-3), np.float32(np.nan)):
+        y = x.copy()
+        y[-1] = bad
+        assert not S.sign(y, out, 1.0)
+    assert S.sign(x * 5, out, None)
+
+
+@pytest.mark.parametrize("scale", [0.9, 1.5])
+def test_ste_sign_gradient_with_and_without_values_beyond_the_clip(scale):
+    from bitnet import Tensor
+    from bitnet import quantizers as Q
+    rng = np.random.default_rng(7)
+    x = (rng.uniform(-1, 1, (6, 50)) * scale).astype(np.float32)
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    t = Tensor(x, requires_grad=True)
+    Q.SteSign()(t).backward(g)
+    np.testing.assert_array_equal(t.grad, np.where(np.abs(x) <= 1, g, np.float32(0)))
