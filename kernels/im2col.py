@@ -9,11 +9,12 @@ and ``im2col`` writes the matrix ``cols`` of shape (C*KH*KW, N*OH*OW) with
 
     cols[(c*KH + i)*KW + j, (n*OH + oy)*OW + ox] = x[n, c, oy*SH - PH + i*DH, ox*SW - PW + j*DW]
 
-(0 where the index falls in the padding). The row order (c, i, j) matches a weight tensor
+(0 where the index falls in the padding, or the ``pad_value`` given: a binary convolution's border). The row order (c, i, j) matches a weight tensor
 (O, C, KH, KW) reshaped to (O, C*KH*KW), so a convolution is ``w.reshape(O, -1) @ cols``, an
 (O, N*OH*OW) matrix that ``swap_leading_axes`` turns into NCHW (adding the bias). Inner loops run along ``ox``,
 contiguous in both arrays for stride 1, with the padded border handled outside the loop.
-``col2im`` is the adjoint: it scatter-adds ``cols`` back into an (N, C, H, W) array.
+``col2im`` is the adjoint: it scatter-adds ``cols`` back into an (N, C, H, W) array (the padding
+takes no gradient, whatever value it held).
 
 Kernels take plain arrays and a caller-allocated ``out``; ``boundscheck`` is off (the callers
 validate shapes) and ``fastmath`` is off so results are bit-reproducible.
@@ -47,15 +48,16 @@ def _valid_range(off, stride, size, n_out):
     return lo, max(lo, hi)
 
 
-def im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out):
+def im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, pad_value=0.0):
     """Parallel over the rows k = (c, i, j) of ``out``: each thread writes whole rows in order,
-    and its reads (channel c of every image) stay in cache across the KH*KW rows of c."""
+    and its reads (channel c of every image) stay in cache across the KH*KW rows of c. The padding
+    reads as ``pad_value`` (0; +-1 for a binary convolution's border)."""
     parallel(_im2col, x.shape[1] * kh * kw, x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out,
-             cost=x.shape[0] * oh * ow)
+             x.dtype.type(pad_value), cost=x.shape[0] * oh * ow)
 
 
 @nb.njit(**_JIT)
-def _im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, counter, chunk):
+def _im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, pad_value, counter, chunk):
     """One thread's share of ``im2col``: the items it claims."""
     n_img, channels, height, width = x.shape
     for k in claimed(counter, chunk, channels * kh * kw):
@@ -70,14 +72,14 @@ def _im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, counter, chunk):
                 base = (n * oh + oy) * ow
                 if iy < 0 or iy >= height:
                     for ox in range(ow):
-                        out[k, base + ox] = 0
+                        out[k, base + ox] = pad_value
                     continue
                 for ox in range(lo):
-                    out[k, base + ox] = 0
+                    out[k, base + ox] = pad_value
                 for ox in range(lo, hi):
                     out[k, base + ox] = x[n, c, iy, ox * sw + off]
                 for ox in range(hi, ow):
-                    out[k, base + ox] = 0
+                    out[k, base + ox] = pad_value
 
 
 def col2im(cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out):
@@ -139,14 +141,14 @@ def _swap_leading_axes(a, bias, out, counter, chunk):
 # 1.5x faster for forward + backward than the column layout (runs of OW values); with one
 # channel it is 2x slower, hence the choice per layer in bitnet.ops.conv.
 
-def im2col_rows(x, groups, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out):
-    """See the module docstring."""
+def im2col_rows(x, groups, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, pad_value=0.0):
+    """See the comment above; the padding reads as ``pad_value`` (as for ``im2col``)."""
     parallel(_im2col_rows, x.shape[0] * oh * ow, x, groups, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out,
-             cost=kh * kw * x.shape[3])
+             x.dtype.type(pad_value), cost=kh * kw * x.shape[3])
 
 
 @nb.njit(**_JIT)
-def _im2col_rows(x, groups, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, counter, chunk):
+def _im2col_rows(x, groups, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, pad_value, counter, chunk):
     """One thread's share of ``im2col_rows``: the items it claims."""
     n_img, height, width, channels = x.shape
     cg = channels // groups
@@ -165,7 +167,7 @@ def _im2col_rows(x, groups, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, counter
                             out[r, base + c] = x[n, iy, ix, g * cg + c]
                     else:
                         for c in range(cg):
-                            out[r, base + c] = 0
+                            out[r, base + c] = pad_value
 
 
 def col2im_rows(rows, groups, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out):

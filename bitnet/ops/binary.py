@@ -48,19 +48,13 @@ class BinaryConv2d(Conv2d):
         return out
 
     def backward(self, g):
+        """The float path's backward. Its explicit border of ``pad_value`` is lowered as padding
+        that reads as ``pad_value`` (no padded copy of x), and col2im drops the border's gradient
+        (which the float path computes and slices off): the same sums in the same order."""
         x, w, stride, padding, dilation, groups, pad_value = self.saved
-        ph, pw = padding
-        padded = pad_value != 0 and (ph or pw)
-        if padded:  # the float path's explicit border of +-1 values, lowered with padding 0
-            x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=pad_value)
-            padding = (0, 0)
         self._setup(x.shape, w, stride, padding, dilation, groups)
-        self._lower(x)
-        grads = super().backward(g)
-        if padded and grads[0] is not None:
-            h, w_ = x.shape[2] - 2 * ph, x.shape[3] - 2 * pw
-            grads = (np.ascontiguousarray(grads[0][:, :, ph:ph + h, pw:pw + w_]),) + tuple(grads[1:])
-        return grads
+        self._lower(x, pad_value)
+        return super().backward(g)
 
 
 class BinaryMatMul(MatMul):

@@ -70,9 +70,9 @@ class Conv2d(Function):
         self.rows = cg >= ROWS_MIN_CHANNELS
         return oh, ow
 
-    def _lower(self, x):
-        """The lowered input (``self.lowered``, kept for the backward pass) and the weight as a
-        matrix (``self.wm``) in the layout ``_setup`` chose."""
+    def _lower(self, x, pad_value=0.0):
+        """The lowered input (``self.lowered``, kept for the backward pass; the padding reads as
+        ``pad_value``) and the weight as a matrix (``self.wm``) in the layout ``_setup`` chose."""
         n_img, channels, height, width = x.shape
         w, groups = self.w, self.groups
         n_out, cg, kh, kw = w.shape
@@ -83,11 +83,11 @@ class Conv2d(Function):
             K.transpose_inner(np.ascontiguousarray(x).reshape(n_img, channels, -1),
                               np.zeros(height * width, x.dtype), xh)
             rows = W.empty((n_img * p, groups * kg), dtype=x.dtype)
-            K.im2col_rows(xh.reshape(n_img, height, width, channels), groups, *self.geom, oh, ow, rows)
+            K.im2col_rows(xh.reshape(n_img, height, width, channels), groups, *self.geom, oh, ow, rows, pad_value)
             self.wm = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(n_out, kg)
         else:
             rows = W.empty((groups * kg, n_img * p), dtype=x.dtype)  # the column layout
-            K.im2col(np.ascontiguousarray(x), *self.geom, oh, ow, rows)
+            K.im2col(np.ascontiguousarray(x), *self.geom, oh, ow, rows, pad_value)
             self.wm = w.reshape(n_out, kg)
         self.lowered = rows
         return rows
