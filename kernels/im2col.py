@@ -204,9 +204,17 @@ def _col2im_rows(rows, groups, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, coun
 def transpose_inner(a, bias, out):
     """out[n, j, i] = a[n, i, j] + bias[j] for a of shape (N, A, B) and bias of length B:
     NCHW <-> NHWC per image (as (N, C, H*W) <-> (N, H*W, C)), adding a bias indexed by a's last
-    axis on the way (the conv bias when B = O; zeros of length B for none)."""
-    parallel(_transpose_inner, a.shape[0], a, bias, out,
+    axis on the way (the conv bias when B = O; zeros of length B for none). Images of at least
+    ``TILED_TRANSPOSE`` values go tile by tile (TILE x TILE blocks whose rows and columns stay in
+    cache): resnet18-binary's (64, 64, 1024) 10.1 -> 4.5 ms and (64, 1024, 64) 16.7 -> 4.6 ms on one
+    thread; smaller images (LeNet's 64 x 144) stay in cache anyway and run faster in plain order."""
+    tiled = a.shape[1] * a.shape[2] >= TILED_TRANSPOSE
+    parallel(_transpose_inner_tiled if tiled else _transpose_inner, a.shape[0], a, bias, out,
              cost=a.shape[1] * a.shape[2])
+
+
+TILED_TRANSPOSE = 1 << 14
+TILE = 16
 
 
 @nb.njit(**_JIT)
@@ -217,3 +225,22 @@ def _transpose_inner(a, bias, out, counter, chunk):
         for i in range(n_a):
             for j in range(n_b):
                 out[n, j, i] = a[n, i, j] + bias[j]
+
+
+@nb.njit(**_JIT)
+def _transpose_inner_tiled(a, bias, out, counter, chunk):
+    """``_transpose_inner`` tile by tile."""
+    for n in claimed(counter, chunk, a.shape[0]):
+        _transpose_image_tiled(a, bias, out, n)
+
+
+@nb.njit(**_JIT)
+def _transpose_image_tiled(a, bias, out, n):
+    n_a, n_b = a.shape[1], a.shape[2]
+    for i0 in range(0, n_a, TILE):
+        i1 = min(i0 + TILE, n_a)
+        for j0 in range(0, n_b, TILE):
+            for j in range(j0, min(j0 + TILE, n_b)):
+                b = bias[j]
+                for i in range(i0, i1):
+                    out[n, j, i] = a[n, i, j] + b
