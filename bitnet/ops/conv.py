@@ -97,16 +97,18 @@ class Conv2d(Function):
         p = oh * ow
         g3 = np.ascontiguousarray(g).reshape(n_img, n_out, p)
         wm, low, geom, groups = self.wm, self.lowered, self.geom, self.groups
-        gw = np.empty_like(wm) if self.needs_grad[1] else None
+        gw = W.empty(wm.shape, wm.dtype) if self.needs_grad[1] else None
         gx = W.empty(self.x_shape, dtype=g.dtype) if self.needs_grad[0] else None
+        want_gb = len(self.needs_grad) == 3 and self.needs_grad[2]  # a bias that wants its gradient
         if self.rows:
             gr = W.empty((n_img, p, n_out), dtype=g.dtype)  # G as (N*OH*OW, O)
             K.transpose_inner(g3, np.zeros(p, g.dtype), gr)
             gr = gr.reshape(n_img * p, n_out)
-            gb = gr.sum(axis=0)
+            gb = gr.sum(axis=0) if want_gb else None
             if gw is not None:  # as dW^T = rows^T @ G: 1.3x faster than G^T @ rows (see ROWS_GEMMS)
                 for o, k in self.slices:
-                    gw[o] = gemm(low[:, k].T, gr[:, o]).T
+                    gwt = W.empty((k.stop - k.start, o.stop - o.start), g.dtype)
+                    gw[o] = gemm(low[:, k].T, gr[:, o], out=gwt).T
                 kh, kw = geom[:2]
                 gw = gw.reshape(n_out, kh, kw, -1).transpose(0, 3, 1, 2)
             if gx is not None:
@@ -122,7 +124,7 @@ class Conv2d(Function):
         else:
             gt = W.empty((n_out, n_img * p), dtype=g.dtype)  # G as (O, N*OH*OW)
             K.swap_leading_axes(g3, np.zeros(n_img, dtype=g.dtype), gt.reshape(n_out, n_img, p))
-            gb = gt.sum(axis=1)
+            gb = gt.sum(axis=1) if want_gb else None
             if gw is not None:
                 for o, k in self.slices:
                     gemm(gt[o], low[k].T, out=gw[o])
@@ -132,11 +134,10 @@ class Conv2d(Function):
                 for o, k in self.slices:
                     gemm(wm[o].T, gt[o], out=dcols[k])
                 K.col2im(dcols, *geom, oh, ow, gx)
-        if gw is not None:
-            gw = np.ascontiguousarray(gw)
-        if len(self.needs_grad) == 3:
-            return gx, gw, gb if self.needs_grad[2] else None
-        return gx, gw
+        if gw is not None and not gw.flags.c_contiguous:
+            gw, transposed = W.empty(gw.shape, gw.dtype), gw
+            np.copyto(gw, transposed)
+        return (gx, gw, gb) if len(self.needs_grad) == 3 else (gx, gw)
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> Tensor:
