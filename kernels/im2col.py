@@ -9,7 +9,8 @@ and ``im2col`` writes the matrix ``cols`` of shape (C*KH*KW, N*OH*OW) with
 
     cols[(c*KH + i)*KW + j, (n*OH + oy)*OW + ox] = x[n, c, oy*SH - PH + i*DH, ox*SW - PW + j*DW]
 
-(0 where the index falls in the padding, or the ``pad_value`` given: a binary convolution's border). The row order (c, i, j) matches a weight tensor
+(0 where the index falls in the padding, or the ``pad_value`` given: a binary convolution's
+border). The row order (c, i, j) matches a weight tensor
 (O, C, KH, KW) reshaped to (O, C*KH*KW), so a convolution is ``w.reshape(O, -1) @ cols``, an
 (O, N*OH*OW) matrix that ``swap_leading_axes`` turns into NCHW (adding the bias). Inner loops run along ``ox``,
 contiguous in both arrays for stride 1, with the padded border handled outside the loop.
