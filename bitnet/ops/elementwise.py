@@ -52,10 +52,17 @@ def _unary(ufunc, a):
     return parallel_ufunc(ufunc, a, W.empty(a.shape, a.dtype) if a.dtype.kind == "f" else None)
 
 
+def _binary_out(ufunc, a, b):
+    """``ufunc(a, b)``, an array result in a recycled array (``bitnet.ops.workspace``)."""
+    if a.ndim == 0 and b.ndim == 0:
+        return ufunc(a, b)
+    return ufunc(a, b, out=W.empty(np.broadcast_shapes(a.shape, b.shape), np.result_type(a, b)))
+
+
 class Add(Function):
     def forward(self, a, b):
         self.shapes = a.shape, b.shape
-        return a + b
+        return _binary_out(np.add, a, b)
 
     def backward(self, g):
         return unbroadcast(g, self.shapes[0]), unbroadcast(g, self.shapes[1])
