@@ -23,8 +23,8 @@ argmax positions and 0 elsewhere, so with M = N*H*W and m_c = mean_c,
 pooled positions only (a quarter of the terms for 2x2 windows), in float64, in a different order
 than the dense sums of the unfused kernel: dgamma, dbeta and dx may differ from the unfused path
 in the last bits of float32 (float64 accumulation of at most M terms of float32 values: relative
-error below M * 2^-53, far under float32's 2^-24). ``dx`` is written densely with g_dense = 0, then
-the argmax positions are written again with their g.
+error below M * 2^-53, far under float32's 2^-24). ``dx`` is written plane by plane from g_dense,
+scattered into a cache-resident buffer.
 """
 from __future__ import annotations
 
@@ -121,24 +121,24 @@ def _sums_of_channel(gf, af, xf, mu, c, n_img, channels, plane_in, plane_out):
 
 @nb.njit(**_JIT)
 def _write_channel(gf, af, xf, gxf, mu, k, mg, mgx, c, n_img, channels, plane_in, plane_out):
+    gd = np.empty(plane_in, gf.dtype)  # one plane of the scattered gradient, in cache
     for n in range(n_img):
         i0 = (n * channels + c) * plane_in
         o0 = (n * channels + c) * plane_out
-        xp, gxp = xf[i0:i0 + plane_in], gxf[i0:i0 + plane_in]
-        _write_plane_zero_g(xp, gxp, mu, k, mg, mgx)
-        _write_argmax(gf[o0:o0 + plane_out], af[o0:o0 + plane_out], xp, gxp, mu, k, mg, mgx)
+        _scatter_plane(gf[o0:o0 + plane_out], af[o0:o0 + plane_out], gd)
+        _write_plane(gd, xf[i0:i0 + plane_in], gxf[i0:i0 + plane_in], mu, k, mg, mgx)
 
 
 @nb.njit(**_JIT)
-def _write_plane_zero_g(xp, gxp, mu, k, mg, mgx):
-    """dx of one plane where g = 0 (``0.0 - mg``, not ``-mg``: the same zero signs as g - mg)."""
-    for p in range(xp.size):
-        gxp[p] = k * (0.0 - mg - (xp[p] - mu) * mgx)
-
-
-@nb.njit(**_JIT)
-def _write_argmax(gp, ap, xp, gxp, mu, k, mg, mgx):
-    """dx of one plane at the argmax positions, where g is the window's gradient."""
+def _scatter_plane(gp, ap, gd):
+    """gd = the plane's gradient: gp at the argmax positions, 0 elsewhere."""
+    gd[:] = 0
     for o in range(gp.size):
-        p = ap[o]
-        gxp[p] = k * (gp[o] - mg - (xp[p] - mu) * mgx)
+        gd[ap[o]] = gp[o]
+
+
+@nb.njit(**_JIT)
+def _write_plane(gd, xp, gxp, mu, k, mg, mgx):
+    """dx of one plane: ``batchnorm._backward_of_channel``'s formula on the scattered gradient."""
+    for p in range(xp.size):
+        gxp[p] = k * (gd[p] - mg - (xp[p] - mu) * mgx)
