@@ -31,6 +31,8 @@ import numbers
 
 import numpy as np
 
+from bitnet.kernels import sign as S
+from bitnet.ops import workspace as W
 from bitnet.tensor import Function, Tensor
 
 __all__ = ["Quantizer", "OUTPUTS", "register", "get", "serialize", "names", "for_bits", "SteSign", "ApproxSign",
@@ -47,17 +49,36 @@ def _float(x: np.ndarray) -> np.ndarray:
     return x if x.dtype.kind == "f" else x.astype(np.float32)
 
 
-def _sign(x: np.ndarray) -> np.ndarray:
-    """-1 where x < 0, +1 elsewhere (zero and NaN included), in x's dtype."""
-    one = x.dtype.type(1)
-    return np.where(x < 0, -one, one)
+def _flat(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a, order="C").reshape(-1)  # (np.ascontiguousarray would make 0-d arrays 1-d)
 
 
-def _pass_within(g: np.ndarray, x: np.ndarray, clip_value) -> np.ndarray:
-    """g where |x| <= clip_value (boundary included), 0 elsewhere; everywhere if clip_value is None."""
-    if clip_value is None:
+_KERNEL_DTYPES = (np.float32, np.float64)  # others (float16) take NumPy's passes
+
+
+def _sign(x: np.ndarray, clip_value=None):
+    """-1 where x < 0, +1 elsewhere (zero and NaN included), in x's dtype (one pass, ``kernels.sign``).
+    With a ``clip_value``: ``(signs, within)``, ``within`` True when every |x| <= clip_value (then
+    the straight-through gradient passes everywhere; found in the same pass)."""
+    if x.dtype not in _KERNEL_DTYPES:
+        one = x.dtype.type(1)
+        out, within = np.where(x < 0, -one, one), False
+    else:
+        out = W.empty(x.shape, x.dtype)
+        within = S.sign(_flat(x), out.reshape(-1), clip_value)
+    return out if clip_value is None else (out, within)
+
+
+def _pass_within(g: np.ndarray, x: np.ndarray, clip_value, within=False) -> np.ndarray:
+    """g where |x| <= clip_value (boundary included), 0 elsewhere; g itself if clip_value is None or
+    ``within`` (every |x| <= clip_value, as ``_sign`` found)."""
+    if clip_value is None or (within and g.shape == x.shape):
         return g
-    return np.where(np.abs(x) <= x.dtype.type(clip_value), g, g.dtype.type(0))
+    if x.dtype not in _KERNEL_DTYPES or g.dtype not in _KERNEL_DTYPES:
+        return np.where(np.abs(x) <= x.dtype.type(clip_value), g, g.dtype.type(0))
+    out = W.empty(x.shape, g.dtype)
+    S.ste_mask(_flat(np.broadcast_to(g, x.shape)), _flat(x), x.dtype.type(clip_value), out.reshape(-1))
+    return out
 
 
 def _round_levels(v: np.ndarray, bits: int) -> np.ndarray:
@@ -70,10 +91,13 @@ def _round_levels(v: np.ndarray, bits: int) -> np.ndarray:
 class _SteSignFn(Function):
     def forward(self, x, clip_value=1.0):
         self.x, self.clip_value = _float(x), clip_value
-        return _sign(self.x)
+        if clip_value is None:
+            return _sign(self.x)
+        out, self.within = _sign(self.x, clip_value)
+        return out
 
     def backward(self, g):
-        return _pass_within(g, self.x, self.clip_value)
+        return _pass_within(g, self.x, self.clip_value, self.clip_value is not None and self.within)
 
 
 class _ApproxSignFn(Function):
@@ -140,6 +164,10 @@ class _DoReFaWeightFn(Function):
 
     def backward(self, g):
         return g * (1 - self.t * self.t) / self.m
+
+
+# Functions whose forward is exactly sign(x) (what ``SteSign.__call__`` may skip after)
+_SIGN_FUNCTIONS = (_SteSignFn, _ApproxSignFn, _SwishSignFn)
 
 
 # -- the Quantizer classes ------------------------------------------------------------------------
@@ -314,6 +342,16 @@ class SteSign(Quantizer):
 
     def __init__(self, clip_value=1.0):
         self.clip_value = _check_positive(clip_value, "SteSign")
+
+    def __call__(self, x) -> Tensor:
+        """A tensor that a sign quantizer just made (in a graph: ``QActivation`` before a binary
+        layer's own input quantizer) is returned as it is: sign(sign(x)) = sign(x), and with
+        clip_value >= 1 (or None) the gradient passes everywhere, as |sign(x)| = 1. Same values and
+        gradients, two passes fewer."""
+        if (isinstance(x, Tensor) and isinstance(x._ctx, _SIGN_FUNCTIONS)
+                and (self.clip_value is None or self.clip_value >= 1)):
+            return x
+        return super().__call__(x)
 
 
 @register("approx_sign")

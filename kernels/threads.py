@@ -222,16 +222,16 @@ def parallel(kernel, n_items: int, *args, cost: int = 1) -> None:
     run(lambda: kernel(*args, counter, chunk), threads)
 
 
-def parallel_ufunc(ufunc, a):
+def parallel_ufunc(ufunc, a, out=None):
     """``ufunc(a)`` for a NumPy unary ufunc (e.g. ``np.tanh``), its flat range split across
-    bitnet's threads for large arrays (NumPy's ufuncs run on one core and release the GIL)."""
-    if a.size < MIN_PARALLEL_WORK:
-        return ufunc(a)
-    parts = num_threads()
+    bitnet's threads for large arrays (NumPy's ufuncs run on one core and release the GIL).
+    ``out``, if given, is a C-contiguous array of ``a``'s shape and dtype that receives the result."""
+    a = np.asarray(a, order="C")  # (np.ascontiguousarray would make 0-d arrays 1-d)
+    if out is None:
+        out = np.empty(a.shape, np.result_type(ufunc(np.zeros((), a.dtype))))
+    parts = 1 if a.size < MIN_PARALLEL_WORK else num_threads()
     if parts < 2:
-        return ufunc(a)
-    a = np.ascontiguousarray(a)
-    out = np.empty_like(a)
+        return ufunc(a, out=out)
     flat_a, flat_out = a.reshape(-1), out.reshape(-1)
     step = -(-a.size // parts)
     run_parallel(lambda s: ufunc(flat_a[s], out=flat_out[s]),

@@ -35,7 +35,13 @@ class ModuleList(Module):
 
 
 class Sequential(ModuleList):
-    """Applies its modules in order: ``Sequential(a, b, c)(x) == c(b(a(x)))``."""
+    """Applies its modules in order: ``Sequential(a, b, c)(x) == c(b(a(x)))``.
+
+    Some runs of layers (batch norm -> [tanh ->] max pool, in training) run as one fused op, which
+    computes the same values without the tensors in between (``bitnet.nn.fusion``); ``fuse =
+    False`` turns that off."""
+
+    fuse = True
 
     def __init__(self, *modules):
         if len(modules) == 1 and isinstance(modules[0], (list, tuple)):
@@ -43,6 +49,17 @@ class Sequential(ModuleList):
         super().__init__(modules)
 
     def forward(self, x):
-        for m in self._modules.values():
-            x = m(x)
+        modules = list(self._modules.values())
+        if not self.fuse:
+            for m in modules:
+                x = m(x)
+            return x
+        from bitnet.nn.fusion import fused_step
+        i = 0
+        while i < len(modules):
+            step = fused_step(modules, i, x)
+            if step is None:
+                x, i = modules[i](x), i + 1
+            else:
+                x, i = step
         return x

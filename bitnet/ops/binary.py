@@ -22,6 +22,7 @@ import numpy as np
 
 from bitnet.kernels import bitpack
 from bitnet.kernels import xnor_conv as XC
+from bitnet.ops import workspace as W
 from bitnet.ops.conv import Conv2d
 from bitnet.ops.elementwise import MatMul
 from bitnet.tensor import Tensor
@@ -39,7 +40,7 @@ class BinaryConv2d(Conv2d):
         dots = XC.xnor_conv2d(bitpack.pack_nchw(np.ascontiguousarray(x, np.float32), groups),
                               XC.pack_filters(w, groups), channels, n_out, (kh, kw), stride, padding, dilation,
                               padword=XC.pad_words(cg, pad_value), corr=corr, dots=True)
-        out = np.empty(dots.shape, x.dtype)
+        out = W.empty(dots.shape, x.dtype)
         out[...] = dots
         if bias:
             out += bias[0][None, :, None, None]
@@ -47,19 +48,13 @@ class BinaryConv2d(Conv2d):
         return out
 
     def backward(self, g):
+        """The float path's backward. Its explicit border of ``pad_value`` is lowered as padding
+        that reads as ``pad_value`` (no padded copy of x), and col2im drops the border's gradient
+        (which the float path computes and slices off): the same sums in the same order."""
         x, w, stride, padding, dilation, groups, pad_value = self.saved
-        ph, pw = padding
-        padded = pad_value != 0 and (ph or pw)
-        if padded:  # the float path's explicit border of +-1 values, lowered with padding 0
-            x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=pad_value)
-            padding = (0, 0)
         self._setup(x.shape, w, stride, padding, dilation, groups)
-        self._lower(x)
-        grads = super().backward(g)
-        if padded and grads[0] is not None:
-            h, w_ = x.shape[2] - 2 * ph, x.shape[3] - 2 * pw
-            grads = (np.ascontiguousarray(grads[0][:, :, ph:ph + h, pw:pw + w_]),) + tuple(grads[1:])
-        return grads
+        self._lower(x, pad_value)
+        return super().backward(g)
 
 
 class BinaryMatMul(MatMul):
@@ -70,7 +65,7 @@ class BinaryMatMul(MatMul):
         k = a.shape[1]
         dots = XC.xnor_gemm(bitpack.pack_rows(np.ascontiguousarray(b.T, np.float32)),
                             bitpack.pack_rows(np.ascontiguousarray(a, np.float32)), k)  # (O, N) view
-        out = np.empty((a.shape[0], b.shape[1]), a.dtype)
+        out = W.empty((a.shape[0], b.shape[1]), a.dtype)
         out[...] = dots.T
         return out
 

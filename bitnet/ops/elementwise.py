@@ -11,6 +11,7 @@ import numpy as np
 from bitnet.kernels import activations as K
 from bitnet.kernels.gemm import matmul as gemm
 from bitnet.kernels.threads import parallel_ufunc
+from bitnet.ops import workspace as W
 from bitnet.tensor import Function, Tensor
 
 
@@ -41,15 +42,27 @@ def _fused(kernel, g, y):
     would then be a copy that the kernel fills and nobody reads.)"""
     g = np.asarray(g, dtype=y.dtype, order="C")  # (np.ascontiguousarray would make 0-d arrays 1-d)
     y = np.asarray(y, order="C")
-    out = np.empty(y.shape, y.dtype)
+    out = W.empty(y.shape, y.dtype)
     kernel(g.reshape(-1), y.reshape(-1), out.reshape(-1))
     return out
+
+
+def _unary(ufunc, a):
+    """``ufunc(a)`` split across threads (``parallel_ufunc``), a float result in a recycled array."""
+    return parallel_ufunc(ufunc, a, W.empty(a.shape, a.dtype) if a.dtype.kind == "f" else None)
+
+
+def _binary_out(ufunc, a, b):
+    """``ufunc(a, b)``, an array result in a recycled array (``bitnet.ops.workspace``)."""
+    if a.ndim == 0 and b.ndim == 0:
+        return ufunc(a, b)
+    return ufunc(a, b, out=W.empty(np.broadcast_shapes(a.shape, b.shape), np.result_type(a, b)))
 
 
 class Add(Function):
     def forward(self, a, b):
         self.shapes = a.shape, b.shape
-        return a + b
+        return _binary_out(np.add, a, b)
 
     def backward(self, g):
         return unbroadcast(g, self.shapes[0]), unbroadcast(g, self.shapes[1])
@@ -117,7 +130,7 @@ class Pow(Function):
 
 class Exp(Function):
     def forward(self, a):
-        self.out = parallel_ufunc(np.exp, a)
+        self.out = _unary(np.exp, a)
         return self.out
 
     def backward(self, g):
@@ -137,7 +150,7 @@ class Tanh(Function):
     """tanh(x); d/dx = 1 - tanh(x)^2."""
 
     def forward(self, a):
-        self.out = parallel_ufunc(np.tanh, a)
+        self.out = _unary(np.tanh, a)
         return self.out
 
     def backward(self, g):

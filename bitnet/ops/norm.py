@@ -14,11 +14,24 @@ from __future__ import annotations
 import numpy as np
 
 from bitnet.kernels import batchnorm as K
+from bitnet.ops import workspace as W
 from bitnet.tensor import Function, Tensor
 
 
 def _as_ncl(a):
     return np.ascontiguousarray(a).reshape(a.shape[0], a.shape[1], -1)
+
+
+def update_running(running_mean, running_var, mean, invstd, eps, momentum, m) -> None:
+    """The running averages' update (module docstring) from a batch's mean and invstd over m values
+    per channel; nothing when ``running_mean`` is None."""
+    if running_mean is None:
+        return
+    var = 1.0 / invstd ** 2 - eps
+    running_mean *= 1 - momentum
+    running_mean += (momentum * mean).astype(running_mean.dtype)
+    running_var *= 1 - momentum
+    running_var += (momentum * var * m / (m - 1)).astype(running_var.dtype)
 
 
 class BatchNormTrain(Function):
@@ -27,21 +40,15 @@ class BatchNormTrain(Function):
         mean = np.empty(x.shape[1], dtype=np.float64)
         invstd = np.empty(x.shape[1], dtype=np.float64)
         K.channel_stats(x3, eps, mean, invstd)
-        out = np.empty_like(x3)
+        out = W.empty_like(x3)
         K.normalize_affine(x3, mean, invstd, gamma, beta, out)
         self.x, self.gamma, self.mean, self.invstd = x3, gamma, mean, invstd
-        if running_mean is not None:
-            m = x3.shape[0] * x3.shape[2]
-            var = 1.0 / invstd ** 2 - eps
-            running_mean *= 1 - momentum
-            running_mean += (momentum * mean).astype(running_mean.dtype)
-            running_var *= 1 - momentum
-            running_var += (momentum * var * m / (m - 1)).astype(running_var.dtype)
+        update_running(running_mean, running_var, mean, invstd, eps, momentum, x3.shape[0] * x3.shape[2])
         return out.reshape(x.shape)
 
     def backward(self, g):
         g3 = _as_ncl(g)
-        gx = np.empty_like(g3)
+        gx = W.empty_like(g3)
         gg = np.empty(self.gamma.shape, dtype=np.float64)
         gb = np.empty(self.gamma.shape, dtype=np.float64)
         K.batch_norm_backward(g3, self.x, self.mean, self.invstd, self.gamma, gx, gg, gb)
@@ -53,7 +60,7 @@ class BatchNormEval(Function):
     def forward(self, x, gamma, beta, mean=None, var=None, eps=1e-5):
         self.invstd = 1.0 / np.sqrt(var.astype(np.float64) + eps)
         self.x, self.mean, self.gamma = x, mean.astype(np.float64), gamma
-        out = np.empty_like(_as_ncl(x))
+        out = W.empty_like(_as_ncl(x))
         K.normalize_affine(_as_ncl(x), self.mean, self.invstd, gamma, beta, out)
         return out.reshape(x.shape)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from bitnet.kernels import pooling as P
+from bitnet.ops import workspace as W
 from bitnet.ops.dims import pair
 from bitnet.tensor import Function, Tensor
 
@@ -29,27 +30,27 @@ def _out_shape(x_shape, kernel, stride, padding, ceil_mode):
 
 class MaxPool2d(Function):
     def forward(self, x, kernel=(2, 2), stride=(2, 2), padding=(0, 0), ceil_mode=False):
-        out = np.empty(_out_shape(x.shape, kernel, stride, padding, ceil_mode), dtype=x.dtype)
-        self.argmax = np.empty(out.shape, dtype=np.int32)
+        out = W.empty(_out_shape(x.shape, kernel, stride, padding, ceil_mode), dtype=x.dtype)
+        self.argmax = W.empty(out.shape, dtype=np.int32)
         P.max_pool_forward(np.ascontiguousarray(x), *kernel, *stride, *padding, out, self.argmax)
         self.x_shape = x.shape
         return out
 
     def backward(self, g):
-        gx = np.empty(self.x_shape, dtype=g.dtype)
+        gx = W.empty(self.x_shape, dtype=g.dtype)
         P.max_pool_backward(np.ascontiguousarray(g), self.argmax, gx)
         return gx
 
 
 class AvgPool2d(Function):
     def forward(self, x, kernel=(2, 2), stride=(2, 2), padding=(0, 0), ceil_mode=False, count_include_pad=True):
-        out = np.empty(_out_shape(x.shape, kernel, stride, padding, ceil_mode), dtype=x.dtype)
+        out = W.empty(_out_shape(x.shape, kernel, stride, padding, ceil_mode), dtype=x.dtype)
         P.avg_pool_forward(np.ascontiguousarray(x), *kernel, *stride, *padding, out, count_include_pad)
         self.geom, self.x_shape, self.count_include_pad = kernel + stride + padding, x.shape, count_include_pad
         return out
 
     def backward(self, g):
-        gx = np.empty(self.x_shape, dtype=g.dtype)
+        gx = W.empty(self.x_shape, dtype=g.dtype)
         P.avg_pool_backward(np.ascontiguousarray(g), *self.geom, gx, self.count_include_pad)
         return gx
 

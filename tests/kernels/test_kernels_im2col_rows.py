@@ -47,3 +47,15 @@ def test_col2im_rows_is_the_adjoint_of_im2col_rows():
     back = np.full(x.shape, np.nan)
     K.col2im_rows(r, *args, oh, ow, back)
     assert np.isclose(np.vdot(rows, r), np.vdot(x, back), rtol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(2, 130, 127), (1, 16, 1024), (3, 1024, 17)], ids=str)
+def test_transpose_inner_tiled_sizes(shape):
+    """Images above the tiling threshold (partial tiles at both edges), against NumPy."""
+    rng = np.random.default_rng(sum(shape))
+    a = rng.standard_normal(shape).astype(np.float32)
+    bias = rng.standard_normal(shape[2]).astype(np.float32)
+    assert shape[1] * shape[2] >= K.TILED_TRANSPOSE
+    out = np.full((shape[0], shape[2], shape[1]), np.nan, np.float32)
+    K.transpose_inner(a, bias, out)
+    np.testing.assert_array_equal(out, a.transpose(0, 2, 1) + bias[None, :, None])
