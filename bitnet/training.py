@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bitnet import functional as F
+from bitnet.ops import workspace
 from bitnet.progress import Progress
 from bitnet.tensor import Tensor, no_grad
 
@@ -81,6 +82,15 @@ def fit(model, optimizer, train_loader, epochs: int, loss_fn=F.cross_entropy, va
         raise ValueError(f"fit: epochs must be >= 1, got {epochs}")
     if not 1 <= start_epoch <= epochs + 1:
         raise ValueError(f"fit: start_epoch must be in 1..{epochs + 1}, got {start_epoch}")
+    try:
+        return _fit(model, optimizer, train_loader, epochs, loss_fn, val_loader, scheduler, progress, log,
+                    after_step, start_epoch, after_epoch)
+    finally:
+        workspace.clear()  # the step's recycled arrays (bitnet.ops.workspace): not kept after training
+
+
+def _fit(model, optimizer, train_loader, epochs, loss_fn, val_loader, scheduler, progress, log, after_step,
+         start_epoch, after_epoch) -> History:
     history = History()
     params = [p for p in model.parameters() if p.requires_grad]
     for epoch in range(start_epoch, epochs + 1):

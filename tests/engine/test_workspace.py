@@ -99,3 +99,18 @@ def test_training_steps_give_the_same_results_with_and_without_recycling():
     for a, b in zip(fresh, recycled):
         np.testing.assert_array_equal(a, b)
     W.clear()
+
+
+def test_fit_leaves_no_recycled_arrays_behind():
+    """After ``fit`` the pool of the training thread is empty: a notebook does not keep a step's
+    working memory once training is over."""
+    import bitnet
+    from bitnet import nn
+    from bitnet.ops import workspace
+    from bitnet.training import fit
+    rng = np.random.default_rng(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, rng=rng), nn.ReLU(), nn.Flatten(), nn.Dense(8 * 26 * 26, 3, rng=rng))
+    data = [(rng.standard_normal((64, 1, 28, 28)).astype(np.float32), rng.integers(0, 3, 64)) for _ in range(2)]
+    workspace.clear()
+    fit(model, bitnet.optim.SGD(model.parameters(), lr=0.01), data, epochs=1, progress=False, log=None)
+    assert workspace.pooled_bytes() == 0
