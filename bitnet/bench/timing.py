@@ -11,7 +11,11 @@ import numpy as np
 
 
 SETTLE_S = 0.25  # longer than OpenBLAS's and OpenMP's spin-wait after a call (2**28 cycles ~ 0.1 s)
-WARMUP_S = 0.02
+# untimed calls before each block: at least this long. On the development VM a 2-thread engine
+# whose helper threads block when idle (bitnet's) runs its first ~50 ms of calls after an idle pause
+# up to 1.6x slower (the idle vCPU is slow to be scheduled again); 0.1 s reaches the steady state
+# (lenet-binary batch 64, 2 threads: 4.1 ms median with 0.02 s, 2.7 ms with 0.1 s and 2.6 with 0.3 s)
+WARMUP_S = 0.1
 
 
 def time_calls(methods: dict, rounds: int = 3, repeats: int = 3, settle_s: float | None = None) -> dict:
