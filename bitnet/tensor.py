@@ -167,7 +167,7 @@ class Tensor:
             ctx = node._ctx
             if ctx is None:  # a leaf
                 if g is not None and node.requires_grad:
-                    node.grad = g.copy() if node.grad is None else node.grad + g
+                    node.grad = _sum(g) if node.grad is None else _sum(node.grad, g)
                 continue
             if g is None:
                 continue
@@ -189,7 +189,7 @@ class Tensor:
                                        f"shape {pg.shape} for an input of shape {parent.shape}")
                 key = id(parent)
                 if key in grads:
-                    grads[key] = grads[key] + pg
+                    grads[key] = _sum(grads[key], pg)
                 else:
                     grads[key] = pg
             if not retain_graph:
@@ -239,6 +239,17 @@ class Parameter(Tensor):
 def tensor(data, requires_grad: bool = False, dtype=None) -> Tensor:
     """Shorthand for ``Tensor(data, requires_grad, dtype)``."""
     return Tensor(data, requires_grad=requires_grad, dtype=dtype)
+
+
+def _sum(a, b=None):
+    """``a + b`` (a copy of ``a`` without ``b``) in a new array from ``bitnet.ops.workspace``: a
+    gradient summed from several uses, or a leaf's own copy, without fresh pages every step."""
+    from bitnet.ops import workspace
+    if b is None:
+        out = workspace.empty(a.shape, a.dtype)
+        np.copyto(out, a)
+        return out
+    return np.add(a, b, out=workspace.empty(np.broadcast_shapes(a.shape, b.shape), np.result_type(a, b)))
 
 
 class Function:

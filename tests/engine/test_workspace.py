@@ -114,3 +114,18 @@ def test_fit_leaves_no_recycled_arrays_behind():
     workspace.clear()
     fit(model, bitnet.optim.SGD(model.parameters(), lr=0.01), data, epochs=1, progress=False, log=None)
     assert workspace.pooled_bytes() == 0
+
+
+def test_summed_and_leaf_gradients_are_arrays_of_their_own():
+    """Gradients summed from several uses and leaves' gradients come from the pool: each is a new
+    array holding the right values, shared with nothing (writing into one changes no other)."""
+    from bitnet import Tensor
+    rng = np.random.default_rng(1)
+    a = Tensor(rng.standard_normal((300, 300)).astype(np.float32), requires_grad=True)
+    b = Tensor(rng.standard_normal((300, 300)).astype(np.float32), requires_grad=True)
+    h = a + b                     # Add.backward hands the same gradient to both inputs
+    (h * 2 + h).sum().backward()  # h used twice: its gradient is a sum
+    np.testing.assert_array_equal(a.grad, np.full((300, 300), 3, np.float32))
+    assert a.grad is not b.grad and not np.shares_memory(a.grad, b.grad)
+    a.grad[...] = 0
+    np.testing.assert_array_equal(b.grad, np.full((300, 300), 3, np.float32))
