@@ -3,7 +3,7 @@
     python -m bitnet.bench.packed_paths --model lenet-binary --batch 1 64
 
 - ``layer by layer``: ``Sequential.forward`` over the packed model's modules, each layer called as a
-  module (no sign chains, no plans): what ``bitnet.pack`` gave before issue 13, part 3;
+  module (no sign chains, no plans; the packed layers' prepared kernel calls still apply);
 - ``chains``: the sign chains in place of the layers they cover, the other layers called as
   modules (``bitnet.packed.plan._run`` without recording a plan);
 - ``planned``: the model's own forward (chains and plans: ``bitnet.packed.plan``).

@@ -21,7 +21,7 @@ from bitnet.kernels.im2col import conv_output_size, im2col
 from bitnet.kernels.pooling import avg_pool_nhwc
 from bitnet.nn.module import Module
 from bitnet.packed.featuremap import FeatureMap
-from bitnet.packed.fold import batchnorm_affine
+from bitnet.packed.fold import conv_batchnorm_affine
 from bitnet.tensor import Tensor
 
 
@@ -59,7 +59,7 @@ class ChannelsLastConv2d(Module):
 
         out[q, o] = relu( sum_{i, j, c} x_pad[n, oh*sh + i, ow*sw + j, c] * W[o, c, i, j] * g[o] + shift[o] )
 
-    with ``g``, ``shift`` from the batch norm (``batchnorm_affine``) and the conv bias."""
+    with ``g``, ``shift`` from the batch norm and the conv bias (``conv_batchnorm_affine``)."""
 
     def __init__(self, weight, scale, shift, stride=(1, 1), padding=(0, 0), relu=False):
         super().__init__()
@@ -82,9 +82,8 @@ class ChannelsLastConv2d(Module):
         if (len(mods) == 3 and not isinstance(mods[2], ReLU)) or conv.groups != 1 or conv.dilation != (1, 1) \
                 or not bn.track_running_stats:
             return None
-        g, b = batchnorm_affine(bn)
-        bias = np.zeros(conv.out_channels) if conv.bias is None else conv.bias.data.astype(np.float64)
-        return cls(conv.weight.data, g, b + bias * g, conv.stride, conv.padding, relu=len(mods) == 3)
+        g, shift = conv_batchnorm_affine(conv, bn)
+        return cls(conv.weight.data, g, shift, conv.stride, conv.padding, relu=len(mods) == 3)
 
     def forward(self, x) -> "FeatureMap":
         fm = FeatureMap.from_tensor(x)
@@ -133,10 +132,9 @@ class ChannelsLastShortcut(Module):
         if (conv.kernel_size != (1, 1) or conv.stride != (1, 1) or conv.padding != (0, 0) or conv.groups != 1
                 or not bn.track_running_stats):
             return None
-        g, b = batchnorm_affine(bn)
-        bias = np.zeros(conv.out_channels) if conv.bias is None else conv.bias.data.astype(np.float64)
+        g, shift = conv_batchnorm_affine(conv, bn)
         w = conv.weight.data.reshape(conv.out_channels, -1).astype(np.float64)
-        return cls(k, w, g, b + bias * g)
+        return cls(k, w, g, shift)
 
     def forward(self, fm: FeatureMap) -> FeatureMap:
         x = fm.nhwc

@@ -84,3 +84,15 @@ def batchnorm_affine(bn):
     beta = 0.0 if bn.bias is None else bn.bias.data.astype(np.float64)
     g = gamma / np.sqrt(bn.running_var.astype(np.float64) + bn.eps)
     return g, beta - bn.running_mean.astype(np.float64) * g
+
+
+def conv_batchnorm_affine(conv, bn=None):
+    """A float layer with bias ``b_c`` followed by ``bn`` (or alone) as ``g * (W x) + shift`` per
+    output channel (float64): ``g``, ``shift`` = ``batchnorm_affine(bn)`` with the bias carried
+    through, ``shift = beta - mean * g + b_c * g`` (without ``bn``: g = 1, shift = b_c)."""
+    out = conv.weight.data.shape[0]
+    bias = np.zeros(out) if conv.bias is None else conv.bias.data.astype(np.float64)
+    if bn is None:
+        return np.ones(out), bias
+    g, b = batchnorm_affine(bn)
+    return g, b + bias * g

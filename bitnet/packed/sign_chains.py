@@ -43,7 +43,7 @@ from bitnet.kernels.pooling import pool_output_size
 from bitnet.kernels.im2col import conv_output_size
 from bitnet.kernels.sign_pool import PoolSigns
 from bitnet.packed.blocks import conv_nchw_to_nhwc
-from bitnet.packed.fold import batchnorm_affine
+from bitnet.packed.fold import conv_batchnorm_affine
 from bitnet.packed.layers import PackedConv2d, PackedDense
 from bitnet.tensor import Tensor
 
@@ -80,13 +80,10 @@ class SignChain:
 
     def _conv_constants(self):
         """The float source's GEMM operand (C*KH*KW, O) and per-channel scale and shift (float32)."""
-        src = self.source
-        o = src.out_channels
-        g, b = batchnorm_affine(self.bn) if self.bn is not None else (np.ones(o), np.zeros(o))
-        bias = np.zeros(o) if src.bias is None else src.bias.data.astype(np.float64)
-        w = src.weight.data
+        g, shift = conv_batchnorm_affine(self.source, self.bn)
+        w = self.source.weight.data
         weight_t = np.ascontiguousarray(w.reshape(w.shape[0], -1).T, np.float32)
-        return weight_t, g.astype(np.float32), (b + bias * g).astype(np.float32)
+        return weight_t, g.astype(np.float32), shift.astype(np.float32)
 
     def _prepare(self, shape):
         """``run(data) -> words`` for inputs of ``shape``: the source layer channels-last, then the
