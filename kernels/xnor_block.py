@@ -58,6 +58,14 @@ def _data_pointer(context, builder, arrtype, value):
     return cgutils.create_struct_proxy(arrtype)(context, builder, value=value).data
 
 
+def literal_rows(rows) -> int:
+    """The rows a block computes: the value of the compile-time constant ``rows`` (1 to ``ROWS``)."""
+    value = getattr(rows, "literal_value", None)
+    if not isinstance(rows, types.IntegerLiteral) or not 1 <= value <= ROWS:
+        raise TypingError(f"rows must be a compile-time constant from 1 to {ROWS}, got the type {rows}")
+    return value
+
+
 def literal_lanes(lanes) -> int:
     """The vector width a kernel is specialised for: the value of the compile-time constant
     ``lanes`` (a Numba ``IntegerLiteral`` type) passed to ``xnor_block`` / ``xnor_epilogue``."""
@@ -69,20 +77,23 @@ def literal_lanes(lanes) -> int:
 
 
 @intrinsic
-def xnor_block(typingctx, a, a_off, a_stride, taps, n_taps, tap_words, panel, panel_off, acc, acc_off, lanes):
+def xnor_block(typingctx, a, a_off, a_stride, taps, n_taps, tap_words, panel, panel_off, acc, acc_off, lanes, rows):
     """The micro-kernel for ``lanes``-wide vectors, a Numba intrinsic callable from njit code::
 
-        xnor_block(a, a_off, a_stride, taps, n_taps, tap_words, panel, panel_off, acc, acc_off, lanes)
+        xnor_block(a, a_off, a_stride, taps, n_taps, tap_words, panel, panel_off, acc, acc_off, lanes, rows)
 
     ``a``, ``panel``: 1-D C-contiguous uint64 arrays, ``taps``: 1-D int64 (see the module
     docstring); ``acc``: 1-D int64 array receiving ``acc[acc_off + i * P + c]``; ``lanes``: a
     compile-time constant (2, 4 or 8: the caller's closure variable or global), so each width is
-    its own specialisation and the calling kernel's cache entry is keyed by it. No bounds are
-    checked: the caller guarantees ``ROWS`` readable rows and a full panel.
+    its own specialisation and the calling kernel's cache entry is keyed by it; ``rows``: the rows
+    i computed, a compile-time constant from 1 to ``ROWS`` (``ROWS`` for full blocks; 1 for a lone
+    row, e.g. a dense layer at batch 1, which would otherwise pay for ``ROWS``). No bounds are
+    checked: the caller guarantees ``rows`` readable rows and a full panel.
     """
     n_lanes = literal_lanes(lanes)
+    n_rows = literal_rows(rows)
     width = n_lanes * VECS
-    sig = types.void(a, a_off, a_stride, taps, n_taps, tap_words, panel, panel_off, acc, acc_off, lanes)
+    sig = types.void(a, a_off, a_stride, taps, n_taps, tap_words, panel, panel_off, acc, acc_off, lanes, rows)
 
     def codegen(context, builder, signature, args):
         tys = signature.args
@@ -93,8 +104,8 @@ def xnor_block(typingctx, a, a_off, a_stride, taps, n_taps, tap_words, panel, pa
             context.cast(builder, args[j], tys[j], types.int64) for j in (1, 2, 4, 5, 7, 9))
         ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec]),
                                                f"llvm.ctpop.v{n_lanes}i64")
-        accs = [cgutils.alloca_once_value(builder, ir.Constant(vec, None)) for _ in range(ROWS * VECS)]
-        rows = [builder.add(a_off, builder.mul(ir.Constant(i64, i), a_stride)) for i in range(ROWS)]
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(vec, None)) for _ in range(n_rows * VECS)]
+        rows = [builder.add(a_off, builder.mul(ir.Constant(i64, i), a_stride)) for i in range(n_rows)]
         splat = ir.Constant(ir.VectorType(i32, n_lanes), None)
         with cgutils.for_range(builder, n_taps) as taps_loop:
             t = taps_loop.index
@@ -108,7 +119,7 @@ def xnor_block(typingctx, a, a_off, a_stride, taps, n_taps, tap_words, panel, pa
                     builder.gep(pp, [builder.add(base, ir.Constant(i64, j * n_lanes))]), vec.as_pointer()), align=8)
                     for j in range(VECS)]
                 at = builder.add(toff, u)
-                for i in range(ROWS):
+                for i in range(n_rows):
                     word = builder.load(builder.gep(ap, [builder.add(rows[i], at)]))
                     w = builder.insert_element(ir.Constant(vec, ir.Undefined), word, ir.Constant(i32, 0))
                     w = builder.shuffle_vector(w, ir.Constant(vec, ir.Undefined), splat)
@@ -116,7 +127,7 @@ def xnor_block(typingctx, a, a_off, a_stride, taps, n_taps, tap_words, panel, pa
                         slot = accs[i * VECS + j]
                         count = builder.call(ctpop, [builder.xor(w, cols[j])])
                         builder.store(builder.add(builder.load(slot), count), slot)
-        for i in range(ROWS):
+        for i in range(n_rows):
             for j in range(VECS):
                 dst = builder.gep(cp, [builder.add(acc_off, ir.Constant(i64, i * width + j * n_lanes))])
                 builder.store(builder.load(accs[i * VECS + j]), builder.bitcast(dst, vec.as_pointer()), align=8)

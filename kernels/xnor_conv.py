@@ -158,16 +158,20 @@ def make_xnor_conv(lanes: int):
                     col = (g * n_fp + fp) * P
                     for b in range(n_rb):
                         r0 = b * ROWS
-                        if src[b] < 0:
+                        nr = min(ROWS, cnt - r0)
+                        if src[b] < 0 and nr == 1:  # a lone row (a dense layer at batch 1)
                             xnor_block(rows, r0 * kwords, kwords, one_tap, 1, kwords, w, col * kwords, acc, 0,
-                                       lanes)
+                                       lanes, 1)
+                        elif src[b] < 0:
+                            xnor_block(rows, r0 * kwords, kwords, one_tap, 1, kwords, w, col * kwords, acc, 0,
+                                       lanes, ROWS)
                         elif direct:
-                            xnor_block(x, src[b], G * CWg, one_tap, 1, kwords, w, col * kwords, acc, 0, lanes)
+                            xnor_block(x, src[b], G * CWg, one_tap, 1, kwords, w, col * kwords, acc, 0, lanes,
+                                       ROWS)
                         else:
                             xnor_block(x, src[b], sw * G * CWg, taps, KH * KW, CWg, w, col * kwords, acc, 0,
-                                       lanes)
+                                       lanes, ROWS)
                         q = q0 + r0
-                        nr = min(ROWS, cnt - r0)
                         if flags & CORR:
                             for i in range(nr):
                                 corr_rows[i] = ((q + i) % OHW) * OS + col

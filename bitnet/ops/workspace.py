@@ -106,9 +106,12 @@ def _pool() -> _Pool:
 
 def empty(shape, dtype=np.float32) -> np.ndarray:
     """An uninitialized C-contiguous array of ``shape`` and ``dtype``, recycled when possible."""
-    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
+    shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(map(int, shape))
     dtype = np.dtype(dtype)
-    if int(np.prod(shape, dtype=np.int64)) * dtype.itemsize < MIN_BYTES:
+    nbytes = dtype.itemsize
+    for s in shape:  # (np.prod costs microseconds: this runs for every op, small ones too)
+        nbytes *= s
+    if nbytes < MIN_BYTES:  # small, or a negative size that np.empty refuses
         return np.empty(shape, dtype)
     return _pool().get(shape, dtype)
 

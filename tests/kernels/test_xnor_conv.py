@@ -36,6 +36,8 @@ CONFIGS = [
     # tap, and dilation 2 without padding
     (2, 130, 20, 21, 40, 3, 2, 1, 1, 2),
     (1, 64, 16, 18, 32, 3, 1, 0, 2, 1),
+    # 25 pixels: the last row block holds one row (the one-row micro-kernel, as a dense layer at batch 1)
+    (1, 70, 5, 5, 40, 3, 1, 1, 1, 1),
 ]
 
 
