@@ -21,3 +21,6 @@ from bitnet.backend import CudaUnavailableError, current_device, device  # noqa:
 from bitnet.packed import pack  # noqa: E402,F401
 from bitnet.io import (BitnetFileError, convert, load, load_packed, load_state_dict, load_training_state,  # noqa: E402,F401
                        save, save_state_dict)
+from bitnet import callbacks, training  # noqa: E402,F401  (bitnet.callbacks.EarlyStopping, bitnet.training.fit)
+from bitnet.training import evaluate, fit  # noqa: E402,F401
+from bitnet.history import History  # noqa: E402,F401

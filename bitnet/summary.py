@@ -62,6 +62,17 @@ class Summary:
         total = sum(self.macs.values())
         return self.macs.get("binary", 0) / total if total else 0.0
 
+    def __str__(self):
+        return format_table(self)
+
+    def __repr__(self):
+        return (f"Summary({len(self.layers)} layers, {self.total_params} parameters, packed "
+                f"{_fmt_bytes(self.packed_bytes)}, {sum(self.macs.values())} MACs per image, "
+                f"{100 * self.binary_mac_share:.1f}% binary; print() it for the table)")
+
+    def _repr_html_(self):
+        return _html(self)
+
 
 def _bits(q):
     return 32 if q is None else int(q.precision)
@@ -133,32 +144,71 @@ def _fmt_bytes(n):
     return f"{n / 1024:.1f} KiB" if n < 1024 ** 2 else f"{n / 1024 ** 2:.2f} MiB"
 
 
-def summary(model, input_shape, file=None) -> Summary:
-    """Print a table of ``model``'s layers for inputs of ``input_shape`` (no batch axis) and
-    return the ``Summary``."""
-    s = summarize(model, input_shape)
-    out = file or sys.stdout
-    head = f"{'layer':<6} {'type':<14} {'output':<18} {'params (bits:count)':<26} {'packed':>11} {'MACs':<24}"
-    print(head, file=out)
-    print("-" * len(head), file=out)
+COLUMNS = ("layer", "type", "output", "params (bits:count)", "packed", "MACs")
+
+
+def _rows(s: Summary) -> list:
+    """One tuple of strings per layer, in ``COLUMNS`` order."""
+    rows = []
     for li in s.layers:
         params = " ".join(f"{b}:{c}" for b, c in sorted(li.params_by_bits.items())) or "-"
         macs = " ".join(f"{k}:{v}" for k, v in li.macs.items()) or "-"
         packed = "folded" if li.folded else _fmt_bytes(li.packed_bytes)
-        print(f"{li.name:<6} {li.kind:<14} {str(li.output_shape[1:]):<18} {params:<26} "
-              f"{packed:>11} {macs:<24}", file=out)
-    print("-" * len(head), file=out)
+        rows.append((li.name, li.kind, str(li.output_shape[1:]), params, packed, macs))
+    return rows
+
+
+def _totals(s: Summary) -> list:
+    """The lines under the table."""
     by_bits = {}
     for li in s.layers:
         for b, c in li.params_by_bits.items():
             by_bits[b] = by_bits.get(b, 0) + c
-    print(f"parameters: {s.total_params} ("
-          + ", ".join(f"{c} at {b} bit{'s' if b > 1 else ''}" for b, c in sorted(by_bits.items())) + ")", file=out)
-    print(f"packed size: {_fmt_bytes(s.packed_bytes)} ({s.packed_bytes} bytes); float-32 size: "
-          f"{_fmt_bytes(s.float32_bytes)}; compression: {s.compression:.1f}x", file=out)
+    lines = [f"parameters: {s.total_params} ("
+             + ", ".join(f"{c} at {b} bit{'s' if b > 1 else ''}" for b, c in sorted(by_bits.items())) + ")",
+             f"packed size: {_fmt_bytes(s.packed_bytes)} ({s.packed_bytes} bytes); float-32 size: "
+             f"{_fmt_bytes(s.float32_bytes)}; compression: {s.compression:.1f}x"]
     if s.file_bytes is not None:
-        print(f"packed file (bitnet convert, HDF5): about {s.file_bytes} bytes ({_fmt_bytes(s.file_bytes)})", file=out)
+        lines.append(f"packed file (bitnet convert, HDF5): about {s.file_bytes} bytes ({_fmt_bytes(s.file_bytes)})")
     total_macs = sum(s.macs.values())
-    print(f"MACs per image: {total_macs} (" + ", ".join(f"{k} {v}" for k, v in s.macs.items())
-          + f"); binary share: {100 * s.binary_mac_share:.1f}%", file=out)
+    lines.append(f"MACs per image: {total_macs} (" + ", ".join(f"{k} {v}" for k, v in s.macs.items())
+                 + f"); binary share: {100 * s.binary_mac_share:.1f}%")
+    return lines
+
+
+def format_table(s: Summary) -> str:
+    """The summary as text: the layer table, each column as wide as its widest entry (nested layer
+    names included), then the totals."""
+    rows = _rows(s)
+    widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(COLUMNS)]
+    right = {4}  # the packed size, right-aligned
+
+    def line(cells):
+        return " ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+    head = line(COLUMNS)
+    rule = "-" * sum(widths + [len(widths) - 1])
+    return "\n".join([head, rule] + [line(r) for r in rows] + [rule] + _totals(s))
+
+
+def _html(s: Summary) -> str:
+    import html
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in _rows(s))
+    totals = "<br>".join(html.escape(t) for t in _totals(s))
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table><p>{totals}</p>"
+
+
+def summary(model, input_shape, file=None) -> Summary:
+    """Print a table of ``model``'s layers for inputs of ``input_shape`` (no batch axis) and
+    return the ``Summary`` (``str()`` of it is the table).
+
+    In a Jupyter notebook, without ``file``, nothing is printed: the returned Summary displays
+    itself as an HTML table (put the call last in a cell, or ``display()`` it; ``print()`` it for
+    the text table)."""
+    s = summarize(model, input_shape)
+    if file is None:
+        from bitnet.progress import in_notebook
+        if in_notebook():
+            return s
+    print(format_table(s), file=file or sys.stdout)
     return s

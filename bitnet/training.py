@@ -9,39 +9,31 @@ The loop is the explicit PyTorch-style loop (see docs/training.md)::
         optimizer.step()
 
 ``fit`` adds a scheduler step per iteration (optional), running loss / accuracy / throughput on
-a progress line, and an evaluation after each epoch when a validation loader is given.
+a progress bar, an evaluation after each epoch when a validation loader is given, callbacks
+(``bitnet.callbacks``) and a ``History`` of every epoch and step (``bitnet.history``).
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from bitnet import functional as F
+from bitnet.callbacks import Callback, TrainingRun
+from bitnet.history import EpochStats, History, StepStats
 from bitnet.ops import workspace
 from bitnet.progress import Progress
 from bitnet.tensor import Tensor, no_grad
 
-
-@dataclass
-class EpochStats:
-    epoch: int
-    loss: float
-    accuracy: float
-    seconds: float
-    samples_per_s: float
-    val_loss: float = float("nan")
-    val_accuracy: float = float("nan")
+__all__ = ["EpochStats", "History", "StepStats", "evaluate", "fit"]
 
 
-@dataclass
-class History:
-    epochs: list = field(default_factory=list)
-
-    @property
-    def last(self) -> EpochStats:
-        return self.epochs[-1]
+def _bar(total, desc, progress):
+    """``progress``: True (the default style: tqdm where installed, bitnet.progress), False (none),
+    or a style name ("auto", "tqdm", "plain")."""
+    if isinstance(progress, str):
+        return Progress(total, desc, style=progress)
+    return Progress(total, desc, enabled=bool(progress))
 
 
 def evaluate(model, loader, loss_fn=F.cross_entropy, progress: bool = False, desc: str = "eval"):
@@ -51,7 +43,7 @@ def evaluate(model, loader, loss_fn=F.cross_entropy, progress: bool = False, des
     was_training = model.training
     model.eval()
     total_loss, correct, seen = 0.0, 0, 0
-    bar = Progress(len(loader), desc, enabled=progress)
+    bar = _bar(len(loader), desc, progress)
     try:
         with no_grad():
             for x, y in loader:
@@ -61,6 +53,7 @@ def evaluate(model, loader, loss_fn=F.cross_entropy, progress: bool = False, des
                 seen += len(y)
                 bar.update()
     finally:
+        bar.close()
         model.train(was_training)
     if seen == 0:
         raise ValueError("evaluate: the loader yielded no samples")
@@ -68,59 +61,92 @@ def evaluate(model, loader, loss_fn=F.cross_entropy, progress: bool = False, des
 
 
 def fit(model, optimizer, train_loader, epochs: int, loss_fn=F.cross_entropy, val_loader=None,
-        scheduler=None, progress: bool = True, log=print, after_step=None, start_epoch: int = 1,
-        after_epoch=None) -> History:
-    """Train ``model`` for ``epochs`` passes over ``train_loader``.
+        scheduler=None, progress=True, log=print, after_step=None, start_epoch: int = 1,
+        after_epoch=None, callbacks=None) -> History:
+    """Train ``model`` for ``epochs`` passes over ``train_loader``; returns a ``History`` (per epoch
+    and per step, ``bitnet.history``), also when a callback stops training early.
 
     ``scheduler.step()`` is called after every optimizer step (schedules count iterations);
     ``after_step(model)``, if given, runs after every step (e.g. weight clipping). ``log``
-    receives one summary line per epoch (``None`` silences it). Returns a ``History``.
+    receives one summary line per epoch (``None`` silences it). ``progress``: True (tqdm where it
+    is installed, else bitnet's own bar), False, or a style ("tqdm", "plain"; ``bitnet.progress``).
     ``start_epoch`` > 1 continues a run (epochs ``start_epoch..epochs``, e.g. from a checkpoint);
-    ``after_epoch(epoch, stats)`` runs after each epoch (e.g. to save a checkpoint).
+    ``after_epoch(epoch, stats)`` runs after each epoch (e.g. to save a checkpoint). ``callbacks``:
+    ``bitnet.callbacks.Callback`` objects (early stopping, checkpoints, CSV and learning-rate logs,
+    your own), called in order (``bitnet.callbacks``).
     """
     if epochs < 1:
         raise ValueError(f"fit: epochs must be >= 1, got {epochs}")
     if not 1 <= start_epoch <= epochs + 1:
         raise ValueError(f"fit: start_epoch must be in 1..{epochs + 1}, got {start_epoch}")
+    callbacks = list(callbacks or [])
+    for cb in callbacks:
+        if not isinstance(cb, Callback):
+            raise TypeError(f"fit: callbacks must be bitnet.callbacks.Callback objects, got {type(cb).__name__}; "
+                            "subclass Callback and override the hooks you need")
+    run = TrainingRun(model, optimizer, scheduler, History(), epochs, val_loader is not None, log)
     try:
-        return _fit(model, optimizer, train_loader, epochs, loss_fn, val_loader, scheduler, progress, log,
-                    after_step, start_epoch, after_epoch)
+        for cb in callbacks:
+            cb.on_train_begin(run)
+        try:
+            _fit(run, train_loader, epochs, loss_fn, val_loader, progress, after_step, start_epoch, after_epoch,
+                 callbacks)
+        finally:
+            for cb in callbacks:
+                cb.on_train_end(run)
+        return run.history
     finally:
         workspace.clear()  # the step's recycled arrays (bitnet.ops.workspace): not kept after training
 
 
-def _fit(model, optimizer, train_loader, epochs, loss_fn, val_loader, scheduler, progress, log, after_step,
-         start_epoch, after_epoch) -> History:
-    history = History()
+def _fit(run, train_loader, epochs, loss_fn, val_loader, progress, after_step, start_epoch, after_epoch,
+         callbacks) -> None:
+    model, optimizer, scheduler, history, log = run.model, run.optimizer, run.scheduler, run.history, run.log
     params = [p for p in model.parameters() if p.requires_grad]
     for epoch in range(start_epoch, epochs + 1):
+        run.epoch = epoch
+        for cb in callbacks:
+            cb.on_epoch_begin(run, epoch)
         model.train()
-        bar = Progress(len(train_loader), f"epoch {epoch}/{epochs}", enabled=progress)
-        loss_sum, correct, seen = 0.0, 0, 0
+        bar = _bar(len(train_loader), f"epoch {epoch}/{epochs}", progress)
+        loss_sum, correct, seen, steps = 0.0, 0, 0, 0
         start = time.perf_counter()
-        for x, y in train_loader:
-            for p in params:
-                p.grad = None
-            logits = model(Tensor(x))
-            loss = loss_fn(logits, y)
-            if not np.isfinite(loss.data):
-                raise FloatingPointError(
-                    f"epoch {epoch}, step {bar.count + 1}: the training loss became {float(loss.data)}; "
-                    "lower the learning rate or check the input normalization")
-            loss.backward()
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            if after_step is not None:
-                after_step(model)
-            n = len(y)
-            loss_sum += float(loss.data) * n
-            correct += int((logits.data.argmax(axis=1) == y).sum())
-            seen += n
-            elapsed = time.perf_counter() - start
-            bar.update(loss=loss_sum / seen, acc=correct / seen, img_s=f"{seen / elapsed:.0f}")
+        try:
+            for x, y in train_loader:
+                for p in params:
+                    p.grad = None
+                lr = run.lr
+                logits = model(Tensor(x))
+                loss = loss_fn(logits, y)
+                if not np.isfinite(loss.data):
+                    raise FloatingPointError(
+                        f"epoch {epoch}, step {steps + 1}: the training loss became {float(loss.data)}; "
+                        "lower the learning rate or check the input normalization")
+                loss.backward()
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                if after_step is not None:
+                    after_step(model)
+                n, steps = len(y), steps + 1
+                batch_loss, batch_correct = float(loss.data), int((logits.data.argmax(axis=1) == y).sum())
+                loss_sum += batch_loss * n
+                correct += batch_correct
+                seen += n
+                step = StepStats(epoch, steps, batch_loss, batch_correct / n, lr, n)
+                history.steps.append(step)
+                for cb in callbacks:
+                    cb.on_step_end(run, step)
+                elapsed = time.perf_counter() - start
+                bar.update(loss=loss_sum / seen, acc=correct / seen, img_s=f"{seen / elapsed:.0f}")
+                if run.stop_training:
+                    break
+        finally:
+            bar.close()
+        if seen == 0:
+            raise ValueError(f"fit: epoch {epoch}: the training loader yielded no samples")
         seconds = time.perf_counter() - start
-        stats = EpochStats(epoch, loss_sum / seen, correct / seen, seconds, seen / seconds)
+        stats = EpochStats(epoch, loss_sum / seen, correct / seen, seconds, seen / seconds, lr=run.lr, steps=steps)
         if val_loader is not None:
             stats.val_loss, stats.val_accuracy = evaluate(model, val_loader)
         history.epochs.append(stats)
@@ -132,4 +158,7 @@ def _fit(model, optimizer, train_loader, epochs, loss_fn, val_loader, scheduler,
             log(msg)
         if after_epoch is not None:
             after_epoch(epoch, stats)
-    return history
+        for cb in callbacks:
+            cb.on_epoch_end(run, stats)
+        if run.stop_training:
+            break

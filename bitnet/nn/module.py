@@ -337,6 +337,35 @@ class Module:
                     hooks.remove(hook)
         return _Handle()
 
+    def _repr_html_(self) -> str:
+        """A notebook's view of the model: the ``bitnet.summary`` table where the input shape is known
+        (a zoo model's, or an ``input_shape`` attribute without the batch axis), else a table of the
+        layers and their parameter counts."""
+        import html
+        from bitnet.io.config import zoo_input_shape
+        shape = getattr(self, "input_shape", None)
+        if shape is None:
+            try:
+                shape = zoo_input_shape(getattr(self, "zoo_config", None))
+            except Exception:
+                shape = None
+        if shape is not None:
+            from bitnet.summary import summarize
+            try:
+                return summarize(self, tuple(shape))._repr_html_()
+            except Exception:  # a model that does not run on that shape: the plain table below
+                pass
+        rows = []
+        for name, mod in self.named_modules():
+            if mod._modules:  # leaves only (the model itself when it is one layer)
+                continue
+            count = sum(p.size for p in mod._parameters.values() if p is not None)
+            rows.append(f"<tr><td>{html.escape(name)}</td><td>{html.escape(type(mod).__name__)}</td>"
+                        f"<td>{html.escape(mod.extra_repr())}</td><td>{count}</td></tr>")
+        total = sum(p.size for p in self.parameters())
+        return (f"<p>{html.escape(type(self).__name__)}: {total} parameters</p><table><thead><tr><th>layer</th>"
+                f"<th>type</th><th>arguments</th><th>parameters</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+
     def extra_repr(self) -> str:
         return ""
 

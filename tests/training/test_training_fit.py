@@ -19,7 +19,7 @@ class _TTY(io.StringIO):
 
 def test_progress_redraws_in_place_on_a_terminal():
     out = _TTY()
-    bar = Progress(4, "epoch 1/1", stream=out, refresh=1e9)
+    bar = Progress(4, "epoch 1/1", stream=out, refresh=1e9, style="plain")
     for i in range(4):
         bar.update(loss=0.5, acc=0.25)
     text = out.getvalue()
@@ -29,7 +29,7 @@ def test_progress_redraws_in_place_on_a_terminal():
 
 def test_progress_prints_lines_in_a_log():
     out = io.StringIO()
-    bar = Progress(3, "eval", stream=out, log_every=1e9)
+    bar = Progress(3, "eval", stream=out, log_every=1e9, style="plain")
     for _ in range(3):
         bar.update(n=1)
     lines = out.getvalue().splitlines()
