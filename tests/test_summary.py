@@ -67,3 +67,36 @@ def test_summary_restores_mode_and_leaves_no_hooks():
     assert m.training and all(not mod._forward_hooks for mod in m.modules())
     x = bitnet.Tensor(np.zeros((2, 1, 28, 28), np.float32))
     assert m(x).shape == (2, 10)
+
+
+def test_columns_line_up_for_nested_names_and_the_repr_is_one_line():
+    model = bitnet.models.get("resnet18-binary", seed=0)
+    out = io.StringIO()
+    s = bitnet.summary(model, (3, 32, 32), file=out)
+    lines = out.getvalue().splitlines()
+    head, rows = lines[0], [ln for ln in lines[2:] if not ln.startswith("-")][:len(s.layers)]
+    starts = [head.index(c) for c in ("type", "output", "params", "MACs")]
+    for row, li in zip(rows, s.layers):
+        assert row[starts[0]:].startswith(li.kind), row   # every column starts where its header does
+        assert row[starts[1]:].startswith(str(li.output_shape[1:])), row
+        assert row[starts[2] - 1] == " " and row[starts[3] - 1] == " "
+    assert any(li.name.startswith("stages.2.shortcut") for li in s.layers)
+    assert "\n" not in repr(s) and len(repr(s)) < 200 and str(s) == out.getvalue().rstrip("\n")
+    html = s._repr_html_()
+    assert html.count("<tr>") == len(s.layers) + 1 and "binary share" in html
+
+
+def test_notebook_display_of_summaries_and_modules(monkeypatch):
+    import bitnet.progress
+    monkeypatch.setattr(bitnet.progress, "in_notebook", lambda: True)
+    out = io.StringIO()
+    monkeypatch.setattr("sys.stdout", out)
+    model = bitnet.models.get("lenet-binary", seed=0)
+    s = bitnet.summary(model, (1, 28, 28))
+    assert out.getvalue() == ""  # the returned Summary displays itself (HTML) in a notebook
+    assert model._repr_html_() == s._repr_html_()  # a zoo model knows its input shape
+    custom = nn.Sequential(nn.Dense(8, 4), nn.Tanh())
+    html = custom._repr_html_()
+    assert "36 parameters" in html and html.count("<tr>") == 3
+    custom.input_shape = (8,)
+    assert custom._repr_html_() == bitnet.summary(custom, (8,))._repr_html_()
