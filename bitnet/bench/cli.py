@@ -79,6 +79,10 @@ def add_parser(sub):
                            help="only this network (repeat for several; default: both)")
         if name in ("model", "train-bits"):
             _add_busy(k)
+        if name == "gemm":
+            k.add_argument("--plot", default=None, metavar="FILE",
+                           help="also draw the speed-up against C (the BMXNet paper's figure) to FILE (.png, .svg, "
+                                ".pdf; needs matplotlib)")
         if name in ("gemm", "model"):
             k.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                            help="cuda: the GPU kernels vs cuBLAS / PyTorch on the GPU, timed with CUDA events")
@@ -170,6 +174,17 @@ def cmd_kernels(args) -> int:
     if args.which == "model":
         _write_json(args.json, cmd_model(args))
         return 0
+    plot = getattr(args, "plot", None)
+    if plot:  # checked before the benchmark runs, not after
+        import os
+        from bitnet.history import _needs_matplotlib
+        _needs_matplotlib("bitnet bench gemm --plot")
+        folder = os.path.dirname(os.path.abspath(plot))
+        if not os.path.isdir(folder):
+            import sys
+            print(f"bitnet bench gemm: --plot {plot}: the folder {folder} does not exist; create it or "
+                  "choose another path", file=sys.stderr)
+            return 2
 
     from bitnet.bench import load
     from bitnet.bench.timing import print_table
@@ -209,4 +224,8 @@ def cmd_kernels(args) -> int:
                       flush=True)
             records += recs
     _write_json(args.json, records)
+    if plot:
+        from bitnet.bench.plots import gemm_speedup
+        gemm_speedup(records, plot, title=f"Binary GEMM speed-up, {threads} thread{'s' if threads > 1 else ''}")
+        print(f"figure: {plot}")
     return 0

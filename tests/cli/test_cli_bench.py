@@ -194,3 +194,20 @@ def test_packed_paths_times_the_three_paths_and_restores_threads():
     assert set(results) == {1, 3}
     for times in results.values():
         assert set(times) == {"layer by layer", "chains", "planned"} and all(t > 0 for t in times.values())
+
+
+def test_gemm_plot_draws_the_paper_figure(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    fig_path = tmp_path / "speedup.png"
+    records = _run(["gemm", "--quick", "--rounds", "1", "--repeats", "1", "--plot", str(fig_path)], tmp_path)
+    assert fig_path.stat().st_size > 1000 and f"figure: {fig_path}" in capsys.readouterr().out
+    from bitnet.bench.plots import gemm_speedup
+    fig = gemm_speedup(records, tmp_path / "again.svg")
+    lines = fig.axes[0].lines[:-1]  # (the last line is the 1.0 reference)
+    by_label = {ln.get_label(): ln for ln in lines}
+    xnor = [r for r in records if r["method"] == "xnor"][0]
+    assert list(by_label["xnor (packed operands)"].get_xdata()) == [64]
+    assert list(by_label["xnor (packed operands)"].get_ydata()) == [pytest.approx(xnor["ratio_vs_numpy"])]
+    # a missing folder is refused before the benchmark runs
+    assert main(["bench", "gemm", "--quick", "--plot", str(tmp_path / "no" / "f.png")]) == 2
+    assert "does not exist" in capsys.readouterr().err
