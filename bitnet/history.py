@@ -43,15 +43,6 @@ class StepStats:
     samples: int
 
 
-def _needs_matplotlib(what):
-    try:
-        import matplotlib
-    except ImportError:
-        raise ImportError(f"{what} needs matplotlib, which is not installed; install it with "
-                          "pip install matplotlib (or pip install \"bitnet-bnn[plot]\")") from None
-    return matplotlib
-
-
 @dataclass
 class History:
     """The statistics of one ``fit`` run: ``epochs`` (``EpochStats``), ``steps`` (``StepStats``), and
@@ -99,12 +90,11 @@ class History:
     def plot(self, file=None, steps: bool = True):
         """Loss and accuracy against the epoch: training (per epoch, and per step as a faint line when
         ``steps``), validation where measured. Saves the figure to ``file`` when given; returns the
-        matplotlib ``Figure``. Needs matplotlib."""
-        _needs_matplotlib("History.plot")
-        from matplotlib.figure import Figure
+        matplotlib ``Figure`` (shown by a notebook when a cell ends with it). Needs matplotlib."""
+        from bitnet.plotting import new_figure
         if not self.epochs and not self.steps:
             raise ValueError("History.plot: nothing to plot (no step has run)")
-        fig = Figure(figsize=(9, 3.5))
+        fig = new_figure("History.plot", figsize=(9, 3.5))
         per_epoch = {}
         for s in self.steps:
             per_epoch[s.epoch] = per_epoch.get(s.epoch, 0) + 1

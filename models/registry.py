@@ -32,9 +32,14 @@ def builder(name: str) -> Callable:
         raise ValueError(f"unknown model {name!r}; available models: {', '.join(names())}") from None
 
 
-def get(name: str, **kwargs):
+def get(name: str, pretrained: bool = False, **kwargs):
     """Build the model registered under ``name`` with the builder's keyword arguments. The model
-    remembers them (``model.zoo_config``, without ``seed``) so that a model file can rebuild it."""
+    remembers them (``model.zoo_config``, without ``seed``) so that a model file can rebuild it.
+    ``pretrained=True``: the weights shipped with bitnet (``bitnet.models.pretrained``)."""
+    if pretrained:
+        builder(name)  # an unknown name: the registry's message
+        from bitnet.models.pretrained import load_pretrained
+        return load_pretrained(name, **kwargs)
     model = builder(name)(**kwargs)
     model.zoo_config = {"name": name, "kwargs": plain({k: v for k, v in kwargs.items() if k != "seed"})}
     return model

@@ -177,8 +177,8 @@ def cmd_kernels(args) -> int:
     plot = getattr(args, "plot", None)
     if plot:  # checked before the benchmark runs, not after
         import os
-        from bitnet.history import _needs_matplotlib
-        _needs_matplotlib("bitnet bench gemm --plot")
+        from bitnet.plotting import needs_matplotlib
+        needs_matplotlib("bitnet bench gemm --plot")
         folder = os.path.dirname(os.path.abspath(plot))
         if not os.path.isdir(folder):
             import sys

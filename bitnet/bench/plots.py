@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import re
 
-from bitnet.history import _needs_matplotlib
+from bitnet.plotting import new_figure
 
 LABELS = {"naive": "naive popcount", "xnor": "xnor (packed operands)", "xnor+binarize": "xnor + binarize"}
 
 
 def gemm_speedup(records, file, title=None):
     """Plot the paper cases of ``bitnet bench gemm`` records to ``file``; returns the Figure."""
-    _needs_matplotlib("bitnet bench gemm --plot")
-    from matplotlib.figure import Figure
     series = {}
     for r in records:
         m = re.fullmatch(r"paper C=(\d+)", str(r.get("case", "")))
@@ -26,7 +24,7 @@ def gemm_speedup(records, file, title=None):
     if not series:
         raise ValueError("bitnet bench gemm --plot: the records hold no paper case (\"paper C=...\"); "
                          "run without --quick")
-    fig = Figure(figsize=(6, 4))
+    fig = new_figure("bitnet bench gemm --plot", figsize=(6, 4))
     ax = fig.add_subplot(1, 1, 1)
     for method in LABELS:
         if method in series:
