@@ -9,7 +9,9 @@ Text taken from files is printed with its control characters escaped.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+import warnings
 
 import numpy as np
 
@@ -73,8 +75,8 @@ def _make_optimizer(name, params, lr, weight_decay):
     return cls(params, lr=lr, weight_decay=weight_decay)
 
 
-def _warn(message) -> None:
-    print(f"bitnet: warning: {printable(message)}", file=sys.stderr)
+def _warn(args, message) -> None:
+    print(f"bitnet {args.command}: warning: {printable(message)}", file=sys.stderr)
 
 
 def _resume_checks(args, given) -> list:
@@ -92,7 +94,7 @@ def _resume_checks(args, given) -> list:
                            f"pass --model {info['zoo'][0]} or start a new run without --resume")
     check_data_fits(args.resume, info, record, args.dataset)
     if record is None:
-        _warn(f"{args.resume} does not record the options of its run (an older bitnet): --model, --dataset, "
+        _warn(args, f"{args.resume} does not record the options of its run (an older bitnet): --model, --dataset, "
               "--lr, --batch-size and the others must be those of the saved run")
     return taken
 
@@ -156,7 +158,8 @@ def cmd_train(args) -> int:
     record = trained_on(args.dataset, sample.shape[1:], num_classes, vars(args))
 
     def save_checkpoint(epoch, stats):
-        with writing(args.save, f"the checkpoint of epoch {epoch} to", code=1):
+        with writing(args.save, f"the checkpoint of epoch {epoch} to", code=1,
+                     hint="a checkpoint there from an earlier epoch is left as it was"):
             bitnet.save(model, args.save, optimizer=optimizer, epoch=epoch, rng=train_loader.rng, scheduler=scheduler,
                         trained_on=record)
 
@@ -285,10 +288,18 @@ def _images(indices, total) -> str:
     return f"image{'s' if len(indices) > 1 else ''} {shown} ({len(indices)} of {total})"
 
 
-def _not_finite(path, model, indices, total, where):
-    return CommandError(f"{path}: the model's outputs are NaN or infinite for {_images(indices, total)}{where}: its "
-                        f"weights are too large for float32 arithmetic (largest magnitude {_largest_weight(model):.3g}) "
-                        "or the file is damaged")
+def _not_finite(path, model, where):
+    return CommandError(f"{path}: the model's outputs are NaN or infinite {where}: its weights are too large for "
+                        f"float32 arithmetic (largest magnitude {_largest_weight(model):.3g}) or the file is damaged")
+
+
+@contextlib.contextmanager
+def _running(path, what):
+    """A model run: errors of a model that cannot run as one message naming ``path``; NumPy's overflow
+    warnings silenced (non-finite outputs are reported once, by the caller)."""
+    with reading(path, what), np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
 
 
 def cmd_convert(args) -> int:
@@ -302,7 +313,7 @@ def cmd_convert(args) -> int:
     check_destination(args.output, "output file")
     with reading(args.input):
         model = bitnet.load(args.input)
-    with writing(args.output, "the packed file"):
+    with writing(args.output, "the packed file", hint="a file there is left as it was"):
         write_packed(model, args.output, info["input_shape"], record)
     print(f"wrote {args.output}: {os.path.getsize(args.output)} bytes (from {os.path.getsize(args.input)})")
     return 0
@@ -342,14 +353,14 @@ def cmd_eval(args) -> int:
     from bitnet.data.datasets import load_splits, transform_for
     from bitnet.training import evaluate
     info, record = _describe_file(args.file)
-    dataset = choose_dataset(args.file, info, record, args.dataset, args.force, _warn)
+    dataset = choose_dataset(args.file, info, record, args.dataset, args.force, lambda m: _warn(args, m))
     model = _load_any(args.file, info, args.device)
     [(x_test, y_test)] = load_splits(dataset, ("test",), args.data_dir, args.download)
     loader = DataLoader((x_test, y_test), args.batch_size, transform=transform_for(dataset))
-    with reading(args.file, f"a model that runs on {dataset}"):
+    with _running(args.file, f"a model that runs on {dataset}"):
         loss, acc = evaluate(model, loader)
     if not math.isfinite(loss):
-        raise _not_finite(args.file, model, ["some"], len(y_test), f" of the {dataset} test set")
+        raise _not_finite(args.file, model, f"on the {dataset} test set")
     print(f"{printable(args.file)} ({info['kind']}) on {dataset} test: loss {loss:.4f}")
     print(f"test accuracy: {acc:.4f}")
     return 0
@@ -360,7 +371,7 @@ def cmd_predict(args) -> int:
     from bitnet.data.datasets import transform_for
     from bitnet.data.images import read_input
     info, record = _describe_file(args.file)
-    dataset = choose_dataset(args.file, info, record, args.dataset, args.force, _warn)
+    dataset = choose_dataset(args.file, info, record, args.dataset, args.force, lambda m: _warn(args, m))
     shape = tuple(info["input_shape"]) if info["input_shape"] else None
     model = _load_any(args.file, info, args.device)
     x = read_input(args.input, expected=shape)
@@ -372,11 +383,11 @@ def cmd_predict(args) -> int:
             raise CommandError(f"{args.input}: {_images(bad.tolist(), len(x))} hold NaN or infinite values; "
                                "expected finite pixels (uint8 0-255, or floats in [0, 1])")
     x = transform_for(dataset)(x)
-    with no_grad(), reading(args.file, f"a model that runs on images of shape {x.shape[1:]}"):
+    with no_grad(), _running(args.file, f"a model that runs on images of shape {x.shape[1:]}"):
         logits = model(Tensor(x)).data
     bad = np.flatnonzero(~np.isfinite(logits).all(axis=1))
     if len(bad):
-        raise _not_finite(args.file, model, bad.tolist(), len(x), "")
+        raise _not_finite(args.file, model, f"for {_images(bad.tolist(), len(x))}")
     probs = F.softmax(Tensor(logits), axis=1).data
     for i, p in enumerate(probs):
         k = int(p.argmax())

@@ -89,7 +89,7 @@ _TEMPORARY = re.compile(r"[^'\" ]*\.bitnet-[A-Za-z0-9_]+\.h5\.tmp")
 
 
 @contextlib.contextmanager
-def writing(path, what: str, code: int = 2):
+def writing(path, what: str, code: int = 2, hint: str = ""):
     """A failed write (disk full, a folder gone read-only) as one ``CommandError`` naming ``path``
     (not the temporary file beside it), with the operating system's reason."""
     try:
@@ -97,7 +97,7 @@ def writing(path, what: str, code: int = 2):
     except (OSError, RuntimeError) as e:
         errno = getattr(e, "errno", None) or next((int(m) for m in re.findall(r"errno = (\d+)", str(e))), None)
         reason = os.strerror(errno) if errno else _TEMPORARY.sub(os.fspath(path), str(e))
-        raise CommandError(f"cannot write {what} {path}: {reason}", code) from None
+        raise CommandError(f"cannot write {what} {path}: {reason}" + (f"; {hint}" if hint else ""), code) from None
 
 
 def trained_on(dataset, input_shape, num_classes, options) -> dict:
@@ -185,21 +185,17 @@ def choose_dataset(path, info, record, given, force: bool, warn) -> str:
     """The dataset ``eval`` / ``predict`` use: ``given`` (``--dataset``), else the one recorded in the
     file, else mnist. A given one other than the recorded one is refused unless ``force``."""
     recorded = record["dataset"] if record else None
-    if given is None:
-        if recorded is None:
-            warn(f"{path} does not record the dataset it was trained on (written by bitnet.save without "
-                 "trained_on=, or by an older bitnet): assuming mnist; pass --dataset to choose")
-        dataset = recorded or "mnist"
-    elif recorded is not None and given != recorded:
-        if not force:
-            raise CommandError(f"{path} was trained on {recorded} (recorded in the file), not on {given}: its "
-                               f"results on {given} would mean nothing; leave out --dataset (the recorded one is "
-                               "the default) or pass --force to run it anyway")
-        warn(f"{path} was trained on {recorded}; running it on {given} because of --force")
-        dataset = given
-    else:
-        dataset = given
+    dataset = given or recorded or "mnist"
+    if given is not None and recorded is not None and given != recorded and not force:
+        raise CommandError(f"{path} was trained on {recorded} (recorded in the file), not on {given}: its "
+                           f"results on {given} would mean nothing; leave out --dataset (the recorded one is "
+                           "the default) or pass --force to run it anyway")
     check_data_fits(path, info, record, dataset)
+    if given is None and recorded is None:
+        warn(f"{path} does not record the dataset it was trained on (written by bitnet.save without "
+             "trained_on=, or by an older bitnet): assuming mnist; pass --dataset to choose")
+    elif given is not None and recorded is not None and given != recorded:
+        warn(f"{path} was trained on {recorded}; running it on {given} because of --force")
     return dataset
 
 
