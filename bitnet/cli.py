@@ -9,16 +9,14 @@ Text taken from files is printed with its control characters escaped.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
-import warnings
 
 import numpy as np
 
 from bitnet import cli_options as opt
-from bitnet.cli_files import (DATASET_CLASSES, RUN_OPTIONS, CommandError, check_data_fits, check_destination,
-                              choose_dataset, flag, printable, reading, record_of, resume_options, trained_on,
-                              write_packed, writing)
+from bitnet.cli_files import (DATASET_CLASSES, RUN_OPTIONS, CommandError, check_destination, choose_dataset, flag,
+                              images_text, not_finite, printable, reading, record_of, resume_checks, running,
+                              trained_on, write_packed, writing)
 
 _SAVED = argparse.SUPPRESS  # a run option's default: absent unless given (--resume takes the saved run's)
 
@@ -79,26 +77,6 @@ def _warn(args, message) -> None:
     print(f"bitnet {args.command}: warning: {printable(message)}", file=sys.stderr)
 
 
-def _resume_checks(args, given) -> list:
-    """Check ``--resume``'s file and fill the run options from it; returns those taken from it."""
-    from bitnet.io import describe
-    with reading(args.resume):
-        info = describe(args.resume)
-    if info["kind"] != "checkpoint":
-        raise CommandError(f"--resume {args.resume}: a {info['kind']} file; expected a training checkpoint "
-                           "(bitnet train --save)")
-    record = record_of(args.resume, info)
-    taken = resume_options(args, given, args.resume, record)
-    if info["zoo"] is not None and info["zoo"][0] != args.model:
-        raise CommandError(f"--resume {args.resume}: the checkpoint holds a {info['zoo'][0]}, not a {args.model}; "
-                           f"pass --model {info['zoo'][0]} or start a new run without --resume")
-    check_data_fits(args.resume, info, record, args.dataset)
-    if record is None:
-        _warn(args, f"{args.resume} does not record the options of its run (an older bitnet): --model, --dataset, "
-              "--lr, --batch-size and the others must be those of the saved run")
-    return taken
-
-
 def cmd_train(args) -> int:
     from bitnet import models, optim
     from bitnet.data import DataLoader
@@ -108,7 +86,7 @@ def cmd_train(args) -> int:
     given = {k for k in RUN_OPTIONS if hasattr(args, k)}
     if args.save:
         check_destination(args.save, "--save")
-    taken = _resume_checks(args, given) if args.resume else []
+    taken = resume_checks(args, given, lambda m: _warn(args, m)) if args.resume else []
     for k in RUN_OPTIONS:
         if k not in given and not hasattr(args, k):
             setattr(args, k, RUN_OPTIONS[k])
@@ -277,31 +255,6 @@ def _describe(model):
     return f"{type(model).__name__} of {len(model._modules)} modules"
 
 
-def _largest_weight(model) -> float:
-    """The largest magnitude among the model's float weights (to explain non-finite outputs)."""
-    values = [np.abs(v).max() for v in model.state_dict().values() if v.dtype.kind == "f" and v.size]
-    return float(max(values, default=0.0))
-
-
-def _images(indices, total) -> str:
-    shown = ", ".join(str(i) for i in indices[:10]) + (", ..." if len(indices) > 10 else "")
-    return f"image{'s' if len(indices) > 1 else ''} {shown} ({len(indices)} of {total})"
-
-
-def _not_finite(path, model, where):
-    return CommandError(f"{path}: the model's outputs are NaN or infinite {where}: its weights are too large for "
-                        f"float32 arithmetic (largest magnitude {_largest_weight(model):.3g}) or the file is damaged")
-
-
-@contextlib.contextmanager
-def _running(path, what):
-    """A model run: errors of a model that cannot run as one message naming ``path``; NumPy's overflow
-    warnings silenced (non-finite outputs are reported once, by the caller)."""
-    with reading(path, what), np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        yield
-
-
 def cmd_convert(args) -> int:
     import os
 
@@ -357,10 +310,10 @@ def cmd_eval(args) -> int:
     model = _load_any(args.file, info, args.device)
     [(x_test, y_test)] = load_splits(dataset, ("test",), args.data_dir, args.download)
     loader = DataLoader((x_test, y_test), args.batch_size, transform=transform_for(dataset))
-    with _running(args.file, f"a model that runs on {dataset}"):
+    with running(args.file, f"a model that runs on {dataset}"):
         loss, acc = evaluate(model, loader)
     if not math.isfinite(loss):
-        raise _not_finite(args.file, model, f"on the {dataset} test set")
+        raise not_finite(args.file, model, f"on the {dataset} test set")
     print(f"{printable(args.file)} ({info['kind']}) on {dataset} test: loss {loss:.4f}")
     print(f"test accuracy: {acc:.4f}")
     return 0
@@ -380,14 +333,14 @@ def cmd_predict(args) -> int:
     if x.dtype.kind == "f":
         bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
         if len(bad):
-            raise CommandError(f"{args.input}: {_images(bad.tolist(), len(x))} hold NaN or infinite values; "
+            raise CommandError(f"{args.input}: {images_text(bad.tolist(), len(x))} hold NaN or infinite values; "
                                "expected finite pixels (uint8 0-255, or floats in [0, 1])")
     x = transform_for(dataset)(x)
-    with no_grad(), _running(args.file, f"a model that runs on images of shape {x.shape[1:]}"):
+    with no_grad(), running(args.file, f"a model that runs on images of shape {x.shape[1:]}"):
         logits = model(Tensor(x)).data
     bad = np.flatnonzero(~np.isfinite(logits).all(axis=1))
     if len(bad):
-        raise _not_finite(args.file, model, f"for {_images(bad.tolist(), len(x))}")
+        raise not_finite(args.file, model, f"for {images_text(bad.tolist(), len(x))}")
     probs = F.softmax(Tensor(logits), axis=1).data
     for i, p in enumerate(probs):
         k = int(p.argmax())

@@ -7,7 +7,10 @@ files will be written before any work, and what a model file records about its t
   checked before training or converting; ``writing(path, what)``: a write that still fails (disk
   full) becomes one message naming the file the user gave;
 - ``trained_on(...)``, ``record_of(path, info)``: the record ``bitnet train`` saves in its files
-  (dataset, input shape, classes, the options of the run), checked when read.
+  (dataset, input shape, classes, the options of the run), checked when read; ``resume_checks``
+  (``--resume`` against it), ``choose_dataset`` (``eval`` / ``predict`` against it);
+- ``running(path, what)``, ``not_finite(...)``: a model run, and its NaN or infinite outputs, as one
+  message.
 """
 from __future__ import annotations
 
@@ -16,6 +19,9 @@ import os
 import re
 import tempfile
 import unicodedata
+import warnings
+
+import numpy as np
 
 from bitnet.io import BitnetFileError
 
@@ -168,6 +174,26 @@ def resume_options(args, given: set, path, record) -> list:
     return taken
 
 
+def resume_checks(args, given: set, warn) -> list:
+    """Check ``--resume``'s file and fill the run options from it; returns those taken from it."""
+    from bitnet.io import describe
+    with reading(args.resume):
+        info = describe(args.resume)
+    if info["kind"] != "checkpoint":
+        raise CommandError(f"--resume {args.resume}: a {info['kind']} file; expected a training checkpoint "
+                           "(bitnet train --save)")
+    record = record_of(args.resume, info)
+    taken = resume_options(args, given, args.resume, record)
+    if info["zoo"] is not None and info["zoo"][0] != args.model:
+        raise CommandError(f"--resume {args.resume}: the checkpoint holds a {info['zoo'][0]}, not a {args.model}; "
+                           f"pass --model {info['zoo'][0]} or start a new run without --resume")
+    check_data_fits(args.resume, info, record, args.dataset)
+    if record is None:
+        warn(f"{args.resume} does not record the options of its run (an older bitnet): --model, --dataset, "
+             "--lr, --batch-size and the others must be those of the saved run")
+    return taken
+
+
 def check_data_fits(path, info, record, dataset) -> None:
     """The model in ``path`` takes ``dataset``'s images and has as many classes (from its record, or
     the input shape the file records)."""
@@ -197,6 +223,29 @@ def choose_dataset(path, info, record, given, force: bool, warn) -> str:
     elif given is not None and recorded is not None and given != recorded:
         warn(f"{path} was trained on {recorded}; running it on {given} because of --force")
     return dataset
+
+
+def images_text(indices, total) -> str:
+    """``"images 1, 4 (2 of 5)"``: which images of a batch (the first 10)."""
+    shown = ", ".join(str(i) for i in indices[:10]) + (", ..." if len(indices) > 10 else "")
+    return f"image{'s' if len(indices) > 1 else ''} {shown} ({len(indices)} of {total})"
+
+
+def not_finite(path, model, where) -> CommandError:
+    """The error for NaN or infinite outputs ``where``, with the largest float weight as the likely cause."""
+    values = [np.abs(v).max() for v in model.state_dict().values() if v.dtype.kind == "f" and v.size]
+    return CommandError(f"{path}: the model's outputs are NaN or infinite {where}: its weights are too large for "
+                        f"float32 arithmetic (largest magnitude {float(max(values, default=0.0)):.3g}) or the file "
+                        "is damaged")
+
+
+@contextlib.contextmanager
+def running(path, what):
+    """A model run: errors of a model that cannot run as one message naming ``path``; NumPy's overflow
+    warnings silenced (non-finite outputs are reported once, by the caller)."""
+    with reading(path, what), np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
 
 
 def write_packed(model, out, input_shape, record) -> None:
