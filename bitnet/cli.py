@@ -124,7 +124,10 @@ def cmd_train(args) -> int:
             if state.epoch is None or state.optimizer is None:
                 raise CommandError(f"{args.resume}: not a training checkpoint (no epoch or optimizer state); "
                                    "write one with bitnet train --save")
-            state.restore(optimizer, train_loader.rng, scheduler)
+            try:
+                state.restore(optimizer, train_loader.rng, scheduler)
+            except ValueError as e:
+                raise CommandError(f"--resume {args.resume}: its training state does not fit this run: {e}") from None
         start = state.epoch + 1
     log = None if args.quiet else print
     if log:

@@ -123,6 +123,32 @@ def test_escape_sequences_from_files_are_printed_escaped(trained, tmp_path, caps
         assert "\x1b" not in line and "\x07" not in line and "\\x1b[2J" in line and "trained_on" in line, line
 
 
+def test_escapes_in_dataset_names_and_optimizer_class(trained, tmp_path, capsys):
+    extra = tmp_path / "extra.h5"
+    extra.write_bytes(trained["ckpt"].read_bytes())
+    with h5py.File(extra, "r+") as f:
+        f["weights"].create_dataset("\x1b]0;title\x07", data=np.zeros(3, np.float32))
+    line = _error_line(capsys, 2, main(["eval", str(extra)]))
+    assert "\x1b" not in line and "\x07" not in line and "weights/\\x1b]0;title\\x07" in line, line
+    opt = tmp_path / "opt.h5"
+    opt.write_bytes(trained["ckpt"].read_bytes())
+    with h5py.File(opt, "r+") as f:
+        f["training/optimizer"].attrs["class"] = np.bytes_(b"\x1b[31mAdam\x1b[0m")
+    line = _error_line(capsys, 2, main(["train", "--resume", str(opt), "--data-dir", str(trained["data"])]))
+    assert "\x1b" not in line and "\\x1b[31mAdam" in line, line
+
+
+def test_damaged_training_state_is_one_message(trained, tmp_path, capsys):
+    for groups in ("{}", "[{}]", "[1, 2]"):
+        bad = tmp_path / "state.h5"
+        bad.write_bytes(trained["ckpt"].read_bytes())
+        with h5py.File(bad, "r+") as f:
+            f["training/optimizer"].attrs["param_groups"] = np.bytes_(groups.encode())
+        line = _error_line(capsys, 2, main(["train", "--resume", str(bad), "--data-dir", str(trained["data"])]))
+        assert line.startswith(f"bitnet train: error: --resume {bad}: ") or line.startswith(
+            f"bitnet train: error: {bad}: "), line
+
+
 def test_summary_escapes_names_from_the_file(tmp_path, capsys):
     model = bitnet.nn.Sequential(bitnet.nn.Dense(4, 3))
     path = tmp_path / "m.h5"
