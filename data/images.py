@@ -43,8 +43,8 @@ def _npy(path, expected) -> np.ndarray:
     with open(path, "rb") as f:
         head = f.read(6)
         if head[:4] == b"PK\x03\x04":
-            raise DataFormatError(f"{path}: a .npz archive (np.savez) saved under a .npy name; expected one "
-                                  "array written by np.save (np.save(path, archive['name']))")
+            raise DataFormatError(f"{path}: a .npz archive (np.savez) or another zip file; expected one array "
+                                  "written by np.save (np.save('x.npy', np.load(path)['name']))")
         f.seek(0)
         try:
             version = fmt.read_magic(f)
@@ -107,7 +107,7 @@ def read_input(path, expected=None) -> np.ndarray:
         raise FileNotFoundError(f"{path}: no such input file")
     with open(path, "rb") as f:
         head = f.read(8)
-    if path.endswith(".npy") or head.startswith(b"\x93NUMPY"):
+    if path.endswith(".npy") or head.startswith((b"\x93NUMPY", b"PK\x03\x04")):
         arr = _npy(path, expected)
     elif head.startswith(b"\x89PNG") or head[:2] == b"P5":
         if os.path.getsize(path) > MAX_INPUT_BYTES:

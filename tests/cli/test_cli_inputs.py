@@ -302,6 +302,23 @@ def test_a_save_failing_after_an_epoch_is_one_message(trained, tmp_path, capsys,
                     "device; a checkpoint there from an earlier epoch is left as it was")
 
 
+def test_a_real_full_disk(trained, tmp_path, capsys):
+    """On a 256 kB tmpfs (where this machine lets the tests mount one): the probe file fits, the
+    checkpoint does not."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        line = _error_line(capsys, 1, main(TRAIN + ["--data-dir", str(trained["data"]), "--save", str(disk / "m.h5")]))
+        left = os.listdir(disk)
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+    assert line == (f"bitnet train: error: cannot write the checkpoint of epoch 1 to {disk / 'm.h5'}: No space left "
+                    "on device; a checkpoint there from an earlier epoch is left as it was")
+    assert left == []  # no temporary file left behind
+
+
 # -- predictions -----------------------------------------------------------------------------------
 
 def test_predict_refuses_nan_images(trained, tmp_path, capsys):
@@ -332,10 +349,10 @@ def test_predict_refuses_non_finite_outputs(trained, tmp_path, capsys):
 def test_predict_input_errors(trained, tmp_path, capsys):
     np.savez(tmp_path / "x.npy", a=np.zeros((2, 28, 28), np.uint8))  # np.savez keeps the name it is given
     line = _error_line(capsys, 2, main(["predict", str(trained["packed"]), str(tmp_path / "x.npy.npz")]))
-    assert "not a valid IDX file" in line or "a .npz archive" in line
+    assert "x.npy.npz: a .npz archive (np.savez) or another zip file; expected one array written by np.save" in line
     (tmp_path / "y.npy").write_bytes((tmp_path / "x.npy.npz").read_bytes())
     line = _error_line(capsys, 2, main(["predict", str(trained["packed"]), str(tmp_path / "y.npy")]))
-    assert "y.npy: a .npz archive (np.savez) saved under a .npy name" in line
+    assert "y.npy: a .npz archive (np.savez) or another zip file" in line
 
 
 def test_no_traceback_in_a_real_process(trained, tmp_path):
