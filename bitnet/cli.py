@@ -88,7 +88,7 @@ def cmd_train(args) -> int:
         check_destination(args.save, "--save")
     taken = resume_checks(args, given, lambda m: _warn(args, m)) if args.resume else []
     for k in RUN_OPTIONS:
-        if k not in given and not hasattr(args, k):
+        if not hasattr(args, k):
             setattr(args, k, RUN_OPTIONS[k])
     seeds = np.random.SeedSequence(args.seed).spawn(2)
     (x_train, y_train), (x_test, y_test) = load_splits(args.dataset, ("train", "test"), args.data_dir,
@@ -112,6 +112,9 @@ def cmd_train(args) -> int:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _make_optimizer(args.optimizer, params, args.lr, args.weight_decay)
     total = args.epochs * len(train_loader)
+    if args.schedule == "cosine" and args.warmup_steps >= total and not args.resume:
+        raise CommandError(f"--warmup-steps {args.warmup_steps}: expected fewer than the run's {total} iterations "
+                           f"({args.epochs} epochs of {len(train_loader)} batches), or --schedule constant")
     scheduler = None
     if args.schedule == "cosine":
         scheduler = optim.WarmupCosine(optimizer, warmup_steps=args.warmup_steps, total_steps=total)

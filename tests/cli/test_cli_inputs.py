@@ -85,6 +85,12 @@ def test_numeric_options_refused_as_parsed(argv, option, expected, capsys, monke
     assert f"error: argument {option}: expected {expected}" in last and f"got {value!r}" in last, last
 
 
+def test_warmup_longer_than_the_run(trained, capsys):
+    line = _error_line(capsys, 2, main(TRAIN + ["--data-dir", str(trained["data"]), "--warmup-steps", "5"]))
+    assert line.endswith("--warmup-steps 5: expected fewer than the run's 5 iterations (1 epochs of 5 batches), "
+                         "or --schedule constant")
+
+
 # -- damaged files ---------------------------------------------------------------------------------
 
 def test_damaged_superblock_is_one_clear_error_for_every_command(trained, tmp_path, capsys):
