@@ -1,82 +1,79 @@
 """Reading single inputs for ``bitnet predict``: NumPy ``.npy`` arrays, IDX files (MNIST's format,
-optionally gzipped), binary PGM (``P5``) and PNG images (8-bit, not interlaced; decoded with
-``zlib`` and the PNG row filters, no imaging library needed).
+optionally gzipped), binary PGM (``P5``) and PNG images (``bitnet.data.png``: Pillow when installed,
+else a reader of its own).
 
-``read_input(path)`` returns a uint8 or float array of shape ``(N, H, W)`` (grey) or
-``(N, C, H, W)``; one image gets a batch axis of 1.
+``read_input(path, expected=None)`` returns a uint8 or float array of shape ``(N, H, W)`` (grey) or
+``(N, C, H, W)``; one image gets a batch axis of 1. Hostile files are refused before anything large
+is allocated: a file may hold at most ``MAX_INPUT_BYTES`` of pixel data (declared sizes are checked
+against it, and against the file's real size, before reading), a PNG or PGM at most
+``png.MAX_PIXELS`` pixels, and with ``expected`` (the model's (C, H, W)) the images' shape is checked
+from the header, before the pixels are read or inflated.
 """
 from __future__ import annotations
 
+import math
 import os
-import struct
-import zlib
 
 import numpy as np
 
 from bitnet.data.errors import DataFormatError
+from bitnet.data.png import MAX_PIXELS, read_png
+
+#: The most bytes of pixel data an input file may hold or declare (256 MiB: 340,000 MNIST images).
+MAX_INPUT_BYTES = 1 << 28
 
 
-def _png(path, raw: bytes) -> np.ndarray:
-    if raw[:8] != b"\x89PNG\r\n\x1a\n":
-        raise DataFormatError(f"{path}: not a PNG file (bad signature)")
-    pos, chunks, header = 8, [], None
-    while pos + 8 <= len(raw):
-        length, ctype = struct.unpack(">I4s", raw[pos:pos + 8])
-        body = raw[pos + 8:pos + 8 + length]
-        if len(body) != length:
-            raise DataFormatError(f"{path}: truncated PNG chunk {ctype!r}")
-        if ctype == b"IHDR":
-            header = struct.unpack(">IIBBBBB", body)
-        elif ctype == b"IDAT":
-            chunks.append(body)
-        elif ctype == b"IEND":
-            break
-        pos += 12 + length
-    if header is None:
-        raise DataFormatError(f"{path}: PNG without an IHDR header")
-    width, height, depth, color, _, _, interlace = header
-    channels = {0: 1, 2: 3, 4: 2, 6: 4}.get(color)
-    if depth != 8 or channels is None or interlace or not 0 < width * height <= 1 << 24:
-        raise DataFormatError(f"{path}: PNG of bit depth {depth}, color type {color}, interlace {interlace}, "
-                              f"{width}x{height}; expected 8-bit grey/RGB(A), not interlaced, at most 16 M pixels")
-    try:
-        data = zlib.decompress(b"".join(chunks), bufsize=height * (width * channels + 1))
-    except zlib.error as e:
-        raise DataFormatError(f"{path}: damaged PNG data ({e})") from None
-    stride = width * channels
-    if len(data) != height * (stride + 1):
-        raise DataFormatError(f"{path}: PNG data of {len(data)} bytes, expected {height * (stride + 1)}")
-    rows = np.frombuffer(data, np.uint8).reshape(height, stride + 1)
-    out = np.zeros((height, stride), np.int32)
-    for y in range(height):  # undo the per-row filters (PNG spec 9.2)
-        kind, line = rows[y, 0], rows[y, 1:].astype(np.int32)
-        prev = out[y - 1] if y else np.zeros(stride, np.int32)
-        if kind == 0:
-            out[y] = line
-        elif kind == 2:
-            out[y] = (line + prev) & 255
-        elif kind in (1, 3, 4):
-            for x in range(stride):
-                a = out[y, x - channels] if x >= channels else 0
-                b, c = prev[x], (prev[x - channels] if x >= channels else 0)
-                if kind == 1:
-                    pred = a
-                elif kind == 3:
-                    pred = (a + b) // 2
-                else:
-                    p = a + b - c
-                    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-                    pred = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
-                out[y, x] = (line[x] + pred) & 255
-        else:
-            raise DataFormatError(f"{path}: PNG row {y} has an unknown filter {kind}")
-    img = out.astype(np.uint8).reshape(height, width, channels)
-    if channels in (2, 4):
-        img = img[..., :-1]  # drop alpha
-    return img[None, :, :, 0] if img.shape[-1] == 1 else img.transpose(2, 0, 1)[None]
+def _check_shape(path, shape, expected):
+    """``shape``: the array's, (H, W), (N, H, W) or (N, C, H, W); ``expected``: (C, H, W) or None."""
+    if len(shape) not in (2, 3, 4):
+        raise DataFormatError(f"{path}: an array of shape {tuple(shape)}; expected images (H, W), (N, H, W) or "
+                              "(N, C, H, W)")
+    if expected is None:
+        return
+    image = (1,) + tuple(shape[-2:]) if len(shape) < 4 else tuple(shape[1:])
+    if image != tuple(expected):
+        raise DataFormatError(f"{path}: images of shape {image} (C, H, W); the model expects {tuple(expected)}")
 
 
-def _pgm(path, raw: bytes) -> np.ndarray:
+def _npy(path, expected) -> np.ndarray:
+    """A ``.npy`` array: header (version, shape, dtype) checked against the file's size and the caps
+    before any data is read; no pickles."""
+    fmt = np.lib.format
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(6)
+        if head[:4] == b"PK\x03\x04":
+            raise DataFormatError(f"{path}: a .npz archive (np.savez) or another zip file; expected one array "
+                                  "written by np.save (np.save('x.npy', np.load(path)['name']))")
+        f.seek(0)
+        try:
+            version = fmt.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = fmt.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = fmt.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"format version {version}; expected 1.0 or 2.0")
+        except (ValueError, SyntaxError, TypeError, EOFError) as e:
+            raise DataFormatError(f"{path}: not a NumPy .npy file ({e}); expected an array written by np.save") from None
+        if dtype.hasobject or dtype.kind not in "uif" or dtype.fields is not None:
+            raise DataFormatError(f"{path}: an array of dtype {dtype}; expected images of numbers (uint8, or floats "
+                                  "in [0, 1])")
+        _check_shape(path, shape, expected)
+        count = math.prod(shape)
+        nbytes = count * dtype.itemsize
+        if nbytes > MAX_INPUT_BYTES:
+            raise DataFormatError(f"{path}: an array of shape {shape} ({nbytes} bytes of {dtype}); expected at most "
+                                  f"{MAX_INPUT_BYTES} bytes: split it into several files")
+        if nbytes != size - f.tell():
+            raise DataFormatError(f"{path}: {size - f.tell()} bytes of data for an array of shape {shape} and dtype "
+                                  f"{dtype}, which needs {nbytes}; the file is truncated or damaged")
+        data = np.fromfile(f, dtype=dtype, count=count)
+    arr = data.reshape(shape, order="F" if fortran else "C")
+    return arr.astype(dtype.newbyteorder("=")) if not dtype.isnative else arr
+
+
+def _pgm(path, raw: bytes, expected) -> np.ndarray:
     fields, pos = [], 2
     while len(fields) < 3:
         while pos < len(raw) and raw[pos:pos + 1].isspace():
@@ -87,39 +84,43 @@ def _pgm(path, raw: bytes) -> np.ndarray:
         start = pos
         while pos < len(raw) and not raw[pos:pos + 1].isspace():
             pos += 1
-        if start == pos:
-            raise DataFormatError(f"{path}: truncated PGM header")
-        fields.append(int(raw[start:pos]))
+        token = raw[start:pos]
+        if not token.isdigit() or len(token) > 9:
+            raise DataFormatError(f"{path}: PGM header field {token[:20]!r}; expected width, height and maxval as "
+                                  "decimal numbers" if token else f"{path}: truncated PGM header")
+        fields.append(int(token))
     width, height, maxval = fields
     pos += 1
-    if maxval != 255 or len(raw) - pos < width * height:
-        raise DataFormatError(f"{path}: PGM with maxval {maxval} and {len(raw) - pos} data bytes for {width}x{height}; "
-                              "expected 8-bit data")
-    return np.frombuffer(raw[pos:pos + width * height], np.uint8).reshape(1, height, width)
+    if not 0 < width * height <= MAX_PIXELS or maxval != 255 or len(raw) - pos != width * height:
+        raise DataFormatError(f"{path}: PGM of {width}x{height} pixels, maxval {maxval}, {len(raw) - pos} data bytes; "
+                              f"expected 8-bit data (maxval 255), width x height bytes, at most {MAX_PIXELS} pixels")
+    _check_shape(path, (height, width), expected)
+    return np.frombuffer(raw[pos:], np.uint8).reshape(1, height, width).copy()
 
 
-def read_input(path) -> np.ndarray:
-    """The images in ``path`` (.npy, IDX, PGM or PNG) with a batch axis; see the module docstring."""
+def read_input(path, expected=None) -> np.ndarray:
+    """The images in ``path`` (.npy, IDX, PGM or PNG) with a batch axis; see the module docstring.
+    ``expected``: the (C, H, W) the caller needs, checked before the pixels are read."""
     from bitnet.data.idx import read_idx
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such input file")
-    if path.endswith(".npy"):
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except ValueError as e:
-            raise DataFormatError(f"{path}: not a plain NumPy array file ({e})") from None
-    else:
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if path.endswith(".npy") or head.startswith((b"\x93NUMPY", b"PK\x03\x04")):
+        arr = _npy(path, expected)
+    elif head.startswith(b"\x89PNG") or head[:2] == b"P5":
+        if os.path.getsize(path) > MAX_INPUT_BYTES:
+            raise DataFormatError(f"{path}: an image file of {os.path.getsize(path)} bytes; expected at most "
+                                  f"{MAX_INPUT_BYTES}")
         with open(path, "rb") as f:
-            head = f.read(8)
-        if head.startswith(b"\x89PNG"):
-            with open(path, "rb") as f:
-                return _png(path, f.read())
-        if head[:2] == b"P5":
-            with open(path, "rb") as f:
-                return _pgm(path, f.read())
-        arr = read_idx(path)
-    if arr.ndim not in (2, 3, 4) or arr.dtype.kind not in "uif":
+            raw = f.read()
+        return read_png(path, raw, expected) if head.startswith(b"\x89PNG") else _pgm(path, raw, expected)
+    else:
+        arr = read_idx(path, max_bytes=MAX_INPUT_BYTES,
+                       check_dims=lambda dims: _check_shape(path, dims, expected))
+    if arr.dtype.kind not in "uif":
         raise DataFormatError(f"{path}: an array of shape {arr.shape} and dtype {arr.dtype}; expected images "
                               "(H, W), (N, H, W) or (N, C, H, W) of numbers")
+    _check_shape(path, arr.shape, None)
     return arr[None] if arr.ndim == 2 else arr

@@ -21,7 +21,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from bitnet.data.download import DEFAULT_MIRRORS, DEFAULT_TIMEOUT, download_files
-from bitnet.data.errors import DatasetNotFoundError, IDXFormatError
+from bitnet.data.errors import ChecksumError, DatasetNotFoundError, IDXFormatError
 from bitnet.data.idx import is_gzip, read_idx, verify_checksum
 from bitnet.data.paths import StrPath, download_target_dir, locate_files
 
@@ -30,6 +30,7 @@ __all__ = [
     "SPLIT_FILES",
     "CANONICAL_COUNTS",
     "CANONICAL_SHA256",
+    "CANONICAL_RAW_SHA256",
     "CANONICAL_SIZES",
     "download_idx_dataset",
     "load_idx_dataset",
@@ -64,6 +65,23 @@ CANONICAL_SHA256: dict[str, dict[str, str]] = {
     },
 }
 
+#: SHA-256 of the canonical files decompressed (saved without ``.gz``, e.g. by ``gunzip``): a file
+#: under a canonical name is checked whatever it holds, so a tampered raw copy is refused too.
+CANONICAL_RAW_SHA256: dict[str, dict[str, str]] = {
+    "mnist": {
+        "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+        "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+        "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+        "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+    },
+    "fashion-mnist": {
+        "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+        "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+        "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+        "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+    },
+}
+
 #: Size in bytes of the canonical ``.gz`` files (the same names in both datasets).
 CANONICAL_SIZES: dict[str, dict[str, int]] = {
     "mnist": {
@@ -82,6 +100,8 @@ CANONICAL_SIZES: dict[str, dict[str, int]] = {
 
 _TITLES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
 _IMAGE_SHAPE = (28, 28)
+#: The most samples a non-canonical file (``checksums=`` given) may declare: 300,000 images, 235 MB.
+MAX_SAMPLES = 300_000
 _NUM_CLASSES = 10
 
 
@@ -146,13 +166,20 @@ def download_idx_dataset(
 
 
 def _verify(path: Path, checksums: Mapping[str, str]) -> None:
-    """Check the SHA-256 of a ``.gz`` file; raw (decompressed) files have no published digest."""
-    if not is_gzip(path):
-        return
+    """Check the SHA-256 of the file under ``path``'s name, whatever it holds (raw bytes saved under
+    a ``.gz`` name are checked against the ``.gz`` digest, and refused). A ``.gz`` name needs a
+    digest; a raw name is checked where ``checksums`` has one (the canonical tables do)."""
     expected = checksums.get(path.name)
     if expected is None:
-        raise ValueError(
-            f"{path}: no SHA-256 known for {path.name!r}; add it to checksums= or pass verify=False"
+        if path.name.endswith(".gz"):
+            raise ValueError(
+                f"{path}: no SHA-256 known for {path.name!r}; add it to checksums= or pass verify=False"
+            )
+        return
+    if path.name.endswith(".gz") and not is_gzip(path):
+        raise ChecksumError(
+            f"{path}: not a gzip file, though named .gz (raw IDX bytes?); its SHA-256 cannot match the published "
+            f"one. Delete it and download it again, or gzip the raw file, or keep it without the .gz suffix."
         )
     verify_checksum(path, expected)
 
@@ -205,8 +232,10 @@ def load_idx_dataset(
         download: fetch the split's missing ``.gz`` files from the mirrors into
             ``data_dir/<dataset>/`` (needs internet; see :func:`download_idx_dataset`).
             False by default, as in torchvision: without it nothing touches the network.
-        verify: check the SHA-256 of each ``.gz`` file. Raw (decompressed)
-            files are not checksummed but still get every structural check.
+        verify: check the SHA-256 of each file under a canonical name, whatever it holds: a
+            ``.gz`` name against the published digest (raw bytes under it are refused), a raw
+            name against the digest of the decompressed canonical file. With ``checksums``,
+            raw names are checked only where the table has them.
         checksums: ``{file name: sha256}`` replacing the canonical table. When
             given, the sample count is not compared with 60,000/10,000 (only
             images against labels), so your own or test files can be read.
@@ -220,7 +249,7 @@ def load_idx_dataset(
     Raises:
         DatasetNotFoundError: files missing and ``download`` is false.
         IDXFormatError: malformed, truncated or mismatched files.
-        ChecksumError: a ``.gz`` file differs from the expected digest.
+        ChecksumError: a file differs from the expected digest.
         DownloadError: ``download=True`` and no mirror delivered a verified file.
     """
     if dataset not in IDX_DATASETS:
@@ -228,7 +257,7 @@ def load_idx_dataset(
     if split not in SPLIT_FILES:
         raise ValueError(f"unknown split {split!r}; expected 'train' or 'test'")
     canonical = checksums is None
-    table = CANONICAL_SHA256[dataset] if canonical else checksums
+    table = {**CANONICAL_SHA256[dataset], **CANONICAL_RAW_SHA256[dataset]} if canonical else checksums
     try:
         paths = _locate(dataset, split, data_dir)
     except DatasetNotFoundError:
@@ -239,7 +268,8 @@ def load_idx_dataset(
     if verify:
         for p in paths:
             _verify(p, table)
-    images, labels = (read_idx(p) for p in paths)
+    count = CANONICAL_COUNTS[split] if canonical else MAX_SAMPLES
+    images, labels = read_idx(paths[0], max_bytes=count * 28 * 28), read_idx(paths[1], max_bytes=count)
     _check(images, labels, paths, CANONICAL_COUNTS[split] if canonical else None)
     return images, labels.astype(np.int64)
 

@@ -5,6 +5,14 @@ import argparse
 import json
 import os
 
+from bitnet.cli_options import BATCH, integer
+
+_ROUNDS = integer(1, 10_000, "rounds")
+_REPEATS = integer(1, 100_000, "timed calls")
+_STEPS = integer(1, 100_000, "steps per round")
+_BUSY = integer(0, 256, "busy-looping processes")
+_THREADS = integer(1, 4096, "threads")
+
 
 def thread_counts(text: str) -> list:
     """``"1,2"`` -> ``[1, 2]`` (``--threads`` of ``bench model`` and ``bench train``)."""
@@ -12,7 +20,7 @@ def thread_counts(text: str) -> list:
         counts = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
         counts = []
-    if not counts or min(counts) < 1:
+    if not counts or min(counts) < 1 or max(counts) > 4096:
         raise argparse.ArgumentTypeError(f"expected thread counts >= 1 separated by commas, e.g. 1,2; got {text!r}")
     return list(dict.fromkeys(counts))
 
@@ -32,7 +40,7 @@ def _threads_list(requested) -> list:
 
 
 def _add_busy(p):
-    p.add_argument("--busy", type=int, default=0, metavar="N",
+    p.add_argument("--busy", type=_BUSY, default=0, metavar="N",
                    help="run N busy-looping processes while timing (load of a shared machine); default 0")
 
 
@@ -41,12 +49,12 @@ def add_parser(sub):
     bsub = p.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
     t = bsub.add_parser("train", help="training time per step and epoch vs PyTorch (if installed)")
     t.add_argument("--model", choices=("lenet-binary", "resnet18-binary", "lenet"), default="lenet-binary")
-    t.add_argument("--batch-size", type=int, default=None,
+    t.add_argument("--batch-size", type=BATCH, default=None,
                    help="default 128 (lenet-binary, lenet), 64 (resnet18-binary)")
     t.add_argument("--threads", type=thread_counts, default=None,
                    help="thread counts, e.g. 1,2: the whole comparison for each (default: 1 and all cores)")
-    t.add_argument("--rounds", type=int, default=5)
-    t.add_argument("--steps", type=int, default=None,
+    t.add_argument("--rounds", type=_ROUNDS, default=5)
+    t.add_argument("--steps", type=_STEPS, default=None,
                    help="steps per round per framework (default 20; 5 for resnet18-binary)")
     t.add_argument("--data-dir", default=None)
     t.add_argument("--no-torch", action="store_true", help="time bitnet only")
@@ -58,14 +66,14 @@ def add_parser(sub):
                            ("model", "packed lenet-binary / resnet18-binary inference vs float, PyTorch, ONNX Runtime"),
                            ("train-bits", "binary networks' training step with the forward on bits vs in float")):
         k = bsub.add_parser(name, help=helptext)
-        k.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
-        k.add_argument("--repeats", type=int, default=3, help="timed calls per method per round (default 3)")
+        k.add_argument("--rounds", type=_ROUNDS, default=3, help="alternating rounds (default 3)")
+        k.add_argument("--repeats", type=_REPEATS, default=3, help="timed calls per method per round (default 3)")
         if name == "model":
             k.add_argument("--threads", type=thread_counts, default=None,
                            help="thread counts for every engine, e.g. 1,2: the whole comparison for each "
                                 "(default: 1 and all of Numba's)")
         else:
-            k.add_argument("--threads", type=int, default=None, help="threads for bitnet, BLAS and torch "
+            k.add_argument("--threads", type=_THREADS, default=None, help="threads for bitnet, BLAS and torch "
                            "(default: all of Numba's)")
         k.add_argument("--quick", action="store_true", help="one small case only (a smoke test)")
         k.add_argument("--json", default=None, help="write the records to this file")

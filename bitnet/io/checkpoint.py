@@ -27,11 +27,14 @@ from bitnet.io.h5 import BitnetFileError
 H5_ERRORS = (KeyError, OSError, RuntimeError, TypeError, ValueError)
 
 
-def save(model, path, optimizer=None, epoch=None, rng=None, scheduler=None, input_shape=None) -> None:
+def save(model, path, optimizer=None, epoch=None, rng=None, scheduler=None, input_shape=None,
+         trained_on=None) -> None:
     """Write ``model`` (its architecture and every parameter and buffer) to the HDF5 file ``path``; with
     ``optimizer`` / ``epoch`` / ``rng`` (a ``np.random.Generator``) / ``scheduler`` (a learning-rate
     schedule) a training checkpoint. ``input_shape`` (C, H, W), recorded for ``bitnet summary`` and
-    ``predict``, is known already for zoo models."""
+    ``predict``, is known already for zoo models. ``trained_on``: a JSON-able dict saying what the
+    model was trained on (``bitnet train`` records the dataset, input shape, classes and its
+    options), returned by ``describe``."""
     if epoch is not None and (not isinstance(epoch, (int, np.integer)) or epoch < 0):
         raise ValueError(f"save: epoch must be a non-negative int, got {epoch!r}")
     if rng is not None and not isinstance(rng, np.random.Generator):
@@ -41,8 +44,12 @@ def save(model, path, optimizer=None, epoch=None, rng=None, scheduler=None, inpu
     state = model.state_dict()
     opt_state = optimizer.state_dict() if optimizer is not None else None
 
+    record = None if trained_on is None else json.dumps(trained_on, sort_keys=True, allow_nan=False)
+
     def write(f):
         h5.write_header(f, "checkpoint", config)
+        if record is not None:
+            h5.set_text(f, "trained_on", record)
         h5.write_weights(f, state)
         if opt_state is not None or epoch is not None or rng is not None or scheduler is not None:
             train = f.create_group("training")
@@ -66,7 +73,8 @@ def save(model, path, optimizer=None, epoch=None, rng=None, scheduler=None, inpu
 def describe(path) -> dict:
     """What a bitnet file is, from its header alone (nothing built): ``{"kind": "checkpoint" |
     "packed" | "state_dict", "zoo": (name, kwargs) or None, "input_shape": list or None,
-    "architecture": NODE or None}``."""
+    "architecture": NODE or None, "trained_on": dict or None}`` (``trained_on`` as given to ``save``,
+    absent from older files)."""
     with h5.open_file(path) as f:
         try:
             version, kind, config = h5.read_header(f, path)
@@ -74,13 +82,16 @@ def describe(path) -> dict:
                 raise BitnetFileError(path, "attribute 'kind'", "'checkpoint', 'packed' or 'state_dict'", repr(kind))
             spec = check_config(config, path, version) if kind != "state_dict" else \
                 {"architecture": None, "zoo": None, "input_shape": None, "verify": False}
+            trained_on = h5.json_attr(f, path, "trained_on") if "trained_on" in f.attrs else None
+            if trained_on is not None and not isinstance(trained_on, dict):
+                raise BitnetFileError(path, "attribute 'trained_on'", "a JSON object", h5.short(trained_on))
         except BitnetFileError:
             raise
         except H5_ERRORS as e:
             raise BitnetFileError(path, "(file)", "a readable bitnet file", f"{type(e).__name__}: {e}") from None
     if spec["input_shape"] is None and spec["zoo"] is not None:
         spec["input_shape"] = zoo_input_shape({"name": spec["zoo"][0], "kwargs": spec["zoo"][1]})
-    return dict(spec, kind=kind)
+    return dict(spec, kind=kind, trained_on=trained_on)
 
 
 def load_architecture(path):

@@ -37,8 +37,11 @@ def test_missing_data_dir_is_a_clear_error(tmp_path, capsys):
 
 
 def test_bad_values_are_clear_errors(data_dir, capsys):
-    assert main(["train", "--data-dir", str(data_dir), "--epochs", "0"]) == 2
-    assert "--epochs must be >= 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # refused as the options are parsed, before any data is read
+        main(["train", "--data-dir", str(data_dir), "--epochs", "0"])
+    assert exc.value.code == 2
+    assert "argument --epochs: expected a whole number from 1 to 100000 (passes over the training set), got '0'" \
+        in capsys.readouterr().err
 
 
 def test_unknown_model_is_rejected_by_argparse(capsys):

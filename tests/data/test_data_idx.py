@@ -87,8 +87,11 @@ def test_truncated_gzip_stream(tmp_path):
 
 def test_huge_header_dims_do_not_allocate(tmp_path):
     data = bytes([0, 0, 0x08, 3]) + struct.pack(">3I", 2**31, 2**31, 2**31)
-    with pytest.raises(IDXFormatError, match="truncated"):
+    with pytest.raises(IDXFormatError, match="expected at most 268435456 bytes"):
         read_idx(write(tmp_path / "x.gz", data, gz=True))
+    data = bytes([0, 0, 0x08, 3]) + struct.pack(">3I", 1000, 28, 28)
+    with pytest.raises(IDXFormatError, match="truncated"):
+        read_idx(write(tmp_path / "y.gz", data, gz=True))
 
 
 def test_verify_checksum(tmp_path):
@@ -125,8 +128,15 @@ def test_canonical_checksums_reject_fake_files(tmp_path):
 
 def test_canonical_count_enforced_for_raw_files(tmp_path):
     fake_split(tmp_path / "mnist", gz=False)
-    with pytest.raises(IDXFormatError, match="5 samples, expected 60000"):
+    with pytest.raises(ChecksumError, match="expected ba891046"):  # raw canonical names are checksummed too
         load_mnist("train", data_dir=tmp_path)
+    with pytest.raises(IDXFormatError, match="5 samples, expected 60000"):
+        load_mnist("train", data_dir=tmp_path, verify=False)
+    # a header declaring more than the canonical 60,000 images is refused before any data is read
+    write(tmp_path / "mnist" / "train-images-idx3-ubyte", bytes([0, 0, 8, 3]) + struct.pack(">3I", 60001, 28, 28),
+          gz=False)
+    with pytest.raises(IDXFormatError, match="47040784 bytes of data; expected at most 47040000 bytes"):
+        load_mnist("train", data_dir=tmp_path, verify=False)
 
 
 def test_raw_files_accepted_without_checksum(tmp_path):

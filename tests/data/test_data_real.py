@@ -54,3 +54,15 @@ def test_real_dataset_folder_given_directly():
     images, labels = load_mnist("test", data_dir=folder)
     assert images.shape == (10000, 28, 28)
     assert labels[:5].tolist() == [7, 2, 1, 0, 4]  # the well-known first MNIST test labels
+
+
+@pytest.mark.parametrize("dataset", sorted(LOADERS))
+def test_raw_digests_are_those_of_the_decompressed_files(dataset):
+    """CANONICAL_RAW_SHA256 checks files saved without .gz (hashed in memory, nothing written)."""
+    import gzip
+    import hashlib
+
+    from bitnet.data.mnist import CANONICAL_RAW_SHA256
+    folder = _require(dataset)
+    for name, digest in CANONICAL_RAW_SHA256[dataset].items():
+        assert hashlib.sha256(gzip.decompress((folder / (name + ".gz")).read_bytes())).hexdigest() == digest
