@@ -40,6 +40,16 @@ def test_accuracy(path, dataset, data_dir=None) -> float:
     return evaluate(model, DataLoader((x, y), 1000, transform=transform_for(dataset)))[1]
 
 
+def _record(train_args, model) -> dict:
+    """What ``bitnet train`` with ``train_args`` records in its files (``bitnet.cli_files.trained_on``)."""
+    from bitnet.cli import build_parser
+    from bitnet.cli_files import RUN_OPTIONS, trained_on
+    from bitnet.io.config import zoo_input_shape
+    options = dict(RUN_OPTIONS, **vars(build_parser().parse_args(train_args)))  # the defaults bitnet train fills in
+    classes = model.zoo_config["kwargs"].get("num_classes", 10)
+    return trained_on(options["dataset"], zoo_input_shape(model.zoo_config), classes, options)
+
+
 def make(name, data_dir=None, log=print, trained=None) -> dict:
     """Train, convert, evaluate and record ``name`` (module docstring); returns its manifest entry.
     ``trained``: a checkpoint that ``bitnet train`` with the recipe's arguments wrote already (its
@@ -48,6 +58,7 @@ def make(name, data_dir=None, log=print, trained=None) -> dict:
 
     import bitnet
     from bitnet.cli import main as cli
+    from bitnet.io.checkpoint import describe
     from bitnet.io.config import zoo_input_shape
     from bitnet.models.pretrained import FOLDER, MANIFEST, manifest, sha256
     recipe = RECIPES[name]
@@ -72,7 +83,12 @@ def make(name, data_dir=None, log=print, trained=None) -> dict:
         model = bitnet.load(full)
         if model.zoo_config["name"] != name:
             raise SystemExit(f"make_pretrained: {full} holds {model.zoo_config['name']!r}, not {name!r}")
-        bitnet.save(model, ckpt)
+        record = _record(train, model)
+        saved = describe(full)["trained_on"]
+        if saved is not None and saved != record:
+            raise SystemExit(f"make_pretrained: {full} was trained with {saved['options']}, not the recipe's "
+                             f"{record['options']}")
+        bitnet.save(model, ckpt, trained_on=record)  # the model alone, with what bitnet train records
     if cli(["convert", str(ckpt), str(packed)]) != 0:
         raise SystemExit(f"make_pretrained: bitnet convert failed for {name}")
     accuracy = {kind: round(test_accuracy(p, dataset, data_dir), 4) for kind, p in (("checkpoint", ckpt),
