@@ -66,6 +66,9 @@ def cuda_module():
     except ImportError as e:  # a Numba without a CUDA target and no numba-cuda package
         raise CudaUnavailableError(f"the CUDA backend needs numba.cuda, which failed to import ({e}); "
                                    'install it with pip install "bitnet-bnn[cuda]"') from None
+    problem = incompatible_numba_cuda()
+    if problem:
+        raise CudaUnavailableError(problem)
     if not cuda.is_available():
         raise CudaUnavailableError(
             "the CUDA backend was requested but numba.cuda finds no usable NVIDIA GPU here "
@@ -73,6 +76,40 @@ def cuda_module():
             'driver (pip install "bitnet-bnn[cuda]" for NVIDIA\'s numba-cuda), use device="cpu", or set '
             "NUMBA_ENABLE_CUDASIM=1 before Python starts to run the kernels in Numba's (slow) CUDA simulator")
     return cuda
+
+
+# numba-cuda releases that call np.row_stack, which NumPy 2.5 removed: their first kernel compile
+# fails with AttributeError (numba_cuda/numba/cuda/np/arrayobj.py). The newest at the time of writing.
+ROW_STACK_NUMBA_CUDA = (0, 30, 4)
+
+
+def _version(text):
+    parts = []
+    for p in text.split(".")[:3]:
+        digits = "".join(c for c in p if c.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts + [0] * (3 - len(parts)))
+
+
+def incompatible_numba_cuda(numpy_module=None, numba_cuda_version=None) -> str:
+    """Why the installed numba-cuda cannot compile kernels with the installed NumPy ("" if it can):
+    numba-cuda up to ``ROW_STACK_NUMBA_CUDA`` with a NumPy without ``row_stack`` (2.5 and later)."""
+    import numpy
+    np_mod = numpy if numpy_module is None else numpy_module
+    if hasattr(np_mod, "row_stack"):
+        return ""
+    if numba_cuda_version is None:
+        from importlib.metadata import PackageNotFoundError, version
+        try:
+            numba_cuda_version = version("numba-cuda")
+        except PackageNotFoundError:
+            return ""  # Numba's own CUDA target
+    if _version(numba_cuda_version) > ROW_STACK_NUMBA_CUDA:
+        return ""
+    return (f"numba-cuda {numba_cuda_version} cannot compile kernels with NumPy {np_mod.__version__} (it calls "
+            "np.row_stack, which NumPy 2.5 removed); install a NumPy before 2.5 with pip install 'numpy<2.5' "
+            "(pip install 'bitnet-bnn[cuda]' does), or a numba-cuda release newer than "
+            + ".".join(map(str, ROW_STACK_NUMBA_CUDA)))
 
 
 def _reason(cuda) -> str:

@@ -2,7 +2,8 @@
 layers of ``bitnet.nn``. ``test_cuda_float.py`` runs this file in a subprocess, because
 ``NUMBA_ENABLE_CUDASIM=1`` must be set before numba is imported:
 
-    NUMBA_ENABLE_CUDASIM=1 python tests/kernels/cuda_float_checks.py [check ...]
+    NUMBA_ENABLE_CUDASIM=1 python tests/gpu/cuda_float_checks.py [check ...]
+    BITNET_TEST_CUDA=gpu python tests/gpu/cuda_float_checks.py [check ...]     # on a real GPU
 
 prints one JSON object ``{check: null (passed) or the failure's traceback}`` as its last line and
 exits 1 if a check failed. The simulator runs one Python thread per CUDA thread: shapes stay tiny.
@@ -396,10 +397,16 @@ def check_global_avgpool(cuda, cf):
 
 
 def main(argv):
-    if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
-        raise SystemExit("run with NUMBA_ENABLE_CUDASIM=1 in the environment (the Numba CUDA simulator)")
+    on_gpu = os.environ.get("BITNET_TEST_CUDA") == "gpu"  # tests/gpu/cudasim.py: the real GPU instead
+    if not on_gpu and os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
+        raise SystemExit("run with NUMBA_ENABLE_CUDASIM=1 in the environment (the Numba CUDA simulator), "
+                         "or with BITNET_TEST_CUDA=gpu on a machine with an NVIDIA GPU")
     from numba import config, cuda
-    assert config.ENABLE_CUDASIM, "numba was imported before NUMBA_ENABLE_CUDASIM was set"
+    if on_gpu:
+        assert not config.ENABLE_CUDASIM, "BITNET_TEST_CUDA=gpu runs on the GPU: unset NUMBA_ENABLE_CUDASIM"
+        assert cuda.is_available(), "BITNET_TEST_CUDA=gpu, but numba.cuda finds no usable GPU here"
+    else:
+        assert config.ENABLE_CUDASIM, "numba was imported before NUMBA_ENABLE_CUDASIM was set"
     import bitnet.kernels.cuda_float as cf
     results = {}
     for name in argv or list(CHECKS):

@@ -73,3 +73,16 @@ def test_asking_for_cuda_without_a_gpu_says_what_to_do():
         bitnet.pack(model, device="cuda")
     with pytest.raises(ValueError, match="device must be one of"):
         bitnet.pack(model, device="gpu")
+
+
+def test_numba_cuda_that_cannot_run_with_this_numpy_is_named():
+    """numba-cuda <= 0.30.4 calls np.row_stack (gone in NumPy 2.5): asking for CUDA says what to install."""
+    import types
+
+    from bitnet.backend import incompatible_numba_cuda
+    new_numpy = types.SimpleNamespace(__version__="2.5.0")  # no row_stack
+    msg = incompatible_numba_cuda(new_numpy, "0.30.4")
+    assert "numba-cuda 0.30.4 cannot compile kernels with NumPy 2.5.0" in msg and 'numpy<2.5' in msg
+    assert incompatible_numba_cuda(new_numpy, "0.31.0") == ""
+    old_numpy = types.SimpleNamespace(__version__="2.4.6", row_stack=None)
+    assert incompatible_numba_cuda(old_numpy, "0.30.4") == ""
