@@ -23,9 +23,10 @@ validate shapes) and ``fastmath`` is off so results are bit-reproducible.
 from __future__ import annotations
 
 import numba as nb
+import numpy as np
 
 from bitnet.kernels.atomics import claimed
-from bitnet.kernels.threads import parallel
+from bitnet.kernels.threads import parallel, prepared_parallel
 
 _JIT = dict(nogil=True, cache=True, boundscheck=False, fastmath=False)
 
@@ -47,6 +48,15 @@ def _valid_range(off, stride, size, n_out):
     lo = max(0, -(off // stride))
     hi = min(n_out, -((off - size) // stride))
     return lo, max(lo, hi)
+
+
+def prepared_im2col(x_shape, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, pad_value=0.0):
+    """``call(x, out)``: ``im2col`` for inputs of ``x_shape`` (float32), its thread split chosen once
+    (``kernels.threads.prepared_parallel``: one call at a time)."""
+    n, c = x_shape[0], x_shape[1]
+    lower = prepared_parallel(_im2col, c * kh * kw, cost=n * oh * ow)
+    pad = np.float32(pad_value)
+    return lambda x, out: lower(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, pad)
 
 
 def im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, pad_value=0.0):

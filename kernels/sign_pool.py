@@ -25,7 +25,7 @@ import numpy as np
 from bitnet.kernels.atomics import claimed
 from bitnet.kernels.bitpack import _sign_word
 from bitnet.kernels.bits import words_for
-from bitnet.kernels.threads import parallel
+from bitnet.kernels.threads import parallel, prepared_parallel
 
 _JIT = dict(boundscheck=False, nogil=True, cache=True)
 
@@ -120,6 +120,22 @@ class PoolSigns:
         out = np.empty(self.out_shape, np.uint64)
         parallel(self.kernel, self.items, y, *self.args, out, cost=self.cost)
         return out
+
+
+    def bind(self):
+        """``call(y)`` whose output words are made once here and reused by every call: the result is
+        valid until the next call (``bitnet.packed.plan`` copies what it hands out), one call at a
+        time. ``call.nbytes``: the bytes it holds."""
+        out = np.empty(self.out_shape, np.uint64)
+        run, args, shape = prepared_parallel(self.kernel, self.items, self.cost), self.args, self.y_shape
+
+        def call(y):
+            if y.shape != shape:
+                raise ValueError(f"pool_signs: prepared for maps of shape {shape} (N, H, W, C), got {y.shape}")
+            run(np.ascontiguousarray(y, np.float32), *args, out)
+            return out
+        call.nbytes = out.nbytes
+        return call
 
 
 def pool_signs_nhwc(y, scale=None, shift=None, kernel=(1, 1), stride=(1, 1), padding=(0, 0), out_size=None):

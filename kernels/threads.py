@@ -222,6 +222,22 @@ def parallel(kernel, n_items: int, *args, cost: int = 1) -> None:
     run(lambda: kernel(*args, counter, chunk), threads)
 
 
+def prepared_parallel(kernel, n_items: int, cost: int = 1):
+    """``parallel(kernel, n_items, *args, cost=cost)`` with its choice made once: ``call(*args)``.
+    Work that one thread does runs the kernel directly with a task counter kept here (for callers
+    that run one call at a time, such as a packed model's plan); larger work goes through
+    ``parallel`` (a counter per call, the threads counted at the call)."""
+    if n_items * cost >= MIN_PARALLEL_WORK and n_items >= 2:
+        return lambda *args: parallel(kernel, n_items, *args, cost=cost)
+    counter = np.zeros(1, np.int64)
+    chunk = max(1, n_items)
+
+    def call(*args):
+        counter[0] = 0
+        kernel(*args, counter, chunk)
+    return call
+
+
 def parallel_ufunc(ufunc, a, out=None):
     """``ufunc(a)`` for a NumPy unary ufunc (e.g. ``np.tanh``), its flat range split across
     bitnet's threads for large arrays (NumPy's ufuncs run on one core and release the GIL).

@@ -400,10 +400,7 @@ class XnorConv2d:
         g = self.x_shape[3]
         args = list(self.args)
         args[0] = x.reshape(-1)
-        if self.dots:
-            out = args[25] = np.empty(self.total * self.lanes, np.int32)
-        else:
-            out = args[26] = np.empty(self.total * self.lanes, np.float32)
+        out = args[25 if self.dots else 26] = np.empty(self.total * self.lanes, np.int32 if self.dots else np.float32)
         if residual is not None:
             want = (n, oc, oh, ow) if self.layout == "nchw" else (n, oh, ow, oc)
             r = np.asarray(residual, np.float32)
@@ -422,17 +419,54 @@ class XnorConv2d:
             out_bits = np.zeros((self.total, self.words), np.uint64)
             args[27] = out_bits.reshape(-1).view(np.uint8)
         args[-1] = np.zeros(1, np.int64)
+        self._run(args)
+        out = self._finish(out.reshape(n, oh, ow, g, self.lanes // g)[..., :mg].reshape(n, oh, ow, oc))
+        if self.emit_bits:
+            return out, out_bits.reshape(n, oh, ow, 1, self.words)
+        return out
+
+    def _run(self, args):
         kernel = self.kernel
         if self.threads == 1:
             kernel(*args)
         else:
             run(lambda: kernel(*args), self.threads)
-        out = out.reshape(n, oh, ow, g, self.lanes // g)[..., :mg].reshape(n, oh, ow, oc)
-        if self.layout == "nchw":
-            out = out.transpose(0, 3, 1, 2)
-        if self.emit_bits:
-            return out, out_bits.reshape(n, oh, ow, 1, self.words)
-        return out
+
+    def _finish(self, out):
+        """The (N, OH, OW, O) result in the prepared layout (a view for "nchw")."""
+        return out.transpose(0, 3, 1, 2) if self.layout == "nchw" else out
+
+    def bind(self):
+        """``call(x)`` for calls without residual and sign output whose output array, task counter and
+        argument list are made once here and reused by every call: the result is valid until the
+        next call (``bitnet.packed.plan`` copies what it hands out). Same kernel, same arguments: the
+        same values as ``self(x)``. ``call.nbytes``: the bytes it holds."""
+        if self.emit_bits or self.flags & RESIDUAL:
+            raise ValueError("XnorConv2d.bind: calls with a residual or sign output are not bound")
+        n, oh, ow, g = self.x_shape[0], self.oh, self.ow, self.x_shape[3]
+        args = list(self.args)
+        out = args[25 if self.dots else 26] = np.empty(self.total * self.lanes, np.int32 if self.dots else np.float32)
+        counter = args[-1] = np.zeros(1, np.int64)
+        lanes5 = out.reshape(n, oh, ow, g, self.lanes // g)[..., :self.mg]
+        if self.mg * g == self.lanes:  # no padding lanes: the result is a view of the kernel's output
+            result = None
+            final = self._finish(lanes5.reshape(n, oh, ow, self.out_channels))
+        else:                          # padding lanes dropped into an array of its own
+            result = np.empty((n, oh, ow, g, self.mg), out.dtype)
+            final = self._finish(result.reshape(n, oh, ow, self.out_channels))
+        shape = self.x_shape
+
+        def call(x):
+            if x.shape != shape or x.dtype != np.uint64:
+                raise ValueError(f"xnor_conv2d: prepared for packed input {shape} uint64, got {x.dtype} {x.shape}")
+            args[0] = x.reshape(-1)
+            counter[0] = 0
+            self._run(args)
+            if result is not None:
+                np.copyto(result, lanes5)
+            return final
+        call.nbytes = out.nbytes + (0 if result is None else result.nbytes)
+        return call
 
 
 def xnor_gemm(a_words, b_words, k, kernel=None):

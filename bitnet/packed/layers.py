@@ -105,18 +105,22 @@ class PackedConv2d(Module):
     def _xnor(self, xb, residual=None, dots=False, emit=False, layout="nchw"):
         """The packed convolution of packed input ``xb`` through a prepared kernel call, made once per
         input shape and options (at most 8 kept; made again after ``load_state_dict``)."""
-        key = (xb.shape, residual is not None, dots, emit, layout)
+        return self._prepared(xb.shape, residual is not None, dots, emit, layout)(xb, residual)
+
+    def _prepared(self, shape, residual=False, dots=False, emit=False, layout="nchw"):
+        """The prepared kernel call (``kernels.xnor_conv.XnorConv2d``) for packed inputs of ``shape``."""
+        key = (shape, residual, dots, emit, layout)
         call = self._calls.get(key)
         if call is None:
             if len(self._calls) >= 8:
                 self._calls = {}
-            call = XC.XnorConv2d(xb.shape, self.filters, self.in_channels, self.out_channels, self.kernel_size,
+            call = XC.XnorConv2d(shape, self.filters, self.in_channels, self.out_channels, self.kernel_size,
                                  self.stride, self.padding, self.dilation, padword=self._padword,
-                                 corr=self._correction(xb.shape[1:3]), scale=None if dots else self.scale,
-                                 shift=None if dots else self.shift, residual=residual is not None, dots=dots,
+                                 corr=self._correction(shape[1:3]), scale=None if dots else self.scale,
+                                 shift=None if dots else self.shift, residual=residual, dots=dots,
                                  emit_bits=emit, layout=layout)
             self._calls[key] = call
-        return call(xb, residual)
+        return call
 
     def dots(self, x) -> np.ndarray:
         """The exact integer dot products ``conv(sign(x), sign(W))`` (N, O, OH, OW) int32."""

@@ -23,6 +23,8 @@ are kept per Sequential.
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from bitnet.kernels.threads import single_threaded_blas
@@ -56,17 +58,75 @@ def _step(module, a):
     return None
 
 
+def _bound_step(unit, a):
+    """A step like ``_step(unit, a)`` (or a chain's run) whose arrays are made once and reused by every
+    call (valid until the next call), with ``.nbytes``; None where the unit has none."""
+    from bitnet.kernels.gemm import matmul
+    from bitnet.kernels.threads import parallel_ufunc
+    from bitnet.nn.layers import Dense, Tanh
+    from bitnet.packed.sign_chains import SignChain
+    t = type(unit)
+    if t is SignChain:
+        return unit.bind(a.shape)
+    if t is Tanh:
+        out = np.empty(a.shape, a.dtype)
+
+        def step(x):
+            return parallel_ufunc(np.tanh, x, out)
+    elif t is Dense and a.ndim == 2 and a.dtype == np.float32 == unit.weight.data.dtype:
+        w_t = unit.weight.data.T
+        bias = None if unit.bias is None else unit.bias.data
+        out = np.empty((a.shape[0], w_t.shape[1]), np.float32)
+
+        def step(x):
+            y = matmul(x, w_t, out)
+            return y if bias is None else np.add(y, bias, out=y)
+    elif isinstance(unit, (PackedConv2d, PackedDense)) and not getattr(unit, "emit_signs", False):
+        conv = unit.conv if isinstance(unit, PackedDense) else unit
+        xb = unit._packed_input(a)
+        call = conv._prepared(xb.shape).bind()
+        if isinstance(unit, PackedDense):
+            o = unit.out_features
+
+            def step(x):
+                return call(unit._packed_input(x)).reshape(-1, o)
+        else:
+            def step(x):
+                return call(unit._packed_input(x))
+        step.nbytes = call.nbytes
+        return step
+    else:
+        return None
+    step.nbytes = out.nbytes
+    return step
+
+
+# a plan whose bound steps would hold more than this keeps allocating per call (large batches: the
+# arrays are large, the per-call costs small beside their work)
+BOUND_MAX_BYTES = 64 << 20
+
+
 class _Plan:
     """The recorded steps for one input shape (None: the layers hand over objects a plan cannot
-    pass), the children they were recorded for and the hook lists of every module below."""
-    __slots__ = ("mods", "hooks", "steps")
+    pass), the children they were recorded for and the hook lists of every module below; ``bound``:
+    the same steps with their arrays made once (``_bound_step``; None if too large), run by one
+    thread at a time (another thread meanwhile runs ``steps``), the result copied out."""
+    __slots__ = ("mods", "hooks", "steps", "bound", "lock")
 
-    def __init__(self, mods, subtree, steps):
-        self.mods, self.steps = mods, steps
+    def __init__(self, mods, subtree, steps, bound=None):
+        self.mods, self.steps, self.bound = mods, steps, bound
         self.hooks = [m._forward_hooks for m in subtree]  # the modules' own hook lists (never replaced)
+        self.lock = threading.Lock()
 
     def __call__(self, a):
         with single_threaded_blas():  # once for every GEMM of the plan (kernels.threads)
+            if self.bound is not None and self.lock.acquire(blocking=False):
+                try:
+                    for step in self.bound:
+                        a = step(a)
+                    return np.array(a, copy=True)  # the last step's array is the plan's own
+                finally:
+                    self.lock.release()
             for step in self.steps:
                 a = step(a)
         return a
@@ -77,10 +137,12 @@ def _generic(module):
 
 
 def _run(seq, x, mods, record=False):
-    """The layer-by-layer forward (chains included): ``(output, steps)``, with ``record`` the plan's
-    steps, else (or where a layer hands over anything but a plain Tensor) None."""
+    """The layer-by-layer forward (chains included): ``(output, steps, bound)``, with ``record`` the
+    plan's steps and bound steps (``_bound_step``, the unbound step where a unit has none; None when
+    they would hold more than ``BOUND_MAX_BYTES``), else (or where a layer hands over anything but a
+    plain Tensor) None."""
     starts = {c.start: c for c in seq._sign_chains}
-    steps, i = [], 0
+    steps, bound, held, i = [], [], 0, 0
     while i < len(mods):
         chain = starts.get(i)
         if chain is not None and not any(m._forward_hooks for m in mods[i:chain.stop]):
@@ -93,8 +155,13 @@ def _run(seq, x, mods, record=False):
             else:
                 step = unit.run if unit is chain else _step(unit, x.data)
                 steps.append(_generic(unit) if step is None else step)
+                b = _bound_step(unit, x.data) if held <= BOUND_MAX_BYTES else None
+                held += 0 if b is None else b.nbytes
+                bound.append(steps[-1] if b is None else b)
         x, i = unit(x), stop
-    return x, (steps if record and type(x) is Tensor else None)
+    if not (record and type(x) is Tensor):
+        return x, None, None
+    return x, steps, (bound if held <= BOUND_MAX_BYTES else None)
 
 
 def planned_forward(seq, x):
@@ -110,10 +177,10 @@ def planned_forward(seq, x):
             return _run(seq, x, mods)[0]  # hooks, or layers that hand over what a plan cannot pass
         subtree = [m for m in seq.modules() if m is not seq]
         if not any(m._forward_hooks for m in subtree):  # record the plan (again, for new children)
-            out, steps = _run(seq, x if type(x) is Tensor else Tensor(x), mods, record=True)
+            out, steps, bound = _run(seq, x if type(x) is Tensor else Tensor(x), mods, record=True)
             if len(seq._plans) >= MAX_PLANS:
                 seq._plans.clear()
-            seq._plans[key] = _Plan(mods, subtree, steps)
+            seq._plans[key] = _Plan(mods, subtree, steps, bound)
             return out
     return _run(seq, x, mods)[0]
 

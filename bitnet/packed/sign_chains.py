@@ -40,7 +40,8 @@ from __future__ import annotations
 import numpy as np
 
 from bitnet.kernels.pooling import pool_output_size
-from bitnet.kernels.im2col import conv_output_size
+from bitnet.kernels.bits import words_for
+from bitnet.kernels.im2col import conv_output_size, prepared_im2col
 from bitnet.kernels.sign_pool import PoolSigns
 from bitnet.packed.blocks import conv_nchw_to_nhwc
 from bitnet.packed.fold import conv_batchnorm_affine
@@ -85,9 +86,11 @@ class SignChain:
         weight_t = np.ascontiguousarray(w.reshape(w.shape[0], -1).T, np.float32)
         return weight_t, g.astype(np.float32), shift.astype(np.float32)
 
-    def _prepare(self, shape):
+    def _prepare(self, shape, bound=False):
         """``run(data) -> words`` for inputs of ``shape``: the source layer channels-last, then the
-        prepared window-sign pass (``kernels.sign_pool.PoolSigns``)."""
+        prepared window-sign pass (``kernels.sign_pool.PoolSigns``). ``bound``: every array the run
+        writes is made here and reused by each call (its result is valid until the next call;
+        ``run.nbytes`` says how much it holds): the same kernels on the same values."""
         src = self.source
         if isinstance(src, PackedConv2d):
             if len(shape) == 5:   # packed words (N, H, W, G, CWg)
@@ -97,9 +100,13 @@ class SignChain:
             (kh, kw), (sh, sw), (ph, pw), (dh, dw) = src.kernel_size, src.stride, src.padding, src.dilation
             oh, ow = (conv_output_size(h, kh, sh, ph, dh), conv_output_size(w, kw, sw, pw, dw))
             g = shift = None
+            xb_shape = (n, h, w, src.groups, words_for(src.in_channels // src.groups))
+            call = src._prepared(xb_shape, layout="nhwc")
+            conv = call.bind() if bound else call
+            held = conv.nbytes if bound else 0
 
             def source(data):  # what src(Tensor(data)) computes, channels-last
-                return src._xnor(src._packed_input(data), layout="nhwc")
+                return conv(src._packed_input(data))
         else:
             if len(shape) != 4 or shape[1] != src.in_channels:
                 raise ValueError(f"{src!r} expects input (N, {src.in_channels}, H, W), got {shape}")
@@ -108,8 +115,15 @@ class SignChain:
             (kh, kw), (sh, sw), (ph, pw) = src.kernel_size, src.stride, src.padding
             oh, ow = conv_output_size(h, kh, sh, ph, 1), conv_output_size(w, kw, sw, pw, 1)
 
+            cols = y = lower = None
+            if bound:
+                cols = np.empty((shape[1] * kh * kw, n * oh * ow), np.float32)
+                y = np.empty((n * oh * ow, src.out_channels), np.float32)
+                lower = prepared_im2col(shape, kh, kw, sh, sw, ph, pw, 1, 1, oh, ow)
+            held = 0 if cols is None else cols.nbytes + y.nbytes
+
             def source(data):
-                return conv_nchw_to_nhwc(data, weight_t, src.kernel_size, src.stride, src.padding)
+                return conv_nchw_to_nhwc(data, weight_t, src.kernel_size, src.stride, src.padding, cols, y, lower)
         if self.pool is None:
             kernel = stride = (1, 1)
             padding, size = (0, 0), (oh, ow)
@@ -118,12 +132,20 @@ class SignChain:
             kernel, stride, padding = p.kernel_size, p.stride, p.padding
             size = tuple(pool_output_size(v, k, s, q, p.ceil_mode) for v, k, s, q in zip((oh, ow), kernel, stride, padding))
         signs = PoolSigns((n, oh, ow, src.out_channels), g, shift, kernel, stride, padding, size, self.flat)
+        if bound:
+            signs = signs.bind()
+            held += signs.nbytes
         flat = self.flat
 
         def run(data):
             bits = signs(source(data))
             return bits if flat else bits[:, :, :, None, :]
+        run.nbytes = held
         return run
+
+    def bind(self, shape):
+        """A bound run for inputs of ``shape`` (``_prepare``), for a plan's own use."""
+        return self._prepare(tuple(shape), bound=True)
 
     def run(self, data: np.ndarray) -> np.ndarray:
         """The sink's input words for the chain's input array ``data``."""

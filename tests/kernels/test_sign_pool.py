@@ -68,3 +68,20 @@ def test_empty_batch():
     y = np.zeros((0, 4, 4, 8), np.float32)
     assert pool_signs_nhwc(y, kernel=(2, 2), stride=(2, 2)).shape == (0, 2, 2, 1)
     assert pool_signs_flat(y, kernel=(2, 2), stride=(2, 2)).shape == (0, 1)
+
+
+@pytest.mark.parametrize("flat", [False, True])
+@pytest.mark.parametrize("n", [1, 64])  # one thread's work, and work split across threads
+def test_bound_calls_equal_prepared_calls(flat, n):
+    from bitnet.kernels.sign_pool import PoolSigns
+    rng = np.random.default_rng(n)
+    y = rng.standard_normal((n, 12, 12, 70)).astype(np.float32)
+    g, b = rng.normal(size=70).astype(np.float32), rng.normal(size=70).astype(np.float32)
+    ps = PoolSigns(y.shape, g, b, (2, 2), (2, 2), (0, 0), (6, 6), flat=flat)
+    bound = ps.bind()
+    first = bound(y)
+    np.testing.assert_array_equal(first, ps(y))
+    assert bound(-y) is first
+    np.testing.assert_array_equal(first, ps(-y))
+    with pytest.raises(ValueError, match="prepared for maps"):
+        bound(y[:, :10])

@@ -221,3 +221,27 @@ def test_target_without_vpopcntdq_selects_the_256_bit_kernel():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "4"
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("o", [32, 40])  # whole panels, and padding lanes dropped into an array of its own
+def test_bound_calls_equal_prepared_calls_and_reuse_their_output(layout, o):
+    rng = np.random.default_rng(o)
+    x = rng.standard_normal((2, 70, 7, 6)).astype(np.float32)
+    w = rng.standard_normal((o, 70, 3, 3)).astype(np.float32)
+    xb, filters = pack_nchw(x), XC.pack_filters(w)
+    scale, shift = rng.uniform(0.5, 2, o).astype(np.float32), rng.normal(size=o).astype(np.float32)
+    for dots in (True, False):
+        kw = dict(dots=True) if dots else dict(scale=scale, shift=shift)
+        call = XC.XnorConv2d(xb.shape, filters, 70, o, (3, 3), padding=(1, 1), layout=layout, **kw)
+        bound = call.bind()
+        first = bound(xb)
+        np.testing.assert_array_equal(first, call(xb))
+        again = bound(pack_nchw(-x))
+        assert again is first  # the same array, refilled
+        np.testing.assert_array_equal(again, call(pack_nchw(-x)))
+        assert bound.nbytes >= first.nbytes
+    with pytest.raises(ValueError, match="prepared for packed input"):
+        bound(xb[:1])
+    with pytest.raises(ValueError, match="not bound"):
+        XC.XnorConv2d(xb.shape, filters, 70, o, (3, 3), scale=scale, shift=shift, residual=True).bind()

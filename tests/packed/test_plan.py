@@ -6,7 +6,7 @@ import pytest
 import bitnet
 from bitnet import nn
 from bitnet.packed import pack
-from bitnet.packed.plan import MAX_PLANS
+from bitnet.packed.plan import MAX_PLANS, _run
 from bitnet.tensor import Tensor, no_grad
 
 
@@ -132,3 +132,56 @@ def test_layers_handing_over_feature_maps_run_layer_by_layer():
     assert [p.steps for p in packed._plans.values()] == [None]
     np.testing.assert_array_equal(outs[0], outs[1])
     np.testing.assert_array_equal(outs[0], outs[2])
+
+
+def test_bound_plans_reuse_their_arrays_but_never_hand_them_out():
+    """The second call of a shape runs the plan's bound steps (arrays made once, reused): each result
+    is the caller's own array, with the bits of the layer-by-layer run for its input."""
+    rng = np.random.default_rng(7)
+    packed = pack(_warm(bitnet.models.get("lenet-binary", seed=1), rng))
+    xs = [rng.standard_normal((2, 1, 28, 28)).astype(np.float32) for _ in range(3)]
+    with no_grad():
+        mods = list(packed._modules.values())
+        want = [_run(packed, Tensor(x), mods)[0].data for x in xs]  # layer by layer (chains included)
+        packed(xs[0])  # records the plan
+        got = [packed(x).data for x in xs]
+    plan = next(iter(packed._plans.values()))
+    assert plan.bound is not None and any(getattr(s, "nbytes", 0) > 0 for s in plan.bound)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)  # the first result was not overwritten by the later calls
+    assert len({id(g) for g in got}) == 3 and not any(np.shares_memory(got[0], g) for g in got[1:])
+
+
+def test_threads_sharing_a_packed_model_get_their_own_results():
+    import threading
+    rng = np.random.default_rng(8)
+    packed = pack(_warm(bitnet.models.get("lenet-binary", seed=1), rng))
+    xs = [rng.standard_normal((1, 1, 28, 28)).astype(np.float32) for _ in range(4)]
+    with no_grad():
+        want = [packed(x).data for x in xs]
+    errors = []
+
+    def worker(i):
+        with no_grad():
+            for _ in range(200):
+                if not np.array_equal(packed(xs[i]).data, want[i]):
+                    errors.append(i)
+                    return
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def test_plans_too_large_to_bind_allocate_per_call(monkeypatch):
+    from bitnet.packed import plan as plan_module
+    monkeypatch.setattr(plan_module, "BOUND_MAX_BYTES", 1000)
+    rng = np.random.default_rng(9)
+    packed = pack(_warm(bitnet.models.get("lenet-binary", seed=1), rng))
+    x = rng.standard_normal((3, 1, 28, 28)).astype(np.float32)
+    with no_grad():
+        first, second = packed(x).data, packed(x).data
+    assert next(iter(packed._plans.values())).bound is None
+    np.testing.assert_array_equal(first, second)
