@@ -370,13 +370,13 @@ def read_data(ds, path, key, finite=True, bound=MAX_ABS_VALUE) -> np.ndarray:
                                   f"{checksum(data):#010x}", "the file was damaged after it was written (disk, "
                                   "transfer or an edit): use another copy")
     if finite and data.dtype.kind == "f" and data.size:
-        bad = ~np.isfinite(data)
-        if bad.any():
-            raise BitnetFileError(path, key, "finite values", f"{int(bad.sum())} NaN or infinite values")
-        if bound is not None and float(np.max(np.abs(data))) > bound:
-            raise BitnetFileError(path, key, f"values within +-2^64 (a square beyond it overflows float32)",
+        lo, hi = float(data.min()), float(data.max())  # NaN if any is NaN; no temporary arrays
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise BitnetFileError(path, key, "finite values", f"{int(np.sum(~np.isfinite(data)))} NaN or infinite values")
+        if bound is not None and max(hi, -lo) > bound:
+            raise BitnetFileError(path, key, "values within +-2^64 (a square beyond it overflows float32)",
                                   f"{int(np.sum(np.abs(data) > bound))} values beyond it, the largest "
-                                  f"{float(np.max(np.abs(data))):.3g}")
+                                  f"{max(hi, -lo):.3g}")
     return data
 
 
