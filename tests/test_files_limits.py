@@ -300,3 +300,24 @@ def test_saving_what_would_not_load_is_refused(value, match, tmp_path):
         with pytest.raises(ValueError, match=match):
             save(tmp_path / "m.h5")
     assert not os.listdir(tmp_path)
+
+
+def test_a_subclass_with_a_constructor_of_its_own_is_not_sized_by_its_base(tmp_path):
+    # Dense's formula reads in_features / out_features: a subclass taking other arguments (or making
+    # other arrays) counts as a class that cannot tell, sized by its children and the allocation limit
+    @bitnet.nn.register("tests.Square")
+    class Square(nn.Dense):
+        def __init__(self, n=3, rng=None):
+            super().__init__(n, n, rng=rng)
+            self.n = n
+
+        def get_config(self):
+            return {"n": self.n}
+    try:
+        path = tmp_path / "m.h5"
+        model = nn.Sequential(Square(4, rng=0))
+        bitnet.save(model, path)
+        assert np.array_equal(bitnet.load(path)[0].weight.data, model[0].weight.data)
+        assert limits.model_bytes(architecture(model), path)[0] == 0  # unknown: no children listed
+    finally:
+        bitnet.nn.registry._CLASSES.pop("tests.Square")

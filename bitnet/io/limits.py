@@ -70,6 +70,18 @@ def check_bytes(path, key, nbytes: int, allowed: tuple, largest=None) -> None:
                               f"max_bytes=...)) or set {ENV}")
 
 
+def _knows_its_size(cls) -> bool:
+    """True when ``cls.state_bytes`` describes ``cls``'s own constructor: it is defined by ``cls`` or by a
+    base class whose constructor ``cls`` did not replace (a subclass with a constructor of its own may
+    take other arguments and allocate other arrays: it counts as a class that cannot tell)."""
+    for klass in cls.__mro__:
+        if "state_bytes" in klass.__dict__:
+            return True
+        if "__init__" in klass.__dict__:
+            return False
+    return False
+
+
 def model_bytes(node, path, where="config.architecture") -> tuple:
     """``(bytes, (where, bytes) of the largest layer)`` of the parameters and buffers the architecture
     NODE (checked by ``config.check_config``) will allocate; ``BitnetFileError`` naming the node for
@@ -77,7 +89,7 @@ def model_bytes(node, path, where="config.architecture") -> tuple:
     from bitnet.nn import registry
     cls = registry.lookup(node["class"])
     own = None
-    if not cls.config_children:
+    if not cls.config_children and _knows_its_size(cls):
         try:
             own = cls.state_bytes(node.get("config", {}))
         except ARGUMENT_ERRORS as e:

@@ -225,6 +225,8 @@ class MaxPool2d(_Pool2d):
     def __init__(self, kernel_size, stride=None, padding=0, *, ceil_mode=False):
         super().__init__(kernel_size, stride, padding, ceil_mode)
 
+    state_bytes = _Pool2d.__dict__["state_bytes"]
+
 
 class AvgPool2d(_Pool2d):
     """Average pooling (``F.avg_pool2d``), arguments in PyTorch's order."""
@@ -232,6 +234,8 @@ class AvgPool2d(_Pool2d):
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
         super().__init__(kernel_size, stride, padding, ceil_mode)
         self.count_include_pad = bool(count_include_pad)
+
+    state_bytes = _Pool2d.__dict__["state_bytes"]
 
     def forward(self, x):
         return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad)
@@ -269,6 +273,8 @@ class Flatten(_Stateless):
         super().__init__()
         self.start_dim, self.end_dim = (A.size("Flatten", name, v, low=-64)
                                         for name, v in (("start_dim", start_dim), ("end_dim", end_dim)))
+
+    state_bytes = _Stateless.__dict__["state_bytes"]  # no parameters or buffers
 
     def forward(self, x):
         return F.flatten(x, self.start_dim, self.end_dim)
@@ -313,6 +319,8 @@ class HardTanh(_Stateless):
             raise ValueError(f"HardTanh: min_val must be below max_val, got min_val={min_val!r}, max_val={max_val!r}")
         self.min_val, self.max_val = min_val, max_val
 
+    state_bytes = _Stateless.__dict__["state_bytes"]  # no parameters or buffers
+
     def forward(self, x):
         return F.hardtanh(x, self.min_val, self.max_val)
 
@@ -328,6 +336,8 @@ class Dropout(_Stateless):
         if isinstance(p, bool) or not isinstance(p, (int, float, np.floating)) or not 0.0 <= p < 1.0:
             raise ValueError(f"Dropout probability must be a number in [0, 1), got {p!r}")
         self.p, self.rng = float(p), as_generator(rng)
+
+    state_bytes = _Stateless.__dict__["state_bytes"]  # no parameters or buffers
 
     def forward(self, x):
         return F.dropout(x, self.p, self.training, self.rng)
