@@ -155,12 +155,13 @@ def check_values(state: dict, owner: str, bound=True) -> None:
         if a.dtype.kind not in "biuf":
             raise TypeError(f"{owner}: {key} has dtype {a.dtype}; a bitnet file holds numbers only (bool, int, float)")
         if a.dtype.kind == "f" and a.size:
-            bad = ~np.isfinite(a)
-            if bad.any():
-                raise ValueError(f"{owner}: {key} holds {int(bad.sum())} NaN or infinite values; the file would not "
-                                 "load. Training diverged? Lower the learning rate or resume from an earlier checkpoint")
-            if bound and float(np.max(np.abs(a))) > MAX_ABS_VALUE:
-                raise ValueError(f"{owner}: {key} holds values beyond +-2^64 (largest {float(np.max(np.abs(a))):.3g}); "
+            lo, hi = float(a.min()), float(a.max())  # NaN if any is NaN; no temporary arrays
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                raise ValueError(f"{owner}: {key} holds {int(np.sum(~np.isfinite(a)))} NaN or infinite values; the "
+                                 "file would not load. Training diverged? Lower the learning rate or resume from an "
+                                 "earlier checkpoint")
+            if bound and max(hi, -lo) > MAX_ABS_VALUE:
+                raise ValueError(f"{owner}: {key} holds values beyond +-2^64 (largest {max(hi, -lo):.3g}); "
                                  "loading refuses them (their squares overflow float32)")
 
 
