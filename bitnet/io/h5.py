@@ -109,12 +109,15 @@ def atomic_write(path, write) -> None:
     try:
         with h5py.File(tmp, "w", libver="latest") as f:
             write(f)
-        fd = os.open(tmp, os.O_RDONLY)
+        fd = os.open(tmp, os.O_RDWR)  # (Windows flushes only a file open for writing)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.chmod(tmp, stat.S_IMODE(0o666 & ~_umask()))
+        try:
+            os.chmod(tmp, stat.S_IMODE(0o666 & ~_umask()))
+        except OSError:
+            pass  # a file system without Unix modes: the file keeps the one it has
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
