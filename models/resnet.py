@@ -23,7 +23,10 @@ from __future__ import annotations
 from bitnet import functional as F
 from bitnet import nn
 from bitnet.models.registry import register
+from bitnet.nn import args as A
 from bitnet.nn.init import as_generator
+
+MAX_STAGES = 8  # 64 * 2**7 = 8192 channels in the last stage
 
 
 def _shortcut(cin, cout, stride, binary, rng, binary_shortcut=False):
@@ -53,6 +56,12 @@ class BasicBlock(nn.Module):
         self.conv2 = conv(cout, cout, 3, padding=1, bias=False, rng=rng)
         self.bn2 = nn.BatchNorm2d(cout)
         self.shortcut = _shortcut(cin, cout, stride, binary, rng, binary_shortcut)
+
+    @classmethod
+    def state_bytes(cls, config):
+        """The block's parameters and buffers from its config (``Module.state_bytes``)."""
+        a = cls._arguments(config)
+        return _block_bytes(a["cin"], a["cout"], a["stride"], a["binary"], a["binary_shortcut"])
 
     def forward(self, x):
         sc = x if self.shortcut is None else self.shortcut(x)
@@ -92,9 +101,7 @@ class ResNet(nn.Module):
                  binary_shortcuts=False):
         super().__init__()
         rng = as_generator(seed)
-        bad = [s for s in binary_stages if s not in range(1, len(blocks) + 1)]
-        if bad:
-            raise ValueError(f"stage numbers must be in 1..{len(blocks)}, got {bad}")
+        _check_resnet(blocks, num_classes, in_channels, binary_stages)
         self.stem = nn.Sequential(nn.Conv2d(in_channels, 64, 3, padding=1, bias=False, rng=rng),
                                   nn.BatchNorm2d(64), nn.ReLU())
         layers, cin = [], 64
@@ -107,6 +114,23 @@ class ResNet(nn.Module):
         self.stages = nn.Sequential(*layers)
         self.pool = nn.GlobalAvgPool2d()
         self.fc = nn.Dense(cin, num_classes, rng=rng)
+
+    @classmethod
+    def state_bytes(cls, config):
+        """The network's parameters and buffers from its config (``Module.state_bytes``), in closed form
+        per stage (its first block, then ``n - 1`` equal ones)."""
+        a = cls._arguments(config)
+        blocks, num_classes, in_channels, binary_stages = _check_resnet(a["blocks"], a["num_classes"], a["in_channels"],
+                                                                        a["binary_stages"])
+        total = _conv_bn_bytes(in_channels, 64, 3, bias=False)
+        cin = 64
+        for i, n in enumerate(blocks):
+            cout, binary = 64 * 2 ** i, i + 1 in binary_stages
+            if n:
+                total += _block_bytes(cin, cout, 2 if i > 0 else 1, binary, a["binary_shortcuts"])
+                total += (n - 1) * _block_bytes(cout, cout, 1, binary, a["binary_shortcuts"])
+                cin = cout
+        return total + nn.Dense.state_bytes(dict(in_features=cin, out_features=num_classes))
 
     # the forward is the composition of these children, in this order (bitnet.packed.cuda_model)
     forward_chain = ("stem", "stages", "pool", "fc")
@@ -124,6 +148,37 @@ class ResNet(nn.Module):
         if getattr(first, "binary", False):
             self.stem = ChannelsLastConv2d.from_sequential(self.stem) or self.stem
         return None
+
+
+def _check_resnet(blocks, num_classes, in_channels, binary_stages) -> tuple:
+    """ResNet's arguments, checked: 1..MAX_STAGES stages of >= 0 blocks, sizes >= 1, binary stages
+    among the stage numbers."""
+    if not isinstance(blocks, (list, tuple)) or not 1 <= len(blocks) <= MAX_STAGES:
+        raise ValueError(f"ResNet: blocks must list the blocks of 1 to {MAX_STAGES} stages, got {blocks!r}")
+    blocks = [A.size("ResNet", f"blocks[{i}]", n, low=0) for i, n in enumerate(blocks)]
+    if not isinstance(binary_stages, (list, tuple)):
+        raise TypeError(f"ResNet: binary_stages must be a list of stage numbers, got {binary_stages!r}")
+    bad = [s for s in binary_stages if isinstance(s, bool) or s not in range(1, len(blocks) + 1)]
+    if bad:
+        raise ValueError(f"stage numbers must be in 1..{len(blocks)}, got {bad}")
+    return (blocks, A.size("ResNet", "num_classes", num_classes), A.size("ResNet", "in_channels", in_channels),
+            set(binary_stages))
+
+
+def _conv_bn_bytes(cin, cout, k, stride=1, padding=None, bias=False) -> int:
+    conv = dict(in_channels=cin, out_channels=cout, kernel_size=k, stride=stride,
+                padding=k // 2 if padding is None else padding, bias=bias)
+    return nn.Conv2d.state_bytes(conv) + nn.BatchNorm2d.state_bytes(dict(num_features=cout))
+
+
+def _block_bytes(cin, cout, stride, binary, binary_shortcut) -> int:
+    """BasicBlock's parameters and buffers (QConv2d's are Conv2d's: latent float weights)."""
+    cin, cout = A.size("BasicBlock", "cin", cin), A.size("BasicBlock", "cout", cout)
+    stride = A.size("BasicBlock", "stride", stride)
+    total = _conv_bn_bytes(cin, cout, 3, stride) + _conv_bn_bytes(cout, cout, 3)
+    if stride != 1 or cin != cout:
+        total += _conv_bn_bytes(cin, cout, 1, stride if binary and binary_shortcut or not binary else 1, 0)
+    return total
 
 
 def _check_image_size(image_size):

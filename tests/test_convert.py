@@ -90,7 +90,9 @@ def _bad(tmp_path, edit):
 
 
 @pytest.mark.parametrize("edit,where", [
-    (lambda w: w["10.conv.scale"].__setitem__(3, np.inf), "finite values"),
+    (lambda w: (w["10.conv.scale"].attrs.__delitem__("crc32"), w["10.conv.scale"].__setitem__(3, np.inf)),
+     "finite values"),  # a file without checksums (older); with one, any edit is caught:
+    (lambda w: w["10.conv.scale"].__setitem__(3, 2.0), "CRC-32"),
     (lambda w: (w.__delitem__("5.filters"), w.create_dataset("5.filters", data=np.zeros((64, 25), np.int64))),
      "dtype uint64"),
     (lambda w: (w.__delitem__("5.filters"), w.create_dataset("5.filters", data=np.zeros((64, 24), np.uint64))),

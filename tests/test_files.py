@@ -273,7 +273,11 @@ BAD = {
     "huge claimed shape": (lambda f: (f["weights"].__delitem__("13.weight"), f["weights"].create_dataset(
         "13.weight", shape=(10 ** 6, 10 ** 6), dtype="f4", chunks=(1, 1024))), "shape (10, 1000)"),
     "wrong dtype": (lambda f: _replace(f, "0.bias", np.zeros(64, np.float64)), "dtype float32"),
-    "NaN weight": (lambda f: f["weights"]["13.bias"].__setitem__(0, np.nan), "finite values"),
+    # files without checksums (written before they came) are still read; their values are checked
+    "NaN weight": (lambda f: _set_unchecked(f, "13.bias", np.nan), "finite values"),
+    "huge weight": (lambda f: _set_unchecked(f, "13.bias", 3e38), "within +-2^64"),
+    "edited weight": (lambda f: f["weights"]["13.bias"].__setitem__(0, 0.5), "CRC-32"),
+    "bad checksum attribute": (lambda f: f["weights"]["13.bias"].attrs.__setitem__("crc32", "x"), "attribute 'crc32'"),
     "weights not a group": (lambda f: (f.__delitem__("weights"), f.create_dataset("weights", data=1)), "weights"),
     # a file may not make the reader open other files: links and external or virtual data are refused
     "external link": (lambda f: _link(f, "13.bias", h5py.ExternalLink("/etc/passwd", "/x")), "ExternalLink"),
@@ -283,6 +287,12 @@ BAD = {
     "virtual dataset": (lambda f: _link(f, "13.bias", None, virtual=True), "a virtual dataset"),
     "unknown compression filter": (lambda f: _unknown_filter(f, "13.bias"), "a damaged dataset"),
 }
+
+
+def _set_unchecked(f, key, value):
+    ds = f["weights"][key]
+    del ds.attrs["crc32"]
+    ds[0] = value
 
 
 def _link(f, key, link, external=None, virtual=False):
@@ -338,7 +348,7 @@ def test_a_training_state_cannot_claim_absurd_sizes_or_links(tmp_path):
         name = next(iter(entries))
         del entries[name]
         entries.create_dataset(name, shape=(10 ** 6, 10 ** 6), dtype="f4", chunks=(1, 1024))
-    with pytest.raises(BitnetFileError, match="the model's largest parameter"):
+    with pytest.raises(BitnetFileError, match="shaped as one of the model's parameters"):
         bitnet.load_training_state(_edit(path, huge))
     bitnet.save(model, path, optimizer=opt, epoch=1)
 

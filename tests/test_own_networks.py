@@ -165,8 +165,14 @@ def test_state_dict_files(tmp_path):
         bitnet.save_state_dict({"a/b": np.zeros(2)}, tmp_path / "bad.h5")
     with h5py.File(tmp_path / "w.h5", "r+") as f:
         f["weights/0.bias"][0] = np.nan
+    with pytest.raises(BitnetFileError, match="CRC-32"):  # an edit after writing
+        bitnet.load_state_dict(tmp_path / "w.h5")
+    with h5py.File(tmp_path / "w.h5", "r+") as f:
+        del f["weights/0.bias"].attrs["crc32"]  # as a file from before the checksums
     with pytest.raises(BitnetFileError, match="finite values"):
         bitnet.load_state_dict(tmp_path / "w.h5")
+    with pytest.raises(BitnetFileError, match=r"group 'weights': expected a model of at most 100 bytes"):
+        bitnet.load_state_dict(tmp_path / "w.h5", max_bytes=100)
 
 
 def test_a_config_cannot_allocate_more_than_the_file_holds(tmp_path):
@@ -177,9 +183,24 @@ def test_a_config_cannot_allocate_more_than_the_file_holds(tmp_path):
             {"name": "0", "class": "Dense", "config": {"in_features": 8, "out_features": 4, "bias": True}},
             {"name": "1", "class": "Dense", "config": {"in_features": 20000, "out_features": 20000, "bias": True}}]}
         f.attrs["architecture"] = np.void(zlib.compress(json.dumps(arch).encode()))
-    with pytest.raises(BitnetFileError, match="the file's weights can fill"):
+    with pytest.raises(BitnetFileError, match="cannot describe a model much larger than itself"):
         bitnet.load(path)
     assert bitnet.nn.Dense(3000, 3000).weight.shape == (3000, 3000)  # the limit ended with the load
+
+
+def test_a_class_of_your_own_is_held_to_the_bound_while_it_is_built(mynet, tmp_path):
+    # MyNet does not say what its config allocates (no state_bytes): the file's listed children count,
+    # and its constructor's layers are stopped by the allocation limit before a width of 2^20 allocates
+    path = tmp_path / "m.h5"
+    bitnet.save(mynet.MyNet(rng=0), path, input_shape=(1, 6, 6))
+    with h5py.File(path, "r+") as f:
+        arch = json.loads(zlib.decompress(bytes(f.attrs["architecture"])))
+        arch["config"]["width"] = 2 ** 20
+        f.attrs["architecture"] = np.void(zlib.compress(json.dumps(arch).encode()))
+    with pytest.raises(BitnetFileError) as err:
+        bitnet.load(path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: config: expected a model of at most") and "exceeds the" in msg, msg
 
 
 def test_the_command_line_imports_the_module_that_registers_the_class(mynet, tmp_path):

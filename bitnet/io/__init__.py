@@ -1,8 +1,11 @@
 """bitnet's files (HDF5, no pickle; docs/file-format.md).
 
-- ``h5``: safe reading (headers checked before values, no links to other files) and atomic writing;
+- ``h5``: safe reading (headers checked before values, no links to other files, checksums) and
+  durable atomic writing;
 - ``config``: a model's architecture as JSON, checked and built again;
-- ``checkpoint``: ``save`` / ``load`` models and training checkpoints, ``load_training_state``;
+- ``limits``: the bytes a file may make bitnet allocate, computed from its config before building;
+- ``checkpoint``: ``save`` / ``load`` models and training checkpoints;
+- ``training_state``: ``load_training_state`` and ``TrainingState.restore``, every field checked;
 - ``state_dict``: weights-only files, ``save_state_dict`` / ``load_state_dict``;
 - ``packed``: deployment files at 1 bit per binary weight, ``convert`` / ``load_packed``.
 """

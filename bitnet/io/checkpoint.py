@@ -8,18 +8,20 @@
 A file holds the model's architecture (every module's class and config, ``bitnet.io.config``) and
 every parameter and buffer as a named dataset; no pickle, no eval, no import of names taken from the
 file. Any model whose classes are registered (``bitnet.nn.register``; bitnet's layers and the zoo
-are) can be saved; ``save`` checks first that its architecture builds again. Every dataset's dtype
-and shape is compared with the model the config builds before its data is read, float weights must
-be finite, and every problem raises ``BitnetFileError`` (``bitnet.io.h5``).
+are) can be saved; ``save`` checks first that its architecture builds again and that every value
+will load (finite, within +-2^64). The model a file describes may take at most the bytes the file
+earned (``bitnet.io.limits``; ``max_bytes=`` to allow more), every dataset's dtype and shape is
+compared with the model the config builds before its data is read, its checksum after, float
+weights must be finite and within +-2^64, and every problem raises ``BitnetFileError``
+(``bitnet.io.h5``). The training state: ``bitnet.io.training_state``.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 import numpy as np
 
-from bitnet.io import h5
+from bitnet.io import h5, limits
 from bitnet.io.config import build, check_config, model_config, verify_rebuild, zoo_input_shape
 from bitnet.io.h5 import BitnetFileError
 
@@ -43,6 +45,7 @@ def save(model, path, optimizer=None, epoch=None, rng=None, scheduler=None, inpu
     verify_rebuild(model)
     state = model.state_dict()
     opt_state = optimizer.state_dict() if optimizer is not None else None
+    _check_saveable(state, opt_state)
 
     record = None if trained_on is None else json.dumps(trained_on, sort_keys=True, allow_nan=False)
 
@@ -70,18 +73,34 @@ def save(model, path, optimizer=None, epoch=None, rng=None, scheduler=None, inpu
     h5.atomic_write(path, write)
 
 
-def describe(path) -> dict:
+def _check_saveable(state, opt_state) -> None:
+    """Refuse to write a checkpoint that ``load`` / ``load_training_state`` would refuse."""
+    h5.check_values(state, "save")
+    if opt_state is not None:
+        if not {"state", "param_groups"} <= set(opt_state):
+            raise TypeError(f"save: the optimizer's state_dict() has the keys {sorted(opt_state)}; a checkpoint "
+                            "holds a single optimizer's state ('state' and 'param_groups'), not a MultiOptimizer's")
+        for index, entries in opt_state["state"].items():
+            h5.check_values({f"optimizer state {index}.{k}": v for k, v in entries.items()}, "save", bound=False)
+
+
+def describe(path, max_bytes=None) -> dict:
     """What a bitnet file is, from its header alone (nothing built): ``{"kind": "checkpoint" |
     "packed" | "state_dict", "zoo": (name, kwargs) or None, "input_shape": list or None,
-    "architecture": NODE or None, "trained_on": dict or None}`` (``trained_on`` as given to ``save``,
-    absent from older files)."""
+    "architecture": NODE or None, "bytes": the parameters' and buffers' bytes or None, "trained_on": dict
+    or None}`` (``trained_on`` as given to ``save``, absent from older files); a model larger than the
+    file may describe (``bitnet.io.limits``) is refused here already."""
     with h5.open_file(path) as f:
         try:
             version, kind, config = h5.read_header(f, path)
             if kind not in ("checkpoint", "packed", "state_dict"):
                 raise BitnetFileError(path, "attribute 'kind'", "'checkpoint', 'packed' or 'state_dict'", repr(kind))
             spec = check_config(config, path, version) if kind != "state_dict" else \
-                {"architecture": None, "zoo": None, "input_shape": None, "verify": False}
+                {"architecture": None, "zoo": None, "input_shape": None, "verify": False, "bytes": None,
+                 "largest": None}
+            if spec["bytes"] is not None:
+                limits.check_bytes(path, "config.architecture", spec["bytes"],
+                                   limits.allowed_bytes(path, kind, max_bytes), spec["largest"])
             trained_on = h5.json_attr(f, path, "trained_on") if "trained_on" in f.attrs else None
             if trained_on is not None and not isinstance(trained_on, dict):
                 raise BitnetFileError(path, "attribute 'trained_on'", "a JSON object", h5.short(trained_on))
@@ -94,115 +113,61 @@ def describe(path) -> dict:
     return dict(spec, kind=kind, trained_on=trained_on)
 
 
-def load_architecture(path):
-    """The model a checkpoint or packed file describes, built with fresh weights (none are read):
-    for inspecting a file's architecture (``bitnet summary``)."""
+def load_architecture(path, max_bytes=None):
+    """The model a checkpoint or packed file describes, built with zero weights (none are read): for
+    inspecting a file's architecture (``bitnet summary``)."""
     with h5.open_file(path) as f:
         try:
             version, kind, config = h5.read_header(f, path)
             if kind not in ("checkpoint", "packed"):
                 raise BitnetFileError(path, "attribute 'kind'", "'checkpoint' or 'packed'", repr(kind),
                                       "a weights-only file has no architecture")
-            return build(check_config(config, path, version), path, h5.claimed_values(f, path))
+            return build(check_config(config, path, version), path, limits.allowed_bytes(path, kind, max_bytes))
         except BitnetFileError:
             raise
         except H5_ERRORS as e:
             raise BitnetFileError(path, "(file)", "a readable bitnet file", f"{type(e).__name__}: {e}") from None
 
 
-def read_model(f, path, want_kind, hint):
+def read_model(f, path, want_kind, hint, max_bytes=None):
     """``(model, spec)`` of an open file of kind ``want_kind``: header, kind and config checked, the
-    model built (not yet loaded)."""
+    model built (not yet loaded) within the bytes the file may describe."""
     version, kind, config = h5.read_header(f, path)
     h5.check_kind(path, kind, want_kind, hint)
     spec = check_config(config, path, version)
-    return build(spec, path, h5.claimed_values(f, path)), spec
+    return build(spec, path, limits.allowed_bytes(path, kind, max_bytes)), spec
 
 
-def load(path):
+def load(path, max_bytes=None):
     """The model stored in ``path``, rebuilt from its config with its weights loaded (training state
-    aside: ``load_training_state``); see the module docstring for what is checked first."""
+    aside: ``load_training_state``); see the module docstring for what is checked first. ``max_bytes``:
+    the most bytes of parameters and buffers to accept (default: ``bitnet.io.limits``)."""
     with h5.open_file(path) as f:
         try:
             model, _ = read_model(f, path, "checkpoint",
-                                     "a file of bitnet.save; load a packed file with bitnet.load_packed")
-            state = h5.read_weights(f, path, model.state_dict())
+                                  "a file of bitnet.save; load a packed file with bitnet.load_packed", max_bytes)
+            live = live_state(model)
+            h5.read_weights(f, path, live, sink=lambda key, data: np.copyto(live[key], data))
         except BitnetFileError:
             raise
         except H5_ERRORS as e:
             raise BitnetFileError(path, "(file)", "a readable bitnet model file", f"{type(e).__name__}: {e}") from None
-    model.load_state_dict(state)
+    for m in model.modules():
+        m._state_changed()
     return model
 
 
-@dataclass
-class TrainingState:
-    """What a checkpoint holds besides the model: ``optimizer`` (a state dict for
-    ``Optimizer.load_state_dict``, or None), ``epoch`` (or None), ``rng`` (a bit-generator state
-    for ``np.random.Generator``, or None)."""
-    optimizer: dict | None
-    optimizer_class: str | None
-    epoch: int | None
-    rng: dict | None
-    scheduler: dict | None = None
-
-    def restore(self, optimizer=None, rng=None, scheduler=None):
-        """Load the optimizer state into ``optimizer``, the RNG state into ``rng`` and the schedule's
-        state into ``scheduler`` (where given)."""
-        if optimizer is not None:
-            if self.optimizer is None:
-                raise ValueError("this checkpoint has no optimizer state")
-            if self.optimizer_class != type(optimizer).__name__:
-                raise ValueError(f"the checkpoint's optimizer is a {self.optimizer_class}, got a "
-                                 f"{type(optimizer).__name__}")
-            optimizer.load_state_dict(self.optimizer)
-        if rng is not None:
-            if self.rng is None:
-                raise ValueError("this checkpoint has no RNG state")
-            rng.bit_generator.state = self.rng
-        if scheduler is not None:
-            if self.scheduler is None:
-                raise ValueError("this checkpoint has no learning-rate schedule state")
-            scheduler.load_state_dict(self.scheduler)
+def live_state(model) -> dict:
+    """The model's parameters and buffers by state-dict key, as the arrays themselves (no copies): what
+    ``h5.read_weights`` compares shapes and dtypes with, and copies the file's values into."""
+    from bitnet.tensor import Tensor
+    out = {}
+    for prefix, mod in model.named_modules():
+        for store in (mod._parameters, mod._buffers):
+            for k, v in store.items():
+                if v is not None:
+                    out[f"{prefix}.{k}" if prefix else k] = v.data if isinstance(v, Tensor) else v
+    return out
 
 
-def load_training_state(path) -> TrainingState:
-    """The optimizer state, epoch and RNG state saved with a checkpoint (each None if absent). Each
-    optimizer state array may hold at most as many elements as the model's largest parameter."""
-    with h5.open_file(path) as f:
-        try:
-            version, kind, config = h5.read_header(f, path)
-            train = h5.group(f, "training", path, "training")
-            if train is None:
-                return TrainingState(None, None, None, None)
-            epoch = h5.attr(train, path, "epoch", "int") if "epoch" in train.attrs else None
-            rng = h5.json_attr(train, path, "rng") if "rng" in train.attrs else None
-            sched = h5.json_attr(train, path, "scheduler") if "scheduler" in train.attrs else None
-            opt = opt_class = None
-            og = h5.group(train, "optimizer", path, "training/optimizer")
-            if og is not None:
-                opt_class = h5.attr(og, path, "class", "string")
-                groups = h5.json_attr(og, path, "param_groups")
-                model = build(check_config(config, path, version), path, h5.claimed_values(f, path))
-                largest = max((p.size for p in model.state_dict().values()), default=0)
-                state = {}
-                st = h5.group(og, "state", path, "training/optimizer/state")
-                for index in (st or {}):
-                    where = f"training/optimizer/state/{index}"
-                    entries = h5.group(st, index, path, where)
-                    state[int(index)] = {name: _value(h5.dataset(h5.member(entries, name, path, f"{where}/{name}"),
-                                                                 path, f"{where}/{name}", largest,
-                                                                 " (the model's largest parameter)")[()])
-                                         for name in entries}
-                opt = {"state": state, "param_groups": groups}
-        except BitnetFileError:
-            raise
-        except H5_ERRORS as e:
-            raise BitnetFileError(path, "training", "a readable training state", f"{type(e).__name__}: {e}") from None
-    return TrainingState(opt, opt_class, epoch, rng, sched)
-
-
-def _value(data):
-    """A dataset's content: 0-d arrays as Python scalars (optimizer step counts), others as arrays."""
-    data = np.asarray(data)
-    return data.item() if data.ndim == 0 else data
+from bitnet.io.training_state import TrainingState, load_training_state  # noqa: E402,F401  (their old home)

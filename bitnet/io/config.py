@@ -18,9 +18,11 @@ describes another version of that class and is refused. The classes come from
 Version 1 files (``{"model": NAME, "kwargs": ...}`` or ``{"layers": [...]}``) are read as well.
 
 Before anything is built, every value is checked (plain JSON values, integers within
-``MAX_INT_ARGUMENT``, nesting bounded) and the model is built under ``bitnet.nn.init.allocation_limit``
-of what the file's own weights claim (at most ``MAX_PARAMETERS``): a config cannot make the loader
-allocate more than the file could fill.
+``MAX_INT_ARGUMENT``, nesting bounded), the bytes of the model's parameters and buffers are computed
+from the architecture and compared with what the file may describe (``bitnet.io.limits``), and the
+model is built under ``bitnet.nn.init.allocation_limit`` of the same bound, with zeros for weights
+(the file's replace them): a config cannot make the loader allocate more than the file earned.
+A constructor's refusal of its arguments is a ``BitnetFileError`` naming the node.
 """
 from __future__ import annotations
 
@@ -30,10 +32,10 @@ import math
 
 import numpy as np
 
+from bitnet.io import limits
 from bitnet.io.h5 import BitnetFileError, short
 
 MAX_INT_ARGUMENT = 1 << 24   # constructor / builder integer arguments beyond +-this are refused
-MAX_PARAMETERS = 1 << 30     # a model may allocate at most this many parameter values while being built
 MAX_DEPTH = 64               # module nesting
 MAX_MODULES = 100_000
 
@@ -116,7 +118,7 @@ def verify_rebuild(model) -> None:
     arch = json.dumps(architecture(model), sort_keys=True)
     if model.__dict__.get("_verified_architecture") == arch:
         return
-    rebuilt = _build_node(json.loads(arch), "<save>", "architecture")
+    rebuilt = _build_node(json.loads(arch), "<save>", "architecture", saving=True)
     _compare(architecture(rebuilt), json.loads(arch), "<save>", "architecture", saving=True)
     object.__setattr__(model, "_verified_architecture", arch)
 
@@ -179,15 +181,23 @@ def _check_node(node, path, where, depth, count):
         _check_node(child, path, f"{where}.{name}", depth + 1, count)
 
 
-def _build_node(node, path, where):
+def _build_node(node, path, where, saving=False):
     from bitnet.nn import registry
     cls = registry.lookup(node["class"])
     if cls.config_children:
         module = cls()
         for child in node.get("children", []):
-            module.add_module(child["name"], _build_node(child, path, f"{where}.{child['name']}"))
+            module.add_module(child["name"], _build_node(child, path, f"{where}.{child['name']}", saving))
         return module
-    return cls.from_config(node.get("config", {}))
+    if saving:
+        return cls.from_config(node.get("config", {}))
+    try:
+        return cls.from_config(node.get("config", {}))
+    except BitnetFileError:
+        raise
+    except limits.ARGUMENT_ERRORS as e:
+        raise BitnetFileError(path, f"{where}.config", f"arguments that build a {node['class']}",
+                              f"{type(e).__name__}: {e}") from None
 
 
 def _compare(built, stored, path, where, saving=False):
@@ -251,9 +261,11 @@ def check_config(config, path, version) -> dict:
     if not isinstance(config, dict) or not config or not set(config) <= {"architecture", "zoo", "input_shape"} \
             or ("architecture" not in config and version != 1):
         raise BitnetFileError(path, "config", "an object with 'architecture' (and 'zoo', 'input_shape')", short(config))
-    spec = {"architecture": config.get("architecture"), "zoo": None, "input_shape": None, "verify": verify}
+    spec = {"architecture": config.get("architecture"), "zoo": None, "input_shape": None, "verify": verify,
+            "bytes": None, "largest": None}
     if spec["architecture"] is not None:
         _check_node(spec["architecture"], path, "config.architecture", 0, [0])
+        spec["bytes"], spec["largest"] = limits.model_bytes(spec["architecture"], path)
     if "zoo" in config:
         spec["zoo"] = _check_zoo(config["zoo"], path, "config" if version == 1 else "config.zoo")
     shape = config.get("input_shape")
@@ -261,6 +273,7 @@ def check_config(config, path, version) -> dict:
         if not isinstance(shape, list) or not 1 <= len(shape) <= 4 or not all(
                 isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_INT_ARGUMENT for v in shape):
             raise BitnetFileError(path, "config.input_shape", "a list of positive sizes, e.g. [1, 28, 28]", short(shape))
+        limits.check_input_shape(path, "config.input_shape", shape)
         spec["input_shape"] = shape
     return spec
 
@@ -282,21 +295,30 @@ def _check_zoo(zoo, path, key):
         if isinstance(value, dict):
             raise BitnetFileError(path, f"{key}.kwargs.{arg}", "numbers, strings or lists of them", short(value))
         check_value(path, f"{key}.kwargs.{arg}", value)
+    try:
+        shape = zoo_input_shape({"name": name, "kwargs": kwargs})
+    except (TypeError, ValueError) as e:
+        raise BitnetFileError(path, f"{key}.kwargs", "integer in_channels and image_size", str(e)) from None
+    if shape is not None:
+        if min(shape) < 1:
+            raise BitnetFileError(path, f"{key}.kwargs", "in_channels and image_size >= 1", short(shape))
+        limits.check_input_shape(path, f"{key}.kwargs (in_channels, image_size)", shape)
     return name, kwargs
 
 
-def build(spec, path, claimed_values: int):
-    """Build the model ``check_config`` accepted, drawing at most what the file's weights claim (twice,
-    for initializers' temporaries, and 2^20 values of slack; never more than MAX_PARAMETERS); the
-    built architecture must be the stored one. The architecture is built from its own classes (a
-    change of the zoo's builders does not change what an old file loads); a version 1 file names only
-    the zoo builder. A model the arguments cannot build is a file error."""
+def build(spec, path, allowed: tuple):
+    """Build the model ``check_config`` accepted, if its parameters and buffers (``spec["bytes"]``) fit in
+    ``allowed`` (``limits.allowed_bytes``), under an allocation limit of the same bytes, weights zeros
+    (a loader replaces them); the built architecture must be the stored one. The architecture is built
+    from its own classes (a change of the zoo's builders does not change what an old file loads); a
+    version 1 file names only the zoo builder. A model the arguments cannot build is a file error."""
     from bitnet import models
     from bitnet.models.registry import plain
     from bitnet.nn.init import AllocationLimitError, allocation_limit
-    limit = min(MAX_PARAMETERS, 2 * int(claimed_values) + (1 << 20))
+    if spec["bytes"] is not None:
+        limits.check_bytes(path, "config.architecture", spec["bytes"], allowed, spec["largest"])
     try:
-        with allocation_limit(limit):
+        with allocation_limit(allowed[0], zeros=True):
             if spec["architecture"] is None:
                 model = models.get(spec["zoo"][0], **spec["zoo"][1])
             else:
@@ -304,10 +326,14 @@ def build(spec, path, claimed_values: int):
                 if spec["zoo"] is not None:
                     object.__setattr__(model, "zoo_config", {"name": spec["zoo"][0], "kwargs": plain(spec["zoo"][1])})
     except AllocationLimitError as e:
-        raise BitnetFileError(path, "config", f"layers whose parameters the file's weights can fill (at most "
-                              f"{limit} values)", str(e)) from None
-    except (TypeError, ValueError, KeyError, IndexError, ZeroDivisionError, OverflowError) as e:
-        raise BitnetFileError(path, "config", "arguments that build a model", f"{type(e).__name__}: {e}") from None
+        raise BitnetFileError(path, "config", f"a model of at most {allowed[0]} bytes of parameters and buffers "
+                              f"({allowed[1]})", str(e), f"if you trust this file, pass max_bytes= or set "
+                              f"{limits.ENV}") from None
+    except BitnetFileError:
+        raise
+    except limits.ARGUMENT_ERRORS as e:
+        key = "config.kwargs" if spec["architecture"] is None else "config"
+        raise BitnetFileError(path, key, "arguments that build a model", f"{type(e).__name__}: {e}") from None
     if spec["architecture"] is not None and spec["verify"]:
         try:
             built = architecture(model)

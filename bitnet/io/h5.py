@@ -1,18 +1,25 @@
 """Safe HDF5 reading and atomic writing, shared by every kind of bitnet file (docs/file-format.md).
 
-Writing: ``atomic_write`` writes into a temporary file beside the target and renames it over the
-target, so a crash or a kill leaves the previous file intact; strings are fixed-length attributes.
+Writing: ``atomic_write`` writes into a temporary file beside the target, flushes it to the disk
+(fsync), renames it over the target and flushes the directory, so a crash, a kill or a power loss
+leaves the previous file or the new one, never a part; the file's mode follows the umask, as any
+newly created file's. Strings are fixed-length attributes; every dataset carries the CRC-32 of its
+data (attribute ``crc32``), checked when it is read.
 
-Reading: every attribute's type and size, and every dataset's shape, dtype and storage, are checked
-from their headers before any value is read; links to other objects or files, external raw data and
-virtual datasets are refused (a file never makes the reader open another file). Every problem raises
-``BitnetFileError`` naming the file, the key, what was expected and what was found.
+Reading: every attribute's type and size, and every dataset's shape, dtype and storage (no chunk
+larger than the dataset itself plus ``MAX_CHUNK_SLACK``), are checked from their headers before any
+value is read; links to other objects or files, external raw data and virtual datasets are refused
+(a file never makes the reader open another file). Float data must be finite and within
+``MAX_ABS_VALUE``. Every problem raises ``BitnetFileError`` naming the file, the key, what was
+expected and what was found.
 """
 from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
+import stat
 import tempfile
 import zlib
 
@@ -23,6 +30,9 @@ FORMAT_VERSION = 2           # written; see docs/file-format.md for what changed
 READABLE_VERSIONS = (1, 2)
 MAX_CONFIG_BYTES = 1 << 20   # a JSON config (or compressed architecture) larger than this is not a bitnet file
 MAX_ARCHITECTURE_BYTES = 1 << 24  # the architecture's JSON, decompressed
+MAX_CHUNK_SLACK = 1 << 20    # a dataset's chunks may exceed its own size by at most this many bytes
+MAX_ABS_VALUE = 2.0 ** 64    # stored floats beyond +-this are refused: their square would overflow float32
+CHECKSUM_ATTR = "crc32"      # on every dataset: zlib.crc32 of its data's bytes (C order, little-endian)
 
 
 class BitnetFileError(ValueError):
@@ -42,22 +52,78 @@ def short(value, limit=80) -> str:
 
 # -- writing ----------------------------------------------------------------------------------------
 
-def atomic_write(path, write) -> None:
-    """Write an HDF5 file through ``write(h5file)`` into a temporary file beside ``path``, then rename it
-    over ``path`` (atomic on POSIX): readers see the old file or the new one, never a part."""
-    import h5py
+def check_destination(path) -> str:
+    """``path`` as a string if a file can be written there: its folder exists and is a writable folder,
+    and ``path`` itself is not a folder; else ``FileNotFoundError`` / ``IsADirectoryError`` /
+    ``PermissionError`` naming the folder or the path (so a long training run can check its ``--save``
+    destination before it starts)."""
     path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot save {path}: the folder {folder} does not exist; create it first")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"cannot save {path}: it is a folder; give a file name, e.g. {os.path.join(path, 'model.h5')}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot save {path}: the folder {folder} is not writable")
+    return path
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (/proc), else set and reset."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_folder(folder) -> None:
+    """Flush a folder's entries (the rename) to the disk, where the system allows opening folders."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return  # e.g. Windows: a rename there is flushed with the file
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems do not flush folders; the file itself was flushed
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path, write) -> None:
+    """Write an HDF5 file through ``write(h5file)`` into a temporary file beside ``path``, flush it to the
+    disk, give it the mode a newly created file gets (0o666 less the umask), rename it over ``path``
+    (atomic on POSIX) and flush the folder: readers see the old file or the new one, never a part, also
+    after a power loss. Errors about the destination name it, not the temporary file."""
+    import h5py
+    path = check_destination(path)
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".bitnet-", suffix=".h5.tmp", dir=folder)
     os.close(fd)
     try:
         with h5py.File(tmp, "w", libver="latest") as f:
             write(f)
+        fd = os.open(tmp, os.O_RDWR)  # (Windows flushes only a file open for writing)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.chmod(tmp, stat.S_IMODE(0o666 & ~_umask()))
+        except OSError:
+            pass  # a file system without Unix modes: the file keeps the one it has
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    _fsync_folder(folder)
 
 
 def set_text(obj, name, text: str) -> None:
@@ -67,10 +133,39 @@ def set_text(obj, name, text: str) -> None:
     obj.attrs[name] = np.bytes_(text.encode("utf-8"))
 
 
+def checksum(data: np.ndarray) -> int:
+    """CRC-32 (``zlib.crc32``) of an array's bytes in C order, little-endian: what ``crc32`` attributes hold."""
+    a = np.ascontiguousarray(data)
+    if a.dtype.byteorder == ">":
+        a = a.astype(a.dtype.newbyteorder("<"))
+    return zlib.crc32(a.reshape(-1).view(np.uint8)) if a.size else 0
+
+
 def create_dataset(group, name, data):
-    """``group[name] = data`` (contiguous; HDF5's compact layout was measured to save nothing here)."""
+    """``group[name] = data`` (contiguous; HDF5's compact layout was measured to save nothing here), with
+    the CRC-32 of its data as attribute ``crc32``."""
     data = np.asarray(data)
-    return group.create_dataset(name, data=data if data.ndim == 0 else np.ascontiguousarray(data))
+    ds = group.create_dataset(name, data=data if data.ndim == 0 else np.ascontiguousarray(data))
+    ds.attrs[CHECKSUM_ATTR] = np.uint32(checksum(data))
+    return ds
+
+
+def check_values(state: dict, owner: str, bound=True) -> None:
+    """Refuse to write what loading would refuse: every float array finite (and within
+    ``MAX_ABS_VALUE`` when ``bound``), numbers only. ``ValueError`` / ``TypeError`` naming the key."""
+    for key, value in state.items():
+        a = np.asarray(value)
+        if a.dtype.kind not in "biuf":
+            raise TypeError(f"{owner}: {key} has dtype {a.dtype}; a bitnet file holds numbers only (bool, int, float)")
+        if a.dtype.kind == "f" and a.size:
+            lo, hi = float(a.min()), float(a.max())  # NaN if any is NaN; no temporary arrays
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                raise ValueError(f"{owner}: {key} holds {int(np.sum(~np.isfinite(a)))} NaN or infinite values; the "
+                                 "file would not load. Training diverged? Lower the learning rate or resume from an "
+                                 "earlier checkpoint")
+            if bound and max(hi, -lo) > MAX_ABS_VALUE:
+                raise ValueError(f"{owner}: {key} holds values beyond +-2^64 (largest {max(hi, -lo):.3g}); "
+                                 "loading refuses them (their squares overflow float32)")
 
 
 def _header_values(config: dict) -> tuple:
@@ -235,7 +330,9 @@ def group(parent, name, path, key):
 
 def dataset(ds, path, key, max_size=None, limit_name=""):
     """``ds`` if it is a dataset whose data lies in this file (no external raw-data files, no virtual
-    dataset mapping other files) with at most ``max_size`` elements."""
+    dataset mapping other files) with at most ``max_size`` elements, stored in chunks no larger than
+    the dataset itself plus ``MAX_CHUNK_SLACK`` bytes (HDF5 decompresses a whole chunk to read any of it,
+    so a small dataset in one huge chunk would cost the chunk's size)."""
     import h5py
     if not isinstance(ds, h5py.Dataset):
         raise BitnetFileError(path, key, "a dataset", type(ds).__name__)
@@ -244,28 +341,62 @@ def dataset(ds, path, key, max_size=None, limit_name=""):
                               else "raw data in external files", "bitnet files do not read other files")
     if max_size is not None and ds.size > max_size:
         raise BitnetFileError(path, key, f"at most {max_size} elements{limit_name}", f"{ds.size} (shape {ds.shape})")
+    if ds.chunks is not None:
+        itemsize = ds.dtype.itemsize
+        chunk, own = math.prod(ds.chunks) * itemsize, math.prod(ds.shape) * itemsize
+        if chunk > own + MAX_CHUNK_SLACK:
+            raise BitnetFileError(path, key, f"chunks of at most the dataset's {own} bytes (+ {MAX_CHUNK_SLACK})",
+                                  f"chunks of shape {ds.chunks} ({chunk} bytes)",
+                                  "rewrite it with h5repack, or load and save it with bitnet")
     return ds
 
 
-def read_data(ds, path, key, finite=True) -> np.ndarray:
-    """The values of a checked dataset; float values must be finite when ``finite``."""
+def plain_number_dtype(dtype) -> bool:
+    """A dtype of plain numbers: bool, int or float of at most 8 bytes, not a string, complex, compound,
+    array, object or variable-length type."""
+    dtype = np.dtype(dtype)
+    return dtype.kind in "biuf" and dtype.itemsize <= 8 and dtype.subdtype is None and dtype.fields is None \
+        and dtype.metadata is None
+
+
+def read_data(ds, path, key, finite=True, bound=MAX_ABS_VALUE) -> np.ndarray:
+    """The values of a checked dataset, compared with its ``crc32`` attribute when it has one (files
+    written before the checksums came have none); float values must be finite when ``finite`` and within
+    +-``bound`` (None: no bound)."""
     try:
         data = np.asarray(ds[()])
     except (OSError, ValueError, RuntimeError) as e:
         raise BitnetFileError(path, key, "readable data", f"a damaged dataset ({e})") from None
-    if finite and data.dtype.kind == "f" and not np.all(np.isfinite(data)):
-        raise BitnetFileError(path, key, "finite values", f"{int(np.sum(~np.isfinite(data)))} NaN or infinite values")
+    if CHECKSUM_ATTR in ds.attrs:
+        want = attr(ds, path, CHECKSUM_ATTR, "int")
+        if checksum(data) != want:
+            raise BitnetFileError(path, key, f"data whose CRC-32 is the stored {want:#010x}",
+                                  f"{checksum(data):#010x}", "the file was damaged after it was written (disk, "
+                                  "transfer or an edit): use another copy")
+    if finite and data.dtype.kind == "f" and data.size:
+        lo, hi = float(data.min()), float(data.max())  # NaN if any is NaN; no temporary arrays
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise BitnetFileError(path, key, "finite values", f"{int(np.sum(~np.isfinite(data)))} NaN or infinite values")
+        if bound is not None and max(hi, -lo) > bound:
+            raise BitnetFileError(path, key, "values within +-2^64 (a square beyond it overflows float32)",
+                                  f"{int(np.sum(np.abs(data) > bound))} values beyond it, the largest "
+                                  f"{max(hi, -lo):.3g}")
     return data
 
 
-def read_array(ds, path, key, shape, dtype, finite=True) -> np.ndarray:
-    """The dataset's values, after checking its storage, shape and dtype against the expected ones."""
+def check_array(ds, path, key, shape, dtype):
+    """``ds`` after checking its storage, shape and dtype against the expected ones (nothing read)."""
     ds = dataset(ds, path, key)
     if ds.shape != tuple(shape):
         raise BitnetFileError(path, key, f"shape {tuple(shape)}", f"shape {ds.shape}")
     if ds.dtype != dtype:
         raise BitnetFileError(path, key, f"dtype {np.dtype(dtype)}", f"dtype {ds.dtype}")
-    return read_data(ds, path, key, finite)
+    return ds
+
+
+def read_array(ds, path, key, shape, dtype, finite=True) -> np.ndarray:
+    """The dataset's values, after checking its storage, shape and dtype against the expected ones."""
+    return read_data(check_array(ds, path, key, shape, dtype), path, key, finite)
 
 
 def weights_group(f, path):
@@ -275,29 +406,27 @@ def weights_group(f, path):
     return g
 
 
-def claimed_values(f, path) -> int:
-    """The number of weights the ``/weights`` datasets claim (from their headers, nothing read): one per
-    element, 64 per uint64 element (a packed file's binary kernels)."""
-    g = weights_group(f, path)
-    total = 0
-    for key in g:
-        ds = dataset(member(g, key, path, f"weights/{key}"), path, f"weights/{key}")
-        total += int(ds.size) * (64 if ds.dtype == np.uint64 else 1)
-    return total
-
-
-def read_weights(f, path, expected: dict) -> dict:
-    """The ``/weights`` datasets, each checked against ``expected`` (key -> array of the right shape
-    and dtype) before it is read; no key may be missing or extra."""
+def read_weights(f, path, expected: dict, sink=None) -> dict:
+    """The ``/weights`` datasets, every one checked against ``expected`` (key -> array of the right shape
+    and dtype) before any is read; no key may be missing or extra. With ``sink``, each array is handed
+    to ``sink(key, array)`` as soon as it is read and checked, and not kept (at most one array read at
+    a time); else they are returned by key."""
     g = weights_group(f, path)
     extra = sorted(set(g) - set(expected))
     if extra:
         raise BitnetFileError(path, f"weights/{extra[0]}", "only the keys of the model (its state_dict)",
                               f"{len(extra)} unexpected key(s): {', '.join(extra[:5])}")
-    state = {}
+    found = {}
     for key, ref in expected.items():
         ds = member(g, key, path, f"weights/{key}")
         if ds is None:
             raise BitnetFileError(path, f"weights/{key}", f"a dataset of shape {ref.shape}", "nothing")
-        state[key] = read_array(ds, path, f"weights/{key}", ref.shape, ref.dtype)
+        found[key] = check_array(ds, path, f"weights/{key}", ref.shape, ref.dtype)
+    state = {}
+    for key, ds in found.items():
+        data = read_data(ds, path, f"weights/{key}")
+        if sink is None:
+            state[key] = data
+        else:
+            sink(key, data)
     return state

@@ -13,7 +13,8 @@ are made at load time.
 
 ``load_packed`` builds the packed model's structure from the config (``bitnet.packed.pack_structure``:
 the packed layers' shapes, no packing of weights) and checks every dataset against it (shapes,
-dtypes, finite floats, no missing or extra keys, padding bits 0) before loading.
+dtypes, no missing or extra keys) before reading any, and every one's checksum, finite floats within
++-2^64 and padding bits 0 after, before loading.
 """
 from __future__ import annotations
 
@@ -83,6 +84,7 @@ def convert(model_or_path, out_path, input_shape=None) -> None:
     verify_rebuild(model)
     packed = pack(model, micro_batch=None, device="cpu")
     state = _file_state(packed)
+    h5.check_values(state, "convert")
     attrs = {}
     for name, layer in _packed_layers(packed).items():
         k = (layer.in_channels // layer.groups) * layer.kernel_size[0] * layer.kernel_size[1]
@@ -94,17 +96,19 @@ def convert(model_or_path, out_path, input_shape=None) -> None:
     h5.atomic_write(out_path, write)
 
 
-def load_packed(path, micro_batch: int | None = 32, device: str | None = None):
+def load_packed(path, micro_batch: int | None = 32, device: str | None = None, max_bytes=None):
     """The packed model stored by ``convert`` (see the module docstring for what is checked first).
     ``device="cuda"`` (or inside ``with bitnet.device("cuda"):``) returns it on the GPU, as
-    ``bitnet.pack`` does."""
+    ``bitnet.pack`` does. ``max_bytes``: the most bytes of parameters and buffers the float model the
+    file describes may take (default: ``bitnet.io.limits``)."""
     from bitnet.backend import resolve_device
     from bitnet.kernels.xnor_conv import panel_words
     from bitnet.packed.model import on_device, pack_structure
     device = resolve_device(device)
     with h5.open_file(path) as f:
         try:
-            model, _ = read_model(f, path, "packed", "a file of bitnet.convert; load a checkpoint with bitnet.load")
+            model, _ = read_model(f, path, "packed", "a file of bitnet.convert; load a checkpoint with bitnet.load",
+                                  max_bytes)
             packed = pack_structure(model, micro_batch)
             state = h5.read_weights(f, path, _file_state(packed))
         except BitnetFileError:

@@ -6,8 +6,10 @@ habit without pickle.
 
 The file holds one dataset per key (kind ``state_dict``) and no architecture: the code that loads it
 builds the model. ``load_state_dict(path, like=model)`` checks every dataset against ``model``'s state
-(keys, shapes, dtypes) before reading any; without ``like``, every dataset is read after checking its
-storage and size (at most ``MAX_VALUES`` values in all), floats must be finite.
+(keys, shapes, dtypes) before reading any; without ``like``, every dataset's storage and dtype (numbers
+only) are checked, and their bytes together may not exceed what the file earned
+(``bitnet.io.limits``: 8 x the file's size + 1 MiB, at most 1 GiB; ``max_bytes=`` to allow more),
+before any is read. Checksums are compared, floats must be finite and within +-2^64.
 """
 from __future__ import annotations
 
@@ -15,12 +17,9 @@ from collections import OrderedDict
 
 import numpy as np
 
-from bitnet.io import h5
+from bitnet.io import h5, limits
 from bitnet.io.checkpoint import H5_ERRORS
-from bitnet.io.config import MAX_PARAMETERS
 from bitnet.io.h5 import BitnetFileError
-
-MAX_VALUES = MAX_PARAMETERS
 
 
 def save_state_dict(model_or_state, path) -> None:
@@ -38,6 +37,7 @@ def save_state_dict(model_or_state, path) -> None:
         if arr.dtype.kind not in "biuf":
             raise TypeError(f"save_state_dict: {key} has dtype {arr.dtype}; numbers only (bool, int, float)")
         arrays[key] = arr
+    h5.check_values(arrays, "save_state_dict")
 
     def write(f):
         h5.write_header(f, "state_dict", {})
@@ -45,27 +45,28 @@ def save_state_dict(model_or_state, path) -> None:
     h5.atomic_write(path, write)
 
 
-def load_state_dict(path, like=None) -> "OrderedDict[str, np.ndarray]":
+def load_state_dict(path, like=None, max_bytes=None) -> "OrderedDict[str, np.ndarray]":
     """The arrays of a ``save_state_dict`` file, by name; with ``like`` (a Module) each is checked
-    against that model's state before anything is read. Load them with ``model.load_state_dict``."""
+    against that model's state before anything is read. Load them with ``model.load_state_dict``.
+    ``max_bytes``: the most bytes to read without ``like`` (default: ``bitnet.io.limits``)."""
     with h5.open_file(path) as f:
         try:
             version, kind, _ = h5.read_header(f, path)
             h5.check_kind(path, kind, "state_dict", "a weights-only file of bitnet.save_state_dict; a checkpoint "
                                                     "loads with bitnet.load (its state: bitnet.load(path).state_dict())")
             if like is not None:
-                return OrderedDict(h5.read_weights(f, path, like.state_dict()))
-            claimed = h5.claimed_values(f, path)
-            if claimed > MAX_VALUES:
-                raise BitnetFileError(path, "group 'weights'", f"at most {MAX_VALUES} values", f"{claimed}")
+                from bitnet.io.checkpoint import live_state
+                return OrderedDict(h5.read_weights(f, path, live_state(like)))
             g = h5.weights_group(f, path)
-            out = OrderedDict()
+            found, total = OrderedDict(), 0
             for key in g:
                 ds = h5.dataset(h5.member(g, key, path, f"weights/{key}"), path, f"weights/{key}")
-                if ds.dtype.kind not in "biuf":
-                    raise BitnetFileError(path, f"weights/{key}", "numbers", f"dtype {ds.dtype}")
-                out[key] = h5.read_data(ds, path, f"weights/{key}")
-            return out
+                if not h5.plain_number_dtype(ds.dtype):
+                    raise BitnetFileError(path, f"weights/{key}", "numbers (bool, int, float)", f"dtype {ds.dtype}")
+                found[key] = ds
+                total += ds.size * ds.dtype.itemsize
+            limits.check_bytes(path, "group 'weights'", total, limits.allowed_bytes(path, "state_dict", max_bytes))
+            return OrderedDict((key, h5.read_data(ds, path, f"weights/{key}")) for key, ds in found.items())
         except BitnetFileError:
             raise
         except H5_ERRORS as e:

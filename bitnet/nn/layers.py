@@ -10,10 +10,12 @@ from __future__ import annotations
 import numpy as np
 
 from bitnet import functional as F
-from bitnet.nn.init import as_generator, uniform_fan_in
+from bitnet.nn import args as A
+from bitnet.nn.init import as_generator, fan_in_bias, filled, uniform_fan_in
 from bitnet.nn.module import Module
-from bitnet.ops.dims import pair
 from bitnet.tensor import Parameter
+
+FLOAT32 = 4  # bytes per parameter / buffer value
 
 
 def _pair(v) -> list:
@@ -21,16 +23,22 @@ def _pair(v) -> list:
 
 
 class Dense(Module):
-    """y = x W^T + b with W of shape (out_features, in_features) (PyTorch's Linear)."""
+    """y = x W^T + b with W of shape (out_features, in_features) (PyTorch's Linear); both sizes >= 1."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, rng=None):
         super().__init__()
-        if in_features < 1 or out_features < 1:
-            raise ValueError(f"Dense needs positive sizes, got in={in_features}, out={out_features}")
+        owner = type(self).__name__
+        in_features, out_features = A.size(owner, "in_features", in_features), A.size(owner, "out_features", out_features)
         gen = as_generator(rng)
-        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.in_features, self.out_features = in_features, out_features
         self.weight = Parameter(uniform_fan_in((out_features, in_features), gen))
-        self.bias = Parameter(uniform_fan_in((out_features, in_features), gen)[:, 0].copy()) if bias else None
+        self.bias = Parameter(fan_in_bias((out_features, in_features), gen)) if bias else None
+
+    @classmethod
+    def state_bytes(cls, config):
+        a = cls._arguments(config)
+        i, o = A.size(cls.__name__, "in_features", a["in_features"]), A.size(cls.__name__, "out_features", a["out_features"])
+        return FLOAT32 * (o * i + (o if a["bias"] else 0))
 
     def forward(self, x):
         if x.ndim < 1 or x.shape[-1] != self.in_features:
@@ -46,21 +54,30 @@ class Dense(Module):
 
 
 class Conv2d(Module):
-    """2-D convolution on NCHW input; weight (out, in/groups, KH, KW). See ``bitnet.ops.conv``."""
+    """2-D convolution on NCHW input; weight (out, in/groups, KH, KW). See ``bitnet.ops.conv``; the
+    arguments are checked by ``bitnet.nn.args.conv_geometry``."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=True, rng=None):
         super().__init__()
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(f"Conv2d: groups={groups} must divide in_channels={in_channels} and "
-                             f"out_channels={out_channels}")
+        g = A.conv_geometry(type(self).__name__, in_channels, out_channels, kernel_size, stride, padding, dilation,
+                            groups)
         gen = as_generator(rng)
-        self.in_channels, self.out_channels, self.groups = int(in_channels), int(out_channels), int(groups)
-        self.kernel_size, self.stride = pair(kernel_size, "kernel_size"), pair(stride, "stride")
-        self.padding, self.dilation = pair(padding, "padding"), pair(dilation, "dilation")
-        shape = (out_channels, in_channels // groups) + self.kernel_size
+        self.in_channels, self.out_channels, self.groups = g["in_channels"], g["out_channels"], g["groups"]
+        self.kernel_size, self.stride = g["kernel_size"], g["stride"]
+        self.padding, self.dilation = g["padding"], g["dilation"]
+        shape = (self.out_channels, self.in_channels // self.groups) + self.kernel_size
         self.weight = Parameter(uniform_fan_in(shape, gen))
-        self.bias = Parameter(uniform_fan_in(shape, gen).reshape(out_channels, -1)[:, 0].copy()) if bias else None
+        self.bias = Parameter(fan_in_bias(shape, gen)) if bias else None
+
+    @classmethod
+    def state_bytes(cls, config):
+        a = cls._arguments(config)
+        g = A.conv_geometry(cls.__name__, *(a[k] for k in ("in_channels", "out_channels", "kernel_size", "stride",
+                                                             "padding", "dilation", "groups")))
+        o = g["out_channels"]
+        weights = o * (g["in_channels"] // g["groups"]) * g["kernel_size"][0] * g["kernel_size"][1]
+        return FLOAT32 * (weights + (o if a["bias"] else 0))
 
     def check_input(self, x):
         if x.ndim != 4 or x.shape[1] != self.in_channels:
@@ -101,25 +118,37 @@ class _BatchNorm(Module):
     def __init__(self, num_features: int, eps: float = 1e-5, momentum=0.1, affine: bool = True,
                  track_running_stats: bool = True):
         super().__init__()
-        if momentum is not None and not 0.0 <= float(momentum) <= 1.0:
-            raise ValueError(f"{type(self).__name__}: momentum must be in [0, 1] or None (cumulative "
-                             f"average), got {momentum!r}")
-        self.num_features, self.eps = int(num_features), float(eps)
+        num_features, eps = self._check(type(self).__name__, num_features, eps, momentum)
+        self.num_features, self.eps = num_features, eps
         self.momentum = None if momentum is None else float(momentum)
         self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
         if affine:
-            self.weight = Parameter(np.ones(num_features, np.float32))
-            self.bias = Parameter(np.zeros(num_features, np.float32))
+            self.weight = Parameter(filled(num_features, 1.0))
+            self.bias = Parameter(filled(num_features, 0.0))
         else:
             self.weight = self.bias = None
         if track_running_stats:
-            self.register_buffer("running_mean", np.zeros(num_features, np.float32))
-            self.register_buffer("running_var", np.ones(num_features, np.float32))
+            self.register_buffer("running_mean", filled(num_features, 0.0))
+            self.register_buffer("running_var", filled(num_features, 1.0))
             if momentum is None:
-                self.register_buffer("num_batches_tracked", np.array(0, np.int64))
+                self.register_buffer("num_batches_tracked", filled((), 0, np.int64))
         else:
             self.register_buffer("running_mean", None)
             self.register_buffer("running_var", None)
+
+    @staticmethod
+    def _check(owner, num_features, eps, momentum) -> tuple:
+        """(num_features, eps) checked: num_features >= 1, eps a finite number >= 0, momentum in [0, 1] or None."""
+        if momentum is not None:
+            A.real(owner, "momentum (None: the cumulative average)", momentum, 0.0, 1.0)
+        return A.size(owner, "num_features", num_features), A.real(owner, "eps", eps, 0.0)
+
+    @classmethod
+    def state_bytes(cls, config):
+        a = cls._arguments(config)
+        n, _ = cls._check(cls.__name__, a["num_features"], a["eps"], a["momentum"])
+        counter = 8 if a["track_running_stats"] and a["momentum"] is None else 0
+        return FLOAT32 * n * (2 * bool(a["affine"]) + 2 * bool(a["track_running_stats"])) + counter
 
     def _factor(self):
         """The running-average factor of this forward (and the batch count when momentum is None)."""
@@ -167,10 +196,14 @@ class _Pool2d(Module):
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False):
         super().__init__()
-        self.kernel_size = pair(kernel_size, "kernel_size")
-        self.stride = self.kernel_size if stride is None else pair(stride, "stride")
-        self.padding = pair(padding, "padding")
+        self.kernel_size, self.stride, self.padding = A.pool_geometry(type(self).__name__, kernel_size, stride, padding)
         self.ceil_mode = bool(ceil_mode)
+
+    @classmethod
+    def state_bytes(cls, config):
+        a = cls._arguments(config)
+        A.pool_geometry(cls.__name__, a["kernel_size"], a["stride"], a["padding"])
+        return 0
 
     def forward(self, x):
         return type(self).function(x, self.kernel_size, self.stride, self.padding, self.ceil_mode)
@@ -192,6 +225,8 @@ class MaxPool2d(_Pool2d):
     def __init__(self, kernel_size, stride=None, padding=0, *, ceil_mode=False):
         super().__init__(kernel_size, stride, padding, ceil_mode)
 
+    state_bytes = _Pool2d.__dict__["state_bytes"]
+
 
 class AvgPool2d(_Pool2d):
     """Average pooling (``F.avg_pool2d``), arguments in PyTorch's order."""
@@ -199,6 +234,8 @@ class AvgPool2d(_Pool2d):
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
         super().__init__(kernel_size, stride, padding, ceil_mode)
         self.count_include_pad = bool(count_include_pad)
+
+    state_bytes = _Pool2d.__dict__["state_bytes"]
 
     def forward(self, x):
         return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad)
@@ -210,7 +247,16 @@ class AvgPool2d(_Pool2d):
         return dict(super().get_config(), count_include_pad=self.count_include_pad)
 
 
-class GlobalAvgPool2d(Module):
+class _Stateless(Module):
+    """A layer without parameters or buffers."""
+
+    @classmethod
+    def state_bytes(cls, config):
+        cls._arguments(config)
+        return 0
+
+
+class GlobalAvgPool2d(_Stateless):
     """(N, C, H, W) -> (N, C): the mean over each feature map."""
 
     def forward(self, x):
@@ -219,13 +265,16 @@ class GlobalAvgPool2d(Module):
         return F.mean(x, axis=(2, 3))
 
 
-class Flatten(Module):
+class Flatten(_Stateless):
     """Collapse axes ``start_dim .. end_dim`` into one (``F.flatten``); the default keeps the batch
     axis, as ``torch.nn.Flatten``."""
 
     def __init__(self, start_dim: int = 1, end_dim: int = -1):
         super().__init__()
-        self.start_dim, self.end_dim = int(start_dim), int(end_dim)
+        self.start_dim, self.end_dim = (A.size("Flatten", name, v, low=-64)
+                                        for name, v in (("start_dim", start_dim), ("end_dim", end_dim)))
+
+    state_bytes = _Stateless.__dict__["state_bytes"]  # no parameters or buffers
 
     def forward(self, x):
         return F.flatten(x, self.start_dim, self.end_dim)
@@ -237,7 +286,7 @@ class Flatten(Module):
         return dict(start_dim=self.start_dim, end_dim=self.end_dim)
 
 
-class _Elementwise(Module):
+class _Elementwise(_Stateless):
     function = None
 
     def forward(self, x):
@@ -260,10 +309,17 @@ class Identity(_Elementwise):
     function = staticmethod(lambda x: x)
 
 
-class HardTanh(Module):
+class HardTanh(_Stateless):
+    """Clip to [min_val, max_val] (finite, min_val < max_val)."""
+
     def __init__(self, min_val: float = -1.0, max_val: float = 1.0):
         super().__init__()
+        A.real("HardTanh", "min_val", min_val), A.real("HardTanh", "max_val", max_val)
+        if not min_val < max_val:
+            raise ValueError(f"HardTanh: min_val must be below max_val, got min_val={min_val!r}, max_val={max_val!r}")
         self.min_val, self.max_val = min_val, max_val
+
+    state_bytes = _Stateless.__dict__["state_bytes"]  # no parameters or buffers
 
     def forward(self, x):
         return F.hardtanh(x, self.min_val, self.max_val)
@@ -272,14 +328,16 @@ class HardTanh(Module):
         return dict(min_val=float(self.min_val), max_val=float(self.max_val))
 
 
-class Dropout(Module):
+class Dropout(_Stateless):
     """Inverted dropout with probability p; its own Generator (from ``rng``: Generator or seed)."""
 
     def __init__(self, p: float = 0.5, rng=None):
         super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"Dropout probability must be in [0, 1), got {p}")
+        if isinstance(p, bool) or not isinstance(p, (int, float, np.floating)) or not 0.0 <= p < 1.0:
+            raise ValueError(f"Dropout probability must be a number in [0, 1), got {p!r}")
         self.p, self.rng = float(p), as_generator(rng)
+
+    state_bytes = _Stateless.__dict__["state_bytes"]  # no parameters or buffers
 
     def forward(self, x):
         return F.dropout(x, self.p, self.training, self.rng)

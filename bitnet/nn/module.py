@@ -314,6 +314,23 @@ class Module:
         kwargs.update(config)
         return cls(*args, **kwargs)
 
+    @classmethod
+    def state_bytes(cls, config: dict):
+        """The bytes of the parameters and buffers that ``cls.from_config(config)`` would allocate (the
+        whole subtree it builds), computed from ``config`` alone without building anything, or None when
+        the class cannot tell (the default; a model file's loader then counts the children the file lists,
+        and bounds what the constructor allocates while it runs). Raises ``ValueError`` / ``TypeError``
+        for arguments the constructor would refuse. Sizes are Python ints (no overflow)."""
+        return None
+
+    @classmethod
+    def _arguments(cls, config: dict) -> dict:
+        """``config`` bound to the constructor's parameters, defaults filled in (``TypeError`` for
+        missing or unknown names)."""
+        bound = inspect.signature(cls.__init__).bind(None, **config)
+        bound.apply_defaults()
+        return dict(list(bound.arguments.items())[1:])
+
     # -- calling --------------------------------------------------------------------------------------
     def forward(self, *args, **kwargs):  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} does not implement forward()")

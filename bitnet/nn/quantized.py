@@ -145,6 +145,11 @@ class QActivation(Module):
         self.act_bit = act_bit
         self.quantizer = _resolve(quantizer, act_bit, "activation")
 
+    @classmethod
+    def state_bytes(cls, config):
+        cls._arguments(config)
+        return 0
+
     def forward(self, x):
         return x if self.quantizer is None else self.quantizer(x)
 
@@ -163,6 +168,8 @@ class QDense(_QuantizedWeights, Dense):
                  kernel_quantizer=None, scaling=None, kernel_clip=True, rng=None):
         super().__init__(in_features, out_features, bias=bias, rng=rng)
         self._setup_quantizers(act_bit, weight_bit, input_quantizer, kernel_quantizer, scaling, kernel_clip)
+
+    state_bytes = Dense.__dict__["state_bytes"]  # Dense's parameters (latent float weights): its formula
 
     def forward(self, x):
         if x.ndim < 1 or x.shape[-1] != self.in_features:
@@ -198,6 +205,8 @@ class QConv2d(_QuantizedWeights, Conv2d):
         if pad_value not in (-1, 0, 1):
             raise ValueError(f"QConv2d: pad_value must be -1, 0 or +1, got {pad_value!r}")
         self.pad_value = float(pad_value)
+
+    state_bytes = Conv2d.__dict__["state_bytes"]  # Conv2d's parameters (latent float weights): its formula
 
     def forward(self, x):
         self.check_input(x)

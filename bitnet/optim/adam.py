@@ -32,6 +32,9 @@ class Adam(Optimizer):
     """Adam(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False,
     decoupled_weight_decay=False)."""
 
+    state_spec = {"step": "count", "exp_avg": "array", "exp_avg_sq": "nonnegative", "max_exp_avg_sq": "nonnegative"}
+    required_state = ("step", "exp_avg", "exp_avg_sq")
+
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, amsgrad: bool = False,
                  decoupled_weight_decay: bool = False):

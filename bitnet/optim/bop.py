@@ -35,6 +35,9 @@ class Bop(Optimizer):
 
     ``threshold >= 0``, ``0 < gamma <= 1``; see the module docstring for the update."""
 
+    state_spec = {"step": "count", "exp_avg": "array"}
+    required_state = ("step", "exp_avg")
+
     def __init__(self, params, threshold: float = 1e-8, gamma: float = 1e-4):
         super().__init__(params, dict(threshold=threshold, gamma=gamma))
 

@@ -29,6 +29,8 @@ from bisect import bisect_right
 from bitnet.optim._checks import check_int, check_number
 from bitnet.optim.optimizer import Optimizer, _plain
 
+MAX_COUNTER = 1 << 53  # a step counter beyond this loses integer precision in the closed forms
+
 __all__ = ["LRScheduler", "StepLR", "MultiStepLR", "CosineAnnealingLR", "LinearWarmup",
            "WarmupCosine"]
 
@@ -86,9 +88,20 @@ class LRScheduler:
         sd.update({k: _plain(getattr(self, k)) for k in self._config})
         return sd
 
+    @classmethod
+    def _checked(cls, settings: dict) -> dict:
+        """The settings named in ``_config``, checked as the constructor checks them (subclasses)."""
+        return {}
+
     def load_state_dict(self, state_dict: dict) -> None:
-        """Restore a ``state_dict()``; checks type, keys and group count, then sets the lrs."""
+        """Restore a ``state_dict()``: type, keys, counter, lrs (finite, >= 0, one per group) and the
+        settings are all checked, as the constructor checks them, before anything is set."""
+        self._set_state(self._validated(state_dict))
+
+    def _validated(self, state_dict) -> tuple:
         name = f"{type(self).__name__}.load_state_dict"
+        if not isinstance(state_dict, dict):
+            raise ValueError(f"{name}: expected a dict (LRScheduler.state_dict()), got {type(state_dict).__name__}")
         if state_dict.get("type", type(self).__name__) != type(self).__name__:
             raise ValueError(f"{name}: the state dict is of a {state_dict['type']}, expected a "
                              f"{type(self).__name__}")
@@ -96,16 +109,28 @@ class LRScheduler:
         missing = [k for k in keys if k not in state_dict]
         if missing:
             raise ValueError(f"{name}: state dict lacks {missing}; expected the keys {list(keys)}")
+        last_epoch = check_int(name, "last_epoch", state_dict["last_epoch"], low=-1)
+        if last_epoch > MAX_COUNTER:
+            raise ValueError(f"{name}: last_epoch must be at most 2^53, got {last_epoch}")
         n = len(self.optimizer.param_groups)
+        lrs = {}
         for k in ("base_lrs", "last_lr"):
+            if not isinstance(state_dict[k], (list, tuple)):
+                raise ValueError(f"{name}: {k} must be a list of lrs, one per parameter group, got "
+                                 f"{state_dict[k]!r}"[:300])
             if len(state_dict[k]) != n:
                 raise ValueError(f"{name}: {k} has {len(state_dict[k])} entries, the optimizer "
                                  f"has {n} parameter group(s)")
-        for k in self._config:
-            setattr(self, k, _plain(state_dict[k]))
-        self.last_epoch = int(state_dict["last_epoch"])
-        self.base_lrs = [float(v) for v in state_dict["base_lrs"]]
-        self._apply([float(v) for v in state_dict["last_lr"]])
+            lrs[k] = [check_number(name, f"{k}[{i}]", v, low=0.0, high=1e300) for i, v in enumerate(state_dict[k])]
+        settings = self._checked({k: state_dict[k] for k in self._config})
+        return last_epoch, lrs["base_lrs"], lrs["last_lr"], settings
+
+    def _set_state(self, validated) -> None:
+        last_epoch, base_lrs, last_lr, settings = validated
+        for k, v in settings.items():
+            setattr(self, k, v)
+        self.last_epoch, self.base_lrs = last_epoch, base_lrs
+        self._apply(last_lr)
 
     def __repr__(self):
         cfg = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._config)
@@ -118,9 +143,13 @@ class StepLR(LRScheduler):
     _config = ("step_size", "gamma")
 
     def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1):
-        self.step_size = check_int("StepLR", "step_size", step_size, low=1)
-        self.gamma = check_number("StepLR", "gamma", gamma, low=0.0)
+        self.__dict__.update(self._checked(dict(step_size=step_size, gamma=gamma)))
         super().__init__(optimizer)
+
+    @classmethod
+    def _checked(cls, c):
+        return dict(step_size=check_int("StepLR", "step_size", c["step_size"], low=1),
+                    gamma=check_number("StepLR", "gamma", c["gamma"], low=0.0))
 
     def _lr(self, base_lr, t):
         return base_lr * self.gamma ** (t // self.step_size)
@@ -132,10 +161,15 @@ class MultiStepLR(LRScheduler):
     _config = ("milestones", "gamma")
 
     def __init__(self, optimizer: Optimizer, milestones, gamma: float = 0.1):
-        self.milestones = sorted(check_int("MultiStepLR", "milestones[i]", m, low=0)
-                                 for m in milestones)
-        self.gamma = check_number("MultiStepLR", "gamma", gamma, low=0.0)
+        self.__dict__.update(self._checked(dict(milestones=milestones, gamma=gamma)))
         super().__init__(optimizer)
+
+    @classmethod
+    def _checked(cls, c):
+        if isinstance(c["milestones"], (str, bytes, dict)) or not hasattr(c["milestones"], "__iter__"):
+            raise TypeError(f"MultiStepLR: milestones must be a list of step numbers, got {c['milestones']!r}")
+        return dict(milestones=sorted(check_int("MultiStepLR", "milestones[i]", m, low=0) for m in c["milestones"]),
+                    gamma=check_number("MultiStepLR", "gamma", c["gamma"], low=0.0))
 
     def _lr(self, base_lr, t):
         return base_lr * self.gamma ** bisect_right(self.milestones, t)
@@ -147,9 +181,13 @@ class CosineAnnealingLR(LRScheduler):
     _config = ("T_max", "eta_min")
 
     def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0):
-        self.T_max = check_int("CosineAnnealingLR", "T_max", T_max, low=1)
-        self.eta_min = check_number("CosineAnnealingLR", "eta_min", eta_min, low=0.0)
+        self.__dict__.update(self._checked(dict(T_max=T_max, eta_min=eta_min)))
         super().__init__(optimizer)
+
+    @classmethod
+    def _checked(cls, c):
+        return dict(T_max=check_int("CosineAnnealingLR", "T_max", c["T_max"], low=1),
+                    eta_min=check_number("CosineAnnealingLR", "eta_min", c["eta_min"], low=0.0))
 
     def _lr(self, base_lr, t):
         return _cosine(base_lr, self.eta_min, t, self.T_max)
@@ -166,9 +204,7 @@ class LinearWarmup(LRScheduler):
 
     def __init__(self, optimizer: Optimizer, warmup_steps: int, after: LRScheduler = None,
                  start_factor: float = 0.1):
-        self.warmup_steps = check_int("LinearWarmup", "warmup_steps", warmup_steps, low=0)
-        self.start_factor = check_number("LinearWarmup", "start_factor", start_factor,
-                                         low=0.0, high=1.0)
+        self.__dict__.update(self._checked(dict(warmup_steps=warmup_steps, start_factor=start_factor)))
         if after is not None:
             if not isinstance(after, LRScheduler):
                 raise TypeError(f"LinearWarmup: after must be a scheduler or None, got "
@@ -190,7 +226,13 @@ class LinearWarmup(LRScheduler):
             sd["after"] = self.after.state_dict()
         return sd
 
+    @classmethod
+    def _checked(cls, c):
+        return dict(warmup_steps=check_int("LinearWarmup", "warmup_steps", c["warmup_steps"], low=0),
+                    start_factor=check_number("LinearWarmup", "start_factor", c["start_factor"], low=0.0, high=1.0))
+
     def load_state_dict(self, state_dict: dict) -> None:
+        validated = self._validated(state_dict)  # nothing changes unless this and 'after' are valid
         if ("after" in state_dict) != (self.after is not None):
             raise ValueError("LinearWarmup.load_state_dict: the state dict "
                              + ("has" if "after" in state_dict else "has no")
@@ -198,7 +240,7 @@ class LinearWarmup(LRScheduler):
                              + ("has one" if self.after is not None else "has none"))
         if self.after is not None:
             self.after.load_state_dict(state_dict["after"])
-        super().load_state_dict(state_dict)
+        self._set_state(validated)
 
     def __repr__(self):
         return super().__repr__()[:-1] + f", after={self.after!r})"
@@ -215,15 +257,20 @@ class WarmupCosine(LRScheduler):
 
     def __init__(self, optimizer: Optimizer, warmup_steps: int, total_steps: int,
                  eta_min: float = 0.0, start_factor: float = 0.1):
-        self.warmup_steps = check_int("WarmupCosine", "warmup_steps", warmup_steps, low=0)
-        self.total_steps = check_int("WarmupCosine", "total_steps", total_steps, low=1)
-        if self.total_steps <= self.warmup_steps:
-            raise ValueError(f"WarmupCosine: total_steps must exceed warmup_steps, got "
-                             f"total_steps={total_steps!r}, warmup_steps={warmup_steps!r}")
-        self.eta_min = check_number("WarmupCosine", "eta_min", eta_min, low=0.0)
-        self.start_factor = check_number("WarmupCosine", "start_factor", start_factor,
-                                         low=0.0, high=1.0)
+        self.__dict__.update(self._checked(dict(warmup_steps=warmup_steps, total_steps=total_steps,
+                                                eta_min=eta_min, start_factor=start_factor)))
         super().__init__(optimizer)
+
+    @classmethod
+    def _checked(cls, c):
+        warmup = check_int("WarmupCosine", "warmup_steps", c["warmup_steps"], low=0)
+        total = check_int("WarmupCosine", "total_steps", c["total_steps"], low=1)
+        if total <= warmup:
+            raise ValueError(f"WarmupCosine: total_steps must exceed warmup_steps, got "
+                             f"total_steps={c['total_steps']!r}, warmup_steps={c['warmup_steps']!r}")
+        return dict(warmup_steps=warmup, total_steps=total,
+                    eta_min=check_number("WarmupCosine", "eta_min", c["eta_min"], low=0.0),
+                    start_factor=check_number("WarmupCosine", "start_factor", c["start_factor"], low=0.0, high=1.0))
 
     def _lr(self, base_lr, t):
         if t < self.warmup_steps:

@@ -16,9 +16,13 @@ Subclasses implement ``_update(data, grad, state, group)`` for one parameter and
 ``state_dict()`` holds only plain data (dicts, lists, Python numbers, bools, NumPy arrays),
 with parameters named by their position in the optimizer (0, 1, ... in group order), so that it
 can be written to HDF5 without pickle; ``load_state_dict()`` checks it against this optimizer
-first and reports every difference in one ``ValueError``.
+first (structure, types, shapes, and every state value against the class's ``state_spec``: finite
+arrays of the parameter's shape, step counts >= 1, second moments >= 0) and reports every
+difference in one ``ValueError``, changing nothing.
 """
 from __future__ import annotations
+
+import numbers
 
 import numpy as np
 
@@ -26,6 +30,47 @@ from bitnet.tensor import Tensor, enable_grad, no_grad
 from bitnet.optim._checks import check_number
 
 __all__ = ["Optimizer"]
+
+MAX_STEP = 1 << 62  # step counts beyond this are not a training run's
+
+# what a per-parameter state value may be (``Optimizer.state_spec``)
+STATE_KINDS = {
+    "array": "a finite float array of the parameter's shape",
+    "nonnegative": "a finite float array of the parameter's shape, every value >= 0",
+    "count": f"an integer step count in 1..{MAX_STEP}",
+}
+
+
+def _state_value_problem(kind, value, shape):
+    """Why ``value`` is not a state value of ``kind`` (``STATE_KINDS``; None: any finite number or
+    numeric array), or None if it is."""
+    if kind == "count":
+        ok = isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, (bool, np.bool_)) \
+            and 1 <= int(value) <= MAX_STEP
+        return None if ok else repr(value)
+    if shape is not None and tuple(shape) == () and kind is not None and isinstance(value, (float, np.floating)):
+        value = np.asarray(value)  # the state of a 0-d parameter, read back as a scalar
+    if isinstance(value, np.ndarray) and (value.ndim or kind is not None):
+        if value.dtype.kind not in "biuf":
+            return f"an array of dtype {value.dtype}"
+        if shape is not None and value.shape != tuple(shape):
+            return f"shape {value.shape} (the parameter has shape {tuple(shape)})"
+        if kind is not None and value.dtype.kind != "f":
+            return f"an array of dtype {value.dtype}"
+        if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+            return f"{int(np.sum(~np.isfinite(value)))} NaN or infinite values"
+        if kind == "nonnegative" and np.any(value < 0):
+            return f"{int(np.sum(value < 0))} negative values (smallest {float(value.min()):.3g})"
+        return None
+    if kind is not None:
+        return f"a {type(value).__name__} ({value!r})"[:200]
+    if isinstance(value, np.ndarray):
+        value = value.item() if value.dtype.kind in "biuf" else value
+    if isinstance(value, (bool, np.bool_)) or isinstance(value, (numbers.Integral, np.integer)):
+        return None
+    if isinstance(value, (numbers.Real, np.floating)) and np.isfinite(value):
+        return None
+    return f"a {type(value).__name__} ({value!r})"[:200]
 
 
 def _plain(value):
@@ -42,7 +87,14 @@ def _plain(value):
 
 
 class Optimizer:
-    """Base class of all optimizers. ``params``: Parameters, or dicts ``{"params": [...], **hp}``."""
+    """Base class of all optimizers. ``params``: Parameters, or dicts ``{"params": [...], **hp}``.
+
+    ``state_spec`` maps the names of a parameter's state to their kinds (``STATE_KINDS``), with the
+    names in ``required_state`` always present; None (the default) accepts any names holding finite
+    numbers or numeric arrays of the parameter's shape."""
+
+    state_spec: dict | None = None
+    required_state: tuple = ()
 
     def __init__(self, params, defaults: dict):
         self.defaults = dict(defaults)
@@ -152,12 +204,32 @@ class Optimizer:
         state = {index[id(p)]: _plain(s) for p, s in self.state.items() if id(p) in index}
         return {"state": dict(sorted(state.items())), "param_groups": groups}
 
+    @classmethod
+    def state_problems(cls, entry: dict, shape=None) -> list:
+        """``(name, expected, found)`` for every value of one parameter's saved state ``entry`` that
+        ``state_spec`` refuses (``shape``: the parameter's, when known), and every required name missing."""
+        problems = []
+        spec = cls.state_spec
+        for key in cls.required_state:
+            if key not in entry:
+                problems.append((key, STATE_KINDS[spec[key]], "nothing"))
+        for key, value in entry.items():
+            if spec is not None and key not in spec:
+                problems.append((key, f"one of the state names of {cls.__name__}: {sorted(spec)}", repr(key)))
+                continue
+            kind = None if spec is None else spec[key]
+            found = _state_value_problem(kind, value, shape)
+            if found is not None:
+                problems.append((key, STATE_KINDS.get(kind, "a finite number or a numeric array"), found))
+        return problems
+
     def load_state_dict(self, state_dict: dict) -> None:
         """Restore hyperparameters and per-parameter state saved by ``state_dict()``.
 
-        Checks first (number of groups, parameters per group, hyperparameter names, state
-        indices, array shapes) and raises one ``ValueError`` listing every difference; nothing
-        is changed unless all checks pass. Arrays are copied and cast to the parameter's dtype.
+        Checks first (number of groups, parameters per group, hyperparameter names and values, state
+        indices, every state value against ``state_spec``: kind, shape, finite, sign) and raises one
+        ``ValueError`` listing every difference; nothing is changed unless all checks pass. Arrays are
+        copied and cast to the parameter's dtype.
         """
         name = f"{self._name}.load_state_dict"
         if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= set(state_dict):
@@ -165,13 +237,28 @@ class Optimizer:
                              f"Optimizer.state_dict()), got {type(state_dict).__name__}"
                              + (f" with keys {sorted(map(str, state_dict))}"
                                 if isinstance(state_dict, dict) else ""))
-        saved_groups = list(state_dict["param_groups"])
+        saved_groups, saved_state = state_dict["param_groups"], state_dict["state"]
+        if not isinstance(saved_groups, (list, tuple)) or not all(isinstance(g, dict) for g in saved_groups):
+            raise ValueError(f"{name}: param_groups must be a list of dicts (one per parameter group), got "
+                             f"{type(saved_groups).__name__}")
+        if not isinstance(saved_state, dict) or not all(isinstance(e, dict) for e in saved_state.values()):
+            raise ValueError(f"{name}: state must be a dict of parameter index -> dict of state values, got "
+                             f"{type(saved_state).__name__}")
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(f"{name}: the state dict has {len(saved_groups)} parameter group(s), "
                              f"this optimizer has {len(self.param_groups)}")
         problems, by_index = [], {}
         for gi, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
-            indices = [int(i) for i in saved.get("params", [])]
+            indices = saved.get("params", [])
+            if isinstance(indices, np.ndarray) and indices.ndim == 1 and indices.dtype.kind in "iu":
+                indices = indices.tolist()  # as an HDF5 reader gives it back
+            if not isinstance(indices, (list, tuple)) or not all(
+                    isinstance(i, (numbers.Integral, np.integer)) and not isinstance(i, bool) and i >= 0
+                    for i in indices):
+                problems.append(f"group {gi}: params must be a list of parameter indices >= 0, got "
+                                f"{indices!r}"[:300])
+                continue
+            indices = [int(i) for i in indices]
             if len(indices) != len(group["params"]):
                 problems.append(f"group {gi}: {len(indices)} parameter(s) saved, "
                                 f"{len(group['params'])} in this optimizer")
@@ -184,35 +271,47 @@ class Optimizer:
                     problems.append(f"group {gi}: parameter index {i} listed twice")
                 by_index[i] = p
         new_state = {}
-        for key, entry in dict(state_dict["state"]).items():
-            i = int(key)
+        for key, entry in saved_state.items():
+            try:
+                i = int(key)
+            except (TypeError, ValueError):
+                problems.append(f"state key {key!r}: expected a parameter index")
+                continue
             if i not in by_index:
                 problems.append(f"state for parameter index {i}, but the groups list indices "
-                                f"{sorted(by_index)}")
+                                f"{sorted(by_index)[:20]}")
                 continue
             p = by_index[i]
+            misshaped = {k for k, v in entry.items()
+                         if isinstance(v, np.ndarray) and v.ndim and v.shape != p.data.shape}
+            for k in sorted(misshaped):
+                problems.append(f"state[{i}][{k!r}]: shape {entry[k].shape} saved, the "
+                                f"parameter has shape {p.data.shape}")
+            for k, expected, found in self.state_problems(entry, p.data.shape):
+                if k not in misshaped:
+                    problems.append(f"state[{i}][{k!r}]: expected {expected}, found {found}")
             restored = {}
-            for k, v in dict(entry).items():
-                if isinstance(v, np.ndarray):
-                    if v.shape != p.data.shape:
-                        problems.append(f"state[{i}][{k!r}]: shape {v.shape} saved, the "
-                                        f"parameter has shape {p.data.shape}")
+            for k, v in entry.items():
+                if isinstance(v, np.ndarray) and v.ndim or p.data.ndim == 0 and isinstance(v, (float, np.floating)):
                     restored[k] = np.array(v, dtype=p.data.dtype, copy=True)
                 else:
                     restored[k] = _plain(v)  # "step" and other scalars
             new_state[p] = restored
-        if problems:
-            raise ValueError(f"{name}: the state dict does not match this optimizer:\n  "
-                             + "\n  ".join(problems))
         new_groups = []
-        for saved, group in zip(saved_groups, self.param_groups):
+        for gi, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
             new = {k: _plain(v) for k, v in saved.items() if k != "params"}
             for k, v in new.items():
                 if isinstance(group.get(k), tuple) and isinstance(v, list):
                     new[k] = tuple(v)
             new["params"] = group["params"]
-            self._check_group(new)  # raises before anything is changed
+            try:
+                self._check_group(new)  # raises before anything is changed
+            except (TypeError, ValueError, KeyError) as e:
+                problems.append(f"group {gi}: {e}")
             new_groups.append(new)
+        if problems:
+            raise ValueError(f"{name}: the state dict does not match this optimizer:\n  "
+                             + "\n  ".join(problems))
         for group, new in zip(self.param_groups, new_groups):
             group.clear()
             group.update(new)

@@ -24,6 +24,9 @@ __all__ = ["SGD"]
 class SGD(Optimizer):
     """SGD(params, lr, momentum=0, dampening=0, weight_decay=0, nesterov=False)."""
 
+    state_spec = {"momentum_buffer": "array"}
+    required_state = ()
+
     def __init__(self, params, lr: float, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False):
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
