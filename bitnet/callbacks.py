@@ -136,13 +136,12 @@ class EarlyStopping(Callback):
 
 
 def _check_folder(path, who):
-    folder = os.path.dirname(os.path.abspath(path)) or "."
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"{who}: the folder of {path!r} does not exist ({folder}); create it first")
-    if not os.access(folder, os.W_OK):
-        raise PermissionError(f"{who}: the folder of {path!r} is not writable ({folder})")
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"{who}: {path!r} is a folder; give a file name inside it")
+    """``bitnet.io.h5.check_destination``, its error naming the callback."""
+    from bitnet.io.h5 import check_destination
+    try:
+        check_destination(path)
+    except OSError as e:
+        raise type(e)(f"{who}: {e}") from None
 
 
 class ModelCheckpoint(Callback):

@@ -75,13 +75,16 @@ def reading(path, expected="a readable bitnet model file"):
 def check_destination(path, option: str) -> None:
     """Refuse at once a file that cannot be written: a folder, a missing folder, a folder that takes
     no files (read-only, immutable, a read-only file system); tried with a temporary file."""
+    from bitnet.io.h5 import check_destination as checked
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise CommandError(f"{option} {path}: is a folder; give a file name, e.g. {os.path.join(path, 'model.h5')}")
-    if not os.path.isdir(folder):
-        raise CommandError(f"{option} {path}: the folder {folder} does not exist; create it first "
-                           f"(mkdir -p {folder}) or choose another")
+    try:
+        checked(path)
+    except PermissionError:
+        pass  # the probe below says why, in the system's words
+    except OSError as e:
+        prefix = f"cannot save {path}: "  # bitnet.io.h5.check_destination's words
+        raise CommandError(f"{option} {path}: {str(e).removeprefix(prefix)}") from None
     try:
         fd, probe = tempfile.mkstemp(prefix=".bitnet-check-", dir=folder)
         os.close(fd)
@@ -249,25 +252,6 @@ def running(path, what):
 
 
 def write_packed(model, out, input_shape, record) -> None:
-    """``bitnet.convert(model, out)`` with the checkpoint's training record carried into the packed
-    file: converted into a temporary file beside ``out``, the record added, renamed over ``out``."""
-    import json
-
+    """``bitnet.convert(model, out)`` with the checkpoint's training record carried into the packed file."""
     import bitnet
-    if record is None:
-        bitnet.convert(model, out, input_shape=input_shape)
-        return
-    import h5py
-
-    from bitnet.io import h5
-    fd, tmp = tempfile.mkstemp(prefix=".bitnet-", suffix=".h5.tmp", dir=os.path.dirname(os.path.abspath(out)))
-    os.close(fd)
-    try:
-        bitnet.convert(model, tmp, input_shape=input_shape)
-        with h5py.File(tmp, "r+") as f:
-            h5.set_text(f, "trained_on", json.dumps(record, sort_keys=True, allow_nan=False))
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
+    bitnet.convert(model, out, input_shape=input_shape, trained_on=record)

@@ -18,6 +18,7 @@ dtypes, no missing or extra keys) before reading any, and every one's checksum, 
 """
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -70,16 +71,19 @@ def predicted_file_bytes(model, input_shape=None) -> int | None:
     return sum(v.nbytes for v in state.values()) + header + FILE_HEADER_BYTES + FILE_BYTES_PER_DATASET * len(state)
 
 
-def convert(model_or_path, out_path, input_shape=None) -> None:
+def convert(model_or_path, out_path, input_shape=None, trained_on=None) -> None:
     """Write the packed deployment file of a model (or of the checkpoint at that path); ``input_shape``
-    (C, H, W) as for ``bitnet.save``."""
+    (C, H, W) and ``trained_on`` as for ``bitnet.save`` (from a checkpoint path, its own unless given)."""
     from bitnet.io.checkpoint import load, describe
     from bitnet.packed import pack
     if isinstance(model_or_path, (str, os.PathLike)):
+        info = describe(model_or_path)
         model = load(model_or_path)
-        input_shape = input_shape if input_shape is not None else describe(model_or_path)["input_shape"]
+        input_shape = input_shape if input_shape is not None else info["input_shape"]
+        trained_on = trained_on if trained_on is not None else info["trained_on"]
     else:
         model = model_or_path
+    record = None if trained_on is None else json.dumps(trained_on, sort_keys=True, allow_nan=False)
     config = model_config(model, input_shape)
     verify_rebuild(model)
     packed = pack(model, micro_batch=None, device="cpu")
@@ -92,6 +96,8 @@ def convert(model_or_path, out_path, input_shape=None) -> None:
 
     def write(f):
         h5.write_header(f, "packed", config)
+        if record is not None:
+            h5.set_text(f, "trained_on", record)
         h5.write_weights(f, state, attrs)
     h5.atomic_write(out_path, write)
 

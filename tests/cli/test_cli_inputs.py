@@ -16,6 +16,7 @@ import pytest
 from hdf5_damage import move_root
 
 import bitnet
+from bitnet import nn
 from bitnet.cli import main
 from bitnet.io import describe
 
@@ -265,7 +266,7 @@ def test_save_into_a_missing_folder_or_onto_a_folder(tmp_path, capsys, no_data):
     line = _error_line(capsys, 2, main(TRAIN + ["--save", str(tmp_path / "nowhere" / "m.h5")]))
     assert f"--save {tmp_path / 'nowhere' / 'm.h5'}: the folder {tmp_path / 'nowhere'} does not exist" in line
     line = _error_line(capsys, 2, main(TRAIN + ["--save", str(tmp_path)]))
-    assert f"--save {tmp_path}: is a folder; give a file name" in line
+    assert f"--save {tmp_path}: it is a folder; give a file name" in line
     line = _error_line(capsys, 2, main(["convert", "in.h5", str(tmp_path / "nowhere" / "p.h5")]))
     assert "in.h5: no such model file" in line  # the input is read first; then the output is checked
 
@@ -338,17 +339,24 @@ def test_predict_refuses_nan_images(trained, tmp_path, capsys):
 
 
 def test_predict_refuses_non_finite_outputs(trained, tmp_path, capsys):
+    # weights beyond +-2^64 are refused when the file is saved and when it is loaded (bitnet.io.h5)
     model = bitnet.load(trained["ckpt"])
     state = model.state_dict()
     last = [k for k in state if k.endswith("weight")][-1]  # the float classifier after the binary layers
     state[last][...] = 3e38
     model.load_state_dict(state)
+    with pytest.raises(ValueError, match="beyond"):
+        bitnet.save(model, tmp_path / "big.h5")
+    # weights within the bound can still overflow float32 in two products: the outputs are refused
+    net = nn.Sequential(nn.Flatten(), nn.Dense(784, 50), nn.Dense(50, 10))
+    for p in net.parameters():
+        p.data[...] = 2.0 ** 62
     big = tmp_path / "big.h5"
-    bitnet.save(model, big, trained_on=describe(trained["ckpt"])["trained_on"])
+    bitnet.save(net, big, input_shape=(1, 28, 28), trained_on=describe(trained["ckpt"])["trained_on"])
     np.save(tmp_path / "x.npy", np.zeros((2, 28, 28), np.uint8))
     line = _error_line(capsys, 2, main(["predict", str(big), str(tmp_path / "x.npy")]))
     assert "the model's outputs are NaN or infinite for images 0, 1 (2 of 2): its weights are too large for " \
-           "float32 arithmetic (largest magnitude 3e+38)" in line
+           "float32 arithmetic (largest magnitude 4.61e+18)" in line
     assert capsys.readouterr().out == ""
 
 

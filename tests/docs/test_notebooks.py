@@ -49,5 +49,8 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
         assert "packed file: test accuracy" in text and "same class as the float model" in text
         images = [o for o in outputs if "image/png" in o.get("data", {})]
         assert images, "the history plot did not display"
+    if path.name.startswith("04-"):
+        text = "".join(o.get("text", "") for o in outputs)
+        assert "CUDA GPU found" in text or ("No usable CUDA GPU here" in text and "skipped: no GPU" in text)
     if path.name.startswith("03-"):
         assert any("image/png" in o.get("data", {}) for o in outputs), "the speed-up plot did not display"
