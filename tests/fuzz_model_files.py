@@ -15,7 +15,9 @@ Adam, schedule and generator. Each case runs in a worker process whose address s
 (``--memory-mb`` above what it holds after loading the valid files once), so an allocation blow-up
 is a MemoryError, which counts as a failure like any exception but ``BitnetFileError``; a worker that
 dies (a crash in native code) or does not answer within the time limit counts as a failure, and the
-parent starts a new one.
+parent starts a new one. With ``--cli-share`` (a quarter of the cases by default) a case goes
+through ``bitnet summary``, ``predict`` or ``convert`` instead: it must end in exit 0, or in exit 2
+with one message line and no traceback.
 """
 from __future__ import annotations
 
@@ -312,6 +314,36 @@ def load_case(path, loader):
     return model
 
 
+# The command-line path: a mutated file through these commands must end in exit 0, or exit 2 with one
+# message line on stderr (warning lines aside) and no traceback (docs/cli.md).
+CLI_COMMANDS = {"checkpoint": ("summary", "predict", "convert"), "packed": ("summary", "predict")}
+
+
+def cli_case(path, command):
+    """Run ``bitnet COMMAND`` on ``path`` in this process: OK, CLEAN_ERROR or what went wrong."""
+    import contextlib
+    import io
+
+    from bitnet.cli import main
+    folder = os.path.dirname(path)
+    args = {"summary": ["summary", path],
+            "predict": ["predict", path, os.path.join(folder, "images.npy")],
+            "convert": ["convert", path, os.path.join(folder, "converted.h5")]}[command]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main(args)
+        except SystemExit as e:  # argparse
+            rc = e.code
+    text = err.getvalue()
+    lines = [ln for ln in text.splitlines() if ln.strip() and " warning: " not in ln]
+    if rc == 0:
+        return OK
+    if rc == 2 and len(lines) == 1 and "Traceback" not in text:
+        return CLEAN_ERROR
+    return f"bitnet {command}: exit {rc}, stderr {text[-300:]!r}"
+
+
 def _limit_memory(extra_mb):
     """Limit the address space to what the process holds now plus ``extra_mb``."""
     import resource
@@ -339,15 +371,21 @@ def worker(warm=(), memory_mb=None) -> None:
     could not make as a damaged dataset, which would otherwise pass as a clean error)."""
     import bitnet
     for path, loader in warm:  # compile and import everything a valid file needs, then limit
-        load_case(path, loader)
+        if loader.startswith("cli-"):
+            assert cli_case(path, loader[4:]) == OK, f"the valid file fails bitnet {loader[4:]}"
+        else:
+            load_case(path, loader)
     if memory_mb:
         _limit_memory(memory_mb)
     for line in sys.stdin:
         path, loader = line.split()
         before = _peak_rss_mb(reset=True) if memory_mb else None
         try:
-            load_case(path, loader)
-            out = OK
+            if loader.startswith("cli-"):
+                out = cli_case(path, loader[4:])
+            else:
+                load_case(path, loader)
+                out = OK
         except bitnet.BitnetFileError:
             out = CLEAN_ERROR
         except Exception as e:  # noqa: BLE001 - exactly what the fuzzer reports
@@ -406,15 +444,20 @@ def make_sources(folder):
     return [(open(ckpt, "rb").read(), "checkpoint", ckpt), (open(packed, "rb").read(), "packed", packed)]
 
 
-def run(cases: int, seed: int = 0, timeout: float = 60.0, log=print, keep=None, memory_mb=1536) -> dict:
+def run(cases: int, seed: int = 0, timeout: float = 60.0, log=print, keep=None, memory_mb=1536,
+        cli_share: float = 0.0) -> dict:
     """Run ``cases`` mutations, each loaded by a worker limited to ``memory_mb`` MB of address space
-    beyond what it needs for the valid files (None: no limit); returns {"cases", "models",
-    "clean_errors", "failures": [...]}."""
+    beyond what it needs for the valid files (None: no limit); a ``cli_share`` of them go through a
+    command of ``bitnet`` instead (``CLI_COMMANDS``); returns {"cases", "models", "clean_errors",
+    "failures": [...]}."""
     rng = np.random.default_rng(seed)
     result = {"cases": 0, "models": 0, "clean_errors": 0, "failures": []}
     with tempfile.TemporaryDirectory() as folder:
         sources = make_sources(folder)
         warm = [(p, kind) for _, kind, p in sources]
+        if cli_share:
+            np.save(os.path.join(folder, "images.npy"), np.zeros((2, 28, 28), np.uint8))
+            warm += [(p, "cli-" + c) for _, kind, p in sources for c in CLI_COMMANDS[kind]]
         w = Worker(warm, memory_mb)
         start = time.time()
         try:
@@ -422,6 +465,9 @@ def run(cases: int, seed: int = 0, timeout: float = 60.0, log=print, keep=None, 
                 src, loader, _ = sources[i % len(sources)]
                 path = os.path.join(folder, f"case{i % 2}.h5")
                 desc = mutate(src, path, rng)
+                if cli_share and rng.random() < cli_share:
+                    commands = CLI_COMMANDS[loader]
+                    loader = "cli-" + commands[int(rng.integers(len(commands)))]
                 out = w.ask(path, loader, timeout)
                 result["cases"] += 1
                 if out == OK:
@@ -452,12 +498,16 @@ def main(argv=None) -> int:
     p.add_argument("--keep", default=None, help="copy every failing case's file into this folder")
     p.add_argument("--memory-mb", type=int, default=1536,
                    help="address space each worker may take beyond what the valid files need (0: no limit)")
+    p.add_argument("--cli-share", type=float, default=0.25,
+                   help="the share of cases run through a bitnet command (summary, predict, convert) instead of "
+                        "the Python loaders")
     p.add_argument("--worker", nargs="*", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker is not None:
         worker([tuple(w.rsplit(":", 1)) for w in args.worker], args.memory_mb or None)
         return 0
-    res = run(args.cases, args.seed, args.timeout, keep=args.keep, memory_mb=args.memory_mb or None)
+    res = run(args.cases, args.seed, args.timeout, keep=args.keep, memory_mb=args.memory_mb or None,
+              cli_share=args.cli_share)
     print(f"{res['cases']} cases: {res['models']} loaded as valid models, {res['clean_errors']} clean "
           f"BitnetFileErrors, {len(res['failures'])} failures")
     for f in res["failures"][:50]:
