@@ -1,0 +1,59 @@
+"""``bitnet train --distributed``: the command line's side of data-parallel training (docs/distributed.md).
+
+- ``communicator(args)``: the run's communicator when ``--distributed`` is given or an MPI launcher
+  started the process (``mpiexec -n N bitnet train ...``), else None (the ordinary one-process run, which
+  never imports mpi4py); each process gets its share of the machine's cores;
+- ``check_batch(comm, batch_size)``: ``--batch-size`` is the global batch, a multiple of the processes;
+- ``rank_zero_first(comm, what)``: rank 0 reads (or downloads) the dataset first, the others after it;
+- ``failure(args, comm, error)``: the message of a rank that fails with an unexpected error.
+
+Rank 0 prints and writes the checkpoint; a rank whose command fails prints its error, naming itself,
+and ends every process of the run (``bitnet.cli.main`` calls ``comm.abort``).
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+
+from bitnet.cli_files import CommandError
+
+
+def communicator(args):
+    from bitnet.distributed.env import launched_by_mpi
+    if not (args.distributed or launched_by_mpi()):
+        return None
+    from bitnet import distributed
+    comm = distributed.init("mpi")
+    distributed.share_cores(comm)
+    args.rank_text = f" (rank {comm.rank} of {comm.size})" if comm.size > 1 else ""
+    return comm
+
+
+def check_batch(comm, batch_size: int) -> None:
+    if comm is not None and batch_size % comm.size:
+        low = batch_size - batch_size % comm.size
+        raise CommandError(f"--batch-size {batch_size}: with --distributed it is the global batch, split equally over "
+                           f"the {comm.size} processes; give a multiple of {comm.size}, e.g. {low or comm.size} or "
+                           f"{low + comm.size}")
+
+
+@contextlib.contextmanager
+def rank_zero_first(comm, what: str):
+    """Rank 0 runs the block first, the other ranks once it has finished (they find its files)."""
+    several = comm is not None and comm.size > 1
+    if several and not comm.is_main:
+        comm.barrier(what=f"waiting for rank 0: {what}")
+    yield
+    if several and comm.is_main:
+        comm.barrier(what=f"waiting for rank 0: {what}")
+
+
+def failure(args, comm, error) -> int:
+    """Print an unexpected error of one rank (with its traceback unless it is another rank's failure);
+    returns the exit status 1."""
+    from bitnet.distributed.faults import DistributedError, failure_text
+    if not isinstance(error, DistributedError):
+        import traceback
+        traceback.print_exc()
+    print(f"bitnet {args.command}: {failure_text(comm, error)}", file=sys.stderr, flush=True)
+    return 1
