@@ -46,6 +46,9 @@ def _train_parser(sub):
                    help="data-parallel training on the processes of an MPI launch (mpiexec -n N bitnet train ...; "
                         "on by itself when started by an MPI launcher): --batch-size is the global batch, split "
                         "equally over the processes; rank 0 prints and writes files (docs/distributed.md)")
+    p.add_argument("--sync-batchnorm", action="store_true",
+                   help="batch-norm statistics over the global batch of all processes (SyncBatchNorm; default: "
+                        "each process's own part); the checkpoint keeps the layers synchronized")
     p.add_argument("--save", default=None, metavar="CKPT",
                    help="write a training checkpoint (HDF5) after every epoch, atomically; the folder must "
                         "exist and be writable (checked before training)")
@@ -122,6 +125,7 @@ def cmd_train(args) -> int:
     else:
         model = models.get(args.model, in_channels=sample.shape[1], image_size=sample.shape[-1],
                            num_classes=num_classes, seed=np.random.default_rng(seeds[1]))
+    dist.sync_batchnorm(model, comm, args.sync_batchnorm)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _make_optimizer(args.optimizer, params, args.lr, args.weight_decay)
     total = args.epochs * len(steps)

@@ -3,6 +3,8 @@
 - ``communicator(args)``: the run's communicator when ``--distributed`` is given or an MPI launcher
   started the process (``mpiexec -n N bitnet train ...``), else None (the ordinary one-process run, which
   never imports mpi4py); each process gets its share of the machine's cores;
+- ``sync_batchnorm(model, comm, convert)``: ``--sync-batchnorm``, and the communicator for a resumed
+  model's SyncBatchNorm layers;
 - ``check_batch(comm, batch_size)``: ``--batch-size`` is the global batch, a multiple of the processes;
 - ``rank_zero_first(comm, what)``: rank 0 reads (or downloads) the dataset first, the others after it;
 - ``failure(args, comm, error)``: the message of a rank that fails with an unexpected error.
@@ -27,6 +29,16 @@ def communicator(args):
     distributed.share_cores(comm)
     args.rank_text = f" (rank {comm.rank} of {comm.size})" if comm.size > 1 else ""
     return comm
+
+
+def sync_batchnorm(model, comm, convert: bool) -> None:
+    """``--sync-batchnorm``: the model's batch norms become SyncBatchNorm layers; and those of a model
+    (a resumed checkpoint's) get the run's communicator (None: they work as plain batch norm)."""
+    from bitnet.nn.sync_batchnorm import attach, convert_sync_batchnorm
+    if convert:
+        convert_sync_batchnorm(model, comm)
+    else:
+        attach(model, comm)
 
 
 def check_batch(comm, batch_size: int) -> None:

@@ -70,10 +70,10 @@ class SyncBatchNormTrain(Function):
         g3 = _as_ncl(g)
         x3, mean, invstd = self.x, self.mean, self.invstd
         bshape = (1, -1, 1)
-        d = x3 - mean.astype(x3.dtype).reshape(bshape)
+        d = x3 - mean.reshape(bshape)  # float64: x - mu loses digits in float32 when |mu| >> std
         sums = np.empty((2, g3.shape[1]), np.float64)
         sums[0] = g3.sum(axis=(0, 2), dtype=np.float64)
-        sums[1] = np.einsum("ncl,ncl->c", g3, d, dtype=np.float64)
+        sums[1] = np.einsum("ncl,ncl->c", g3, d)
         local = sums.copy()
         self.comm.allreduce(sums, what="the SyncBatchNorm gradient sums")
         k = (self.gamma * invstd).reshape(bshape)
@@ -134,6 +134,12 @@ def convert_sync_batchnorm(model, comm):
         for name, child in list(module._modules.items()):
             if child is not None and type(child) in _TWINS:
                 module._modules[name] = twin(child)  # in place: a Sequential keeps its order
+    return attach(model, comm)
+
+
+def attach(model, comm):
+    """Give every SyncBatchNorm layer of ``model`` the communicator ``comm`` (None: plain batch norm), e.g.
+    after loading a model file that holds them; returns the model."""
     for module in model.modules():
         if isinstance(module, _Sync):
             object.__setattr__(module, "comm", comm)
