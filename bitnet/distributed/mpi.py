@@ -28,6 +28,8 @@ from bitnet.distributed.faults import (CollectiveTimeout, DistributedError, Rank
 CHECK_INTERVAL = 0.5
 #: Seconds a timed-out rank waits for the other ranks' answers to its sign-of-life request.
 ANSWER_GRACE = 5.0
+#: Seconds between a failing rank's last output and MPI_Abort.
+ABORT_GRACE = 1.0
 _PING, _PONG = 7301, 7302
 
 
@@ -108,11 +110,15 @@ class MPICommunicator(Communicator):
         self._wait(self._comm.Ibarrier(), what)
 
     def abort(self, code=1):
+        """End every process of the run with exit status ``code``, after a moment in which the launcher
+        forwards what this rank printed (MPI_Abort makes it kill the processes and drop output not yet
+        read from them)."""
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
             except (OSError, ValueError):
                 pass
+        time.sleep(ABORT_GRACE)
         self._MPI.COMM_WORLD.Abort(int(code))
 
     def close(self):
