@@ -139,3 +139,11 @@ def test_import_bitnet_never_imports_mpi4py():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
     assert res.returncode == 0, res.stderr
+
+
+def test_ring_allreduce_estimate_formula():
+    from bitnet.bench.distributed import configurations, ring_allreduce_s
+    # 2 (N-1)/N * bytes / bandwidth + 2 (N-1) * latency
+    assert ring_allreduce_s(8e6, 2, 1e9, 1e-5) == pytest.approx(8e6 / 1e9 + 2e-5)
+    assert ring_allreduce_s(8e6, 64, 1.25e9, 2e-5) == pytest.approx(2 * 63 / 64 * 8e6 / 1.25e9 + 126 * 2e-5)
+    assert configurations([2], 2) == [(1, 2, True), (1, 1, True), (2, 1, True), (2, 1, False)]
