@@ -42,13 +42,7 @@ def _train_parser(sub):
     p.add_argument("--limit-train", type=opt.LIMIT_TRAIN, default=_SAVED,
                    help="use only the first N training images (quick runs)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
-    p.add_argument("--distributed", action="store_true",
-                   help="data-parallel training on the processes of an MPI launch (mpiexec -n N bitnet train ...; "
-                        "on by itself when started by an MPI launcher): --batch-size is the global batch, split "
-                        "equally over the processes; rank 0 prints and writes files (docs/distributed.md)")
-    p.add_argument("--sync-batchnorm", action="store_true",
-                   help="batch-norm statistics over the global batch of all processes (SyncBatchNorm; default: "
-                        "each process's own part); the checkpoint keeps the layers synchronized")
+    dist.add_options(p)
     p.add_argument("--save", default=None, metavar="CKPT",
                    help="write a training checkpoint (HDF5) after every epoch, atomically; the folder must "
                         "exist and be writable (checked before training)")
@@ -111,10 +105,7 @@ def cmd_train(args) -> int:
     train_loader = DataLoader((x_train, y_train), args.batch_size, shuffle=True,
                               rng=np.random.default_rng(seeds[0]), transform=transform)
     test_loader = DataLoader((x_test, y_test), 1000, transform=transform)
-    steps = train_loader
-    if comm is not None:
-        from bitnet.distributed import ShardedLoader
-        steps = ShardedLoader(train_loader, comm)  # this rank's part of every global batch
+    steps = dist.shard(train_loader, comm)  # this rank's part of every global batch (all of it on one process)
 
     import bitnet
     sample = transform(x_train[:1])
@@ -157,8 +148,7 @@ def cmd_train(args) -> int:
             + (f"; resumed from {args.resume} after epoch {start - 1}" if args.resume else "")
             + (f" (its options: {', '.join(changed)})" if changed else ""))
         if comm is not None:
-            log(f"distributed: {comm.describe()}; {steps.local_batch_size} images per process in each batch"
-                + (f", {steps.dropped_per_epoch} dropped per epoch" if steps.dropped_per_epoch else ""))
+            log(dist.describe(comm, steps))
     record = trained_on(args.dataset, sample.shape[1:], num_classes, vars(args))
 
     def save_checkpoint(epoch, stats):

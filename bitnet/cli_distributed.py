@@ -20,6 +20,17 @@ import sys
 from bitnet.cli_files import CommandError
 
 
+def add_options(p) -> None:
+    """``train``'s ``--distributed`` and ``--sync-batchnorm``."""
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel training on the processes of an MPI launch (mpiexec -n N bitnet train ...; "
+                        "on by itself when started by an MPI launcher): --batch-size is the global batch, split "
+                        "equally over the processes; rank 0 prints and writes files (docs/distributed.md)")
+    p.add_argument("--sync-batchnorm", action="store_true",
+                   help="batch-norm statistics over the global batch of all processes (SyncBatchNorm; default: "
+                        "each process's own part); the checkpoint keeps the layers synchronized")
+
+
 def communicator(args):
     from bitnet.distributed.env import launched_by_mpi
     if not (args.distributed or launched_by_mpi()):
@@ -47,6 +58,20 @@ def check_batch(comm, batch_size: int) -> None:
         raise CommandError(f"--batch-size {batch_size}: with --distributed it is the global batch, split equally over "
                            f"the {comm.size} processes; give a multiple of {comm.size}, e.g. {low or comm.size} or "
                            f"{low + comm.size}")
+
+
+def shard(loader, comm):
+    """The loader of this rank's part of every global batch; ``loader`` itself without ``comm``."""
+    if comm is None:
+        return loader
+    from bitnet.distributed import ShardedLoader
+    return ShardedLoader(loader, comm)
+
+
+def describe(comm, steps) -> str:
+    """The line rank 0 prints: the processes (rank, pid, host: what launchers name a dead process by)."""
+    dropped = f", {steps.dropped_per_epoch} dropped per epoch" if steps.dropped_per_epoch else ""
+    return f"distributed: {comm.describe()}; {steps.local_batch_size} images per process in each batch{dropped}"
 
 
 @contextlib.contextmanager

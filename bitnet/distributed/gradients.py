@@ -38,6 +38,7 @@ import numpy as np
 
 from bitnet.distributed.state import broadcast_state
 from bitnet.tensor import Parameter, queue_callback
+from bitnet.tensor import _state as _tensor_state  # the running backward pass's callback list
 
 
 class _Bucket:
@@ -100,7 +101,7 @@ class GradientAverager:
         self._bucket_of = {id(p): b for b in self.buckets for p in b.params}
         self.seconds = {"pack": 0.0, "wait": 0.0, "unpack": 0.0}
         self.steps = 0
-        self._active = False
+        self._active, self._pass = False, None
         self._next = 0
         self._sync = True
         self._handles = []
@@ -140,8 +141,9 @@ class GradientAverager:
     def _on_grad(self, param):
         if not self._sync:
             return
-        if not self._active:
-            self._active, self._next = True, 0
+        if not self._active or self._pass is not _tensor_state.callbacks:  # a new backward pass (the
+            self._active, self._next = True, 0                           # last one may have raised)
+            self._pass = _tensor_state.callbacks
             for b in self.buckets:
                 b.ready, b.request = 0, None
             queue_callback(self._finish)
