@@ -387,10 +387,7 @@ def _error(args, message, code, newlines=False) -> int:
 
 
 def main(argv=None) -> int:
-    from bitnet.data import DataFormatError, DatasetNotFoundError, DownloadError
-    from bitnet.backend import CudaUnavailableError
     from bitnet.compile_notice import announce_compilation
-    from bitnet.io import BitnetFileError
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -407,6 +404,9 @@ def main(argv=None) -> int:
 
 
 def _run(args) -> int:
+    from bitnet.backend import CudaUnavailableError
+    from bitnet.data import DataFormatError, DatasetNotFoundError, DownloadError
+    from bitnet.io import BitnetFileError
     try:
         _import_modules(getattr(args, "imports", []))
         return args.run(args)
@@ -428,6 +428,7 @@ def _run(args) -> int:
         if comm is None or comm.size == 1:
             raise
         return dist.failure(args, comm, exc)  # then main ends every rank
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -11,10 +11,11 @@ Three mechanisms, so that no rank waits for ever and the message names the rank 
 2. **A rank that dies** (killed, out of memory, a crash): MPI launchers end the whole job when one
    process exits abnormally (MPICH's and Intel MPI's ``mpiexec``, Open MPI's ``mpirun``; Slurm's
    ``srun --kill-on-bad-exit``), within a second, and name the dead process (pid and host; the run's
-   first line, printed by rank 0, maps pids to ranks). Where the launcher does not (``mpiexec
-   -disable-auto-cleanup``, ``srun`` without that option), the waiting ranks notice themselves: every
-   collective waits in a polling loop that checks, twice a second, whether the processes of the other
-   ranks on the same machine still exist, and fails with ``RankFailure`` naming the dead ranks.
+   first line, printed by rank 0, maps pids to ranks). Where the launcher leaves the others running
+   (``srun`` without that option; MPICH's ``mpiexec -disable-auto-cleanup`` for a process that ends with
+   status 0 without finalizing MPI), the waiting ranks notice themselves: every collective waits in a
+   polling loop that checks, twice a second, whether the processes of the other ranks on the same
+   machine still exist, and fails with ``RankFailure`` naming the dead ranks.
 3. **A rank that hangs** (or died on another machine without the launcher noticing): a collective
    that has not finished after ``timeout`` seconds fails with ``CollectiveTimeout``. Before that, the
    waiting rank asks every other rank for a sign of life over a separate communicator (ranks waiting in

@@ -96,7 +96,8 @@ def collectives(comm):
 
 def fail(comm, out, how):
     """fit() with a checkpoint after every epoch; rank 1 fails in epoch 2, step 2: it raises
-    (``raise``), sleeps (``hang``) or waits to be killed by the test (``wait``)."""
+    (``raise``), sleeps (``hang``), or its process ends at once with status 0 (``vanish``: as a library
+    calling ``_exit`` would; a launcher that does not clean up leaves the other rank waiting)."""
     model = small_net(3, comm)
     opt = optim.Adam(model.parameters(), lr=1e-2)
     loader = DataLoader(data(), GLOBAL_BATCH, shuffle=True, rng=7)
@@ -108,6 +109,8 @@ def fail(comm, out, how):
                 if how == "raise":
                     raise RuntimeError("injected failure at epoch 2, step 2")
                 print(f"rank 1 pid {os.getpid()} stops", flush=True)
+                if how == "vanish":
+                    os._exit(0)
                 time.sleep(1000)
 
     bitnet.fit(model, opt, loader, 3, progress=False, log=None, distributed=comm, callbacks=[ckpt, Fault()])
@@ -125,7 +128,7 @@ def main():
         result = syncbn_pass(comm, x, g, cls, rank_rows(len(x), comm))
     elif mode == "collectives":
         result = collectives(comm)
-    elif mode in ("raise", "hang"):
+    elif mode in ("raise", "hang", "vanish"):
         fail(comm, out, mode)
         result = {}
     else:
