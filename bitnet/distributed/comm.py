@@ -21,6 +21,7 @@ maximum and minimum over one rank), so the same training script runs with and wi
 """
 from __future__ import annotations
 
+import abc
 import os
 import socket
 import sys
@@ -30,7 +31,7 @@ import numpy as np
 OPS = ("sum", "max", "min")
 
 
-class Communicator:
+class Communicator(abc.ABC):
     """Interface of a communicator (module docstring). Subclasses set ``rank``, ``size``,
     ``local_rank``, ``local_size`` and implement the collectives."""
 
@@ -50,23 +51,30 @@ class Communicator:
         """A buffer for this communicator's collectives (on the device, for a GPU communicator)."""
         return np.empty(shape, dtype)
 
+    @abc.abstractmethod
     def allreduce(self, array, op: str = "sum", what: str = "allreduce") -> np.ndarray:
-        raise NotImplementedError
+        """Every rank's ``array`` becomes the sum (max, min) over the ranks, in place; returns it.
+        ``what`` names the collective in error messages."""
 
+    @abc.abstractmethod
     def iallreduce(self, array, op: str = "sum", what: str = "allreduce") -> "Request":
-        raise NotImplementedError
+        """``allreduce`` started now; the returned request's ``wait()`` finishes it."""
 
+    @abc.abstractmethod
     def broadcast(self, array, root: int = 0, what: str = "broadcast") -> np.ndarray:
-        raise NotImplementedError
+        """Every rank's ``array`` becomes rank ``root``'s, in place; returns it."""
 
+    @abc.abstractmethod
     def allgather(self, array, what: str = "allgather") -> np.ndarray:
-        raise NotImplementedError
+        """The ``(size, *array.shape)`` stack of every rank's ``array``, in rank order."""
 
+    @abc.abstractmethod
     def barrier(self, what: str = "barrier") -> None:
-        raise NotImplementedError
+        """Return once every rank has entered the barrier."""
 
+    @abc.abstractmethod
     def abort(self, code: int = 1):
-        raise NotImplementedError
+        """End every process of the run with exit status ``code``."""
 
     def close(self) -> None:
         """Release what the communicator holds (nothing for ``SingleProcess``)."""

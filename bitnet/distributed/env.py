@@ -51,7 +51,10 @@ def launched_by_mpi(environ=None) -> bool:
     return env is not None and env["size"] > 1
 
 
-def init(backend: str = "auto", timeout: float | None = -1):
+_DEFAULT = object()
+
+
+def init(backend: str = "auto", timeout=_DEFAULT):
     """The communicator of this run.
 
     ``backend``: ``"auto"`` (MPI when an MPI launcher started this process, else a single process),
@@ -72,7 +75,7 @@ def init(backend: str = "auto", timeout: float | None = -1):
             if env else ""
         raise ImportError(f"distributed training: {started}mpi4py is not installed; {INSTALL_HINT}") from None
     from bitnet.distributed.mpi import MPICommunicator, default_timeout
-    return MPICommunicator(timeout=default_timeout() if timeout == -1 else timeout)
+    return MPICommunicator(timeout=default_timeout() if timeout is _DEFAULT else timeout)
 
 
 def share_cores(comm) -> int:
