@@ -26,13 +26,24 @@ from bitnet.history import METRICS
 
 class TrainingRun:
     """The state a callback sees: ``model``, ``optimizer``, ``scheduler``, ``history``, ``epoch``
-    (current, 1-based), ``epochs`` (the last epoch), ``has_validation`` and ``stop_training``."""
+    (current, 1-based), ``epochs`` (the last epoch), ``has_validation``, ``stop_training``, and
+    ``comm`` (the ``bitnet.distributed`` communicator of a distributed ``fit``, else None) with
+    ``is_main`` (True on rank 0, or without ``comm``: the rank that writes files)."""
 
-    def __init__(self, model, optimizer, scheduler, history, epochs, has_validation, log):
+    def __init__(self, model, optimizer, scheduler, history, epochs, has_validation, log, comm=None):
         self.model, self.optimizer, self.scheduler, self.history = model, optimizer, scheduler, history
-        self.epochs, self.has_validation, self.log = epochs, has_validation, log
+        self.epochs, self.has_validation, self.log, self.comm = epochs, has_validation, log, comm
         self.epoch = 0
         self.stop_training = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.comm is None or self.comm.is_main
+
+    def barrier(self, what: str) -> None:
+        """Wait until every rank of a distributed ``fit`` gets here (nothing without ``comm``)."""
+        if self.comm is not None and self.comm.size > 1:
+            self.comm.barrier(what=what)
 
     def stop(self, reason: str) -> None:
         """Stop training (see the module docstring); ``reason`` goes to ``history.stopped``."""
@@ -169,7 +180,8 @@ class ModelCheckpoint(Callback):
         if self.save_best_only:
             _check_validation(run, self.monitor, "ModelCheckpoint")
         probe = _TemplateProbe()
-        _check_folder(self._filled(probe), "ModelCheckpoint")
+        if run.is_main:
+            _check_folder(self._filled(probe), "ModelCheckpoint")
         self.best = None
 
     def on_epoch_end(self, run, stats):
@@ -180,11 +192,13 @@ class ModelCheckpoint(Callback):
             self.best = value
         from bitnet.io.checkpoint import save
         path = self._filled(stats)
-        if self.save_training_state:
-            save(run.model, path, optimizer=run.optimizer, epoch=stats.epoch, scheduler=run.scheduler,
-                 input_shape=self.input_shape)
-        else:
-            save(run.model, path, input_shape=self.input_shape)
+        if run.is_main:  # distributed: rank 0 writes, the others wait for the file
+            if self.save_training_state:
+                save(run.model, path, optimizer=run.optimizer, epoch=stats.epoch, scheduler=run.scheduler,
+                     input_shape=self.input_shape)
+            else:
+                save(run.model, path, input_shape=self.input_shape)
+        run.barrier(f"waiting for rank 0 to write {path}")
         self.saved.append(path)
         if self.verbose and run.log is not None:
             run.log(f"saved {path} (epoch {stats.epoch}, {self.monitor} {value:.4f})")
@@ -226,6 +240,8 @@ class CSVLogger(Callback):
         self._file = self._writer = None
 
     def on_train_begin(self, run):
+        if not run.is_main:  # distributed: rank 0 writes the log
+            return
         _check_folder(self.path, "CSVLogger")
         new = not (self.append and os.path.exists(self.path) and os.path.getsize(self.path) > 0)
         self._file = open(self.path, "a" if self.append else "w", newline="")
@@ -235,6 +251,8 @@ class CSVLogger(Callback):
             self._file.flush()
 
     def on_epoch_end(self, run, stats):
+        if self._writer is None:
+            return
         self._writer.writerow([getattr(stats, c) for c in self.COLUMNS])
         self._file.flush()
 

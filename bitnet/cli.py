@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from bitnet import cli_options as opt
+from bitnet import cli_distributed as dist, cli_options as opt
 from bitnet.cli_files import (DATASET_CLASSES, RUN_OPTIONS, CommandError, check_destination, choose_dataset, flag,
                               images_text, not_finite, printable, reading, record_of, resume_checks, running,
                               trained_on, write_packed, writing)
@@ -42,6 +42,7 @@ def _train_parser(sub):
     p.add_argument("--limit-train", type=opt.LIMIT_TRAIN, default=_SAVED,
                    help="use only the first N training images (quick runs)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    dist.add_options(p)
     p.add_argument("--save", default=None, metavar="CKPT",
                    help="write a training checkpoint (HDF5) after every epoch, atomically; the folder must "
                         "exist and be writable (checked before training)")
@@ -74,7 +75,8 @@ def _make_optimizer(name, params, lr, weight_decay):
 
 
 def _warn(args, message) -> None:
-    print(f"bitnet {args.command}: warning: {printable(message)}", file=sys.stderr)
+    if getattr(args, "comm", None) is None or args.comm.is_main:
+        print(f"bitnet {args.command}: warning: {printable(message)}", file=sys.stderr)
 
 
 def cmd_train(args) -> int:
@@ -83,22 +85,27 @@ def cmd_train(args) -> int:
     from bitnet.data.datasets import load_splits, transform_for
     from bitnet.training import evaluate, fit
 
+    comm = args.comm = dist.communicator(args)
+    main_rank = comm is None or comm.is_main
     given = {k for k in RUN_OPTIONS if hasattr(args, k)}
-    if args.save:
+    if args.save and main_rank:
         check_destination(args.save, "--save")
     taken = resume_checks(args, given, lambda m: _warn(args, m)) if args.resume else []
     for k in RUN_OPTIONS:
         if not hasattr(args, k):
             setattr(args, k, RUN_OPTIONS[k])
+    dist.check_batch(comm, args.batch_size)
     seeds = np.random.SeedSequence(args.seed).spawn(2)
-    (x_train, y_train), (x_test, y_test) = load_splits(args.dataset, ("train", "test"), args.data_dir,
-                                                       args.download)
+    with dist.rank_zero_first(comm, "reading (or downloading) the dataset"):
+        (x_train, y_train), (x_test, y_test) = load_splits(args.dataset, ("train", "test"), args.data_dir,
+                                                           args.download)
     if args.limit_train is not None:
         x_train, y_train = x_train[:args.limit_train], y_train[:args.limit_train]
     transform = transform_for(args.dataset)
     train_loader = DataLoader((x_train, y_train), args.batch_size, shuffle=True,
                               rng=np.random.default_rng(seeds[0]), transform=transform)
     test_loader = DataLoader((x_test, y_test), 1000, transform=transform)
+    steps = dist.shard(train_loader, comm)  # this rank's part of every global batch (all of it on one process)
 
     import bitnet
     sample = transform(x_train[:1])
@@ -109,12 +116,13 @@ def cmd_train(args) -> int:
     else:
         model = models.get(args.model, in_channels=sample.shape[1], image_size=sample.shape[-1],
                            num_classes=num_classes, seed=np.random.default_rng(seeds[1]))
+    dist.sync_batchnorm(model, comm, args.sync_batchnorm)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _make_optimizer(args.optimizer, params, args.lr, args.weight_decay)
-    total = args.epochs * len(train_loader)
+    total = args.epochs * len(steps)
     if args.schedule == "cosine" and args.warmup_steps >= total and not args.resume:
         raise CommandError(f"--warmup-steps {args.warmup_steps}: expected fewer than the run's {total} iterations "
-                           f"({args.epochs} epochs of {len(train_loader)} batches), or --schedule constant")
+                           f"({args.epochs} epochs of {len(steps)} batches), or --schedule constant")
     scheduler = None
     if args.schedule == "cosine":
         scheduler = optim.WarmupCosine(optimizer, warmup_steps=args.warmup_steps, total_steps=total)
@@ -132,28 +140,34 @@ def cmd_train(args) -> int:
             except ValueError as e:
                 raise CommandError(f"--resume {args.resume}: its training state does not fit this run: {e}") from None
         start = state.epoch + 1
-    log = None if args.quiet else print
+    log = None if args.quiet or not main_rank else print
     if log:
         changed = [f"{flag(k)} {getattr(args, k)}" for k in taken if getattr(args, k) != RUN_OPTIONS[k]]
         log(f"training {_describe(model)} on {args.dataset}: {len(y_train)} images, {args.epochs} epochs, "
             f"batch {args.batch_size}, {args.optimizer} lr {args.lr}, {model.num_parameters()} parameters"
             + (f"; resumed from {args.resume} after epoch {start - 1}" if args.resume else "")
             + (f" (its options: {', '.join(changed)})" if changed else ""))
+        if comm is not None:
+            log(dist.describe(comm, steps))
     record = trained_on(args.dataset, sample.shape[1:], num_classes, vars(args))
 
     def save_checkpoint(epoch, stats):
-        with writing(args.save, f"the checkpoint of epoch {epoch} to", code=1,
-                     hint="a checkpoint there from an earlier epoch is left as it was"):
-            bitnet.save(model, args.save, optimizer=optimizer, epoch=epoch, rng=train_loader.rng, scheduler=scheduler,
-                        trained_on=record)
+        if main_rank:  # distributed: rank 0 writes, the others wait until the file is complete
+            with writing(args.save, f"the checkpoint of epoch {epoch} to", code=1,
+                         hint="a checkpoint there from an earlier epoch is left as it was"):
+                bitnet.save(model, args.save, optimizer=optimizer, epoch=epoch, rng=train_loader.rng,
+                            scheduler=scheduler, trained_on=record)
+        if comm is not None:
+            comm.barrier(what=f"waiting for rank 0 to write {args.save}")
 
     if start <= args.epochs:
-        fit(model, optimizer, train_loader, args.epochs, scheduler=scheduler, progress=not args.quiet, log=log,
-            start_epoch=start, after_epoch=save_checkpoint if args.save else None)
-    loss, acc = evaluate(model, test_loader)
+        fit(model, optimizer, steps, args.epochs, scheduler=scheduler, progress=not args.quiet and main_rank, log=log,
+            start_epoch=start, after_epoch=save_checkpoint if args.save else None, distributed=comm)
+    loss, acc = evaluate(model, test_loader, distributed=comm)
     if log:
         log(f"test loss: {loss:.4f}")
-    print(f"test accuracy: {acc:.4f}")
+    if main_rank:
+        print(f"test accuracy: {acc:.4f}")
     return 0
 
 
@@ -367,21 +381,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _error(args, message, code, newlines=False) -> int:
-    print(f"bitnet {args.command}: error: {printable(message, newlines)}", file=sys.stderr)
+    rank = getattr(args, "rank_text", "")
+    print(f"bitnet {args.command}{rank}: error: {printable(message, newlines)}", file=sys.stderr, flush=True)
     return code
 
 
 def main(argv=None) -> int:
-    from bitnet.data import DataFormatError, DatasetNotFoundError, DownloadError
-    from bitnet.backend import CudaUnavailableError
     from bitnet.compile_notice import announce_compilation
-    from bitnet.io import BitnetFileError
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
     announce_compilation()  # one line on stderr if Numba has to compile kernels (first run on a machine)
+    code = _run(args)
+    comm = getattr(args, "comm", None)
+    if comm is not None:
+        if code and comm.size > 1:
+            comm.abort(code)  # the other ranks would wait for this one for ever: the launcher ends them all
+        comm.close()
+    return code
+
+
+def _run(args) -> int:
+    from bitnet.backend import CudaUnavailableError
+    from bitnet.data import DataFormatError, DatasetNotFoundError, DownloadError
+    from bitnet.io import BitnetFileError
     try:
         _import_modules(getattr(args, "imports", []))
         return args.run(args)
@@ -396,8 +421,13 @@ def main(argv=None) -> int:
     except MemoryError:
         return _error(args, "out of memory; use smaller inputs or batches (--limit, --batch-size)", 1)
     except KeyboardInterrupt:
-        print(f"bitnet {args.command}: interrupted", file=sys.stderr)
+        print(f"bitnet {args.command}{getattr(args, 'rank_text', '')}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        comm = getattr(args, "comm", None)
+        if comm is None or comm.size == 1:
+            raise
+        return dist.failure(args, comm, exc)  # then main ends every rank
 
 
 if __name__ == "__main__":

@@ -14,6 +14,14 @@ gradient of the output and returns one gradient (or ``None``) per tensor input.
 In-place arithmetic (``t -= x``, ``bitnet.ops.inplace``) bumps the tensor's ``_version``; every
 recorded operation remembers its inputs' versions, and ``backward()`` refuses to run through an
 operation whose input was modified in place afterwards (its saved arrays would be stale).
+
+Hooks (what data-parallel training, ``bitnet.distributed``, builds on): a ``Parameter``'s
+``register_post_accumulate_grad_hook(fn)`` calls ``fn(param)`` as soon as ``backward()`` has
+accumulated the parameter's last contribution of this pass into ``param.grad``, i.e. right after its
+last consumer's ``Function.backward`` ran, while the rest of the graph is still being
+differentiated (the topological order alone would put every parameter at the end). A hook may call
+``queue_callback(fn)`` to have ``fn()`` run once when this ``backward()`` has finished. Neither
+changes any gradient: the same sums are formed in the same order.
 """
 from __future__ import annotations
 
@@ -22,7 +30,7 @@ import threading
 
 import numpy as np
 
-__all__ = ["Tensor", "Parameter", "Function", "no_grad", "enable_grad", "is_grad_enabled", "tensor"]
+__all__ = ["Tensor", "Parameter", "Function", "no_grad", "enable_grad", "is_grad_enabled", "tensor", "queue_callback"]
 
 _state = threading.local()
 
@@ -162,12 +170,21 @@ class Tensor:
                                  f"output shape {self.shape}")
         order = self._topological_order()
         grads = {id(self): grad}
+        waiting = _hooked_consumers(order)  # id(hooked leaf) -> consumer edges not yet differentiated
+        outer, _state.callbacks = getattr(_state, "callbacks", None), []
+        try:
+            self._backward(order, grads, waiting, retain_graph)
+            while _state.callbacks:
+                _state.callbacks.pop(0)()
+        finally:
+            _state.callbacks = outer
+
+    def _backward(self, order, grads, waiting, retain_graph):
         for node in order:
             g = grads.pop(id(node), None)
             ctx = node._ctx
-            if ctx is None:  # a leaf
-                if g is not None and node.requires_grad:
-                    node.grad = _sum(g) if node.grad is None else _sum(node.grad, g)
+            if ctx is None:  # a leaf (a hooked one whose gradient was final earlier has none left here)
+                _accumulate(node, g)
                 continue
             if g is None:
                 continue
@@ -182,16 +199,20 @@ class Tensor:
             if not isinstance(parent_grads, tuple):
                 parent_grads = (parent_grads,)
             for parent, pg in zip(ctx.parents, parent_grads):
-                if pg is None or not parent.requires_grad:
-                    continue
-                if pg.shape != parent.shape:
-                    raise RuntimeError(f"internal error: {type(ctx).__name__}.backward returned "
-                                       f"shape {pg.shape} for an input of shape {parent.shape}")
                 key = id(parent)
-                if key in grads:
-                    grads[key] = _sum(grads[key], pg)
-                else:
-                    grads[key] = pg
+                if pg is not None and parent.requires_grad:
+                    if pg.shape != parent.shape:
+                        raise RuntimeError(f"internal error: {type(ctx).__name__}.backward returned "
+                                           f"shape {pg.shape} for an input of shape {parent.shape}")
+                    if key in grads:
+                        grads[key] = _sum(grads[key], pg)
+                    else:
+                        grads[key] = pg
+                if key in waiting:
+                    waiting[key] -= 1
+                    if waiting[key] == 0:  # its last consumer is done: its gradient is final now
+                        del waiting[key]
+                        _accumulate(parent, grads.pop(key, None))
             if not retain_graph:
                 node._ctx = _FREED
 
@@ -209,7 +230,11 @@ class Tensor:
             visited.add(id(node))
             stack.append((node, True))
             if node._ctx is not None:
-                for parent in node._ctx.parents:
+                # the first input (by convention the data path: x of conv2d(x, w), matmul(x, w.T)) is
+                # explored first, so it finishes first and its whole subgraph comes after the others
+                # (weights, w.T, quantized weights) in the order: a weight's gradient is final right
+                # after the layer's backward, not at the end of the pass
+                for parent in reversed(node._ctx.parents):
                     if parent.requires_grad and id(parent) not in visited:
                         stack.append((parent, False))
         order.reverse()
@@ -223,7 +248,7 @@ class Parameter(Tensor):
     place after updating it (e.g. clipping the latent weights of a binary kernel to [-1, 1]).
     """
 
-    __slots__ = ("constraint",)
+    __slots__ = ("constraint", "_grad_hooks")
 
     def __init__(self, data, requires_grad: bool = True, dtype=None, constraint=None):
         arr = _as_array(data, dtype)
@@ -231,9 +256,66 @@ class Parameter(Tensor):
             arr = arr.astype(np.float32)
         super().__init__(arr, requires_grad=requires_grad)
         self.constraint = constraint
+        self._grad_hooks = ()
+
+    def register_post_accumulate_grad_hook(self, hook) -> "HookHandle":
+        """Call ``hook(self)`` in every ``backward()`` as soon as this parameter's gradient of that pass
+        is accumulated into ``.grad`` (module docstring); returns a handle whose ``remove()`` unhooks it."""
+        if not callable(hook):
+            raise TypeError(f"register_post_accumulate_grad_hook: expected a callable, got {type(hook).__name__}")
+        self._grad_hooks = getattr(self, "_grad_hooks", ()) + (hook,)
+        return HookHandle(self, hook)
 
     def __repr__(self):
         return "Parameter" + super().__repr__()[len("Tensor"):]
+
+
+class HookHandle:
+    """What ``register_post_accumulate_grad_hook`` returns: ``remove()`` unregisters the hook."""
+
+    __slots__ = ("_param", "_hook")
+
+    def __init__(self, param, hook):
+        self._param, self._hook = param, hook
+
+    def remove(self) -> None:
+        hooks = getattr(self._param, "_grad_hooks", ())
+        if self._hook in hooks:
+            i = hooks.index(self._hook)
+            self._param._grad_hooks = hooks[:i] + hooks[i + 1:]
+
+
+def queue_callback(fn) -> None:
+    """Run ``fn()`` once, when the ``backward()`` now running has differentiated the whole graph (before
+    it returns); only callable from inside a backward pass, e.g. from a gradient hook."""
+    callbacks = getattr(_state, "callbacks", None)
+    if callbacks is None:
+        raise RuntimeError("queue_callback() outside backward(): call it from a gradient hook")
+    callbacks.append(fn)
+
+
+def _hooked_consumers(order) -> dict:
+    """``{id(leaf): number of consumer edges}`` for the leaves in ``order`` that have gradient hooks
+    (empty, and cheap, when none has)."""
+    hooked = {id(n) for n in order if n._ctx is None and getattr(n, "_grad_hooks", ())}
+    if not hooked:
+        return {}
+    waiting = dict.fromkeys(hooked, 0)
+    for node in order:
+        if node._ctx is not None:
+            for parent in node._ctx.parents:
+                if id(parent) in waiting:
+                    waiting[id(parent)] += 1
+    return waiting
+
+
+def _accumulate(leaf, g) -> None:
+    """Add this pass's gradient ``g`` (or nothing, if None) into ``leaf.grad`` and run its hooks."""
+    if g is None or not leaf.requires_grad:
+        return
+    leaf.grad = _sum(g) if leaf.grad is None else _sum(leaf.grad, g)
+    for hook in getattr(leaf, "_grad_hooks", ()):
+        hook(leaf)
 
 
 def tensor(data, requires_grad: bool = False, dtype=None) -> Tensor:

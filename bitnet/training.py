@@ -11,6 +11,10 @@ The loop is the explicit PyTorch-style loop (see docs/training.md)::
 ``fit`` adds a scheduler step per iteration (optional), running loss / accuracy / throughput on
 a progress bar, an evaluation after each epoch when a validation loader is given, callbacks
 (``bitnet.callbacks``) and a ``History`` of every epoch and step (``bitnet.history``).
+
+``distributed=comm`` (a ``bitnet.distributed`` communicator) trains data-parallel over its ranks, each
+on its part of every global batch, and ``evaluate`` splits its set over them: what changes is listed
+in ``bitnet.distributed.fitting``; one rank (or ``None``) is the plain loop.
 """
 from __future__ import annotations
 
@@ -36,10 +40,20 @@ def _bar(total, desc, progress):
     return Progress(total, desc, enabled=bool(progress))
 
 
-def evaluate(model, loader, loss_fn=F.cross_entropy, progress: bool = False, desc: str = "eval"):
+def _several(comm) -> bool:
+    return comm is not None and comm.size > 1
+
+
+def evaluate(model, loader, loss_fn=F.cross_entropy, progress: bool = False, desc: str = "eval", distributed=None):
     """Mean loss and accuracy of ``model`` over ``loader`` in eval mode (no graph recorded).
 
-    The model's train/eval mode is restored afterwards."""
+    The model's train/eval mode is restored afterwards. ``distributed``: a communicator whose ranks
+    each evaluate a contiguous part of ``loader``'s dataset and add up their sums (every rank returns
+    the result for the whole set; the progress bar shows on rank 0 only)."""
+    if _several(distributed):
+        from bitnet.distributed.fitting import evaluation_loader
+        loader = evaluation_loader(loader, distributed)
+        progress = progress and distributed.is_main
     was_training = model.training
     model.eval()
     total_loss, correct, seen = 0.0, 0, 0
@@ -55,6 +69,9 @@ def evaluate(model, loader, loss_fn=F.cross_entropy, progress: bool = False, des
     finally:
         bar.close()
         model.train(was_training)
+    if _several(distributed):
+        from bitnet.distributed.fitting import evaluation_totals
+        total_loss, correct, seen = evaluation_totals(distributed, total_loss, correct, seen)
     if seen == 0:
         raise ValueError("evaluate: the loader yielded no samples")
     return total_loss / seen, correct / seen
@@ -62,7 +79,7 @@ def evaluate(model, loader, loss_fn=F.cross_entropy, progress: bool = False, des
 
 def fit(model, optimizer, train_loader, epochs: int, loss_fn=F.cross_entropy, val_loader=None,
         scheduler=None, progress=True, log=print, after_step=None, start_epoch: int = 1,
-        after_epoch=None, callbacks=None) -> History:
+        after_epoch=None, callbacks=None, distributed=None) -> History:
     """Train ``model`` for ``epochs`` passes over ``train_loader``; returns a ``History`` (per epoch
     and per step, ``bitnet.history``), also when a callback stops training early.
 
@@ -73,7 +90,9 @@ def fit(model, optimizer, train_loader, epochs: int, loss_fn=F.cross_entropy, va
     ``start_epoch`` > 1 continues a run (epochs ``start_epoch..epochs``, e.g. from a checkpoint);
     ``after_epoch(epoch, stats)`` runs after each epoch (e.g. to save a checkpoint). ``callbacks``:
     ``bitnet.callbacks.Callback`` objects (early stopping, checkpoints, CSV and learning-rate logs,
-    your own), called in order (``bitnet.callbacks``).
+    your own), called in order (``bitnet.callbacks``). ``distributed``: a ``bitnet.distributed``
+    communicator to train data-parallel over its ranks, ``train_loader.batch_size`` being the global
+    batch (module docstring).
     """
     if epochs < 1:
         raise ValueError(f"fit: epochs must be >= 1, got {epochs}")
@@ -84,23 +103,32 @@ def fit(model, optimizer, train_loader, epochs: int, loss_fn=F.cross_entropy, va
         if not isinstance(cb, Callback):
             raise TypeError(f"fit: callbacks must be bitnet.callbacks.Callback objects, got {type(cb).__name__}; "
                             "subclass Callback and override the hooks you need")
-    run = TrainingRun(model, optimizer, scheduler, History(), epochs, val_loader is not None, log)
+    dist = None
+    if _several(distributed) and not distributed.is_main:
+        progress, log = False, None
+    run = TrainingRun(model, optimizer, scheduler, History(), epochs, val_loader is not None, log, distributed)
     try:
+        if _several(distributed):
+            from bitnet.distributed.fitting import DistributedFit
+            dist = DistributedFit(distributed, model, train_loader)
+            train_loader = dist.loader
         for cb in callbacks:
             cb.on_train_begin(run)
         try:
             _fit(run, train_loader, epochs, loss_fn, val_loader, progress, after_step, start_epoch, after_epoch,
-                 callbacks)
+                 callbacks, dist)
         finally:
             for cb in callbacks:
                 cb.on_train_end(run)
         return run.history
     finally:
+        if dist is not None:
+            dist.close()
         workspace.clear()  # the step's recycled arrays (bitnet.ops.workspace): not kept after training
 
 
 def _fit(run, train_loader, epochs, loss_fn, val_loader, progress, after_step, start_epoch, after_epoch,
-         callbacks) -> None:
+         callbacks, dist) -> None:
     model, optimizer, scheduler, history, log = run.model, run.optimizer, run.scheduler, run.history, run.log
     params = [p for p in model.parameters() if p.requires_grad]
     for epoch in range(start_epoch, epochs + 1):
@@ -130,6 +158,8 @@ def _fit(run, train_loader, epochs, loss_fn, val_loader, progress, after_step, s
                     after_step(model)
                 n, steps = len(y), steps + 1
                 batch_loss, batch_correct = float(loss.data), int((logits.data.argmax(axis=1) == y).sum())
+                if dist is not None:  # the global batch's numbers, the same on every rank
+                    batch_loss, batch_correct, n = dist.step_totals(batch_loss, batch_correct, n)
                 loss_sum += batch_loss * n
                 correct += batch_correct
                 seen += n
@@ -145,10 +175,12 @@ def _fit(run, train_loader, epochs, loss_fn, val_loader, progress, after_step, s
             bar.close()
         if seen == 0:
             raise ValueError(f"fit: epoch {epoch}: the training loader yielded no samples")
+        if dist is not None:
+            dist.end_epoch(epoch)
         seconds = time.perf_counter() - start
         stats = EpochStats(epoch, loss_sum / seen, correct / seen, seconds, seen / seconds, lr=run.lr, steps=steps)
         if val_loader is not None:
-            stats.val_loss, stats.val_accuracy = evaluate(model, val_loader)
+            stats.val_loss, stats.val_accuracy = evaluate(model, val_loader, distributed=run.comm)
         history.epochs.append(stats)
         if log is not None:
             msg = (f"epoch {epoch}/{epochs}: loss {stats.loss:.4f} acc {stats.accuracy:.4f} "

@@ -5,13 +5,15 @@ import argparse
 import json
 import os
 
-from bitnet.cli_options import BATCH, integer
+from bitnet.cli_options import BATCH, integer, number
 
 _ROUNDS = integer(1, 10_000, "rounds")
 _REPEATS = integer(1, 100_000, "timed calls")
 _STEPS = integer(1, 100_000, "steps per round")
 _BUSY = integer(0, 256, "busy-looping processes")
 _THREADS = integer(1, 4096, "threads")
+_GBIT = number(0.0, 1e6, low_open=True, what="Gbit/s")
+_LATENCY = number(0.0, 1e7, what="microseconds")
 
 
 def thread_counts(text: str) -> list:
@@ -61,6 +63,20 @@ def add_parser(sub):
     _add_busy(t)
     t.add_argument("--json", default=None, help="write the records to this file")
     t.set_defaults(run=cmd_train)
+    d = bsub.add_parser("distributed", help="data-parallel training steps on 1 and N processes (mpiexec): time per "
+                        "step, share in allreduce, and a ring-allreduce estimate for 8 and 64 machines")
+    d.add_argument("--model", choices=("lenet-binary", "lenet", "resnet18-binary"), default="lenet-binary")
+    d.add_argument("--batch-size", type=BATCH, default=128, help="the global batch (default 128)")
+    d.add_argument("--processes", type=thread_counts, default=[2],
+                   help="process counts besides 1, e.g. 2 or 2,4 (default 2)")
+    d.add_argument("--rounds", type=_ROUNDS, default=5)
+    d.add_argument("--steps", type=_STEPS, default=10, help="steps per round (default 10)")
+    d.add_argument("--bandwidth-gbit", type=_GBIT, default=10.0,
+                   help="link bandwidth of the cluster estimate in Gbit/s (default 10: 10 Gigabit Ethernet)")
+    d.add_argument("--latency-us", type=_LATENCY, default=20.0,
+                   help="per-message latency of the cluster estimate in microseconds (default 20: TCP over Ethernet)")
+    d.add_argument("--json", default=None, help="write the records to this file")
+    d.set_defaults(run=cmd_distributed)
     for name, helptext in (("gemm", "XNOR-popcount GEMM vs NumPy float32 GEMM (BMXNet paper sizes, squares)"),
                            ("conv", "one binary convolution layer from a float input vs float im2col + GEMM"),
                            ("model", "packed lenet-binary / resnet18-binary inference vs float, PyTorch, ONNX Runtime"),
@@ -110,6 +126,14 @@ def cmd_train(args) -> int:
     threads = _threads_list(args.threads)
     records = train.run(args.model, args.batch_size, threads, args.rounds, args.steps, args.data_dir,
                         frameworks, args.busy)
+    _write_json(args.json, records)
+    return 0
+
+
+def cmd_distributed(args) -> int:
+    from bitnet.bench import distributed
+    records = distributed.run(args.model, args.batch_size, args.processes, args.steps, args.rounds, args.bandwidth_gbit,
+                              args.latency_us)
     _write_json(args.json, records)
     return 0
 

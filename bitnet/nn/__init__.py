@@ -10,11 +10,13 @@ from bitnet.nn.layers import (  # noqa: F401
 from bitnet.nn.module import Module, StateDictError  # noqa: F401
 from bitnet.nn.quantized import QActivation, QConv2d, QDense  # noqa: F401
 from bitnet.nn.registry import register  # noqa: F401
+from bitnet.nn.sync_batchnorm import SyncBatchNorm1d, SyncBatchNorm2d, convert_sync_batchnorm  # noqa: F401
 from bitnet.tensor import Parameter  # noqa: F401
 
 Linear = Dense  # PyTorch's name
 
 for _cls in (Sequential, ModuleList, Dense, Conv2d, BatchNorm1d, BatchNorm2d, MaxPool2d, AvgPool2d, GlobalAvgPool2d,
-             Flatten, ReLU, Tanh, Sigmoid, Identity, HardTanh, Dropout, QActivation, QDense, QConv2d):
+             Flatten, ReLU, Tanh, Sigmoid, Identity, HardTanh, Dropout, QActivation, QDense, QConv2d, SyncBatchNorm1d,
+             SyncBatchNorm2d):
     register(_cls)
 del _cls
