@@ -205,23 +205,16 @@ def _h5_edit(path, rng):
             f.attrs["config"] = np.bytes_(json.dumps(cfg))  # a fixed-length string, as bitnet writes
             return f"config {cfg}"
         if choice in (14, 15) and "architecture" in f.attrs:
-            import zlib
-            arch = json.loads(zlib.decompress(bytes(f.attrs["architecture"])))
-            nodes, stack = [], [arch]
-            while stack:
-                node = stack.pop()
-                nodes.append(node)
-                stack.extend(node.get("children", []))
-            node = nodes[int(rng.integers(len(nodes)))]
-            if choice == 14 and node.get("config"):
-                name = sorted(node["config"])[int(rng.integers(len(node["config"])))]
-                node["config"][name] = [0, -1, 10 ** 12, 2 ** 20, "x", None, [1] * 5, {"a": 1}, 1.5][int(rng.integers(9))]
-                desc = f"architecture {node['class']}.{name} = {node['config'][name]!r}"
-            else:
+            def change(arch, nodes, rng):  # one node's argument, or its class
+                node = nodes[int(rng.integers(len(nodes)))]
+                if choice == 14 and node.get("config"):
+                    name = sorted(node["config"])[int(rng.integers(len(node["config"])))]
+                    node["config"][name] = [0, -1, 10 ** 12, 2 ** 20, "x", None, [1] * 5, {"a": 1}, 1.5][
+                        int(rng.integers(9))]
+                    return f"architecture {node['class']}.{name} = {node['config'][name]!r}"
                 node["class"] = ["os.system", "Dense", "Sequential", "ReLU", "", 3][int(rng.integers(6))]
-                desc = f"architecture class {node['class']!r}"
-            f.attrs["architecture"] = np.void(zlib.compress(json.dumps(arch).encode()))
-            return desc
+                return f"architecture class {node['class']!r}"
+            return _edit_architecture(f, rng, change)
         if choice == 8 and key:
             ds = f["weights"][key]
             if ds.dtype.kind == "f" and ds.size:
