@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import sys
 import tempfile
 import unicodedata
 import warnings
@@ -255,3 +256,17 @@ def write_packed(model, out, input_shape, record) -> None:
     """``bitnet.convert(model, out)`` with the checkpoint's training record carried into the packed file."""
     import bitnet
     bitnet.convert(model, out, input_shape=input_shape, trained_on=record)
+
+
+def warn(args, message) -> None:
+    """A warning line on stderr (rank 0 only in a distributed run), its text escaped."""
+    if getattr(args, "comm", None) is None or args.comm.is_main:
+        print(f"bitnet {args.command}: warning: {printable(message)}", file=sys.stderr)
+
+
+def describe_model(model) -> str:
+    """A model in a few words: the zoo name and arguments, or its class."""
+    cfg = getattr(model, "zoo_config", None)
+    if cfg:
+        return f"{cfg['name']} {cfg['kwargs'] or ''}".rstrip()
+    return f"{type(model).__name__} of {len(model._modules)} modules"

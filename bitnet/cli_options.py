@@ -78,3 +78,16 @@ WARMUP = integer(0, MAX_STEPS, "warm-up iterations")
 LIMIT_TRAIN = integer(1, None, "how many training images to use")
 # of `bitnet predict`
 LIMIT = integer(1, None, "how many images to predict")
+
+
+def data_options(p):
+    """Where the dataset's files are, and whether missing ones may be downloaded (train and eval)."""
+    p.add_argument("--data-dir", default=None,
+                   help="folder holding the dataset (or a parent with mnist/, fashion-mnist/, cifar-10/); "
+                        "default: $BITNET_DATA, else ~/.cache/bitnet/data")
+    p.add_argument("--no-download", dest="download", action="store_false",
+                   help="fail if the files are missing instead of downloading them (by default missing MNIST "
+                        "and Fashion-MNIST files are downloaded into the data folder, checksummed)")
+    p.add_argument("--download", dest="download", action="store_true",
+                   help="download missing files: the default, accepted for old scripts")
+    p.set_defaults(download=True)

@@ -1,0 +1,148 @@
+"""``bitnet train``: its options, and the run: a zoo model trained on a dataset, a checkpoint after every
+epoch (``--save``), continued from one (``--resume``), on one process or data-parallel over MPI
+(``bitnet.cli_distributed``); the last line printed is ``test accuracy: X``."""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from bitnet import cli_distributed as dist, cli_options as opt
+from bitnet.cli_files import (DATASET_CLASSES, RUN_OPTIONS, CommandError, check_destination, describe_model, flag,
+                              reading, resume_checks, trained_on, warn, writing)
+
+_SAVED = argparse.SUPPRESS  # a run option's default: absent unless given (--resume takes the saved run's)
+
+
+def add_parser(sub):
+    """The ``train`` command's parser (options left out take the saved run's values with --resume)."""
+    from bitnet import models
+    from bitnet.data.datasets import NAMES
+    p = sub.add_parser("train", help="train a zoo model on a dataset and report its test accuracy",
+                       description="Train a model from the zoo; the last line printed is "
+                                   "'test accuracy: X'.")
+    p.add_argument("--model", default=_SAVED, choices=models.names(), help="zoo model name (default: lenet)")
+    p.add_argument("--dataset", default=_SAVED, choices=NAMES, help="dataset (default: mnist)")
+    opt.data_options(p)
+    p.add_argument("--epochs", type=opt.EPOCHS, default=_SAVED, help="passes over the training set (default: 3)")
+    p.add_argument("--batch-size", type=opt.BATCH, default=_SAVED, help="minibatch size (default: 128)")
+    p.add_argument("--seed", type=opt.SEED, default=_SAVED, help="seed for weights, shuffling and dropout (default: 0)")
+    p.add_argument("--optimizer", default=_SAVED, choices=("adam", "adamw", "sgd"), help="default: adam")
+    p.add_argument("--lr", type=opt.LEARNING_RATE, default=_SAVED, help="peak learning rate (default: 1e-3)")
+    p.add_argument("--weight-decay", type=opt.WEIGHT_DECAY, default=_SAVED, help="default: 0")
+    p.add_argument("--schedule", default=_SAVED, choices=("cosine", "constant"),
+                   help="learning-rate schedule over all iterations (default: cosine)")
+    p.add_argument("--warmup-steps", type=opt.WARMUP, default=_SAVED, help="linear warm-up iterations (default: 0)")
+    p.add_argument("--limit-train", type=opt.LIMIT_TRAIN, default=_SAVED,
+                   help="use only the first N training images (quick runs)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    dist.add_options(p)
+    p.add_argument("--save", default=None, metavar="CKPT",
+                   help="write a training checkpoint (HDF5) after every epoch, atomically; the folder must "
+                        "exist and be writable (checked before training)")
+    p.add_argument("--resume", default=None, metavar="CKPT",
+                   help="continue the run saved in CKPT (model, optimizer, schedule, data order) from "
+                        "its next epoch up to --epochs: the options left out are the saved run's, options "
+                        "given must equal them (--epochs may differ)")
+    p.set_defaults(run=cmd_train)
+
+
+def make_optimizer(name, params, lr, weight_decay):
+    """The optimizer ``--optimizer`` names: SGD with Nesterov momentum 0.9, Adam or AdamW."""
+    from bitnet import optim
+    if name == "sgd":
+        return optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    cls = optim.AdamW if name == "adamw" else optim.Adam
+    return cls(params, lr=lr, weight_decay=weight_decay)
+
+
+def cmd_train(args) -> int:
+    from bitnet import models, optim
+    from bitnet.data import DataLoader
+    from bitnet.data.datasets import load_splits, transform_for
+    from bitnet.training import evaluate, fit
+
+    comm = args.comm = dist.communicator(args)
+    main_rank = comm is None or comm.is_main
+    given = {k for k in RUN_OPTIONS if hasattr(args, k)}
+    if args.save and main_rank:
+        check_destination(args.save, "--save")
+    taken = resume_checks(args, given, lambda m: warn(args, m)) if args.resume else []
+    for k in RUN_OPTIONS:
+        if not hasattr(args, k):
+            setattr(args, k, RUN_OPTIONS[k])
+    dist.check_batch(comm, args.batch_size)
+    seeds = np.random.SeedSequence(args.seed).spawn(2)
+    with dist.rank_zero_first(comm, "reading (or downloading) the dataset"):
+        (x_train, y_train), (x_test, y_test) = load_splits(args.dataset, ("train", "test"), args.data_dir,
+                                                           args.download)
+    if args.limit_train is not None:
+        x_train, y_train = x_train[:args.limit_train], y_train[:args.limit_train]
+    transform = transform_for(args.dataset)
+    train_loader = DataLoader((x_train, y_train), args.batch_size, shuffle=True,
+                              rng=np.random.default_rng(seeds[0]), transform=transform)
+    test_loader = DataLoader((x_test, y_test), 1000, transform=transform)
+    steps = dist.shard(train_loader, comm)  # this rank's part of every global batch (all of it on one process)
+
+    import bitnet
+    sample = transform(x_train[:1])
+    num_classes = DATASET_CLASSES[args.dataset]
+    if args.resume:
+        with reading(args.resume):
+            model = bitnet.load(args.resume)
+    else:
+        model = models.get(args.model, in_channels=sample.shape[1], image_size=sample.shape[-1],
+                           num_classes=num_classes, seed=np.random.default_rng(seeds[1]))
+    dist.sync_batchnorm(model, comm, args.sync_batchnorm)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(args.optimizer, params, args.lr, args.weight_decay)
+    total = args.epochs * len(steps)
+    if args.schedule == "cosine" and args.warmup_steps >= total and not args.resume:
+        raise CommandError(f"--warmup-steps {args.warmup_steps}: expected fewer than the run's {total} iterations "
+                           f"({args.epochs} epochs of {len(steps)} batches), or --schedule constant")
+    scheduler = None
+    if args.schedule == "cosine":
+        scheduler = optim.WarmupCosine(optimizer, warmup_steps=args.warmup_steps, total_steps=total)
+    elif args.warmup_steps:
+        scheduler = optim.LinearWarmup(optimizer, warmup_steps=args.warmup_steps)
+    start = 1
+    if args.resume:
+        with reading(args.resume, "a training state that fits this run"):
+            state = bitnet.load_training_state(args.resume)
+            if state.epoch is None or state.optimizer is None:
+                raise CommandError(f"{args.resume}: not a training checkpoint (no epoch or optimizer state); "
+                                   "write one with bitnet train --save")
+            try:
+                state.restore(optimizer, train_loader.rng, scheduler)
+            except ValueError as e:
+                raise CommandError(f"--resume {args.resume}: its training state does not fit this run: {e}") from None
+        start = state.epoch + 1
+    log = None if args.quiet or not main_rank else print
+    if log:
+        changed = [f"{flag(k)} {getattr(args, k)}" for k in taken if getattr(args, k) != RUN_OPTIONS[k]]
+        log(f"training {describe_model(model)} on {args.dataset}: {len(y_train)} images, {args.epochs} epochs, "
+            f"batch {args.batch_size}, {args.optimizer} lr {args.lr}, {model.num_parameters()} parameters"
+            + (f"; resumed from {args.resume} after epoch {start - 1}" if args.resume else "")
+            + (f" (its options: {', '.join(changed)})" if changed else ""))
+        if comm is not None:
+            log(dist.describe(comm, steps))
+    record = trained_on(args.dataset, sample.shape[1:], num_classes, vars(args))
+
+    def save_checkpoint(epoch, stats):
+        if main_rank:  # distributed: rank 0 writes, the others wait until the file is complete
+            with writing(args.save, f"the checkpoint of epoch {epoch} to", code=1,
+                         hint="a checkpoint there from an earlier epoch is left as it was"):
+                bitnet.save(model, args.save, optimizer=optimizer, epoch=epoch, rng=train_loader.rng,
+                            scheduler=scheduler, trained_on=record)
+        if comm is not None:
+            comm.barrier(what=f"waiting for rank 0 to write {args.save}")
+
+    if start <= args.epochs:
+        fit(model, optimizer, steps, args.epochs, scheduler=scheduler, progress=not args.quiet and main_rank, log=log,
+            start_epoch=start, after_epoch=save_checkpoint if args.save else None, distributed=comm)
+    loss, acc = evaluate(model, test_loader, distributed=comm)
+    if log:
+        log(f"test loss: {loss:.4f}")
+    if main_rank:
+        print(f"test accuracy: {acc:.4f}")
+    return 0
