@@ -29,8 +29,9 @@ filters (or all of them, when 32 or fewer): each row's signs are OR-ed into one 
 """
 from __future__ import annotations
 
+import numba as nb
 import numpy as np
-from numba import cuda, float32, int32, uint64
+from numba import config, cuda, float32, int32, uint64
 
 from bitnet.kernels.bit_scalar import sign_bit, tap_word_index, xnor_dot
 from bitnet.kernels.cuda_float import mul_rn as _mul_rn
@@ -143,6 +144,30 @@ def im2col_bits(x, g, kernel_size, stride, padding, dilation, padword, out):
     return out
 
 
+# -- the epilogue of one output (both GEMM kernels: this one and bitnet.kernels.xnor_mma) ---------
+
+def _store_output(r, c, dot, flags, corr, period, scale, shift, res, out_i, out_f, sbits, srow, bit):
+    """Output ``(r, c)`` from its dot product (the module docstring's DOTS / AFFINE / BITS lines):
+    with BITS, a negative output sets bit ``bit`` of the block's shared sign word ``sbits[srow]``."""
+    if flags & CORR:
+        dot -= corr[r % period, c]
+    if flags & AFFINE:
+        v = _mul_rn(scale[c], float32(dot)) + shift[c]
+        if flags & RESIDUAL:
+            v += res[r, c]
+        out_f[r, c] = v
+        if flags & BITS and v < 0:
+            cuda.atomic.or_(sbits, srow, uint64(1) << uint64(bit))
+    else:
+        out_i[r, c] = dot
+
+
+# inlined into the kernels (njit(inline="always") compiles to PTX without a GPU, which a
+# cuda.jit(device=True) function would not); in the simulator a device function, so that its
+# ``cuda`` is the simulator's while a kernel of another module calls it
+store_output = cuda.jit(device=True)(_store_output) if config.ENABLE_CUDASIM else nb.njit(inline="always")(_store_output)
+
+
 # -- XNOR-popcount GEMM with the epilogue ---------------------------------------------------------
 
 _GEMMS = {}
@@ -201,21 +226,9 @@ def _gemm_kernel(rt: int, ct: int):
                 continue
             for j in range(ct):
                 n = col_0 + tx + THREADS * j
-                if n >= n_cols:
-                    continue
-                c = col0 + n
-                dot = xnor_dot(int32(k_true), acc[i, j])
-                if flags & CORR:
-                    dot -= corr[r % period, c]
-                if flags & AFFINE:
-                    v = _mul_rn(scale[c], float32(dot)) + shift[c]
-                    if flags & RESIDUAL:
-                        v += res[r, c]
-                    out_f[r, c] = v
-                    if emit and v < 0:
-                        cuda.atomic.or_(sbits, ty + THREADS * i, uint64(1) << uint64(n - col_0))
-                else:
-                    out_i[r, c] = dot
+                if n < n_cols:
+                    store_output(r, col0 + n, xnor_dot(int32(k_true), acc[i, j]), flags, corr, period, scale, shift,
+                                 res, out_i, out_f, sbits, ty + THREADS * i, n - col_0)
         if emit:  # the block's filters are one whole word of signs (col0 + col_0 is a multiple of 64)
             cuda.syncthreads()
             word = (col0 + col_0) // 64
@@ -242,26 +255,7 @@ def xnor_gemm(a, b, k, out, corr=None, scale=None, shift=None, residual=None, co
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"xnor_gemm: a {a.shape} and b {b.shape} need the same number of words per row")
     m, n = a.shape[0], b.shape[0]
-    if out.ndim != 2 or out.shape[0] != m or out.shape[1] < col0 + n:
-        raise ValueError(f"xnor_gemm: out must have {m} rows and at least {col0 + n} columns, got {out.shape}")
-    if not 0 < k <= 64 * a.shape[1]:
-        raise ValueError(f"xnor_gemm: k={k} must lie in 1..{64 * a.shape[1]} (64 x words per row)")
-    affine = out.dtype == np.float32
-    if not affine and out.dtype != np.int32:
-        raise ValueError(f"xnor_gemm: out must be int32 (dots) or float32 (affine), got {out.dtype}")
-    if affine and (scale is None or shift is None):
-        raise ValueError("xnor_gemm: a float32 out needs scale and shift")
-    flags = (AFFINE if affine else 0) | (CORR if corr is not None else 0) | (RESIDUAL if residual is not None else 0)
-    if bits is not None:
-        words = -(-out.shape[1] // 64)
-        if not affine or col0 % 64 or bits.dtype != np.uint64 or bits.shape != (m, words):
-            raise ValueError(f"xnor_gemm: bits need the affine epilogue, col0 a multiple of 64 (got {col0}) and a "
-                             f"uint64 array ({m}, {words}); got {bits.dtype} {bits.shape}")
-        flags |= BITS
-    # stand-ins for the operands the flags leave unused (never read): views of ``a``, no allocation
-    none_i, none_f, none_u = a.view(np.int32), a.view(np.float32), a
-    none_v = none_f[0]
-    period = corr.shape[0] if corr is not None else 1
+    flags, operands = epilogue_operands("xnor_gemm", a, m, b, k, out, corr, scale, shift, residual, col0, bits)
     rt, ct = (_tile(m), _tile(n)) if tile is None else tile
     if bits is not None and n > 32:
         ct = 4  # one block's filters = one word of signs
@@ -269,12 +263,39 @@ def xnor_gemm(a, b, k, out, corr=None, scale=None, shift=None, residual=None, co
         raise ValueError(f"xnor_gemm: tile must be two of 2, 4, got {tile!r}")
     kernel = _gemm_kernel(rt, ct)
     grid = (-(-n // (THREADS * ct)), -(-m // (THREADS * rt)))
-    kernel[grid, (THREADS, THREADS)](a, b, k, flags, none_i if corr is None else corr, period,
-                                     none_v if scale is None else scale, none_v if shift is None else shift,
-                                     none_f if residual is None else residual,
-                                     out if not affine else none_i, out if affine else none_f, col0,
-                                     none_u if bits is None else bits)
+    kernel[grid, (THREADS, THREADS)](a, b, k, flags, *operands)
     return out
+
+
+def epilogue_operands(what, a, m, b, k, out, corr, scale, shift, residual, col0, bits):
+    """The epilogue's flags and kernel operands ``(corr, period, scale, shift, res, out_i, out_f,
+    col0, bits)`` for ``m`` rows against the filter rows ``b`` (the argument checks of
+    ``xnor_gemm``, shared with ``bitnet.kernels.xnor_mma``): unused operands are stand-ins, views of
+    ``a`` that the flags keep the kernel from reading (no allocation)."""
+    n = b.shape[0]
+    if out.ndim != 2 or out.shape[0] != m or out.shape[1] < col0 + n:
+        raise ValueError(f"{what}: out must have {m} rows and at least {col0 + n} columns, got {out.shape}")
+    if not 0 < k <= 64 * b.shape[1]:
+        raise ValueError(f"{what}: k={k} must lie in 1..{64 * b.shape[1]} (64 x words per row)")
+    affine = out.dtype == np.float32
+    if not affine and out.dtype != np.int32:
+        raise ValueError(f"{what}: out must be int32 (dots) or float32 (affine), got {out.dtype}")
+    if affine and (scale is None or shift is None):
+        raise ValueError(f"{what}: a float32 out needs scale and shift")
+    flags = (AFFINE if affine else 0) | (CORR if corr is not None else 0) | (RESIDUAL if residual is not None else 0)
+    if bits is not None:
+        words = -(-out.shape[1] // 64)
+        if not affine or col0 % 64 or bits.dtype != np.uint64 or bits.shape != (m, words):
+            raise ValueError(f"{what}: bits need the affine epilogue, col0 a multiple of 64 (got {col0}) and a "
+                             f"uint64 array ({m}, {words}); got {bits.dtype} {bits.shape}")
+        flags |= BITS
+    flat = a.reshape(a.size)
+    fi, ff = flat.view(np.int32), flat.view(np.float32)
+    none_u, none_i, none_f, none_v = flat.reshape(1, flat.size), fi.reshape(1, fi.size), ff.reshape(1, ff.size), ff[:1]
+    return flags, (none_i if corr is None else corr, corr.shape[0] if corr is not None else 1,
+                   none_v if scale is None else scale, none_v if shift is None else shift,
+                   none_f if residual is None else residual, out if not affine else none_i,
+                   out if affine else none_f, col0, none_u if bits is None else bits)
 
 
 # -- helpers ------------------------------------------------------------------------------------
