@@ -102,10 +102,11 @@ def convert(model_or_path, out_path, input_shape=None, trained_on=None) -> None:
     h5.atomic_write(out_path, write)
 
 
-def load_packed(path, micro_batch: int | None = 32, device: str | None = None, max_bytes=None):
+def load_packed(path, micro_batch: int | None = 32, device: str | None = None, max_bytes=None,
+                binary_kernels: str | None = None):
     """The packed model stored by ``convert`` (see the module docstring for what is checked first).
     ``device="cuda"`` (or inside ``with bitnet.device("cuda"):``) returns it on the GPU, as
-    ``bitnet.pack`` does. ``max_bytes``: the most bytes of parameters and buffers the float model the
+    ``bitnet.pack`` does, with its ``binary_kernels``. ``max_bytes``: the most bytes of parameters and buffers the float model the
     file describes may take (default: ``bitnet.io.limits``)."""
     from bitnet.backend import resolve_device
     from bitnet.kernels.xnor_conv import panel_words
@@ -129,7 +130,7 @@ def load_packed(path, micro_batch: int | None = 32, device: str | None = None, m
                                   "set padding bits")
         state[key] = panel_words(words.reshape(g, layer.out_channels // g, -1), layer.filters.shape[3])
     packed.load_state_dict(state)
-    return on_device(packed, device)
+    return on_device(packed, device, binary_kernels)
 
 
 def masked(words, layer):

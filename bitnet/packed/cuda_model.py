@@ -7,9 +7,12 @@ either inside ``with bitnet.device("cuda"):``). Every module of the packed model
 function from one device activation (``DeviceMap``) to the next:
 
 - binary layers (``PackedConv2d``, ``PackedDense``, ``PackedResidualBlock``): binarize-and-pack
-  (skipped where the previous binary layer handed over its signs packed), bit im2col, the XNOR GEMM
-  with its epilogue (``bitnet.kernels.xnor_cuda``); their outputs are bit-identical to the CPU
-  packed model's for the same input (same bit convention, same float32 operations in the same order);
+  (skipped where the previous binary layer handed over its signs packed), then on GPUs with 1-bit
+  tensor cores (compute capability 8.0+) one implicit-GEMM launch per convolution group on the
+  MMA (``bitnet.kernels.xnor_mma``), elsewhere bit im2col and the CUDA-core XOR-popcount GEMM
+  (``bitnet.kernels.xnor_cuda``), both with the same epilogue; their outputs are bit-identical to
+  the CPU packed model's for the same input (same bit convention, same float32 operations in the
+  same order);
 - float layers (``bitnet.kernels.cuda_float``): convolution, dense, eval-mode batch norm, pooling,
   tanh / ReLU / hardtanh, sign activations, flatten; they round differently from the CPU's BLAS
   (another summation order), within float32 rounding;
@@ -38,16 +41,19 @@ class DeviceMap:
 class CudaPackedModel:
     """A packed model running on the GPU; see the module docstring. ``model(x)`` takes a float32
     ``(N, ...)`` array or Tensor on the host and returns a Tensor on the host; ``run_device``
-    takes and returns device arrays. ``cpu_model`` is the packed CPU model it was built from."""
+    takes and returns device arrays. ``cpu_model`` is the packed CPU model it was built from.
+    ``binary_kernels`` ("mma", "popcount" or None to choose by the GPU; see
+    ``choose_binary_kernels``) is fixed when the model is built."""
 
-    def __init__(self, packed):
+    def __init__(self, packed, binary_kernels=None):
         import threading
 
         from bitnet.backend import cuda_module
         self.cuda = cuda_module()
         self._buffers, self._next, self._lock = [], 0, threading.Lock()
-        from bitnet.kernels import cuda_float, xnor_cuda  # numba.cuda only now
-        self.xc, self.cf = xnor_cuda, cuda_float
+        from bitnet.kernels import cuda_float, xnor_cuda, xnor_mma  # numba.cuda only now
+        self.xc, self.cf, self.xm = xnor_cuda, cuda_float, xnor_mma
+        self.binary_kernels = choose_binary_kernels(binary_kernels, _compute_capability(self.cuda))
         self.cpu_model = packed
         self.packed_layers = list(getattr(packed, "packed_layers", []))
         self._step = self._plan(packed, "")
@@ -206,14 +212,18 @@ class CudaPackedModel:
             words = -(-o // 64)
             bits = self._empty((p, words), np.uint64) if layer.emit_signs else None
             fused = bits is not None and (g == 1 or mg % 64 == 0)  # the epilogue packs the signs
+            epilogue = dict(corr=corr, scale=scale, shift=shift, residual=res, bits=bits if fused else None)
             for gi in range(g):
+                if self.binary_kernels == "mma":  # one launch: the bit im2col is in the tile loader
+                    self.xm.xnor_conv(xb, gi, (kh, kw), (sh, sw), (ph, pw), (dh, dw), padword, filters[gi], k, out,
+                                      col0=gi * mg, **epilogue)
+                    continue
                 if direct:
                     a = xb.reshape(p, xb.shape[4])
                 else:
                     a = self._empty((p, kh * kw * xb.shape[4]), np.uint64)
                     xc.im2col_bits(xb, gi, (kh, kw), (sh, sw), (ph, pw), (dh, dw), padword, a)
-                xc.xnor_gemm(a, filters[gi], k, out, corr=corr, scale=scale, shift=shift, residual=res, col0=gi * mg,
-                             bits=bits if fused else None)
+                xc.xnor_gemm(a, filters[gi], k, out, col0=gi * mg, **epilogue)
             if bits is not None:
                 if not fused:
                     xc.pack_rows(out, bits)
@@ -403,6 +413,34 @@ class CudaPackedModel:
             self.cf.unary(dm.data, op, out, **params)
             return DeviceMap(out, dm.layout)  # element-wise: the packed signs no longer apply
         return step
+
+
+BINARY_KERNELS = ("mma", "popcount")
+
+
+def choose_binary_kernels(requested, compute_capability):
+    """The binary layers' kernels: "mma" (the 1-bit tensor cores, ``bitnet.kernels.xnor_mma``) where
+    the GPU has them (compute capability 8.0 and newer), else "popcount" (``xnor_cuda``: CUDA-core
+    XOR and popcount, any GPU). ``requested`` (None: choose) is checked against the GPU; in the
+    simulator (``compute_capability`` None) "mma" runs the MMA's emulation and the default is
+    "popcount"."""
+    from bitnet.kernels.bmma import MIN_COMPUTE_CAPABILITY
+    if requested is not None and requested not in BINARY_KERNELS:
+        raise ValueError(f"binary_kernels must be one of {BINARY_KERNELS} or None (choose by GPU), got {requested!r}")
+    has_mma = compute_capability is not None and tuple(compute_capability) >= MIN_COMPUTE_CAPABILITY
+    if requested is None:
+        return "mma" if has_mma else "popcount"
+    if requested == "mma" and compute_capability is not None and not has_mma:
+        cc = ".".join(map(str, compute_capability))
+        raise ValueError(f'binary_kernels="mma" needs the 1-bit tensor-core MMA (compute capability 8.0 or newer); '
+                         f'this GPU has {cc}: use binary_kernels="popcount" or None')
+    return requested
+
+
+def _compute_capability(cuda):
+    """The current GPU's (major, minor); None in Numba's CUDA simulator."""
+    from numba import config
+    return None if config.ENABLE_CUDASIM else tuple(cuda.get_current_device().compute_capability)
 
 
 def _compose(steps):

@@ -64,16 +64,17 @@ def _set_child(root, dotted, new):
     parent._modules[leaf] = new  # in place: a Sequential keeps its order
 
 
-def pack(model, micro_batch: int | None = 32, device: str | None = None):
+def pack(model, micro_batch: int | None = 32, device: str | None = None, binary_kernels: str | None = None):
     """A packed inference copy of ``model``; see the module docstring. The copy's ``packed_layers``
     attribute lists the dotted names of the layers that run on bits. ``device="cuda"`` (or the
     default of a ``with bitnet.device("cuda"):`` block) returns it as a ``CudaPackedModel``, its
-    weights on the GPU (``micro_batch`` applies to the CPU only)."""
+    weights on the GPU (``micro_batch`` applies to the CPU only; ``binary_kernels`` to the GPU:
+    "mma" for the 1-bit tensor cores, "popcount", or None to choose by the GPU)."""
     from bitnet.backend import resolve_device
     if micro_batch is not None and (not isinstance(micro_batch, int) or micro_batch < 1):
         raise ValueError(f"pack: micro_batch must be a positive int or None, got {micro_batch!r}")
     device = resolve_device(device)
-    return on_device(_finish(_pack(copy.deepcopy(model), pack_layer), micro_batch), device)
+    return on_device(_finish(_pack(copy.deepcopy(model), pack_layer), micro_batch), device, binary_kernels)
 
 
 def pack_structure(model, micro_batch: int | None = 32):
@@ -92,12 +93,15 @@ def _finish(packed, micro_batch):
     return packed
 
 
-def on_device(packed, device: str):
-    """``packed`` itself for "cpu"; for "cuda" a ``CudaPackedModel`` running it on the GPU."""
+def on_device(packed, device: str, binary_kernels=None):
+    """``packed`` itself for "cpu"; for "cuda" a ``CudaPackedModel`` running it on the GPU (its
+    binary layers on ``binary_kernels``: "mma", "popcount", or None to choose by the GPU)."""
     if device == "cpu":
+        if binary_kernels is not None:
+            raise ValueError(f'binary_kernels={binary_kernels!r} applies to device="cuda" only')
         return packed
     from bitnet.packed.cuda_model import CudaPackedModel
-    return CudaPackedModel(packed)
+    return CudaPackedModel(packed, binary_kernels)
 
 
 def _pack(packed, pack_layer):

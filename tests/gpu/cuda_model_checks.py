@@ -32,9 +32,9 @@ def _stats(model):
     return model.eval()
 
 
-def _compare(model, x, exact, what):
+def _compare(model, x, exact, what, binary_kernels=None):
     cpu = bitnet.pack(model)
-    gpu = bitnet.pack(model, device="cuda")
+    gpu = bitnet.pack(model, device="cuda", binary_kernels=binary_kernels)
     with no_grad():
         want = cpu(Tensor(x)).data
     got = gpu(x).data
@@ -113,6 +113,19 @@ def check_resnets():
         _compare(_stats(model), x, exact=False, what=f"ResNet binary_shortcuts={shortcuts}")
 
 
+def check_tensor_core_kernels():
+    """The binary layers on the 1-bit MMA (emulated in the simulator): one launch per convolution
+    group, bit-identical to the CPU packed model; the ResNet's float layers as before."""
+    x = rng.standard_normal((2, 3, 5, 4)).astype(np.float32)
+    gpu = _compare(binary_sequential(), x, exact=True, what="binary Sequential on the MMA", binary_kernels="mma")
+    if gpu.binary_kernels != "mma":
+        raise AssertionError(f"binary_kernels={gpu.binary_kernels!r}")
+    from bitnet.models.resnet import ResNet
+    model = ResNet(blocks=(1, 1), binary_stages=(1, 2), binary_shortcuts=True, num_classes=5, seed=1)
+    _compare(_stats(model), rng.standard_normal((2, 3, 4, 4)).astype(np.float32), exact=False,
+             what="ResNet on the MMA", binary_kernels="mma")
+
+
 def check_files_and_device_blocks():
     model = binary_sequential()
     with tempfile.TemporaryDirectory() as tmp:
@@ -167,7 +180,8 @@ def check_cli():
 
 
 CHECKS = {"binary": check_binary_sequential, "mixed": check_float_and_binary_sequential,
-          "resnet": check_resnets, "files": check_files_and_device_blocks, "cli": check_cli}
+          "resnet": check_resnets, "mma": check_tensor_core_kernels, "files": check_files_and_device_blocks,
+          "cli": check_cli}
 
 if __name__ == "__main__":
     for name in sys.argv[1:] or CHECKS:

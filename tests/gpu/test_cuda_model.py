@@ -11,7 +11,7 @@ from cudasim import run_in_simulator
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-@pytest.mark.parametrize("check", ["binary", "mixed", "resnet", "files", "cli"])
+@pytest.mark.parametrize("check", ["binary", "mixed", "resnet", "mma", "files", "cli"])
 def test_packed_models_on_the_gpu_match_the_cpu(check):
     out = run_in_simulator(os.path.join(HERE, "cuda_model_checks.py"), check)
     assert f"{check}: ok" in out
@@ -28,3 +28,22 @@ def test_gpu_gemm_benchmark_runs(tmp_path):
         assert all((r["m"], r["n"], r["k"]) == (40, 24, 200) for r in recs)
     else:
         assert all(r["tops"] > 0 for r in recs if r["method"].startswith("xnor"))
+
+
+def test_binary_kernels_are_chosen_by_the_gpu():
+    from bitnet.packed.cuda_model import choose_binary_kernels
+    assert choose_binary_kernels(None, (9, 0)) == "mma" and choose_binary_kernels(None, (8, 0)) == "mma"
+    assert choose_binary_kernels(None, (7, 5)) == "popcount"      # no 1-bit MMA: the CUDA-core kernels
+    assert choose_binary_kernels(None, None) == "popcount"        # the simulator, unless asked
+    assert choose_binary_kernels("mma", None) == "mma"            # ... then emulated
+    assert choose_binary_kernels("popcount", (9, 0)) == "popcount"
+    with pytest.raises(ValueError, match=r"capability 8.0 or newer\); this GPU has 7.5"):
+        choose_binary_kernels("mma", (7, 5))
+    with pytest.raises(ValueError, match="binary_kernels must be one of"):
+        choose_binary_kernels("tensor", (9, 0))
+
+
+def test_binary_kernels_are_refused_on_the_cpu():
+    import bitnet
+    with pytest.raises(ValueError, match='applies to device="cuda" only'):
+        bitnet.pack(bitnet.models.get("lenet-binary", seed=0), binary_kernels="mma")
