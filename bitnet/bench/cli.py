@@ -150,16 +150,20 @@ def cmd_gpu(args) -> int:
     print(f"bitnet bench {args.which} --device cuda: {dev}, median of {repeats} calls timed with CUDA events", flush=True)
     records = []
     if args.which == "gemm":
-        keys = ("ratio_vs_cublas", "fraction_of_popc_peak")
+        from bitnet.bench.gpu_peaks import mma_peak_tops
+        keys = ("ratio_vs_cublas", "ratio_vs_fp16", "fraction_of_peak")
+        mma_peak = mma_peak_tops()
         if not config.ENABLE_CUDASIM:
-            print(f"64-bit popcount peak of this GPU: {gpu.popc_peak_tops():.1f} TOPS", flush=True)
+            print(f"64-bit popcount peak of this GPU: {gpu.popc_peak_tops():.1f} TOPS (from its clock); 1-bit MMA peak: "
+                  + (f"{mma_peak:.0f} TOPS (measured)" if mma_peak else "none (compute capability below 8.0)"),
+                  flush=True)
         print_table([], keys)
         for name, m, n, k in gpu.gemm_cases(args.quick, tiny=config.ENABLE_CUDASIM):
-            recs = gpu.bench_gemm_case(name, m, n, k, repeats)
+            recs = gpu.bench_gemm_case(name, m, n, k, repeats, mma_peak)
             print_table(recs, keys, header=False)
             records += recs
     else:
-        keys = ("ratio_vs_torch",)
+        keys = ("ratio_vs_torch", "ratio_vs_fp16", "host_ms")
         print_table([], keys)
         for batch in (1,) if args.quick else gpu.BATCHES:
             recs = gpu.bench_model(batch, repeats, not args.no_torch)

@@ -1,17 +1,21 @@
 """``bitnet bench gemm --device cuda`` and ``bitnet bench model --device cuda``: the GPU kernels
 against cuBLAS and PyTorch on the same GPU, timed with CUDA events (median of the repeats).
 
-- gemm: the XNOR-popcount GEMM (``bitnet.kernels.xnor_cuda.xnor_gemm``, operands packed on the
-  device beforehand, int32 dots out) against cuBLAS float32 SGEMM of the +-1 operands (through
-  PyTorch with TF32 off, or CuPy, whichever is installed), on the BMXNet paper configuration (64
-  filters, N = 12800, K = 25 C) and squares M = N = K up to 8192. Also its fraction of the card's
-  64-bit popcount peak: SMs x clock x 8 ``popc.b64`` per clock per SM (16 32-bit popcounts per
-  clock per SM on compute capability 7.x-9.0, CUDA programming guide; a 64-bit one takes two) x 64
-  multiply-accumulates x 2 operations.
-- model: packed binary ResNet-18 (CIFAR shape, ``bitnet.pack(model, device="cuda")``, input and
-  output on the device) against its float twin in PyTorch on the GPU (eval, no_grad, TF32 off).
+- gemm: the binary GEMM on pre-packed operands (int32 dots out), on the CUDA cores' popcount
+  (``xnor``: ``bitnet.kernels.xnor_cuda``) and on the 1-bit tensor cores (``xnor mma``:
+  ``bitnet.kernels.xnor_mma``, compute capability 8.0+), against cuBLAS float32 SGEMM of the +-1
+  operands (PyTorch with TF32 off, or CuPy) and PyTorch's float16, bfloat16 and int8 GEMMs
+  (``bitnet.bench.gpu_peaks``), on the BMXNet paper configuration (64 filters, N = 12800, K = 25 C)
+  and squares up to 8192. Fractions: of the card's 64-bit popcount peak for ``xnor`` (SMs x
+  clock x 8 ``popc.b64`` per clock per SM x 64 multiply-accumulates x 2), of the 1-bit MMA peak
+  measured on this card (``gpu_peaks.mma_peak_tops``) for ``xnor mma``.
+- model: packed binary ResNet-18 (CIFAR shape, input and output on the device) with either binary
+  kernel, against its float twin in PyTorch on the GPU (eval, no_grad): float32 (TF32 off),
+  float16 channels-last, bfloat16 autocast. ``host_ms`` is the host's time per forward (the
+  Python and launch cost, measured without waiting for the GPU).
 
-Under Numba's CUDA simulator (tests) the events time nothing: medians are 0 and ratios None.
+Under Numba's CUDA simulator (tests) the events time nothing: medians are 0 and ratios None; the
+MMA runs emulated.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import numpy as np
 
 PAPER_C = (32, 64, 128, 256, 512)
 SQUARE = (1024, 2048, 4096, 8192)
-BATCHES = (1, 64, 256)
+BATCHES = (1, 64, 256, 1024)
 POPC64_PER_CLOCK_PER_SM = 8
 
 
@@ -79,11 +83,21 @@ def popc_peak_tops() -> float:
     return sms * clock_khz * 1e3 * POPC64_PER_CLOCK_PER_SM * 64 * 2 / 1e12
 
 
-def bench_gemm_case(name, m, n, k, repeats):
+def has_mma() -> bool:
+    """Whether the binary kernels can run on the 1-bit MMA here (emulated in the simulator)."""
     from numba import config, cuda
 
+    from bitnet.kernels.bmma import MIN_COMPUTE_CAPABILITY
+    return bool(config.ENABLE_CUDASIM) or tuple(cuda.get_current_device().compute_capability) >= MIN_COMPUTE_CAPABILITY
+
+
+def bench_gemm_case(name, m, n, k, repeats, mma_peak=None):
+    from numba import config, cuda
+
+    from bitnet.bench.gpu_peaks import torch_gemms
     from bitnet.kernels import bits
     from bitnet.kernels import xnor_cuda as XG
+    from bitnet.kernels import xnor_mma as XM
     rng = np.random.default_rng(0)
     a = np.where(rng.standard_normal((m, k)) >= 0, 1, -1).astype(np.float32)
     bt = np.where(rng.standard_normal((n, k)) >= 0, 1, -1).astype(np.float32)
@@ -93,27 +107,36 @@ def bench_gemm_case(name, m, n, k, repeats):
     XG.pack_rows(da, aw)
     XG.pack_rows(db, bw)
     out = cuda.device_array((m, n), np.int32)
-    # what is timed is exact: a slice of the result against the float product
-    XG.xnor_gemm(aw, bw, k, out)
+    binary = {"xnor": lambda: XG.xnor_gemm(aw, bw, k, out)}
+    if has_mma():
+        binary["xnor mma"] = lambda: XM.xnor_gemm(aw, bw, k, out)
     rows = min(m, 64)
-    if not np.array_equal(out.copy_to_host()[:rows], (a[:rows] @ bt.T).astype(np.int32)):
-        raise AssertionError(f"{name}: the GPU XNOR GEMM disagrees with the float product")
-    med = {"xnor": event_time(lambda: XG.xnor_gemm(aw, bw, k, out), repeats),
-           "xnor+binarize": event_time(lambda: (XG.pack_rows(db, bw), XG.xnor_gemm(aw, bw, k, out)), repeats)}
+    want = (a[:rows] @ bt.T).astype(np.int32)
+    for method, call in binary.items():  # what is timed is exact: a slice of the result against the float product
+        out[:rows].copy_to_device(np.zeros((rows, n), np.int32))
+        call()
+        if not np.array_equal(out.copy_to_host()[:rows], want):
+            raise AssertionError(f"{name}: the GPU binary GEMM ({method}) disagrees with the float product")
+    med = {method: event_time(call, repeats) for method, call in binary.items()}
+    med["xnor+binarize"] = event_time(lambda: (XG.pack_rows(db, bw), XG.xnor_gemm(aw, bw, k, out)), repeats)
     sgemm = _sgemm()
     if sgemm is not None:
         label, make = sgemm
         med[label] = event_time(make(a, bt), repeats)
+    for label, call in torch_gemms(a, bt).items():
+        med[label] = event_time(call, repeats)
     ops = 2.0 * m * n * k
     peak = None if config.ENABLE_CUDASIM else popc_peak_tops()
     base = sgemm[0] if sgemm is not None else None
     recs = []
     for method, t in med.items():
         tops = ops / t / 1e12 if t > 0 else None
+        fraction = (tops / mma_peak if tops and mma_peak and method == "xnor mma" else
+                    tops / peak if tops and peak and method.startswith("xnor") and method != "xnor mma" else None)
         recs.append(_known({"case": name, "method": method, "median_s": t, "tops": tops, "m": m, "n": n, "k": k,
                             "ratio_vs_cublas": (med[base] / t if base and t > 0 else None),
-                            "fraction_of_popc_peak": (tops / peak if tops and peak and method.startswith("xnor")
-                                                      else None)}))
+                            "ratio_vs_fp16": (med["torch fp16"] / t if "torch fp16" in med and t > 0 else None),
+                            "fraction_of_peak": fraction}))
     return recs
 
 
@@ -123,35 +146,66 @@ def _known(record: dict) -> dict:
 
 
 def bench_model(batch, repeats, torch_too=True, image=32, name="resnet18-binary"):
+    import time
+
     import bitnet
     from bitnet.bench.model import _model
     from numba import cuda
     shape = (3, image, image)
     model = _model(name, shape)
-    gpu = bitnet.pack(model, device="cuda")
     x = np.random.default_rng(1).standard_normal((batch,) + shape).astype(np.float32)
     dx = cuda.to_device(x)
     cpu_out = bitnet.pack(model, device="cpu")(bitnet.Tensor(x)).data
-    gpu_out = gpu.run_device(dx).copy_to_host()
-    diff = float(np.abs(gpu_out - cpu_out).max())
-    med = {"packed (gpu)": event_time(lambda: gpu.run_device(dx), repeats)}
-    if torch_too and importlib.util.find_spec("torch") is not None:
-        import torch
-        if torch.cuda.is_available():
-            from bitnet.bench.torch_models import float_twin
-            torch.backends.cudnn.allow_tf32 = False
-            torch.backends.cuda.matmul.allow_tf32 = False
-            tm = float_twin(name).eval().cuda()
-            tx = torch.from_numpy(x).cuda()
-
-            def run_torch():
-                with torch.no_grad():
-                    return tm(tx)
-            med["torch float32 (gpu)"] = event_time(run_torch, repeats)
+    med, host, diff = {}, {}, {}
+    for kernels in ("popcount", "mma") if has_mma() else ("popcount",):
+        gpu = bitnet.pack(model, device="cuda", binary_kernels=kernels)
+        method = f"packed (gpu, {kernels})"
+        diff[method] = float(np.abs(gpu.run_device(dx).copy_to_host() - cpu_out).max())
+        med[method] = event_time(lambda: gpu.run_device(dx), repeats)
+        calls = []
+        for _ in range(max(3, repeats)):
+            cuda.synchronize()
+            t0 = time.perf_counter()
+            gpu.run_device(dx)
+            calls.append(time.perf_counter() - t0)
+        cuda.synchronize()
+        host[method] = float(np.median(calls))
+    if torch_too:
+        med.update(_torch_model_times(name, x, repeats))
+    base = "torch float32 (gpu)"
     recs = []
     for method, t in med.items():
-        torch_t = med.get("torch float32 (gpu)")
         recs.append(_known({"case": f"{name} batch {batch}", "method": method, "median_s": t, "batch": batch,
-                            "ratio_vs_torch": (torch_t / t if torch_t and t > 0 else None),
-                            "max_abs_diff_vs_cpu_packed": diff}))
+                            "images_per_s": batch / t if t > 0 else None,
+                            "ratio_vs_torch": (med[base] / t if base in med and t > 0 else None),
+                            "ratio_vs_fp16": (med["torch fp16 channels-last (gpu)"] / t
+                                              if "torch fp16 channels-last (gpu)" in med and t > 0 else None),
+                            "host_ms": host[method] * 1e3 if method in host else None,
+                            "max_abs_diff_vs_cpu_packed": diff.get(method)}))
     return recs
+
+
+def _torch_model_times(name, x, repeats) -> dict:
+    """The float twin in PyTorch on the GPU: float32 (TF32 off), float16 channels-last, bfloat16 autocast."""
+    if importlib.util.find_spec("torch") is None:
+        return {}
+    import torch
+    if not torch.cuda.is_available():
+        return {}
+    from bitnet.bench.torch_models import float_twin
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    tm = float_twin(name).eval().cuda()
+    tx = torch.from_numpy(x).cuda()
+    half = float_twin(name).eval().cuda().half().to(memory_format=torch.channels_last)
+    hx = tx.half().to(memory_format=torch.channels_last)
+
+    def run(model, inp, autocast=None):
+        with torch.no_grad():
+            if autocast is None:
+                return model(inp)
+            with torch.autocast("cuda", dtype=autocast):
+                return model(inp)
+    return {"torch float32 (gpu)": event_time(lambda: run(tm, tx), repeats),
+            "torch fp16 channels-last (gpu)": event_time(lambda: run(half, hx), repeats),
+            "torch bf16 autocast (gpu)": event_time(lambda: run(tm, tx, torch.bfloat16), repeats)}

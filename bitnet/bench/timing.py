@@ -74,13 +74,22 @@ def _ms(t) -> str:
     return f"{1e3 * t:.2f}ms"
 
 
+def _cell(value, key) -> str:
+    """One table cell: a ratio as ``1.23x``, a ``*_ms`` entry in milliseconds, a fraction as is."""
+    if value is None:
+        return f" {'-':>13}"
+    if key.endswith("_ms"):
+        return f" {value:>10.3f} ms"
+    return f" {value:>12.2f}x" if key.startswith("ratio") else f" {value:>13.3f}"
+
+
 def print_table(records: list, ratio_keys=("ratio_vs_numpy",), header=True, file=None, tail=False,
                 tops=True) -> None:
     """Print records as a table: case, method, median, TOPS, the ratio columns and, with ``tail``,
     the p90 and max of the timed calls and max / median."""
     head = f"{'case':<34} {'method':<16} {'median':>10}" + (f" {'TOPS':>7}" if tops else "")
     head += f" {'p90':>10} {'max':>10} {'max/med':>7}" if tail else ""
-    head += "".join(f" {k.replace('ratio_vs_', 'x '):>13}" for k in ratio_keys)
+    head += "".join(f" {k.replace('ratio_vs_', 'x ').replace('_', ' '):>13}" for k in ratio_keys)
     if header:
         print(head, file=file)
     for r in records:
@@ -89,5 +98,5 @@ def print_table(records: list, ratio_keys=("ratio_vs_numpy",), header=True, file
             line += f" {r['tops']:>7.3f}" if r.get("tops") is not None else f" {'-':>7}"
         if tail:
             line += f" {_ms(r['p90_s']):>10} {_ms(r['max_s']):>10} {r['max_over_median']:>6.2f}x"
-        line += "".join(f" {r[k]:>12.2f}x" if r.get(k) is not None else f" {'-':>13}" for k in ratio_keys)
+        line += "".join(_cell(r.get(k), k) for k in ratio_keys)
         print(line, file=file, flush=True)

@@ -164,3 +164,17 @@ def test_the_mma_is_refused_below_compute_capability_8(tmp_path):
     src.write_text(ptx)
     proc = subprocess.run([ptxas, "-arch=sm_75", str(src), "-o", os.devnull], capture_output=True, text=True)
     assert proc.returncode != 0 and "mma" in proc.stderr.lower(), proc.stderr
+
+
+def test_peak_probe_compiles_to_a_register_only_mma_loop():
+    """The benchmark's 1-bit MMA peak (bitnet.bench.gpu_peaks): four chains of MMAs in the loop, no
+    memory traffic inside it."""
+    from numba import cuda
+    from numba import types as T
+
+    from bitnet.bench.gpu_peaks import CHAINS, _peak_kernel
+    require_ptx_compiler((9, 0))
+    ptx, _ = cuda.compile_ptx(_peak_kernel()[0], (T.Array(T.uint32, 1, "C"), T.int64, T.Array(T.int32, 1, "C")),
+                              cc=(9, 0))
+    assert ptx.count("mma.sync.aligned.m16n8k256") >= CHAINS
+    assert not re.search(r"\b(ld|st)\.local", ptx)
