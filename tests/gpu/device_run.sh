@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Every GPU check and benchmark in one run of at most about 9 minutes, for a machine with an NVIDIA GPU
+# that is lent for a short time (DEVELOPERS.md, "GPU work"). From the repository root:
+#
+#     bash tests/gpu/device_run.sh [RESULTS_DIR]        # default: $OUT, else ./gpu-results
+#
+# A NumPy wheel in .whl/ (numpy<2.5 for numba-cuda <= 0.30.4) is installed first where present.
+# Each step has its own time limit, so one that hangs does not take the others' time; each step's
+# output goes to RESULTS_DIR (and the benchmarks' JSON), and the exit status is that of the tests.
+set -u
+out=${1:-${OUT:-gpu-results}}
+mkdir -p "$out"
+if ls .whl/numpy-*.whl >/dev/null 2>&1; then
+    pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+pip install -q --no-deps --no-build-isolation --no-index -e . || exit 1
+{ nvidia-smi --query-gpu=name,driver_version,compute_cap --format=csv
+  python -c "import numpy, numba; print('numpy', numpy.__version__, 'numba', numba.__version__)"
+  python -c "from importlib.metadata import version as v; print('numba-cuda', v('numba-cuda'))" 2>&1
+  python -c "import torch; print('torch', torch.__version__)" 2>&1; } > "$out/versions.txt" 2>&1
+cat "$out/versions.txt"
+step() {  # step NAME SECONDS COMMAND...: run, keep the output, say how it ended
+    local name=$1 limit=$2; shift 2
+    local t0=$SECONDS
+    timeout "$limit" "$@" > "$out/$name.txt" 2>&1
+    local rc=$?
+    echo "== $name: exit $rc in $((SECONDS - t0)) s"; tail -n 25 "$out/$name.txt"
+    return $rc
+}
+cd tests/gpu
+step mma-checks 90 python xnor_mma_checks.py fragments gemm conv errors
+cd ../..
+step bench-gemm 150 bitnet bench gemm --device cuda --json "$out/bench-gemm-cuda.json"
+step bench-model 150 bitnet bench model --device cuda --json "$out/bench-model-cuda.json"
+BITNET_TEST_CUDA=gpu step tests-gpu 180 python -m pytest -q -x tests/gpu
