@@ -131,13 +131,18 @@ def check_errors():
                                   bits=cuda.device_array((2, 1), np.uint64)), "col0 a multiple of 64 (got 2)"),
             (lambda: XG.pack_rows(cuda.to_device(np.zeros((2, 70), np.float32)), cuda.device_array((2, 1), np.uint64)),
              "out must be (2, 2)")):
-        try:
-            call()
-        except (TypeError, ValueError) as e:
-            if text not in str(e):
-                raise AssertionError(f"error message {e!r} lacks {text!r}") from None
-        else:
-            raise AssertionError(f"no error for a call that should say {text!r}")
+        expect_error(call, text)
+
+
+def expect_error(call, text):
+    """``call()`` must raise TypeError or ValueError with ``text`` in its message."""
+    try:
+        call()
+    except (TypeError, ValueError) as e:
+        if text not in str(e):
+            raise AssertionError(f"error message {e!r} lacks {text!r}") from None
+    else:
+        raise AssertionError(f"no error for a call that should say {text!r}")
 
 
 CHECKS = {"pack": check_pack, "conv": check_conv, "gemm": check_gemm_tiles, "errors": check_errors}
