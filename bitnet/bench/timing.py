@@ -89,7 +89,7 @@ def print_table(records: list, ratio_keys=("ratio_vs_numpy",), header=True, file
     the p90 and max of the timed calls and max / median."""
     head = f"{'case':<34} {'method':<16} {'median':>10}" + (f" {'TOPS':>7}" if tops else "")
     head += f" {'p90':>10} {'max':>10} {'max/med':>7}" if tail else ""
-    head += "".join(f" {k.replace('ratio_vs_', 'x ').replace('_', ' '):>13}" for k in ratio_keys)
+    head += "".join(f" {k.replace('ratio_vs_', 'x '):>13}" for k in ratio_keys)
     if header:
         print(head, file=file)
     for r in records:
