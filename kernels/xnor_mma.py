@@ -12,11 +12,16 @@ For rows ``a`` and filter rows ``b`` (packed, bit 1 = -1) of ``K`` bits::
 The row popcounts ``popc(a[m])`` and ``popc(b[n])`` are summed by the threads that load the words
 into shared memory (one popcount per 64 loaded bits), so neither operand needs a pass of its own.
 
-A block of 4 warps (2 x 2) computes a 64 x 64 output tile; each warp 32 rows x 32 filters as 2 x 4
-MMA tiles of 16 x 8 (32 int32 accumulators per lane, in registers). K is walked ``BKW`` words
-(512 bits, two MMA steps) at a time through shared memory, stored as 32-bit words with rows
-``STRIDE`` words apart: the 8 rows x 4 words one fragment load touches then fall in 32 different
-banks. Rows and filters past the matrix, and words past K, load as 0 (AND with 0 adds nothing).
+A block (``Tile``) of ``warps_m x warps_n`` warps computes a ``bm x bn`` output tile; each warp
+``fm x fn`` MMA tiles of 16 x 8 (``4 fm fn`` int32 accumulators per lane, in registers). The
+default ``TILES["64x64"]``: 4 warps of 32 rows x 32 filters; ``"128x128"`` (8 warps of 64 x 32) is
+chosen where the problem has at least ``LARGE_BLOCKS`` such tiles, and ``tile=`` picks any (the
+benchmark's sweep, ``bitnet.bench.mma_tiles``). K is walked ``bkw`` words (512 bits: two MMA
+steps) at a time through shared memory, stored as 32-bit words with rows ``2 bkw + 4`` words
+apart: the 8 rows x 4 words one fragment load touches then fall in 32 different banks. Rows and
+filters past the matrix, and words past K, load as 0 (AND with 0 adds nothing). After the K loop
+the accumulators pass through shared memory to one thread per output (consecutive threads on
+consecutive filters), where the epilogue runs.
 
 ``xnor_conv`` is the implicit GEMM: the A tile loader reads the packed channels-last input
 ``(N, H, W, G, CWg)`` through ``tap_word_index`` (the bit im2col's own index map, with the pad
@@ -27,6 +32,8 @@ Numba's simulator): the tests run every other line of these kernels that way wit
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from numba import config, cuda, int32, uint32, uint64
 
@@ -35,36 +42,74 @@ from bitnet.kernels.bmma import a_slot, b_slot, c_slot, mma_and_popc, mma_and_po
 from bitnet.kernels.xnor_cuda import _check, epilogue_operands, store_output
 from bitnet.kernels.xnor_epilogue import BITS
 
-WARPS_M, WARPS_N = 2, 2     # warps of a block along rows / filters
-FM, FN = 2, 4               # MMA tiles (16 x 8) per warp along rows / filters
-BM, BN = WARPS_M * FM * 16, WARPS_N * FN * 8    # the block's output tile: 64 x 64
-THREADS = 32 * WARPS_M * WARPS_N
-BKW = 8                     # uint64 words of K per shared-memory stage (2 MMA steps of 256 bits)
-STRIDE = 2 * BKW + 4        # 32-bit words per shared row (+4: conflict-free fragment loads)
-A_LOADS, B_LOADS = BM * BKW // THREADS, BN * BKW // THREADS   # words each thread loads per stage
+class Tile(NamedTuple):
+    """A block's shape: ``warps_m x warps_n`` warps, each ``fm x fn`` MMA tiles of 16 x 8, K staged
+    ``bkw`` uint64 words at a time (a multiple of 4: whole 256-bit MMA steps)."""
+    warps_m: int
+    warps_n: int
+    fm: int
+    fn: int
+    bkw: int
+
+    @property
+    def bm(self):
+        return self.warps_m * self.fm * 16
+
+    @property
+    def bn(self):
+        return self.warps_n * self.fn * 8
+
+    @property
+    def threads(self):
+        return 32 * self.warps_m * self.warps_n
+
+    def check(self):
+        t = self.threads
+        if (self.bkw % 4 or self.bn % 64 or t % self.bkw or (self.bm * self.bkw) % t or (self.bn * self.bkw) % t
+                or min(self) < 1 or t > 1024):
+            raise ValueError(f"xnor_mma: unusable tile {self}: needs bkw a multiple of 4, 64 | bn ({self.bn}), "
+                             f"bkw | threads ({t}) and threads | bm * bkw, bn * bkw")
+        return self
+
+
+TILES = {  # name: shape; "64x64" for small problems, "128x128" where there are enough blocks to fill the GPU
+    "64x64": Tile(2, 2, 2, 4, 8),
+    "128x64": Tile(2, 2, 4, 4, 8),
+    "128x128": Tile(2, 4, 4, 4, 8),
+    "128x128-k16": Tile(2, 4, 4, 4, 16),
+}
+LARGE_BLOCKS = 4 * 132   # blocks of 128 x 128 at which the big tile is chosen (4 per SM of an H100 / H200)
 MAX_GRID_Y = 65535
-assert BN == 64 and THREADS % BKW == 0 and A_LOADS * THREADS == BM * BKW and B_LOADS * THREADS == BN * BKW
 
 _KERNELS = {}
 
 
-def _kernel(emulate: bool):
-    """The kernel, with the MMA (``emulate=False``) or its shared-memory emulation."""
-    if emulate in _KERNELS:
-        return _KERNELS[emulate]
+def _kernel(emulate: bool, tile: Tile = TILES["64x64"]):
+    """The kernel for ``tile``, with the MMA (``emulate=False``) or its shared-memory emulation."""
+    key = (bool(emulate), tile.check())
+    if key in _KERNELS:
+        return _KERNELS[key]
     mma = mma_and_popc_emulated if emulate else mma_and_popc
+    WARPS_M, WARPS_N, FM, FN, BKW = tile
+    BM, BN, THREADS = tile.bm, tile.bn, tile.threads
+    STRIDE = 2 * BKW + 4        # 32-bit words per shared row (+4: the fragment loads hit 32 different banks)
+    A_LOADS, B_LOADS = BM * BKW // THREADS, BN * BKW // THREADS   # words each thread loads per stage
+    SIGN_WORDS = BN // 64       # words of output signs per row of the block
+    SIGNS = BM * SIGN_WORDS
+    SLAB_ROWS = FM * 16         # rows of one row of warps
+    SLAB = SLAB_ROWS * BN       # their accumulators
+    B_OFF = BM * STRIDE         # where the B stage starts in shared memory
+    SMEM = max((BM + BN) * STRIDE, SLAB)
     scratch_shape = (WARPS_M * WARPS_N, 32, 6) if emulate else (1, 1, 1)
 
     def kernel(a, m_rows, conv, g, H, W, G, CWg, KW, sh, sw, ph, pw, dh, dw, OH, OW, padword,
                b, k_true, flags, corr, period, scale, shift, res, out_i, out_f, col0, bits):
         """``a``: flat rows ``(m_rows * kw,)`` (``conv`` 0) or the flat packed input (``conv`` 1)."""
-        sa = cuda.shared.array((BM, STRIDE), dtype=uint32)
-        sb = cuda.shared.array((BN, STRIDE), dtype=uint32)
+        smem = cuda.shared.array(SMEM, dtype=uint32)   # the A and B stages, then the accumulators
         pop_a = cuda.shared.array(BM, dtype=int32)
         pop_b = cuda.shared.array(BN, dtype=int32)
-        sbits = cuda.shared.array(BM, dtype=uint64)
+        sbits = cuda.shared.array(SIGNS, dtype=uint64)
         scratch = cuda.shared.array(scratch_shape, dtype=uint32)
-        sacc = cuda.shared.array((BM, BN), dtype=int32)
         n_cols, kw = b.shape
         tid = cuda.threadIdx.x
         warp, lane = tid // 32, tid % 32
@@ -72,6 +117,7 @@ def _kernel(emulate: bool):
         row0, col_0 = cuda.blockIdx.y * BM, cuda.blockIdx.x * BN
         for e in range(tid, BM, THREADS):
             pop_a[e] = 0
+        for e in range(tid, SIGNS, THREADS):
             sbits[e] = uint64(0)
         for e in range(tid, BN, THREADS):
             pop_b[e] = 0
@@ -103,8 +149,8 @@ def _kernel(emulate: bool):
                     else:
                         w = a[gr * kw + gk]
                 pa[i] += cuda.popc(w)
-                sa[r, 2 * kk] = uint32(w & uint64(0xFFFFFFFF))
-                sa[r, 2 * kk + 1] = uint32(w >> uint64(32))
+                smem[r * STRIDE + 2 * kk] = uint32(w & uint64(0xFFFFFFFF))
+                smem[r * STRIDE + 2 * kk + 1] = uint32(w >> uint64(32))
             for i in range(B_LOADS):
                 e = tid + THREADS * i
                 r = e // BKW
@@ -112,19 +158,19 @@ def _kernel(emulate: bool):
                 gr, gk = col_0 + r, k0 + kk
                 w = b[gr, gk] if gr < n_cols and gk < kw else uint64(0)
                 pb[i] += cuda.popc(w)
-                sb[r, 2 * kk] = uint32(w & uint64(0xFFFFFFFF))
-                sb[r, 2 * kk + 1] = uint32(w >> uint64(32))
+                smem[B_OFF + r * STRIDE + 2 * kk] = uint32(w & uint64(0xFFFFFFFF))
+                smem[B_OFF + r * STRIDE + 2 * kk + 1] = uint32(w >> uint64(32))
             cuda.syncthreads()
             for step in range(BKW // 4):  # 4 uint64 words = one 256-bit MMA step
                 base = 8 * step
                 for i in range(FM):
                     for reg in range(4):
                         r, wd = a_slot(lane, reg)
-                        af[i, reg] = sa[wr + 16 * i + r, base + wd]
+                        af[i, reg] = smem[(wr + 16 * i + r) * STRIDE + base + wd]
                 for j in range(FN):
                     for reg in range(2):
                         c, wd = b_slot(lane, reg)
-                        bf[j, reg] = sb[wc + 8 * j + c, base + wd]
+                        bf[j, reg] = smem[B_OFF + (wc + 8 * j + c) * STRIDE + base + wd]
                 for i in range(FM):
                     for j in range(FN):
                         d0, d1, d2, d3 = mma(scratch, warp, lane, acc[i, j, 0], acc[i, j, 1], acc[i, j, 2],
@@ -138,31 +184,37 @@ def _kernel(emulate: bool):
             cuda.atomic.add(pop_a, (tid + THREADS * i) // BKW, pa[i])
         for i in range(B_LOADS):
             cuda.atomic.add(pop_b, (tid + THREADS * i) // BKW, pb[i])
-        # the accumulators through shared memory (a short loop over constant indices, so they stay
-        # in registers), then one thread per output with consecutive threads on consecutive filters
-        for i in range(FM):
-            for j in range(FN):
-                for reg in range(4):
-                    r, c = c_slot(lane, reg)
-                    sacc[wr + 16 * i + r, wc + 8 * j + c] = acc[i, j, reg]
-        cuda.syncthreads()
-        for e in range(tid, BM * BN, THREADS):
-            rl = e // BN
-            cl = e - rl * BN
-            m, n = row0 + rl, col_0 + cl
-            if m < m_rows and n < n_cols:
-                pc = pop_a[rl] + pop_b[cl] - 2 * sacc[rl, cl]
-                store_output(m, col0 + n, xnor_dot(int32(k_true), pc), flags, corr, period, scale, shift,
-                             res, out_i, out_f, sbits, rl, cl)
-        if flags & BITS:  # the block's 64 filters are one whole word of signs (col0 + col_0 is a multiple of 64)
+        # the accumulators through shared memory (a short loop over constant indices, so they stay in
+        # registers), one row of warps at a time, then one thread per output with consecutive threads
+        # on consecutive filters (the K loop's last barrier has freed the stages' shared memory)
+        for p in range(WARPS_M):
+            if warp // WARPS_N == p:
+                for i in range(FM):
+                    for j in range(FN):
+                        for reg in range(4):
+                            r, c = c_slot(lane, reg)
+                            smem[(16 * i + r) * BN + wc + 8 * j + c] = uint32(acc[i, j, reg])
             cuda.syncthreads()
-            word = (col0 + col_0) // 64
-            for e in range(tid, BM, THREADS):
-                if row0 + e < m_rows:
-                    bits[row0 + e, word] = sbits[e]
+            for e in range(tid, SLAB, THREADS):
+                rh = e // BN
+                cl = e - rh * BN
+                rl = p * SLAB_ROWS + rh
+                m, n = row0 + rl, col_0 + cl
+                if m < m_rows and n < n_cols:
+                    pc = pop_a[rl] + pop_b[cl] - 2 * int32(smem[e])
+                    store_output(m, col0 + n, xnor_dot(int32(k_true), pc), flags, corr, period, scale, shift,
+                                 res, out_i, out_f, sbits, rl * SIGN_WORDS + cl // 64, cl % 64)
+            cuda.syncthreads()
+        if flags & BITS:  # the block's filters are whole words of signs (col0 + col_0 is a multiple of 64)
+            word0 = (col0 + col_0) // 64
+            for e in range(tid, SIGNS, THREADS):
+                rl = e // SIGN_WORDS
+                word = word0 + e - rl * SIGN_WORDS
+                if row0 + rl < m_rows and word < bits.shape[1]:
+                    bits[row0 + rl, word] = sbits[e]
 
-    _KERNELS[emulate] = (kernel, cuda.jit(kernel))
-    return _KERNELS[emulate]
+    _KERNELS[key] = (kernel, cuda.jit(kernel))
+    return _KERNELS[key]
 
 
 def default_emulate() -> bool:
@@ -170,8 +222,10 @@ def default_emulate() -> bool:
     return bool(config.ENABLE_CUDASIM)
 
 
-def xnor_gemm(a, b, k, out, corr=None, scale=None, shift=None, residual=None, col0=0, bits=None, emulate=None):
-    """``bitnet.kernels.xnor_cuda.xnor_gemm`` (same arguments and results) on the 1-bit MMA."""
+def xnor_gemm(a, b, k, out, corr=None, scale=None, shift=None, residual=None, col0=0, bits=None, emulate=None,
+              tile=None):
+    """``bitnet.kernels.xnor_cuda.xnor_gemm`` (same arguments and results) on the 1-bit MMA;
+    ``tile``: a name of ``TILES`` or a ``Tile`` (default: ``choose_tile``)."""
     _check(a, np.uint64, 2, "xnor_mma.xnor_gemm: a")
     _check(b, np.uint64, 2, "xnor_mma.xnor_gemm: b")
     if a.shape[1] != b.shape[1]:
@@ -180,12 +234,12 @@ def xnor_gemm(a, b, k, out, corr=None, scale=None, shift=None, residual=None, co
     flags, operands = epilogue_operands("xnor_mma.xnor_gemm", a, m, b, k, out, corr, scale, shift, residual, col0,
                                         bits)
     flat = a.reshape(a.size)
-    _launch(flat, m, (0,) + (1,) * 14, flat, b, k, flags, operands, emulate)  # (no convolution: its geometry unused)
+    _launch(flat, m, (0,) + (1,) * 14, flat, b, k, flags, operands, emulate, tile)  # (no convolution: its geometry unused)
     return out
 
 
 def xnor_conv(x, g, kernel_size, stride, padding, dilation, padword, b, k, out, corr=None, scale=None, shift=None,
-              residual=None, col0=0, bits=None, emulate=None):
+              residual=None, col0=0, bits=None, emulate=None, tile=None):
     """Group ``g`` of a binary convolution in one launch: the packed input ``x`` ``(N, H, W, G,
     CWg)``, filter rows ``b`` ``(Mg, KH * KW * CWg)`` (``bitnet.kernels.xnor_conv.unpanel_words``),
     ``padword`` ``(CWg,)`` for taps in the padding; ``out`` ``(N * OH * OW, >= col0 + Mg)`` as
@@ -207,15 +261,29 @@ def xnor_conv(x, g, kernel_size, stride, padding, dilation, padword, b, k, out, 
     m = n * oh * ow
     flags, operands = epilogue_operands("xnor_conv", x, m, b, k, out, corr, scale, shift, residual, col0, bits)
     geometry = (1, g, h, w, groups, cwg, kw, sh, sw, ph, pw, dh, dw, oh, ow)
-    _launch(x.reshape(x.size), m, geometry, padword, b, k, flags, operands, emulate)
+    _launch(x.reshape(x.size), m, geometry, padword, b, k, flags, operands, emulate, tile)
     return out
 
 
-def _launch(a_flat, m, geometry, padword, b, k, flags, operands, emulate):
+def choose_tile(m: int, n: int) -> Tile:
+    """``"128x128"`` where ``m x n`` outputs make at least ``LARGE_BLOCKS`` such blocks (the larger
+    tile reuses each loaded word for twice the MMAs), else ``"64x64"`` (more blocks for small
+    problems: a batch-1 convolution has as few rows as pixels)."""
+    big = TILES["128x128"]
+    return big if (-(-m // big.bm)) * (-(-n // big.bn)) >= LARGE_BLOCKS else TILES["64x64"]
+
+
+def _launch(a_flat, m, geometry, padword, b, k, flags, operands, emulate, tile):
     if emulate is None:
         emulate = default_emulate()
-    grid = (-(-b.shape[0] // BN), -(-m // BM))
+    if tile is None:
+        tile = choose_tile(m, b.shape[0])
+    elif not isinstance(tile, Tile):
+        if tile not in TILES:
+            raise ValueError(f"xnor_mma: tile must be a Tile or one of {sorted(TILES)}, got {tile!r}")
+        tile = TILES[tile]
+    grid = (-(-b.shape[0] // tile.bn), -(-m // tile.bm))
     if grid[1] > MAX_GRID_Y:
         raise ValueError(f"xnor_mma: {m} rows need {grid[1]} row blocks, more than the grid's {MAX_GRID_Y}; "
                          "split the batch")
-    _kernel(bool(emulate))[1][grid, THREADS](a_flat, m, *geometry, padword, b, k, flags, *operands)
+    _kernel(bool(emulate), tile)[1][grid, tile.threads](a_flat, m, *geometry, padword, b, k, flags, *operands)

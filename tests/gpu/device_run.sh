@@ -2,14 +2,17 @@
 # Every GPU check and benchmark in one run of at most about 9 minutes, for a machine with an NVIDIA GPU
 # that is lent for a short time (DEVELOPERS.md, "GPU work"). From the repository root:
 #
-#     bash tests/gpu/device_run.sh [RESULTS_DIR]        # default: $OUT, else ./gpu-results
+#     bash tests/gpu/device_run.sh [RESULTS_DIR [STEPS]]   # default: $OUT, else ./gpu-results; all steps
 #
+# STEPS: a comma-separated subset of mma-checks, mma-tiles, bench-gemm, bench-model, tests-gpu (each
+# under its own time limit below: all five take at most 560 s, under one 600 s device call).
 # A NumPy wheel in .whl/ (numpy<2.5 for numba-cuda <= 0.30.4) is installed first where present.
 # Each step has its own time limit, so one that hangs does not take the others' time; each step's
 # output goes to RESULTS_DIR (and the benchmarks' JSON), and the exit status is that of the tests.
 set -u
 out=${1:-${OUT:-gpu-results}}
-mkdir -p "$out"
+steps=,${2:-mma-checks,mma-tiles,bench-gemm,bench-model,tests-gpu},
+mkdir -p "$out" && out=$(cd "$out" && pwd)
 if ls .whl/numpy-*.whl >/dev/null 2>&1; then
     pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 fi
@@ -19,8 +22,9 @@ pip install -q --no-deps --no-build-isolation --no-index -e . || exit 1
   python -c "from importlib.metadata import version as v; print('numba-cuda', v('numba-cuda'))" 2>&1
   python -c "import torch; print('torch', torch.__version__)" 2>&1; } > "$out/versions.txt" 2>&1
 cat "$out/versions.txt"
-step() {  # step NAME SECONDS COMMAND...: run, keep the output, say how it ended
+step() {  # step NAME SECONDS COMMAND...: run (if asked for), keep the output, say how it ended
     local name=$1 limit=$2; shift 2
+    [[ $steps == *,$name,* ]] || return 0
     local t0=$SECONDS
     timeout "$limit" "$@" > "$out/$name.txt" 2>&1
     local rc=$?
@@ -28,8 +32,9 @@ step() {  # step NAME SECONDS COMMAND...: run, keep the output, say how it ended
     return $rc
 }
 cd tests/gpu
-step mma-checks 90 python xnor_mma_checks.py fragments gemm conv errors
+step mma-checks 60 python xnor_mma_checks.py fragments gemm tiles conv errors
 cd ../..
-step bench-gemm 150 bitnet bench gemm --device cuda --json "$out/bench-gemm-cuda.json"
-step bench-model 150 bitnet bench model --device cuda --json "$out/bench-model-cuda.json"
-BITNET_TEST_CUDA=gpu step tests-gpu 180 python -m pytest -q -x tests/gpu
+step mma-tiles 100 python -m bitnet.bench.mma_tiles --json "$out/mma-tiles.json"
+step bench-gemm 120 bitnet bench gemm --device cuda --json "$out/bench-gemm-cuda.json"
+step bench-model 120 bitnet bench model --device cuda --json "$out/bench-model-cuda.json"
+BITNET_TEST_CUDA=gpu step tests-gpu 160 python -m pytest -q -x tests/gpu

@@ -121,7 +121,7 @@ def test_accumulator_input_is_added():
 
 # -- the kernels' PTX ---------------------------------------------------------------------------
 
-def _mma_kernel_ptx(cc):
+def _mma_kernel_ptx(cc, tile="64x64"):
     from numba import cuda
     from numba import types as T
 
@@ -129,17 +129,23 @@ def _mma_kernel_ptx(cc):
     u1, u2 = T.Array(T.uint64, 1, "C"), T.Array(T.uint64, 2, "C")
     f1, f2, i2, i64 = T.Array(T.float32, 1, "C"), T.Array(T.float32, 2, "C"), T.Array(T.int32, 2, "C"), T.int64
     sig = (u1, i64) + (i64,) * 15 + (u1, u2, i64, i64, i2, i64, f1, f1, f2, i2, f2, i64, u2)
-    ptx, _ = cuda.compile_ptx(XM._kernel(False)[0], sig, cc=cc)
+    ptx, _ = cuda.compile_ptx(XM._kernel(False, XM.TILES[tile])[0], sig, cc=cc)
     return ptx
 
 
+TILE_NAMES = ["64x64", "128x64", "128x128", "128x128-k16"]
+
+
 @pytest.mark.parametrize("cc", [(8, 0), (9, 0)])
-def test_mma_kernel_compiles_with_its_accumulators_in_registers(cc, tmp_path):
+@pytest.mark.parametrize("tile", TILE_NAMES)
+def test_mma_kernel_compiles_with_its_accumulators_in_registers(cc, tile, tmp_path):
     from bitnet.kernels import xnor_mma as XM
     require_ptx_compiler(cc)
-    ptx = _mma_kernel_ptx(cc)
+    assert sorted(TILE_NAMES) == sorted(XM.TILES)
+    ptx = _mma_kernel_ptx(cc, tile)
+    t = XM.TILES[tile]
     mmas = re.findall(r"mma\.sync\.aligned\.m16n8k256\.row\.col\.s32\.b1\.b1\.s32\.and\.popc", ptx)
-    assert len(mmas) == XM.FM * XM.FN * (XM.BKW // 4), "one MMA per warp tile and 256-bit step, unrolled"
+    assert len(mmas) >= t.fm * t.fn, "the warp's MMA tiles of one 256-bit step are unrolled"
     assert not re.search(r"\b(ld|st)\.local", ptx), "accumulators or fragments spilled to local memory"
     assert "mul.rn.f32" in ptx and not re.search(r"\bfma\.", ptx), "the epilogue must round as the CPU does"
     ptxas = shutil.which("ptxas")
@@ -151,6 +157,10 @@ def test_mma_kernel_compiles_with_its_accumulators_in_registers(cc, tmp_path):
     proc = subprocess.run([ptxas, f"-arch={arch}", "-v", str(src), "-o", os.devnull], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads" in proc.stderr, proc.stderr
+    smem = int(re.search(r"(\d+) bytes smem", proc.stderr).group(1))
+    assert smem <= 48 * 1024, f"{smem} bytes of static shared memory: more than a block may declare statically"
+    regs = int(re.search(r"Used (\d+) registers", proc.stderr).group(1))
+    assert regs * t.threads <= 64 * 1024, f"{regs} registers x {t.threads} threads do not fit one SM"
 
 
 def test_the_mma_is_refused_below_compute_capability_8(tmp_path):

@@ -13,7 +13,7 @@ from cudasim import run_in_simulator
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-@pytest.mark.parametrize("check", ["fragments", "gemm", "conv", "errors"])
+@pytest.mark.parametrize("check", ["fragments", "gemm", "tiles", "sweep", "conv", "errors"])
 def test_mma_kernels_match_the_cpu_kernels(check):
     out = run_in_simulator(os.path.join(HERE, "xnor_mma_checks.py"), check)
     assert f"{check}: ok" in out

@@ -64,6 +64,46 @@ def check_gemm():
             equal(out.copy_to_host(), want, f"xnor_mma.xnor_gemm M={m} N={n} K={k} emulate={emulate}")
 
 
+def check_tiles():
+    """Every block shape of ``TILES``: a GEMM across several row and filter blocks, and a convolution
+    whose signs span two words (two per row of a 128-filter block)."""
+    m, n, k = 130, 70, 64 * 9 - 7
+    a = bits.pack_reference(rng.standard_normal((m, k)))
+    b = bits.pack_reference(rng.standard_normal((n, k)))
+    want = bits.xnor_dot_reference(a, b, k)
+    x = rng.standard_normal((1, 70, 4, 3)).astype(np.float32)
+    w = rng.standard_normal((70, 70, 3, 3)).astype(np.float32)
+    xb, padword = bitpack.pack_nchw(x, 1), XC.pad_words(70, 1.0)
+    scale, shift = (rng.standard_normal(70).astype(np.float32) for _ in range(2))
+    want_f, want_bits = XC.xnor_conv2d(xb, XC.pack_filters(w, 1), 70, 70, (3, 3), (1, 1), (1, 1), (1, 1),
+                                       padword=padword, scale=scale, shift=shift, emit_bits=True, layout="nhwc")
+    rows = cuda.to_device(np.ascontiguousarray(XC.unpanel_words(XC.pack_filters(w, 1), 70)[0]))
+    for name in XM.TILES:
+        for emulate in modes():
+            what = f"tile {name} emulate={emulate}"
+            out = cuda.device_array((m, n), np.int32)
+            XM.xnor_gemm(cuda.to_device(a), cuda.to_device(b), k, out, emulate=emulate, tile=name)
+            equal(out.copy_to_host(), want, f"xnor_mma.xnor_gemm {what}")
+            if XM.TILES[name].bn < 128:  # check_conv covers the one-word blocks
+                continue
+            out_f = cuda.device_array((12, 70), np.float32)
+            signs = cuda.device_array((12, 2), np.uint64)
+            XM.xnor_conv(cuda.to_device(xb), 0, (3, 3), (1, 1), (1, 1), (1, 1), cuda.to_device(padword), rows, 70 * 9,
+                         out_f, scale=cuda.to_device(scale), shift=cuda.to_device(shift), bits=signs, emulate=emulate,
+                         tile=name)
+            equal(out_f.copy_to_host().reshape(want_f.shape), want_f, f"xnor_mma.xnor_conv {what}")
+            equal(signs.copy_to_host().reshape(want_bits.shape), want_bits, f"xnor_mma.xnor_conv {what} signs")
+
+
+def check_tile_sweep():
+    """The tile benchmark (bitnet.bench.mma_tiles) on tiny cases: results checked, one record each."""
+    from bitnet.bench import mma_tiles
+    cases = mma_tiles.make_cases(cuda, [("tiny gemm", 20, 10, 100)], [("tiny conv", 1, 3, 4, 5, 2)])
+    recs = mma_tiles.sweep(cuda, cases, peak=None, repeats=1, tiles=("64x64",))
+    if [(r["case"], r["tile"]) for r in recs] != [("tiny gemm", "64x64"), ("tiny conv", "64x64")]:
+        raise AssertionError(f"sweep records {recs}")
+
+
 def check_conv():
     """One launch per group against the CPU's packed convolution: dots, then scale * dot + shift +
     residual with the signs packed by the epilogue."""
@@ -116,11 +156,16 @@ def check_errors():
                                   9, out), "smaller than the 5x5 kernel"),
             (lambda: XM.xnor_conv(x, 0, (3, 3), (1, 1), (1, 1), (1, 1), pad, b, 9, cuda.device_array((15, 3), np.int32)),
              "out must have 16 rows"),
-            (lambda: XM.xnor_gemm(np.zeros((2, 3), np.uint64), b, 64, out), "expected a CUDA device array")):
+            (lambda: XM.xnor_gemm(np.zeros((2, 3), np.uint64), b, 64, out), "expected a CUDA device array"),
+            (lambda: XM.xnor_gemm(cuda.to_device(np.zeros((16, 9), np.uint64)), b, 64, out, tile="256x256"),
+             "tile must be a Tile or one of"),
+            (lambda: XM.xnor_gemm(cuda.to_device(np.zeros((16, 9), np.uint64)), b, 64, out, tile=XM.Tile(1, 1, 1, 1, 8)),
+             "unusable tile")):
         expect_error(call, text)
 
 
-CHECKS = {"fragments": check_fragments, "gemm": check_gemm, "conv": check_conv, "errors": check_errors}
+CHECKS = {"fragments": check_fragments, "gemm": check_gemm, "tiles": check_tiles, "sweep": check_tile_sweep,
+          "conv": check_conv, "errors": check_errors}
 
 if __name__ == "__main__":
     for name in sys.argv[1:] or CHECKS:
