@@ -30,6 +30,7 @@ import numba as nb
 import numpy as np
 from numba import config, cuda, float32, float64
 
+from bitnet.kernels.cuda_launch import stream
 from bitnet.kernels.im2col import conv_output_size
 from bitnet.kernels.pooling import pool_output_size
 from bitnet.ops.dims import pair
@@ -330,7 +331,7 @@ def sgemm_nt(a, b, out, bias=None):
     if m == 0 or n == 0:
         return out
     grid = (max(1, -(-m // BM)), max(1, -(-n // BN)))
-    _JIT["sgemm_nt"][grid, (TN, TM)](a, b, out[0] if bias is None else bias, bias is not None, out)
+    _JIT["sgemm_nt"][grid, (TN, TM), stream()](a, b, out[0] if bias is None else bias, bias is not None, out)
     return out
 
 
@@ -341,7 +342,7 @@ def im2col_nchw(x, kernel_size, stride, padding, dilation, out):
     geom, oh, ow = _conv_geometry(x.shape, kernel_size, stride, padding, dilation, "im2col_nchw")
     n, c = x.shape[:2]
     _check(out, "im2col_nchw out (N*OH*OW, C*KH*KW)", shape=(n * oh * ow, c * geom[0] * geom[1]))
-    _JIT["im2col"][_blocks(out.size), BLOCK_1D](x, *geom, oh, ow, out)
+    _JIT["im2col"][_blocks(out.size), BLOCK_1D, stream()](x, *geom, oh, ow, out)
     return out
 
 
@@ -351,7 +352,7 @@ def rows_to_nchw(rows, n, oh, ow, out):
     if rows.shape[0] != n * oh * ow:
         raise ValueError(f"rows_to_nchw: rows has {rows.shape[0]} rows, expected N*OH*OW = {n * oh * ow}")
     _check(out, "rows_to_nchw out (N, C, OH, OW)", shape=(n, rows.shape[1], oh, ow))
-    _JIT["rows_to_nchw"][_blocks(out.size), BLOCK_1D](rows, out)
+    _JIT["rows_to_nchw"][_blocks(out.size), BLOCK_1D, stream()](rows, out)
     return out
 
 
@@ -360,7 +361,7 @@ def nchw_to_rows(x, out):
     _check(x, "nchw_to_rows x (N, C, H, W)", ndim=4)
     n, c, h, w = x.shape
     _check(out, "nchw_to_rows out (N*H*W, C)", shape=(n * h * w, c))
-    _JIT["nchw_to_rows"][_blocks(out.size), BLOCK_1D](x, out)
+    _JIT["nchw_to_rows"][_blocks(out.size), BLOCK_1D, stream()](x, out)
     return out
 
 
@@ -412,7 +413,7 @@ def channel_affine_nchw(x, scale, shift, out):
     _check(scale, "channel_affine_nchw scale (C,)", shape=(c,))
     _check(shift, "channel_affine_nchw shift (C,)", shape=(c,))
     _check(out, "channel_affine_nchw out", shape=x.shape)
-    _JIT["channel_affine"][_blocks(x.size), BLOCK_1D](_flat(x), scale, shift, c, x.shape[2] * x.shape[3],
+    _JIT["channel_affine"][_blocks(x.size), BLOCK_1D, stream()](_flat(x), scale, shift, c, x.shape[2] * x.shape[3],
                                                        _flat(out))
     return out
 
@@ -431,7 +432,7 @@ def unary(x, op, out, **params):
         raise ValueError(f"unary: hardtanh needs min_val <= max_val, got {lo} > {hi}")
     _check(x, "unary x")
     _check(out, "unary out", shape=x.shape)
-    _JIT["unary"][_blocks(x.size), BLOCK_1D](_flat(x), UNARY_OPS[op], np.float32(lo), np.float32(hi),
+    _JIT["unary"][_blocks(x.size), BLOCK_1D, stream()](_flat(x), UNARY_OPS[op], np.float32(lo), np.float32(hi),
                                               _flat(out))
     return out
 
@@ -441,7 +442,7 @@ def add(a, b, out):
     _check(a, "add a")
     _check(b, "add b", shape=a.shape)
     _check(out, "add out", shape=a.shape)
-    _JIT["add"][_blocks(a.size), BLOCK_1D](_flat(a), _flat(b), _flat(out))
+    _JIT["add"][_blocks(a.size), BLOCK_1D, stream()](_flat(a), _flat(b), _flat(out))
     return out
 
 
@@ -451,7 +452,7 @@ def maxpool2d_nchw(x, kernel_size, stride, padding, out, ceil_mode=False):
     stride None = the window."""
     geom, shape = _pool_geometry(x, kernel_size, stride, padding, "maxpool2d_nchw", ceil_mode)
     _check(out, "maxpool2d_nchw out (N, C, OH, OW)", shape=shape)
-    _JIT["maxpool"][_blocks(out.size), BLOCK_1D](x, *geom, out)
+    _JIT["maxpool"][_blocks(out.size), BLOCK_1D, stream()](x, *geom, out)
     return out
 
 
@@ -461,7 +462,7 @@ def avgpool2d_nchw(x, kernel_size, stride, padding, out, ceil_mode=False, count_
     floor mode unless ``ceil_mode``; stride None = the window."""
     geom, shape = _pool_geometry(x, kernel_size, stride, padding, "avgpool2d_nchw", ceil_mode)
     _check(out, "avgpool2d_nchw out (N, C, OH, OW)", shape=shape)
-    _JIT["avgpool"][_blocks(out.size), BLOCK_1D](x, *geom, bool(count_include_pad), out)
+    _JIT["avgpool"][_blocks(out.size), BLOCK_1D, stream()](x, *geom, bool(count_include_pad), out)
     return out
 
 
@@ -470,7 +471,7 @@ def global_avgpool_nchw(x, out):
     _check(x, "global_avgpool_nchw x (N, C, H, W)", ndim=4)
     _check(out, "global_avgpool_nchw out (N, C)", shape=x.shape[:2])
     n, c, h, w = x.shape
-    _JIT["global_avgpool"][_blocks(out.size), BLOCK_1D](x.reshape(n, c, h * w), False, out)
+    _JIT["global_avgpool"][_blocks(out.size), BLOCK_1D, stream()](x.reshape(n, c, h * w), False, out)
     return out
 
 
@@ -479,5 +480,5 @@ def global_avgpool_nhwc(x, out):
     _check(x, "global_avgpool_nhwc x (N, H, W, C)", ndim=4)
     _check(out, "global_avgpool_nhwc out (N, C)", shape=(x.shape[0], x.shape[3]))
     n, h, w, c = x.shape
-    _JIT["global_avgpool"][_blocks(out.size), BLOCK_1D](x.reshape(n, h * w, c), True, out)
+    _JIT["global_avgpool"][_blocks(out.size), BLOCK_1D, stream()](x.reshape(n, h * w, c), True, out)
     return out

@@ -35,6 +35,7 @@ from numba import config, cuda, float32, int32, uint64
 
 from bitnet.kernels.bit_scalar import sign_bit, tap_word_index, xnor_dot
 from bitnet.kernels.cuda_float import mul_rn as _mul_rn
+from bitnet.kernels.cuda_launch import stream
 from bitnet.kernels.xnor_epilogue import AFFINE, BITS, CORR, RESIDUAL
 
 TILE_K = 8          # words of K per shared-memory step
@@ -96,7 +97,7 @@ def pack_rows(x, out):
     _check(out, np.uint64, 2, "pack_rows: out")
     if out.shape != (x.shape[0], -(-x.shape[1] // 64)):
         raise ValueError(f"pack_rows: out must be ({x.shape[0]}, {-(-x.shape[1] // 64)}) for x {x.shape}, got {out.shape}")
-    _pack_rows_kernel[_grid1(out.size), BLOCK_1D](x, out)
+    _pack_rows_kernel[_grid1(out.size), BLOCK_1D, stream()](x, out)
     return out
 
 
@@ -110,7 +111,7 @@ def pack_nchw(x, groups, out):
     _check(out, np.uint64, 5, "pack_nchw: out")
     if out.shape != want:
         raise ValueError(f"pack_nchw: out must be {want}, got {out.shape}")
-    _pack_nchw_kernel[_grid1(out.size), BLOCK_1D](x, groups, out)
+    _pack_nchw_kernel[_grid1(out.size), BLOCK_1D, stream()](x, groups, out)
     return out
 
 
@@ -139,7 +140,7 @@ def im2col_bits(x, g, kernel_size, stride, padding, dilation, padword, out):
     ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     if out.shape != (n * oh * ow, kh * kw * cwg) or out.dtype != np.uint64:
         raise ValueError(f"im2col_bits: out must be uint64 ({n * oh * ow}, {kh * kw * cwg}), got {out.dtype} {out.shape}")
-    _im2col_bits_kernel[_grid1(out.size), BLOCK_1D](x.reshape(x.size), g, h, w, groups, cwg, kw, sh, sw, ph, pw,
+    _im2col_bits_kernel[_grid1(out.size), BLOCK_1D, stream()](x.reshape(x.size), g, h, w, groups, cwg, kw, sh, sw, ph, pw,
                                                     dh, dw, oh, ow, padword, out)
     return out
 
@@ -263,7 +264,7 @@ def xnor_gemm(a, b, k, out, corr=None, scale=None, shift=None, residual=None, co
         raise ValueError(f"xnor_gemm: tile must be two of 2, 4, got {tile!r}")
     kernel = _gemm_kernel(rt, ct)
     grid = (-(-n // (THREADS * ct)), -(-m // (THREADS * rt)))
-    kernel[grid, (THREADS, THREADS)](a, b, k, flags, *operands)
+    kernel[grid, (THREADS, THREADS), stream()](a, b, k, flags, *operands)
     return out
 
 

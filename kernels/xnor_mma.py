@@ -39,6 +39,7 @@ from numba import config, cuda, int32, uint32, uint64
 
 from bitnet.kernels.bit_scalar import tap_word_index, xnor_dot
 from bitnet.kernels.bmma import a_slot, b_slot, c_slot, mma_and_popc, mma_and_popc_emulated
+from bitnet.kernels.cuda_launch import stream
 from bitnet.kernels.xnor_cuda import _check, epilogue_operands, store_output
 from bitnet.kernels.xnor_epilogue import BITS
 
@@ -286,4 +287,4 @@ def _launch(a_flat, m, geometry, padword, b, k, flags, operands, emulate, tile):
     if grid[1] > MAX_GRID_Y:
         raise ValueError(f"xnor_mma: {m} rows need {grid[1]} row blocks, more than the grid's {MAX_GRID_Y}; "
                          "split the batch")
-    _kernel(bool(emulate), tile)[1][grid, tile.threads](a_flat, m, *geometry, padword, b, k, flags, *operands)
+    _kernel(bool(emulate), tile)[1][grid, tile.threads, stream()](a_flat, m, *geometry, padword, b, k, flags, *operands)

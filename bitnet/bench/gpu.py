@@ -11,8 +11,10 @@ against cuBLAS and PyTorch on the same GPU, timed with CUDA events (median of th
   measured on this card (``gpu_peaks.mma_peak_tops``) for ``xnor mma``.
 - model: packed binary ResNet-18 (CIFAR shape, input and output on the device) with either binary
   kernel, against its float twin in PyTorch on the GPU (eval, no_grad): float32 (TF32 off),
-  float16 channels-last, bfloat16 autocast. ``host_ms`` is the host's time per forward (the
-  Python and launch cost, measured without waiting for the GPU).
+  float16 channels-last, bfloat16 autocast; the packed model with its forward pass replayed as a
+  CUDA graph (the default) and without (``no graph``: every kernel launched from Python).
+  ``host_ms`` is the host's time per forward (the Python and launch cost, measured without
+  waiting for the GPU).
 
 Under Numba's CUDA simulator (tests) the events time nothing: medians are 0 and ratios None; the
 MMA runs emulated.
@@ -157,9 +159,11 @@ def bench_model(batch, repeats, torch_too=True, image=32, name="resnet18-binary"
     dx = cuda.to_device(x)
     cpu_out = bitnet.pack(model, device="cpu")(bitnet.Tensor(x)).data
     med, host, diff = {}, {}, {}
-    for kernels in ("popcount", "mma") if has_mma() else ("popcount",):
+    variants = [(k, g) for k in (("popcount", "mma") if has_mma() else ("popcount",)) for g in (True, False)]
+    for kernels, graphs in variants:
         gpu = bitnet.pack(model, device="cuda", binary_kernels=kernels)
-        method = f"packed (gpu, {kernels})"
+        gpu.graphs = graphs and gpu.graphs      # (off in the simulator)
+        method = f"packed (gpu, {kernels}{'' if graphs else ', no graph'})"
         diff[method] = float(np.abs(gpu.run_device(dx).copy_to_host() - cpu_out).max())
         med[method] = event_time(lambda: gpu.run_device(dx), repeats)
         calls = []

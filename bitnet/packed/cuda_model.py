@@ -43,14 +43,18 @@ class CudaPackedModel:
     ``(N, ...)`` array or Tensor on the host and returns a Tensor on the host; ``run_device``
     takes and returns device arrays. ``cpu_model`` is the packed CPU model it was built from.
     ``binary_kernels`` ("mma", "popcount" or None to choose by the GPU; see
-    ``choose_binary_kernels``) is fixed when the model is built."""
+    ``choose_binary_kernels``) is fixed when the model is built; ``graphs`` (None: on, except in
+    the simulator) records each input shape's forward pass as a CUDA graph (``run_device``)."""
 
-    def __init__(self, packed, binary_kernels=None):
+    def __init__(self, packed, binary_kernels=None, graphs=None):
         import threading
 
         from bitnet.backend import cuda_module
+        from numba import config
         self.cuda = cuda_module()
         self._buffers, self._next, self._lock = [], 0, threading.Lock()
+        self._eager_buffers, self._graph_buffers, self._graph_cache = self._buffers, {}, None
+        self.graphs = (not config.ENABLE_CUDASIM) if graphs is None else bool(graphs)
         from bitnet.kernels import cuda_float, xnor_cuda, xnor_mma  # numba.cuda only now
         self.xc, self.cf, self.xm = xnor_cuda, cuda_float, xnor_mma
         self.binary_kernels = choose_binary_kernels(binary_kernels, _compute_capability(self.cuda))
@@ -71,15 +75,37 @@ class CudaPackedModel:
 
     def run_device(self, x):
         """Device array in (NCHW or (N, F) float32), a new device array out (the model's output
-        layout). The activations in between live in buffers kept from call to call (reallocated when
-        the input's shape changes): calls on one model are serialized."""
+        layout). The activations in between live in buffers kept from call to call: with
+        ``graphs`` (the default on a GPU) one set per input shape, the forward pass recorded once
+        per shape as a CUDA graph and replayed (``bitnet.packed.cuda_graph``); without, one set,
+        reallocated when the input's shape changes. Calls on one model are serialized."""
+        from bitnet.packed.cuda_graph import GraphError
         with self._lock:
-            self._next = 0
-            dm = self._step(DeviceMap(x, "nchw" if x.ndim == 4 else "flat"))
-            out = self._nchw(dm).data if dm.layout == "nhwc" else dm.data
+            out, stream = None, 0
+            if self.graphs:
+                try:
+                    if self._graph_cache is None:
+                        from bitnet.packed.cuda_graph import GraphCache
+                        self._graph_cache = GraphCache(self.cuda)
+                    self._buffers = self._graph_buffers.setdefault((tuple(x.shape), x.dtype.str), [])
+                    out, stream = self._graph_cache.run(x, self._forward), self._graph_cache.stream
+                except GraphError as e:
+                    import warnings
+                    warnings.warn(f"CUDA graphs are off for this model ({e}); its kernels are launched one by one",
+                                  RuntimeWarning, stacklevel=2)
+                    self.graphs = False
+            if out is None:
+                self._buffers = self._eager_buffers
+                out = self._forward(x)
             result = self.cuda.device_array(out.shape, out.dtype)
-            result.copy_to_device(out)
+            result.copy_to_device(out, stream=stream)
             return result
+
+    def _forward(self, x):
+        """Every step's kernels, from the device input ``x`` to the output array (a buffer)."""
+        self._next = 0
+        dm = self._step(DeviceMap(x, "nchw" if x.ndim == 4 else "flat"))
+        return self._nchw(dm).data if dm.layout == "nhwc" else dm.data
 
     training = False  # inference only, as the CPU packed model: train() / eval() change nothing else
 

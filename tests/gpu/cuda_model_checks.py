@@ -126,6 +126,78 @@ def check_tensor_core_kernels():
              what="ResNet on the MMA", binary_kernels="mma")
 
 
+class FakeGraphDriver:
+    """Stands in for the CUDA driver's capture calls in the simulator (which has no graphs): counts
+    the calls; a real driver replays the recorded launches, this one replays nothing."""
+
+    def __init__(self, fail_at=None):
+        self.calls, self.fail_at = [], fail_at
+
+    def _call(self, name, value=None):
+        from bitnet.packed.cuda_graph import GraphError
+        self.calls.append(name)
+        if name == self.fail_at:
+            raise GraphError(f"{name} refused (test)")
+        return value
+
+    def begin(self, stream):
+        self._call("begin")
+
+    def end(self, stream):
+        return self._call("end", object())
+
+    def instantiate(self, graph):
+        return self._call("instantiate", object())
+
+    def launch(self, exe, stream):
+        self._call("launch")
+
+    def destroy(self, graph, exe):
+        self.calls.append("destroy")
+
+
+def check_graphs():
+    """The graph path's plumbing (the driver faked): a shape is run once, recorded on the same
+    buffers, then replayed; each shape has its own buffers and graph; a driver that refuses turns
+    graphs off with one warning and the model still gives the CPU's outputs."""
+    import warnings
+
+    from bitnet.packed import cuda_graph
+    from bitnet.packed.cuda_model import CudaPackedModel
+    model = binary_sequential()
+    cpu = bitnet.pack(model)
+    original = cuda_graph.DriverGraphs
+    try:
+        cuda_graph.DriverGraphs = FakeGraphDriver
+        gpu = CudaPackedModel(bitnet.pack(model), graphs=True)
+        xs = [rng.standard_normal((n, 3, 5, 4)).astype(np.float32) for n in (2, 1, 2)]
+        for i, x in enumerate(xs):
+            got = gpu(x).data
+            if i < 2 and not np.array_equal(got, cpu(Tensor(x)).data):  # (the fake replays nothing)
+                raise AssertionError(f"call {i}: the recorded forward pass differs from the CPU")
+        calls = gpu._graph_cache.driver.calls
+        if calls != ["begin", "end", "instantiate", "launch"] * 2 + ["launch"] or len(gpu._graph_cache) != 2:
+            raise AssertionError(f"driver calls {calls}")
+        if set(gpu._graph_buffers) != {((2, 3, 5, 4), "<f4"), ((1, 3, 5, 4), "<f4")}:
+            raise AssertionError(f"buffer sets {list(gpu._graph_buffers)}")
+        for fail_at in ("begin", "instantiate"):
+            cuda_graph.DriverGraphs = lambda fail_at=fail_at: FakeGraphDriver(fail_at)
+            gpu = CudaPackedModel(bitnet.pack(model), graphs=True)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                got = gpu(xs[0]).data
+            if gpu.graphs or len(caught) != 1 or "CUDA graphs are off" not in str(caught[0].message):
+                raise AssertionError(f"fail at {fail_at}: graphs={gpu.graphs}, warnings {[str(w.message) for w in caught]}")
+            if not np.array_equal(got, cpu(Tensor(xs[0])).data):
+                raise AssertionError(f"fail at {fail_at}: the fallback differs from the CPU")
+            if fail_at == "instantiate" and gpu._graph_cache.driver.calls[-1] != "destroy":
+                raise AssertionError(f"the graph was not freed: {gpu._graph_cache.driver.calls}")
+    finally:
+        cuda_graph.DriverGraphs = original
+    if bitnet.pack(model, device="cuda").graphs:
+        raise AssertionError("graphs must default to off in the simulator")
+
+
 def check_files_and_device_blocks():
     model = binary_sequential()
     with tempfile.TemporaryDirectory() as tmp:
@@ -180,7 +252,7 @@ def check_cli():
 
 
 CHECKS = {"binary": check_binary_sequential, "mixed": check_float_and_binary_sequential,
-          "resnet": check_resnets, "mma": check_tensor_core_kernels, "files": check_files_and_device_blocks,
+          "resnet": check_resnets, "mma": check_tensor_core_kernels, "graphs": check_graphs, "files": check_files_and_device_blocks,
           "cli": check_cli}
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from cudasim import run_in_simulator
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-@pytest.mark.parametrize("check", ["binary", "mixed", "resnet", "mma", "files", "cli"])
+@pytest.mark.parametrize("check", ["binary", "mixed", "resnet", "mma", "graphs", "files", "cli"])
 def test_packed_models_on_the_gpu_match_the_cpu(check):
     out = run_in_simulator(os.path.join(HERE, "cuda_model_checks.py"), check)
     assert f"{check}: ok" in out
@@ -47,3 +47,16 @@ def test_binary_kernels_are_refused_on_the_cpu():
     import bitnet
     with pytest.raises(ValueError, match='applies to device="cuda" only'):
         bitnet.pack(bitnet.models.get("lenet-binary", seed=0), binary_kernels="mma")
+
+
+def test_graph_driver_binds_the_capture_calls_or_says_why_not():
+    import ctypes.util
+
+    from bitnet.packed.cuda_graph import DriverGraphs, GraphError
+    try:
+        driver = DriverGraphs()
+    except GraphError as e:   # no NVIDIA driver on this machine
+        assert "could not be loaded" in str(e) or "CUDA 11.4 or newer" in str(e)
+        return
+    assert ctypes.util.find_library("cuda") is not None or driver.lib is not None
+    assert driver.lib.cuGraphLaunch.argtypes == [ctypes.c_void_p, ctypes.c_void_p]
