@@ -54,7 +54,7 @@ def check_fragments():
 def check_gemm():
     """Odd shapes: K not a multiple of 256 (or of 64), N not a multiple of 8, one row; several
     shared-memory stages of K; more rows and filters than one block."""
-    for m, n, k in ((1, 9, 64), (37, 21, 200), (5, 70, 300), (70, 3, 64 * (2 * XM.BKW + 1) - 5)):
+    for m, n, k in ((1, 9, 64), (37, 21, 200), (5, 70, 300), (70, 3, 64 * (2 * XM.TILES["64x64"].bkw + 1) - 5)):
         a = bits.pack_reference(rng.standard_normal((m, k)))
         b = bits.pack_reference(rng.standard_normal((n, k)))
         want = bits.xnor_dot_reference(a, b, k)
