@@ -17,15 +17,18 @@ A block (``Tile``) of ``warps_m x warps_n`` warps computes a ``bm x bn`` output 
 default ``TILES["64x64"]``: 4 warps of 32 rows x 32 filters; ``"128x128"`` (8 warps of 64 x 32) is
 chosen where the problem has at least ``LARGE_BLOCKS`` such tiles, and ``tile=`` picks any (the
 benchmark's sweep, ``bitnet.bench.mma_tiles``). K is walked ``bkw`` words (512 bits: two MMA
-steps) at a time through shared memory, stored as 32-bit words with rows ``2 bkw + 4`` words
-apart: the 8 rows x 4 words one fragment load touches then fall in 32 different banks. Rows and
+steps) at a time through shared memory, software pipelined: the words of the next stage are
+fetched into registers before the MMAs of the current one, and stored after them. Shared memory
+holds 32-bit words with rows ``2 bkw + 4`` words apart: the 8 rows x 4 words one fragment load touches then fall in 32 different banks. Rows and
 filters past the matrix, and words past K, load as 0 (AND with 0 adds nothing). After the K loop
 the accumulators pass through shared memory to one thread per output (consecutive threads on
 consecutive filters), where the epilogue runs.
 
 ``xnor_conv`` is the implicit GEMM: the A tile loader reads the packed channels-last input
-``(N, H, W, G, CWg)`` through ``tap_word_index`` (the bit im2col's own index map, with the pad
-word for taps in the padding), so a binary convolution is one launch with no im2col buffer.
+``(N, H, W, G, CWg)`` at the words the bit im2col would copy (``bit_scalar.tap_word_index``'s map,
+with the pad word for taps in the padding), so a binary convolution is one launch with no im2col
+buffer. Each loading thread decodes its rows' pixels once and carries its K position's tap and
+channel word from stage to stage, so the K loop has no integer division.
 
 ``emulate=True`` swaps the MMA for ``bmma.mma_and_popc_emulated`` (shared memory, any GPU and
 Numba's simulator): the tests run every other line of these kernels that way without a GPU.
@@ -35,9 +38,9 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from numba import config, cuda, int32, uint32, uint64
+from numba import config, cuda, int32, int64, uint32, uint64
 
-from bitnet.kernels.bit_scalar import tap_word_index, xnor_dot
+from bitnet.kernels.bit_scalar import xnor_dot
 from bitnet.kernels.bmma import a_slot, b_slot, c_slot, mma_and_popc, mma_and_popc_emulated
 from bitnet.kernels.cuda_launch import stream
 from bitnet.kernels.xnor_cuda import _check, epilogue_operands, store_output
@@ -77,7 +80,6 @@ TILES = {  # name: shape; "64x64" for small problems, "128x128" where there are 
     "64x64": Tile(2, 2, 2, 4, 8),
     "128x64": Tile(2, 2, 4, 4, 8),
     "128x128": Tile(2, 4, 4, 4, 8),
-    "128x128-k16": Tile(2, 4, 4, 4, 16),
 }
 LARGE_BLOCKS = 4 * 132   # blocks of 128 x 128 at which the big tile is chosen (4 per SM of an H100 / H200)
 MAX_GRID_Y = 65535
@@ -85,9 +87,10 @@ MAX_GRID_Y = 65535
 _KERNELS = {}
 
 
-def _kernel(emulate: bool, tile: Tile = TILES["64x64"]):
-    """The kernel for ``tile``, with the MMA (``emulate=False``) or its shared-memory emulation."""
-    key = (bool(emulate), tile.check())
+def _kernel(emulate: bool, tile: Tile = TILES["64x64"], conv: bool = False):
+    """The kernel for ``tile``, with the MMA (``emulate=False``) or its shared-memory emulation, for
+    rows (``conv`` False) or a convolution's packed input (True)."""
+    key = (bool(emulate), tile.check(), bool(conv))
     if key in _KERNELS:
         return _KERNELS[key]
     mma = mma_and_popc_emulated if emulate else mma_and_popc
@@ -95,6 +98,8 @@ def _kernel(emulate: bool, tile: Tile = TILES["64x64"]):
     BM, BN, THREADS = tile.bm, tile.bn, tile.threads
     STRIDE = 2 * BKW + 4        # 32-bit words per shared row (+4: the fragment loads hit 32 different banks)
     A_LOADS, B_LOADS = BM * BKW // THREADS, BN * BKW // THREADS   # words each thread loads per stage
+    ROW_STEP = THREADS // BKW
+    CONV = bool(conv)
     SIGN_WORDS = BN // 64       # words of output signs per row of the block
     SIGNS = BM * SIGN_WORDS
     SLAB_ROWS = FM * 16         # rows of one row of warps
@@ -103,9 +108,10 @@ def _kernel(emulate: bool, tile: Tile = TILES["64x64"]):
     SMEM = max((BM + BN) * STRIDE, SLAB)
     scratch_shape = (WARPS_M * WARPS_N, 32, 6) if emulate else (1, 1, 1)
 
-    def kernel(a, m_rows, conv, g, H, W, G, CWg, KW, sh, sw, ph, pw, dh, dw, OH, OW, padword,
+    def kernel(a, m_rows, is_conv, g, H, W, G, CWg, KW, sh, sw, ph, pw, dh, dw, OH, OW, padword,
                b, k_true, flags, corr, period, scale, shift, res, out_i, out_f, col0, bits):
-        """``a``: flat rows ``(m_rows * kw,)`` (``conv`` 0) or the flat packed input (``conv`` 1)."""
+        """``a``: flat rows ``(m_rows * kw,)``, or the flat packed input (``CONV``; ``is_conv`` says
+        the same at run time and is not read)."""
         smem = cuda.shared.array(SMEM, dtype=uint32)   # the A and B stages, then the accumulators
         pop_a = cuda.shared.array(BM, dtype=int32)
         pop_b = cuda.shared.array(BN, dtype=int32)
@@ -135,56 +141,99 @@ def _kernel(emulate: bool, tile: Tile = TILES["64x64"]):
             pb[i] = 0
         af = cuda.local.array((FM, 4), dtype=uint32)
         bf = cuda.local.array((FN, 2), dtype=uint32)
-        for k0 in range(0, kw, BKW):
-            # stage: thread tid always loads word tid % BKW of rows tid // BKW + (THREADS // BKW) i
+        # thread tid loads word kk of rows rbase + ROW_STEP i at every stage (THREADS % BKW == 0);
+        # for a convolution, each row's pixel is decoded once here, and the tap and channel word of
+        # K position k0 + kk are carried from stage to stage (no division in the K loop): the
+        # index is tap_word_index's, written incrementally
+        kk, rbase = tid % BKW, tid // BKW
+        rorg = cuda.local.array(A_LOADS, dtype=int64)   # word index of the row's tap (0, 0), channel word 0
+        rih = cuda.local.array(A_LOADS, dtype=int64)
+        riw = cuda.local.array(A_LOADS, dtype=int64)
+        ti = tj = cw = int64(0)
+        GC = G * CWg
+        if CONV:
             for i in range(A_LOADS):
-                e = tid + THREADS * i
-                r = e // BKW
-                kk = e - r * BKW
-                gr, gk = row0 + r, k0 + kk
+                p = row0 + rbase + ROW_STEP * i
+                n = p // (OH * OW)
+                rem = p - n * (OH * OW)
+                oh = rem // OW
+                rih[i] = oh * sh - ph
+                riw[i] = (rem - oh * OW) * sw - pw
+                rorg[i] = ((n * H + rih[i]) * W + riw[i]) * GC + g * CWg
+            tap = kk // CWg
+            cw = kk - tap * CWg
+            ti = tap // KW
+            tj = tap - ti * KW
+        # software pipelined: each iteration fetches the next stage into registers (wa, wb), runs
+        # the MMAs of the stage in shared memory while those loads are in flight, then stores them
+        wa = cuda.local.array(A_LOADS, dtype=uint64)
+        wb = cuda.local.array(B_LOADS, dtype=uint64)
+        for k0 in range(-BKW, kw, BKW):
+            nk = k0 + BKW                # the stage fetched now (computed by the next iteration)
+            gk = nk + kk
+            dih, diw = ti * dh, tj * dw
+            toff = (dih * W + diw) * GC + cw   # the tap's offset from a row's origin
+            for i in range(A_LOADS):
+                gr = row0 + rbase + ROW_STEP * i
                 w = uint64(0)
                 if gr < m_rows and gk < kw:
-                    if conv:
-                        src = tap_word_index(gr, gk, g, H, W, G, CWg, KW, sh, sw, ph, pw, dh, dw, OH, OW)
-                        w = padword[gk % CWg] if src < 0 else a[src]
+                    if CONV:
+                        ih, iw = rih[i] + dih, riw[i] + diw
+                        if 0 <= ih < H and 0 <= iw < W:
+                            w = a[uint64(rorg[i] + toff)]   # (unsigned indices: no wraparound code)
+                        else:
+                            w = padword[uint64(cw)]
                     else:
-                        w = a[gr * kw + gk]
-                pa[i] += cuda.popc(w)
-                smem[r * STRIDE + 2 * kk] = uint32(w & uint64(0xFFFFFFFF))
-                smem[r * STRIDE + 2 * kk + 1] = uint32(w >> uint64(32))
+                        w = a[uint64(gr * kw + gk)]
+                wa[i] = w
             for i in range(B_LOADS):
-                e = tid + THREADS * i
-                r = e // BKW
-                kk = e - r * BKW
-                gr, gk = col_0 + r, k0 + kk
-                w = b[gr, gk] if gr < n_cols and gk < kw else uint64(0)
-                pb[i] += cuda.popc(w)
-                smem[B_OFF + r * STRIDE + 2 * kk] = uint32(w & uint64(0xFFFFFFFF))
-                smem[B_OFF + r * STRIDE + 2 * kk + 1] = uint32(w >> uint64(32))
-            cuda.syncthreads()
-            for step in range(BKW // 4):  # 4 uint64 words = one 256-bit MMA step
-                base = 8 * step
-                for i in range(FM):
-                    for reg in range(4):
-                        r, wd = a_slot(lane, reg)
-                        af[i, reg] = smem[(wr + 16 * i + r) * STRIDE + base + wd]
-                for j in range(FN):
-                    for reg in range(2):
-                        c, wd = b_slot(lane, reg)
-                        bf[j, reg] = smem[B_OFF + (wc + 8 * j + c) * STRIDE + base + wd]
-                for i in range(FM):
+                gr = col_0 + rbase + ROW_STEP * i
+                wb[i] = b[uint64(gr), uint64(gk)] if gr < n_cols and gk < kw else uint64(0)
+            if CONV:  # the next stage's K position: BKW words further
+                cw += BKW
+                while cw >= CWg:
+                    cw -= CWg
+                    tj += 1
+                    if tj == KW:
+                        tj = 0
+                        ti += 1
+            if k0 >= 0:
+                for step in range(BKW // 4):  # 4 uint64 words = one 256-bit MMA step
+                    base = 8 * step
+                    for i in range(FM):
+                        for reg in range(4):
+                            r, wd = a_slot(lane, reg)
+                            af[i, reg] = smem[uint64((wr + 16 * i + r) * STRIDE + base + wd)]
                     for j in range(FN):
-                        d0, d1, d2, d3 = mma(scratch, warp, lane, acc[i, j, 0], acc[i, j, 1], acc[i, j, 2],
-                                             acc[i, j, 3], af[i, 0], af[i, 1], af[i, 2], af[i, 3], bf[j, 0], bf[j, 1])
-                        acc[i, j, 0] = d0
-                        acc[i, j, 1] = d1
-                        acc[i, j, 2] = d2
-                        acc[i, j, 3] = d3
+                        for reg in range(2):
+                            c, wd = b_slot(lane, reg)
+                            bf[j, reg] = smem[uint64(B_OFF + (wc + 8 * j + c) * STRIDE + base + wd)]
+                    for i in range(FM):
+                        for j in range(FN):
+                            d0, d1, d2, d3 = mma(scratch, warp, lane, acc[i, j, 0], acc[i, j, 1],
+                                                 acc[i, j, 2], acc[i, j, 3], af[i, 0], af[i, 1], af[i, 2],
+                                                 af[i, 3], bf[j, 0], bf[j, 1])
+                            acc[i, j, 0] = d0
+                            acc[i, j, 1] = d1
+                            acc[i, j, 2] = d2
+                            acc[i, j, 3] = d3
+            cuda.syncthreads()
+            if nk < kw:
+                for i in range(A_LOADS):
+                    pa[i] += cuda.popc(wa[i])
+                    at = uint64((rbase + ROW_STEP * i) * STRIDE + 2 * kk)
+                    smem[at] = uint32(wa[i] & uint64(0xFFFFFFFF))
+                    smem[at + uint64(1)] = uint32(wa[i] >> uint64(32))
+                for i in range(B_LOADS):
+                    pb[i] += cuda.popc(wb[i])
+                    at = uint64(B_OFF + (rbase + ROW_STEP * i) * STRIDE + 2 * kk)
+                    smem[at] = uint32(wb[i] & uint64(0xFFFFFFFF))
+                    smem[at + uint64(1)] = uint32(wb[i] >> uint64(32))
             cuda.syncthreads()
         for i in range(A_LOADS):
-            cuda.atomic.add(pop_a, (tid + THREADS * i) // BKW, pa[i])
+            cuda.atomic.add(pop_a, rbase + ROW_STEP * i, pa[i])
         for i in range(B_LOADS):
-            cuda.atomic.add(pop_b, (tid + THREADS * i) // BKW, pb[i])
+            cuda.atomic.add(pop_b, rbase + ROW_STEP * i, pb[i])
         # the accumulators through shared memory (a short loop over constant indices, so they stay in
         # registers), one row of warps at a time, then one thread per output with consecutive threads
         # on consecutive filters (the K loop's last barrier has freed the stages' shared memory)
@@ -287,4 +336,4 @@ def _launch(a_flat, m, geometry, padword, b, k, flags, operands, emulate, tile):
     if grid[1] > MAX_GRID_Y:
         raise ValueError(f"xnor_mma: {m} rows need {grid[1]} row blocks, more than the grid's {MAX_GRID_Y}; "
                          "split the batch")
-    _kernel(bool(emulate), tile)[1][grid, tile.threads, stream()](a_flat, m, *geometry, padword, b, k, flags, *operands)
+    _kernel(bool(emulate), tile, bool(geometry[0]))[1][grid, tile.threads, stream()](a_flat, m, *geometry, padword, b, k, flags, *operands)

@@ -133,7 +133,7 @@ def _mma_kernel_ptx(cc, tile="64x64"):
     return ptx
 
 
-TILE_NAMES = ["64x64", "128x64", "128x128", "128x128-k16"]
+TILE_NAMES = ["64x64", "128x64", "128x128"]
 
 
 @pytest.mark.parametrize("cc", [(8, 0), (9, 0)])
