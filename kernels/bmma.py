@@ -80,9 +80,10 @@ def mma_and_popc(typingctx, scratch, warp, lane, c0, c1, c2, c3, a0, a1, a2, a3,
         i32 = ir.IntType(32)
         c, a, b = args[3:7], args[7:11], args[11:13]
         fnty = ir.FunctionType(ir.LiteralStructType([i32] * 4), [i32] * 10)
-        # $0..$3 = d, $4..$7 = a, $8..$9 = b, $10..$13 = c; no side effects: NVVM may schedule it freely
-        asm = ir.InlineAsm(fnty, MMA_PTX + " {$0,$1,$2,$3}, {$4,$5,$6,$7}, {$8,$9}, {$10,$11,$12,$13};",
-                           "=r,=r,=r,=r," + ",".join(["r"] * 10))
+        # $0..$3 = d, $4..$7 = a, $8..$9 = b, and c in the same registers as d (the constraints "0".."3"
+        # tie them: accumulate in place, no copies); no side effects: NVVM may schedule it freely
+        asm = ir.InlineAsm(fnty, MMA_PTX + " {$0,$1,$2,$3}, {$4,$5,$6,$7}, {$8,$9}, {$0,$1,$2,$3};",
+                           "=r,=r,=r,=r," + ",".join(["r"] * 6) + ",0,1,2,3")
         d = builder.call(asm, list(a) + list(b) + list(c))
         return context.make_tuple(builder, ret, [builder.extract_value(d, i) for i in range(4)])
     return sig, codegen

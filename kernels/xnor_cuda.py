@@ -166,7 +166,7 @@ def _store_output(r, c, dot, flags, corr, period, scale, shift, res, out_i, out_
 # inlined into the kernels (njit(inline="always") compiles to PTX without a GPU, which a
 # cuda.jit(device=True) function would not); in the simulator a device function, so that its
 # ``cuda`` is the simulator's while a kernel of another module calls it
-store_output = cuda.jit(device=True)(_store_output) if config.ENABLE_CUDASIM else nb.njit(inline="always")(_store_output)
+store_output = (cuda.jit(device=True) if config.ENABLE_CUDASIM else nb.njit(inline="always"))(_store_output)
 
 
 # -- XNOR-popcount GEMM with the epilogue ---------------------------------------------------------

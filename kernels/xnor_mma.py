@@ -15,14 +15,14 @@ into shared memory (one popcount per 64 loaded bits), so neither operand needs a
 A block (``Tile``) of ``warps_m x warps_n`` warps computes a ``bm x bn`` output tile; each warp
 ``fm x fn`` MMA tiles of 16 x 8 (``4 fm fn`` int32 accumulators per lane, in registers). The
 default ``TILES["64x64"]``: 4 warps of 32 rows x 32 filters; ``"128x128"`` (8 warps of 64 x 32) is
-chosen where the problem has at least ``LARGE_BLOCKS`` such tiles, and ``tile=`` picks any (the
+chosen where the problem has at least ``BLOCKS_PER_SM`` such tiles per SM, and ``tile=`` picks any (the
 benchmark's sweep, ``bitnet.bench.mma_tiles``). K is walked ``bkw`` words (512 bits: two MMA
 steps) at a time through shared memory, software pipelined: the words of the next stage are
 fetched into registers before the MMAs of the current one, and stored after them. Shared memory
-holds 32-bit words with rows ``2 bkw + 4`` words apart: the 8 rows x 4 words one fragment load touches then fall in 32 different banks. Rows and
-filters past the matrix, and words past K, load as 0 (AND with 0 adds nothing). After the K loop
-the accumulators pass through shared memory to one thread per output (consecutive threads on
-consecutive filters), where the epilogue runs.
+holds 32-bit words with rows ``2 bkw + 4`` words apart: the 8 rows x 4 words one fragment load
+touches then fall in 32 different banks. Rows and filters past the matrix, and words past K, load
+as 0 (AND with 0 adds nothing). After the K loop the accumulators pass through shared memory to one
+thread per output (consecutive threads on consecutive filters), where the epilogue runs.
 
 ``xnor_conv`` is the implicit GEMM: the A tile loader reads the packed channels-last input
 ``(N, H, W, G, CWg)`` at the words the bit im2col would copy (``bit_scalar.tap_word_index``'s map,
@@ -45,6 +45,7 @@ from bitnet.kernels.bmma import a_slot, b_slot, c_slot, mma_and_popc, mma_and_po
 from bitnet.kernels.cuda_launch import stream
 from bitnet.kernels.xnor_cuda import _check, epilogue_operands, store_output
 from bitnet.kernels.xnor_epilogue import BITS
+
 
 class Tile(NamedTuple):
     """A block's shape: ``warps_m x warps_n`` warps, each ``fm x fn`` MMA tiles of 16 x 8, K staged
@@ -81,7 +82,7 @@ TILES = {  # name: shape; "64x64" for small problems, "128x128" where there are 
     "128x64": Tile(2, 2, 4, 4, 8),
     "128x128": Tile(2, 4, 4, 4, 8),
 }
-LARGE_BLOCKS = 4 * 132   # blocks of 128 x 128 at which the big tile is chosen (4 per SM of an H100 / H200)
+BLOCKS_PER_SM = 4        # 128 x 128 blocks per SM from which the big tile is chosen
 MAX_GRID_Y = 65535
 
 _KERNELS = {}
@@ -284,7 +285,8 @@ def xnor_gemm(a, b, k, out, corr=None, scale=None, shift=None, residual=None, co
     flags, operands = epilogue_operands("xnor_mma.xnor_gemm", a, m, b, k, out, corr, scale, shift, residual, col0,
                                         bits)
     flat = a.reshape(a.size)
-    _launch(flat, m, (0,) + (1,) * 14, flat, b, k, flags, operands, emulate, tile)  # (no convolution: its geometry unused)
+    no_conv = (0,) + (1,) * 14   # (a convolution's geometry, unused)
+    _launch(flat, m, no_conv, flat, b, k, flags, operands, emulate, tile)
     return out
 
 
@@ -315,19 +317,27 @@ def xnor_conv(x, g, kernel_size, stride, padding, dilation, padword, b, k, out, 
     return out
 
 
-def choose_tile(m: int, n: int) -> Tile:
-    """``"128x128"`` where ``m x n`` outputs make at least ``LARGE_BLOCKS`` such blocks (the larger
-    tile reuses each loaded word for twice the MMAs), else ``"64x64"`` (more blocks for small
-    problems: a batch-1 convolution has as few rows as pixels)."""
+def choose_tile(m: int, n: int, sm_count: int = 132) -> Tile:
+    """``"128x128"`` where ``m x n`` outputs make at least ``BLOCKS_PER_SM`` such blocks per SM of
+    the GPU (the larger tile reuses each loaded word for twice the MMAs and issues fewer
+    instructions per MMA), else ``"64x64"`` (more blocks for small problems: a batch-1
+    convolution has as few rows as pixels)."""
     big = TILES["128x128"]
-    return big if (-(-m // big.bm)) * (-(-n // big.bn)) >= LARGE_BLOCKS else TILES["64x64"]
+    return big if (-(-m // big.bm)) * (-(-n // big.bn)) >= BLOCKS_PER_SM * sm_count else TILES["64x64"]
+
+
+def _sm_count() -> int:
+    """The current GPU's multiprocessors (132 in the simulator: an H100 / H200's)."""
+    if "sm" not in _KERNELS:
+        _KERNELS["sm"] = 132 if config.ENABLE_CUDASIM else int(cuda.get_current_device().MULTIPROCESSOR_COUNT)
+    return _KERNELS["sm"]
 
 
 def _launch(a_flat, m, geometry, padword, b, k, flags, operands, emulate, tile):
     if emulate is None:
         emulate = default_emulate()
     if tile is None:
-        tile = choose_tile(m, b.shape[0])
+        tile = choose_tile(m, b.shape[0], _sm_count())
     elif not isinstance(tile, Tile):
         if tile not in TILES:
             raise ValueError(f"xnor_mma: tile must be a Tile or one of {sorted(TILES)}, got {tile!r}")
@@ -336,4 +346,5 @@ def _launch(a_flat, m, geometry, padword, b, k, flags, operands, emulate, tile):
     if grid[1] > MAX_GRID_Y:
         raise ValueError(f"xnor_mma: {m} rows need {grid[1]} row blocks, more than the grid's {MAX_GRID_Y}; "
                          "split the batch")
-    _kernel(bool(emulate), tile, bool(geometry[0]))[1][grid, tile.threads, stream()](a_flat, m, *geometry, padword, b, k, flags, *operands)
+    kernel = _kernel(bool(emulate), tile, bool(geometry[0]))[1]
+    kernel[grid, tile.threads, stream()](a_flat, m, *geometry, padword, b, k, flags, *operands)

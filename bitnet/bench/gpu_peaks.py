@@ -36,11 +36,11 @@ def _peak_kernel():
         b0, b1 = words[4], words[5] ^ uint32(lane)
         x0 = x1 = x2 = x3 = y0 = y1 = y2 = y3 = int32(0)
         u0 = u1 = u2 = u3 = v0 = v1 = v2 = v3 = int32(0)
-        for _ in range(iters):   # CHAINS independent chains: the tensor pipe never waits on a result
+        for _ in range(iters):   # CHAINS independent chains (the same operands, kept in place: no copies)
             x0, x1, x2, x3 = mma_and_popc(scratch, 0, lane, x0, x1, x2, x3, a0, a1, a2, a3, b0, b1)
-            y0, y1, y2, y3 = mma_and_popc(scratch, 0, lane, y0, y1, y2, y3, a1, a2, a3, a0, b0, b1)
-            u0, u1, u2, u3 = mma_and_popc(scratch, 0, lane, u0, u1, u2, u3, a2, a3, a0, a1, b1, b0)
-            v0, v1, v2, v3 = mma_and_popc(scratch, 0, lane, v0, v1, v2, v3, a3, a0, a1, a2, b1, b0)
+            y0, y1, y2, y3 = mma_and_popc(scratch, 0, lane, y0, y1, y2, y3, a0, a1, a2, a3, b0, b1)
+            u0, u1, u2, u3 = mma_and_popc(scratch, 0, lane, u0, u1, u2, u3, a0, a1, a2, a3, b0, b1)
+            v0, v1, v2, v3 = mma_and_popc(scratch, 0, lane, v0, v1, v2, v3, a0, a1, a2, a3, b0, b1)
         out[cuda.grid(1)] = x0 + x1 + x2 + x3 + y0 + y1 + y2 + y3 + u0 + u1 + u2 + u3 + v0 + v1 + v2 + v3
 
     _PEAK["kernel"] = (kernel, cuda.jit(kernel))

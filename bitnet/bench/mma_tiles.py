@@ -78,7 +78,7 @@ def sweep(cuda, cases, peak, repeats, tiles=None) -> list:
     print(f"{'case':<34} {'tile':<12} {'median':>10} {'TOPS':>8} {'of peak':>8}  chosen", flush=True)
     for name, kind, (out, case), ops in cases:
         want = _reference(cuda, case)
-        chosen = XM.choose_tile(out.shape[0], out.shape[1])
+        chosen = XM.choose_tile(out.shape[0], out.shape[1], XM._sm_count())
         for tile_name in tiles or XM.TILES:
             tile = XM.TILES[tile_name]
             call = (lambda t=tile: XM.xnor_gemm(**case, tile=t)) if kind == "gemm" else \

@@ -63,7 +63,8 @@ class DriverGraphs:
             raise GraphError(f"{what} failed: {(name.value or b'?').decode()} (CUresult {rc})")
 
     def begin(self, stream):
-        self._check(self.lib.cuStreamBeginCapture_v2(_handle(stream), CAPTURE_MODE_THREAD_LOCAL), "cuStreamBeginCapture")
+        rc = self.lib.cuStreamBeginCapture_v2(_handle(stream), CAPTURE_MODE_THREAD_LOCAL)
+        self._check(rc, "cuStreamBeginCapture")
 
     def end(self, stream):
         graph = ctypes.c_void_p()

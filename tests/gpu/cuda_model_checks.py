@@ -187,7 +187,8 @@ def check_graphs():
                 warnings.simplefilter("always")
                 got = gpu(xs[0]).data
             if gpu.graphs or len(caught) != 1 or "CUDA graphs are off" not in str(caught[0].message):
-                raise AssertionError(f"fail at {fail_at}: graphs={gpu.graphs}, warnings {[str(w.message) for w in caught]}")
+                said = [str(w.message) for w in caught]
+                raise AssertionError(f"fail at {fail_at}: graphs={gpu.graphs}, warnings {said}")
             if not np.array_equal(got, cpu(Tensor(xs[0])).data):
                 raise AssertionError(f"fail at {fail_at}: the fallback differs from the CPU")
             if fail_at == "instantiate" and gpu._graph_cache.driver.calls[-1] != "destroy":
@@ -252,8 +253,8 @@ def check_cli():
 
 
 CHECKS = {"binary": check_binary_sequential, "mixed": check_float_and_binary_sequential,
-          "resnet": check_resnets, "mma": check_tensor_core_kernels, "graphs": check_graphs, "files": check_files_and_device_blocks,
-          "cli": check_cli}
+          "resnet": check_resnets, "mma": check_tensor_core_kernels, "graphs": check_graphs,
+          "files": check_files_and_device_blocks, "cli": check_cli}
 
 if __name__ == "__main__":
     for name in sys.argv[1:] or CHECKS:

@@ -188,3 +188,12 @@ def test_peak_probe_compiles_to_a_register_only_mma_loop():
                               cc=(9, 0))
     assert ptx.count("mma.sync.aligned.m16n8k256") >= CHAINS
     assert not re.search(r"\b(ld|st)\.local", ptx)
+
+
+def test_the_big_tile_is_chosen_where_it_fills_the_gpu():
+    from bitnet.kernels.xnor_mma import TILES, choose_tile
+    assert choose_tile(8192, 8192, 132) == TILES["128x128"]           # 4,096 blocks of 128 x 128
+    assert choose_tile(256 * 32 * 32, 64, 132) == TILES["128x128"]    # a ResNet stage at batch 256
+    assert choose_tile(32 * 32, 64, 132) == TILES["64x64"]            # the same convolution at batch 1
+    assert choose_tile(12800, 64, 132) == TILES["64x64"]              # 100 blocks: too few for 132 SMs
+    assert choose_tile(12800, 64, 20) == TILES["128x128"]             # ... enough for a 20-SM GPU

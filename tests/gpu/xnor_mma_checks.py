@@ -133,7 +133,8 @@ def check_conv():
             fused = cuda.device_array((p, bits.words_for(o)), np.uint64) if emit else None
             for gi in range(g):
                 b = cuda.to_device(np.ascontiguousarray(rows[gi]))
-                args = (dev["x"], gi, ksize, stride, padding, dilation, dev["padword"], b, (c // g) * ksize[0] * ksize[1])
+                k = (c // g) * ksize[0] * ksize[1]
+                args = (dev["x"], gi, ksize, stride, padding, dilation, dev["padword"], b, k)
                 XM.xnor_conv(*args, out_i, corr=dev["corr"], col0=gi * (o // g), emulate=emulate)
                 XM.xnor_conv(*args, out_f, corr=dev["corr"], scale=cuda.to_device(scale), shift=cuda.to_device(shift),
                              residual=cuda.to_device(res.reshape(p, o)), col0=gi * (o // g), bits=fused,
@@ -149,18 +150,18 @@ def check_errors():
     b = cuda.to_device(np.zeros((3, 9), np.uint64))
     pad = cuda.to_device(np.zeros(1, np.uint64))
     out = cuda.device_array((16, 3), np.int32)
+    out15, a16 = cuda.device_array((15, 3), np.int32), cuda.to_device(np.zeros((16, 9), np.uint64))
+    b25 = cuda.to_device(np.zeros((3, 25), np.uint64))
     for call, text in (
             (lambda: XM.xnor_conv(x, 1, (3, 3), (1, 1), (1, 1), (1, 1), pad, b, 9, out), "group 1 out of range"),
             (lambda: XM.xnor_conv(x, 0, (3, 2), (1, 1), (1, 1), (1, 1), pad, b, 9, out), "must have 6 words"),
-            (lambda: XM.xnor_conv(x, 0, (5, 5), (1, 1), (0, 0), (1, 1), pad, cuda.to_device(np.zeros((3, 25), np.uint64)),
-                                  9, out), "smaller than the 5x5 kernel"),
-            (lambda: XM.xnor_conv(x, 0, (3, 3), (1, 1), (1, 1), (1, 1), pad, b, 9, cuda.device_array((15, 3), np.int32)),
-             "out must have 16 rows"),
+            (lambda: XM.xnor_conv(x, 0, (5, 5), (1, 1), (0, 0), (1, 1), pad, b25, 9, out),
+             "smaller than the 5x5 kernel"),
+            (lambda: XM.xnor_conv(x, 0, (3, 3), (1, 1), (1, 1), (1, 1), pad, b, 9, out15), "out must have 16 rows"),
             (lambda: XM.xnor_gemm(np.zeros((2, 3), np.uint64), b, 64, out), "expected a CUDA device array"),
-            (lambda: XM.xnor_gemm(cuda.to_device(np.zeros((16, 9), np.uint64)), b, 64, out, tile="256x256"),
+            (lambda: XM.xnor_gemm(a16, b, 64, out, tile="256x256"),
              "tile must be a Tile or one of"),
-            (lambda: XM.xnor_gemm(cuda.to_device(np.zeros((16, 9), np.uint64)), b, 64, out, tile=XM.Tile(1, 1, 1, 1, 8)),
-             "unusable tile")):
+            (lambda: XM.xnor_gemm(a16, b, 64, out, tile=XM.Tile(1, 1, 1, 1, 8)), "unusable tile")):
         expect_error(call, text)
 
 
