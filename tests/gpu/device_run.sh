@@ -4,14 +4,16 @@
 #
 #     bash tests/gpu/device_run.sh [RESULTS_DIR [STEPS]]   # default: $OUT, else ./gpu-results; all steps
 #
-# STEPS: a comma-separated subset of mma-checks, mma-tiles, bench-gemm, bench-model, tests-gpu (each
-# under its own time limit below: all five take at most 560 s, under one 600 s device call).
+# STEPS: a comma-separated subset of mma-checks, mma-tiles, bench-gemm, gpu-arrays, bench-model,
+# tests-gpu, each under its own time limit below (all six: at most 610 s). Where one call may run
+# 600 s at most, split them: "mma-checks,mma-tiles,bench-gemm,gpu-arrays" (330 s), then
+# "bench-model,tests-gpu" (280 s).
 # A NumPy wheel in .whl/ (numpy<2.5 for numba-cuda <= 0.30.4) is installed first where present.
 # Each step has its own time limit, so one that hangs does not take the others' time; each step's
 # output goes to RESULTS_DIR (and the benchmarks' JSON), and the exit status is that of the tests.
 set -u
 out=${1:-${OUT:-gpu-results}}
-steps=,${2:-mma-checks,mma-tiles,bench-gemm,bench-model,tests-gpu},
+steps=,${2:-mma-checks,mma-tiles,bench-gemm,gpu-arrays,bench-model,tests-gpu},
 mkdir -p "$out" && out=$(cd "$out" && pwd)
 if ls .whl/numpy-*.whl >/dev/null 2>&1; then
     pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
@@ -36,5 +38,6 @@ step mma-checks 60 python xnor_mma_checks.py fragments gemm tiles conv errors
 cd ../..
 step mma-tiles 100 python -m bitnet.bench.mma_tiles --json "$out/mma-tiles.json"
 step bench-gemm 120 bitnet bench gemm --device cuda --json "$out/bench-gemm-cuda.json"
+step gpu-arrays 50 python -m bitnet.bench.gpu_arrays --json "$out/gpu-arrays.json"
 step bench-model 120 bitnet bench model --device cuda --json "$out/bench-model-cuda.json"
 BITNET_TEST_CUDA=gpu step tests-gpu 160 python -m pytest -q -x tests/gpu

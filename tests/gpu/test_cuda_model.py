@@ -60,3 +60,13 @@ def test_graph_driver_binds_the_capture_calls_or_says_why_not():
         return
     assert ctypes.util.find_library("cuda") is not None or driver.lib is not None
     assert driver.lib.cuGraphLaunch.argtypes == [ctypes.c_void_p, ctypes.c_void_p]
+
+
+def test_device_array_benchmark_runs(tmp_path):
+    """bitnet.bench.gpu_arrays (issue 14's choice of device arrays): numba's rows in the simulator."""
+    import json
+    run_in_simulator("-m", "bitnet.bench.gpu_arrays", "--sizes", "8", "--repeats", "2", "--json",
+                     str(tmp_path / "a.json"))
+    recs = json.loads((tmp_path / "a.json").read_text())
+    assert {(r["library"], r["op"]) for r in recs} >= {("numba", "alloc"), ("numba", "add"), ("numba", "gemm")}
+    assert all(r["host_us"] > 0 for r in recs)
