@@ -19,8 +19,10 @@ the group), a 256-bit row chunk seen as eight 32-bit words ``w[0..7]``:
 
 so the four lanes of a group split each row's (and column's) 256 bits the same way, and lane
 ``(g, t)``'s A and B registers cover the same bits of K. ``a_slot``, ``b_slot`` and ``c_slot`` below
-compute this table; the kernels (``bitnet.kernels.xnor_mma``) load fragments with them, the
-emulation and the NumPy model of the instruction in the tests read them back.
+compute this table, ``a_home`` and ``b_home`` its inverse (where a word goes: the kernels of
+``bitnet.kernels.xnor_mma`` store each stage in shared memory in fragment order with them, so that
+a lane loads its four A registers, or two B registers, with one vector load); the emulation and
+the NumPy model of the instruction in the tests read the table back.
 
 The packed bit convention (bit 1 = -1) turns an AND count into the +-1 dot product::
 
@@ -66,6 +68,19 @@ def b_slot(lane, reg):
 def c_slot(lane, reg):
     """C / D register ``reg`` (0..3) of ``lane``: (row 0..15, column 0..7) of the 16 x 8 tile."""
     return (lane >> 2) + 8 * (reg >> 1), 2 * (lane & 3) + (reg & 1)
+
+
+@nb.njit(inline="always")
+def a_home(row, word):
+    """Where A's element block (row 0..15, 32-bit word 0..7 of the chunk) lives: (lane, register),
+    the inverse of ``a_slot``."""
+    return (row & 7) * 4 + (word & 3), (row >> 3) + 2 * (word >> 2)
+
+
+@nb.njit(inline="always")
+def b_home(col, word):
+    """Where B's (column 0..7, 32-bit word 0..7) lives: (lane, register), the inverse of ``b_slot``."""
+    return col * 4 + (word & 3), word >> 2
 
 
 @intrinsic

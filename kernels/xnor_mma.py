@@ -19,9 +19,10 @@ chosen where the problem has at least ``BLOCKS_PER_SM`` such tiles per SM, and `
 benchmark's sweep, ``bitnet.bench.mma_tiles``). K is walked ``bkw`` words (512 bits: two MMA
 steps) at a time through shared memory, software pipelined: the words of the next stage are
 fetched into registers before the MMAs of the current one, and stored after them. Shared memory
-holds 32-bit words with rows ``2 bkw + 4`` words apart: the 8 rows x 4 words one fragment load
-touches then fall in 32 different banks. Rows and filters past the matrix, and words past K, load
-as 0 (AND with 0 adds nothing). After the K loop the accumulators pass through shared memory to one
+holds a stage as 32-bit words in fragment order (``bmma.a_home`` / ``b_home``): a lane's four A
+registers of an MMA step are adjacent (one 128-bit load), its two B registers too (one 64-bit
+load). Rows and filters past the matrix, and words past K, load as 0 (AND with 0 adds nothing).
+After the K loop the accumulators pass through shared memory to one
 thread per output (consecutive threads on consecutive filters), where the epilogue runs.
 
 ``xnor_conv`` is the implicit GEMM: the A tile loader reads the packed channels-last input
@@ -41,7 +42,7 @@ import numpy as np
 from numba import config, cuda, int32, int64, uint32, uint64
 
 from bitnet.kernels.bit_scalar import xnor_dot
-from bitnet.kernels.bmma import a_slot, b_slot, c_slot, mma_and_popc, mma_and_popc_emulated
+from bitnet.kernels.bmma import a_home, b_home, c_slot, mma_and_popc, mma_and_popc_emulated
 from bitnet.kernels.cuda_launch import stream
 from bitnet.kernels.xnor_cuda import _check, epilogue_operands, store_output
 from bitnet.kernels.xnor_epilogue import BITS
@@ -97,7 +98,7 @@ def _kernel(emulate: bool, tile: Tile = TILES["64x64"], conv: bool = False):
     mma = mma_and_popc_emulated if emulate else mma_and_popc
     WARPS_M, WARPS_N, FM, FN, BKW = tile
     BM, BN, THREADS = tile.bm, tile.bn, tile.threads
-    STRIDE = 2 * BKW + 4        # 32-bit words per shared row (+4: the fragment loads hit 32 different banks)
+    STEPS = BKW // 4            # 256-bit MMA steps per stage
     A_LOADS, B_LOADS = BM * BKW // THREADS, BN * BKW // THREADS   # words each thread loads per stage
     ROW_STEP = THREADS // BKW
     CONV = bool(conv)
@@ -105,8 +106,8 @@ def _kernel(emulate: bool, tile: Tile = TILES["64x64"], conv: bool = False):
     SIGNS = BM * SIGN_WORDS
     SLAB_ROWS = FM * 16         # rows of one row of warps
     SLAB = SLAB_ROWS * BN       # their accumulators
-    B_OFF = BM * STRIDE         # where the B stage starts in shared memory
-    SMEM = max((BM + BN) * STRIDE, SLAB)
+    B_OFF = BM * BKW * 2        # where the B stage starts in shared memory (32-bit words)
+    SMEM = max((BM + BN) * BKW * 2, SLAB)
     scratch_shape = (WARPS_M * WARPS_N, 32, 6) if emulate else (1, 1, 1)
 
     def kernel(a, m_rows, is_conv, g, H, W, G, CWg, KW, sh, sw, ph, pw, dh, dw, OH, OW, padword,
@@ -165,6 +166,20 @@ def _kernel(emulate: bool, tile: Tile = TILES["64x64"], conv: bool = False):
             cw = kk - tap * CWg
             ti = tap // KW
             tj = tap - ti * KW
+        # where this thread's words go in shared memory, in fragment order (a_home / b_home): the low
+        # and high 32 bits of word kk are the chunk's 32-bit words 2 kk % 8 and 2 kk % 8 + 1
+        ahome = cuda.local.array((A_LOADS, 2), dtype=uint32)
+        bhome = cuda.local.array((B_LOADS, 2), dtype=uint32)
+        for h in range(2):
+            step, word = (2 * kk + h) // 8, (2 * kk + h) % 8
+            for i in range(A_LOADS):
+                r = rbase + ROW_STEP * i
+                hl, hr = a_home(r % 16, word)
+                ahome[i, h] = uint32((((r // 16) * STEPS + step) * 32 + hl) * 4 + hr)
+            for i in range(B_LOADS):
+                r = rbase + ROW_STEP * i
+                hl, hr = b_home(r % 8, word)
+                bhome[i, h] = uint32(B_OFF + (((r // 8) * STEPS + step) * 32 + hl) * 2 + hr)
         # software pipelined: each iteration fetches the next stage into registers (wa, wb), runs
         # the MMAs of the stage in shared memory while those loads are in flight, then stores them
         wa = cuda.local.array(A_LOADS, dtype=uint64)
@@ -199,16 +214,15 @@ def _kernel(emulate: bool, tile: Tile = TILES["64x64"], conv: bool = False):
                         tj = 0
                         ti += 1
             if k0 >= 0:
-                for step in range(BKW // 4):  # 4 uint64 words = one 256-bit MMA step
-                    base = 8 * step
-                    for i in range(FM):
+                for step in range(STEPS):  # 4 uint64 words = one 256-bit MMA step
+                    for i in range(FM):    # a lane's 4 A registers are adjacent (fragment order): one load
+                        at = uint64((((wr // 16 + i) * STEPS + step) * 32 + lane) * 4)
                         for reg in range(4):
-                            r, wd = a_slot(lane, reg)
-                            af[i, reg] = smem[uint64((wr + 16 * i + r) * STRIDE + base + wd)]
+                            af[i, reg] = smem[at + uint64(reg)]
                     for j in range(FN):
+                        at = uint64(B_OFF + (((wc // 8 + j) * STEPS + step) * 32 + lane) * 2)
                         for reg in range(2):
-                            c, wd = b_slot(lane, reg)
-                            bf[j, reg] = smem[uint64(B_OFF + (wc + 8 * j + c) * STRIDE + base + wd)]
+                            bf[j, reg] = smem[at + uint64(reg)]
                     for i in range(FM):
                         for j in range(FN):
                             d0, d1, d2, d3 = mma(scratch, warp, lane, acc[i, j, 0], acc[i, j, 1],
@@ -222,14 +236,12 @@ def _kernel(emulate: bool, tile: Tile = TILES["64x64"], conv: bool = False):
             if nk < kw:
                 for i in range(A_LOADS):
                     pa[i] += cuda.popc(wa[i])
-                    at = uint64((rbase + ROW_STEP * i) * STRIDE + 2 * kk)
-                    smem[at] = uint32(wa[i] & uint64(0xFFFFFFFF))
-                    smem[at + uint64(1)] = uint32(wa[i] >> uint64(32))
+                    smem[ahome[i, 0]] = uint32(wa[i] & uint64(0xFFFFFFFF))
+                    smem[ahome[i, 1]] = uint32(wa[i] >> uint64(32))
                 for i in range(B_LOADS):
                     pb[i] += cuda.popc(wb[i])
-                    at = uint64(B_OFF + (rbase + ROW_STEP * i) * STRIDE + 2 * kk)
-                    smem[at] = uint32(wb[i] & uint64(0xFFFFFFFF))
-                    smem[at + uint64(1)] = uint32(wb[i] >> uint64(32))
+                    smem[bhome[i, 0]] = uint32(wb[i] & uint64(0xFFFFFFFF))
+                    smem[bhome[i, 1]] = uint32(wb[i] >> uint64(32))
             cuda.syncthreads()
         for i in range(A_LOADS):
             cuda.atomic.add(pop_a, rbase + ROW_STEP * i, pa[i])

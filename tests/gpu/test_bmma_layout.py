@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from bitnet.kernels import bits
-from bitnet.kernels.bmma import a_slot, b_slot, c_slot
+from bitnet.kernels.bmma import a_home, a_slot, b_home, b_slot, c_slot
 
 from cudasim import require_ptx_compiler
 
@@ -80,6 +80,17 @@ def test_slot_helpers_follow_the_isa_formulas():
         for reg in range(2):
             col, word = b_slot(lane, reg)
             assert {isa_b(lane, 32 * reg + i) for i in range(32)} == {(32 * word + i, col) for i in range(32)}
+
+
+def test_home_is_the_inverse_of_slot():
+    """Every 32-bit word of a 16-row A tile and an 8-column B tile has exactly one (lane, register)."""
+    assert sorted(a_home(r, w) for r in range(16) for w in range(8)) == [(ln, g) for ln in range(32) for g in range(4)]
+    assert sorted(b_home(c, w) for c in range(8) for w in range(8)) == [(ln, g) for ln in range(32) for g in range(2)]
+    for lane in range(32):
+        for reg in range(4):
+            assert a_home(*a_slot(lane, reg)) == (lane, reg)
+        for reg in range(2):
+            assert b_home(*b_slot(lane, reg)) == (lane, reg)
 
 
 def test_fragments_loaded_from_packed_words_give_the_xnor_dot():
