@@ -195,7 +195,7 @@ def _kernel(emulate: bool, tile: Tile = TILES["64x64"], conv: bool = False):
                 if gr < m_rows and gk < kw:
                     if CONV:
                         ih, iw = rih[i] + dih, riw[i] + diw
-                        if 0 <= ih < H and 0 <= iw < W:
+                        if uint64(ih) < uint64(H) and uint64(iw) < uint64(W):   # (negative: huge unsigned)
                             w = a[uint64(rorg[i] + toff)]   # (unsigned indices: no wraparound code)
                         else:
                             w = padword[uint64(cw)]
