@@ -36,6 +36,7 @@ Numba's simulator): the tests run every other line of these kernels that way wit
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -110,10 +111,9 @@ def _kernel(emulate: bool, tile: Tile = TILES["64x64"], conv: bool = False):
     SMEM = max((BM + BN) * BKW * 2, SLAB)
     scratch_shape = (WARPS_M * WARPS_N, 32, 6) if emulate else (1, 1, 1)
 
-    def kernel(a, m_rows, is_conv, g, H, W, G, CWg, KW, sh, sw, ph, pw, dh, dw, OH, OW, padword,
+    def kernel(a, m_rows, g, H, W, G, CWg, KW, sh, sw, ph, pw, dh, dw, OH, OW, padword,
                b, k_true, flags, corr, period, scale, shift, res, out_i, out_f, col0, bits):
-        """``a``: flat rows ``(m_rows * kw,)``, or the flat packed input (``CONV``; ``is_conv`` says
-        the same at run time and is not read)."""
+        """``a``: flat rows ``(m_rows * kw,)``, or the flat packed input (``CONV``)."""
         smem = cuda.shared.array(SMEM, dtype=uint32)   # the A and B stages, then the accumulators
         pop_a = cuda.shared.array(BM, dtype=int32)
         pop_b = cuda.shared.array(BN, dtype=int32)
@@ -297,8 +297,8 @@ def xnor_gemm(a, b, k, out, corr=None, scale=None, shift=None, residual=None, co
     flags, operands = epilogue_operands("xnor_mma.xnor_gemm", a, m, b, k, out, corr, scale, shift, residual, col0,
                                         bits)
     flat = a.reshape(a.size)
-    no_conv = (0,) + (1,) * 14   # (a convolution's geometry, unused)
-    _launch(flat, m, no_conv, flat, b, k, flags, operands, emulate, tile)
+    no_geometry = (1,) * 14   # (a convolution's geometry: unused)
+    _launch(flat, m, False, no_geometry, flat, b, k, flags, operands, emulate, tile)
     return out
 
 
@@ -324,8 +324,8 @@ def xnor_conv(x, g, kernel_size, stride, padding, dilation, padword, b, k, out, 
                          f"padding {padding})")
     m = n * oh * ow
     flags, operands = epilogue_operands("xnor_conv", x, m, b, k, out, corr, scale, shift, residual, col0, bits)
-    geometry = (1, g, h, w, groups, cwg, kw, sh, sw, ph, pw, dh, dw, oh, ow)
-    _launch(x.reshape(x.size), m, geometry, padword, b, k, flags, operands, emulate, tile)
+    geometry = (g, h, w, groups, cwg, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+    _launch(x.reshape(x.size), m, True, geometry, padword, b, k, flags, operands, emulate, tile)
     return out
 
 
@@ -338,14 +338,13 @@ def choose_tile(m: int, n: int, sm_count: int = 132) -> Tile:
     return big if (-(-m // big.bm)) * (-(-n // big.bn)) >= BLOCKS_PER_SM * sm_count else TILES["64x64"]
 
 
+@functools.lru_cache(maxsize=None)
 def _sm_count() -> int:
     """The current GPU's multiprocessors (132 in the simulator: an H100 / H200's)."""
-    if "sm" not in _KERNELS:
-        _KERNELS["sm"] = 132 if config.ENABLE_CUDASIM else int(cuda.get_current_device().MULTIPROCESSOR_COUNT)
-    return _KERNELS["sm"]
+    return 132 if config.ENABLE_CUDASIM else int(cuda.get_current_device().MULTIPROCESSOR_COUNT)
 
 
-def _launch(a_flat, m, geometry, padword, b, k, flags, operands, emulate, tile):
+def _launch(a_flat, m, conv, geometry, padword, b, k, flags, operands, emulate, tile):
     if emulate is None:
         emulate = default_emulate()
     if tile is None:
@@ -358,5 +357,5 @@ def _launch(a_flat, m, geometry, padword, b, k, flags, operands, emulate, tile):
     if grid[1] > MAX_GRID_Y:
         raise ValueError(f"xnor_mma: {m} rows need {grid[1]} row blocks, more than the grid's {MAX_GRID_Y}; "
                          "split the batch")
-    kernel = _kernel(bool(emulate), tile, bool(geometry[0]))[1]
+    kernel = _kernel(bool(emulate), tile, conv)[1]
     kernel[grid, tile.threads, stream()](a_flat, m, *geometry, padword, b, k, flags, *operands)

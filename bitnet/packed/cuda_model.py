@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from bitnet.packed.cuda_graph import GraphCache, GraphError
 from bitnet.tensor import Tensor
 
 
@@ -79,13 +80,11 @@ class CudaPackedModel:
         ``graphs`` (the default on a GPU) one set per input shape, the forward pass recorded once
         per shape as a CUDA graph and replayed (``bitnet.packed.cuda_graph``); without, one set,
         reallocated when the input's shape changes. Calls on one model are serialized."""
-        from bitnet.packed.cuda_graph import GraphError
         with self._lock:
             out, stream = None, 0
             if self.graphs:
                 try:
                     if self._graph_cache is None:
-                        from bitnet.packed.cuda_graph import GraphCache
                         self._graph_cache = GraphCache(self.cuda)
                     self._buffers = self._graph_buffers.setdefault((tuple(x.shape), x.dtype.str), [])
                     out, stream = self._graph_cache.run(x, self._forward), self._graph_cache.stream

@@ -26,7 +26,7 @@ def kernel_sass(tile, conv, cc, cuobjdump, tmp):
     from bitnet.kernels import xnor_mma as XM
     u1, u2 = T.Array(T.uint64, 1, "C"), T.Array(T.uint64, 2, "C")
     f1, f2, i2, i64 = T.Array(T.float32, 1, "C"), T.Array(T.float32, 2, "C"), T.Array(T.int32, 2, "C"), T.int64
-    sig = (u1, i64) + (i64,) * 15 + (u1, u2, i64, i64, i2, i64, f1, f1, f2, i2, f2, i64, u2)
+    sig = (u1, i64) + (i64,) * 14 + (u1, u2, i64, i64, i2, i64, f1, f1, f2, i2, f2, i64, u2)
     ptx, _ = cuda.compile_ptx(XM._kernel(False, XM.TILES[tile], conv)[0], sig, cc=cc)
     src, cubin = os.path.join(tmp, "k.ptx"), os.path.join(tmp, "k.cubin")
     with open(src, "w") as f:

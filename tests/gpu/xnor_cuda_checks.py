@@ -70,13 +70,18 @@ CONVS = [  # (C, O, kernel, stride, padding, dilation, groups, pad_value)
 ]
 
 
+def conv_case(c, o, ksize, stride, padding, dilation, g, pad_value):
+    """A random case of ``CONVS`` on 2 images of 5 x 4: the packed input, the float filters, the pad
+    word and the zero-padding correction (None unless zero padding)."""
+    x = rng.standard_normal((2, c, 5, 4)).astype(np.float32)
+    w = rng.standard_normal((o, c // g) + ksize).astype(np.float32)
+    corr = XC.zero_pad_correction(w, (5, 4), stride, padding, dilation) if pad_value == 0 and any(padding) else None
+    return bitpack.pack_nchw(x, g), w, XC.pad_words(c // g, pad_value), corr
+
+
 def check_conv():
     for c, o, ksize, stride, padding, dilation, g, pad_value in CONVS:
-        x = rng.standard_normal((2, c, 5, 4)).astype(np.float32)
-        w = rng.standard_normal((o, c // g) + ksize).astype(np.float32)
-        xb = bitpack.pack_nchw(x, g)
-        padword = XC.pad_words(c // g, pad_value)
-        corr = XC.zero_pad_correction(w, (5, 4), stride, padding, dilation) if pad_value == 0 and any(padding) else None
+        xb, w, padword, corr = conv_case(c, o, ksize, stride, padding, dilation, g, pad_value)
         cfg = f"conv C={c} O={o} k={ksize} s={stride} p={padding} d={dilation} g={g} pad={pad_value:g}"
         want = XC.xnor_conv2d(xb, XC.pack_filters(w, g), c, o, ksize, stride, padding, dilation, padword=padword,
                               corr=corr, dots=True, layout="nhwc")

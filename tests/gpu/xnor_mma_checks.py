@@ -15,7 +15,7 @@ from bitnet.kernels import xnor_conv as XC
 from bitnet.kernels import xnor_mma as XM
 from bitnet.kernels.bmma import mma_and_popc_emulated
 from test_bmma_layout import numpy_mma
-from xnor_cuda_checks import CONVS, equal, expect_error
+from xnor_cuda_checks import CONVS, conv_case, equal, expect_error
 
 rng = np.random.default_rng(16)
 
@@ -108,11 +108,7 @@ def check_conv():
     """One launch per group against the CPU's packed convolution: dots, then scale * dot + shift +
     residual with the signs packed by the epilogue."""
     for c, o, ksize, stride, padding, dilation, g, pad_value in CONVS:
-        x = rng.standard_normal((2, c, 5, 4)).astype(np.float32)
-        w = rng.standard_normal((o, c // g) + ksize).astype(np.float32)
-        xb = bitpack.pack_nchw(x, g)
-        padword = XC.pad_words(c // g, pad_value)
-        corr = XC.zero_pad_correction(w, (5, 4), stride, padding, dilation) if pad_value == 0 and any(padding) else None
+        xb, w, padword, corr = conv_case(c, o, ksize, stride, padding, dilation, g, pad_value)
         cfg = f"xnor_mma.xnor_conv C={c} O={o} k={ksize} s={stride} p={padding} d={dilation} g={g} pad={pad_value:g}"
         scale = rng.standard_normal(o).astype(np.float32)
         shift = rng.standard_normal(o).astype(np.float32)
