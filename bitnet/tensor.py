@@ -30,6 +30,8 @@ import threading
 
 import numpy as np
 
+from bitnet.gpu.arrays import array_module, device_of, is_device_array, to_device, to_host
+
 __all__ = ["Tensor", "Parameter", "Function", "no_grad", "enable_grad", "is_grad_enabled", "tensor", "queue_callback"]
 
 _state = threading.local()
@@ -63,6 +65,8 @@ def enable_grad():
 def _as_array(data, dtype=None) -> np.ndarray:
     if isinstance(data, Tensor):
         data = data.data
+    if type(data) is not np.ndarray and is_device_array(data):
+        return data if dtype is None or data.dtype == dtype else data.astype(dtype)
     arr = np.asarray(data, dtype=dtype)
     if dtype is None and arr.dtype.kind in "biu" and arr.dtype != np.bool_:
         return arr  # integer tensors (labels, indices) keep their dtype
@@ -75,16 +79,20 @@ def _as_array(data, dtype=None) -> np.ndarray:
 class Tensor:
     """An n-dimensional array that can record the operations applied to it.
 
-    ``data`` is the NumPy array, ``grad`` the accumulated gradient (same shape, or ``None``),
+    ``data`` is the array, ``grad`` the accumulated gradient (same shape and device, or ``None``),
     ``requires_grad`` whether gradients flow to it. Python lists and floats become float32;
-    NumPy arrays keep their dtype (use float64 for gradient checks).
+    NumPy arrays keep their dtype (use float64 for gradient checks). ``device`` is "cpu" (``data`` a
+    NumPy array) or "cuda" (a device array, ``bitnet.gpu.arrays``); ``Tensor(x, device="cuda")`` copies
+    ``x`` there, ``t.to(device)`` moves a tensor (differentiably).
     """
 
     __slots__ = ("data", "grad", "requires_grad", "_ctx", "_version", "__weakref__")
     __array_priority__ = 1000  # make ``ndarray op Tensor`` dispatch to Tensor's reflected ops
 
-    def __init__(self, data, requires_grad: bool = False, dtype=None):
+    def __init__(self, data, requires_grad: bool = False, dtype=None, device=None):
         self.data = _as_array(data, dtype)
+        if device is not None:
+            self.data = to_device(self.data, _check_device(device))
         self.grad = None
         self.requires_grad = bool(requires_grad)
         self._ctx = None
@@ -107,8 +115,32 @@ class Tensor:
         """The number of elements (PyTorch's spelling of the ``size`` property)."""
         return int(self.data.size)
 
+    @property
+    def device(self) -> str:
+        """"cpu" or "cuda": where ``data`` lives."""
+        return "cpu" if type(self.data) is np.ndarray else device_of(self.data)
+
+    def to(self, device: str) -> "Tensor":
+        """This tensor on ``device`` ("cpu" or "cuda"): itself when it is there already, else a copy that
+        stays in the graph (the gradient flows back to this tensor's device)."""
+        device = _check_device(device)
+        if device == self.device:
+            return self
+        return _ToDevice.apply(self, device=device)
+
+    def cpu(self) -> "Tensor":
+        """``self.to("cpu")``."""
+        return self.to("cpu")
+
+    def cuda(self) -> "Tensor":
+        """``self.to("cuda")``."""
+        return self.to("cuda")
+
     def numpy(self) -> np.ndarray:
-        """The underlying array (not a copy)."""
+        """The underlying NumPy array (not a copy); a tensor on the GPU must be moved first."""
+        if self.device != "cpu":
+            raise RuntimeError(f"numpy() of a tensor on {self.device} (shape {self.shape}): NumPy arrays live on the "
+                               "host; copy it there first with .cpu().numpy() (or .to('cpu').numpy())")
         return self.data
 
     def item(self):
@@ -142,7 +174,10 @@ class Tensor:
 
     def __repr__(self):
         extra = ", requires_grad=True" if self.requires_grad else ""
-        return f"Tensor({np.array2string(self.data, precision=4, threshold=20)}, dtype={self.dtype}{extra})"
+        if self.device != "cpu":
+            extra += f", device='{self.device}'"
+        return (f"Tensor({np.array2string(to_host(self.data), precision=4, threshold=20)}, "
+                f"dtype={self.dtype}{extra})")
 
     def __hash__(self):
         return id(self)
@@ -162,9 +197,12 @@ class Tensor:
                 raise RuntimeError(
                     f"backward() without an explicit gradient needs a scalar output, got shape "
                     f"{self.shape}; reduce it first (e.g. loss.mean()) or pass grad=")
-            grad = np.ones_like(self.data)
+            grad = array_module(self.data).ones_like(self.data)
         else:
             grad = _as_array(grad, self.data.dtype)
+            if device_of(grad) != self.device:
+                raise ValueError(f"backward(grad): the gradient is on {device_of(grad)}, the output on {self.device}; "
+                                 f"pass a gradient on {self.device} (Tensor.to)")
             if grad.shape != self.shape:
                 raise ValueError(f"backward(grad): gradient shape {grad.shape} does not match "
                                  f"output shape {self.shape}")
@@ -326,6 +364,8 @@ def tensor(data, requires_grad: bool = False, dtype=None) -> Tensor:
 def _sum(a, b=None):
     """``a + b`` (a copy of ``a`` without ``b``) in a new array from ``bitnet.ops.workspace``: a
     gradient summed from several uses, or a leaf's own copy, without fresh pages every step."""
+    if type(a) is not np.ndarray:  # a device array: no host workspace
+        return a.copy() if b is None else a + b
     from bitnet.ops import workspace
     if b is None:
         out = workspace.empty(a.shape, a.dtype)
@@ -341,16 +381,27 @@ class Function:
     ``backward(self, grad) -> gradient or tuple of gradients`` (``None`` for inputs that need
     none; ``self.needs_grad[i]`` tells whether input ``i`` wants one). ``forward`` may store on
     ``self`` whatever ``backward`` needs. Non-tensor options are passed as keyword arguments.
+
+    Devices: ``apply`` refuses inputs on two devices (a 0-d CPU tensor, a constant, goes with any
+    device, as a NumPy scalar) and runs inputs on "cuda" with ``bitnet.gpu.dispatch.implementation``:
+    the class itself where ``devices`` names "cuda", else its registered GPU implementation.
+    ``crosses_devices`` marks the one primitive that moves data between devices (``Tensor.to``).
     """
 
     __slots__ = ("parents", "needs_grad", "__dict__")
+    devices = ("cpu",)
+    crosses_devices = False
 
     @classmethod
     def apply(cls, *inputs, **options) -> Tensor:
         tensors = tuple(x if isinstance(x, Tensor) else Tensor(x) for x in inputs)
-        ctx = cls()
+        arrays = tuple(t.data for t in tensors)
+        impl = cls
+        if not all(type(a) is np.ndarray for a in arrays) and not cls.crosses_devices:
+            impl, arrays = _on_device(cls, arrays)
+        ctx = impl()
         ctx.needs_grad = tuple(t.requires_grad for t in tensors)
-        out = ctx.forward(*(t.data for t in tensors), **options)
+        out = ctx.forward(*arrays, **options)
         requires = is_grad_enabled() and any(ctx.needs_grad)
         result = Tensor(out, requires_grad=requires and out.dtype.kind == "f")
         if result.requires_grad:
@@ -364,6 +415,44 @@ class Function:
 
     def backward(self, grad):  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+def _check_device(device) -> str:
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    return device
+
+
+def _on_device(cls, arrays):
+    """The implementation of ``cls`` for these inputs and the arrays to give it (``Function``): all on
+    one device, 0-d host arrays (constants) as NumPy scalars beside device arrays."""
+    devices = [device_of(a) for a in arrays]
+    if "cuda" not in devices:
+        return cls, arrays
+    host = [i for i, (a, d) in enumerate(zip(arrays, devices)) if d == "cpu" and np.ndim(a) > 0]
+    if host:
+        i, j = host[0], devices.index("cuda")
+        raise RuntimeError(
+            f"{cls.__name__}: its inputs are on different devices: input {j} (shape {arrays[j].shape}) is on cuda, "
+            f"input {i} (shape {np.shape(arrays[i])}) on cpu; move them to one device first, e.g. x.to('cuda') "
+            "or model.to('cuda')")
+    from bitnet.gpu.dispatch import implementation
+    arrays = tuple(a if d == "cuda" else np.asarray(a)[()] for a, d in zip(arrays, devices))
+    return implementation(cls), arrays
+
+
+class _ToDevice(Function):
+    """``Tensor.to``: the same values on another device; the gradient goes back to the source device."""
+
+    devices = ("cpu", "cuda")
+    crosses_devices = True
+
+    def forward(self, a, device):
+        self.source = device_of(a)
+        return to_device(a, device)
+
+    def backward(self, g):
+        return to_device(g, self.source)
 
 
 class _FreedGraph(Function):

@@ -1,9 +1,10 @@
 """``Module``: the base of every layer and model.
 
 Assigning a ``Parameter`` or a ``Module`` to an attribute registers it; ``register_buffer``
-registers a NumPy array that is state but not trained (batch-norm running averages). Names are
+registers an array that is state but not trained (batch-norm running averages). Names are
 dotted paths (``features.0.weight``), used by ``state_dict`` / ``load_state_dict`` and by the
-HDF5 files.
+HDF5 files. ``to(device)`` moves every parameter, gradient and buffer to "cpu" or "cuda" in place
+(the same ``Parameter`` objects, so an optimizer built before keeps working).
 
 Configs: every module remembers the arguments of its constructor, and ``get_config()`` returns them
 (without random sources: arguments named ``rng`` or ``seed`` and generator objects only choose the
@@ -20,6 +21,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from bitnet.gpu.arrays import device_of, is_device_array, to_device, to_host
 from bitnet.tensor import Parameter, Tensor
 
 
@@ -116,7 +118,7 @@ class Module:
                                 f"registered {kind}; assign a {kind} or None")
             (params if name in params else modules)[name] = None
         elif name in buffers:
-            buffers[name] = None if value is None else np.asarray(value)
+            buffers[name] = _buffer(value)
         else:
             object.__setattr__(self, name, value)
 
@@ -139,7 +141,7 @@ class Module:
         if "." in name or not name:
             raise ValueError(f"buffer name must be a non-empty name without '.', got {name!r}")
         self.__dict__.pop(name, None)
-        self._buffers[name] = None if array is None else np.asarray(array)
+        self._buffers[name] = _buffer(array)
 
     def add_module(self, name: str, module):
         if not isinstance(module, Module):
@@ -214,6 +216,47 @@ class Module:
         for p in self.parameters():
             p.grad = None
 
+    # -- devices --------------------------------------------------------------------------------------
+    def to(self, device: str):
+        """Move every parameter (its data and gradient) and buffer of this module and its children to
+        ``device`` ("cpu" or "cuda"), in place; returns ``self``."""
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"Module.to: device must be 'cpu' or 'cuda', got {device!r}")
+        for mod in self.modules():
+            for p in mod._parameters.values():
+                if p is not None:
+                    p.data = to_device(p.data, device)
+                    if p.grad is not None:
+                        p.grad = to_device(p.grad, device)
+            for name, b in mod._buffers.items():
+                if b is not None:
+                    mod._buffers[name] = to_device(b, device)
+            mod._state_changed()
+        return self
+
+    def cpu(self):
+        """``self.to("cpu")``."""
+        return self.to("cpu")
+
+    def cuda(self):
+        """``self.to("cuda")``."""
+        return self.to("cuda")
+
+    @property
+    def device(self) -> str:
+        """Where the parameters and buffers are ("cpu" or "cuda"; "cpu" for a module without any); a
+        module split across devices raises ``RuntimeError`` naming both."""
+        found = {}
+        for name, p in self.named_parameters():
+            found.setdefault(p.device, name)
+        for name, b in self.named_buffers():
+            if b is not None:
+                found.setdefault(device_of(b), name)
+        if len(found) > 1:
+            raise RuntimeError(f"{type(self).__name__} is split across devices: {found['cpu']!r} is on cpu, "
+                               f"{found['cuda']!r} on cuda; move it whole with .to(device)")
+        return next(iter(found), "cpu")
+
     # -- state ----------------------------------------------------------------------------------------
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
         """Copies of every parameter and buffer, keyed by dotted name."""
@@ -222,7 +265,8 @@ class Module:
             for store in (mod._parameters, mod._buffers):
                 for k, v in store.items():
                     if v is not None:
-                        out[f"{prefix}.{k}" if prefix else k] = np.array(v.data if isinstance(v, Tensor) else v)
+                        value = v.data if isinstance(v, Tensor) else v
+                        out[f"{prefix}.{k}" if prefix else k] = np.array(to_host(value))
         return out
 
     def load_state_dict(self, state, strict: bool = True):
@@ -262,11 +306,12 @@ class Module:
         for k, (mod, store, name, v) in targets.items():
             if k not in state:
                 continue
-            src = np.asarray(state[k].data if isinstance(state[k], Tensor) else state[k])
+            src = np.asarray(to_host(state[k].data if isinstance(state[k], Tensor) else state[k]))
+            here = device_of(v.data if isinstance(v, Tensor) else v)
             if isinstance(v, Tensor):
-                v.data[...] = src.astype(v.dtype, copy=False)
+                v.data[...] = to_device(src.astype(v.dtype, copy=False), here)
             else:
-                store[name] = np.array(src, dtype=v.dtype)
+                store[name] = to_device(np.array(src, dtype=v.dtype), here)
         for _, mod in self.named_modules():
             mod._state_changed()
         return missing, unexpected
@@ -392,3 +437,10 @@ class Module:
             child = repr(mod).replace("\n", "\n  ")
             lines.append(f"  ({name}): {child}")
         return lines[0] + ")" if len(lines) == 1 else "\n".join(lines) + "\n)"
+
+
+def _buffer(value):
+    """A buffer's array: device arrays as they are, anything else as a NumPy array (None stays None)."""
+    if value is None or is_device_array(value):
+        return value
+    return np.asarray(value)
