@@ -123,3 +123,13 @@ def synchronize() -> None:
     module = xp()
     if module is not emulated.xp:
         module.cuda.get_current_stream().synchronize()
+
+
+def scatter_add(target, index, values) -> None:
+    """``target[index] += values`` with repeated indices adding up (``np.add.at``), on a device array:
+    ``cupyx.scatter_add`` on CuPy, ``np.add.at`` on the emulation."""
+    if isinstance(target, emulated.EmulatedArray):
+        np.add.at(target.view(np.ndarray), emulated._unwrap(index), emulated._unwrap(values))
+        return
+    import cupyx
+    cupyx.scatter_add(target, index, values)
