@@ -15,6 +15,11 @@ a progress bar, an evaluation after each epoch when a validation loader is given
 ``distributed=comm`` (a ``bitnet.distributed`` communicator) trains data-parallel over its ranks, each
 on its part of every global batch, and ``evaluate`` splits its set over them: what changes is listed
 in ``bitnet.distributed.fitting``; one rank (or ``None``) is the plain loop.
+
+``device="cuda"`` trains on the GPU: the model is moved there (``Module.to``, in place, so the
+optimizer's parameters move with it), and each loader's batches are copied there one step ahead
+(``bitnet.data.DevicePrefetcher``). Per step, the loss and the number of correct predictions come back
+to the host (for the progress bar, the history and the finite-loss check): one synchronization.
 """
 from __future__ import annotations
 
@@ -25,6 +30,8 @@ import numpy as np
 from bitnet import functional as F
 from bitnet.callbacks import Callback, TrainingRun
 from bitnet.history import EpochStats, History, StepStats
+from bitnet.data.prefetch import on_device
+from bitnet.gpu.arrays import array_module, is_device_array, to_device, to_host
 from bitnet.ops import workspace
 from bitnet.progress import Progress
 from bitnet.tensor import Tensor, no_grad
@@ -44,8 +51,12 @@ def _several(comm) -> bool:
     return comm is not None and comm.size > 1
 
 
-def evaluate(model, loader, loss_fn=F.cross_entropy, progress: bool = False, desc: str = "eval", distributed=None):
+def evaluate(model, loader, loss_fn=F.cross_entropy, progress: bool = False, desc: str = "eval", distributed=None,
+             device=None):
     """Mean loss and accuracy of ``model`` over ``loader`` in eval mode (no graph recorded).
+
+    ``device`` ("cpu" / "cuda"): move the model there first and feed it the batches there (module
+    docstring); None evaluates where the model and the batches are.
 
     The model's train/eval mode is restored afterwards. ``distributed``: a communicator whose ranks
     each evaluate a contiguous part of ``loader``'s dataset and add up their sums (every rank returns
@@ -54,6 +65,10 @@ def evaluate(model, loader, loss_fn=F.cross_entropy, progress: bool = False, des
         from bitnet.distributed.fitting import evaluation_loader
         loader = evaluation_loader(loader, distributed)
         progress = progress and distributed.is_main
+    device = _check_device("evaluate", device, distributed)
+    if device is not None:
+        model.to(device)
+        loader = on_device(loader, device)
     was_training = model.training
     model.eval()
     total_loss, correct, seen = 0.0, 0, 0
@@ -62,8 +77,9 @@ def evaluate(model, loader, loss_fn=F.cross_entropy, progress: bool = False, des
         with no_grad():
             for x, y in loader:
                 logits = model(Tensor(x))
-                total_loss += float(loss_fn(logits, y, reduction="sum").data)
-                correct += int((logits.data.argmax(axis=1) == y).sum())
+                loss_sum, right = _host_numbers(loss_fn(logits, y, reduction="sum").data, logits.data, y)
+                total_loss += loss_sum
+                correct += right
                 seen += len(y)
                 bar.update()
     finally:
@@ -79,7 +95,7 @@ def evaluate(model, loader, loss_fn=F.cross_entropy, progress: bool = False, des
 
 def fit(model, optimizer, train_loader, epochs: int, loss_fn=F.cross_entropy, val_loader=None,
         scheduler=None, progress=True, log=print, after_step=None, start_epoch: int = 1,
-        after_epoch=None, callbacks=None, distributed=None) -> History:
+        after_epoch=None, callbacks=None, distributed=None, device=None) -> History:
     """Train ``model`` for ``epochs`` passes over ``train_loader``; returns a ``History`` (per epoch
     and per step, ``bitnet.history``), also when a callback stops training early.
 
@@ -92,7 +108,8 @@ def fit(model, optimizer, train_loader, epochs: int, loss_fn=F.cross_entropy, va
     ``bitnet.callbacks.Callback`` objects (early stopping, checkpoints, CSV and learning-rate logs,
     your own), called in order (``bitnet.callbacks``). ``distributed``: a ``bitnet.distributed``
     communicator to train data-parallel over its ranks, ``train_loader.batch_size`` being the global
-    batch (module docstring).
+    batch (module docstring). ``device``: "cpu" or "cuda" to move the model there and train on it, the
+    batches copied there one step ahead (module docstring); None trains where the model is.
     """
     if epochs < 1:
         raise ValueError(f"fit: epochs must be >= 1, got {epochs}")
@@ -103,6 +120,10 @@ def fit(model, optimizer, train_loader, epochs: int, loss_fn=F.cross_entropy, va
         if not isinstance(cb, Callback):
             raise TypeError(f"fit: callbacks must be bitnet.callbacks.Callback objects, got {type(cb).__name__}; "
                             "subclass Callback and override the hooks you need")
+    device = _check_device("fit", device, distributed)
+    if device is not None:
+        model.to(device)
+        train_loader, val_loader = on_device(train_loader, device), on_device(val_loader, device)
     dist = None
     if _several(distributed) and not distributed.is_main:
         progress, log = False, None
@@ -146,9 +167,10 @@ def _fit(run, train_loader, epochs, loss_fn, val_loader, progress, after_step, s
                 lr = run.lr
                 logits = model(Tensor(x))
                 loss = loss_fn(logits, y)
-                if not np.isfinite(loss.data):
+                batch_loss, batch_correct = _host_numbers(loss.data, logits.data, y)
+                if not np.isfinite(batch_loss):
                     raise FloatingPointError(
-                        f"epoch {epoch}, step {steps + 1}: the training loss became {float(loss.data)}; "
+                        f"epoch {epoch}, step {steps + 1}: the training loss became {batch_loss}; "
                         "lower the learning rate or check the input normalization")
                 loss.backward()
                 optimizer.step()
@@ -157,7 +179,6 @@ def _fit(run, train_loader, epochs, loss_fn, val_loader, progress, after_step, s
                 if after_step is not None:
                     after_step(model)
                 n, steps = len(y), steps + 1
-                batch_loss, batch_correct = float(loss.data), int((logits.data.argmax(axis=1) == y).sum())
                 if dist is not None:  # the global batch's numbers, the same on every rank
                     batch_loss, batch_correct, n = dist.step_totals(batch_loss, batch_correct, n)
                 loss_sum += batch_loss * n
@@ -194,3 +215,24 @@ def _fit(run, train_loader, epochs, loss_fn, val_loader, progress, after_step, s
             cb.on_epoch_end(run, stats)
         if run.stop_training:
             break
+
+
+def _check_device(what, device, distributed):
+    if device is None:
+        return None
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"{what}: device must be None, 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda" and _several(distributed):
+        raise ValueError(f"{what}: distributed training runs on the CPU only for now; got device='cuda' with "
+                         f"{distributed.size} ranks. Drop device= (or distributed=)")
+    return device
+
+
+def _host_numbers(loss, logits, y):
+    """``(float(loss), number of rows whose argmax is y)``, computed where the arrays are and brought
+    to the host together (one transfer from a GPU)."""
+    if not is_device_array(logits):
+        return float(loss), int((logits.argmax(axis=1) == y).sum())
+    right = (logits.argmax(axis=1) == to_device(y, "cuda")).sum()
+    pair = to_host(array_module(loss).stack([loss.astype("float64"), right.astype("float64")]))
+    return float(pair[0]), int(pair[1])

@@ -39,6 +39,7 @@ from bitnet.data.errors import (
 )
 from bitnet.data.idx import read_idx, sha256_file, verify_checksum
 from bitnet.data.loader import ArrayDataset, DataLoader
+from bitnet.data.prefetch import DevicePrefetcher
 from bitnet.data.mnist import (CANONICAL_SHA256, download_idx_dataset, load_fashion_mnist, load_idx_dataset,
                                load_mnist)
 from bitnet.data.paths import ENV_VAR, default_cache_dir, resolve_data_dir
@@ -61,7 +62,7 @@ __all__ = [
     "load_cifar10", "read_cifar_bin", "read_cifar_python", "RestrictedUnpickler", "CIFAR10_CLASSES",
     "download_file", "download_files", "DEFAULT_MIRRORS",
     # batching
-    "ArrayDataset", "DataLoader", "Normalize",
+    "ArrayDataset", "DataLoader", "DevicePrefetcher", "Normalize",
     "MNIST_MEAN", "MNIST_STD", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "CIFAR10_MEAN", "CIFAR10_STD",
     # errors
     "DatasetNotFoundError", "DataFormatError", "IDXFormatError", "CIFARFormatError",

@@ -63,6 +63,9 @@ class DataLoader:
         transform: callable applied to each image batch (e.g. :class:`bitnet.data.Normalize`);
             its output is cast to float32. Without one, images are only cast to
             float32 (values unchanged, e.g. 0..255).
+        device: None or "cpu" (NumPy batches), or "cuda": batches as device arrays, each one
+            gathered, transformed and copied to the GPU in a background thread while the
+            previous step computes (``bitnet.data.prefetch``).
 
     ``len(loader)`` is the number of batches per epoch.
     """
@@ -75,6 +78,7 @@ class DataLoader:
         rng: RngLike = None,
         drop_last: bool = False,
         transform: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+        device: Optional[str] = None,
     ) -> None:
         if isinstance(dataset, tuple):
             if len(dataset) != 2:
@@ -92,12 +96,21 @@ class DataLoader:
         self.rng = _as_generator(rng) if (shuffle or rng is not None) else None
         self.drop_last = bool(drop_last)
         self.transform = transform
+        if device not in (None, "cpu", "cuda"):
+            raise ValueError(f"DataLoader: device must be None, 'cpu' or 'cuda', got {device!r}")
+        self.device = device
 
     def __len__(self) -> int:
         n = len(self.dataset)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        if self.device == "cuda":
+            from bitnet.data.prefetch import DevicePrefetcher
+            return iter(DevicePrefetcher(_HostBatches(self), "cuda"))
+        return self._host_batches()
+
+    def _host_batches(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         n = len(self.dataset)
         order = self.rng.permutation(n) if self.shuffle else np.arange(n)
         for b in range(len(self)):
@@ -105,3 +118,16 @@ class DataLoader:
             if self.transform is not None:
                 x = self.transform(x)
             yield np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.int64)
+
+
+class _HostBatches:
+    """A loader's host batches, re-iterable (what ``DevicePrefetcher`` reads from)."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        return self.loader._host_batches()

@@ -1,0 +1,88 @@
+"""Batches moved to "cuda" one step ahead (bitnet.data.DevicePrefetcher, DataLoader(device=)), on the
+NumPy emulation of the GPU arrays."""
+from __future__ import annotations
+
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import bitnet
+from bitnet.data import DataLoader, DevicePrefetcher
+from bitnet.gpu.arrays import emulate, is_device_array, to_host
+
+
+def _data(n=10):
+    x = np.arange(n * 4, dtype=np.float32).reshape(n, 1, 2, 2)
+    return x, np.arange(n) % 3
+
+
+def test_dataloader_on_cuda_yields_the_host_batches_as_device_arrays_in_order():
+    x, y = _data()
+    host = DataLoader((x, y), batch_size=3, shuffle=True, rng=5)
+    with emulate():
+        dev = DataLoader((x, y), batch_size=3, shuffle=True, rng=5, device="cuda")
+        assert len(dev) == len(host) == 4
+        for epoch in range(2):  # a new permutation each epoch, the same as the host loader's
+            got = list(dev)
+            want = list(host)
+            assert len(got) == len(want)
+            for (gx, gy), (hx, hy) in zip(got, want):
+                assert is_device_array(gx) and is_device_array(gy)
+                assert gx.dtype == np.float32 and gy.dtype == np.int64
+                np.testing.assert_array_equal(to_host(gx), hx)
+                np.testing.assert_array_equal(to_host(gy), hy)
+
+
+def test_an_error_in_the_source_reaches_the_loop_at_its_batch():
+    def batches():
+        yield _data(2)
+        raise OSError("disk gone")
+
+    class Source:
+        def __iter__(self):
+            return batches()
+
+        def __len__(self):
+            return 2
+
+    with emulate():
+        it = iter(DevicePrefetcher(Source(), "cuda", depth=2))
+        first = next(it)
+        assert is_device_array(first[0])
+        with pytest.raises(OSError, match="disk gone"):
+            next(it)
+
+
+def test_leaving_the_loop_early_stops_the_copying_thread():
+    x, y = _data(40)
+    before = threading.active_count()
+    with emulate():
+        loader = DataLoader((x, y), batch_size=2, device="cuda")
+        for i, _ in enumerate(loader):
+            if i == 1:
+                break
+    assert threading.active_count() == before
+
+
+def test_cpu_passes_batches_through_and_bad_arguments_are_refused():
+    x, y = _data()
+    loader = DataLoader((x, y), batch_size=4)
+    same = list(DevicePrefetcher(loader, "cpu"))
+    assert all(type(a) is np.ndarray for b in same for a in b) and len(same) == 3
+    assert DevicePrefetcher(loader, "cpu").batch_size == 4  # the wrapped loader's attributes show through
+    with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda', got 'gpu'"):
+        DevicePrefetcher(loader, "gpu")
+    with pytest.raises(ValueError, match="depth must be an integer >= 1, got 0"):
+        DevicePrefetcher(loader, "cuda", depth=0)
+    with pytest.raises(ValueError, match="device must be None, 'cpu' or 'cuda', got 'tpu'"):
+        DataLoader((x, y), batch_size=4, device="tpu")
+
+
+def test_cuda_batches_without_a_gpu_say_what_is_missing(monkeypatch):
+    monkeypatch.delenv("NUMBA_ENABLE_CUDASIM", raising=False)
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    loader = DataLoader(_data(), batch_size=4, device="cuda")
+    with pytest.raises(bitnet.CudaUnavailableError, match="needs CuPy"):
+        next(iter(loader))
