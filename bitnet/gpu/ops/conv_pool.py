@@ -1,0 +1,142 @@
+"""2-D convolution on "cuda": im2col by kernel taps, then batched GEMMs over the groups (cuBLAS on CuPy).
+
+For input x (N, C, H, W), weight w (O, C/G, KH, KW), G groups, optional bias b (O,), and the
+border of the padded input filled with ``pad_value`` (0; +-1 for a binary convolution):
+
+    y[n, o, oy, ox] = b[o] + sum_{c in group(o), i, j} w[o, c, i, j] * xp[n, c, oy*SH + i*DH, ox*SW + j*DW]
+
+with xp = x padded by (PH, PW). Lowering (the column layout of ``bitnet.ops.conv``):
+
+    cols[c, i, j, n, oy, ox] = xp[n, c, oy*SH + i*DH, ox*SW + j*DW]
+
+built with one strided device copy per tap (i, j), viewed as (G, Cg*KH*KW, N*OH*OW); then
+Y_g = W_g @ cols_g (W_g: (O/G, Cg*KH*KW)) for all g in one batched matmul, and Y (O, N, OH*OW) is
+moved to NCHW. Backward, with G_g the output gradient as (O/G, N*OH*OW):
+
+    dW_g = G_g @ cols_g^T,   dcols_g = W_g^T @ G_g,   db[o] = sum_{n, oy, ox} g[n, o, oy, ox],
+    dx = col2im(dcols): for each tap, dxp[:, :, tap's strided slice] += dcols[:, i, j]
+
+(the positions of one tap's slice are distinct, so each ``+=`` is a plain strided add), then the
+border is cropped. Sums run in GEMM order, not the CPU's BLAS order: results agree to rounding.
+
+``conv2d_forward`` / ``conv2d_backward`` are plain functions on device arrays, for other GPU ops
+(the binary convolution) to reuse; ``Conv2d`` is the autograd primitive's "cuda" implementation.
+"""
+from __future__ import annotations
+
+from bitnet.gpu.arrays import array_module
+from bitnet.gpu.dispatch import implements
+from bitnet.kernels.im2col import conv_output_size
+from bitnet.ops import conv as cpu_conv
+
+
+def _tap(i, j, stride, dilation, out_hw):
+    """The (rows, cols) slices of the padded input that tap (i, j) reads for all outputs."""
+    (sh, sw), (dh, dw), (oh, ow) = stride, dilation, out_hw
+    y0, x0 = i * dh, j * dw
+    return slice(y0, y0 + (oh - 1) * sh + 1, sh), slice(x0, x0 + (ow - 1) * sw + 1, sw)
+
+
+def output_size(x_shape, w_shape, stride, padding, dilation):
+    """(OH, OW) of the convolution (floor mode; raises if the kernel does not fit)."""
+    return tuple(conv_output_size(x_shape[2 + a], w_shape[2 + a], stride[a], padding[a], dilation[a])
+                 for a in range(2))
+
+
+def im2col(x, kernel, stride, padding, dilation, pad_value=0.0):
+    """cols (C*KH*KW, N*OH*OW) with cols[(c, i, j), (n, oy, ox)] = xp[n, c, oy*SH + i*DH, ox*SW + j*DW]
+    (module docstring), on x's device; one strided copy per tap."""
+    xp = array_module(x)
+    n_img, channels, height, width = x.shape
+    kh, kw = kernel
+    (ph, pw) = padding
+    oh, ow = output_size(x.shape, (0, 0, kh, kw), stride, padding, dilation)
+    if ph or pw:
+        padded = xp.full((n_img, channels, height + 2 * ph, width + 2 * pw), pad_value, dtype=x.dtype)
+        padded[:, :, ph:ph + height, pw:pw + width] = x
+    else:
+        padded = x
+    cols = xp.empty((channels, kh, kw, n_img, oh, ow), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            rows, columns = _tap(i, j, stride, dilation, (oh, ow))
+            cols[:, i, j] = padded[:, :, rows, columns].transpose(1, 0, 2, 3)
+    return cols.reshape(channels * kh * kw, n_img * oh * ow)
+
+
+def col2im(dcols, x_shape, kernel, stride, padding, dilation):
+    """dx (N, C, H, W): the sum of dcols (C*KH*KW, N*OH*OW) back onto the input positions im2col
+    read them from; entries read from the border are dropped."""
+    xp = array_module(dcols)
+    n_img, channels, height, width = x_shape
+    kh, kw = kernel
+    (ph, pw) = padding
+    oh, ow = output_size(x_shape, (0, 0, kh, kw), stride, padding, dilation)
+    d = dcols.reshape(channels, kh, kw, n_img, oh, ow)
+    gx = xp.zeros((n_img, channels, height + 2 * ph, width + 2 * pw), dtype=dcols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            rows, columns = _tap(i, j, stride, dilation, (oh, ow))
+            gx[:, :, rows, columns] += d[:, i, j].transpose(1, 0, 2, 3)
+    if ph or pw:
+        gx = xp.ascontiguousarray(gx[:, :, ph:ph + height, pw:pw + width])
+    return gx
+
+
+def conv2d_lowered(x, w, bias, stride, padding, dilation, groups, pad_value=0.0):
+    """``(y, cols)``: the convolution (module docstring) and its lowered input, kept for dW."""
+    xp = array_module(x)
+    n_img = x.shape[0]
+    n_out, cg, kh, kw = w.shape
+    oh, ow = output_size(x.shape, w.shape, stride, padding, dilation)
+    cols = im2col(x, (kh, kw), stride, padding, dilation, pad_value)
+    y = xp.matmul(w.reshape(groups, n_out // groups, cg * kh * kw), cols.reshape(groups, cg * kh * kw, -1))
+    out = xp.ascontiguousarray(y.reshape(n_out, n_img, oh, ow).transpose(1, 0, 2, 3))
+    if bias is not None:
+        out += bias.reshape(1, n_out, 1, 1)
+    return out, cols
+
+
+def conv2d_forward(x, w, bias, stride, padding, dilation, groups, pad_value=0.0):
+    """y (N, O, OH, OW) = conv2d(x, w) + bias (module docstring); ``bias`` may be None."""
+    return conv2d_lowered(x, w, bias, stride, padding, dilation, groups, pad_value)[0]
+
+
+def conv2d_backward(x, w, g, stride, padding, dilation, groups, need_x, need_w, need_b, cols=None, pad_value=0.0):
+    """``(gx, gw, gb)`` for the output gradient g (N, O, OH, OW), None where not needed (module
+    docstring). gx uses only ``x``'s shape; gw uses ``cols`` (``conv2d_lowered``'s lowered input) when
+    given, else lowers ``x`` again with ``pad_value`` at the border."""
+    xp = array_module(g)
+    n_img, n_out, oh, ow = g.shape
+    _, cg, kh, kw = w.shape
+    og, k = n_out // groups, cg * kh * kw
+    gt = xp.ascontiguousarray(g.transpose(1, 0, 2, 3)).reshape(n_out, n_img * oh * ow)  # G as (O, N*OH*OW)
+    gb = gt.sum(axis=1) if need_b else None
+    gw = gx = None
+    if need_w:
+        if cols is None:
+            cols = im2col(x, (kh, kw), stride, padding, dilation, pad_value)
+        gw = xp.matmul(gt.reshape(groups, og, -1), cols.reshape(groups, k, -1).transpose(0, 2, 1)).reshape(w.shape)
+    if need_x:
+        dcols = xp.matmul(w.reshape(groups, og, k).transpose(0, 2, 1), gt.reshape(groups, og, -1))
+        gx = col2im(dcols.reshape(groups * k, -1), x.shape, (kh, kw), stride, padding, dilation)
+    return gx, gw, gb
+
+
+@implements(cpu_conv.Conv2d)
+class Conv2d(cpu_conv.Conv2d):
+    """``bitnet.ops.conv.Conv2d`` on "cuda" (module docstring). Saved for the backward: ``x``, ``w``,
+    ``cols`` (the lowered input, only when the weight wants a gradient), ``stride``, ``padding``,
+    ``dilation``, ``groups``."""
+
+    def forward(self, x, w, *bias, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
+        self.x, self.w, self.stride, self.padding, self.dilation, self.groups = x, w, stride, padding, dilation, groups
+        out, cols = conv2d_lowered(x, w, bias[0] if bias else None, stride, padding, dilation, groups)
+        self.cols = cols if self.needs_grad[1] else None
+        return out
+
+    def backward(self, g):
+        need = self.needs_grad
+        gx, gw, gb = conv2d_backward(self.x, self.w, g, self.stride, self.padding, self.dilation, self.groups,
+                                     need[0], need[1], len(need) == 3 and need[2], cols=self.cols)
+        return (gx, gw, gb) if len(need) == 3 else (gx, gw)

@@ -1,0 +1,101 @@
+"""conv2d, max_pool2d and avg_pool2d on (emulated) "cuda" against the CPU's Numba kernels
+(bitnet/gpu/ops/conv_pool.py): outputs and input gradients, every option, odd shapes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import bitnet
+import bitnet.functional as F
+from bitnet.gpu.arrays import emulate, to_host
+from bitnet.gpu.ops import conv_pool as G
+from tests.gpu_training.compare import assert_same_on_both
+
+# Tolerances. conv2d sums K = Cg*KH*KW products per output (<= 72 here), and its gradients sum
+# N*OH*OW (dW) or up to KH*KW*O/G (dx) products, in GEMM order on "cuda" and BLAS order on the CPU:
+# the two orders differ by at most ~K * eps * sum|terms|. With inputs ~N(0, 1) that is below 1e-13
+# for float64 (eps 2.2e-16) and 1e-4 for float32 (eps 1.2e-7); atol covers sums that cancel to ~0.
+F64 = dict(rtol=1e-12, atol=1e-12)
+F32 = dict(rtol=2e-5, atol=2e-5)
+
+
+def _rand(shape, dtype=np.float64, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+CONV_CASES = [
+    # (N, C, H, W), (O, Cg, KH, KW), stride, padding, dilation, groups, bias
+    ((1, 3, 7, 9), (4, 3, 3, 3), (1, 1), (0, 0), (1, 1), 1, True),
+    ((2, 3, 7, 9), (5, 3, 3, 2), (2, 2), (1, 1), (1, 1), 1, True),
+    ((2, 2, 9, 8), (3, 2, 3, 3), (2, 1), (2, 1), (2, 2), 1, False),
+    ((3, 4, 6, 7), (6, 2, 3, 3), (1, 2), (1, 2), (1, 1), 2, True),
+    ((2, 4, 7, 5), (4, 1, 3, 3), (1, 1), (1, 1), (1, 1), 4, True),  # depthwise
+    ((2, 4, 7, 5), (8, 1, 2, 3), (2, 2), (0, 1), (2, 1), 4, False),  # depthwise, 2 outputs per channel
+    ((2, 5, 5, 3), (3, 5, 1, 1), (1, 1), (0, 0), (1, 1), 1, True),  # 1x1
+    ((1, 6, 5, 7), (4, 3, 1, 1), (2, 2), (1, 0), (1, 1), 2, False),  # 1x1, strided, padded, grouped
+    ((2, 3, 4, 4), (2, 3, 4, 4), (1, 1), (0, 0), (1, 1), 1, True),  # kernel = input: one output
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv2d_matches_cpu(case, dtype):
+    x_shape, w_shape, stride, padding, dilation, groups, bias = case
+    arrays = [_rand(x_shape, dtype, 1), _rand(w_shape, dtype, 2)] + ([_rand(w_shape[:1], dtype, 3)] if bias else [])
+
+    def fn(x, w, *b):
+        return F.conv2d(x, w, b[0] if b else None, stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+    assert_same_on_both(fn, arrays, **(F64 if dtype == np.float64 else F32))
+
+
+@pytest.mark.parametrize("grad_of", [[True, False, False], [False, True, True], [False, False, True]])
+def test_conv2d_only_the_wanted_gradients(grad_of):
+    arrays = [_rand((2, 4, 6, 5), seed=1), _rand((4, 2, 3, 3), seed=2), _rand((4,), seed=3)]
+    assert_same_on_both(lambda x, w, b: F.conv2d(x, w, b, stride=2, padding=1, groups=2), arrays,
+                        grad_of=grad_of, **F64)
+
+
+def test_conv2d_functions_reusable_with_a_pad_value():
+    """conv2d_forward / conv2d_backward with a +-1 border equal the zero-border convolution of the
+    input padded explicitly with that value (what the binary convolution relies on)."""
+    x, w, g = _rand((2, 4, 5, 6), seed=1), _rand((6, 2, 3, 3), seed=2), _rand((2, 6, 3, 3), seed=3)
+    geo = ((2, 2), (1, 1), (1, 1), 2)
+    xpad = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=-1.0)
+    with emulate() as xp:
+        dx, dw, dg = xp.asarray(x), xp.asarray(w), xp.asarray(g)
+        y = G.conv2d_forward(dx, dw, None, *geo, pad_value=-1.0)
+        ref = G.conv2d_forward(xp.asarray(xpad), dw, None, (2, 2), (0, 0), (1, 1), 2)
+        np.testing.assert_allclose(to_host(y), to_host(ref), **F64)
+        gx, gw, gb = G.conv2d_backward(dx, dw, dg, *geo, True, True, True, pad_value=-1.0)
+        rx, rw, rb = G.conv2d_backward(xp.asarray(xpad), dw, dg, (2, 2), (0, 0), (1, 1), 2, True, True, True)
+        np.testing.assert_allclose(to_host(gw), to_host(rw), **F64)
+        np.testing.assert_allclose(to_host(gx), to_host(rx)[:, :, 1:-1, 1:-1], **F64)
+        np.testing.assert_allclose(to_host(gb), to_host(g.sum(axis=(0, 2, 3))), **F64)
+        none = G.conv2d_backward(dx, dw, dg, *geo, False, False, False)
+        assert none == (None, None, None)
+
+
+def test_conv2d_layer_on_cuda_matches_cpu():
+    import bitnet.nn as nn
+    layer = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+    x = _rand((2, 3, 9, 7), np.float32)
+    out_cpu = layer(bitnet.Tensor(x)).data
+    with emulate():
+        layer.to("cuda")
+        out = layer(bitnet.Tensor(x, device="cuda"))
+        assert out.device == "cuda"
+        np.testing.assert_allclose(to_host(out.data), out_cpu, **F32)
+        layer.to("cpu")
+
+
+def test_conv2d_errors_are_clear_on_cuda():
+    with emulate():
+        x = bitnet.Tensor(_rand((1, 3, 4, 4)), device="cuda")
+        w = bitnet.Tensor(_rand((2, 3, 5, 5)), device="cuda")
+        with pytest.raises(ValueError, match="does not fit"):
+            F.conv2d(x, w)
+        with pytest.raises(ValueError, match="channels"):
+            F.conv2d(x, bitnet.Tensor(_rand((2, 2, 1, 1)), device="cuda"))
+        with pytest.raises(RuntimeError, match="different devices"):
+            F.conv2d(x, bitnet.Tensor(_rand((2, 3, 1, 1))))
