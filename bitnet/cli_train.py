@@ -36,6 +36,8 @@ def add_parser(sub):
     p.add_argument("--limit-train", type=opt.LIMIT_TRAIN, default=_SAVED,
                    help="use only the first N training images (quick runs)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="train on the CPU (default) or an NVIDIA GPU (needs CuPy: pip install 'bitnet-bnn[cuda]')")
     dist.add_options(p)
     p.add_argument("--save", default=None, metavar="CKPT",
                    help="write a training checkpoint (HDF5) after every epoch, atomically; the folder must "
@@ -62,7 +64,13 @@ def cmd_train(args) -> int:
     from bitnet.data.datasets import load_splits, transform_for
     from bitnet.training import evaluate, fit
 
+    if args.device == "cuda":
+        from bitnet.gpu.arrays import xp
+        xp()  # CudaUnavailableError (reported by the command line) before any data is read
     comm = args.comm = dist.communicator(args)
+    if comm is not None and comm.size > 1 and args.device == "cuda":
+        raise CommandError("--device cuda with --distributed: distributed training runs on the CPU only for now; "
+                           "drop one of the two")
     main_rank = comm is None or comm.is_main
     given = {k for k in RUN_OPTIONS if hasattr(args, k)}
     if args.save and main_rank:
@@ -122,6 +130,7 @@ def cmd_train(args) -> int:
         changed = [f"{flag(k)} {getattr(args, k)}" for k in taken if getattr(args, k) != RUN_OPTIONS[k]]
         log(f"training {describe_model(model)} on {args.dataset}: {len(y_train)} images, {args.epochs} epochs, "
             f"batch {args.batch_size}, {args.optimizer} lr {args.lr}, {model.num_parameters()} parameters"
+            + (" on the GPU" if args.device == "cuda" else "")
             + (f"; resumed from {args.resume} after epoch {start - 1}" if args.resume else "")
             + (f" (its options: {', '.join(changed)})" if changed else ""))
         if comm is not None:
@@ -139,8 +148,9 @@ def cmd_train(args) -> int:
 
     if start <= args.epochs:
         fit(model, optimizer, steps, args.epochs, scheduler=scheduler, progress=not args.quiet and main_rank, log=log,
-            start_epoch=start, after_epoch=save_checkpoint if args.save else None, distributed=comm)
-    loss, acc = evaluate(model, test_loader, distributed=comm)
+            start_epoch=start, after_epoch=save_checkpoint if args.save else None, distributed=comm,
+            device=args.device)
+    loss, acc = evaluate(model, test_loader, distributed=comm, device=args.device)
     if log:
         log(f"test loss: {loss:.4f}")
     if main_rank:

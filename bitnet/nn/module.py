@@ -223,15 +223,17 @@ class Module:
         if device not in ("cpu", "cuda"):
             raise ValueError(f"Module.to: device must be 'cpu' or 'cuda', got {device!r}")
         for mod in self.modules():
+            moved = False
             for p in mod._parameters.values():
-                if p is not None:
-                    p.data = to_device(p.data, device)
-                    if p.grad is not None:
-                        p.grad = to_device(p.grad, device)
+                if p is not None and device_of(p.data) != device:
+                    p.data, moved = to_device(p.data, device), True
+                if p is not None and p.grad is not None:
+                    p.grad = to_device(p.grad, device)
             for name, b in mod._buffers.items():
-                if b is not None:
-                    mod._buffers[name] = to_device(b, device)
-            mod._state_changed()
+                if b is not None and device_of(b) != device:
+                    mod._buffers[name], moved = to_device(b, device), True
+            if moved:
+                mod._state_changed()  # caches derived from the old arrays (packed weights) are stale
         return self
 
     def cpu(self):
