@@ -99,3 +99,71 @@ def test_conv2d_errors_are_clear_on_cuda():
             F.conv2d(x, bitnet.Tensor(_rand((2, 2, 1, 1)), device="cuda"))
         with pytest.raises(RuntimeError, match="different devices"):
             F.conv2d(x, bitnet.Tensor(_rand((2, 3, 1, 1))))
+
+
+# Pooling: "cuda" does the CPU's operations in the CPU's order (bitnet/gpu/ops/pool.py), so the
+# outputs and gradients are compared for equality.
+POOL_CASES = [
+    # kernel, stride, padding, ceil_mode
+    ((2, 2), None, (0, 0), False),
+    ((3, 3), (2, 2), (1, 1), False),
+    ((3, 2), (2, 1), (1, 0), True),
+    ((2, 2), (2, 2), (0, 0), True),  # a partial window at the bottom / right edge
+    ((3, 3), (1, 1), (1, 1), False),  # overlapping windows: gradients add up
+    ((1, 1), (2, 2), (0, 0), False),
+    ((4, 3), (3, 2), (2, 1), True),
+]
+POOL_SHAPES = [(1, 1, 5, 5), (2, 3, 7, 6)]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", POOL_SHAPES)
+@pytest.mark.parametrize("case", POOL_CASES)
+def test_max_pool2d_matches_cpu(case, shape, dtype):
+    kernel, stride, padding, ceil_mode = case
+    x = _rand(shape, dtype)
+    assert_same_on_both(lambda t: F.max_pool2d(t, kernel, stride, padding, ceil_mode), [x], 0, 0, exact=True)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered")  # inf - inf in the test's loss, not the op
+@pytest.mark.parametrize("case", POOL_CASES)
+def test_max_pool2d_ties_nans_and_infinities_route_like_cpu(case):
+    """Ties (the first maximum wins), NaN (the last NaN wins) and -inf (still inside the input, so it
+    wins over the padding) route the gradient to the same input as on the CPU."""
+    kernel, stride, padding, ceil_mode = case
+    rng = np.random.default_rng(5)
+    x = rng.integers(-2, 2, size=(2, 2, 7, 6)).astype(np.float64)  # many ties
+    x[0, 0, 2, 3] = x[0, 0, 3, 3] = x[1, 1, 0, 0] = np.nan
+    x[0, 1] = -np.inf  # a whole plane of -inf: windows at the border still pick an input position
+    x[1, 0, 0, :] = -np.inf
+    assert_same_on_both(lambda t: F.max_pool2d(t, kernel, stride, padding, ceil_mode), [x], 0, 0, exact=True)
+
+
+@pytest.mark.parametrize("count_include_pad", [True, False])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", POOL_SHAPES)
+@pytest.mark.parametrize("case", POOL_CASES)
+def test_avg_pool2d_matches_cpu(case, shape, dtype, count_include_pad):
+    kernel, stride, padding, ceil_mode = case
+    x = _rand(shape, dtype)
+    assert_same_on_both(lambda t: F.avg_pool2d(t, kernel, stride, padding, ceil_mode, count_include_pad), [x],
+                        0, 0, exact=True)
+
+
+def test_pool_layers_on_cuda_and_their_errors():
+    import bitnet.nn as nn
+    x = _rand((2, 3, 7, 7), np.float32)
+    for layer in (nn.MaxPool2d(3, 2, 1, ceil_mode=True), nn.AvgPool2d(2, ceil_mode=True, count_include_pad=False)):
+        expected = layer(bitnet.Tensor(x)).data
+        with emulate():
+            out = layer(bitnet.Tensor(x, device="cuda"))
+            assert out.device == "cuda"
+            np.testing.assert_array_equal(to_host(out.data), expected)
+    with emulate():
+        t = bitnet.Tensor(_rand((1, 1, 3, 3)), device="cuda")
+        with pytest.raises(ValueError, match="does not fit"):
+            F.max_pool2d(t, 5)
+        with pytest.raises(ValueError, match="at most half"):
+            F.avg_pool2d(t, 2, padding=2)
+        with pytest.raises(ValueError, match="4-D"):
+            F.max_pool2d(bitnet.Tensor(_rand((3, 3)), device="cuda"), 2)
