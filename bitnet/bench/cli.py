@@ -11,6 +11,7 @@ _ROUNDS = integer(1, 10_000, "rounds")
 _REPEATS = integer(1, 100_000, "timed calls")
 _STEPS = integer(1, 100_000, "steps per round")
 _BUSY = integer(0, 256, "busy-looping processes")
+_WARMUP = integer(0, 100_000, "warm-up steps")
 _THREADS = integer(1, 4096, "threads")
 _GBIT = number(0.0, 1e6, low_open=True, what="Gbit/s")
 _LATENCY = number(0.0, 1e7, what="microseconds")
@@ -50,14 +51,20 @@ def add_parser(sub):
     p = sub.add_parser("bench", help="benchmarks that print ratios measured in one run")
     bsub = p.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
     t = bsub.add_parser("train", help="training time per step and epoch vs PyTorch (if installed)")
-    t.add_argument("--model", choices=("lenet-binary", "resnet18-binary", "lenet"), default="lenet-binary")
+    t.add_argument("--model", choices=("lenet-binary", "resnet18-binary", "lenet"), default=None,
+                   help="default lenet-binary; with --device cuda: resnet18-binary and lenet-binary")
+    t.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cuda: images per second on one GPU, bitnet vs PyTorch fp32 and bf16 autocast with sign STEs "
+                        "(NUMBA_ENABLE_CUDASIM=1: a slow smoke test on the CPU emulation)")
     t.add_argument("--batch-size", type=BATCH, default=None,
-                   help="default 128 (lenet-binary, lenet), 64 (resnet18-binary)")
+                   help="default 128 (lenet-binary, lenet), 64 (resnet18-binary; 256 with --device cuda)")
     t.add_argument("--threads", type=thread_counts, default=None,
-                   help="thread counts, e.g. 1,2: the whole comparison for each (default: 1 and all cores)")
+                   help="thread counts, e.g. 1,2: the whole comparison for each (default: 1 and all cores; CPU only)")
     t.add_argument("--rounds", type=_ROUNDS, default=5)
     t.add_argument("--steps", type=_STEPS, default=None,
-                   help="steps per round per framework (default 20; 5 for resnet18-binary)")
+                   help="steps per round per framework (default 20; 5 for resnet18-binary on the CPU)")
+    t.add_argument("--warmup", type=_WARMUP, default=None,
+                   help="untimed steps per framework before timing (--device cuda only; default 3)")
     t.add_argument("--data-dir", default=None)
     t.add_argument("--no-torch", action="store_true", help="time bitnet only")
     _add_busy(t)
@@ -121,11 +128,29 @@ def _write_json(path, records) -> None:
 
 
 def cmd_train(args) -> int:
+    if args.device == "cuda":
+        return cmd_train_gpu(args)
+    if args.warmup is not None:
+        raise ValueError("--warmup applies to --device cuda only (the CPU workers run 3 warm-up steps)")
     from bitnet.bench import train
     frameworks = ["bitnet"] if args.no_torch else None
     threads = _threads_list(args.threads)
-    records = train.run(args.model, args.batch_size, threads, args.rounds, args.steps, args.data_dir,
-                        frameworks, args.busy)
+    records = train.run(args.model or "lenet-binary", args.batch_size, threads, args.rounds, args.steps,
+                        args.data_dir, frameworks, args.busy)
+    _write_json(args.json, records)
+    return 0
+
+
+def cmd_train_gpu(args) -> int:
+    """``bench train --device cuda`` (``bitnet.bench.train_gpu``)."""
+    from bitnet.bench import train_gpu
+    if args.threads is not None or args.busy:
+        raise ValueError("--threads and --busy apply to the CPU benchmark only, not to --device cuda")
+    if args.model == "lenet":
+        raise ValueError("--device cuda benchmarks the binary networks: --model resnet18-binary or lenet-binary")
+    networks = (args.model,) if args.model else train_gpu.NETWORKS
+    warmup = train_gpu.WARMUP if args.warmup is None else args.warmup
+    records = train_gpu.run(networks, args.batch_size, args.rounds, args.steps, warmup, args.data_dir, args.no_torch)
     _write_json(args.json, records)
     return 0
 

@@ -23,7 +23,7 @@ class SignSTE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x)
-        one = torch.ones((), dtype=x.dtype)
+        one = torch.ones((), dtype=x.dtype, device=x.device)
         return torch.where(x < 0, -one, one)
 
     @staticmethod
