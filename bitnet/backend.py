@@ -45,17 +45,24 @@ def resolve_device(device: str | None) -> str:
 
 @contextlib.contextmanager
 def device(name: str):
-    """Within the block, packed models are built for ``name`` ("cpu" or "cuda") by default; the
-    previous default comes back on exit, also after an exception. Asking for "cuda" checks at once
-    that it can run."""
+    """Within the block, packed models are built for ``name`` ("cpu" or "cuda") by default, and so
+    are the tensors of ``bitnet.tensor`` and the factories (``zeros``, ``randn`` ...); the previous
+    default comes back on exit, also after an exception. Asking for "cuda" checks at once that
+    numba.cuda can run (not inside ``bitnet.gpu.arrays.emulate()``)."""
     name = resolve_device(name)
-    if name == "cuda":
+    if name == "cuda" and not _emulating():
         cuda_module()
     token = _default.set(name)
     try:
         yield name
     finally:
         _default.reset(token)
+
+
+def _emulating() -> bool:
+    """Inside ``bitnet.gpu.arrays.emulate()``: "cuda" tensors are emulated, numba.cuda is not needed."""
+    from bitnet.gpu import arrays
+    return arrays._override.get() is not None
 
 
 def cuda_module():

@@ -12,6 +12,11 @@ training dtype). The random ones draw from an explicit generator, never from a h
     rand:          independent samples of U[0, 1)
     randn:         independent samples of N(0, 1)
     arange:        start, start + step, ... < end (int64 for int arguments, float32 otherwise)
+
+``device`` ("cpu" / "cuda") places the tensor; left out, it is the default of the enclosing
+``with bitnet.device(...)`` block ("cpu" outside any), and for ``zeros_like`` / ``ones_like`` the
+device of ``t``. Random tensors are drawn on the host from ``rng`` and copied: the same seed gives
+the same numbers on both devices.
 """
 from __future__ import annotations
 
@@ -19,6 +24,8 @@ import numbers
 
 import numpy as np
 
+from bitnet.backend import current_device
+from bitnet.gpu.arrays import device_of
 from bitnet.tensor import Tensor
 
 __all__ = ["zeros", "ones", "rand", "randn", "zeros_like", "ones_like", "arange"]
@@ -44,6 +51,12 @@ def _generator(name, rng) -> np.random.Generator:
                     f"{type(rng).__name__}; e.g. rng=np.random.default_rng(0) or rng=0")
 
 
+def _made(data, requires_grad, device) -> Tensor:
+    """``data`` as a tensor on ``device`` (None: the ``with bitnet.device`` default)."""
+    device = current_device() if device is None else device
+    return Tensor(data, requires_grad=requires_grad, device=device)
+
+
 def _float_dtype(name, dtype):
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
@@ -51,41 +64,41 @@ def _float_dtype(name, dtype):
     return dtype
 
 
-def zeros(*size, dtype=np.float32, requires_grad: bool = False) -> Tensor:
+def zeros(*size, dtype=np.float32, requires_grad: bool = False, device=None) -> Tensor:
     """A tensor of zeros of the given size."""
-    return Tensor(np.zeros(_size("zeros", size), dtype), requires_grad=requires_grad)
+    return _made(np.zeros(_size("zeros", size), dtype), requires_grad, device)
 
 
-def ones(*size, dtype=np.float32, requires_grad: bool = False) -> Tensor:
+def ones(*size, dtype=np.float32, requires_grad: bool = False, device=None) -> Tensor:
     """A tensor of ones of the given size."""
-    return Tensor(np.ones(_size("ones", size), dtype), requires_grad=requires_grad)
+    return _made(np.ones(_size("ones", size), dtype), requires_grad, device)
 
 
-def rand(*size, rng=None, dtype=np.float32, requires_grad: bool = False) -> Tensor:
+def rand(*size, rng=None, dtype=np.float32, requires_grad: bool = False, device=None) -> Tensor:
     """Samples of U[0, 1) drawn from ``rng`` (Generator, int seed, or None for a fresh one)."""
     data = _generator("rand", rng).random(_size("rand", size), dtype=_float_dtype("rand", dtype))
-    return Tensor(data, requires_grad=requires_grad)
+    return _made(data, requires_grad, device)
 
 
-def randn(*size, rng=None, dtype=np.float32, requires_grad: bool = False) -> Tensor:
+def randn(*size, rng=None, dtype=np.float32, requires_grad: bool = False, device=None) -> Tensor:
     """Samples of N(0, 1) drawn from ``rng`` (Generator, int seed, or None for a fresh one)."""
     data = _generator("randn", rng).standard_normal(_size("randn", size), dtype=_float_dtype("randn", dtype))
-    return Tensor(data, requires_grad=requires_grad)
+    return _made(data, requires_grad, device)
 
 
-def zeros_like(t, dtype=None, requires_grad: bool = False) -> Tensor:
+def zeros_like(t, dtype=None, requires_grad: bool = False, device=None) -> Tensor:
     """Zeros with the shape (and, unless given, the dtype) of tensor or array ``t``."""
     data = t.data if isinstance(t, Tensor) else np.asarray(t)
-    return Tensor(np.zeros(data.shape, dtype or data.dtype), requires_grad=requires_grad)
+    return _made(np.zeros(data.shape, dtype or data.dtype), requires_grad, device or device_of(data))
 
 
-def ones_like(t, dtype=None, requires_grad: bool = False) -> Tensor:
+def ones_like(t, dtype=None, requires_grad: bool = False, device=None) -> Tensor:
     """Ones with the shape (and, unless given, the dtype) of tensor or array ``t``."""
     data = t.data if isinstance(t, Tensor) else np.asarray(t)
-    return Tensor(np.ones(data.shape, dtype or data.dtype), requires_grad=requires_grad)
+    return _made(np.ones(data.shape, dtype or data.dtype), requires_grad, device or device_of(data))
 
 
-def arange(start, end=None, step=1, dtype=None, requires_grad: bool = False) -> Tensor:
+def arange(start, end=None, step=1, dtype=None, requires_grad: bool = False, device=None) -> Tensor:
     """start, start + step, ... below ``end`` (``arange(n)`` is 0 .. n-1); int64 when every argument
     is an int, float32 otherwise, unless ``dtype`` is given (PyTorch's rule)."""
     if end is None:
@@ -95,4 +108,4 @@ def arange(start, end=None, step=1, dtype=None, requires_grad: bool = False) -> 
         dtype = np.int64 if ints else np.float32
     if step == 0:
         raise ValueError("arange: step must be non-zero")
-    return Tensor(np.arange(start, end, step, dtype=dtype), requires_grad=requires_grad)
+    return _made(np.arange(start, end, step, dtype=dtype), requires_grad, device)

@@ -356,9 +356,12 @@ def _accumulate(leaf, g) -> None:
         hook(leaf)
 
 
-def tensor(data, requires_grad: bool = False, dtype=None) -> Tensor:
-    """Shorthand for ``Tensor(data, requires_grad, dtype)``."""
-    return Tensor(data, requires_grad=requires_grad, dtype=dtype)
+def tensor(data, requires_grad: bool = False, dtype=None, device=None) -> Tensor:
+    """``Tensor(data, requires_grad, dtype, device)``, where ``device`` left out is the default of the
+    enclosing ``with bitnet.device(...)`` block ("cpu" outside any)."""
+    from bitnet.backend import current_device
+    return Tensor(data, requires_grad=requires_grad, dtype=dtype,
+                  device=current_device() if device is None else device)
 
 
 def _sum(a, b=None):

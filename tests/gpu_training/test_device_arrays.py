@@ -131,3 +131,20 @@ def test_module_to_moves_parameters_gradients_and_buffers_in_place():
     assert model.device == "cpu" and all(type(b) is np.ndarray for b in model.buffers())
     assert model[0].weight.data[0, 0, 0, 0] == 7
     np.testing.assert_array_equal(model.state_dict()["4.bias"], before["4.bias"] + 1)
+
+
+def test_factories_and_bitnet_tensor_follow_the_device_block():
+    with emulate():
+        with bitnet.device("cuda"):
+            made = [bitnet.zeros(2, 3), bitnet.ones(2), bitnet.rand(3, rng=1), bitnet.randn(3, rng=1),
+                    bitnet.arange(4), bitnet.tensor([1.0, 2.0], requires_grad=True)]
+            assert all(t.device == "cuda" for t in made)
+            assert bitnet.zeros(2, device="cpu").device == "cpu"
+            host = bitnet.zeros(2, device="cpu")
+            assert bitnet.ones_like(host).device == "cpu"  # _like: the device of its argument
+            assert made[-1].requires_grad and made[-1].dtype == np.float32
+        assert bitnet.zeros(2).device == "cpu"  # the default comes back after the block
+        assert bitnet.ones_like(made[0]).device == "cuda"
+    # the same seed, the same numbers on both devices (drawn on the host, then copied)
+    np.testing.assert_array_equal(to_host(made[3].data), bitnet.randn(3, rng=1).data)
+    np.testing.assert_array_equal(to_host(made[4].data), np.arange(4))
