@@ -167,3 +167,16 @@ def test_pool_layers_on_cuda_and_their_errors():
             F.avg_pool2d(t, 2, padding=2)
         with pytest.raises(ValueError, match="4-D"):
             F.max_pool2d(bitnet.Tensor(_rand((3, 3)), device="cuda"), 2)
+
+
+def test_conv_pool_chain_and_global_average_pool():
+    """conv -> max pool -> avg pool -> GlobalAvgPool2d (``F.mean`` over H, W): gradients flow through
+    the whole chain on "cuda" (conv's GEMM order sets the tolerance, F64 above)."""
+    import bitnet.nn as nn
+    gap = nn.GlobalAvgPool2d()
+
+    def fn(x, w):
+        y = F.max_pool2d(F.conv2d(x, w, padding=1, groups=2), 3, 2, 1, ceil_mode=True)
+        return gap(F.avg_pool2d(y, 2, 1, count_include_pad=False))
+
+    assert_same_on_both(fn, [_rand((2, 4, 9, 8), seed=1), _rand((6, 2, 3, 3), seed=2)], **F64)
