@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from bitnet.gpu.arrays import to_host
 from bitnet.ops.dims import resolve
 from bitnet.tensor import Function, Tensor
 
@@ -120,8 +121,10 @@ def cross_entropy(logits, targets, reduction="mean", label_smoothing=0.0, weight
                   ignore_index=-100) -> Tensor:
     """Softmax cross-entropy of logits (N, K) against integer class targets (N,), as PyTorch:
     ``weight`` (K,) rescales each class, targets equal to ``ignore_index`` contribute nothing, and
-    the mean divides by the summed weights of the kept targets (module docstring)."""
-    t = np.asarray(targets.data if isinstance(targets, Tensor) else targets)
+    the mean divides by the summed weights of the kept targets (module docstring). Targets and weight
+    may be host arrays or tensors on either device; they are checked on the host (logits on "cuda":
+    see ``bitnet.gpu.ops.loss``)."""
+    t = np.asarray(to_host(targets.data if isinstance(targets, Tensor) else targets))  # device labels: a host copy
     if logits.ndim != 2:
         raise ValueError(f"cross_entropy expects logits of shape (N, classes), got {logits.shape}")
     n, k = logits.shape
@@ -137,7 +140,7 @@ def cross_entropy(logits, targets, reduction="mean", label_smoothing=0.0, weight
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1), got {label_smoothing}")
     if weight is not None:
-        weight = np.asarray(weight.data if isinstance(weight, Tensor) else weight)
+        weight = np.asarray(to_host(weight.data if isinstance(weight, Tensor) else weight))
         if weight.shape != (k,) or weight.dtype.kind not in "fiu":
             raise ValueError(f"cross_entropy: weight must be a float array of shape ({k},) (one weight per "
                              f"class), got shape {weight.shape} dtype {weight.dtype}")

@@ -77,15 +77,16 @@ class BatchNormEval(Function):
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=True, momentum=0.1,
                eps=1e-5) -> Tensor:
     """Batch norm of x (N, C, *) over every axis but C (so (N, C), (N, C, L) and (N, C, H, W));
-    ``running_mean``/``running_var`` are NumPy arrays (C,) updated in place when ``training``
+    ``running_mean``/``running_var`` are arrays (C,) on x's device, updated in place when ``training``
     (None: not tracked); ``weight``/``bias`` are tensors (C,), or None for gamma = 1 / beta = 0."""
     if x.ndim < 2:
         raise ValueError(f"batch_norm expects (N, C), (N, C, L) or (N, C, H, W) input, got shape {x.shape}")
     c = x.shape[1]
+    device = x.device if isinstance(x, Tensor) else None  # gamma = 1 / beta = 0 where x is ("cuda" too)
     if weight is None:
-        weight = Tensor(np.ones(c, x.dtype))
+        weight = Tensor(np.ones(c, x.dtype), device=device)
     if bias is None:
-        bias = Tensor(np.zeros(c, x.dtype))
+        bias = Tensor(np.zeros(c, x.dtype), device=device)
     if weight.shape != (c,) or bias.shape != (c,):
         raise ValueError(f"batch_norm: input has {c} channels but weight/bias have shapes "
                          f"{weight.shape}/{bias.shape}; the layer was built for another channel count")

@@ -70,7 +70,8 @@ def batch_norm_max_pool(x, running_mean, running_var, weight=None, bias=None, mo
     if act not in ACTIVATIONS:
         raise ValueError(f"batch_norm_max_pool: act must be one of {ACTIVATIONS}, got {act!r}")
     c = x.shape[1]
-    weight = Tensor(np.ones(c, x.dtype)) if weight is None else weight
-    bias = Tensor(np.zeros(c, x.dtype)) if bias is None else bias
+    device = x.device if isinstance(x, Tensor) else None
+    weight = Tensor(np.ones(c, x.dtype), device=device) if weight is None else weight
+    bias = Tensor(np.zeros(c, x.dtype), device=device) if bias is None else bias
     return BatchNormMaxPool.apply(x, weight, bias, eps=eps, running_mean=running_mean, running_var=running_var,
                                   momentum=momentum, kernel=tuple(kernel), act=act)
