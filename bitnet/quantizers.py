@@ -31,6 +31,7 @@ import numbers
 
 import numpy as np
 
+from bitnet.gpu.arrays import array_module
 from bitnet.kernels import sign as S
 from bitnet.ops import workspace as W
 from bitnet.tensor import Function, Tensor
@@ -410,8 +411,10 @@ class MagnitudeAwareSign(Quantizer):
     @staticmethod
     def scale(w) -> np.ndarray:
         """alpha (O,): the mean |w| of each output channel, in w's float dtype."""
-        w = _float(np.asarray(w.data if isinstance(w, Tensor) else w))
-        return np.mean(np.abs(w.reshape(w.shape[0], -1)), axis=1).astype(w.dtype)
+        w = w.data if isinstance(w, Tensor) else w
+        xp = array_module(w)  # NumPy, or the device's array module for a weight on "cuda"
+        w = _float(xp.asarray(w))
+        return xp.mean(xp.abs(w.reshape(w.shape[0], -1)), axis=1).astype(w.dtype)
 
 
 @register("dorefa_activation")

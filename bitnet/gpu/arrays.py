@@ -111,11 +111,19 @@ def to_host(a) -> np.ndarray:
 def numba_view(a):
     """A numba.cuda view of a device array, sharing its memory, to launch bitnet's numba.cuda kernels
     on: CuPy arrays through ``__cuda_array_interface__``; emulated ones as the host arrays that the
-    numba.cuda simulator's kernels take."""
+    numba.cuda simulator's kernels take, wrapped (without a copy) as the simulator's device arrays
+    when it runs, so that the kernel wrappers' device-array checks accept them.
+
+    No stream synchronization (``sync=False``): the kernels launch on the default stream, after the
+    work CuPy queued there, so waiting for it on the host would only cost time."""
     if isinstance(a, emulated.EmulatedArray):
-        return a.view(np.ndarray)
+        host = a.view(np.ndarray)
+        if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+            from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+            return FakeCUDAArray(host)
+        return host
     from bitnet.backend import cuda_module
-    return cuda_module().as_cuda_array(a)
+    return cuda_module().as_cuda_array(a, sync=False)
 
 
 def synchronize() -> None:

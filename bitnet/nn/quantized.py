@@ -43,6 +43,7 @@ import numpy as np
 
 from bitnet import functional as F
 from bitnet import quantizers as Q
+from bitnet.gpu.arrays import array_module
 from bitnet.nn.layers import Conv2d, Dense
 from bitnet.nn.module import Module
 
@@ -54,8 +55,8 @@ def _resolve(explicit, bits, kind):
 
 
 def clip_unit(data: np.ndarray) -> None:
-    """Constraint: clip latent weights to [-1, 1] in place."""
-    np.clip(data, -1.0, 1.0, out=data)
+    """Constraint: clip latent weights to [-1, 1] in place (on the CPU or on "cuda")."""
+    array_module(data).clip(data, -1.0, 1.0, out=data)
 
 
 class _QuantizedWeights:
