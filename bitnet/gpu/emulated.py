@@ -68,13 +68,13 @@ def _unwrap(x):
 
 def wrap(x):
     """NumPy results as device arrays: arrays and NumPy scalars become ``EmulatedArray`` (0-d for
-    scalars, as CuPy returns), tuples are wrapped item by item, anything else is returned as is."""
+    scalars, as CuPy returns), tuples and lists are wrapped item by item, anything else is returned as is."""
     if isinstance(x, np.ndarray):
         return x if isinstance(x, EmulatedArray) else x.view(EmulatedArray)
     if isinstance(x, np.generic):
         return np.asarray(x).view(EmulatedArray)
-    if isinstance(x, tuple):
-        return tuple(wrap(i) for i in x)
+    if isinstance(x, (tuple, list)):  # (lists: np.split and the like; CuPy's give lists of device arrays)
+        return type(x)(wrap(i) for i in x)
     return x
 
 
