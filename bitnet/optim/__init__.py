@@ -15,6 +15,8 @@ Plain-loop usage, PyTorch style::
 
 Updates follow PyTorch's equations exactly (see each module's docstring), are done in place in
 the parameter's dtype, skip parameters without a gradient, and record no autograd graph.
+Parameters on "cuda" (``model.to("cuda")``) are updated and clipped on the device by the same
+formulas, their optimizer state kept beside them.
 ``Optimizer.state_dict()`` and ``LRScheduler.state_dict()`` hold only plain data (dicts, lists,
 numbers, NumPy arrays) for HDF5 checkpoints.
 """

@@ -14,6 +14,10 @@ The update is PyTorch's ``torch.optim.Adam`` / ``AdamW``; for a parameter ``p`` 
 State per parameter: ``step`` (int), ``exp_avg`` (m), ``exp_avg_sq`` (v) and, with amsgrad,
 ``max_exp_avg_sq`` (vm). ``AdamW`` is ``Adam`` with ``decoupled_weight_decay=True`` and a
 default weight decay of 1e-2.
+
+On "cuda" the state is created on the device and the step is ``bitnet.kernels.optim.adam_update_xp``,
+the fused CPU kernel's operations in the same order, so both devices agree bit for bit where the
+device rounds each operation correctly.
 """
 from __future__ import annotations
 
@@ -21,7 +25,8 @@ import math
 
 import numpy as np
 
-from bitnet.kernels.optim import adam_update
+from bitnet.gpu.arrays import array_module
+from bitnet.kernels.optim import adam_update, adam_update_xp
 from bitnet.optim._checks import check_betas, check_number
 from bitnet.optim.optimizer import Optimizer
 
@@ -53,18 +58,25 @@ class Adam(Optimizer):
 
     def _update(self, data: np.ndarray, grad: np.ndarray, state: dict, group: dict) -> None:
         lr, (beta1, beta2), wd = group["lr"], group["betas"], group["weight_decay"]
+        xp = array_module(data)  # NumPy, or the device's array module for a parameter on "cuda"
         if not state:
             state["step"] = 0
-            state["exp_avg"] = np.zeros(data.shape, data.dtype)
-            state["exp_avg_sq"] = np.zeros(data.shape, data.dtype)
+            state["exp_avg"] = xp.zeros(data.shape, data.dtype)
+            state["exp_avg_sq"] = xp.zeros(data.shape, data.dtype)
             if group["amsgrad"]:
-                state["max_exp_avg_sq"] = np.zeros(data.shape, data.dtype)
+                state["max_exp_avg_sq"] = xp.zeros(data.shape, data.dtype)
         state["step"] = t = int(state["step"]) + 1
         if wd != 0 and group["decoupled_weight_decay"]:
             data *= 1 - lr * wd
         l2 = 0.0 if group["decoupled_weight_decay"] else wd
-        if group["amsgrad"]:
-            state.setdefault("max_exp_avg_sq", np.zeros(data.shape, data.dtype))
+        if group["amsgrad"] and "max_exp_avg_sq" not in state:
+            state["max_exp_avg_sq"] = xp.zeros(data.shape, data.dtype)
+        dt = data.dtype.type
+        if xp is not np:
+            adam_update_xp(xp, data, grad, state["exp_avg"], state["exp_avg_sq"], state.get("max_exp_avg_sq"),
+                           bool(group["amsgrad"]), dt(beta1), dt(beta2), dt(1 - beta1), dt(1 - beta2), dt(l2),
+                           dt(lr / (1 - beta1 ** t)), dt(math.sqrt(1 - beta2 ** t)), dt(group["eps"]))
+            return
         # The kernel updates flat views in place: the state arrays are kept C-contiguous (a
         # non-contiguous one, e.g. loaded by hand, is replaced by a contiguous copy) and a
         # non-contiguous parameter is updated through a contiguous copy written back.
@@ -74,7 +86,6 @@ class Adam(Optimizer):
         m, v = state["exp_avg"], state["exp_avg_sq"]
         vmax = state["max_exp_avg_sq"] if group["amsgrad"] else m  # not read without amsgrad
         p = data if data.flags.c_contiguous else np.ascontiguousarray(data)
-        dt = data.dtype.type
         adam_update(p.reshape(-1), np.ascontiguousarray(grad, dtype=data.dtype).reshape(-1),
                     m.reshape(-1), v.reshape(-1), vmax.reshape(-1), bool(group["amsgrad"]),
                     dt(beta1), dt(beta2), dt(1 - beta1), dt(1 - beta2), dt(l2),

@@ -18,12 +18,14 @@ sign). There is no learning rate. The paper's defaults are ``threshold=1e-8, gam
 
 Bop is meant for binary kernels only (see ``bitnet.optim.routing``: ``bop_and_adam`` sends the
 binary kernels to Bop and everything else to Adam). State per parameter: ``step`` (int) and
-``exp_avg`` (``m``), in the parameter's dtype.
+``exp_avg`` (``m``), in the parameter's dtype, on the parameter's device: the update is written once with
+the parameter's array module (NumPy, or CuPy / its emulation on "cuda") and gives the same bits on both.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from bitnet.gpu.arrays import array_module
 from bitnet.optim._checks import check_number
 from bitnet.optim.optimizer import Optimizer
 
@@ -48,15 +50,17 @@ class Bop(Optimizer):
                                       low=0.0, low_open=True, high=1.0)
 
     def _update(self, data: np.ndarray, grad: np.ndarray, state: dict, group: dict) -> None:
+        xp = array_module(data)
         if not state:
             state["step"] = 0
-            state["exp_avg"] = np.zeros_like(data)
+            state["exp_avg"] = xp.zeros_like(data)
         state["step"] = int(state["step"]) + 1
         dt = data.dtype.type
         gamma, threshold = dt(group["gamma"]), dt(group["threshold"])
         m = state["exp_avg"]
         m[...] = (dt(1) - gamma) * m + gamma * grad
-        w_sign = np.where(data >= 0, dt(1), dt(-1))
-        m_sign = np.where(m >= 0, dt(1), dt(-1))
-        flip = (np.abs(m) > threshold) & (m_sign == w_sign)
-        data[...] = np.where(flip, -w_sign, w_sign)
+        # +-1 in data's dtype (astype: whatever dtype an array module gives where() of two scalars)
+        w_sign = xp.where(data >= 0, dt(1), dt(-1)).astype(data.dtype, copy=False)
+        m_sign = xp.where(m >= 0, dt(1), dt(-1)).astype(data.dtype, copy=False)
+        flip = (xp.abs(m) > threshold) & (m_sign == w_sign)
+        data[...] = xp.where(flip, -w_sign, w_sign)

@@ -13,12 +13,21 @@ The update is computed in the parameter's dtype (float32 stays float32, float64 
 Subclasses implement ``_update(data, grad, state, group)`` for one parameter and
 ``_check_group(group)`` for their hyperparameters.
 
+Devices: a parameter on "cuda" (``model.to("cuda")``: ``.data`` and ``.grad`` are device arrays,
+``bitnet.gpu.arrays``) is updated in place on the device, by the same formulas in the same dtype (each
+optimizer's ``_update`` runs its array math through the parameter's array module), and its state is
+created there. State follows its parameter: when a model moves after some steps, the state arrays
+are moved to the parameter's device by the next ``step()`` (one copy, once), with or without a
+gradient. A gradient on another device than its parameter is a ``RuntimeError``. ``constraint`` is
+called with the device array.
+
 ``state_dict()`` holds only plain data (dicts, lists, Python numbers, bools, NumPy arrays),
 with parameters named by their position in the optimizer (0, 1, ... in group order), so that it
-can be written to HDF5 without pickle; ``load_state_dict()`` checks it against this optimizer
-first (structure, types, shapes, and every state value against the class's ``state_spec``: finite
-arrays of the parameter's shape, step counts >= 1, second moments >= 0) and reports every
-difference in one ``ValueError``, changing nothing.
+can be written to HDF5 without pickle (state on "cuda" is copied to the host: a checkpoint has one
+format whatever the device; ``load_state_dict()`` puts each array on its parameter's current device).
+``load_state_dict()`` checks it against this optimizer first (structure, types, shapes, and every
+state value against the class's ``state_spec``: finite arrays of the parameter's shape, step counts
+>= 1, second moments >= 0) and reports every difference in one ``ValueError``, changing nothing.
 """
 from __future__ import annotations
 
@@ -26,6 +35,7 @@ import numbers
 
 import numpy as np
 
+from bitnet.gpu.arrays import array_module, device_of, is_device_array, to_device, to_host
 from bitnet.tensor import Tensor, enable_grad, no_grad
 from bitnet.optim._checks import check_number
 
@@ -73,8 +83,25 @@ def _state_value_problem(kind, value, shape):
     return f"a {type(value).__name__} ({value!r})"[:200]
 
 
+def _follow(state: dict, data) -> None:
+    """Move the arrays of one parameter's ``state`` to the device of its ``data``, in place (state
+    created, or loaded, before the parameter moved)."""
+    if type(data) is np.ndarray:
+        for key, value in state.items():
+            kind = type(value)
+            if kind is not np.ndarray and kind is not int and is_device_array(value):  # fast on the CPU path
+                state[key] = to_host(value)
+    else:
+        for key, value in state.items():
+            if isinstance(value, np.ndarray) and not is_device_array(value):
+                state[key] = to_device(value, "cuda")
+
+
 def _plain(value):
-    """A copy of ``value`` made of plain data: arrays copied, tuples to lists, NumPy scalars out."""
+    """A copy of ``value`` made of plain data: arrays copied (device arrays to the host), tuples to
+    lists, NumPy scalars out."""
+    if type(value) is not np.ndarray and is_device_array(value):
+        return to_host(value)  # a copy on the host
     if isinstance(value, np.ndarray):
         return value.copy()
     if isinstance(value, np.generic):
@@ -159,7 +186,7 @@ class Optimizer:
                 if set_to_none:
                     p.grad = None
                 elif p.grad is not None:
-                    p.grad = np.zeros_like(p.data)
+                    p.grad = array_module(p.data).zeros_like(p.data)
 
     def step(self, closure=None):
         """Update every parameter that has a gradient. ``closure`` (optional) re-evaluates the
@@ -172,19 +199,40 @@ class Optimizer:
             for group in self.param_groups:
                 for p in group["params"]:
                     if p.grad is None:
+                        if p in self.state:
+                            _follow(self.state[p], p.data)
                         continue
-                    grad = np.asarray(p.grad, dtype=p.data.dtype)
+                    grad = self._grad_of(p)
                     if grad.shape != p.data.shape:
                         raise ValueError(f"{self._name}.step: gradient shape {grad.shape} does "
                                          f"not match parameter shape {p.data.shape}")
-                    self._update(p.data, grad, self.state.setdefault(p, {}), group)
+                    state = self.state.setdefault(p, {})
+                    if state:
+                        _follow(state, p.data)
+                    self._update(p.data, grad, state, group)
                     constraint = getattr(p, "constraint", None)
                     if constraint is not None:
                         constraint(p.data)
         return loss
 
+    def _grad_of(self, p):
+        """``p.grad`` in ``p.data``'s dtype, on its device; a gradient on another device is an error."""
+        data, grad = p.data, p.grad
+        if type(data) is np.ndarray:
+            if type(grad) is not np.ndarray and is_device_array(grad):
+                raise RuntimeError(self._devices_differ(data, grad))
+            return np.asarray(grad, dtype=data.dtype)
+        if not is_device_array(grad):
+            raise RuntimeError(self._devices_differ(data, grad))
+        return grad if grad.dtype == data.dtype else grad.astype(data.dtype)
+
+    def _devices_differ(self, data, grad) -> str:
+        return (f"{self._name}.step: a parameter of shape {tuple(data.shape)} is on {device_of(data)} but its "
+                f"gradient is on {device_of(grad)}; keep both on one device (model.to(device) moves both)")
+
     def _update(self, data: np.ndarray, grad: np.ndarray, state: dict, group: dict) -> None:
-        """Update ``data`` in place from ``grad`` (never modify ``grad``: it is ``p.grad``)."""
+        """Update ``data`` in place from ``grad`` (never modify ``grad``: it is ``p.grad``); ``data``,
+        ``grad`` and the state arrays are on one device (NumPy arrays, or device arrays)."""
         raise NotImplementedError
 
     # -- checkpoints ------------------------------------------------------------------------
@@ -229,7 +277,7 @@ class Optimizer:
         Checks first (number of groups, parameters per group, hyperparameter names and values, state
         indices, every state value against ``state_spec``: kind, shape, finite, sign) and raises one
         ``ValueError`` listing every difference; nothing is changed unless all checks pass. Arrays are
-        copied and cast to the parameter's dtype.
+        copied, cast to the parameter's dtype and put on the parameter's device.
         """
         name = f"{self._name}.load_state_dict"
         if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= set(state_dict):
@@ -282,6 +330,7 @@ class Optimizer:
                                 f"{sorted(by_index)[:20]}")
                 continue
             p = by_index[i]
+            entry = {k: to_host(v) if is_device_array(v) else v for k, v in entry.items()}
             misshaped = {k for k, v in entry.items()
                          if isinstance(v, np.ndarray) and v.ndim and v.shape != p.data.shape}
             for k in sorted(misshaped):
@@ -292,8 +341,11 @@ class Optimizer:
                     problems.append(f"state[{i}][{k!r}]: expected {expected}, found {found}")
             restored = {}
             for k, v in entry.items():
-                if isinstance(v, np.ndarray) and v.ndim or p.data.ndim == 0 and isinstance(v, (float, np.floating)):
+                if isinstance(v, np.ndarray) and v.ndim or p.data.ndim == 0 and (
+                        isinstance(v, (float, np.floating)) or isinstance(v, np.ndarray) and v.dtype.kind == "f"):
                     restored[k] = np.array(v, dtype=p.data.dtype, copy=True)
+                    if type(p.data) is not np.ndarray and is_device_array(p.data):
+                        restored[k] = to_device(restored[k], "cuda")
                 else:
                     restored[k] = _plain(v)  # "step" and other scalars
             new_state[p] = restored

@@ -9,12 +9,15 @@ The update is PyTorch's ``torch.optim.SGD``, for a parameter ``p`` with gradient
         g = g + momentum * b   if nesterov  else  b
     p  = p - lr * g
 
-The momentum buffer ``b`` is kept in ``optimizer.state[p]["momentum_buffer"]``.
+The momentum buffer ``b`` is kept in ``optimizer.state[p]["momentum_buffer"]``. The update uses only
+array operators, so it runs as written on "cuda" too (device arrays, the buffer on the device), with
+the same operations in the same order and dtype as on the CPU.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from bitnet.gpu.arrays import array_module
 from bitnet.optim._checks import check_number
 from bitnet.optim.optimizer import Optimizer
 
@@ -50,7 +53,9 @@ class SGD(Optimizer):
         if momentum != 0:
             buf = state.get("momentum_buffer")
             if buf is None:
-                buf = state["momentum_buffer"] = grad.copy()
+                # a 0-d array, not a NumPy scalar, for a 0-d parameter (grad + wd * data is a scalar
+                # there), so that the in-place updates below reach the state
+                buf = state["momentum_buffer"] = grad.copy() if grad.ndim else array_module(data).array(grad)
             else:
                 buf *= momentum
                 buf += (1 - group["dampening"]) * grad
