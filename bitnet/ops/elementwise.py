@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from bitnet.gpu.arrays import is_device_array
 from bitnet.kernels import activations as K
 from bitnet.kernels.gemm import matmul as gemm
 from bitnet.kernels.threads import parallel_ufunc
@@ -33,6 +34,8 @@ def lift(x, like: Tensor) -> Tensor:
     if isinstance(x, Tensor):
         return x
     dtype = like.dtype if like.dtype.kind == "f" else None
+    if is_device_array(x):  # a raw device array stays on its device
+        return Tensor(x if dtype is None else x.astype(dtype, copy=False))
     return Tensor(np.asarray(x, dtype=dtype))
 
 
@@ -100,6 +103,8 @@ class Div(Function):
 
 
 class Neg(Function):
+    devices = ("cpu", "cuda")  # plain array math
+
     def forward(self, a):
         return -a
 
@@ -172,6 +177,8 @@ class Sigmoid(Function):
 class ReLU(Function):
     """max(x, 0); gradient 1 where x > 0, else 0."""
 
+    devices = ("cpu", "cuda")  # plain array math
+
     def forward(self, a):
         self.mask = a > 0
         return a * self.mask
@@ -208,7 +215,10 @@ class Where(Function):
 
 
 def _matmul(a, b):
-    """2-D float products go through the threaded GEMM; everything else through np.matmul."""
+    """2-D float products go through the threaded GEMM; everything else through np.matmul (device
+    arrays: their module's matmul, cuBLAS on CuPy)."""
+    if is_device_array(a):
+        return a @ b
     if a.ndim == 2 and b.ndim == 2 and a.dtype == b.dtype and a.dtype.kind == "f":
         return gemm(a, b)
     return a @ b
@@ -310,7 +320,8 @@ def clip(a, min_val=None, max_val=None):
 
 def where(cond, a, b):
     """Elementwise ``a if cond else b``; ``cond`` is a constant boolean array."""
-    cond = np.asarray(cond.data if isinstance(cond, Tensor) else cond, dtype=bool)
+    cond = cond.data if isinstance(cond, Tensor) else cond
+    cond = cond.astype(bool, copy=False) if is_device_array(cond) else np.asarray(cond, dtype=bool)
     a = a if isinstance(a, Tensor) else lift(a, b)
     return Where.apply(a, lift(b, a), cond=cond)
 

@@ -15,11 +15,13 @@ silently escape differentiation), and on a non-leaf that requires grad (an op's 
 may be saved for ``backward()``). Each in-place update bumps ``t._version``, so a ``backward()``
 through an operation that used ``t`` before the update raises instead of using stale values.
 Unlike optimizers, an in-place update does not apply a Parameter's ``constraint``.
+A tensor on "cuda" is updated on the device, from operands as for comparisons (``bitnet.ops.compare``).
 """
 from __future__ import annotations
 
 import numpy as np
 
+from bitnet.gpu.arrays import array_module, is_device_array
 from bitnet.tensor import Tensor, is_grad_enabled
 
 _SYMBOLS = {np.add: "+=", np.subtract: "-=", np.multiply: "*=", np.true_divide: "/="}
@@ -52,7 +54,12 @@ def apply(t: Tensor, other, ufunc) -> Tensor:
         src = np.asarray(other)
     else:
         return NotImplemented
-    shape = np.shape(src)
+    if is_device_array(t.data) or is_device_array(src):
+        # one device: a tensor on "cuda" takes numbers, 0-d host arrays, lists and arrays on "cuda"
+        from bitnet.ops.compare import on_one_device
+        src = on_one_device(f"in-place '{symbol}'", t.data, other if isinstance(other, (list, tuple)) else src)
+        ufunc = getattr(array_module(t.data), ufunc.__name__)
+    shape = src.shape if is_device_array(src) else np.shape(src)
     try:
         fits = np.broadcast_shapes(t.shape, shape) == t.shape
     except ValueError:
@@ -64,7 +71,8 @@ def apply(t: Tensor, other, ufunc) -> Tensor:
     try:
         ufunc(t.data, src, out=t.data, casting="same_kind")
     except TypeError as e:  # numpy's UFuncTypeError: e.g. a float operand into an integer tensor
-        raise TypeError(f"in-place '{symbol}' cannot store a {np.result_type(src)} result in a "
+        kind = src.dtype if is_device_array(src) else np.result_type(src)
+        raise TypeError(f"in-place '{symbol}' cannot store a {kind} result in a "
                         f"{t.dtype} tensor ({e}); convert the tensor first, e.g. t = t.astype(np.float32)") from None
     t._version += 1
     return t

@@ -8,6 +8,7 @@ import builtins
 
 import numpy as np
 
+from bitnet.gpu.arrays import array_module, is_device_array
 from bitnet.ops.dims import resolve
 from bitnet.tensor import Function, Tensor
 
@@ -112,6 +113,9 @@ def _arg(fn, name, a, axis, dim, keepdims, keepdim):
         raise TypeError(f"{name}: dim must be one int (or None for the flattened tensor), got {axis!r}")
     if axis is not None and not -data.ndim <= axis < builtins.max(data.ndim, 1):
         raise ValueError(f"{name}: dim {axis} is out of range for a tensor with {data.ndim} dimensions")
+    if is_device_array(data):  # the device module's argmax / argmin, an int64 result on the device
+        return Tensor(getattr(array_module(data), fn.__name__)(data, axis=axis, keepdims=keepdims).astype(
+            np.int64, copy=False))
     return Tensor(np.asarray(fn(data, axis=axis, keepdims=keepdims), dtype=np.int64))
 
 

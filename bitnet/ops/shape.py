@@ -12,6 +12,8 @@ from bitnet.tensor import Function, Tensor
 
 
 class Reshape(Function):
+    devices = ("cpu", "cuda")  # plain array methods
+
     def forward(self, a, shape=None):
         self.shape = a.shape
         try:
