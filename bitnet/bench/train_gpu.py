@@ -220,7 +220,7 @@ def bench_network(net, batch, rounds, steps, warmup, data_dir, use_torch, out) -
     out(f"{'framework':<12} {'images/s':>10} {'median ms':>10} {'p90 ms':>9} {'max ms':>9} {'loss first -> last':>20}")
     for r in records:
         ls = r["losses"]
-        out(f"{r['method']:<12} {r['images_per_s']:>10.0f} {1e3 * r['median_s']:>10.2f} {1e3 * r['p90_s']:>9.2f} "
+        out(f"{r['method']:<12} {r['images_per_s']:>10.1f} {1e3 * r['median_s']:>10.2f} {1e3 * r['p90_s']:>9.2f} "
             f"{1e3 * r['max_s']:>9.2f} {ls[0]:>10.3f} -> {ls[-1]:.3f}")
     ours = records[0]
     for key, label in (("ratio_vs_torch_fp32", "PyTorch fp32"), ("ratio_vs_torch_bf16", "PyTorch bf16 autocast")):
