@@ -29,8 +29,9 @@ def run_layer(make, x, device, on_bits=True, seed=0):
     return to_host(out.data), {name: to_host(g) for name, g in grads.items()}
 
 
-def assert_layers_agree(a, b, rtol, atol, exact_out=True, what=""):
-    """Outputs equal (``exact_out``) or close, every gradient within rtol / atol; same dtypes."""
+def assert_layers_agree(a, b, rtol, atol, exact_out=True, what="", exact_grads=False):
+    """Outputs equal (``exact_out``) or close, every gradient equal (``exact_grads``) or within rtol / atol;
+    same dtypes."""
     (ya, ga), (yb, gb) = a, b
     assert ya.dtype == yb.dtype, (what, ya.dtype, yb.dtype)
     if exact_out:
@@ -40,4 +41,7 @@ def assert_layers_agree(a, b, rtol, atol, exact_out=True, what=""):
     assert ga.keys() == gb.keys()
     for name in ga:
         assert ga[name].dtype == gb[name].dtype, (what, name)
+        if exact_grads:
+            np.testing.assert_array_equal(ga[name], gb[name], err_msg=f"{what}: gradient of {name}")
+            continue
         np.testing.assert_allclose(ga[name], gb[name], rtol=rtol, atol=atol, err_msg=f"{what}: gradient of {name}")
