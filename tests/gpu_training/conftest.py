@@ -1,8 +1,10 @@
 """The GPU-engine tests run "cuda" on the NumPy emulation (``bitnet.gpu.arrays.emulate``) by default.
 With ``BITNET_TEST_CUDA=gpu`` in the environment (a machine with an NVIDIA GPU and CuPy, DEVELOPERS.md)
 ``emulate()`` is replaced, before the test modules import it, by a block that changes nothing, so the
-same tests run on CuPy arrays on the GPU. Checks that name the emulation's array type, and equalities
-that hold only because the emulation computes with NumPy, are marked in their tests."""
+same tests run on CuPy arrays on the GPU. Not yet run there (no GPU was at hand when they were
+written): the tests of the emulation itself (test_device_arrays.py) are skipped on the GPU, and the exact
+(``exact=True``) comparisons of float math (exp, tanh, reductions) rely on the emulation computing
+with NumPy: on CuPy they may differ by a few ulps and need the tolerances of their float error."""
 from __future__ import annotations
 
 import contextlib
@@ -18,3 +20,13 @@ if ON_GPU:
         yield arrays.cupy_module()
 
     arrays.emulate = _real_gpu
+
+
+def pytest_collection_modifyitems(config, items):
+    if not ON_GPU:
+        return
+    import pytest
+    skip = pytest.mark.skip(reason="checks the NumPy emulation of the GPU arrays, not the GPU")
+    for item in items:
+        if item.fspath.basename == "test_device_arrays.py" and "emulat" in item.name:
+            item.add_marker(skip)

@@ -58,7 +58,8 @@ def test_a_binary_network_trains_on_cuda_and_its_checkpoint_loads_on_the_cpu(tmp
     assert loaded.device == "cpu"
     for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
         np.testing.assert_array_equal(b, a, err_msg=name)  # the file holds the GPU model's exact values
-    # the binary layers run on bits on both devices: the same integer dots, the same float epilogue
+    # the binary layers' dots are exact integers on both paths (bits on the CPU; on the emulation
+    # without the simulator, the float path's exact sums of +-1 products), the float layers round alike
     loss, acc = evaluate(loaded, DataLoader((x, y), 32))
     assert acc == on_gpu[1]
     assert loss == pytest.approx(on_gpu[0], rel=1e-5)
