@@ -43,7 +43,7 @@ NETWORKS = ("resnet18-binary", "lenet-binary")
 BATCH = {"resnet18-binary": 256, "lenet-binary": 128}
 STEPS = 20
 WARMUP = 3
-EPOCH_STEPS_CAP = 60000  # at most one MNIST epoch of batches is copied to the GPU
+EPOCH_IMAGES = 60000  # at most one MNIST epoch of batches is copied to the GPU
 
 
 class Contender:
@@ -194,7 +194,7 @@ def bench_network(net, batch, rounds, steps, warmup, data_dir, use_torch, out) -
     from bitnet import models
     from bitnet.bench.timing import tail_stats
     from bitnet.bench.worker import SHAPES, load_batches
-    n_batches = min(warmup + rounds * steps, -(-EPOCH_STEPS_CAP // batch))
+    n_batches = min(warmup + rounds * steps, -(-EPOCH_IMAGES // batch))
     batches, source = load_batches(batch, n_batches, data_dir, SHAPES[net])
     model = models.get(net, seed=0)
     contenders = {}
