@@ -119,7 +119,8 @@ def summarize(model, input_shape, dtype=np.float32) -> Summary:
     model.eval()
     try:
         with no_grad():
-            model(Tensor(np.zeros((1,) + tuple(input_shape), dtype=dtype)))
+            device = getattr(model, "device", "cpu")  # a model on the GPU: the probe input there too
+            model(Tensor(np.zeros((1,) + tuple(input_shape), dtype=dtype), device=device))
     finally:
         for h in handles:
             h.remove()

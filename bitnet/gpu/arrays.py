@@ -117,7 +117,7 @@ def numba_view(a):
     No stream synchronization (``sync=False``): the kernels launch on the default stream, after the
     work CuPy queued there, so waiting for it on the host would only cost time."""
     if isinstance(a, emulated.EmulatedArray):
-        host = a.view(np.ndarray)
+        host = emulated.host_view(a)
         if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
             from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
             return FakeCUDAArray(host)
@@ -137,7 +137,7 @@ def scatter_add(target, index, values) -> None:
     """``target[index] += values`` with repeated indices adding up (``np.add.at``), on a device array:
     ``cupyx.scatter_add`` on CuPy, ``np.add.at`` on the emulation."""
     if isinstance(target, emulated.EmulatedArray):
-        np.add.at(target.view(np.ndarray), emulated._unwrap(index), emulated._unwrap(values))
+        np.add.at(emulated.host_view(target), emulated._unwrap(index), emulated._unwrap(values))
         return
     import cupyx
     cupyx.scatter_add(target, index, values)

@@ -1,28 +1,52 @@
 """A NumPy stand-in for CuPy: device arrays that live in host memory but behave like GPU arrays.
 
-The GPU training engine runs on CuPy arrays (docs/gpu.md, "Training on the GPU"). CuPy needs a GPU
-to create one, so CI, which has none, runs the same engine code on this module instead: the
-namespace ``xp`` answers the subset of CuPy's API the engine uses (the NumPy API, ``asnumpy``,
-``ndarray``), and its arrays are an ``ndarray`` subclass, ``EmulatedArray``, with CuPy's rule that a
-device array never meets a host array in one operation: ``xp.add(device, host)`` raises
-``TypeError`` as CuPy does, so an op that forgets to move an operand fails here as it would on a GPU.
+The GPU training engine runs on CuPy arrays (docs/gpu-training.md). CuPy needs a GPU to create one,
+so CI, which has none, runs the same engine code on this module instead: the namespace ``xp``
+answers the subset of CuPy's API the engine uses (the NumPy API, ``asnumpy``, ``ndarray``), and its
+arrays, ``EmulatedArray``, keep CuPy's rules about the host:
 
-Every result is an ``EmulatedArray``, also a reduction to one element (CuPy returns 0-d arrays, not
-scalars). The numbers are NumPy's: the emulation checks where arrays live and the math of the GPU
-implementations, not CuPy's kernels.
+- a device array never meets a host (NumPy) array in one operation: ``device + host``,
+  ``xp.add(device, host)``, ``device[...] = host`` raise as CuPy does (TypeError / ValueError);
+- a device array is never turned into a host array implicitly: ``np.asarray(device)`` raises
+  ``TypeError`` (CuPy: "Implicit conversion to a NumPy array is not allowed"), so code that writes a
+  GPU model's weights to a file or packs them must copy them to the host first (``.get()``,
+  ``bitnet.gpu.arrays.to_host``);
+- every result is a device array, also a reduction to one element (CuPy returns 0-d arrays, not
+  scalars); ``float()``, ``int()``, ``bool()``, ``.item()`` read one value back, as on CuPy.
+
+An ``EmulatedArray`` wraps a NumPy array (``host_view``); its numbers are NumPy's. The emulation
+checks where arrays live and the math of the GPU implementations, not CuPy's kernels.
 """
 from __future__ import annotations
 
 import types
 
 import numpy as np
+from numpy.lib.mixins import NDArrayOperatorsMixin
+
+_HOST_REFUSED = ("a host (NumPy) array of shape {shape} met a device array in {what}; move it first "
+                 "(xp.asarray(host) / bitnet.gpu.arrays.to_device)")
 
 
-class EmulatedArray(np.ndarray):
-    """An array "on the emulated GPU": NumPy storage, CuPy's refusal to mix with host arrays."""
+class EmulatedArray(NDArrayOperatorsMixin):
+    """An array "on the emulated GPU": NumPy storage behind CuPy's rules (module docstring)."""
+
+    __slots__ = ("_host",)
+    __hash__ = None
+
+    def __init__(self, host: np.ndarray):
+        self._host = host
+
+    # -- NumPy protocols ------------------------------------------------------------------------------
+    def __array__(self, dtype=None, copy=None):
+        raise TypeError(f"implicit conversion of a device array (shape {self.shape}) to a NumPy array is not "
+                        "allowed (CuPy refuses it too); copy it to the host with .get() or "
+                        "bitnet.gpu.arrays.to_host")
 
     def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
-        _refuse_host(ufunc.__name__, inputs + (out or ()))
+        if any(not _operand(i) for i in inputs):
+            return NotImplemented  # e.g. a Tensor: its reflected operator takes over
+        _refuse_host(f"{ufunc.__name__}", inputs + (out or ()))
         if out is not None:
             kwargs["out"] = tuple(_unwrap(o) for o in out)
         result = getattr(ufunc, method)(*(_unwrap(i) for i in inputs), **kwargs)
@@ -34,9 +58,82 @@ class EmulatedArray(np.ndarray):
         _refuse_host(func.__name__, _leaves(args) + _leaves(tuple(kwargs.values())))
         return wrap(func(*_unwrap(args), **_unwrap(kwargs)))
 
+    # -- the ndarray surface ---------------------------------------------------------------------------
+    shape = property(lambda self: self._host.shape)
+    dtype = property(lambda self: self._host.dtype)
+    ndim = property(lambda self: self._host.ndim)
+    size = property(lambda self: self._host.size)
+    nbytes = property(lambda self: self._host.nbytes)
+    itemsize = property(lambda self: self._host.itemsize)
+    strides = property(lambda self: self._host.strides)
+    flags = property(lambda self: self._host.flags)
+    T = property(lambda self: wrap(self._host.T))
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        value = getattr(self._host, name)
+        if not callable(value):
+            return wrap(value)
+
+        def method(*args, **kwargs):
+            _refuse_host(f"ndarray.{name}", _leaves(args) + _leaves(tuple(kwargs.values())))
+            return wrap(value(*_unwrap(args), **_unwrap(kwargs)))
+        method.__name__ = name
+        return method
+
+    def __getitem__(self, index):
+        return wrap(self._host[_unwrap(index)])
+
+    def __setitem__(self, index, value):
+        if isinstance(value, np.ndarray) and value.ndim > 0:
+            raise ValueError(f"non-scalar numpy.ndarray (shape {value.shape}) cannot be assigned into a device "
+                             "array (CuPy refuses it too); move it first (xp.asarray(host))")
+        self._host[_unwrap(index)] = _unwrap(value)
+
+    def __len__(self):
+        return len(self._host)
+
+    def __iter__(self):
+        return (wrap(row) for row in self._host)
+
+    def __bool__(self):
+        return bool(self._host)
+
+    def __float__(self):
+        return float(self._host)
+
+    def __int__(self):
+        return int(self._host)
+
+    def __index__(self):
+        return self._host.__index__()
+
+    def __format__(self, spec):
+        return format(self._host, spec) if self.ndim else format(self._host[()], spec)
+
+    def __repr__(self):
+        return "emulated_device_" + repr(self._host)
+
+    def __copy__(self):
+        return EmulatedArray(self._host.copy())
+
+    def __deepcopy__(self, memo):
+        return EmulatedArray(self._host.copy())
+
     def get(self) -> np.ndarray:
         """A host copy (``cupy.ndarray.get``)."""
-        return np.array(self.view(np.ndarray))
+        return np.array(self._host)
+
+
+def host_view(a: EmulatedArray) -> np.ndarray:
+    """The NumPy array an ``EmulatedArray`` wraps (no copy): what numba.cuda's simulator kernels take."""
+    return a._host
+
+
+def _operand(x) -> bool:
+    """Whether a ufunc operand is something this emulation handles (else the other operand's type may)."""
+    return isinstance(x, (EmulatedArray, np.ndarray, np.generic, int, float, complex, bool)) or x is None
 
 
 def _leaves(items):
@@ -51,14 +148,13 @@ def _leaves(items):
 
 def _refuse_host(what, operands):
     for op in operands:
-        if isinstance(op, np.ndarray) and not isinstance(op, EmulatedArray):
-            raise TypeError(f"{what}: a host (NumPy) array of shape {op.shape} met a device array; "
-                            "move it first (xp.asarray(host) / bitnet.gpu.arrays.to_device)")
+        if isinstance(op, np.ndarray):
+            raise TypeError(_HOST_REFUSED.format(shape=op.shape, what=what))
 
 
 def _unwrap(x):
     if isinstance(x, EmulatedArray):
-        return x.view(np.ndarray)
+        return x._host
     if isinstance(x, (list, tuple)):
         return type(x)(_unwrap(i) for i in x)
     if isinstance(x, dict):
@@ -68,12 +164,13 @@ def _unwrap(x):
 
 def wrap(x):
     """NumPy results as device arrays: arrays and NumPy scalars become ``EmulatedArray`` (0-d for
-    scalars, as CuPy returns), tuples and lists are wrapped item by item, anything else is returned as is."""
+    scalars, as CuPy returns), tuples and lists are wrapped item by item, anything else is returned
+    as is."""
     if isinstance(x, np.ndarray):
-        return x if isinstance(x, EmulatedArray) else x.view(EmulatedArray)
+        return EmulatedArray(x)
     if isinstance(x, np.generic):
-        return np.asarray(x).view(EmulatedArray)
-    if isinstance(x, (tuple, list)):  # (lists: np.split and the like; CuPy's give lists of device arrays)
+        return EmulatedArray(np.asarray(x))
+    if isinstance(x, (tuple, list)):
         return type(x)(wrap(i) for i in x)
     return x
 
@@ -82,14 +179,20 @@ def asarray(a, dtype=None, order=None):
     """A device array from ``a``: a host array is copied (as CuPy copies it to the GPU)."""
     if isinstance(a, EmulatedArray):
         return a if dtype is None or a.dtype == dtype else a.astype(dtype)
-    return np.array(a, dtype=dtype, order=order or "K", copy=True).view(EmulatedArray)
+    return EmulatedArray(np.array(a, dtype=dtype, order=order or "K", copy=True))
 
 
 def array(a, dtype=None, copy=True, order="K"):
     """A device array from ``a``, always a copy unless ``copy=False`` and nothing changes (``cupy.array``)."""
     if isinstance(a, EmulatedArray) and not copy and (dtype is None or a.dtype == dtype):
         return a
-    return np.array(_unwrap(a), dtype=dtype, order=order, copy=True).view(EmulatedArray)
+    return EmulatedArray(np.array(_unwrap(a), dtype=dtype, order=order, copy=True))
+
+
+def ascontiguousarray(a, dtype=None):
+    """``a`` C-contiguous (a copy only where needed), on the device."""
+    _refuse_host("ascontiguousarray", (a,))
+    return wrap(np.ascontiguousarray(_unwrap(a), dtype=dtype))
 
 
 def asnumpy(a) -> np.ndarray:
@@ -98,7 +201,8 @@ def asnumpy(a) -> np.ndarray:
 
 
 class _Namespace(types.SimpleNamespace):
-    """``numpy`` (or one of its submodules) with every function's result wrapped by ``wrap``."""
+    """``numpy`` (or one of its submodules) with every function's result wrapped by ``wrap``, and
+    host arrays refused as arguments (CuPy's functions take device arrays only)."""
 
     def __init__(self, module, **overrides):
         super().__init__(**overrides)
@@ -106,17 +210,17 @@ class _Namespace(types.SimpleNamespace):
 
     def __getattr__(self, name):
         value = getattr(self._module, name)
+        if isinstance(value, types.ModuleType):
+            return _Namespace(value)
         if isinstance(value, (np.ufunc, type)) or not callable(value):
-            if isinstance(value, types.ModuleType):
-                return _Namespace(value)
             return value
 
         def call(*args, **kwargs):
-            _refuse_host(name, _leaves(args) + _leaves(tuple(kwargs.values())))  # CuPy takes no host arrays
+            _refuse_host(name, _leaves(args) + _leaves(tuple(kwargs.values())))
             return wrap(value(*_unwrap(args), **_unwrap(kwargs)))
         call.__name__ = name
         return call
 
 
-xp = _Namespace(np, asarray=asarray, array=array, asnumpy=asnumpy, ndarray=EmulatedArray,
-                __name__="bitnet.gpu.emulated.xp")
+xp = _Namespace(np, asarray=asarray, array=array, ascontiguousarray=ascontiguousarray, asnumpy=asnumpy,
+                ndarray=EmulatedArray, __name__="bitnet.gpu.emulated.xp")

@@ -15,6 +15,7 @@ both.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 from collections import OrderedDict
@@ -446,3 +447,19 @@ def _buffer(value):
     if value is None or is_device_array(value):
         return value
     return np.asarray(value)
+
+
+def host_copy(module):
+    """A deep copy of ``module`` on the CPU, ``module`` untouched: each of its parameters, gradients and
+    buffers on the GPU is copied to the host once, straight into the copy (no second copy on the GPU);
+    a module on the CPU is simply deep-copied. What ``bitnet.pack`` / ``convert`` start from."""
+    memo = {}
+    for mod in module.modules():
+        arrays = [b for b in mod._buffers.values()]
+        for p in mod._parameters.values():
+            if p is not None:
+                arrays += [p.data, p.grad]
+        for a in arrays:
+            if a is not None and is_device_array(a):
+                memo[id(a)] = to_host(a)
+    return copy.deepcopy(module, memo)

@@ -31,8 +31,6 @@ rounding of 0 can take the other sign in the next binary layer; the tests count 
 """
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 
 from bitnet.kernels.threads import num_threads, run_parallel
@@ -74,7 +72,8 @@ def pack(model, micro_batch: int | None = 32, device: str | None = None, binary_
     if micro_batch is not None and (not isinstance(micro_batch, int) or micro_batch < 1):
         raise ValueError(f"pack: micro_batch must be a positive int or None, got {micro_batch!r}")
     device = resolve_device(device)
-    return on_device(_finish(_pack(copy.deepcopy(model), pack_layer), micro_batch), device, binary_kernels)
+    from bitnet.nn.module import host_copy  # (a model trained on the GPU is packed from host copies)
+    return on_device(_finish(_pack(host_copy(model), pack_layer), micro_batch), device, binary_kernels)
 
 
 def pack_structure(model, micro_batch: int | None = 32):

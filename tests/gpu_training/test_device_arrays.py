@@ -148,3 +148,44 @@ def test_factories_and_bitnet_tensor_follow_the_device_block():
     # the same seed, the same numbers on both devices (drawn on the host, then copied)
     np.testing.assert_array_equal(to_host(made[3].data), bitnet.randn(3, rng=1).data)
     np.testing.assert_array_equal(to_host(made[4].data), np.arange(4))
+
+
+def test_emulated_arrays_are_never_host_arrays_implicitly():
+    e = emulated.xp
+    a = e.asarray(np.arange(6.0).reshape(2, 3))
+    assert not isinstance(a, np.ndarray)  # as a CuPy array is not
+    with pytest.raises(TypeError, match="implicit conversion of a device array .shape \\(2, 3\\).*\\.get\\(\\)"):
+        np.asarray(a)
+    with pytest.raises(ValueError, match="non-scalar numpy.ndarray .shape \\(3,\\). cannot be assigned"):
+        a[0] = np.ones(3)
+    a[0] = 7.0  # scalars and device arrays are fine
+    a[1] = e.asarray(np.full(3, 2.0))
+    assert a.get().tolist() == [[7.0, 7.0, 7.0], [2.0, 2.0, 2.0]]
+    assert float(a.sum()) == 27.0 and int(a[0, 0]) == 7 and bool(a[1, 1] == 2.0)
+    assert f"{a.sum():.1f}" == "27.0" and len(a) == 2 and [r.shape for r in a] == [(3,), (3,)]
+    b = a.reshape(-1)  # views share memory
+    b += 1.0
+    assert a.get()[0, 0] == 8.0
+
+
+def test_a_model_trained_on_cuda_packs_and_converts_from_host_copies(tmp_path):
+    from bitnet import models
+    x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    with emulate():
+        model = models.get("lenet-binary", seed=0).to("cuda")
+        packed = bitnet.pack(model)
+        assert model.device == "cuda" and all(is_device_array(p.data) for p in model.parameters())  # untouched
+        bitnet.convert(model, tmp_path / "m.packed.h5", input_shape=(1, 28, 28))
+    reference = bitnet.pack(model.cpu())
+    with bitnet.no_grad():
+        np.testing.assert_array_equal(packed(bitnet.Tensor(x)).data, reference(bitnet.Tensor(x)).data)
+        loaded = bitnet.load_packed(tmp_path / "m.packed.h5")
+        np.testing.assert_array_equal(loaded(bitnet.Tensor(x)).data, reference(bitnet.Tensor(x)).data)
+
+
+def test_summary_of_a_model_on_cuda():
+    from bitnet import models
+    model = models.get("lenet-binary", seed=0)
+    want = str(bitnet.summary(model, (1, 28, 28), file=None))
+    with emulate():
+        assert str(bitnet.summary(model.to("cuda"), (1, 28, 28), file=None)) == want
