@@ -3,10 +3,11 @@
 ``Function.apply`` (bitnet/tensor.py) finds the device of its inputs. On the CPU it runs the
 ``Function`` class itself (the Numba kernels). On "cuda" it runs ``implementation(cls)``:
 
-- ``cls`` itself when it declares ``devices = ("cpu", "cuda")``: its forward and backward use only
-  array methods and operators, which CuPy arrays have too, so the math is written once;
-- else the class registered for it with ``@implements(cls)`` in a module of ``bitnet.gpu.ops``
-  (usually a subclass that replaces ``forward`` and keeps the CPU ``backward``, or the reverse).
+- the class registered for it with ``@implements(cls)`` in a module of ``bitnet.gpu.ops`` (usually
+  a subclass that replaces ``forward`` and keeps the CPU ``backward``, or the reverse);
+- else ``cls`` itself when it declares ``devices = ("cpu", "cuda")`` in its own body (not inherited:
+  a subclass that changes the math must say so again): its forward and backward use only array
+  methods and operators, which CuPy arrays have too, so the math is written once.
 
 A primitive with neither raises ``NotImplementedError`` naming it and the way out (the CPU).
 """
@@ -42,15 +43,15 @@ def _load_all() -> None:
 
 def implementation(cls):
     """The ``Function`` class that computes ``cls`` on "cuda" inputs (module docstring)."""
-    if "cuda" in getattr(cls, "devices", ()):
-        return cls
     _load_all()
-    try:
-        return _GPU[cls]
-    except KeyError:
-        raise NotImplementedError(
-            f"{cls.__name__} has no GPU implementation yet; run this part on the CPU (tensor.to('cpu'), "
-            "model.to('cpu'))") from None
+    gpu = _GPU.get(cls)
+    if gpu is not None:
+        return gpu
+    if "cuda" in cls.__dict__.get("devices", ()):
+        return cls
+    raise NotImplementedError(
+        f"{cls.__name__} has no GPU implementation yet; run this part on the CPU (tensor.to('cpu'), "
+        "model.to('cpu'))")
 
 
 def registered() -> dict:

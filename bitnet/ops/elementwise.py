@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bitnet.gpu.arrays import is_device_array
+from bitnet.gpu.arrays import array_module, is_device_array
 from bitnet.kernels import activations as K
 from bitnet.kernels.gemm import matmul as gemm
 from bitnet.kernels.threads import parallel_ufunc
@@ -218,7 +218,7 @@ def _matmul(a, b):
     """2-D float products go through the threaded GEMM; everything else through np.matmul (device
     arrays: their module's matmul, cuBLAS on CuPy)."""
     if is_device_array(a):
-        return a @ b
+        return array_module(a).matmul(a, b)
     if a.ndim == 2 and b.ndim == 2 and a.dtype == b.dtype and a.dtype.kind == "f":
         return gemm(a, b)
     return a @ b
@@ -228,7 +228,9 @@ class MatMul(Function):
     """a @ b with NumPy's rules (1-D operands, batched stacks with broadcasting).
 
     d/da = g @ b^T, d/db = a^T @ g, with 1-D operands treated as a row / column and the batch
-    axes summed back to each operand's shape."""
+    axes summed back to each operand's shape. The same code on the GPU (``_matmul``: cuBLAS there)."""
+
+    devices = ("cpu", "cuda")
 
     def forward(self, a, b):
         self.a, self.b = a, b
@@ -240,15 +242,15 @@ class MatMul(Function):
         b2 = b[:, None] if b.ndim == 1 else b
         g2 = g
         if b.ndim == 1:
-            g2 = np.expand_dims(g2, -1)
+            g2 = g2[..., None]
         if a.ndim == 1:
-            g2 = np.expand_dims(g2, -2)
+            g2 = g2[..., None, :]
         ga = gb = None
         if self.needs_grad[0]:
-            ga = _matmul(g2, np.swapaxes(b2, -1, -2))
+            ga = _matmul(g2, b2.swapaxes(-1, -2))
             ga = unbroadcast(ga, a2.shape).reshape(a.shape)
         if self.needs_grad[1]:
-            gb = _matmul(np.swapaxes(a2, -1, -2), g2)
+            gb = _matmul(a2.swapaxes(-1, -2), g2)
             gb = unbroadcast(gb, b2.shape).reshape(b.shape)
         return ga, gb
 

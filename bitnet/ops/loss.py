@@ -73,7 +73,8 @@ class WeightedCrossEntropy(Function):
         safe = np.where(keep, targets, 0)
         w = np.ones(k, dt) if weight is None else weight.astype(dt, copy=False)
         wt = np.where(keep, w[safe], np.zeros((), dt))
-        loss = -logp[np.arange(n), safe] * wt
+        self.rows = np.arange(n)  # (the GPU class sets its own, on the device, and shares the backward)
+        loss = -logp[self.rows, safe] * wt
         if label_smoothing:
             smooth = -(logp * w).sum(axis=1) * keep
             loss = (1 - label_smoothing) * loss + (label_smoothing / k) * smooth
@@ -93,7 +94,7 @@ class WeightedCrossEntropy(Function):
         e, keep, wt = self.ls, self.keep, self.wt
         coef = (1 - e) * wt + (e / k) * self.w.sum() * keep
         grad = self.probs * coef[:, None]
-        grad[np.arange(n), self.safe] -= (1 - e) * wt
+        grad[self.rows, self.safe] -= (1 - e) * wt
         if e:
             grad -= (e / k) * self.w[None, :] * keep[:, None]
         if self.reduction == "none":

@@ -33,10 +33,12 @@ def test_binary_layers_on_bits_on_cuda_match_the_cpu_and_the_float_path(check):
 
 def test_binary_ops_have_gpu_implementations():
     from bitnet.gpu.ops import binary as GB
-    from bitnet.gpu.ops import elementwise as GE
+    from bitnet.ops import elementwise as E
     gpu = dispatch.registered()
     assert gpu[B.BinaryConv2d] is GB.BinaryConv2dGPU and issubclass(GB.BinaryConv2dGPU, B.BinaryConv2d)
-    assert gpu[B.BinaryMatMul] is GB.BinaryMatMulGPU and issubclass(GB.BinaryMatMulGPU, GE.MatMul)
+    assert gpu[B.BinaryMatMul] is GB.BinaryMatMulGPU and issubclass(GB.BinaryMatMulGPU, E.MatMul)
+    assert dispatch.implementation(E.MatMul) is E.MatMul  # written for both devices
+    assert E.MatMul not in gpu and "cuda" not in B.BinaryMatMul.__dict__.get("devices", ())
 
 
 def test_the_emulation_without_the_simulator_computes_the_forward_with_floats(monkeypatch):

@@ -19,7 +19,8 @@ the padding (built on the device from w's per-tap sums). The dots become the out
 float convolution's (whose sums of +-1 products are exact too) bit for bit.
 
 Backward: the GPU float path's (``bitnet.gpu.ops.conv_pool.conv2d_backward`` with the border read
-as ``pad_value``; the GPU ``MatMul`` backward), so the gradients are the float path's.
+as ``pad_value``; ``MatMul``'s backward, the same code on both devices), so the gradients are the
+float path's.
 
 Kernels: ``binary_kernels`` below, None = by the GPU (the tensor-core MMA from compute capability
 8.0, else popcount; popcount in Numba's simulator, where "mma" runs the MMA's emulation). Where no
@@ -37,8 +38,8 @@ from bitnet.gpu import emulated
 from bitnet.gpu.arrays import array_module, numba_view
 from bitnet.gpu.dispatch import implements
 from bitnet.gpu.ops.conv_pool import conv2d_backward, conv2d_forward, output_size
-from bitnet.gpu.ops.elementwise import MatMul as FloatMatMul
 from bitnet.ops import binary as B
+from bitnet.ops.elementwise import MatMul as FloatMatMul
 
 binary_kernels = None   # "mma", "popcount" or None (choose by the GPU); see the module docstring
 MAX_ROWS = 65535 * 64   # GEMM rows per launch (both kernels' grid y limit with 64-row blocks)
@@ -215,7 +216,7 @@ class BinaryConv2dGPU(B.BinaryConv2d):
 @implements(B.BinaryMatMul)
 class BinaryMatMulGPU(FloatMatMul):
     """``bitnet.ops.binary.BinaryMatMul`` (x @ w^T of +-1 matrices) on "cuda": forward on bits, backward
-    the GPU ``MatMul``'s."""
+    ``MatMul``'s."""
 
     def forward(self, a, b):
         if not on_bits(a):

@@ -14,7 +14,8 @@ they are marked ``devices = ("cpu", "cuda")``.
   (g cast to y's dtype; Numba's float64 steps in float64).
 - Clamp: min(max(x, lo), hi), gradient passed where lo <= x <= hi (inclusive) or lo < x < hi.
 - Where: where(cond, a, b) for a constant mask (a host mask is copied to the device).
-- MatMul: ``xp.matmul`` (cuBLAS on CuPy), NumPy's 1-D and batch rules; d/da = g b^T, d/db = a^T g.
+MatMul needs no class here either: ``bitnet.ops.elementwise.MatMul`` is written for both devices (its
+``_matmul`` sends device arrays to their module's matmul, cuBLAS on CuPy).
 """
 from __future__ import annotations
 
@@ -202,30 +203,3 @@ class Where(E.Where):
         zero = m.zeros((), g.dtype)
         return (E.unbroadcast(m.where(self.cond, g, zero), self.shapes[0]),
                 E.unbroadcast(m.where(self.cond, zero, g), self.shapes[1]))
-
-
-@implements(E.MatMul)
-class MatMul(E.MatMul):
-    """a @ b by ``xp.matmul`` (cuBLAS GEMMs on CuPy). d/da = g @ b^T, d/db = a^T @ g, 1-D operands as a
-    row / column, batch axes summed back to each operand's shape."""
-
-    def forward(self, a, b):
-        self.a, self.b = a, b
-        return array_module(a).matmul(a, b)
-
-    def backward(self, g):
-        m = array_module(g)
-        a, b = self.a, self.b
-        a2 = a[None, :] if a.ndim == 1 else a
-        b2 = b[:, None] if b.ndim == 1 else b
-        g2 = g
-        if b.ndim == 1:
-            g2 = m.expand_dims(g2, -1)
-        if a.ndim == 1:
-            g2 = m.expand_dims(g2, -2)
-        ga = gb = None
-        if self.needs_grad[0]:
-            ga = E.unbroadcast(m.matmul(g2, m.swapaxes(b2, -1, -2)), a2.shape).reshape(a.shape)
-        if self.needs_grad[1]:
-            gb = E.unbroadcast(m.matmul(m.swapaxes(a2, -1, -2), g2), b2.shape).reshape(b.shape)
-        return ga, gb

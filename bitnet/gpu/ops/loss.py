@@ -76,7 +76,8 @@ class CrossEntropyGPU(CrossEntropy):
 
 @implements(WeightedCrossEntropy)
 class WeightedCrossEntropyGPU(WeightedCrossEntropy):
-    """Cross-entropy with class weights and/or ignored targets on device arrays."""
+    """Cross-entropy with class weights and/or ignored targets on device arrays (the CPU class's
+    backward)."""
 
     def forward(self, logits, targets=None, reduction="mean", label_smoothing=0.0, weight=None,
                 ignore_index=-100):
@@ -105,19 +106,7 @@ class WeightedCrossEntropyGPU(WeightedCrossEntropy):
         with np.errstate(invalid="ignore", divide="ignore"):  # NaN when every target is ignored (emulation: no warning)
             return (total / self.denom).astype(dt)
 
-    def backward(self, g):
-        n, k = self.probs.shape
-        e, keep, wt = self.ls, self.keep, self.wt
-        coef = (1 - e) * wt + (e / k) * self.w.sum() * keep
-        grad = self.probs * coef[:, None]
-        grad[self.rows, self.safe] -= (1 - e) * wt
-        if e:
-            grad -= (e / k) * self.w[None, :] * keep[:, None]
-        if self.reduction == "none":
-            return (grad * g[:, None]).astype(self.probs.dtype, copy=False)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            scale = g / self.denom if self.reduction == "mean" else g
-            return (grad * scale).astype(self.probs.dtype, copy=False)
+    # backward: the CPU class's (array math on self.rows, self.safe ... which are device arrays here)
 
 
 @implements(Dropout)
