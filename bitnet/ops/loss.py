@@ -11,48 +11,63 @@ l_nk = -log_softmax(x_n)_k, keep_n = [t_n != ignore_index] and wt_n = keep_n w_{
     d loss_n / d x_ni = p_ni ((1 - e) wt_n + (e / K) keep_n W) - (1 - e) wt_n [i = t_n] - (e / K) keep_n w_i
 
 with p = softmax(x) and W = sum_k w_k. Without weights w = 1 (W = K).
+
+Every op here is written once for both devices (``devices = ("cpu", "cuda")``): it computes with the
+array module of its input (NumPy, or CuPy on the GPU, ``bitnet.gpu.arrays``). Targets and class
+weights are validated on the host by ``cross_entropy`` (the range check needs their values; labels on
+the GPU cost one small copy back) and moved to the logits' device by the ops. The loss stays where
+the logits are. Dropout draws its mask on the host from the given Generator, as on the CPU, and moves
+it to the device: the same seed drops the same elements on both devices.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from bitnet.gpu.arrays import to_host
+from bitnet.gpu.arrays import array_module, device_of, to_device, to_host
 from bitnet.ops.dims import resolve
 from bitnet.tensor import Function, Tensor
 
 
 def _log_softmax(x, axis):
+    xp = array_module(x)
     shifted = x - x.max(axis=axis, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+    return shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
 
 
 class LogSoftmax(Function):
+    devices = ("cpu", "cuda")
+
     def forward(self, x, axis=-1):
         self.axis = axis
         self.out = _log_softmax(x, axis)
         return self.out
 
     def backward(self, g):
-        return g - np.exp(self.out) * g.sum(axis=self.axis, keepdims=True)
+        return g - array_module(g).exp(self.out) * g.sum(axis=self.axis, keepdims=True)
 
 
 class CrossEntropy(Function):
+    devices = ("cpu", "cuda")
+
     def forward(self, logits, targets=None, reduction="mean", label_smoothing=0.0):
+        xp = array_module(logits)
         n, k = logits.shape
         logp = _log_softmax(logits, 1)
-        self.probs, self.targets, self.reduction, self.ls = np.exp(logp), targets, reduction, label_smoothing
-        nll = -logp[np.arange(n), targets]
+        targets = to_device(targets, device_of(logits))
+        self.probs, self.targets, self.reduction, self.ls = xp.exp(logp), targets, reduction, label_smoothing
+        self.rows = xp.arange(n)
+        nll = -logp[self.rows, targets]
         if label_smoothing:
             nll = (1 - label_smoothing) * nll - label_smoothing * logp.mean(axis=1)
         if reduction == "none":
             return nll
         total = nll.sum()
-        return np.asarray(total / n if reduction == "mean" else total, dtype=logits.dtype)
+        return xp.asarray(total / n if reduction == "mean" else total, dtype=logits.dtype)
 
     def backward(self, g):
         n, k = self.probs.shape
         grad = self.probs.copy()
-        grad[np.arange(n), self.targets] -= 1 - self.ls
+        grad[self.rows, self.targets] -= 1 - self.ls
         if self.ls:
             grad -= self.ls / k
         if self.reduction == "none":
@@ -64,30 +79,34 @@ class CrossEntropy(Function):
 class WeightedCrossEntropy(Function):
     """cross_entropy with class weights and/or ignored targets (module docstring)."""
 
+    devices = ("cpu", "cuda")
+
     def forward(self, logits, targets=None, reduction="mean", label_smoothing=0.0, weight=None,
                 ignore_index=-100):
+        xp, device = array_module(logits), device_of(logits)
         n, k = logits.shape
         dt = logits.dtype
         logp = _log_softmax(logits, 1)
+        targets = to_device(targets, device)
         keep = targets != ignore_index
-        safe = np.where(keep, targets, 0)
-        w = np.ones(k, dt) if weight is None else weight.astype(dt, copy=False)
-        wt = np.where(keep, w[safe], np.zeros((), dt))
-        self.rows = np.arange(n)  # (the GPU class sets its own, on the device, and shares the backward)
+        safe = xp.where(keep, targets, 0)
+        w = xp.ones(k, dt) if weight is None else to_device(weight, device).astype(dt, copy=False)
+        wt = xp.where(keep, w[safe], xp.zeros((), dt))
+        self.rows = xp.arange(n)
         loss = -logp[self.rows, safe] * wt
         if label_smoothing:
             smooth = -(logp * w).sum(axis=1) * keep
             loss = (1 - label_smoothing) * loss + (label_smoothing / k) * smooth
-        self.probs, self.safe, self.keep, self.w, self.wt = np.exp(logp), safe, keep, w, wt
+        self.probs, self.safe, self.keep, self.w, self.wt = xp.exp(logp), safe, keep, w, wt
         self.reduction, self.ls = reduction, label_smoothing
         if reduction == "none":
             return loss.astype(dt, copy=False)
         total = loss.sum()
         if reduction == "sum":
-            return np.asarray(total, dtype=dt)
+            return xp.asarray(total, dtype=dt)
         self.denom = wt.sum()
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.asarray(total / self.denom, dtype=dt)
+        with np.errstate(invalid="ignore", divide="ignore"):  # (NaN when every target is ignored)
+            return xp.asarray(total / self.denom, dtype=dt)
 
     def backward(self, g):
         n, k = self.probs.shape
@@ -123,8 +142,7 @@ def cross_entropy(logits, targets, reduction="mean", label_smoothing=0.0, weight
     """Softmax cross-entropy of logits (N, K) against integer class targets (N,), as PyTorch:
     ``weight`` (K,) rescales each class, targets equal to ``ignore_index`` contribute nothing, and
     the mean divides by the summed weights of the kept targets (module docstring). Targets and weight
-    may be host arrays or tensors on either device; they are checked on the host (logits on "cuda":
-    see ``bitnet.gpu.ops.loss``)."""
+    may be host arrays or tensors on either device; they are checked on the host (module docstring)."""
     t = np.asarray(to_host(targets.data if isinstance(targets, Tensor) else targets))  # device labels: a host copy
     if logits.ndim != 2:
         raise ValueError(f"cross_entropy expects logits of shape (N, classes), got {logits.shape}")
@@ -153,10 +171,15 @@ def cross_entropy(logits, targets, reduction="mean", label_smoothing=0.0, weight
 
 
 class Dropout(Function):
-    """y = x * mask / (1 - p) with mask ~ Bernoulli(1 - p); the gradient uses the same mask."""
+    """y = x * mask / (1 - p) with mask ~ Bernoulli(1 - p); the gradient uses the same mask (drawn on
+    the host by ``rng``, then moved to x's device: module docstring)."""
+
+    devices = ("cpu", "cuda")
 
     def forward(self, x, p=0.5, rng=None):
-        self.mask = (rng.random(x.shape) >= p).astype(x.dtype) / np.asarray(1 - p, dtype=x.dtype)
+        xp = array_module(x)
+        keep = to_device(rng.random(x.shape) >= p, device_of(x))
+        self.mask = keep.astype(x.dtype) / xp.asarray(1 - p, dtype=x.dtype)
         return x * self.mask
 
     def backward(self, g):

@@ -1,6 +1,7 @@
-"""Log-softmax, cross-entropy and dropout on "cuda" (bitnet/gpu/ops/loss.py) against the CPU.
+"""Log-softmax, cross-entropy and dropout on "cuda" (bitnet/ops/loss.py, one code for both devices)
+against the CPU.
 
-The GPU classes run the CPU's arithmetic with the device's array module; on the emulation the
+The ops compute with the device's array module; on the emulation the
 operations are NumPy's, in the same order, so the results are equal to the bit and the tests ask
 for exactly that where they can (``exact=True``). On a real GPU, CuPy's exp/log and reduction order
 differ by ulps; the float64 tolerances below (1e-12) are what such tests would need there.
@@ -133,9 +134,9 @@ def test_dropout_module_on_cuda_follows_the_cpu_generator_step_by_step():
         np.testing.assert_array_equal(to_host(gpu(bitnet.Tensor(x, device="cuda")).data), x)
 
 
-def test_cuda_inputs_dispatch_to_these_classes():
+def test_the_loss_ops_are_written_once_for_both_devices():
     from bitnet.gpu import dispatch
-    from bitnet.gpu.ops import loss as gpu
     from bitnet.ops import loss as cpu
     for name in ("LogSoftmax", "CrossEntropy", "WeightedCrossEntropy", "Dropout"):
-        assert dispatch.implementation(getattr(cpu, name)) is getattr(gpu, name + "GPU")
+        cls = getattr(cpu, name)
+        assert dispatch.implementation(cls) is cls and cls not in dispatch.registered()
