@@ -7,8 +7,11 @@
 # STEPS: a comma-separated subset of mma-checks, mma-tiles, bench-gemm, gpu-arrays, bench-model,
 # tests-gpu, each under its own time limit below (all six: at most 610 s). Where one call may run
 # 600 s at most, split them: "mma-checks,mma-tiles,bench-gemm,gpu-arrays" (330 s), then
-# "bench-model,tests-gpu" (280 s). Not in the default set, a step of its own (at most 300 s): bench-train
-# (bitnet bench train --device cuda: GPU training images per second vs PyTorch fp32 / bf16, issue 14).
+# "bench-model,tests-gpu" (280 s). Not in the default set (issue 14, GPU training; CuPy must be there):
+# bench-train (at most 300 s: bitnet bench train --device cuda, images per second vs PyTorch fp32 / bf16),
+# tests-gpu-training (at most 240 s: tests/gpu_training on CuPy instead of the emulation) and train-mnist
+# (at most 300 s: the README main job with --device cuda; MNIST from $BITNET_DATA, else .data/ in the
+# checkout, an ignored folder to carry: mkdir .data && cp -r ../shared/data/mnist .data/).
 # A NumPy wheel in .whl/ (numpy<2.5 for numba-cuda <= 0.30.4) is installed first where present.
 # Each step has its own time limit, so one that hangs does not take the others' time; each step's
 # output goes to RESULTS_DIR (and the benchmarks' JSON), and the exit status is that of the tests.
@@ -42,4 +45,7 @@ step bench-gemm 120 bitnet bench gemm --device cuda --json "$out/bench-gemm-cuda
 step gpu-arrays 50 python -m bitnet.bench.gpu_arrays --json "$out/gpu-arrays.json"
 step bench-model 120 bitnet bench model --device cuda --json "$out/bench-model-cuda.json"
 step bench-train 300 bitnet bench train --device cuda --rounds 3 --steps 10 --json "$out/bench-train-cuda.json"
+BITNET_TEST_CUDA=gpu step tests-gpu-training 240 python -m pytest -q tests/gpu_training
+step train-mnist 300 bitnet train --model lenet-binary --dataset mnist --epochs 6 --lr 2e-3 --device cuda \
+    --data-dir "${BITNET_DATA:-.data}" --no-download
 BITNET_TEST_CUDA=gpu step tests-gpu 160 python -m pytest -q -x tests/gpu
