@@ -99,3 +99,20 @@ def test_bitnet_train_device_cuda_without_a_gpu_is_a_clear_error(monkeypatch, ca
     assert rc == 2
     err = capsys.readouterr().err
     assert "needs CuPy" in err and "bitnet-bnn[cuda]" in err
+
+
+def test_bitnet_train_saves_on_cuda_and_resumes_on_the_cpu_and_back(data_dir, tmp_path, capsys):
+    ckpt = tmp_path / "run.h5"
+    args = ["train", "--model", "lenet-binary", "--dataset", "mnist", "--data-dir", str(data_dir), "--batch-size", "64",
+            "--limit-train", "320", "--seed", "5", "--quiet", "--save", str(ckpt)]
+    with emulate():
+        assert main(args + ["--epochs", "1", "--device", "cuda"]) == 0
+    first = bitnet.load_training_state(ckpt)
+    assert first.epoch == 1 and first.optimizer["state"]
+    assert main(args + ["--epochs", "2", "--resume", str(ckpt)]) == 0  # epoch 2 on the CPU
+    assert bitnet.load_training_state(ckpt).epoch == 2
+    with emulate():
+        assert main(args + ["--epochs", "3", "--resume", str(ckpt), "--device", "cuda"]) == 0  # epoch 3 on cuda
+    assert bitnet.load_training_state(ckpt).epoch == 3
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("test accuracy: ")]
+    assert len(lines) == 3 and all(float(line.split(":")[1]) > 0.3 for line in lines)
