@@ -23,5 +23,13 @@ def test_subpackages_resolve_from_the_repository_root():
 
 def test_import_is_lean_and_needs_no_gpu(tmp_path):
     out = _run("import sys, bitnet; print('numba.cuda' in sys.modules, 'torch' in sys.modules, "
-               "'h5py' in sys.modules)", tmp_path)
-    assert out == "False False False"
+               "'h5py' in sys.modules, 'cupy' in sys.modules)", tmp_path)
+    assert out == "False False False False"
+    # a whole CPU training step imports no GPU package either
+    out = _run("import sys, numpy as np, bitnet, bitnet.functional as F\n"
+               "m = bitnet.models.get('lenet-binary', seed=0)\n"
+               "x = bitnet.Tensor(np.zeros((2, 1, 28, 28), np.float32))\n"
+               "F.cross_entropy(m(x), np.array([1, 2])).backward()\n"
+               "bitnet.optim.Adam(m.parameters(), lr=1e-3).step()\n"
+               "print('numba.cuda' in sys.modules, 'cupy' in sys.modules)", tmp_path)
+    assert out == "False False"
