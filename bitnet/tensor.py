@@ -31,6 +31,7 @@ import threading
 import numpy as np
 
 from bitnet.gpu.arrays import array_module, device_of, is_device_array, to_device, to_host
+from bitnet.gpu.dispatch import place
 
 __all__ = ["Tensor", "Parameter", "Function", "no_grad", "enable_grad", "is_grad_enabled", "tensor", "queue_callback"]
 
@@ -126,7 +127,8 @@ class Tensor:
         device = _check_device(device)
         if device == self.device:
             return self
-        return _ToDevice.apply(self, device=device)
+        from bitnet.gpu.transfer import ToDevice
+        return ToDevice.apply(self, device=device)
 
     def cpu(self) -> "Tensor":
         """``self.to("cpu")``."""
@@ -386,9 +388,10 @@ class Function:
     ``self`` whatever ``backward`` needs. Non-tensor options are passed as keyword arguments.
 
     Devices: ``apply`` refuses inputs on two devices (a 0-d CPU tensor, a constant, goes with any
-    device, as a NumPy scalar) and runs inputs on "cuda" with ``bitnet.gpu.dispatch.implementation``:
-    the class itself where ``devices`` names "cuda", else its registered GPU implementation.
-    ``crosses_devices`` marks the one primitive that moves data between devices (``Tensor.to``).
+    device, as a NumPy scalar) and runs inputs on "cuda" with what ``bitnet.gpu.dispatch.place``
+    chooses: the registered GPU implementation, else the class itself where its own ``devices``
+    names "cuda". ``crosses_devices`` marks the one primitive that moves data between devices
+    (``Tensor.to``: ``bitnet.gpu.transfer.ToDevice``).
     """
 
     __slots__ = ("parents", "needs_grad", "__dict__")
@@ -401,7 +404,7 @@ class Function:
         arrays = tuple(t.data for t in tensors)
         impl = cls
         if not all(type(a) is np.ndarray for a in arrays) and not cls.crosses_devices:
-            impl, arrays = _on_device(cls, arrays)
+            impl, arrays = place(cls, arrays)
         ctx = impl()
         ctx.needs_grad = tuple(t.requires_grad for t in tensors)
         out = ctx.forward(*arrays, **options)
@@ -424,38 +427,6 @@ def _check_device(device) -> str:
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     return device
-
-
-def _on_device(cls, arrays):
-    """The implementation of ``cls`` for these inputs and the arrays to give it (``Function``): all on
-    one device, 0-d host arrays (constants) as NumPy scalars beside device arrays."""
-    devices = [device_of(a) for a in arrays]
-    if "cuda" not in devices:
-        return cls, arrays
-    host = [i for i, (a, d) in enumerate(zip(arrays, devices)) if d == "cpu" and np.ndim(a) > 0]
-    if host:
-        i, j = host[0], devices.index("cuda")
-        raise RuntimeError(
-            f"{cls.__name__}: its inputs are on different devices: input {j} (shape {arrays[j].shape}) is on cuda, "
-            f"input {i} (shape {np.shape(arrays[i])}) on cpu; move them to one device first, e.g. x.to('cuda') "
-            "or model.to('cuda')")
-    from bitnet.gpu.dispatch import implementation
-    arrays = tuple(a if d == "cuda" else np.asarray(a)[()] for a, d in zip(arrays, devices))
-    return implementation(cls), arrays
-
-
-class _ToDevice(Function):
-    """``Tensor.to``: the same values on another device; the gradient goes back to the source device."""
-
-    devices = ("cpu", "cuda")
-    crosses_devices = True
-
-    def forward(self, a, device):
-        self.source = device_of(a)
-        return to_device(a, device)
-
-    def backward(self, g):
-        return to_device(g, self.source)
 
 
 class _FreedGraph(Function):

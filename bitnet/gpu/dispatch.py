@@ -1,6 +1,6 @@
 """Which implementation of an autograd primitive runs for inputs on "cuda".
 
-``Function.apply`` (bitnet/tensor.py) finds the device of its inputs. On the CPU it runs the
+``Function.apply`` (bitnet/tensor.py) asks ``place`` where its inputs are. On the CPU it runs the
 ``Function`` class itself (the Numba kernels). On "cuda" it runs ``implementation(cls)``:
 
 - the class registered for it with ``@implements(cls)`` in a module of ``bitnet.gpu.ops`` (usually
@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+
+import numpy as np
+
+from bitnet.gpu.arrays import device_of
 
 _GPU: dict = {}
 _loaded = False
@@ -58,3 +62,22 @@ def registered() -> dict:
     """``{cpu class: GPU class}`` for every primitive with a GPU implementation of its own."""
     _load_all()
     return dict(_GPU)
+
+
+def place(cls, arrays):
+    """``(implementation, arrays)`` for a primitive's input arrays (``Function.apply``, when one of them
+    is not a NumPy array): ``cls`` and the arrays as they are when none is on the GPU; else
+    ``implementation(cls)`` and the arrays with 0-d host arrays (constants) as NumPy scalars. A host
+    array of one or more dimensions beside a device array is a ``RuntimeError`` naming both."""
+    devices = [device_of(a) for a in arrays]
+    if "cuda" not in devices:
+        return cls, arrays
+    host = [i for i, (a, d) in enumerate(zip(arrays, devices)) if d == "cpu" and np.ndim(a) > 0]
+    if host:
+        i, j = host[0], devices.index("cuda")
+        raise RuntimeError(
+            f"{cls.__name__}: its inputs are on different devices: input {j} (shape {arrays[j].shape}) is on cuda, "
+            f"input {i} (shape {np.shape(arrays[i])}) on cpu; move them to one device first, e.g. x.to('cuda') "
+            "or model.to('cuda')")
+    arrays = tuple(a if d == "cuda" else np.asarray(a)[()] for a, d in zip(arrays, devices))
+    return implementation(cls), arrays
