@@ -86,3 +86,23 @@ def test_cuda_batches_without_a_gpu_say_what_is_missing(monkeypatch):
     loader = DataLoader(_data(), batch_size=4, device="cuda")
     with pytest.raises(bitnet.CudaUnavailableError, match="needs CuPy"):
         next(iter(loader))
+
+
+def test_the_next_batch_is_prepared_while_the_loop_holds_the_current_one():
+    asked = [threading.Event() for _ in range(3)]
+
+    class Source:
+        def __len__(self):
+            return 3
+
+        def __iter__(self):
+            for i in range(3):
+                asked[i].set()  # the prefetcher asks for batch i
+                yield _data(2)
+
+    with emulate():
+        it = iter(DevicePrefetcher(Source(), "cuda", depth=1))
+        next(it)  # batch 0 in the loop's hands, its step not finished
+        # batch 1 is gathered and copied without waiting for the loop to ask for it
+        assert asked[1].wait(timeout=30), "the prefetcher did not start on batch 1 while batch 0 was in use"
+        assert len(list(it)) == 2
