@@ -43,6 +43,15 @@ def resolve_device(device: str | None) -> str:
     return device
 
 
+def check_device(device, what: str = "", none: bool = False):
+    """``device`` itself when it is "cpu" or "cuda" (or None, where ``none`` allows it), else a
+    ``ValueError`` saying, after ``what`` (the caller's name), what was received and what is allowed."""
+    if device in DEVICES or (none and device is None):
+        return device
+    allowed = ("None, " if none else "") + "'cpu' or 'cuda'"
+    raise ValueError(f"{what + ': ' if what else ''}device must be {allowed}, got {device!r}")
+
+
 @contextlib.contextmanager
 def device(name: str):
     """Within the block, packed models are built for ``name`` ("cpu" or "cuda") by default, and so

@@ -30,6 +30,7 @@ import threading
 
 import numpy as np
 
+from bitnet.backend import check_device
 from bitnet.gpu.arrays import array_module, device_of, is_device_array, to_device, to_host
 from bitnet.gpu.dispatch import place
 
@@ -93,7 +94,7 @@ class Tensor:
     def __init__(self, data, requires_grad: bool = False, dtype=None, device=None):
         self.data = _as_array(data, dtype)
         if device is not None:
-            self.data = to_device(self.data, _check_device(device))
+            self.data = to_device(self.data, check_device(device))
         self.grad = None
         self.requires_grad = bool(requires_grad)
         self._ctx = None
@@ -124,7 +125,7 @@ class Tensor:
     def to(self, device: str) -> "Tensor":
         """This tensor on ``device`` ("cpu" or "cuda"): itself when it is there already, else a copy that
         stays in the graph (the gradient flows back to this tensor's device)."""
-        device = _check_device(device)
+        device = check_device(device)
         if device == self.device:
             return self
         from bitnet.gpu.transfer import ToDevice
@@ -421,12 +422,6 @@ class Function:
 
     def backward(self, grad):  # pragma: no cover - abstract
         raise NotImplementedError
-
-
-def _check_device(device) -> str:
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    return device
 
 
 class _FreedGraph(Function):

@@ -28,6 +28,7 @@ import time
 import numpy as np
 
 from bitnet import functional as F
+from bitnet.backend import check_device
 from bitnet.callbacks import Callback, TrainingRun
 from bitnet.history import EpochStats, History, StepStats
 from bitnet.data.prefetch import on_device
@@ -218,11 +219,7 @@ def _fit(run, train_loader, epochs, loss_fn, val_loader, progress, after_step, s
 
 
 def _check_device(what, device, distributed):
-    if device is None:
-        return None
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"{what}: device must be None, 'cpu' or 'cuda', got {device!r}")
-    if device == "cuda" and _several(distributed):
+    if check_device(device, what, none=True) == "cuda" and _several(distributed):
         raise ValueError(f"{what}: distributed training runs on the CPU only for now; got device='cuda' with "
                          f"{distributed.size} ranks. Drop device= (or distributed=)")
     return device

@@ -96,9 +96,8 @@ class DataLoader:
         self.rng = _as_generator(rng) if (shuffle or rng is not None) else None
         self.drop_last = bool(drop_last)
         self.transform = transform
-        if device not in (None, "cpu", "cuda"):
-            raise ValueError(f"DataLoader: device must be None, 'cpu' or 'cuda', got {device!r}")
-        self.device = device
+        from bitnet.backend import check_device
+        self.device = check_device(device, "DataLoader", none=True)
 
     def __len__(self) -> int:
         n = len(self.dataset)

@@ -16,6 +16,8 @@ import contextvars
 import queue
 import threading
 
+from bitnet.backend import check_device
+
 __all__ = ["DevicePrefetcher", "on_device"]
 
 _END = object()
@@ -30,8 +32,7 @@ class DevicePrefetcher:
     """Iterate ``source``'s ``(x, y)`` batches on ``device``, the next ``depth`` copied ahead (module docstring)."""
 
     def __init__(self, source, device: str, depth: int = 1):
-        if device not in ("cpu", "cuda"):
-            raise ValueError(f"DevicePrefetcher: device must be 'cpu' or 'cuda', got {device!r}")
+        check_device(device, "DevicePrefetcher")
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
             raise ValueError(f"DevicePrefetcher: depth must be an integer >= 1, got {depth!r}")
         self.source, self.device, self.depth = source, device, depth

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import os
 
 import numpy as np
 
-from bitnet.backend import CudaUnavailableError
+from bitnet.backend import CudaUnavailableError, check_device
 from bitnet.gpu import emulated
 
 _override = contextvars.ContextVar("bitnet_gpu_array_module", default=None)
@@ -89,10 +90,8 @@ def array_module(a):
 
 def to_device(a, device: str):
     """``a`` on ``device`` ("cpu" or "cuda"): the same array when it is there already, else a copy."""
-    if device == "cpu":
+    if check_device(device, "to_device") == "cpu":
         return to_host(a)
-    if device != "cuda":
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     if is_device_array(a):
         module = xp()
         return a if isinstance(a, module.ndarray) else module.asarray(to_host(a))
@@ -122,8 +121,15 @@ def numba_view(a):
             from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
             return FakeCUDAArray(host)
         return host
+    return _numba_cuda().as_cuda_array(a, sync=False)
+
+
+@functools.lru_cache(maxsize=1)
+def _numba_cuda():
+    """``numba.cuda``, checked once (``bitnet.backend.cuda_module``: its checks read package metadata,
+    too slow for every view of every binary layer); a failed check is not cached and raises again."""
     from bitnet.backend import cuda_module
-    return cuda_module().as_cuda_array(a, sync=False)
+    return cuda_module()
 
 
 def synchronize() -> None:

@@ -22,6 +22,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from bitnet.backend import check_device
 from bitnet.gpu.arrays import device_of, is_device_array, to_device, to_host
 from bitnet.tensor import Parameter, Tensor
 
@@ -221,8 +222,7 @@ class Module:
     def to(self, device: str):
         """Move every parameter (its data and gradient) and buffer of this module and its children to
         ``device`` ("cpu" or "cuda"), in place; returns ``self``."""
-        if device not in ("cpu", "cuda"):
-            raise ValueError(f"Module.to: device must be 'cpu' or 'cuda', got {device!r}")
+        check_device(device, "Module.to")
         for mod in self.modules():
             moved = False
             for p in mod._parameters.values():

@@ -31,9 +31,13 @@ def test_emulated_arrays_refuse_host_arrays_like_cupy():
 
 
 def test_xp_is_the_emulation_inside_emulate_only(monkeypatch):
+    import sys
     monkeypatch.delenv("NUMBA_ENABLE_CUDASIM", raising=False)
+    monkeypatch.setitem(sys.modules, "cupy", None)  # no CuPy: outside the block "cuda" is unavailable
     with emulate():
         assert xp() is emulated.xp
+    with pytest.raises(bitnet.CudaUnavailableError):
+        xp()
     monkeypatch.setenv("NUMBA_ENABLE_CUDASIM", "1")
     assert xp() is emulated.xp
 
