@@ -14,11 +14,18 @@ arrays, ``EmulatedArray``, keep CuPy's rules about the host:
 - every result is a device array, also a reduction to one element (CuPy returns 0-d arrays, not
   scalars); ``float()``, ``int()``, ``bool()``, ``.item()`` read one value back, as on CuPy.
 
+Every such read back to the host (``get``, ``asnumpy``, ``float`` / ``int`` / ``bool`` / ``index``,
+``item``, ``tolist``, formatting) waits on a real GPU for all the work queued before it: inside
+``with count_host_reads() as reads:`` each one is recorded (``reads``: a list of ``(what, shape)``),
+so tests can pin down how many times a training step stops the GPU's queue.
+
 An ``EmulatedArray`` wraps a NumPy array (``host_view``); its numbers are NumPy's. The emulation
 checks where arrays live and the math of the GPU implementations, not CuPy's kernels.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import types
 
 import numpy as np
@@ -26,6 +33,27 @@ from numpy.lib.mixins import NDArrayOperatorsMixin
 
 _HOST_REFUSED = ("a host (NumPy) array of shape {shape} met a device array in {what}; move it first "
                  "(xp.asarray(host) / bitnet.gpu.arrays.to_device)")
+
+
+_reads = contextvars.ContextVar("bitnet_emulated_host_reads", default=None)
+
+
+@contextlib.contextmanager
+def count_host_reads():
+    """Record, in the list this yields, every read of a device array back to the host made in the
+    block (in this thread or context): ``(what, shape)`` each, e.g. ``("float", ())``."""
+    reads = []
+    token = _reads.set(reads)
+    try:
+        yield reads
+    finally:
+        _reads.reset(token)
+
+
+def _read(what, a):
+    reads = _reads.get()
+    if reads is not None:
+        reads.append((what, tuple(a.shape)))
 
 
 class EmulatedArray(NDArrayOperatorsMixin):
@@ -73,6 +101,8 @@ class EmulatedArray(NDArrayOperatorsMixin):
         if name.startswith("__"):
             raise AttributeError(name)
         value = getattr(self._host, name)
+        if name in ("item", "tolist"):
+            _read(name, self)
         if not callable(value):
             return wrap(value)
 
@@ -98,18 +128,23 @@ class EmulatedArray(NDArrayOperatorsMixin):
         return (wrap(row) for row in self._host)
 
     def __bool__(self):
+        _read("bool", self)
         return bool(self._host)
 
     def __float__(self):
+        _read("float", self)
         return float(self._host)
 
     def __int__(self):
+        _read("int", self)
         return int(self._host)
 
     def __index__(self):
+        _read("index", self)
         return self._host.__index__()
 
     def __format__(self, spec):
+        _read("format", self)
         return format(self._host, spec) if self.ndim else format(self._host[()], spec)
 
     def __repr__(self):
@@ -123,6 +158,7 @@ class EmulatedArray(NDArrayOperatorsMixin):
 
     def get(self) -> np.ndarray:
         """A host copy (``cupy.ndarray.get``)."""
+        _read("get", self)
         return np.array(self._host)
 
 
@@ -197,6 +233,8 @@ def ascontiguousarray(a, dtype=None):
 
 def asnumpy(a) -> np.ndarray:
     """A host copy of ``a`` (``cupy.asnumpy``)."""
+    if isinstance(a, EmulatedArray):
+        _read("asnumpy", a)
     return np.array(_unwrap(a))
 
 

@@ -2,7 +2,8 @@
 With ``BITNET_TEST_CUDA=gpu`` in the environment (a machine with an NVIDIA GPU and CuPy, DEVELOPERS.md)
 ``emulate()`` is replaced, before the test modules import it, by a block that changes nothing, so the
 same tests run on CuPy arrays on the GPU. Not yet run there (no GPU was at hand when they were
-written): the tests of the emulation itself (test_device_arrays.py) are skipped on the GPU, and the exact
+written): the tests of the emulation itself (test_device_arrays.py) and those that count reads back to
+the host with it (test_host_reads.py) are skipped on the GPU, and the exact
 (``exact=True``) comparisons of float math (exp, tanh, reductions) rely on the emulation computing
 with NumPy: on CuPy they may differ by a few ulps and need the tolerances of their float error."""
 from __future__ import annotations
@@ -27,6 +28,9 @@ def pytest_collection_modifyitems(config, items):
         return
     import pytest
     skip = pytest.mark.skip(reason="checks the NumPy emulation of the GPU arrays, not the GPU")
+    counted = pytest.mark.skip(reason="counts reads back to the host, which only the emulation records")
     for item in items:
         if item.fspath.basename == "test_device_arrays.py" and "emulat" in item.name:
             item.add_marker(skip)
+        elif item.fspath.basename == "test_host_reads.py":
+            item.add_marker(counted)

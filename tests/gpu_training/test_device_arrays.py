@@ -172,6 +172,24 @@ def test_emulated_arrays_are_never_host_arrays_implicitly():
     assert a.get()[0, 0] == 8.0
 
 
+def test_emulated_reads_back_to_the_host_are_counted_in_the_block_only():
+    e = emulated.xp
+    a = e.asarray(np.arange(6.0).reshape(2, 3))
+    with emulated.count_host_reads() as reads:
+        b = e.exp(a) + a.sum(axis=0)  # device work: no reads
+        a[0] = a[1]
+        assert reads == []
+        float(b.sum()), int(a[0, 0]), bool(a[1, 1] > 0), a.get(), e.asnumpy(b), a[0, 0].item(), a.tolist()
+        f"{a.sum():.1f}", list(range(10))[e.asarray(np.array(2))]
+        with emulated.count_host_reads() as inner:
+            a.get()
+    assert [what for what, _ in reads] == ["float", "int", "bool", "get", "asnumpy", "item", "tolist", "format",
+                                           "index"]
+    assert reads[3] == ("get", (2, 3)) and reads[-1] == ("index", ()) and inner == [("get", (2, 3))]
+    a.get()  # outside any block: nothing records it
+    assert len(reads) == 9
+
+
 def test_a_model_trained_on_cuda_packs_and_converts_from_host_copies(tmp_path):
     from bitnet import models
     x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
