@@ -1,6 +1,6 @@
 """ResNet-18 in CIFAR-10 shape (32x32x3 input), float and binary.
 
-    stem: conv 3x3x64 (stride 1, pad 1) -> BN -> ReLU                        full precision
+    stem: conv 3x3x64 (stride 1, pad 1) -> BN (-> ReLU where stage 1 is float)   full precision
     4 stages of 2 basic blocks, 64 / 128 / 256 / 512 channels, stride 2 at the start of stages 2-4
     global average pool -> dense num_classes                                  full precision
 
@@ -17,6 +17,13 @@ around every binary convolution follows Bi-Real Net, which is what makes binary 
 where the downsampling shortcut (stride 2 or more channels) stays in full precision: avg-pool 2
 then conv 1x1 + BN (as in Bi-Real Net and Larq's models). ``full_precision_stages`` keeps whole
 stages (1..4) float, BMXNet's partially binarized models.
+
+Where stage 1 is binary the stem ends in its batch norm, not in a ReLU (as Bi-Real Net's): the first
+binary convolution binarizes the stem's output, and sign(relu(v)) = +1 for every v, so behind a ReLU
+stage 1 reads nothing but +1 signs. Each of its convolutions then gives one constant per channel,
+which batch norm in training mode turns into exact zeros: stage 1 is an identity and its weights and
+those of stage 2's first convolution (five binary convolutions) never learn. Files written before
+this change (``stem_relu=True`` in their architecture) load as they were written.
 """
 from __future__ import annotations
 
@@ -95,15 +102,19 @@ class BasicBlock(nn.Module):
 
 @nn.register("bitnet.models.ResNet")
 class ResNet(nn.Module):
-    """ResNet for 32x32 inputs; ``binary_stages`` lists the stages (1..4) built from binary blocks."""
+    """ResNet for 32x32 inputs; ``binary_stages`` lists the stages (1..4) built from binary blocks;
+    ``stem_relu``: whether the stem ends in a ReLU (the float ResNet's; a binary stage 1 wants it off:
+    module docstring). Its default, True, is what files written before it existed hold."""
 
     def __init__(self, blocks=(2, 2, 2, 2), num_classes=10, in_channels=3, binary_stages=(), seed=None,
-                 binary_shortcuts=False):
+                 binary_shortcuts=False, stem_relu=True):
         super().__init__()
         rng = as_generator(seed)
         _check_resnet(blocks, num_classes, in_channels, binary_stages)
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, 64, 3, padding=1, bias=False, rng=rng),
-                                  nn.BatchNorm2d(64), nn.ReLU())
+        if not isinstance(stem_relu, bool):
+            raise TypeError(f"ResNet: stem_relu must be True or False, got {stem_relu!r}")
+        stem = [nn.Conv2d(in_channels, 64, 3, padding=1, bias=False, rng=rng), nn.BatchNorm2d(64)]
+        self.stem = nn.Sequential(*stem, *([nn.ReLU()] if stem_relu else []))
         layers, cin = [], 64
         for i, n in enumerate(blocks):
             cout, stage = 64 * 2 ** i, i + 1
@@ -140,7 +151,7 @@ class ResNet(nn.Module):
 
     def to_packed(self, pack_layer):
         """``bitnet.pack`` hook (runs on the packed copy): when the first stage is binary, the float
-        stem becomes a channels-last convolution with its batch norm and ReLU fused
+        stem becomes a channels-last convolution with its batch norm (and ReLU, if any) fused
         (``bitnet.packed.ChannelsLastConv2d``), so the packed blocks get their input without a
         transposition; the blocks are then packed by their own hook."""
         from bitnet.packed.blocks import ChannelsLastConv2d
@@ -195,11 +206,13 @@ def resnet18(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, 
 
 @register("resnet18-binary")
 def resnet18_binary(num_classes: int = 10, in_channels: int = 3, image_size: int = 32,
-                    full_precision_stages=(), shortcut: str = "float", seed=None) -> ResNet:
+                    full_precision_stages=(), shortcut: str = "float", stem_relu=None, seed=None) -> ResNet:
     """Binary ResNet-18 in CIFAR-10 shape: stem and classifier in full precision, and the stages
     listed in ``full_precision_stages`` (1..4) too (BMXNet's partially binarized models).
     ``shortcut``: ``"float"`` (avg-pool + float 1x1 conv, Bi-Real Net) or ``"binary"`` (a binary
-    1x1 convolution with stride, BMXNet's layout: the smallest file) for the downsampling shortcuts."""
+    1x1 convolution with stride, BMXNet's layout: the smallest file) for the downsampling shortcuts.
+    ``stem_relu``: None (the default) ends the stem in a ReLU only where stage 1 is full precision
+    (module docstring: a binary stage 1 behind a ReLU reads only +1 signs); True or False forces it."""
     if shortcut not in ("float", "binary"):
         raise ValueError(f"shortcut must be 'float' or 'binary', got {shortcut!r}")
     _check_image_size(image_size)
@@ -207,5 +220,9 @@ def resnet18_binary(num_classes: int = 10, in_channels: int = 3, image_size: int
     if bad:
         raise ValueError(f"full_precision_stages must be stage numbers in 1..4, got {list(full_precision_stages)}")
     binary = tuple(s for s in (1, 2, 3, 4) if s not in full_precision_stages)
+    if stem_relu is None:
+        stem_relu = 1 not in binary
+    if not isinstance(stem_relu, bool):
+        raise TypeError(f"resnet18-binary: stem_relu must be None, True or False, got {stem_relu!r}")
     return ResNet(num_classes=num_classes, in_channels=in_channels, binary_stages=binary, seed=seed,
-                  binary_shortcuts=shortcut == "binary")
+                  binary_shortcuts=shortcut == "binary", stem_relu=stem_relu)

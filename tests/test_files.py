@@ -198,6 +198,27 @@ def test_version_1_files_still_load(tmp_path):
     assert _same_state(back, seq) and repr(back) == repr(seq)
 
 
+def test_binary_resnets_written_with_a_relu_stem_load_with_it(tmp_path):
+    """resnet18-binary's stem ended in a ReLU until it lost it (models/resnet.py): files from before
+    keep theirs. Version 2 files rebuild from their architecture (ResNet's stem_relu defaults to the
+    old layout), version 1 files from the zoo builder, told the old layout."""
+    from bitnet.models.resnet import ResNet
+    old = ResNet(blocks=(1, 1), binary_stages=(1, 2), seed=0)  # as the zoo built it then
+    assert type(old.stem[2]).__name__ == "ReLU"
+    old.zoo_config = {"name": "resnet18-binary", "kwargs": {}}
+    bitnet.save(old, tmp_path / "v2.h5")
+    x = bitnet.Tensor(np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32))
+    back = bitnet.load(tmp_path / "v2.h5").eval()
+    assert len(back.stem) == 3 and np.array_equal(back(x).data, old.eval()(x).data)
+    zoo = bitnet.models.get("resnet18-binary", seed=1, stem_relu=True)
+    back = bitnet.load(_v1_file(tmp_path / "v1.h5", {"model": "resnet18-binary", "kwargs": {}}, zoo)).eval()
+    assert len(back.stem) == 3 and _same_state(back, zoo)
+    assert np.array_equal(back(x).data, zoo.eval()(x).data)
+    new = bitnet.models.get("resnet18-binary", seed=1)  # today's: no ReLU, and so its files
+    bitnet.save(new, tmp_path / "new.h5")
+    assert len(bitnet.load(tmp_path / "new.h5").stem) == 2
+
+
 @pytest.mark.parametrize("layers,where", [
     ([{"class": "os.system", "args": {}}], "config.architecture.0.class"),
     ([{"class": "Dense", "args": {"in_features": 60000, "out_features": 60000}}], "at most"),

@@ -94,9 +94,13 @@ class _BinaryBlock(nn.Module):
 
 
 class ResNet18Binary(nn.Module):
-    def __init__(self, num_classes=10):
+    """bitnet's resnet18-binary; ``stem_relu`` as its argument (False: the zoo's default, the stem
+    ends in batch norm; True: the layout before that, as in files written then)."""
+
+    def __init__(self, num_classes=10, stem_relu=False):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
+        stem = [nn.Conv2d(3, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64)]
+        self.stem = nn.Sequential(*stem, *([nn.ReLU()] if stem_relu else []))
         blocks, cin = [], 64
         for i in range(4):
             cout = 64 * 2 ** i

@@ -306,6 +306,14 @@ def _check_zoo(zoo, path, key):
     return name, kwargs
 
 
+def _version1_zoo_kwargs(name, kwargs) -> dict:
+    """A version 1 file's zoo arguments, with those of builder options added since then set to what
+    the builder built when such files were written: resnet18-binary's stem ended in a ReLU."""
+    if name == "resnet18-binary" and "stem_relu" not in kwargs:
+        return {**kwargs, "stem_relu": True}
+    return kwargs
+
+
 def build(spec, path, allowed: tuple):
     """Build the model ``check_config`` accepted, if its parameters and buffers (``spec["bytes"]``) fit in
     ``allowed`` (``limits.allowed_bytes``), under an allocation limit of the same bytes, weights zeros
@@ -320,7 +328,7 @@ def build(spec, path, allowed: tuple):
     try:
         with allocation_limit(allowed[0], zeros=True):
             if spec["architecture"] is None:
-                model = models.get(spec["zoo"][0], **spec["zoo"][1])
+                model = models.get(spec["zoo"][0], **_version1_zoo_kwargs(*spec["zoo"]))
             else:
                 model = _build_node(spec["architecture"], path, "config.architecture")
                 if spec["zoo"] is not None:

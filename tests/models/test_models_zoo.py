@@ -44,6 +44,29 @@ def test_binary_resnet_keeps_stem_classifier_and_chosen_stages_float():
     assert full.binary_mac_share > part.binary_mac_share > 0.3 and full.packed_bytes < part.packed_bytes
 
 
+def test_a_binary_first_stage_gets_a_stem_without_relu_and_uses_its_binary_convolutions():
+    """sign(relu(v)) = +1: behind a ReLU stem, stage 1 read only +1 signs, its convolutions gave one
+    constant per channel, batch norm made them exact zeros, and stage 1 was an identity whose weights
+    (and those of stage 2's first convolution) got no gradient. Without the ReLU they work."""
+    assert [type(m) for m in bitnet.models.get("resnet18-binary", seed=0).stem] == [nn.Conv2d, nn.BatchNorm2d]
+    assert type(bitnet.models.get("resnet18-binary", full_precision_stages=(1,), seed=0).stem[2]) is nn.ReLU
+    assert type(bitnet.models.get("resnet18", seed=0).stem[2]) is nn.ReLU
+    x = bitnet.Tensor(np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32))
+    y = np.array([0, 1, 2, 3])
+    for stem_relu, works in ((None, True), (True, False)):
+        m = bitnet.models.get("resnet18-binary", seed=0, stem_relu=stem_relu)
+        m.train()
+        stem_out = m.stem(x)
+        stage1_out = m.stages[1](m.stages[0](stem_out))
+        assert np.array_equal(stage1_out.data, stem_out.data) != works  # stage 1 an identity, or not
+        bitnet.functional.cross_entropy(m(x), y).backward()
+        modules = dict(m.named_modules())
+        for name in ("stages.0.bn1", "stages.0.bn2", "stages.1.bn1", "stages.1.bn2", "stages.2.bn1"):
+            # a dead convolution's batch norm outputs exact zeros, so its weight's gradient is exactly 0
+            assert modules[name].weight.grad.any() == works, (stem_relu, name)
+        assert all(modules[f"stages.{i}.bn{j}"].weight.grad.any() for i in range(3, 8) for j in (1, 2))
+
+
 def test_seeded_models_are_reproducible():
     a = bitnet.models.get("resnet18-binary", seed=3).state_dict()
     b = bitnet.models.get("resnet18-binary", seed=3).state_dict()
