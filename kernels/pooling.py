@@ -207,8 +207,11 @@ def _avg_pool_backward(grad_out, kh, kw, sh, sw, ph, pw, grad_in, count_include_
 
 def avg_pool_nhwc(x, k, out):
     """Channels-last average pool, window and stride ``k``, no padding:
-    ``out[n, oy, ox, c] = (sum_{i, j < k} x[n, k*oy + i, k*ox + j, c]) / k^2``, summed in float64 in
-    the order of ``avg_pool_forward`` (so the results are the same bits)."""
+    ``out[n, oy, ox, c] = (sum_{i, j < k} x[n, k*oy + i, k*ox + j, c]) / D``, summed in float64 in
+    the order of ``avg_pool_forward`` (so the results are the same bits). The output size is
+    ``out``'s: floor(H / k) (every window whole, D = k^2) or ceil(H / k) (ceil mode: the last window
+    of an axis whose size k does not divide is clipped to the input, and D counts the elements it
+    holds, PyTorch's divisor without padding)."""
     parallel(_avg_pool_nhwc, x.shape[0] * out.shape[1], x, k, out, cost=out.shape[2] * out.shape[3] * k * k)
 
 
@@ -217,15 +220,17 @@ def _avg_pool_nhwc(x, k, out, counter, chunk):
     """One thread's share of ``avg_pool_nhwc``: the planes it claims."""
     n_img, height, width, channels = x.shape
     oh, ow = out.shape[1], out.shape[2]
-    scale = 1.0 / (k * k)
     for row in claimed(counter, chunk, n_img * oh):
         n = row // oh
         oy = row - n * oh
+        y1 = min(oy * k + k, height)
         acc = np.empty(channels, np.float64)
         for ox in range(ow):
+            x1 = min(ox * k + k, width)
+            scale = 1.0 / ((y1 - oy * k) * (x1 - ox * k))
             acc[:] = 0.0
-            for iy in range(oy * k, oy * k + k):
-                for ix in range(ox * k, ox * k + k):
+            for iy in range(oy * k, y1):
+                for ix in range(ox * k, x1):
                     src = x[n, iy, ix]
                     for c in range(channels):
                         acc[c] += src[c]

@@ -15,7 +15,9 @@ around every binary convolution follows Bi-Real Net, which is what makes binary 
     out = bn2(qconv2(y)) + y
 
 where the downsampling shortcut (stride 2 or more channels) stays in full precision: avg-pool 2
-then conv 1x1 + BN (as in Bi-Real Net and Larq's models). ``full_precision_stages`` keeps whole
+then conv 1x1 + BN (as in Bi-Real Net and Larq's models). The pool is in ceil mode, so that a map of
+odd size (28x28 MNIST images reach stage 3 as 7x7) gives the ceil(H / 2) rows of the stride-2
+convolution beside it, its last window clipped; on even maps ceil and floor mode are the same. ``full_precision_stages`` keeps whole
 stages (1..4) float, BMXNet's partially binarized models.
 
 Where stage 1 is binary the stem ends in its batch norm, not in a ReLU (as Bi-Real Net's): the first
@@ -41,8 +43,8 @@ def _shortcut(cin, cout, stride, binary, rng, binary_shortcut=False):
         return None
     if binary and binary_shortcut:  # BMXNet's layout: a binary 1x1 convolution (sign input and weights)
         return nn.Sequential(nn.QConv2d(cin, cout, 1, stride=stride, bias=False, rng=rng), nn.BatchNorm2d(cout))
-    if binary:  # full-precision downsampling, pooled first (Bi-Real Net)
-        pool = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
+    if binary:  # full-precision downsampling, pooled first (Bi-Real Net); ceil mode: odd maps (module docstring)
+        pool = nn.AvgPool2d(stride, ceil_mode=True) if stride > 1 else nn.Identity()
         return nn.Sequential(pool, nn.Conv2d(cin, cout, 1, bias=False, rng=rng), nn.BatchNorm2d(cout))
     return nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False, rng=rng), nn.BatchNorm2d(cout))
 

@@ -110,11 +110,13 @@ class ChannelsLastConv2d(Module):
 
 class ChannelsLastShortcut(Module):
     """Avg-pool ``k`` (k = 1: none), then a float 1x1 convolution with its batch norm folded:
-    ``out[q, o] = sum_c pool(x)[q, c] * (W[o, c] * g[o]) + shift[o]``, on channels-last maps."""
+    ``out[q, o] = sum_c pool(x)[q, c] * (W[o, c] * g[o]) + shift[o]``, on channels-last maps.
+    ``ceil_mode``: the pool's (a map whose size k does not divide gets a last, clipped window, as
+    the stride-k convolution beside it gets a last output); without it such a map is an error."""
 
-    def __init__(self, pool: int, weight: np.ndarray, scale: np.ndarray, shift: np.ndarray):
+    def __init__(self, pool: int, weight: np.ndarray, scale: np.ndarray, shift: np.ndarray, ceil_mode=False):
         super().__init__()
-        self.pool = int(pool)
+        self.pool, self.ceil_mode = int(pool), bool(ceil_mode)
         self.register_buffer("weight_t", np.ascontiguousarray((weight * scale[:, None]).T, np.float32))
         self.register_buffer("shift", np.asarray(shift, np.float32))
 
@@ -130,10 +132,10 @@ class ChannelsLastShortcut(Module):
         if getattr(conv, "kernel_quantizer", None) is not None:  # a quantized conv is not a float one
             return None
         if isinstance(pool, Identity):
-            k = 1
+            k, ceil = 1, False
         elif (isinstance(pool, AvgPool2d) and pool.kernel_size == pool.stride and pool.padding == (0, 0)
-              and pool.kernel_size[0] == pool.kernel_size[1]):
-            k = pool.kernel_size[0]
+              and pool.kernel_size[0] == pool.kernel_size[1]):  # (without padding, count_include_pad is moot)
+            k, ceil = pool.kernel_size[0], pool.ceil_mode
         else:
             return None
         if (conv.kernel_size != (1, 1) or conv.stride != (1, 1) or conv.padding != (0, 0) or conv.groups != 1
@@ -141,16 +143,24 @@ class ChannelsLastShortcut(Module):
             return None
         g, shift = conv_batchnorm_affine(conv, bn)
         w = conv.weight.data.reshape(conv.out_channels, -1).astype(np.float64)
-        return cls(k, w, g, shift)
+        return cls(k, w, g, shift, ceil)
+
+    def pooled_size(self, h: int, w: int) -> tuple:
+        """The pooled map's (H, W) for an (h, w) map; ValueError where k does not divide it and the
+        pool is not in ceil mode (the float shortcut would not fit the block's other branch)."""
+        k = self.pool
+        if self.ceil_mode:
+            return -(-h // k), -(-w // k)
+        if h % k or w % k:
+            raise ValueError(f"{self!r}: a {h}x{w} map does not split into {k}x{k} pooling windows")
+        return h // k, w // k
 
     def forward(self, fm: FeatureMap) -> FeatureMap:
         x = fm.nhwc
         n, h, w, c = x.shape
         k = self.pool
         if k > 1:
-            if h % k or w % k:
-                raise ValueError(f"{self!r}: a {h}x{w} map does not split into {k}x{k} pooling windows")
-            pooled = np.empty((n, h // k, w // k, c), np.float32)
+            pooled = np.empty((n, *self.pooled_size(h, w), c), np.float32)
             avg_pool_nhwc(np.ascontiguousarray(x), k, pooled)
             x = pooled
         out = matmul(x.reshape(-1, c), self.weight_t)  # BLAS kept single-threaded: see kernels.gemm
@@ -158,7 +168,8 @@ class ChannelsLastShortcut(Module):
         return FeatureMap.of(out.reshape(x.shape[:3] + (-1,)))
 
     def extra_repr(self):
-        return f"pool={self.pool}, {self.weight_t.shape[0]} -> {self.weight_t.shape[1]}"
+        ceil = ", ceil_mode=True" if self.ceil_mode else ""
+        return f"pool={self.pool}{ceil}, {self.weight_t.shape[0]} -> {self.weight_t.shape[1]}"
 
 
 class PackedResidualBlock(Module):

@@ -364,8 +364,8 @@ class CudaPackedModel:
             if k > 1:
                 x = self._nchw(fm).data
                 n, c, h, w_ = x.shape
-                pooled = self._empty((n, c, h // k, w_ // k))
-                cf.avgpool2d_nchw(x, (k, k), (k, k), (0, 0), pooled)
+                pooled = self._empty((n, c, *sc.pooled_size(h, w_)))
+                cf.avgpool2d_nchw(x, (k, k), (k, k), (0, 0), pooled, ceil_mode=sc.ceil_mode)
                 fm = self._nhwc(DeviceMap(pooled, "nchw"))
             n, h, w_, c = fm.data.shape
             out = self._empty((n * h * w_, w.shape[0]))

@@ -111,6 +111,10 @@ def check_resnets():
         model = ResNet(blocks=(1, 1), binary_stages=(1, 2), binary_shortcuts=shortcuts, num_classes=5, seed=1)
         x = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
         _compare(_stats(model), x, exact=False, what=f"ResNet binary_shortcuts={shortcuts}")
+    # an odd map before the downsampling: the avg-pool shortcut's last window clipped (ceil mode)
+    model = ResNet(blocks=(1, 1), binary_stages=(1, 2), num_classes=5, seed=2, stem_relu=False)
+    _compare(_stats(model), rng.standard_normal((1, 3, 5, 3)).astype(np.float32), exact=False,
+             what="ResNet on a 5x3 map")
 
 
 def check_tensor_core_kernels():

@@ -37,15 +37,21 @@ def test_feature_map_is_an_nchw_view_of_its_channels_last_data():
         FeatureMap.from_tensor(np.zeros((2, 3), np.float32))
 
 
-@pytest.mark.parametrize("shape,k", [((2, 8, 6, 5), 2), ((1, 9, 9, 3), 3), ((3, 4, 4, 70), 1)])
-def test_channels_last_avg_pool_gives_the_same_bits_as_the_nchw_kernel(shape, k):
+@pytest.mark.parametrize("shape,k,ceil", [((2, 8, 6, 5), 2, False), ((1, 9, 9, 3), 3, False), ((3, 4, 4, 70), 1, False),
+                                          ((2, 7, 5, 3), 2, True), ((1, 8, 10, 4), 3, True), ((2, 8, 6, 5), 2, True)])
+def test_channels_last_avg_pool_gives_the_same_bits_as_the_nchw_kernel(shape, k, ceil):
+    """Floor mode, and ceil mode (a last window clipped where k does not divide the map, divided by
+    the elements it holds): the NCHW kernel's bits, which are PyTorch's pool without padding."""
     x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)  # (N, H, W, C)
     n, h, w, c = shape
-    out = np.full((n, h // k, w // k, c), np.nan, np.float32)
+    oh, ow = (-(-h // k), -(-w // k)) if ceil else (h // k, w // k)
+    out = np.full((n, oh, ow, c), np.nan, np.float32)
     avg_pool_nhwc(x, k, out)
-    ref = np.empty((n, c, h // k, w // k), np.float32)
+    ref = np.empty((n, c, oh, ow), np.float32)
     avg_pool_forward(np.ascontiguousarray(x.transpose(0, 3, 1, 2)), k, k, k, k, 0, 0, ref)
     assert np.array_equal(out, ref.transpose(0, 2, 3, 1))
+    if ceil and h % k:  # the clipped last row of windows: the mean of what it holds
+        np.testing.assert_allclose(out[:, -1, 0], x[:, (oh - 1) * k:, :k].mean(axis=(1, 2)), rtol=1e-6)
 
 
 @pytest.mark.parametrize("stride,padding,relu", [(1, 1, True), (2, 0, False), (1, 2, True)])
@@ -76,17 +82,17 @@ def test_only_supported_forms_are_fused():
     assert ChannelsLastShortcut.from_modules(nn.Sequential(nn.AvgPool2d(2), nn.Conv2d(4, 4, 3, rng=0), bn)) is None
 
 
-@pytest.mark.parametrize("pool", [1, 2])
-def test_channels_last_shortcut_matches_pool_conv_batchnorm(pool):
+@pytest.mark.parametrize("pool,ceil,size", [(1, False, (8, 6)), (2, False, (8, 6)), (2, True, (8, 6)), (2, True, (7, 5))])
+def test_channels_last_shortcut_matches_pool_conv_batchnorm(pool, ceil, size):
     rng = np.random.default_rng(pool)
-    seq = nn.Sequential(nn.AvgPool2d(2) if pool == 2 else nn.Identity(), nn.Conv2d(64, 32, 1, bias=False, rng=0),
-                        _warm_bn(nn.BatchNorm2d(32), rng)).eval()
+    seq = nn.Sequential(nn.AvgPool2d(2, ceil_mode=ceil) if pool == 2 else nn.Identity(),
+                        nn.Conv2d(64, 32, 1, bias=False, rng=0), _warm_bn(nn.BatchNorm2d(32), rng)).eval()
     sc = ChannelsLastShortcut.from_modules(seq)
-    assert sc is not None and sc.pool == pool
-    x = rng.standard_normal((2, 64, 8, 6)).astype(np.float32)
+    assert sc is not None and sc.pool == pool and sc.ceil_mode == ceil
+    x = rng.standard_normal((2, 64, *size)).astype(np.float32)
     got = sc(FeatureMap.from_tensor(Tensor(x))).data
     ref = _eval(seq, x)
-    assert np.abs(got - ref).max() <= 256 * F32_EPS * (np.abs(ref).max() + 1)
+    assert got.shape == ref.shape and np.abs(got - ref).max() <= 256 * F32_EPS * (np.abs(ref).max() + 1)
     with pytest.raises(ValueError, match="does not split into 2x2"):
         ChannelsLastShortcut(2, np.ones((3, 3)), np.ones(3), np.zeros(3))(FeatureMap.from_tensor(np.zeros((1, 3, 3, 4), np.float32)))
 
