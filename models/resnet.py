@@ -22,10 +22,13 @@ stages (1..4) float, BMXNet's partially binarized models.
 
 Where stage 1 is binary the stem ends in its batch norm, not in a ReLU (as Bi-Real Net's): the first
 binary convolution binarizes the stem's output, and sign(relu(v)) = +1 for every v, so behind a ReLU
-stage 1 reads nothing but +1 signs. Each of its convolutions then gives one constant per channel,
-which batch norm in training mode turns into exact zeros: stage 1 is an identity and its weights and
-those of stage 2's first convolution (five binary convolutions) never learn. Files written before
-this change (``stem_relu=True`` in their architecture) load as they were written.
+stage 1 reads nothing but +1 signs. At initialization each of its convolutions then gives one
+constant per channel, which batch norm in training mode turns into exact zeros: stage 1 is an
+identity and five binary convolutions get no gradient. Training shifts the batch norms' biases and
+brings most of them back, but the first one reads the stem's output itself and stays dead for good;
+its batch norm's running variance goes to 0, so in eval mode it divides rounding noise by sqrt(eps),
+and test accuracy collapsed (``python -m bitnet.bench.resnet_stem``, docs/benchmarks.md). Files
+written before this change (``stem_relu=True`` in their architecture) load as they were written.
 """
 from __future__ import annotations
 
