@@ -12,7 +12,8 @@ same process:
   with sign straight-through estimators on activations and weights) from the same initial weights,
   on the same batches in the same order, with the same loss and optimizer, latent binary weights
   clipped after each step; PyTorch's default math settings (printed: cuDNN TF32 convolutions on,
-  TF32 matmuls off), ``cudnn.benchmark`` on;
+  TF32 matmuls off), ``cudnn.benchmark`` on. bitnet's float GEMMs (the convolutions' backward, the
+  float layers) run in full float32 on CuPy's cuBLAS unless ``CUPY_TF32=1`` is set (printed too);
 - ``torch bf16``: the same with ``torch.autocast("cuda", dtype=torch.bfloat16)`` around the forward
   pass and the loss.
 
@@ -172,6 +173,16 @@ def check_device() -> bool:
                                    "emulation instead, as a slow smoke test") from None
 
 
+def bitnet_math_note(emulated: bool) -> str:
+    """How bitnet's float32 GEMMs compute: CuPy's cuBLAS in full float32 unless ``CUPY_TF32=1`` is in
+    the environment (TF32 tensor cores, as PyTorch's cuDNN convolutions by default)."""
+    if emulated:
+        return "NumPy (the emulation)"
+    import os
+    tf32 = os.environ.get("CUPY_TF32", "0") == "1"
+    return f"float GEMMs by CuPy (cuBLAS), TF32 {'on' if tf32 else 'off'} (CUPY_TF32={'1' if tf32 else '0'})"
+
+
 def run(networks=NETWORKS, batch_size=None, rounds=5, steps=None, warmup=WARMUP, data_dir=None,
         no_torch=False, out=None) -> list:
     """The comparison for each network; returns one record per network and contender."""
@@ -184,6 +195,7 @@ def run(networks=NETWORKS, batch_size=None, rounds=5, steps=None, warmup=WARMUP,
     if emulated:
         out("  a slow smoke test of the code path on the CPU emulation, not a measurement")
     out(f"  {torch_note}")
+    out(f"  bitnet: {bitnet_math_note(emulated)}")
     records = []
     for net in networks:
         records += bench_network(net, batch_size or BATCH[net], rounds, steps, warmup, data_dir, use_torch, out)

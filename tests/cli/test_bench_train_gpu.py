@@ -84,7 +84,16 @@ def test_emulated_smoke_run(tmp_path):
     assert rec["data"] in ("mnist", "random 1x28x28")
     assert "ratio_vs_torch_fp32" not in rec
     assert "smoke test" in p.stdout and "PyTorch columns skipped" in p.stdout
+    assert "bitnet: NumPy (the emulation)" in p.stdout
     assert f"data: {rec['data']}" in p.stdout
+
+
+def test_bitnet_math_note_says_whether_cupy_uses_tf32(monkeypatch):
+    from bitnet.bench.train_gpu import bitnet_math_note
+    monkeypatch.delenv("CUPY_TF32", raising=False)
+    assert "TF32 off (CUPY_TF32=0)" in bitnet_math_note(False)
+    monkeypatch.setenv("CUPY_TF32", "1")
+    assert "TF32 on (CUPY_TF32=1)" in bitnet_math_note(False)
 
 
 class _Fake:

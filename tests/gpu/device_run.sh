@@ -9,6 +9,8 @@
 # 600 s at most, split them: "mma-checks,mma-tiles,bench-gemm,gpu-arrays" (330 s), then
 # "bench-model,tests-gpu" (280 s). Not in the default set (issue 14, GPU training; CuPy must be there):
 # bench-train (at most 300 s: bitnet bench train --device cuda, images per second vs PyTorch fp32 / bf16),
+# bench-train-tf32 (the same with CUPY_TF32=1: bitnet's float GEMMs on TF32 tensor cores, as PyTorch's
+# cuDNN convolutions by default),
 # tests-gpu-training (at most 240 s: tests/gpu_training on CuPy instead of the emulation) and train-mnist
 # (at most 300 s: the README main job with --device cuda; MNIST from $BITNET_DATA, else .data/ in the
 # checkout, an ignored folder to carry: mkdir .data && cp -r ../shared/data/mnist .data/).
@@ -45,6 +47,8 @@ step bench-gemm 120 bitnet bench gemm --device cuda --json "$out/bench-gemm-cuda
 step gpu-arrays 50 python -m bitnet.bench.gpu_arrays --json "$out/gpu-arrays.json"
 step bench-model 120 bitnet bench model --device cuda --json "$out/bench-model-cuda.json"
 step bench-train 300 bitnet bench train --device cuda --rounds 3 --steps 10 --json "$out/bench-train-cuda.json"
+CUPY_TF32=1 step bench-train-tf32 300 bitnet bench train --device cuda --rounds 3 --steps 10 \
+    --json "$out/bench-train-cuda-tf32.json"
 BITNET_TEST_CUDA=gpu step tests-gpu-training 240 python -m pytest -q tests/gpu_training
 step train-mnist 300 bitnet train --model lenet-binary --dataset mnist --epochs 6 --lr 2e-3 --device cuda \
     --data-dir "${BITNET_DATA:-.data}" --no-download
