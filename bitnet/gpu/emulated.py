@@ -100,6 +100,10 @@ class EmulatedArray(NDArrayOperatorsMixin):
     def __getattr__(self, name):
         if name.startswith("__"):
             raise AttributeError(name)
+        from bitnet.gpu.cupy_names import CUPY_NDARRAY_NAMES
+        if name not in CUPY_NDARRAY_NAMES:
+            raise AttributeError(f"cupy.ndarray has no {name!r} (numpy.ndarray.{name} has no GPU counterpart): the "
+                                 "GPU engine can use only what CuPy provides (bitnet.gpu.cupy_names)")
         value = getattr(self._host, name)
         if name in ("item", "tolist"):
             _read(name, self)
@@ -239,17 +243,26 @@ def asnumpy(a) -> np.ndarray:
 
 
 class _Namespace(types.SimpleNamespace):
-    """``numpy`` (or one of its submodules) with every function's result wrapped by ``wrap``, and
-    host arrays refused as arguments (CuPy's functions take device arrays only)."""
+    """``numpy`` (or one of its submodules, ``path`` its name below numpy, e.g. "linalg.") with every
+    function's result wrapped by ``wrap``, host arrays refused as arguments (CuPy's functions take
+    device arrays only), and the names CuPy lacks refused (``bitnet.gpu.cupy_names``)."""
 
-    def __init__(self, module, **overrides):
+    def __init__(self, module, path="", **overrides):
         super().__init__(**overrides)
         object.__setattr__(self, "_module", module)
+        object.__setattr__(self, "_path", path)
 
     def __getattr__(self, name):
+        path = object.__getattribute__(self, "_path")
+        if path == "random.":
+            raise AttributeError(f"xp().random.{name}: bitnet draws random numbers on the host and moves them, so that "
+                                 "a seed gives the same numbers on both devices (bitnet.gpu.cupy_names)")
+        if name.startswith("__") or not _in_cupy(path + name):
+            raise AttributeError(f"CuPy has no {path + name!r} (numpy.{path + name} has no GPU counterpart): the GPU "
+                                 "engine can use only what CuPy provides (bitnet.gpu.cupy_names)")
         value = getattr(self._module, name)
         if isinstance(value, types.ModuleType):
-            return _Namespace(value)
+            return _Namespace(value, f"{path}{name}.")
         if isinstance(value, (np.ufunc, type)) or not callable(value):
             return value
 
@@ -258,6 +271,14 @@ class _Namespace(types.SimpleNamespace):
             return wrap(value(*_unwrap(args), **_unwrap(kwargs)))
         call.__name__ = name
         return call
+
+
+def _in_cupy(path: str) -> bool:
+    """Whether CuPy has ``cupy.<path>`` (a name, a submodule, or a name in a listed submodule)."""
+    from bitnet.gpu.cupy_names import CUPY_NAMES, CUPY_SUBMODULE_NAMES
+    if "." not in path:
+        return path in CUPY_NAMES
+    return path in CUPY_SUBMODULE_NAMES
 
 
 xp = _Namespace(np, asarray=asarray, array=array, ascontiguousarray=ascontiguousarray, asnumpy=asnumpy,

@@ -172,6 +172,37 @@ def test_emulated_arrays_are_never_host_arrays_implicitly():
     assert a.get()[0, 0] == 8.0
 
 
+def test_the_emulation_refuses_what_cupy_lacks():
+    """NumPy functions and array methods that CuPy does not have would pass on the emulation and fail on
+    the first real GPU: the emulation refuses them, naming the list it follows."""
+    e = emulated.xp
+    a = e.asarray(np.ones((2, 3)))
+    assert float(e.linalg.norm(a)) == pytest.approx(6 ** 0.5) and a.sum().shape == ()  # CuPy has these
+    for what, get in (("errstate", lambda: e.errstate), ("insert", lambda: e.insert),
+                      ("linalg.multi_dot", lambda: e.linalg.multi_dot),
+                      ("resize", lambda: a.resize), ("setflags", lambda: a.setflags)):
+        with pytest.raises(AttributeError, match=f"has no '{what}'.*bitnet.gpu.cupy_names"):
+            get()
+    with pytest.raises(AttributeError, match="draws random numbers on the host"):
+        e.random.standard_normal
+
+
+def test_the_cupy_name_lists_hold_only_what_cupy_has():
+    """Where CuPy is installed (a GPU machine), every listed name must exist in it."""
+    cupy = pytest.importorskip("cupy")
+    from bitnet.gpu.cupy_names import CUPY_NAMES, CUPY_NDARRAY_NAMES, CUPY_SUBMODULE_NAMES
+    assert not {n for n in CUPY_NAMES if not hasattr(cupy, n)}
+    assert not {n for n in CUPY_NDARRAY_NAMES if not hasattr(cupy.ndarray, n)}
+    missing = set()
+    for path in CUPY_SUBMODULE_NAMES:
+        obj = cupy
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+        if obj is None:
+            missing.add(path)
+    assert not missing
+
+
 def test_emulated_reads_back_to_the_host_are_counted_in_the_block_only():
     e = emulated.xp
     a = e.asarray(np.arange(6.0).reshape(2, 3))
