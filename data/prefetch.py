@@ -3,7 +3,8 @@
 ``DevicePrefetcher(source, device)`` iterates any re-iterable ``source`` of ``(x, y)`` host batches
 (a ``DataLoader``, a list, your own loader) and yields them as device arrays. A background thread
 takes the next batch from ``source`` (so its gathering and transform run there too), copies it to the
-device on a CUDA stream of its own, waits for that copy, and hands the batch over through a queue of
+device on a CUDA stream of its own (after the work already queued for the step: ``_mover``), waits
+for that copy, and hands the batch over through a queue of
 ``depth`` batches: while the training step computes on batch i, batch i+1 is being prepared and
 copied. Batches come out in ``source``'s order; an exception in ``source`` is raised in the consuming
 thread, at the batch where it happened. Leaving the loop early (``break``) stops the thread.
@@ -50,11 +51,12 @@ class DevicePrefetcher:
             yield from self.source
             return
         from bitnet.gpu.arrays import xp
-        xp()  # CudaUnavailableError here, in the caller's thread, when there is no GPU
+        module = xp()  # CudaUnavailableError here, in the caller's thread, when there is no GPU
+        compute = None if module is _emulation() else module.cuda.get_current_stream()  # the step's stream
         handoff = queue.Queue(maxsize=self.depth)
         stop = threading.Event()
         # the thread runs in a copy of this context: bitnet.gpu.arrays.emulate() and the like carry over
-        worker = threading.Thread(target=contextvars.copy_context().run, args=(self._work, handoff, stop),
+        worker = threading.Thread(target=contextvars.copy_context().run, args=(self._work, handoff, stop, compute),
                                   name="bitnet-prefetch", daemon=True)
         worker.start()
         try:
@@ -74,7 +76,7 @@ class DevicePrefetcher:
                     pass
             worker.join()
 
-    def _work(self, handoff, stop):
+    def _work(self, handoff, stop, compute):
         def put(item):
             while not stop.is_set():
                 try:
@@ -84,7 +86,7 @@ class DevicePrefetcher:
                     continue
             return False
         try:
-            move = _mover()
+            move = _mover(compute)
             for batch in self.source:
                 if stop.is_set():
                     return
@@ -95,18 +97,30 @@ class DevicePrefetcher:
             put(_Failure(e))
 
 
-def _mover():
-    """A function copying one host array to the device and returning once the copy is complete: on
-    CuPy through a non-blocking stream of this thread's own (the training step's stream is not
-    held up), on the emulation a plain copy."""
+def _emulation():
     from bitnet.gpu import emulated
+    return emulated.xp
+
+
+def _mover(compute):
+    """A function copying one host array to the device and returning once the copy is complete: on
+    CuPy through a non-blocking stream of this thread's own (the training step's stream ``compute``
+    is not held up), on the emulation a plain copy.
+
+    CuPy's memory pool keeps one arena per stream: a batch allocated on the copy stream goes back to
+    that arena when the loop drops it, and the next copy may get the same memory while kernels
+    queued on ``compute`` still read it (CuPy, unlike PyTorch's ``record_stream``, has no way to say
+    that another stream uses a block). So each copy first waits, on the device, for the work queued
+    on ``compute`` so far (an event; the host does not wait): every kernel that read a block freed
+    before this copy was queued before it."""
     from bitnet.gpu.arrays import to_device, xp
     module = xp()
-    if module is emulated.xp:
+    if module is _emulation():
         return lambda a: to_device(a, "cuda")
     stream = module.cuda.Stream(non_blocking=True)
 
     def move(a):
+        stream.wait_event(compute.record())
         with stream:
             out = to_device(a, "cuda")
         stream.synchronize()

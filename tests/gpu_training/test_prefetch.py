@@ -106,3 +106,63 @@ def test_the_next_batch_is_prepared_while_the_loop_holds_the_current_one():
         # batch 1 is gathered and copied without waiting for the loop to ask for it
         assert asked[1].wait(timeout=30), "the prefetcher did not start on batch 1 while batch 0 was in use"
         assert len(list(it)) == 2
+
+
+class _FakeCuda:
+    """Stands in for cupy.cuda (streams and events), logging the calls in order: what the prefetcher asks
+    of the device when it copies a batch. The copies themselves are the emulation's."""
+
+    def __init__(self, log):
+        self.log = log
+        self.compute = _FakeStream("compute", log)
+
+    def get_current_stream(self):
+        return self.compute
+
+    def Stream(self, non_blocking=False):  # noqa: N802 - cupy.cuda.Stream
+        self.log.append(("new stream", non_blocking))
+        return _FakeStream("copy", self.log)
+
+
+class _FakeStream:
+    def __init__(self, name, log):
+        self.name, self.log, self.events = name, log, 0
+
+    def record(self):
+        self.events += 1
+        event = f"{self.name} event {self.events}"
+        self.log.append((self.name, "record", event))
+        return event
+
+    def wait_event(self, event):
+        self.log.append((self.name, "wait", event))
+
+    def __enter__(self):
+        self.log.append((self.name, "enter"))
+
+    def __exit__(self, *exc):
+        self.log.append((self.name, "exit"))
+
+    def synchronize(self):
+        self.log.append((self.name, "synchronize"))
+
+
+def test_each_copy_waits_on_the_device_for_the_steps_queued_work(monkeypatch):
+    """CuPy's pool hands the copy stream memory that earlier batches held, which kernels queued on the
+    training step's stream may still read: every copy is ordered after that work (an event), on its
+    own non-blocking stream, and handed over only once complete."""
+    import bitnet.data.prefetch as prefetch
+    from bitnet.gpu import emulated
+    log = []
+    fake = emulated._Namespace(np, asarray=emulated.asarray, ndarray=emulated.EmulatedArray,
+                               cuda=_FakeCuda(log), __name__="fake cupy")
+    monkeypatch.setattr("bitnet.gpu.arrays.xp", lambda: fake)
+    monkeypatch.setattr(prefetch, "_emulation", lambda: emulated.xp)  # the stand-in is "CuPy", not the emulation
+    batches = list(DevicePrefetcher([_data(2), _data(3)], "cuda"))
+    assert [b[0].shape for b in batches] == [(2, 1, 2, 2), (3, 1, 2, 2)]
+    assert log[0] == ("new stream", True)
+    expect = []  # x then y of batch 0, then of batch 1: each after an event of its own
+    for n in range(1, 5):
+        expect += [("compute", "record", f"compute event {n}"), ("copy", "wait", f"compute event {n}"),
+                   ("copy", "enter"), ("copy", "exit"), ("copy", "synchronize")]
+    assert log[1:] == expect, log
