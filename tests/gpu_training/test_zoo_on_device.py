@@ -14,8 +14,8 @@ SHAPES = {"lenet": (1, 28), "lenet-binary": (1, 28), "binary-vgg-small": (3, 32)
           "resnet18-binary": (3, 32)}
 
 
-def _step(name, device):
-    channels, size = SHAPES[name]
+def _step(name, device, shape=None):
+    channels, size = shape or SHAPES[name]
     rng = np.random.default_rng(0)
     x = rng.standard_normal((8, channels, size, size))
     y = np.array([0, 3, 1, 9, 2, 2, 7, 5])
@@ -44,11 +44,12 @@ def test_the_zoo_is_all_known():
     assert set(SHAPES) == set(models.names())
 
 
-@pytest.mark.parametrize("name", sorted(SHAPES))
-def test_one_training_step_on_cuda_matches_the_cpu(name):
-    cpu = _step(name, "cpu")
+@pytest.mark.parametrize("name,shape", [(n, None) for n in sorted(SHAPES)] + [("resnet18-binary", (1, 28))])
+def test_one_training_step_on_cuda_matches_the_cpu(name, shape):
+    """(resnet18-binary at 28x28: odd maps in stage 3, its shortcut's ceil-mode pool on "cuda")"""
+    cpu = _step(name, "cpu", shape)
     with emulate():
-        gpu = _step(name, "cuda")
+        gpu = _step(name, "cuda", shape)
     # float64 (the zoo at init with a batch of 8 is ill-conditioned: batch norm's backward cancels
     # large terms, and in float32 the two devices' summation orders already differ by 1e-3 in a
     # ResNet's first-layer gradient): GEMMs and reductions in another order differ by ~1e-16
