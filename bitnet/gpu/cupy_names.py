@@ -75,3 +75,6 @@ CUPY_NDARRAY_NAMES = frozenset("""
     reshape round scatter_add scatter_max scatter_min searchsorted set shape size sort squeeze std strides sum
     swapaxes take toDlpack tobytes tofile tolist trace transpose var view
 """.split())
+
+# the submodules themselves ("linalg", "lib.stride_tricks" ...) and the packages on their way ("lib")
+CUPY_SUBMODULES = frozenset(p for n in CUPY_SUBMODULE_NAMES for p in (n.rsplit(".", 1)[0], n.split(".", 1)[0]))

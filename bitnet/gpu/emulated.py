@@ -31,6 +31,8 @@ import types
 import numpy as np
 from numpy.lib.mixins import NDArrayOperatorsMixin
 
+from bitnet.gpu.cupy_names import CUPY_NAMES, CUPY_NDARRAY_NAMES, CUPY_SUBMODULE_NAMES, CUPY_SUBMODULES
+
 _HOST_REFUSED = ("a host (NumPy) array of shape {shape} met a device array in {what}; move it first "
                  "(xp.asarray(host) / bitnet.gpu.arrays.to_device)")
 
@@ -100,7 +102,6 @@ class EmulatedArray(NDArrayOperatorsMixin):
     def __getattr__(self, name):
         if name.startswith("__"):
             raise AttributeError(name)
-        from bitnet.gpu.cupy_names import CUPY_NDARRAY_NAMES
         if name not in CUPY_NDARRAY_NAMES:
             raise AttributeError(f"cupy.ndarray has no {name!r} (numpy.ndarray.{name} has no GPU counterpart): the "
                                  "GPU engine can use only what CuPy provides (bitnet.gpu.cupy_names)")
@@ -275,10 +276,9 @@ class _Namespace(types.SimpleNamespace):
 
 def _in_cupy(path: str) -> bool:
     """Whether CuPy has ``cupy.<path>`` (a name, a submodule, or a name in a listed submodule)."""
-    from bitnet.gpu.cupy_names import CUPY_NAMES, CUPY_SUBMODULE_NAMES
     if "." not in path:
         return path in CUPY_NAMES
-    return path in CUPY_SUBMODULE_NAMES
+    return path in CUPY_SUBMODULE_NAMES or path in CUPY_SUBMODULES
 
 
 xp = _Namespace(np, asarray=asarray, array=array, ascontiguousarray=ascontiguousarray, asnumpy=asnumpy,
