@@ -89,6 +89,7 @@ class _Sync:
     ``convert_sync_batchnorm``; not saved in files) and the synchronized training forward."""
 
     comm = None
+    forward_in_eval_is_base = True  # bitnet.packed.kinds: packed (eval) models fold it as a BatchNorm
 
     def forward(self, x):
         comm = self.__dict__.get("comm")

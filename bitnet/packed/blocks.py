@@ -22,6 +22,7 @@ from bitnet.kernels.pooling import avg_pool_nhwc
 from bitnet.nn.module import Module
 from bitnet.packed.featuremap import FeatureMap
 from bitnet.packed.fold import conv_batchnorm_affine
+from bitnet.packed.kinds import computes_as
 from bitnet.tensor import Tensor
 
 
@@ -83,10 +84,10 @@ class ChannelsLastConv2d(Module):
         statistics); None for anything else."""
         from bitnet.nn.layers import BatchNorm2d, Conv2d, ReLU
         mods = list(seq._modules.values())
-        if len(mods) not in (2, 3) or not isinstance(mods[0], Conv2d) or not isinstance(mods[1], BatchNorm2d):
+        if len(mods) not in (2, 3) or not computes_as(mods[0], Conv2d) or not computes_as(mods[1], BatchNorm2d):
             return None
         conv, bn = mods[0], mods[1]
-        if (len(mods) == 3 and not isinstance(mods[2], ReLU)) or conv.groups != 1 or conv.dilation != (1, 1) \
+        if (len(mods) == 3 and not computes_as(mods[2], ReLU)) or conv.groups != 1 or conv.dilation != (1, 1) \
                 or not bn.track_running_stats:
             return None
         g, shift = conv_batchnorm_affine(conv, bn)
@@ -126,14 +127,12 @@ class ChannelsLastShortcut(Module):
         when it has another form (the block then runs it on NCHW tensors)."""
         from bitnet.nn.layers import AvgPool2d, BatchNorm2d, Conv2d, Identity
         mods = list(shortcut._modules.values())
-        if len(mods) != 3 or not isinstance(mods[1], Conv2d) or not isinstance(mods[2], BatchNorm2d):
-            return None
+        if len(mods) != 3 or not computes_as(mods[1], Conv2d) or not computes_as(mods[2], BatchNorm2d):
+            return None  # (computes_as: a QConv2d is not a float Conv2d)
         pool, conv, bn = mods
-        if getattr(conv, "kernel_quantizer", None) is not None:  # a quantized conv is not a float one
-            return None
-        if isinstance(pool, Identity):
+        if computes_as(pool, Identity):
             k, ceil = 1, False
-        elif (isinstance(pool, AvgPool2d) and pool.kernel_size == pool.stride and pool.padding == (0, 0)
+        elif (computes_as(pool, AvgPool2d) and pool.kernel_size == pool.stride and pool.padding == (0, 0)
               and pool.kernel_size[0] == pool.kernel_size[1]):  # (without padding, count_include_pad is moot)
             k, ceil = pool.kernel_size[0], pool.ceil_mode
         else:

@@ -125,13 +125,15 @@ class CudaPackedModel:
         from bitnet.nn.container import Sequential
         from bitnet.nn.quantized import QActivation
         from bitnet.packed.blocks import ChannelsLastConv2d, ChannelsLastShortcut, PackedResidualBlock
+        from bitnet.packed.kinds import computes_as, hook_trusted
         from bitnet.packed.layers import PackedConv2d, PackedDense
-        chain = getattr(module, "forward_chain", None)
-        if isinstance(module, Sequential) or chain:
+        chain = getattr(module, "forward_chain", None) if hook_trusted(module, "forward_chain") else None
+        if computes_as(module, Sequential) or chain:
             children = [(n, module._modules[n]) for n in (chain or module._modules)]
             steps = [self._plan(m, f"{name}.{n}" if name else n) for n, m in children if m is not None]
             return _compose(steps)
-        if isinstance(module, (L.Identity, L.Dropout)) or (isinstance(module, QActivation) and module.quantizer is None):
+        is_ = computes_as  # the module's forward is its class's (a subclass's own forward is not read)
+        if is_(module, L.Identity) or is_(module, L.Dropout) or (is_(module, QActivation) and module.quantizer is None):
             return lambda dm: dm
         if isinstance(module, PackedConv2d):
             return self._packed_conv(module)
@@ -147,21 +149,21 @@ class CudaPackedModel:
             return self._float_conv(module)
         if type(module) is L.Dense:
             return self._dense(module)
-        if isinstance(module, L.BatchNorm2d) and module.track_running_stats:
+        if is_(module, L.BatchNorm2d) and module.track_running_stats:
             return self._batchnorm(module)
-        if isinstance(module, (L.MaxPool2d, L.AvgPool2d)):
+        if is_(module, L.MaxPool2d) or is_(module, L.AvgPool2d):
             return self._pool(module)
-        if isinstance(module, L.GlobalAvgPool2d):
+        if is_(module, L.GlobalAvgPool2d):
             return self._global_pool
-        if isinstance(module, L.Flatten) and module.start_dim == 1 and module.end_dim == -1:
+        if is_(module, L.Flatten) and module.start_dim == 1 and module.end_dim == -1:
             return self._flatten
         unary = {L.ReLU: ("relu", {}), L.Tanh: ("tanh", {})}
         if type(module) in unary:
             op, params = unary[type(module)]
             return self._unary(op, params)
-        if isinstance(module, L.HardTanh):
+        if is_(module, L.HardTanh):
             return self._unary("hardtanh", {"min_val": module.min_val, "max_val": module.max_val})
-        if isinstance(module, QActivation) and module.quantizer.output == "sign":
+        if is_(module, QActivation) and module.quantizer.output == "sign":
             return self._unary("sign", {})
         raise NotImplementedError(f"no CUDA step for module {name or '(root)'}: {module!r}; run this model on the CPU "
                                   "(device='cpu')")

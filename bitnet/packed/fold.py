@@ -35,7 +35,8 @@ def has_binary_kernel(module) -> bool:
 
 def _foldable_bn(module) -> bool:
     from bitnet.nn.layers import _BatchNorm
-    return isinstance(module, _BatchNorm) and module.track_running_stats
+    from bitnet.packed.kinds import computes_as
+    return computes_as(module, _BatchNorm) and module.track_running_stats
 
 
 def _local_pairs(module):

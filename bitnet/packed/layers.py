@@ -31,9 +31,12 @@ class SignedTensor(Tensor):
 
 def packable(layer) -> bool:
     """True for a QConv2d / QDense that runs on bits: a binary input (+-1) and a binary kernel (+-1, or
-    +-1 times a per-channel scale), as the layer itself says (``binary_input``, ``binary_kernel``)."""
+    +-1 times a per-channel scale), as the layer itself says (``binary_input``, ``binary_kernel``), whose
+    forward is its class's (``bitnet.packed.kinds.computes_as``: a subclass with a forward of its own
+    computes something else and stays as it is)."""
     from bitnet.nn.quantized import QConv2d, QDense
-    return isinstance(layer, (QConv2d, QDense)) and layer.binary_input and layer.binary_kernel
+    from bitnet.packed.kinds import computes_as
+    return (computes_as(layer, QConv2d) or computes_as(layer, QDense)) and layer.binary_input and layer.binary_kernel
 
 
 class PackedConv2d(Module):
@@ -181,25 +184,35 @@ class PackedDense(Module):
         return cls(XC.pack_filters(w.reshape(w.shape + (1, 1))), layer.in_features, layer.out_features, scale, shift)
 
     def _packed_input(self, x):
+        """The signs of ``x`` packed as rows (rows, 1, 1, 1, words): ``x`` (..., in_features) floats
+        (every axis before the last is a row, as ``QDense`` reads them) or packed rows (N, words)."""
         data = x.data if isinstance(x, Tensor) else x
+        w = words_for(self.in_features)
         if isinstance(data, np.ndarray) and data.dtype == np.uint64 and data.ndim == 2:  # already packed rows
-            if data.shape[1] != words_for(self.in_features):
-                raise ValueError(f"{self!r} expects packed rows of {words_for(self.in_features)} words "
-                                 f"({self.in_features} features), got shape {data.shape}")
+            if data.shape[1] != w:
+                raise ValueError(f"PackedDense({self.extra_repr()}) expects {self.in_features} features ({w} packed words a row), got packed "
+                                 f"rows of shape {data.shape} ({data.shape[1]} words: "
+                                 f"{64 * (data.shape[1] - 1) + 1}..{64 * data.shape[1]} features); does the model's "
+                                 "input have the size the model was built for?")
             return data.reshape(data.shape[0], 1, 1, 1, -1)
-        if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != self.in_features:
-            raise ValueError(f"{self!r} expects input (N, {self.in_features}), got "
+        if not isinstance(data, np.ndarray) or data.ndim < 1 or data.shape[-1] != self.in_features:
+            raise ValueError(f"PackedDense({self.extra_repr()}) expects inputs with {self.in_features} features in the last axis, got "
                              f"{getattr(data, 'shape', type(data).__name__)}")
-        bits = bitpack.pack_rows(np.asarray(data, np.float32))
+        bits = bitpack.pack_rows(np.asarray(data, np.float32).reshape(-1, self.in_features))
         return bits.reshape(bits.shape[0], 1, 1, 1, -1)
 
+    def _rows_shape(self, x) -> tuple:
+        """The output's shape for input ``x``: its leading axes and ``out_features``."""
+        data = x.data if isinstance(x, Tensor) else x
+        return tuple(data.shape[:-1]) + (self.out_features,)
+
     def dots(self, x) -> np.ndarray:
-        """The exact integer dot products ``sign(x) @ sign(W)^T`` (N, O) int32."""
-        return self.conv.dots(self._packed_input(x)).reshape(-1, self.out_features)
+        """The exact integer dot products ``sign(x) @ sign(W)^T`` (..., O) int32."""
+        return self.conv.dots(self._packed_input(x)).reshape(self._rows_shape(x))
 
     def forward(self, x):
         y = self.conv(self._packed_input(x))
-        return Tensor(y.data.reshape(-1, self.out_features))
+        return Tensor(y.data.reshape(self._rows_shape(x)))
 
     def extra_repr(self):
         return f"{self.in_features}, {self.out_features}"

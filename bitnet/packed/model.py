@@ -11,7 +11,9 @@ Returns a copy of ``model`` in eval mode (the original is untouched) where
   a function ``pack_layer(layer, bn)`` and returns the packed module, or None to be packed
   layer by layer like any other (the hook runs on the copy: the root model's hook may first
   replace some of its own children, e.g. the ResNet's float stem by a channels-last one);
-- everything else (float layers, k-bit layers, binary layers with other quantizers) stays as it was;
+- everything else (float layers, k-bit layers, binary layers with other quantizers, and layers
+  whose class overrides the ``forward`` of a bitnet layer: ``bitnet.packed.kinds``; a binary layer
+  left in float for that reason is named in a warning) stays as it was;
   but in a Sequential, float layers whose output only the next binary layer reads through its sign
   (e.g. conv, batch norm, tanh, max pool before a binary conv) run as one chain straight to that
   layer's packed input bits (``bitnet.packed.sign_chains``; the modules themselves stay).
@@ -23,7 +25,10 @@ slices of 32 than in one piece). With several threads the slices are smaller (ab
 thread, at least ``MIN_SLICE`` samples) and run in parallel, each on one thread
 (``bitnet.kernels.threads.run_parallel``): one parallel region per forward pass instead of one per
 kernel, and on a machine shared with other work the threads that run take the slices of those
-that do not. ``micro_batch=None`` turns this off.
+that do not. ``micro_batch=None`` turns this off, and so does a batch norm without running
+statistics (``track_running_stats=False``: it normalizes with the batch's own statistics, in eval
+mode too, so a sample's output depends on the others); a model of your own whose modules mix the
+samples of a batch in some other way must be packed with ``micro_batch=None``.
 
 The packed model computes what ``model.eval()`` computes: binary dot products exactly, the rest
 within float rounding (folding batch norm reorders float32 operations; a value that lands within
@@ -37,6 +42,7 @@ from bitnet.kernels.threads import num_threads, run_parallel
 from bitnet.nn.layers import Identity
 from bitnet.nn.quantized import QConv2d
 from bitnet.packed.fold import batchnorm_pairs
+from bitnet.packed.kinds import hook_trusted
 from bitnet.packed.layers import PackedConv2d, PackedDense, packable
 from bitnet.packed.plan import prepare
 from bitnet.tensor import enable_grad, is_grad_enabled, no_grad
@@ -88,8 +94,15 @@ def _finish(packed, micro_batch):
         p.requires_grad = False
     prepare(packed)
     packed.__class__ = _micro_batched(type(packed))
-    packed.micro_batch = micro_batch
+    packed.micro_batch = None if _mixes_samples(packed) else micro_batch
     return packed
+
+
+def _mixes_samples(model) -> bool:
+    """True where a module's output for one sample depends on the batch's other samples in eval
+    mode: a batch norm without running statistics (it normalizes with the batch's own)."""
+    from bitnet.nn.layers import _BatchNorm
+    return any(isinstance(m, _BatchNorm) and not m.track_running_stats for m in model.modules())
 
 
 def on_device(packed, device: str, binary_kernels=None):
@@ -110,7 +123,8 @@ def _pack(packed, pack_layer):
         new = pack_layer(packed)
         new.packed_layers = [""]
         return new
-    if hasattr(packed, "to_packed"):
+    _warn_overridden(packed)
+    if hasattr(packed, "to_packed") and hook_trusted(packed, "to_packed"):
         new = packed.to_packed(pack_layer)
         if new is not None:
             new.packed_layers = [n for n, m in new.named_modules() if isinstance(m, (PackedConv2d, PackedDense))]
@@ -121,7 +135,7 @@ def _pack(packed, pack_layer):
     for name, mod in list(modules.items()):
         if _inside(name, replaced):
             continue
-        new = mod.to_packed(pack_layer) if name and hasattr(mod, "to_packed") else None
+        new = mod.to_packed(pack_layer) if name and hasattr(mod, "to_packed") and hook_trusted(mod, "to_packed") else None
         if new is not None:
             _set_child(packed, name, new)
             replaced.append(name)
@@ -135,6 +149,21 @@ def _pack(packed, pack_layer):
             replaced.append(name)
     packed.packed_layers = names
     return packed
+
+
+def _warn_overridden(model) -> None:
+    """Warn, naming them, about binary layers left in float because their class has its own forward."""
+    from bitnet.nn.quantized import QConv2d, QDense
+    from bitnet.packed.kinds import computes_as
+    names = [name or "(root)" for name, m in model.named_modules()
+             if isinstance(m, (QConv2d, QDense)) and m.binary_input and m.binary_kernel
+             and not (computes_as(m, QConv2d) or computes_as(m, QDense))]
+    if names:
+        import warnings
+        warnings.warn(f"bitnet.pack: {', '.join(names)} stay in float (not on bits): their class overrides the "
+                      "forward of QConv2d / QDense, so its packed twin would compute something else; to run them "
+                      "on bits, move the extra computation into a module of its own after the layer",
+                      UserWarning, stacklevel=4)
 
 
 def _inside(name, prefixes):
@@ -164,7 +193,8 @@ def _micro_batched(cls):
     if cls not in _MICRO_BATCHED:
         def forward(self, x, *args, **kwargs):
             from bitnet.tensor import Tensor
-            step = slice_size(x.shape[0], self.micro_batch)
+            micro_batch = self.__dict__.get("micro_batch")  # (None in a slice: packed[1:3] is a new Sequential)
+            step = slice_size(x.shape[0], micro_batch) if getattr(x, "ndim", 0) >= 2 else None
             if step is None or args or kwargs:  # slices of x only: not with other inputs
                 return cls.forward(self, x, *args, **kwargs)
             data = x.data if isinstance(x, Tensor) else np.asarray(x)
@@ -175,9 +205,10 @@ def _micro_batched(cls):
                     return cls.forward(self, Tensor(data[i:i + step]))
             parts = run_parallel(part, [(i,) for i in range(0, x.shape[0], step)])
             if not all(isinstance(p, Tensor) for p in parts):
-                raise TypeError(f"pack(micro_batch={self.micro_batch}): the model's forward must return one tensor to "
+                raise TypeError(f"pack(micro_batch={micro_batch}): the model's forward must return one tensor to "
                                 "be run in slices; pack it with micro_batch=None")
             return Tensor(np.concatenate([p.data for p in parts]))
         _MICRO_BATCHED[cls] = type(cls.__name__, (cls,), {"forward": forward, "__doc__": cls.__doc__,
-                                                          "__module__": cls.__module__, "_micro_batched_": True})
+                                                          "__module__": cls.__module__, "_micro_batched_": True,
+                                                          "forward_in_eval_is_base": True})  # (packed.kinds)
     return _MICRO_BATCHED[cls]

@@ -53,8 +53,8 @@ def _step(module, a):
     if isinstance(module, PackedConv2d) and not module.emit_signs:
         return lambda a: module._xnor(module._packed_input(a))
     if isinstance(module, PackedDense):
-        conv, o = module.conv, module.out_features
-        return lambda a: conv._xnor(module._packed_input(a)).reshape(-1, o)
+        conv = module.conv
+        return lambda a: conv._xnor(module._packed_input(a)).reshape(module._rows_shape(a))
     return None
 
 
@@ -86,10 +86,8 @@ def _bound_step(unit, a):
         xb = unit._packed_input(a)
         call = conv._prepared(xb.shape).bind()
         if isinstance(unit, PackedDense):
-            o = unit.out_features
-
             def step(x):
-                return call(unit._packed_input(x)).reshape(-1, o)
+                return call(unit._packed_input(x)).reshape(unit._rows_shape(x))
         else:
             def step(x):
                 return call(unit._packed_input(x))
@@ -166,6 +164,8 @@ def _run(seq, x, mods, record=False):
 
 def planned_forward(seq, x):
     """``Sequential.forward`` with chains and plans (module docstring)."""
+    if "_plans" not in seq.__dict__:  # a Sequential made from a packed one (a slice: packed[1:3])
+        seq._sign_chains, seq._plans = find_chains(seq), {}
     mods = list(seq._modules.values())
     if (type(x) is Tensor or isinstance(x, np.ndarray)) and not (is_grad_enabled() and getattr(x, "requires_grad", False)):
         data = x.data if type(x) is Tensor else x
@@ -197,15 +197,17 @@ def _planned_class(cls):
                 chain.reset()
             self._plans.clear()
         _PLANNED[cls] = type(cls.__name__, (cls,), {"forward": planned_forward, "_state_changed": _state_changed,
-                                                    "__doc__": cls.__doc__, "__module__": cls.__module__})
+                                                    "__doc__": cls.__doc__, "__module__": cls.__module__,
+                                                    "forward_in_eval_is_base": True})  # (packed.kinds)
     return _PLANNED[cls]
 
 
 def prepare(packed) -> None:
     """Give every Sequential in ``packed`` its chains and the planned forward (in place)."""
     from bitnet.nn.container import Sequential
+    from bitnet.packed.kinds import computes_as
     for m in list(packed.modules()):
-        if isinstance(m, Sequential) and type(m) not in _PLANNED.values():
+        if computes_as(m, Sequential) and type(m) not in _PLANNED.values():  # (not one with its own forward)
             m._sign_chains = find_chains(m)
             m._plans = {}
             m.__class__ = _planned_class(type(m))

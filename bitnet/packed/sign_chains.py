@@ -45,14 +45,23 @@ from bitnet.kernels.im2col import conv_output_size, prepared_im2col
 from bitnet.kernels.sign_pool import PoolSigns
 from bitnet.packed.blocks import conv_nchw_to_nhwc
 from bitnet.packed.fold import conv_batchnorm_affine
+from bitnet.packed.kinds import computes_as
 from bitnet.packed.layers import PackedConv2d, PackedDense
 from bitnet.tensor import Tensor
 
 
 def _is_float_conv(m) -> bool:
+    """A convolution that computes the float ``F.conv2d`` (groups 1, dilation 1): a ``Conv2d``, or a
+    ``QConv2d`` without quantizers or scaling that pads with zeros (``computes_as``: not a subclass
+    with a forward of its own)."""
     from bitnet.nn.layers import Conv2d
-    return (isinstance(m, Conv2d) and getattr(m, "kernel_quantizer", None) is None
-            and getattr(m, "input_quantizer", None) is None and m.groups == 1 and tuple(m.dilation) == (1, 1))
+    from bitnet.nn.quantized import QConv2d
+    if computes_as(m, QConv2d):
+        plain = (m.kernel_quantizer is None and m.input_quantizer is None and m.kernel_scale() is None
+                 and (m.pad_value == 0 or not any(m.padding)))
+    else:
+        plain = computes_as(m, Conv2d)
+    return plain and m.groups == 1 and tuple(m.dilation) == (1, 1)
 
 
 def _keeps_sign(m) -> bool:
@@ -63,7 +72,7 @@ def _keeps_sign(m) -> bool:
 
 def _is_sign(m) -> bool:
     from bitnet.nn.quantized import QActivation
-    return isinstance(m, QActivation) and m.quantizer is not None and m.quantizer.output == "sign"
+    return computes_as(m, QActivation) and m.quantizer is not None and m.quantizer.output == "sign"
 
 
 class SignChain:
@@ -171,7 +180,7 @@ def find_chains(seq) -> list[SignChain]:
             i += 1
             continue
         j, bn, pool, flat = i + 1, None, None, False
-        if _is_float_conv(src) and j < len(mods) and isinstance(mods[j], BatchNorm2d) and mods[j].track_running_stats:
+        if _is_float_conv(src) and j < len(mods) and computes_as(mods[j], BatchNorm2d) and mods[j].track_running_stats:
             bn, j = mods[j], j + 1
         while j < len(mods) and (_keeps_sign(mods[j]) or (pool is None and type(mods[j]) is MaxPool2d)):
             pool = mods[j] if type(mods[j]) is MaxPool2d else pool

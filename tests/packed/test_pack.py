@@ -216,7 +216,7 @@ def test_packed_layer_errors():
     with pytest.raises(TypeError, match="cannot pack"):
         PackedConv2d.from_layer(nn.QConv2d(8, 4, 3, act_bit=32, rng=0))
     dense = PackedDense.from_layer(nn.QDense(8, 4, rng=0))
-    with pytest.raises(ValueError, match=r"expects input \(N, 8\), got \(2, 9\)"):
+    with pytest.raises(ValueError, match=r"expects inputs with 8 features in the last axis, got \(2, 9\)"):
         dense(Tensor(np.zeros((2, 9), np.float32)))
 
 
