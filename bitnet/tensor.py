@@ -33,6 +33,7 @@ import numpy as np
 from bitnet.backend import check_device
 from bitnet.gpu.arrays import array_module, device_of, is_device_array, to_device, to_host
 from bitnet.gpu.dispatch import place
+from bitnet.ops.dtypes import float_operands
 
 __all__ = ["Tensor", "Parameter", "Function", "no_grad", "enable_grad", "is_grad_enabled", "tensor", "queue_callback"]
 
@@ -82,10 +83,19 @@ class Tensor:
     """An n-dimensional array that can record the operations applied to it.
 
     ``data`` is the array, ``grad`` the accumulated gradient (same shape and device, or ``None``),
-    ``requires_grad`` whether gradients flow to it. Python lists and floats become float32;
-    NumPy arrays keep their dtype (use float64 for gradient checks). ``device`` is "cpu" (``data`` a
-    NumPy array) or "cuda" (a device array, ``bitnet.gpu.arrays``); ``Tensor(x, device="cuda")`` copies
-    ``x`` there, ``t.to(device)`` moves a tensor (differentiably).
+    ``requires_grad`` whether gradients flow to it. ``device`` is "cpu" (``data`` a NumPy array) or
+    "cuda" (a device array, ``bitnet.gpu.arrays``); ``Tensor(x, device="cuda")`` copies ``x`` there,
+    ``t.to(device)`` moves a tensor (differentiably).
+
+    Dtype, unless ``dtype=`` is given: Python floats and lists holding a float become float32
+    (``Tensor(3.0)``, ``Tensor([1, 2.5])``); Python ints and lists of ints stay integer, int64
+    (``Tensor(3)``, ``Tensor([1, 2])``: class labels and indices), bools bool; NumPy arrays and
+    scalars keep their dtype (a float64 array gives a float64 tensor, for gradient checks). Only
+    float tensors can require gradients: ``Tensor([1.0, 2.0], requires_grad=True)`` or
+    ``Tensor([1, 2], dtype=np.float32, requires_grad=True)``. The float operations (conv, matmul,
+    pooling, batch norm, tanh, ...) compute integer and bool tensors in float32 (``bitnet.ops.dtypes``).
+
+    ``np.asarray(t)`` (``__array__``) is ``t.data`` (no copy) for a tensor on the CPU, outside the graph.
     """
 
     __slots__ = ("data", "grad", "requires_grad", "_ctx", "_version", "__weakref__")
@@ -101,8 +111,10 @@ class Tensor:
         self._version = 0  # in-place modifications so far (see the module docstring)
         if self.requires_grad and self.data.dtype.kind != "f":
             raise TypeError(
-                f"only floating-point tensors can require gradients, got dtype {self.data.dtype}; "
-                "convert with .astype(np.float32) first")
+                f"requires_grad=True needs floating-point data, got dtype {self.data.dtype} (shape {self.shape}); "
+                "only floating-point tensors can require gradients, and Python ints and lists of ints give "
+                "int64 tensors: write floats (Tensor([1.0, 2.0], requires_grad=True)), pass dtype=np.float32, "
+                "or convert an array with .astype(np.float32) first")
 
     # -- array-like attributes ------------------------------------------------------------
     shape = property(lambda self: self.data.shape)
@@ -148,6 +160,21 @@ class Tensor:
 
     def item(self):
         return self.data.item()
+
+    def __array__(self, dtype=None, copy=None):
+        """``np.asarray(t)``: the data (the same array unless ``dtype`` or ``copy=True`` asks for another;
+        ``copy=False`` with a ``dtype`` that needs a conversion is a ValueError, as in NumPy 2). No
+        graph is recorded. A tensor on the GPU is a TypeError: move it with ``.cpu()`` first."""
+        if type(self.data) is not np.ndarray:
+            raise TypeError(f"np.asarray() of a tensor on {self.device} (shape {self.shape}): NumPy arrays live "
+                            "on the host; copy it there first with .cpu() (np.asarray(t.cpu()))")
+        a = self.data
+        if dtype is not None and np.dtype(dtype) != a.dtype:
+            if copy is False:
+                raise ValueError(f"np.asarray(tensor, dtype={np.dtype(dtype)}, copy=False): the tensor's dtype is "
+                                 f"{a.dtype}, so a copy is needed")
+            return a.astype(dtype)
+        return a.copy() if copy else a
 
     def _scalar(self, what):
         if self.data.size != 1:
@@ -393,16 +420,23 @@ class Function:
     chooses: the registered GPU implementation, else the class itself where its own ``devices``
     names "cuda". ``crosses_devices`` marks the one primitive that moves data between devices
     (``Tensor.to``: ``bitnet.gpu.transfer.ToDevice``).
+
+    Dtypes: a float op (conv, matmul, pooling, batch norm, tanh, ...) sets ``float_inputs`` to the name
+    its errors use; ``apply`` then computes integer and bool inputs in float32 and refuses float dtypes
+    other than float32 / float64 with a ``TypeError`` (``bitnet.ops.dtypes``: the policy, in one place).
     """
 
     __slots__ = ("parents", "needs_grad", "__dict__")
     devices = ("cpu",)
     crosses_devices = False
+    float_inputs = None  # a float op's name (see above); None: the arrays go to forward as they are
 
     @classmethod
     def apply(cls, *inputs, **options) -> Tensor:
         tensors = tuple(x if isinstance(x, Tensor) else Tensor(x) for x in inputs)
         arrays = tuple(t.data for t in tensors)
+        if cls.float_inputs:
+            arrays = float_operands(arrays, cls.float_inputs)
         impl = cls
         if not all(type(a) is np.ndarray for a in arrays) and not cls.crosses_devices:
             impl, arrays = place(cls, arrays)

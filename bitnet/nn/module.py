@@ -120,7 +120,7 @@ class Module:
                                 f"registered {kind}; assign a {kind} or None")
             (params if name in params else modules)[name] = None
         elif name in buffers:
-            buffers[name] = _buffer(value)
+            buffers[name] = _buffer(value, name)
         else:
             object.__setattr__(self, name, value)
 
@@ -143,7 +143,7 @@ class Module:
         if "." in name or not name:
             raise ValueError(f"buffer name must be a non-empty name without '.', got {name!r}")
         self.__dict__.pop(name, None)
-        self._buffers[name] = _buffer(array)
+        self._buffers[name] = _buffer(array, name)
 
     def add_module(self, name: str, module):
         if not isinstance(module, Module):
@@ -442,11 +442,19 @@ class Module:
         return lines[0] + ")" if len(lines) == 1 else "\n".join(lines) + "\n)"
 
 
-def _buffer(value):
-    """A buffer's array: device arrays as they are, anything else as a NumPy array (None stays None)."""
+def _buffer(value, name: str):
+    """A buffer's array: device arrays as they are, a ``Tensor``'s array (its ``data``, not a copy:
+    buffers are state outside the graph), anything else as a NumPy array; None stays None. An array
+    that is not numbers or bools (object, strings, ...) is a TypeError: it cannot be saved."""
+    if isinstance(value, Tensor):
+        value = value.data
     if value is None or is_device_array(value):
         return value
-    return np.asarray(value)
+    array = np.asarray(value)
+    if array.dtype.kind not in "biufc":
+        raise TypeError(f"buffer {name!r}: expected an array of numbers (e.g. float32), got {type(value).__name__} "
+                        f"giving dtype {array.dtype}; assign a NumPy array such as np.zeros(n, np.float32)")
+    return array
 
 
 def host_copy(module):

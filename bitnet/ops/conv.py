@@ -38,6 +38,8 @@ ROWS_MIN_CHANNELS = 16  # channels per group from which the channels-last loweri
 
 
 class Conv2d(Function):
+    float_inputs = "conv2d"  # integer / bool inputs computed in float32 (bitnet.ops.dtypes)
+
     def forward(self, x, w, *bias, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
         oh, ow = self._setup(x.shape, w, stride, padding, dilation, groups)
         n_img, n_out = x.shape[0], w.shape[0]

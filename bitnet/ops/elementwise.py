@@ -13,6 +13,7 @@ from bitnet.kernels import activations as K
 from bitnet.kernels.gemm import matmul as gemm
 from bitnet.kernels.threads import parallel_ufunc
 from bitnet.ops import workspace as W
+from bitnet.ops.dtypes import float_operand, float_operands
 from bitnet.tensor import Function, Tensor
 
 
@@ -51,8 +52,11 @@ def _fused(kernel, g, y):
 
 
 def _unary(ufunc, a):
-    """``ufunc(a)`` split across threads (``parallel_ufunc``), a float result in a recycled array."""
-    return parallel_ufunc(ufunc, a, W.empty(a.shape, a.dtype) if a.dtype.kind == "f" else None)
+    """``ufunc(a)`` of a float function (exp, tanh) split across threads (``parallel_ufunc``), in a
+    recycled array; ``a`` follows the float ops' dtype policy (``bitnet.ops.dtypes``: integers are
+    computed in float32), also where it is called without a ``Function`` (``bitnet.packed.plan``)."""
+    a = float_operand(a, ufunc.__name__)
+    return parallel_ufunc(ufunc, a, W.empty(a.shape, a.dtype))
 
 
 def _binary_out(ufunc, a, b):
@@ -134,6 +138,8 @@ class Pow(Function):
 
 
 class Exp(Function):
+    float_inputs = "exp"  # integer / bool inputs computed in float32 (bitnet.ops.dtypes)
+
     def forward(self, a):
         self.out = _unary(np.exp, a)
         return self.out
@@ -143,6 +149,8 @@ class Exp(Function):
 
 
 class Log(Function):
+    float_inputs = "log"
+
     def forward(self, a):
         self.a = a
         return np.log(a)
@@ -154,6 +162,8 @@ class Log(Function):
 class Tanh(Function):
     """tanh(x); d/dx = 1 - tanh(x)^2."""
 
+    float_inputs = "tanh"
+
     def forward(self, a):
         self.out = _unary(np.tanh, a)
         return self.out
@@ -164,6 +174,8 @@ class Tanh(Function):
 
 class Sigmoid(Function):
     """1 / (1 + exp(-x)), computed without overflow; d/dx = s (1 - s)."""
+
+    float_inputs = "sigmoid"
 
     def forward(self, a):
         e = np.exp(-np.abs(a))
@@ -216,7 +228,10 @@ class Where(Function):
 
 def _matmul(a, b):
     """2-D float products go through the threaded GEMM; everything else through np.matmul (device
-    arrays: their module's matmul, cuBLAS on CuPy)."""
+    arrays: their module's matmul, cuBLAS on CuPy). The operands follow the float ops' dtype policy
+    (``bitnet.ops.dtypes``), also where this is called without a ``Function`` (``F.linear`` without
+    a graph, ``bitnet.packed.plan``)."""
+    a, b = float_operands((a, b), "matmul")
     if is_device_array(a):
         return array_module(a).matmul(a, b)
     if a.ndim == 2 and b.ndim == 2 and a.dtype == b.dtype and a.dtype.kind == "f":
@@ -231,6 +246,7 @@ class MatMul(Function):
     axes summed back to each operand's shape. The same code on the GPU (``_matmul``: cuBLAS there)."""
 
     devices = ("cpu", "cuda")
+    float_inputs = "matmul"  # integer / bool inputs computed in float32 (bitnet.ops.dtypes)
 
     def forward(self, a, b):
         self.a, self.b = a, b

@@ -36,6 +36,7 @@ def _log_softmax(x, axis):
 
 class LogSoftmax(Function):
     devices = ("cpu", "cuda")
+    float_inputs = "log_softmax"  # integer / bool inputs computed in float32 (bitnet.ops.dtypes)
 
     def forward(self, x, axis=-1):
         self.axis = axis
@@ -48,6 +49,7 @@ class LogSoftmax(Function):
 
 class CrossEntropy(Function):
     devices = ("cpu", "cuda")
+    float_inputs = "cross_entropy"
 
     def forward(self, logits, targets=None, reduction="mean", label_smoothing=0.0):
         xp = array_module(logits)
@@ -80,6 +82,7 @@ class WeightedCrossEntropy(Function):
     """cross_entropy with class weights and/or ignored targets (module docstring)."""
 
     devices = ("cpu", "cuda")
+    float_inputs = "cross_entropy"
 
     def forward(self, logits, targets=None, reduction="mean", label_smoothing=0.0, weight=None,
                 ignore_index=-100):
@@ -175,6 +178,7 @@ class Dropout(Function):
     the host by ``rng``, then moved to x's device: module docstring)."""
 
     devices = ("cpu", "cuda")
+    float_inputs = "dropout"
 
     def forward(self, x, p=0.5, rng=None):
         xp = array_module(x)

@@ -11,6 +11,8 @@ The math of the training backward is in ``bitnet.kernels.batchnorm``.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from bitnet.kernels import batchnorm as K
@@ -19,7 +21,9 @@ from bitnet.tensor import Function, Tensor
 
 
 def _as_ncl(a):
-    return np.ascontiguousarray(a).reshape(a.shape[0], a.shape[1], -1)
+    """``a`` (N, C, *) as a C-contiguous (N, C, L) array, L the product of the trailing sizes (1 for
+    none; written out, not -1, which NumPy cannot resolve for an empty batch)."""
+    return np.ascontiguousarray(a).reshape(a.shape[0], a.shape[1], math.prod(a.shape[2:]))
 
 
 def update_running(running_mean, running_var, mean, invstd, eps, momentum, m) -> None:
@@ -35,6 +39,8 @@ def update_running(running_mean, running_var, mean, invstd, eps, momentum, m) ->
 
 
 class BatchNormTrain(Function):
+    float_inputs = "batch_norm"  # integer / bool inputs computed in float32 (bitnet.ops.dtypes)
+
     def forward(self, x, gamma, beta, eps=1e-5, running_mean=None, running_var=None, momentum=0.1):
         x3 = _as_ncl(x)
         mean = np.empty(x.shape[1], dtype=np.float64)
@@ -57,6 +63,8 @@ class BatchNormTrain(Function):
 
 
 class BatchNormEval(Function):
+    float_inputs = "batch_norm"
+
     def forward(self, x, gamma, beta, mean=None, var=None, eps=1e-5):
         self.invstd = 1.0 / np.sqrt(var.astype(np.float64) + eps)
         self.x, self.mean, self.gamma = x, mean.astype(np.float64), gamma

@@ -32,6 +32,8 @@ from bitnet.tensor import Function, Tensor
 
 
 class BatchNormMaxPool(Function):
+    float_inputs = "batch_norm_max_pool"  # integer / bool inputs computed in float32 (bitnet.ops.dtypes)
+
     def forward(self, x, gamma, beta, eps=1e-5, running_mean=None, running_var=None, momentum=0.1,
                 kernel=(2, 2), act=None):
         x = np.ascontiguousarray(x)

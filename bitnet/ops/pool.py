@@ -29,6 +29,8 @@ def _out_shape(x_shape, kernel, stride, padding, ceil_mode):
 
 
 class MaxPool2d(Function):
+    float_inputs = "max_pool2d"  # integer / bool inputs computed in float32 (bitnet.ops.dtypes)
+
     def forward(self, x, kernel=(2, 2), stride=(2, 2), padding=(0, 0), ceil_mode=False):
         out = W.empty(_out_shape(x.shape, kernel, stride, padding, ceil_mode), dtype=x.dtype)
         self.argmax = W.empty(out.shape, dtype=np.int32)
@@ -43,6 +45,8 @@ class MaxPool2d(Function):
 
 
 class AvgPool2d(Function):
+    float_inputs = "avg_pool2d"
+
     def forward(self, x, kernel=(2, 2), stride=(2, 2), padding=(0, 0), ceil_mode=False, count_include_pad=True):
         out = W.empty(_out_shape(x.shape, kernel, stride, padding, ceil_mode), dtype=x.dtype)
         P.avg_pool_forward(np.ascontiguousarray(x), *kernel, *stride, *padding, out, count_include_pad)

@@ -39,8 +39,15 @@ def install(cls):
     cls.matmul = lambda self, other: E.matmul(self, other)
 
     def _reduction(fn):
-        return lambda self, axis=None, keepdims=None, *, dim=None, keepdim=None: fn(
-            self, axis, keepdims, dim=dim, keepdim=keepdim)
+        def method(self, axis=None, keepdims=None, *, dim=None, keepdim=None, dtype=None, out=None):
+            # dtype= / out= only for NumPy, whose np.sum(t) / np.mean(t) / np.max(t) call t.sum(axis=..,
+            # dtype=None, out=None): the result is a Tensor, as for PyTorch's tensors
+            if dtype is not None or out is not None:
+                raise TypeError(f"Tensor.{fn.__name__}: dtype= and out= are not supported (a tensor keeps its dtype "
+                                f"and every result is a new Tensor); convert first with t.astype(...), or reduce "
+                                f"the array with np.{fn.__name__}(t.data, ...)")
+            return fn(self, axis, keepdims, dim=dim, keepdim=keepdim)
+        return method
 
     cls.sum = _reduction(R.sum)
     cls.mean = _reduction(R.mean)
