@@ -31,6 +31,7 @@ from bitnet import functional as F
 from bitnet.backend import check_device
 from bitnet.callbacks import Callback, TrainingRun
 from bitnet.history import EpochStats, History, StepStats
+from bitnet.nn.modes import eval_mode
 from bitnet.data.prefetch import on_device
 from bitnet.gpu.arrays import array_module, is_device_array, to_device, to_host
 from bitnet.ops import workspace
@@ -59,9 +60,10 @@ def evaluate(model, loader, loss_fn=F.cross_entropy, progress: bool = False, des
     ``device`` ("cpu" / "cuda"): move the model there first and feed it the batches there (module
     docstring); None evaluates where the model and the batches are.
 
-    The model's train/eval mode is restored afterwards. ``distributed``: a communicator whose ranks
-    each evaluate a contiguous part of ``loader``'s dataset and add up their sums (every rank returns
-    the result for the whole set; the progress bar shows on rank 0 only)."""
+    Every module's train/eval mode is restored afterwards (``bitnet.nn.modes.eval_mode``: a batch
+    norm frozen with ``.eval()`` in a model in training mode stays frozen). ``distributed``: a
+    communicator whose ranks each evaluate a contiguous part of ``loader``'s dataset and add up their
+    sums (every rank returns the result for the whole set; the progress bar shows on rank 0 only)."""
     if _several(distributed):
         from bitnet.distributed.fitting import evaluation_loader
         loader = evaluation_loader(loader, distributed)
@@ -70,12 +72,10 @@ def evaluate(model, loader, loss_fn=F.cross_entropy, progress: bool = False, des
     if device is not None:
         model.to(device)
         loader = on_device(loader, device)
-    was_training = model.training
-    model.eval()
     total_loss, correct, seen = 0.0, 0, 0
     bar = _bar(len(loader), desc, progress)
     try:
-        with no_grad():
+        with eval_mode(model), no_grad():
             for x, y in loader:
                 logits = model(Tensor(x))
                 loss_sum, right = _host_numbers(loss_fn(logits, y, reduction="sum").data, logits.data, y)
@@ -85,7 +85,6 @@ def evaluate(model, loader, loss_fn=F.cross_entropy, progress: bool = False, des
                 bar.update()
     finally:
         bar.close()
-        model.train(was_training)
     if _several(distributed):
         from bitnet.distributed.fitting import evaluation_totals
         total_loss, correct, seen = evaluation_totals(distributed, total_loss, correct, seen)

@@ -12,7 +12,8 @@ from bitnet import nn
 def test_hand_computed_small_model():
     model = nn.Sequential(
         nn.Conv2d(1, 4, 3, rng=0),                        # 1*3*3*4 + 4 = 40 float params
-        nn.QConv2d(4, 8, 3, padding=1, rng=0),            # binary 8 x K=36 -> 8 words; bias 8
+        nn.QConv2d(4, 8, 3, padding=1, rng=0),            # binary 8 x K=36: 9 taps of 1 word each
+                                                          # (the file's rows, 8 x 9 words); bias 8
         nn.BatchNorm2d(8),                                # 16 params + 16 buffers: folded into
                                                           # the QConv2d as 8 scales + 8 shifts
         nn.Flatten(),
@@ -22,7 +23,7 @@ def test_hand_computed_small_model():
     )
     s = bitnet.summary(model, (1, 6, 6), file=io.StringIO())
     assert [li.output_shape[1:] for li in s.layers] == [(4, 4, 4), (8, 4, 4), (8, 4, 4), (128,), (70,), (5,)]
-    expected_packed = (40 * 4) + (8 * 1 * 8 + 8 * 8) + 0 + (70 * 2 * 8 + 70 * 8) + ((350 + 5) * 4)
+    expected_packed = (40 * 4) + (8 * 9 * 8 + 8 * 8) + 0 + (70 * 2 * 8 + 70 * 8) + ((350 + 5) * 4)
     assert s.packed_bytes == expected_packed
     n_params = 40 + (288 + 8) + 16 + (128 * 70 + 70) + (350 + 5)
     assert s.total_params == n_params

@@ -123,6 +123,30 @@ def verify_rebuild(model) -> None:
     object.__setattr__(model, "_verified_architecture", arch)
 
 
+# -- error hints: a file of another kind --------------------------------------------------------------
+
+# what each loader reads, and how a file of each kind is loaded (the hint when a loader finds another kind)
+FILE_KINDS = {
+    "checkpoint": "a file of bitnet.save",
+    "packed": "a file of bitnet.convert",
+    "state_dict": "a weights-only file of bitnet.save_state_dict",
+}
+LOAD_KIND = {
+    "checkpoint": "load a checkpoint with bitnet.load (its state: bitnet.load(path).state_dict())",
+    "packed": "load a packed file with bitnet.load_packed",
+    "state_dict": ("load a weights-only file with bitnet.load_state_dict into a model built in code: "
+                   "model.load_state_dict(bitnet.load_state_dict(path))"),
+}
+
+
+def wrong_kind_hint(want: str, found, default: str = "") -> str:
+    """The hint for a file of kind ``found`` given to the loader of kind ``want``: what that loader reads
+    and how to load what was found (``default`` for a kind bitnet does not write)."""
+    if want not in FILE_KINDS or found not in LOAD_KIND or found == want:
+        return default
+    return f"{FILE_KINDS[want]}; {LOAD_KIND[found]}"
+
+
 # -- reading: JSON -> checked -> model ----------------------------------------------------------------
 
 def check_value(path, key, value, depth=0):

@@ -66,8 +66,17 @@ def lookup(name: str):
         return _CLASSES[name]
     except KeyError:
         raise KeyError(f"no module class is registered as {name!r}: if it is your own class, import the module "
-                       f"that defines it, decorated with @bitnet.nn.register (or call bitnet.nn.register("
-                       f"{name.split('.')[-1]})), before loading the file (command line: --import MODULE)") from None
+                       f"that defines it before loading the file (command line: --import MODULE), the class "
+                       f"decorated with {register_hint(name)}") from None
+
+
+def register_hint(name: str) -> str:
+    """The decorator that registers a class under ``name``, as Python source: ``@bitnet.nn.register("name")``
+    (the name quoted; and where it is an identifier, the plain decorator works for a class of that name)."""
+    quoted = f"@bitnet.nn.register({name!r})"
+    if name.isidentifier():
+        return f"{quoted} (or plain @bitnet.nn.register if the class is named {name})"
+    return quoted
 
 
 def names() -> list:

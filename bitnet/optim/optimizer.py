@@ -130,9 +130,17 @@ class Optimizer:
         if isinstance(params, Tensor):
             raise TypeError(f"{self._name}: params must be an iterable of Parameters or of dicts, "
                             "got a single Tensor; wrap it in a list: [param]")
+        from bitnet.nn.module import Module
+        if isinstance(params, Module):
+            raise TypeError(f"{self._name}: expected an iterable of Parameters (model.parameters()) or param "
+                            f"groups, got a {type(params).__name__} module; pass model.parameters()")
         if isinstance(params, dict):
             params = [params]
-        params = list(params)
+        try:
+            params = list(params)
+        except TypeError:
+            raise TypeError(f"{self._name}: expected an iterable of Parameters (model.parameters()) or param "
+                            f"groups, got {type(params).__name__}") from None
         if not params:
             raise ValueError(f"{self._name}: got an empty parameter list; pass the parameters to "
                              "optimize, e.g. model.parameters()")
