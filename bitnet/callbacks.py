@@ -156,16 +156,25 @@ def _check_folder(path, who):
 
 
 class ModelCheckpoint(Callback):
-    """Save a checkpoint (``bitnet.save``: model, optimizer, scheduler, epoch) after each epoch, or
-    with ``save_best_only`` only when ``monitor`` improved. ``path`` may hold fields filled from the
-    epoch's statistics, e.g. ``"ckpt-{epoch:02d}-{val_accuracy:.4f}.h5"``. Writes are atomic (a
-    crash leaves the previous file); the folder is checked when training starts."""
+    """Save a checkpoint (``bitnet.save``: model, optimizer, scheduler, epoch, and the generator states of
+    the model's Dropout layers) after each epoch, or with ``save_best_only`` only when ``monitor``
+    improved. ``path`` may hold fields filled from the epoch's statistics, e.g.
+    ``"ckpt-{epoch:02d}-{val_accuracy:.4f}.h5"``. ``rng``: a Generator saved with each checkpoint as its
+    ``rng`` (the training loader's shuffling generator, ``train_loader.rng``), so that a resumed run
+    (``state.restore(opt, train_loader.rng, sched)``) draws the same batches. Writes are atomic (a crash
+    leaves the previous file). When training starts, the folder is checked and so is everything
+    ``save`` will check (``bitnet.io.checkpoint.check_saveable``: the architecture, the optimizer's,
+    schedule's and generators' state), so what cannot be saved fails before the first step."""
 
     def __init__(self, path, monitor="val_loss", save_best_only=False, mode="auto", save_training_state=True,
-                 input_shape=None, verbose=False):
+                 input_shape=None, verbose=False, rng=None):
+        if rng is not None and not isinstance(rng, np.random.Generator):
+            raise TypeError(f"ModelCheckpoint: rng must be a numpy.random.Generator (e.g. train_loader.rng), got "
+                            f"{type(rng).__name__}")
         self.path, self.monitor, self.save_best_only = os.fspath(path), monitor, save_best_only
         self.mode, self._better = _monitored(monitor, mode, "ModelCheckpoint")
         self.save_training_state, self.input_shape, self.verbose = save_training_state, input_shape, verbose
+        self.rng = rng
         self.best = None
         self.saved = []  # the paths written, in order
 
@@ -182,6 +191,11 @@ class ModelCheckpoint(Callback):
         probe = _TemplateProbe()
         if run.is_main:
             _check_folder(self._filled(probe), "ModelCheckpoint")
+        from bitnet.io.checkpoint import check_saveable  # on every rank: they all hold the same objects
+        if self.save_training_state:
+            check_saveable(run.model, run.optimizer, 0, self.rng, run.scheduler, self.input_shape, "ModelCheckpoint")
+        else:
+            check_saveable(run.model, input_shape=self.input_shape, owner="ModelCheckpoint")
         self.best = None
 
     def on_epoch_end(self, run, stats):
@@ -194,8 +208,8 @@ class ModelCheckpoint(Callback):
         path = self._filled(stats)
         if run.is_main:  # distributed: rank 0 writes, the others wait for the file
             if self.save_training_state:
-                save(run.model, path, optimizer=run.optimizer, epoch=stats.epoch, scheduler=run.scheduler,
-                     input_shape=self.input_shape)
+                save(run.model, path, optimizer=run.optimizer, epoch=stats.epoch, rng=self.rng,
+                     scheduler=run.scheduler, input_shape=self.input_shape)
             else:
                 save(run.model, path, input_shape=self.input_shape)
         run.barrier(f"waiting for rank 0 to write {path}")

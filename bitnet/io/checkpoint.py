@@ -1,7 +1,7 @@
 """Model files and training checkpoints: ``save`` / ``load`` and the training state of checkpoints.
 
     bitnet.save(model, "ckpt.h5", optimizer=opt, epoch=3, rng=rng)
-    model = bitnet.load("ckpt.h5")
+    model = bitnet.load("ckpt.h5")                   # weights, and the Dropout generators' states
     state = bitnet.load_training_state("ckpt.h5")    # optimizer state, epoch, RNG state
     opt = bitnet.optim.Adam(model.parameters(), lr=1e-3); state.restore(opt, rng)
 
@@ -13,7 +13,9 @@ will load (finite, within +-2^64). The model a file describes may take at most t
 earned (``bitnet.io.limits``; ``max_bytes=`` to allow more), every dataset's dtype and shape is
 compared with the model the config builds before its data is read, its checksum after, float
 weights must be finite and within +-2^64, and every problem raises ``BitnetFileError``
-(``bitnet.io.h5``). The training state: ``bitnet.io.training_state``.
+(``bitnet.io.h5``). The training state (``bitnet.io.training_state``): the optimizer's (one optimizer or a
+``MultiOptimizer``'s), the schedule's, an RNG's, and the states of the generators the model's modules
+own (Dropout's), which ``load`` gives back to the model it builds.
 """
 from __future__ import annotations
 
@@ -22,8 +24,9 @@ import json
 import numpy as np
 
 from bitnet.io import h5, limits
-from bitnet.io.config import build, check_config, model_config, verify_rebuild, zoo_input_shape
+from bitnet.io.config import build, check_config, model_config, verify_rebuild, wrong_kind_hint, zoo_input_shape
 from bitnet.io.h5 import BitnetFileError
+from bitnet.io.generators import GENERATORS, check_module_rngs, module_generators_state, set_module_generators
 
 # h5py's and HDF5's errors on a damaged structure, converted to BitnetFileError
 H5_ERRORS = (KeyError, OSError, RuntimeError, TypeError, ValueError)
@@ -32,21 +35,13 @@ H5_ERRORS = (KeyError, OSError, RuntimeError, TypeError, ValueError)
 def save(model, path, optimizer=None, epoch=None, rng=None, scheduler=None, input_shape=None,
          trained_on=None) -> None:
     """Write ``model`` (its architecture and every parameter and buffer) to the HDF5 file ``path``; with
-    ``optimizer`` / ``epoch`` / ``rng`` (a ``np.random.Generator``) / ``scheduler`` (a learning-rate
-    schedule) a training checkpoint. ``input_shape`` (C, H, W), recorded for ``bitnet summary`` and
-    ``predict``, is known already for zoo models. ``trained_on``: a JSON-able dict saying what the
-    model was trained on (``bitnet train`` records the dataset, input shape, classes and its
-    options), returned by ``describe``."""
-    if epoch is not None and (not isinstance(epoch, (int, np.integer)) or epoch < 0):
-        raise ValueError(f"save: epoch must be a non-negative int, got {epoch!r}")
-    if rng is not None and not isinstance(rng, np.random.Generator):
-        raise TypeError(f"save: rng must be a numpy.random.Generator, got {type(rng).__name__}")
-    config = model_config(model, input_shape)
-    verify_rebuild(model)
-    state = model.state_dict()
-    opt_state = optimizer.state_dict() if optimizer is not None else None
-    _check_saveable(state, opt_state)
-
+    ``optimizer`` (one optimizer, or a ``MultiOptimizer``) / ``epoch`` / ``rng`` (a ``np.random.Generator``)
+    / ``scheduler`` (a learning-rate schedule) a training checkpoint, which also holds the states of the
+    generators the model's modules own (every ``Dropout``'s), so that training resumes bit-identically.
+    ``input_shape`` (C, H, W), recorded for ``bitnet summary`` and ``predict``, is known already for zoo
+    models. ``trained_on``: a JSON-able dict saying what the model was trained on (``bitnet train``
+    records the dataset, input shape, classes and its options), returned by ``describe``."""
+    config, state, training = _prepare(model, optimizer, epoch, rng, scheduler, input_shape, "save")
     record = None if trained_on is None else json.dumps(trained_on, sort_keys=True, allow_nan=False)
 
     def write(f):
@@ -54,34 +49,103 @@ def save(model, path, optimizer=None, epoch=None, rng=None, scheduler=None, inpu
         if record is not None:
             h5.set_text(f, "trained_on", record)
         h5.write_weights(f, state)
-        if opt_state is not None or epoch is not None or rng is not None or scheduler is not None:
+        if training is not None:
             train = f.create_group("training")
-            if scheduler is not None:
-                h5.set_text(train, "scheduler", json.dumps(scheduler.state_dict()))
+            for name in ("scheduler", "rng", "module_rngs"):
+                if training[name] is not None:
+                    h5.set_text(train, name, training[name])
             if epoch is not None:
                 train.attrs["epoch"] = int(epoch)
-            if rng is not None:
-                h5.set_text(train, "rng", json.dumps(rng.bit_generator.state))
-            if opt_state is not None:
-                og = train.create_group("optimizer")
-                h5.set_text(og, "class", type(optimizer).__name__)
-                h5.set_text(og, "param_groups", json.dumps(opt_state["param_groups"]))
-                for index, entries in opt_state["state"].items():
-                    g = og.create_group(f"state/{int(index)}")
-                    for name, value in entries.items():
-                        h5.create_dataset(g, name, np.asarray(value))
+            opt_state = training["optimizer"]
+            if opt_state is not None and "optimizers" in opt_state:  # a MultiOptimizer: one group per optimizer
+                multi = train.create_group("optimizers")
+                h5.set_text(multi, "class", type(optimizer).__name__)
+                for i, (inner, inner_state) in enumerate(zip(optimizer.optimizers, opt_state["optimizers"])):
+                    _write_optimizer(multi.create_group(str(i)), inner, inner_state)
+            elif opt_state is not None:
+                _write_optimizer(train.create_group("optimizer"), optimizer, opt_state)
     h5.atomic_write(path, write)
 
 
-def _check_saveable(state, opt_state) -> None:
-    """Refuse to write a checkpoint that ``load`` / ``load_training_state`` would refuse."""
-    h5.check_values(state, "save")
-    if opt_state is not None:
-        if not {"state", "param_groups"} <= set(opt_state):
-            raise TypeError(f"save: the optimizer's state_dict() has the keys {sorted(opt_state)}; a checkpoint "
-                            "holds a single optimizer's state ('state' and 'param_groups'), not a MultiOptimizer's")
-        for index, entries in opt_state["state"].items():
-            h5.check_values({f"optimizer state {index}.{k}": v for k, v in entries.items()}, "save", bound=False)
+def check_saveable(model, optimizer=None, epoch=None, rng=None, scheduler=None, input_shape=None,
+                   owner="save") -> None:
+    """Raise what ``save(model, path, optimizer, epoch, rng, scheduler, input_shape)`` would raise
+    before writing, writing nothing: an architecture that does not build again, values that would not
+    load, an optimizer, schedule or generator a checkpoint cannot hold. For checking before training
+    (``ModelCheckpoint`` does, so that a run does not fail after its first epoch)."""
+    _prepare(model, optimizer, epoch, rng, scheduler, input_shape, owner)
+
+
+def _write_optimizer(group, optimizer, opt_state) -> None:
+    """One optimizer's state: attributes ``class`` and ``param_groups``, datasets ``state/I/NAME``."""
+    h5.set_text(group, "class", type(optimizer).__name__)
+    h5.set_text(group, "param_groups", json.dumps(opt_state["param_groups"]))
+    for index, entries in opt_state["state"].items():
+        g = group.create_group(f"state/{int(index)}")
+        for name, value in entries.items():
+            h5.create_dataset(g, name, np.asarray(value))
+
+
+def _prepare(model, optimizer, epoch, rng, scheduler, input_shape, owner):
+    """``(config, state, training)`` to write, everything checked first (``check_saveable``);
+    ``training`` is None or a dict: ``optimizer`` (its state dict), and the JSON texts ``scheduler``,
+    ``rng`` and ``module_rngs`` (each None when absent)."""
+    if epoch is not None and (not isinstance(epoch, (int, np.integer)) or epoch < 0):
+        raise ValueError(f"{owner}: epoch must be a non-negative int, got {epoch!r}")
+    if rng is not None:
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError(f"{owner}: rng must be a numpy.random.Generator, got {type(rng).__name__}")
+        if type(rng.bit_generator).__name__ not in GENERATORS:
+            raise TypeError(f"{owner}: rng is a Generator of a {type(rng.bit_generator).__name__} bit generator; "
+                            f"checkpoints store those of {', '.join(GENERATORS)}: use e.g. "
+                            "np.random.Generator(np.random.PCG64(seed))")
+    config = model_config(model, input_shape)
+    verify_rebuild(model)
+    state = model.state_dict()
+    h5.check_values(state, owner)
+    if optimizer is None and epoch is None and rng is None and scheduler is None:
+        return config, state, None
+    opt_state = _optimizer_state(optimizer, owner) if optimizer is not None else None
+    sched = None
+    if scheduler is not None:
+        try:
+            sched = json.dumps(scheduler.state_dict(), allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{owner}: the schedule's state_dict() is not plain JSON ({e}); a checkpoint stores "
+                            "a schedule's state as JSON of finite numbers, strings and lists") from None
+    generators = module_generators_state(model, owner)
+    return config, state, {"optimizer": opt_state, "scheduler": sched,
+                           "rng": None if rng is None else json.dumps(rng.bit_generator.state),
+                           "module_rngs": None if generators is None else json.dumps(generators)}
+
+
+def _optimizer_state(optimizer, owner) -> dict:
+    """``optimizer.state_dict()``, checked: a single optimizer's (``state`` and ``param_groups``), or a
+    MultiOptimizer's (``optimizers``: one such dict per inner optimizer), of finite values."""
+    opt_state = optimizer.state_dict()
+    inner = getattr(optimizer, "optimizers", None)
+    if isinstance(opt_state, dict) and set(opt_state) == {"optimizers"}:
+        if not isinstance(inner, (list, tuple)) or len(inner) != len(opt_state["optimizers"]):
+            raise TypeError(f"{owner}: the optimizer's state_dict() holds {{'optimizers': [...]}}, but the optimizer "
+                            "has no matching list .optimizers; a checkpoint stores a bitnet MultiOptimizer's state")
+        states = list(opt_state["optimizers"])
+        names = [f"optimizer {i} ({type(o).__name__})" for i, o in enumerate(inner)]
+    else:
+        states, names = [opt_state], ["the optimizer's"]
+    for what, sd in zip(names, states):
+        if not isinstance(sd, dict) or not {"state", "param_groups"} <= set(sd):
+            found = sorted(sd) if isinstance(sd, dict) else type(sd).__name__
+            raise TypeError(f"{owner}: {what} state_dict() has the keys {found}; a checkpoint holds an optimizer's "
+                            "'state' and 'param_groups' (bitnet.optim.Optimizer.state_dict()), or a MultiOptimizer "
+                            "of such optimizers")
+        try:
+            json.dumps(sd["param_groups"], allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{owner}: {what} param_groups are not plain JSON ({e}); hyperparameters must be "
+                            "finite numbers, strings, booleans or lists of them") from None
+        for index, entries in sd["state"].items():
+            h5.check_values({f"optimizer state {index}.{k}": v for k, v in entries.items()}, owner, bound=False)
+    return opt_state
 
 
 def describe(path, max_bytes=None) -> dict:
@@ -133,7 +197,7 @@ def read_model(f, path, want_kind, hint, max_bytes=None):
     """``(model, spec)`` of an open file of kind ``want_kind``: header, kind and config checked, the
     model built (not yet loaded) within the bytes the file may describe."""
     version, kind, config = h5.read_header(f, path)
-    h5.check_kind(path, kind, want_kind, hint)
+    h5.check_kind(path, kind, want_kind, wrong_kind_hint(want_kind, kind, hint))
     spec = check_config(config, path, version)
     return build(spec, path, limits.allowed_bytes(path, kind, max_bytes)), spec
 
@@ -148,6 +212,9 @@ def load(path, max_bytes=None):
                                   "a file of bitnet.save; load a packed file with bitnet.load_packed", max_bytes)
             live = live_state(model)
             h5.read_weights(f, path, live, sink=lambda key, data: np.copyto(live[key], data))
+            train = h5.group(f, "training", path, "training")
+            if train is not None and "module_rngs" in train.attrs:  # the Dropout streams go on where they were
+                set_module_generators(model, check_module_rngs(path, h5.json_attr(train, path, "module_rngs"), model))
         except BitnetFileError:
             raise
         except H5_ERRORS as e:

@@ -329,7 +329,9 @@ class HardTanh(_Stateless):
 
 
 class Dropout(_Stateless):
-    """Inverted dropout with probability p; its own Generator (from ``rng``: Generator or seed)."""
+    """Inverted dropout with probability p; its own Generator (from ``rng``: Generator or seed), whose
+    state training checkpoints save and ``bitnet.load`` restores (docs/file-format.md, ``module_rngs``),
+    so that a resumed run draws the masks the uninterrupted run would have drawn."""
 
     def __init__(self, p: float = 0.5, rng=None):
         super().__init__()

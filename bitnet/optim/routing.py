@@ -14,7 +14,10 @@ A binary kernel is the latent ``weight`` of a layer whose ``kernel_quantizer`` h
       sched = WarmupCosine(opt, warmup_steps=500, total_steps=10_000)   # schedules Adam's lr
       ... opt.zero_grad(); loss.backward(); opt.step(); sched.step()
 
-``MultiOptimizer([opt_a, opt_b])`` steps, zeroes and checkpoints several optimizers as one.
+``MultiOptimizer([opt_a, opt_b])`` steps, zeroes and checkpoints several optimizers as one:
+``bitnet.save(model, path, optimizer=multi)`` (or ``ModelCheckpoint``) writes every inner optimizer's
+state, and ``bitnet.load_training_state(path).restore(multi)`` puts it back (docs/file-format.md,
+``training/optimizers``).
 """
 from __future__ import annotations
 
@@ -77,7 +80,9 @@ def param_groups(model, weight_decay: float) -> list:
 class MultiOptimizer(Optimizer):
     """Several optimizers stepped, zeroed and checkpointed as one: ``MultiOptimizer([a, b])``.
 
-    Each optimizer keeps its own parameters; a parameter owned by two of them is an error.
+    Each optimizer keeps its own parameters; a parameter owned by two of them is an error. A
+    MultiOptimizer given as an item is flattened: ``MultiOptimizer([MultiOptimizer([a, b]), c])``
+    holds ``a, b, c`` (the same steps in the same order), so a checkpoint stores one flat list.
 
     ``param_groups`` is the concatenation of the groups (the same dict objects) of the inner
     optimizers that have a learning rate (an ``"lr"`` entry), so an LR scheduler built on the
@@ -89,7 +94,8 @@ class MultiOptimizer(Optimizer):
     def __init__(self, optimizers):
         if isinstance(optimizers, Optimizer):
             optimizers = [optimizers]
-        optimizers = list(optimizers)
+        optimizers = [inner for opt in optimizers
+                      for inner in (opt.optimizers if isinstance(opt, MultiOptimizer) else [opt])]
         if not optimizers:
             raise ValueError("MultiOptimizer: got no optimizers; pass a list such as "
                              "[Bop(binary_params), Adam(other_params)]")
@@ -155,7 +161,8 @@ class MultiOptimizer(Optimizer):
 
     # -- checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """``{"optimizers": [inner.state_dict(), ...]}`` (plain data)."""
+        """``{"optimizers": [inner.state_dict(), ...]}`` (plain data); each inner state dict numbers its
+        optimizer's own parameters from 0. ``bitnet.save`` stores it as ``training/optimizers``."""
         return {"optimizers": [opt.state_dict() for opt in self.optimizers]}
 
     def load_state_dict(self, state_dict: dict) -> None:
