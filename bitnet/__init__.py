@@ -12,6 +12,18 @@ if not _os.path.isdir(_os.path.join(__path__[0], "kernels")) and _os.path.isfile
         _os.path.join(_root, "kernels", "__init__.py")):
     __path__.append(_root)
 
+if _os.path.basename(getattr(__import__("sys"), "argv", [""])[0] or "") == "bitnet":
+    # The `bitnet` command: a Ctrl-C while these imports run (before bitnet.cli handles it) prints one
+    # line, not a traceback; Python then still ends the process by SIGINT (exit status 130).
+    import sys as _sys
+
+    def _interrupted(kind, value, tb, _default=_sys.excepthook):
+        if issubclass(kind, KeyboardInterrupt):
+            _sys.stderr.write("bitnet: interrupted\n")
+        else:
+            _default(kind, value, tb)
+    _sys.excepthook = _interrupted
+
 from bitnet.tensor import Tensor, Parameter, Function, no_grad, enable_grad, is_grad_enabled, tensor  # noqa: F401
 from bitnet.factories import arange, ones, ones_like, rand, randn, zeros, zeros_like  # noqa: E402,F401
 from bitnet import functional, nn, optim  # noqa: E402,F401

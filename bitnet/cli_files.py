@@ -9,8 +9,9 @@ files will be written before any work, and what a model file records about its t
 - ``trained_on(...)``, ``record_of(path, info)``: the record ``bitnet train`` saves in its files
   (dataset, input shape, classes, the options of the run), checked when read; ``resume_checks``
   (``--resume`` against it), ``choose_dataset`` (``eval`` / ``predict`` against it);
-- ``running(path, what)``, ``not_finite(...)``: a model run, and its NaN or infinite outputs, as one
-  message.
+- ``running(path, what, expects)``, ``not_finite(...)``: a model run (inputs it cannot take, with what
+  the file expects), and its NaN or infinite outputs, as one message; ``check_pixels``: ``predict``'s
+  images (uint8, or finite floats in [0, 1]; at least one).
 """
 from __future__ import annotations
 
@@ -66,7 +67,8 @@ def reading(path, expected="a readable bitnet model file"):
     from bitnet.backend import CudaUnavailableError
     try:
         yield
-    except (BitnetFileError, FileNotFoundError, CudaUnavailableError, CommandError, MemoryError):
+    except (BitnetFileError, FileNotFoundError, IsADirectoryError, NotADirectoryError, CudaUnavailableError,
+            CommandError, MemoryError):  # (a folder given for a file: bitnet.io.h5.not_a_file)
         raise
     except (KeyError, IndexError, ZeroDivisionError, AttributeError, OverflowError, RuntimeError, OSError,
             TypeError, RecursionError, UnicodeError) as e:
@@ -244,12 +246,69 @@ def not_finite(path, model, where) -> CommandError:
 
 
 @contextlib.contextmanager
-def running(path, what):
-    """A model run: errors of a model that cannot run as one message naming ``path``; NumPy's overflow
-    warnings silenced (non-finite outputs are reported once, by the caller)."""
-    with reading(path, what), np.errstate(all="ignore"), warnings.catch_warnings():
+def running(path, what, expects=""):
+    """A model run on ``what`` (e.g. "images of shape (1, 32, 32)"): the ``ValueError`` / ``TypeError``
+    of a layer that cannot take its input becomes one message naming ``path``, what it was run on and
+    ``expects`` (what the file expects: ``expected_input``); other errors as ``reading``'s. NumPy's
+    overflow warnings silenced (non-finite outputs are reported once, by the caller)."""
+    from bitnet.backend import CudaUnavailableError
+    with reading(path, f"a model that runs on {what}"), np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        yield
+        try:
+            yield
+        except (BitnetFileError, CudaUnavailableError, CommandError):
+            raise
+        except (ValueError, TypeError) as e:
+            raise CommandError(f"{path}: the model cannot run on {what}: {e}" + (f"; {expects}" if expects else "")) \
+                from None
+
+
+def expected_input(info, given=None, option="") -> str:
+    """What a model file expects as input, for ``running``'s messages: the input shape it records (and
+    that ``option``'s ``given`` shape differs from it), or that it records none."""
+    recorded = tuple(info["input_shape"]) if info.get("input_shape") else None
+    if recorded is None:
+        return ("the file does not record the input shape its model takes (saved without input_shape=): "
+                + (f"give that shape with {option} C,H,W" if option else "give it images of the shape it was "
+                   "trained on"))
+    if given is not None and tuple(given) != recorded:
+        return (f"the file records that its model takes inputs of shape {recorded} (C, H, W): leave out {option} "
+                f"or give {option} {','.join(map(str, recorded))}")
+    return f"the file records that its model takes inputs of shape {recorded} (C, H, W)"
+
+
+def _hold(indices) -> str:
+    return "hold" if len(indices) > 1 else "holds"
+
+
+def check_pixels(path, x) -> None:
+    """``bitnet predict``'s images: at least one; uint8, or floats that are finite and within [0, 1]
+    (what ``Normalize`` takes as pixels); anything else is refused naming ``path``, the images and the
+    values found, with the conversion that fixes it."""
+    if x.size == 0:
+        raise CommandError(f"{path}: no images (an array of shape {x.shape}); expected at least one image of at "
+                           "least one pixel")
+    if x.dtype == np.uint8:
+        return
+    flat = x.reshape(len(x), -1)
+    if x.dtype.kind == "f":
+        bad = np.flatnonzero(~np.isfinite(flat).all(axis=1))
+        if len(bad):
+            raise CommandError(f"{path}: {images_text(bad.tolist(), len(x))} {_hold(bad)} NaN or infinite values; "
+                               "expected finite pixels (uint8 0-255, or floats in [0, 1])")
+        lo, hi = float(x.min()), float(x.max())
+        if lo >= 0 and hi <= 1:
+            return
+        bad = np.flatnonzero(((flat < 0) | (flat > 1)).any(axis=1))
+        fix = ("they look like 0-255 pixels: divide them by 255 (x / 255) or save them as uint8"
+               if lo >= 0 and hi <= 255 else "scale them to [0, 1]")
+        raise CommandError(f"{path}: {images_text(bad.tolist(), len(x))} {_hold(bad)} pixel values outside [0, 1] "
+                           f"(from {lo:.6g} to {hi:.6g}); expected uint8 pixels (0-255) or floats in [0, 1]: {fix}")
+    lo, hi = int(x.min()), int(x.max())
+    fix = ("save them as uint8: np.save(path, x.astype(np.uint8))" if 0 <= lo and hi <= 255 else
+           "scale them to 0-255 and save them as uint8 (x.astype(np.uint8)), or as floats in [0, 1]")
+    raise CommandError(f"{path}: images of dtype {x.dtype} (values from {lo} to {hi}); expected uint8 pixels "
+                       f"(0-255) or floats in [0, 1]: {fix}")
 
 
 def write_packed(model, out, input_shape, record) -> None:

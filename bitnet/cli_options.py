@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 
 #: The most values (C x H x W) one input image may have: 1,048,576 (e.g. 1 x 1024 x 1024, or
 #: 3 x 591 x 591); ``--input-shape`` beyond it is refused (a forward pass allocates many
@@ -68,6 +69,34 @@ def input_shape(text: str) -> tuple:
     return shape
 
 
+def file_name(what: str):
+    """An argparse ``type``: a file name, not empty (``--save ""`` would otherwise be taken as no
+    file, ``convert x.h5 ""`` fail late); ``what`` says which file, e.g. "the checkpoint to write"."""
+    def parse(text: str) -> str:
+        if not text:
+            raise argparse.ArgumentTypeError(f"expected the name of a file ({what}), got an empty name ''")
+        return text
+    parse.__name__ = "file name"
+    return parse
+
+
+def folder(what: str):
+    """An argparse ``type``: a folder that may not exist yet (it may be created), but not an empty name
+    and not a path where a file stands in place of a folder."""
+    def parse(text: str) -> str:
+        if not text:
+            raise argparse.ArgumentTypeError(f"expected a folder ({what}), got an empty name ''")
+        from bitnet.io.h5 import file_in_the_way
+        blocker = file_in_the_way(text)
+        if blocker is not None:
+            where = "it is" if os.path.abspath(text) == blocker else f"{blocker} is"
+            raise argparse.ArgumentTypeError(f"expected a folder ({what}), got {text!r}: {where} a file, not a "
+                                             "folder; give the folder that holds it")
+        return text
+    parse.__name__ = "folder"
+    return parse
+
+
 # the options of `bitnet train`
 EPOCHS = integer(1, MAX_EPOCHS, "passes over the training set")
 BATCH = integer(1, MAX_BATCH, "images per minibatch")
@@ -82,7 +111,7 @@ LIMIT = integer(1, None, "how many images to predict")
 
 def data_options(p):
     """Where the dataset's files are, and whether missing ones may be downloaded (train and eval)."""
-    p.add_argument("--data-dir", default=None,
+    p.add_argument("--data-dir", default=None, type=folder("the folder holding the dataset, or its parent"),
                    help="folder holding the dataset (or a parent with mnist/, fashion-mnist/, cifar-10/); "
                         "default: $BITNET_DATA, else ~/.cache/bitnet/data")
     p.add_argument("--no-download", dest="download", action="store_false",

@@ -104,7 +104,8 @@ def read_input(path, expected=None) -> np.ndarray:
     from bitnet.data.idx import read_idx
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such input file")
+        from bitnet.io.h5 import not_a_file
+        raise not_a_file(path, "input file")  # missing, a folder, a file in place of a folder, a device
     with open(path, "rb") as f:
         head = f.read(8)
     if path.endswith(".npy") or head.startswith((b"\x93NUMPY", b"PK\x03\x04")):

@@ -64,7 +64,8 @@ class Normalize:
         elif np.issubdtype(x.dtype, np.floating):
             out = x.astype(np.float32)
         else:
-            raise TypeError(f"Normalize expects uint8 or floating images, got {x.dtype}")
+            raise TypeError(f"Normalize expects uint8 or floating images, got {x.dtype}; convert them: "
+                            "x.astype(np.uint8) for pixels 0-255, or floats scaled to [0, 1]")
         if self.add_channel_axis and out.ndim == 3:
             out = out[:, None]
         mean, std = self.mean, self.std

@@ -1,45 +1,109 @@
-"""``bitnet bench`` subcommands."""
+"""``bitnet bench`` subcommands.
+
+Everything a benchmark's options say is checked before it runs (``_checked``): ``--threads`` against
+the threads Numba has on this machine, ``--json`` and ``--plot`` as destinations (their folder exists
+and takes files; ``--plot``'s extension a format matplotlib writes). Errors name the benchmark:
+``bitnet bench gemm: error: ...``."""
 from __future__ import annotations
 
 import argparse
 import json
 import os
 
-from bitnet.cli_options import BATCH, integer, number
+from bitnet.cli_options import BATCH, file_name, integer, number
 
 _ROUNDS = integer(1, 10_000, "rounds")
 _REPEATS = integer(1, 100_000, "timed calls")
 _STEPS = integer(1, 100_000, "steps per round")
 _BUSY = integer(0, 256, "busy-looping processes")
 _WARMUP = integer(0, 100_000, "warm-up steps")
-_THREADS = integer(1, 4096, "threads")
+_THREADS = integer(1, None, "threads")  # at most Numba's threads on this machine: _check_threads
 _GBIT = number(0.0, 1e6, low_open=True, what="Gbit/s")
 _LATENCY = number(0.0, 1e7, what="microseconds")
+_JSON = file_name("the records to write")
 
 
-def thread_counts(text: str) -> list:
-    """``"1,2"`` -> ``[1, 2]`` (``--threads`` of ``bench model`` and ``bench train``)."""
-    try:
-        counts = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        counts = []
-    if not counts or min(counts) < 1 or max(counts) > 4096:
-        raise argparse.ArgumentTypeError(f"expected thread counts >= 1 separated by commas, e.g. 1,2; got {text!r}")
-    return list(dict.fromkeys(counts))
+def _counts(what: str, example: str, high=None):
+    """An argparse ``type``: whole numbers >= 1 (at most ``high``) separated by commas, e.g. ``"1,2"`` ->
+    ``[1, 2]`` (repeats dropped); ``what`` names them in the error ("thread counts", "process counts")."""
+    def parse(text: str) -> list:
+        try:
+            counts = [int(t) for t in text.split(",") if t.strip()]
+        except ValueError:
+            counts = []
+        if not counts or min(counts) < 1 or (high is not None and max(counts) > high):
+            bound = ">= 1" if high is None else f"from 1 to {high}"
+            raise argparse.ArgumentTypeError(f"expected {what} {bound} separated by commas, e.g. {example}; "
+                                             f"got {text!r}")
+        return list(dict.fromkeys(counts))
+    parse.__name__ = what
+    return parse
+
+
+#: ``--threads`` of ``bench model`` and ``bench train`` (at most Numba's threads: ``_check_threads``);
+#: ``--processes`` of ``bench distributed``.
+thread_counts = _counts("thread counts", "1,2")
+process_counts = _counts("process counts", "2 or 2,4", high=4096)
+
+
+def _most_threads() -> int:
+    import numba
+    return numba.config.NUMBA_NUM_THREADS
+
+
+def _check_threads(requested) -> None:
+    """``--threads`` (a count or a list) at most the threads Numba has on this machine."""
+    if requested is None:
+        return
+    most = _most_threads()
+    counts = requested if isinstance(requested, list) else [requested]
+    too_many = [t for t in counts if t > most]
+    if too_many:
+        raise ValueError(f"--threads {','.join(map(str, too_many))}: expected at most {most}, the threads Numba has "
+                         f"on this machine ({os.cpu_count()} cores; NUMBA_NUM_THREADS={most}); give --threads "
+                         f"{most} or fewer")
 
 
 def _threads_list(requested) -> list:
     """The thread counts to run: as given, else 1 and the machine's count; each at most what Numba
     allows (``NUMBA_NUM_THREADS``)."""
-    import numba
-    most = numba.config.NUMBA_NUM_THREADS
+    most = _most_threads()
     if requested is None:
         return list(dict.fromkeys([1, min(most, os.cpu_count() or 1)]))
-    too_many = [t for t in requested if t > most]
-    if too_many:
-        raise ValueError(f"--threads {','.join(map(str, too_many))}: at most {most} on this machine "
-                         "(NUMBA_NUM_THREADS)")
+    _check_threads(requested)
     return requested
+
+
+def _check_plot(plot) -> None:
+    """``bench gemm --plot FILE``: matplotlib installed, a format it writes (the extension), a destination
+    that takes files; before the benchmark runs."""
+    from bitnet.cli_files import CommandError, check_destination
+    from bitnet.plotting import needs_matplotlib
+    needs_matplotlib("bitnet bench gemm --plot")
+    from matplotlib.backend_bases import FigureCanvasBase
+    formats = FigureCanvasBase.get_supported_filetypes()
+    ext = os.path.splitext(plot)[1].lower().lstrip(".")
+    if ext not in formats:
+        found = f"a .{ext} file" if ext else "a file name without an extension"
+        raise CommandError(f"--plot {plot}: {found}; expected a file type matplotlib writes, chosen by the extension: "
+                           + ", ".join("." + f for f in sorted(formats)) + f" (e.g. {os.path.splitext(plot)[0]}.png)")
+    check_destination(plot, "--plot")
+
+
+def _checked(cmd):
+    """``cmd`` with its options checked first (``--threads``, ``--json``, ``--plot``): nothing is timed
+    before they are found good."""
+    def run(args):
+        from bitnet.cli_files import check_destination
+        if getattr(args, "device", "cpu") != "cuda":
+            _check_threads(getattr(args, "threads", None))
+        if getattr(args, "plot", None):
+            _check_plot(args.plot)
+        if getattr(args, "json", None):
+            check_destination(args.json, "--json")
+        return cmd(args)
+    run.__name__ = cmd.__name__
+    return run
 
 
 def _add_busy(p):
@@ -58,8 +122,10 @@ def add_parser(sub):
                         "(NUMBA_ENABLE_CUDASIM=1: a slow smoke test on the CPU emulation)")
     t.add_argument("--batch-size", type=BATCH, default=None,
                    help="default 128 (lenet-binary, lenet), 64 (resnet18-binary; 256 with --device cuda)")
+    most = _most_threads()
     t.add_argument("--threads", type=thread_counts, default=None,
-                   help="thread counts, e.g. 1,2: the whole comparison for each (default: 1 and all cores; CPU only)")
+                   help=f"thread counts, e.g. 1,2, each from 1 to {most} (Numba's threads on this machine): the whole "
+                        "comparison for each (default: 1 and all cores; CPU only)")
     t.add_argument("--rounds", type=_ROUNDS, default=5)
     t.add_argument("--steps", type=_STEPS, default=None,
                    help="steps per round per framework (default 20; 5 for resnet18-binary on the CPU)")
@@ -68,13 +134,13 @@ def add_parser(sub):
     t.add_argument("--data-dir", default=None)
     t.add_argument("--no-torch", action="store_true", help="time bitnet only")
     _add_busy(t)
-    t.add_argument("--json", default=None, help="write the records to this file")
-    t.set_defaults(run=cmd_train)
+    t.add_argument("--json", default=None, type=_JSON, help="write the records to this file")
+    t.set_defaults(run=_checked(cmd_train))
     d = bsub.add_parser("distributed", help="data-parallel training steps on 1 and N processes (mpiexec): time per "
                         "step, share in allreduce, and a ring-allreduce estimate for 8 and 64 machines")
     d.add_argument("--model", choices=("lenet-binary", "lenet", "resnet18-binary"), default="lenet-binary")
     d.add_argument("--batch-size", type=BATCH, default=128, help="the global batch (default 128)")
-    d.add_argument("--processes", type=thread_counts, default=[2],
+    d.add_argument("--processes", type=process_counts, default=[2],
                    help="process counts besides 1, e.g. 2 or 2,4 (default 2)")
     d.add_argument("--rounds", type=_ROUNDS, default=5)
     d.add_argument("--steps", type=_STEPS, default=10, help="steps per round (default 10)")
@@ -82,8 +148,8 @@ def add_parser(sub):
                    help="link bandwidth of the cluster estimate in Gbit/s (default 10: 10 Gigabit Ethernet)")
     d.add_argument("--latency-us", type=_LATENCY, default=20.0,
                    help="per-message latency of the cluster estimate in microseconds (default 20: TCP over Ethernet)")
-    d.add_argument("--json", default=None, help="write the records to this file")
-    d.set_defaults(run=cmd_distributed)
+    d.add_argument("--json", default=None, type=_JSON, help="write the records to this file")
+    d.set_defaults(run=_checked(cmd_distributed))
     for name, helptext in (("gemm", "XNOR-popcount GEMM vs NumPy float32 GEMM (BMXNet paper sizes, squares)"),
                            ("conv", "one binary convolution layer from a float input vs float im2col + GEMM"),
                            ("model", "packed lenet-binary / resnet18-binary inference vs float, PyTorch, ONNX Runtime"),
@@ -93,13 +159,14 @@ def add_parser(sub):
         k.add_argument("--repeats", type=_REPEATS, default=3, help="timed calls per method per round (default 3)")
         if name == "model":
             k.add_argument("--threads", type=thread_counts, default=None,
-                           help="thread counts for every engine, e.g. 1,2: the whole comparison for each "
-                                "(default: 1 and all of Numba's)")
+                           help=f"thread counts for every engine, e.g. 1,2, each from 1 to {most} (Numba's threads on "
+                                "this machine): the whole comparison for each (default: 1 and all of Numba's)")
         else:
-            k.add_argument("--threads", type=_THREADS, default=None, help="threads for bitnet, BLAS and torch "
-                           "(default: all of Numba's)")
+            k.add_argument("--threads", type=_THREADS, default=None, help="threads for bitnet, BLAS and torch, from 1 "
+                           f"to {most} (Numba's threads on this machine; default: all of them)")
         k.add_argument("--quick", action="store_true", help="one small case only (a smoke test)")
-        k.add_argument("--json", default=None, help="write the records to this file")
+        k.add_argument("--json", default=None, type=_JSON, help="write the records to this file (checked before "
+                       "the benchmark runs)")
         if name == "model":
             k.add_argument("--no-torch", action="store_true", help="skip the PyTorch column")
             k.add_argument("--no-ort", action="store_true", help="skip the ONNX Runtime columns")
@@ -111,20 +178,23 @@ def add_parser(sub):
         if name in ("model", "train-bits"):
             _add_busy(k)
         if name == "gemm":
-            k.add_argument("--plot", default=None, metavar="FILE",
+            k.add_argument("--plot", default=None, metavar="FILE", type=file_name("the figure to draw"),
                            help="also draw the speed-up against C (the BMXNet paper's figure) to FILE (.png, .svg, "
                                 ".pdf; needs matplotlib)")
         if name in ("gemm", "model"):
             k.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                            help="cuda: the GPU kernels vs cuBLAS / PyTorch on the GPU, timed with CUDA events")
-        k.set_defaults(run=cmd_kernels, which=name)
+        k.set_defaults(run=_checked(cmd_kernels), which=name)
 
 
 def _write_json(path, records) -> None:
-    """The benchmark's records as JSON at ``path`` (nothing when None)."""
+    """The benchmark's records as JSON at ``path`` (nothing when None; its destination was checked before
+    the benchmark ran, a write that still fails is one message, exit status 1)."""
     if path:
-        with open(path, "w") as f:
-            json.dump(records, f, indent=2)
+        from bitnet.cli_files import writing
+        with writing(path, "the records to", code=1, hint="the table above has the results"):
+            with open(path, "w") as f:
+                json.dump(records, f, indent=2)
 
 
 def cmd_train(args) -> int:
@@ -235,17 +305,7 @@ def cmd_kernels(args) -> int:
     if args.which == "model":
         _write_json(args.json, cmd_model(args))
         return 0
-    plot = getattr(args, "plot", None)
-    if plot:  # checked before the benchmark runs, not after
-        import os
-        from bitnet.plotting import needs_matplotlib
-        needs_matplotlib("bitnet bench gemm --plot")
-        folder = os.path.dirname(os.path.abspath(plot))
-        if not os.path.isdir(folder):
-            import sys
-            print(f"bitnet bench gemm: --plot {plot}: the folder {folder} does not exist; create it or "
-                  "choose another path", file=sys.stderr)
-            return 2
+    plot = getattr(args, "plot", None)  # (checked before the benchmark ran: _checked)
 
     from bitnet.bench import load
     from bitnet.bench.timing import print_table

@@ -54,18 +54,53 @@ def short(value, limit=80) -> str:
 
 def check_destination(path) -> str:
     """``path`` as a string if a file can be written there: its folder exists and is a writable folder,
-    and ``path`` itself is not a folder; else ``FileNotFoundError`` / ``IsADirectoryError`` /
-    ``PermissionError`` naming the folder or the path (so a long training run can check its ``--save``
-    destination before it starts)."""
+    and ``path`` itself is not a folder; else ``FileNotFoundError`` / ``NotADirectoryError`` (a file
+    where a folder of the path should be) / ``IsADirectoryError`` / ``PermissionError`` naming the
+    folder or the path (so a long training run can check its ``--save`` destination before it starts)."""
     path = os.fspath(path)
+    if not path:
+        raise FileNotFoundError("cannot save '': an empty file name; give a path, e.g. model.h5")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
+        blocker = file_in_the_way(folder)
+        if blocker is not None:
+            raise NotADirectoryError(f"cannot save {path}: {blocker} is a file, not a folder; choose a path in a "
+                                     "folder")
         raise FileNotFoundError(f"cannot save {path}: the folder {folder} does not exist; create it first")
     if os.path.isdir(path):
         raise IsADirectoryError(f"cannot save {path}: it is a folder; give a file name, e.g. {os.path.join(path, 'model.h5')}")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise PermissionError(f"cannot save {path}: the folder {folder} is not writable")
     return path
+
+
+def file_in_the_way(path) -> str | None:
+    """The nearest existing ancestor of ``path`` (itself included) when it is not a folder (a file
+    standing where the path needs a folder), else None."""
+    path = os.path.abspath(path)
+    while not os.path.lexists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            return None
+        path = parent
+    return None if os.path.isdir(path) else path
+
+
+def not_a_file(path, what: str) -> OSError:
+    """The error for a ``path`` that names no regular file, saying which case it is: a folder
+    (``IsADirectoryError``), a file where one of its folders should be (``NotADirectoryError``),
+    something else (a device, a pipe: ``OSError``) or nothing (``FileNotFoundError``); ``what``
+    says what was expected, e.g. "model file"."""
+    path = os.fspath(path)
+    a = "an" if what[:1] in "aeiou" else "a"
+    if os.path.isdir(path):
+        return IsADirectoryError(f"{path} is a folder, not {a} {what}; give the path of the file")
+    if os.path.exists(path):
+        return OSError(f"{path} is not a regular file (a device, a pipe or a socket); expected {a} {what}")
+    blocker = file_in_the_way(os.path.dirname(os.path.abspath(path)))
+    if blocker is not None:
+        return NotADirectoryError(f"{path}: no such {what}: {blocker} is a file, not a folder")
+    return FileNotFoundError(f"{path}: no such {what}")
 
 
 def _umask() -> int:
@@ -217,11 +252,12 @@ def write_weights(f, state: dict, attrs=None):
 # -- reading ----------------------------------------------------------------------------------------
 
 def open_file(path):
-    """The HDF5 file at ``path``, read-only; ``FileNotFoundError`` / ``BitnetFileError``."""
+    """The HDF5 file at ``path``, read-only; ``FileNotFoundError`` (or another ``OSError`` of
+    ``not_a_file``: a folder, ...) / ``BitnetFileError``."""
     import h5py
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such model file")
+        raise not_a_file(path, "model file")
     try:
         return h5py.File(path, "r")
     except OSError as e:

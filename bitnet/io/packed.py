@@ -71,12 +71,26 @@ def predicted_file_bytes(model, input_shape=None) -> int | None:
     return sum(v.nbytes for v in state.values()) + header + FILE_HEADER_BYTES + FILE_BYTES_PER_DATASET * len(state)
 
 
+def same_file(a, b) -> bool:
+    """Whether paths ``a`` and ``b`` name one file: the same path, or a symbolic or hard link to it."""
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):  # one of them does not exist (yet)
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
 def convert(model_or_path, out_path, input_shape=None, trained_on=None) -> None:
     """Write the packed deployment file of a model (or of the checkpoint at that path); ``input_shape``
-    (C, H, W) and ``trained_on`` as for ``bitnet.save`` (from a checkpoint path, its own unless given)."""
+    (C, H, W) and ``trained_on`` as for ``bitnet.save`` (from a checkpoint path, its own unless given).
+    ``out_path`` may not be the checkpoint itself (``ValueError``: writing it would lose the checkpoint)."""
     from bitnet.io.checkpoint import load, describe
     from bitnet.packed import pack
     if isinstance(model_or_path, (str, os.PathLike)):
+        if same_file(model_or_path, out_path):  # refused before any work: the checkpoint would be lost
+            raise ValueError(f"convert: the output {os.fspath(out_path)} is the same file as the checkpoint "
+                             f"{os.fspath(model_or_path)}; the packed file would replace it (its float weights and "
+                             "training state would be lost): give another output path, e.g. "
+                             f"{os.path.splitext(os.fspath(model_or_path))[0]}.packed.h5")
         info = describe(model_or_path)
         model = load(model_or_path)
         input_shape = input_shape if input_shape is not None else info["input_shape"]

@@ -47,7 +47,7 @@ def test_without_gpu_or_simulator_a_clear_error(monkeypatch):
     assert p.returncode == 2, p.stderr
     assert "Traceback" not in p.stderr
     (line,) = p.stderr.strip().splitlines()
-    assert line.startswith("bitnet bench: error: bench train --device cuda: ")
+    assert line.startswith("bitnet bench train: error: --device cuda: ")
     assert "CuPy" in line and "NUMBA_ENABLE_CUDASIM=1" in line and "smoke test" in line
     assert p.stdout == ""  # nothing was measured or printed first
     monkeypatch.delenv("NUMBA_ENABLE_CUDASIM", raising=False)
