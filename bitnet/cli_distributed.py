@@ -36,7 +36,10 @@ def communicator(args):
     if not (args.distributed or launched_by_mpi()):
         return None
     from bitnet import distributed
-    comm = distributed.init("mpi")
+    try:
+        comm = distributed.init("mpi")
+    except ImportError as e:  # no mpi4py (or no MPI library under it): its message says what to install
+        raise CommandError(str(e)) from None
     distributed.share_cores(comm)
     args.rank_text = f" (rank {comm.rank} of {comm.size})" if comm.size > 1 else ""
     return comm

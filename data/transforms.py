@@ -49,6 +49,12 @@ class Normalize:
         self.std = np.asarray(std, dtype=np.float32)
         if self.mean.ndim > 1 or self.std.ndim > 1:
             raise ValueError(f"mean and std must be scalars or 1-D, got shapes {self.mean.shape}, {self.std.shape}")
+        if self.mean.ndim == self.std.ndim == 1 and self.mean.size != self.std.size:
+            raise ValueError(f"mean and std must have one value per channel each, got {self.mean.size} means "
+                             f"{self.mean.tolist()} and {self.std.size} stds {self.std.tolist()}; give both per "
+                             "channel (the same length) or either as a scalar")
+        if not (np.all(np.isfinite(self.mean)) and np.all(np.isfinite(self.std))):
+            raise ValueError(f"mean and std must be finite, got {self.mean.tolist()}, {self.std.tolist()}")
         if np.any(self.std <= 0):
             raise ValueError(f"std must be positive, got {self.std.tolist()}")
         self.add_channel_axis = add_channel_axis
