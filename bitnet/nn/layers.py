@@ -3,7 +3,10 @@
 Each checks the shape of its input and says what it received and what it expected, naming the
 layer, so a wrong shape fails at the layer that cannot take it. A layer with hyperparameters
 reports them in ``get_config()`` from its current attributes (what model files store), so a
-change made after construction (``layer.p = 0.2``) is saved as well.
+change made after construction (``layer.p = 0.2``) is saved as well where the layer is a part the
+file describes by its own config (a ``Sequential`` of layers, such as the zoo's LeNets). Inside a module
+of your own that the file rebuilds from its constructor's arguments, ``save`` refuses such a change
+(the rebuilt model would differ): give the value to the constructor instead.
 """
 from __future__ import annotations
 
