@@ -8,10 +8,16 @@
     on_epoch_end(run, stats)         after the epoch's validation; ``stats``: EpochStats
     on_train_end(run)                after the last epoch, also when training stopped or raised
 
+``on_train_end`` goes to every callback whose ``on_train_begin`` returned, also when a later
+callback's ``on_train_begin`` raised (so a callback can release in it what it took in
+``on_train_begin``), and each is called even when an earlier one raises.
+
 ``run`` (a ``TrainingRun``) holds the model, optimizer, scheduler, the ``History`` so far and the
 current epoch. A callback stops training with ``run.stop(reason)``: after a step, the epoch ends
 there (its statistics cover the steps that ran and are recorded as usual); after an epoch, no
-other epoch starts. The history is kept either way and ``history.stopped`` holds the reason.
+other epoch starts; before an epoch's first step (in ``on_train_begin`` or ``on_epoch_begin``), no
+step runs: that epoch is not recorded and gets no ``on_epoch_end`` (the weights stay as they
+were). The history is kept either way and ``history.stopped`` holds the reason.
 """
 from __future__ import annotations
 
@@ -245,7 +251,12 @@ class LearningRateLogger(Callback):
 class CSVLogger(Callback):
     """Write one CSV row per epoch (``epoch, loss, accuracy, val_loss, val_accuracy, lr, seconds,
     samples_per_s``) to ``path``, flushed after each epoch; ``append`` continues an existing file
-    (a header only when the file is new or empty). The folder is checked when training starts."""
+    (a header only when the file is new or empty), else the file is replaced.
+
+    When training starts, the folder is checked (and an existing file's write permission), but the file
+    is opened only when the first epoch's row is written: a run that fails or stops before its first
+    epoch ends (a later callback refusing its settings, an error in the first epoch) leaves an existing
+    log as it was. The file is closed when training ends, however it ends."""
 
     COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds", "samples_per_s")
 
@@ -254,23 +265,32 @@ class CSVLogger(Callback):
         self._file = self._writer = None
 
     def on_train_begin(self, run):
+        self._close()  # a file a previous run left open
         if not run.is_main:  # distributed: rank 0 writes the log
             return
         _check_folder(self.path, "CSVLogger")
+        if os.path.exists(self.path) and not os.access(self.path, os.W_OK):
+            raise PermissionError(f"CSVLogger: cannot write {self.path}: the file is not writable")
+
+    def _open(self):
         new = not (self.append and os.path.exists(self.path) and os.path.getsize(self.path) > 0)
         self._file = open(self.path, "a" if self.append else "w", newline="")
         self._writer = csv.writer(self._file, delimiter=self.separator)
         if new:
             self._writer.writerow(self.COLUMNS)
-            self._file.flush()
 
     def on_epoch_end(self, run, stats):
-        if self._writer is None:
+        if not run.is_main:
             return
+        if self._writer is None:
+            self._open()
         self._writer.writerow([getattr(stats, c) for c in self.COLUMNS])
         self._file.flush()
 
     def on_train_end(self, run):
+        self._close()
+
+    def _close(self):
         if self._file is not None:
             self._file.close()
             self._file = self._writer = None

@@ -46,7 +46,9 @@ class StepStats:
 @dataclass
 class History:
     """The statistics of one ``fit`` run: ``epochs`` (``EpochStats``), ``steps`` (``StepStats``), and
-    ``stopped``: why training ended before its last epoch (a callback's reason), else None."""
+    ``stopped``: why training ended before its last epoch (a callback's reason), else None. Only epochs
+    that ran are recorded: a run stopped before an epoch's first step has no entry for that epoch (and
+    one stopped in ``on_train_begin`` has no epochs and no steps)."""
     epochs: list = field(default_factory=list)
     steps: list = field(default_factory=list)
     stopped: str | None = None
@@ -63,13 +65,13 @@ class History:
         return {f.name: [getattr(e, f.name) for e in self.epochs] for f in fields(EpochStats)}
 
     def __repr__(self):
+        stop = f", stopped: {self.stopped}" if self.stopped else ""
         if not self.epochs:
-            return f"History(no epochs, {len(self.steps)} steps)"
+            return f"History(no epochs, {len(self.steps)} steps{stop})"
         e = self.last
         text = f"loss {e.loss:.4f} accuracy {e.accuracy:.4f}"
         if not math.isnan(e.val_accuracy):
             text += f" val_loss {e.val_loss:.4f} val_accuracy {e.val_accuracy:.4f}"
-        stop = f", stopped: {self.stopped}" if self.stopped else ""
         return f"History({len(self.epochs)} epochs, {len(self.steps)} steps; epoch {e.epoch}: {text}{stop})"
 
     def _repr_html_(self):

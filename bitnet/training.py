@@ -8,6 +8,14 @@ The loop is the explicit PyTorch-style loop (see docs/training.md)::
         loss.backward()
         optimizer.step()
 
+``loss_fn`` (``bitnet.functional.cross_entropy`` by default) is called as ``loss_fn(logits, targets)`` for a
+training step, which must return the batch's mean loss as a scalar ``Tensor``, and as
+``loss_fn(logits, targets, reduction="sum")`` for an evaluation (``evaluate``, and ``fit``'s validation after
+each epoch), which must return the batch's summed loss (the mean over the set is the total divided by the
+number of samples). A function written as ``def my_loss(logits, targets, reduction="mean")`` that passes
+``reduction`` on to a bitnet loss does both; ``fit`` and ``evaluate`` check the signature before the first
+batch (``inspect.signature``, where the callable has one).
+
 ``fit`` adds a scheduler step per iteration (optional), running loss / accuracy / throughput on
 a progress bar, an evaluation after each epoch when a validation loader is given, callbacks
 (``bitnet.callbacks``) and a ``History`` of every epoch and step (``bitnet.history``).
@@ -23,7 +31,9 @@ to the host (for the progress bar, the history and the finite-loss check): one s
 """
 from __future__ import annotations
 
+import inspect
 import time
+import warnings
 
 import numpy as np
 
@@ -57,6 +67,10 @@ def evaluate(model, loader, loss_fn=F.cross_entropy, progress: bool = False, des
              device=None):
     """Mean loss and accuracy of ``model`` over ``loader`` in eval mode (no graph recorded).
 
+    ``loss_fn(logits, targets, reduction="sum")`` must return the batch's summed loss as a scalar ``Tensor``
+    (module docstring): the mean is the total over the set divided by its number of samples. A ``loss_fn``
+    without a ``reduction`` keyword is refused with a ``TypeError`` before the first batch.
+
     ``device`` ("cpu" / "cuda"): move the model there first and feed it the batches there (module
     docstring); None evaluates where the model and the batches are.
 
@@ -64,6 +78,7 @@ def evaluate(model, loader, loss_fn=F.cross_entropy, progress: bool = False, des
     norm frozen with ``.eval()`` in a model in training mode stays frozen). ``distributed``: a
     communicator whose ranks each evaluate a contiguous part of ``loader``'s dataset and add up their
     sums (every rank returns the result for the whole set; the progress bar shows on rank 0 only)."""
+    _check_loss_fn(loss_fn, "evaluate", evaluation=True)
     if _several(distributed):
         from bitnet.distributed.fitting import evaluation_loader
         loader = evaluation_loader(loader, distributed)
@@ -78,7 +93,8 @@ def evaluate(model, loader, loss_fn=F.cross_entropy, progress: bool = False, des
         with eval_mode(model), no_grad():
             for x, y in loader:
                 logits = model(Tensor(x))
-                loss_sum, right = _host_numbers(loss_fn(logits, y, reduction="sum").data, logits.data, y)
+                loss = _scalar(loss_fn(logits, y, reduction="sum"), "evaluate", 'reduction="sum"')
+                loss_sum, right = _host_numbers(loss.data, logits.data, y)
                 total_loss += loss_sum
                 correct += right
                 seen += len(y)
@@ -99,6 +115,9 @@ def fit(model, optimizer, train_loader, epochs: int, loss_fn=F.cross_entropy, va
     """Train ``model`` for ``epochs`` passes over ``train_loader``; returns a ``History`` (per epoch
     and per step, ``bitnet.history``), also when a callback stops training early.
 
+    ``loss_fn(logits, targets)`` gives the batch's mean loss that each step minimizes; with ``val_loader`` the
+    validation loss is computed with the same ``loss_fn``, called with ``reduction="sum"`` (module docstring),
+    so a ``loss_fn`` that lacks that keyword is refused (``TypeError``) before the first step.
     ``scheduler.step()`` is called after every optimizer step (schedules count iterations);
     ``after_step(model)``, if given, runs after every step (e.g. weight clipping). ``log``
     receives one summary line per epoch (``None`` silences it). ``progress``: True (tqdm where it
@@ -106,7 +125,10 @@ def fit(model, optimizer, train_loader, epochs: int, loss_fn=F.cross_entropy, va
     ``start_epoch`` > 1 continues a run (epochs ``start_epoch..epochs``, e.g. from a checkpoint);
     ``after_epoch(epoch, stats)`` runs after each epoch (e.g. to save a checkpoint). ``callbacks``:
     ``bitnet.callbacks.Callback`` objects (early stopping, checkpoints, CSV and learning-rate logs,
-    your own), called in order (``bitnet.callbacks``). ``distributed``: a ``bitnet.distributed``
+    your own), called in order (``bitnet.callbacks``); every callback whose ``on_train_begin`` returned gets
+    its ``on_train_end``, also when training raised or a later callback's ``on_train_begin`` did. A
+    ``run.stop(reason)`` before an epoch's first step (in ``on_train_begin`` or ``on_epoch_begin``) runs no
+    further step: that epoch is not recorded. ``distributed``: a ``bitnet.distributed``
     communicator to train data-parallel over its ranks, ``train_loader.batch_size`` being the global
     batch (module docstring). ``device``: "cpu" or "cuda" to move the model there and train on it, the
     batches copied there one step ahead (module docstring); None trains where the model is.
@@ -120,6 +142,7 @@ def fit(model, optimizer, train_loader, epochs: int, loss_fn=F.cross_entropy, va
         if not isinstance(cb, Callback):
             raise TypeError(f"fit: callbacks must be bitnet.callbacks.Callback objects, got {type(cb).__name__}; "
                             "subclass Callback and override the hooks you need")
+    _check_loss_fn(loss_fn, "fit", evaluation=val_loader is not None)
     device = _check_device("fit", device, distributed)
     if device is not None:
         model.to(device)
@@ -133,14 +156,17 @@ def fit(model, optimizer, train_loader, epochs: int, loss_fn=F.cross_entropy, va
             from bitnet.distributed.fitting import DistributedFit
             dist = DistributedFit(distributed, model, train_loader)
             train_loader = dist.loader
-        for cb in callbacks:
-            cb.on_train_begin(run)
+        started = []  # the callbacks whose on_train_begin returned: they get on_train_end, whatever happens
         try:
+            for cb in callbacks:
+                cb.on_train_begin(run)
+                started.append(cb)
             _fit(run, train_loader, epochs, loss_fn, val_loader, progress, after_step, start_epoch, after_epoch,
                  callbacks, dist)
-        finally:
-            for cb in callbacks:
-                cb.on_train_end(run)
+        except BaseException as error:
+            _end_callbacks(started, run, error)
+            raise
+        _end_callbacks(started, run)
         return run.history
     finally:
         if dist is not None:
@@ -153,9 +179,13 @@ def _fit(run, train_loader, epochs, loss_fn, val_loader, progress, after_step, s
     model, optimizer, scheduler, history, log = run.model, run.optimizer, run.scheduler, run.history, run.log
     params = [p for p in model.parameters() if p.requires_grad]
     for epoch in range(start_epoch, epochs + 1):
+        if run.stop_training:  # stopped by an epoch's end, or already in on_train_begin: no epoch starts
+            break
         run.epoch = epoch
         for cb in callbacks:
             cb.on_epoch_begin(run, epoch)
+        if run.stop_training:  # stopped in on_epoch_begin: the epoch runs no step and is not recorded
+            break
         model.train()
         bar = _bar(len(train_loader), f"epoch {epoch}/{epochs}", progress)
         loss_sum, correct, seen, steps = 0.0, 0, 0, 0
@@ -166,7 +196,7 @@ def _fit(run, train_loader, epochs, loss_fn, val_loader, progress, after_step, s
                     p.grad = None
                 lr = run.lr
                 logits = model(Tensor(x))
-                loss = loss_fn(logits, y)
+                loss = _scalar(loss_fn(logits, y), "fit", "")
                 batch_loss, batch_correct = _host_numbers(loss.data, logits.data, y)
                 if not np.isfinite(batch_loss):
                     raise FloatingPointError(
@@ -201,7 +231,7 @@ def _fit(run, train_loader, epochs, loss_fn, val_loader, progress, after_step, s
         seconds = time.perf_counter() - start
         stats = EpochStats(epoch, loss_sum / seen, correct / seen, seconds, seen / seconds, lr=run.lr, steps=steps)
         if val_loader is not None:
-            stats.val_loss, stats.val_accuracy = evaluate(model, val_loader, distributed=run.comm)
+            stats.val_loss, stats.val_accuracy = evaluate(model, val_loader, loss_fn=loss_fn, distributed=run.comm)
         history.epochs.append(stats)
         if log is not None:
             msg = (f"epoch {epoch}/{epochs}: loss {stats.loss:.4f} acc {stats.accuracy:.4f} "
@@ -213,8 +243,72 @@ def _fit(run, train_loader, epochs, loss_fn, val_loader, progress, after_step, s
             after_epoch(epoch, stats)
         for cb in callbacks:
             cb.on_epoch_end(run, stats)
-        if run.stop_training:
-            break
+
+
+def _end_callbacks(started, run, error=None) -> None:
+    """``on_train_end`` on every callback in ``started``, in order, each one called even when an earlier one
+    raises. ``error``: the exception that ended training, which stays the one raised (a callback's error
+    is added to it as a note); without one, the first callback error is raised once all have run."""
+    first = None
+    for cb in started:
+        try:
+            cb.on_train_end(run)
+        except Exception as e:
+            if error is None and first is None:
+                first = e
+                continue
+            note = f"{type(cb).__name__}.on_train_end raised too: {type(e).__name__}: {e}"
+            target = error if error is not None else first
+            if hasattr(target, "add_note"):  # Python >= 3.11
+                target.add_note(note)
+            else:
+                warnings.warn(note, RuntimeWarning, stacklevel=3)
+    if first is not None:
+        raise first
+
+
+_LOSS_SIGNATURE = 'loss_fn(logits, targets, reduction="mean")'
+
+
+def _check_loss_fn(loss_fn, who, evaluation) -> None:
+    """Refuse (``TypeError``) a ``loss_fn`` that cannot be called as ``fit`` / ``evaluate`` call it: with
+    ``(logits, targets)``, and for an ``evaluation`` also with ``reduction="sum"``. A callable whose
+    signature ``inspect`` cannot read (some builtins) is not checked."""
+    if not callable(loss_fn):
+        raise TypeError(f"{who}: loss_fn must be a function {_LOSS_SIGNATURE}, got {type(loss_fn).__name__}")
+    try:
+        sig = inspect.signature(loss_fn)
+    except (TypeError, ValueError):
+        return
+    name = getattr(loss_fn, "__qualname__", None) or type(loss_fn).__name__
+    try:
+        sig.bind(None, None)
+    except TypeError:
+        raise TypeError(f"{who}: loss_fn {name}{sig} cannot be called as loss_fn(logits, targets); expected "
+                        f"{_LOSS_SIGNATURE}, returning the batch's mean loss (a scalar Tensor)") from None
+    if evaluation:
+        try:
+            sig.bind(None, None, reduction="sum")
+        except TypeError:
+            why = "the validation loss (val_loader=...)" if who == "fit" else "the evaluation"
+            own = getattr(loss_fn, "__name__", "")
+            own = own if own.isidentifier() else "my_loss"
+            raise TypeError(
+                f"{who}: loss_fn {name}{sig} takes no 'reduction' keyword, which {why} needs: it calls "
+                "loss_fn(logits, targets, reduction=\"sum\") for the batch's summed loss. Define it as "
+                f"def {own}(logits, targets, reduction=\"mean\") and pass reduction on to the bitnet loss it "
+                "uses (e.g. F.cross_entropy(logits, targets, reduction=reduction))") from None
+
+
+def _scalar(loss, who, how):
+    """``loss`` if it is a one-element ``Tensor`` (what a ``loss_fn`` must return), else a clear error."""
+    call = f"loss_fn(logits, targets{', ' + how if how else ''})"
+    if not isinstance(loss, Tensor):
+        raise TypeError(f"{who}: {call} must return a bitnet Tensor (a scalar), got {type(loss).__name__}")
+    if loss.data.size != 1:
+        raise ValueError(f"{who}: {call} must return a scalar Tensor, got shape {tuple(loss.data.shape)}; "
+                         f"reduce it ({'sum' if how else 'mean'} over the batch)")
+    return loss
 
 
 def _check_device(what, device, distributed):
