@@ -76,8 +76,9 @@ def evaluate(model, loader, loss_fn=F.cross_entropy, progress: bool = False, des
 
     Every module's train/eval mode is restored afterwards (``bitnet.nn.modes.eval_mode``: a batch
     norm frozen with ``.eval()`` in a model in training mode stays frozen). ``distributed``: a
-    communicator whose ranks each evaluate a contiguous part of ``loader``'s dataset and add up their
-    sums (every rank returns the result for the whole set; the progress bar shows on rank 0 only)."""
+    communicator whose ranks each evaluate a contiguous part of what one process would evaluate (a
+    DataLoader's dataset, respecting its ``drop_last``; or a share of a list of batches) and add up
+    their sums (every rank returns the result for the whole set; the progress bar shows on rank 0 only)."""
     _check_loss_fn(loss_fn, "evaluate", evaluation=True)
     if _several(distributed):
         from bitnet.distributed.fitting import evaluation_loader

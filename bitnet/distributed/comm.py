@@ -41,6 +41,8 @@ class Communicator(abc.ABC):
     local_size: int = 1
     #: seconds a collective may wait for the other ranks before it fails (None: for ever)
     timeout: float | None = None
+    #: (threads before, threads after) where ``init`` shared the machine's cores out, else None
+    threads_set: tuple | None = None
 
     @property
     def is_main(self) -> bool:

@@ -4,13 +4,16 @@
 
 - gives every rank rank 0's parameters and buffers, then averages the gradients after every backward
   (``GradientAverager``); the optimizer and schedule run unchanged on every rank, identically;
-- trains on ``ShardedLoader(train_loader, comm)``: ``train_loader.batch_size`` is the global batch;
+- first compares the ranks' training loaders (dataset length, batch size, ``drop_last``, ``shuffle``:
+  a ``DistributedError`` naming each rank's values where they differ, before any other collective);
+- trains on ``ShardedLoader(train_loader, comm)``: ``train_loader.batch_size`` is the global batch, and
+  each epoch's order is rank 0's (the ranks' generators need not be seeded alike);
 - reports global numbers: each step's loss, accuracy and sample count are summed over the ranks (one
   allreduce of three numbers per step), so the history, the progress bar and the callbacks see the
   global batch, the same on every rank (early stopping decides alike everywhere);
 - at the end of each epoch averages the batch-norm buffers over the ranks (``average_buffers``) and
-  checks that all ranks hold the same weights (``check_in_sync``); the validation set is split over
-  the ranks and its sums are added up;
+  checks that all ranks hold the same weights (``check_in_sync``); the validation set (a ``DataLoader``
+  or a list of batches) is split over the ranks as ``shard_for_evaluation`` says and its sums are added up;
 - prints (progress bar, epoch lines) on rank 0 only; callbacks that write files (``ModelCheckpoint``,
   ``CSVLogger``) write on rank 0 only and the others wait for the checkpoint (a barrier);
 - a rank that raises and does not catch the error prints it and ends the run (the communicator's
@@ -31,6 +34,7 @@ class DistributedFit:
     def __init__(self, comm, model, train_loader, bucket_bytes: int = 1 << 20):
         self.comm, self.model = comm, model
         self.loader = train_loader if isinstance(train_loader, ShardedLoader) else ShardedLoader(train_loader, comm)
+        self.loader.check()  # before the weights are broadcast: a clear error, not mismatched collectives
         self.averager = GradientAverager(model, comm, bucket_bytes=bucket_bytes)
 
     def step_totals(self, loss, correct, n):

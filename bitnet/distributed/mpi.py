@@ -122,8 +122,10 @@ class MPICommunicator(Communicator):
         self._MPI.COMM_WORLD.Abort(int(code))
 
     def close(self):
+        from bitnet.distributed.env import restore_threads
         remove_excepthook(self._hook)
         self._hook = None
+        restore_threads(self)  # the thread count init had shared out (bitnet.distributed.env)
         MPI = self._MPI
         if MPI.Is_finalized():
             return
