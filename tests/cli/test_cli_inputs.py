@@ -18,6 +18,7 @@ from hdf5_damage import move_root
 import bitnet
 from bitnet import nn
 from bitnet.cli import main
+from trained_files import train_and_convert
 from bitnet.io import describe
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,24 +26,10 @@ TRAIN = ["train", "--model", "lenet-binary", "--epochs", "1", "--limit-train", "
          "--lr", "2e-3", "--quiet"]
 
 
-def _shared():
-    for cand in (os.environ.get("BITNET_DATA"), REPO.parent / "shared" / "data"):
-        if cand and (Path(cand) / "mnist" / "train-images-idx3-ubyte.gz").exists():
-            return Path(cand)
-    return None
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A checkpoint of `bitnet train` (its record: mnist) and its packed file."""
-    data = _shared()
-    if data is None:
-        pytest.skip("MNIST files not found in $BITNET_DATA or ../shared/data")
-    folder = tmp_path_factory.mktemp("trained")
-    ckpt, packed = folder / "m.h5", folder / "m.packed.h5"
-    assert main(TRAIN + ["--data-dir", str(data), "--save", str(ckpt)]) == 0
-    assert main(["convert", str(ckpt), str(packed)]) == 0
-    return {"data": data, "ckpt": ckpt, "packed": packed}
+    return train_and_convert(tmp_path_factory, TRAIN, "trained")
 
 
 def _error_line(capsys, code_expected, rc):

@@ -19,6 +19,7 @@ import pytest
 import bitnet
 from bitnet import models, nn
 from bitnet.cli import main
+from trained_files import train_and_convert
 from bitnet.cli_files import CommandError
 from bitnet.cli_train import check_batch_norm_batch, drop_small_last_batch, least_batch
 
@@ -26,24 +27,10 @@ REPO = Path(__file__).resolve().parents[2]
 TINY = ["train", "--model", "lenet-binary", "--epochs", "1", "--limit-train", "256", "--batch-size", "64", "--quiet"]
 
 
-def _shared():
-    for cand in (os.environ.get("BITNET_DATA"), REPO.parent / "shared" / "data"):
-        if cand and (Path(cand) / "mnist" / "train-images-idx3-ubyte.gz").exists():
-            return Path(cand)
-    return None
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A one-epoch checkpoint of `bitnet train` (cosine schedule, finished) and its packed file."""
-    data = _shared()
-    if data is None:
-        pytest.skip("MNIST files not found in $BITNET_DATA or ../shared/data")
-    folder = tmp_path_factory.mktemp("refusals")
-    ckpt, packed = folder / "m.h5", folder / "m.packed.h5"
-    assert main(TINY + ["--data-dir", str(data), "--save", str(ckpt)]) == 0
-    assert main(["convert", str(ckpt), str(packed)]) == 0
-    return {"data": data, "ckpt": ckpt, "packed": packed}
+    return train_and_convert(tmp_path_factory, TINY, "refusals")
 
 
 @pytest.fixture
