@@ -159,14 +159,15 @@ class ShardedLoader:
         loader = self.loader
         self.check()
         order = self.epoch_order()
+        from bitnet.data.loader import int64_labels
         start = 0
-        for size in self.batch_sizes():
+        for b, size in enumerate(self.batch_sizes()):
             part = size // self.size
             x, y = loader.dataset[order[start + self.rank * part:start + (self.rank + 1) * part]]
             start += size
             if loader.transform is not None:
                 x = loader.transform(x)
-            yield np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.int64)
+            yield np.asarray(x, dtype=np.float32), int64_labels(y, f"labels of batch {b}")  # as DataLoader checks
 
     def __repr__(self):
         return (f"ShardedLoader(rank {self.rank} of {self.size}, global batch {self.batch_size}, "

@@ -16,7 +16,8 @@ from bitnet import functional as F
 from bitnet.nn import args as A
 from bitnet.nn.init import as_generator, fan_in_bias, filled, uniform_fan_in
 from bitnet.nn.module import Module
-from bitnet.tensor import Parameter
+from bitnet.ops.dtypes import float_operand
+from bitnet.tensor import Parameter, Tensor
 
 FLOAT32 = 4  # bytes per parameter / buffer value
 
@@ -265,6 +266,8 @@ class GlobalAvgPool2d(_Stateless):
     def forward(self, x):
         if x.ndim != 4:
             raise ValueError(f"GlobalAvgPool2d expects (N, C, H, W), got shape {x.shape}")
+        if x.data.dtype.char not in "fd":  # an average, as the float ops (bitnet.ops.dtypes): integers and
+            x = Tensor(float_operand(x.data, "global_avg_pool2d"))  # bools in float32 (no gradient), others refused
         return F.mean(x, axis=(2, 3))
 
 

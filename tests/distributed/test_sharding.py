@@ -147,3 +147,21 @@ def test_ring_allreduce_estimate_formula():
     assert ring_allreduce_s(8e6, 2, 1e9, 1e-5) == pytest.approx(8e6 / 1e9 + 2e-5)
     assert ring_allreduce_s(8e6, 64, 1.25e9, 2e-5) == pytest.approx(2 * 63 / 64 * 8e6 / 1.25e9 + 126 * 2e-5)
     assert configurations([2], 2) == [(1, 2, True), (1, 1, True), (2, 1, True), (2, 1, False)]
+
+
+class _FloatLabels:
+    """A dataset of its own kind (not an ArrayDataset) whose labels are not whole numbers."""
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, idx):
+        idx = np.asarray(idx)
+        return np.zeros((len(idx), 1), np.float32), np.full(len(idx), 0.5)
+
+
+def test_sharded_batches_check_labels_as_the_loader_does():
+    for loader in (DataLoader(_FloatLabels(), 4), D.ShardedLoader(DataLoader(_FloatLabels(), 4),
+                                                                   SimpleNamespace(rank=0, size=1))):
+        with pytest.raises(ValueError, match="labels of batch 0"):
+            next(iter(loader))

@@ -303,3 +303,13 @@ def test_requires_grad_on_integers_says_what_to_do():
     assert "Tensor([1.0, 2.0], requires_grad=True)" in msg and "dtype=np.float32" in msg
     with pytest.raises(TypeError, match="got dtype bool"):
         Tensor(np.array([True]), requires_grad=True)
+
+
+def test_global_average_pool_follows_the_float_policy():
+    x = np.arange(16).reshape(1, 1, 4, 4)
+    out = nn.GlobalAvgPool2d()(Tensor(x)).data
+    assert out.dtype == np.float32 and out[0, 0] == np.float32(7.5)
+    with pytest.raises(TypeError, match=r"global_avg_pool2d: the input has dtype float16"):
+        nn.GlobalAvgPool2d()(Tensor(x.astype(np.float16)))
+    f64 = nn.GlobalAvgPool2d()(Tensor(x.astype(np.float64))).data
+    assert f64.dtype == np.float64 and f64[0, 0] == 7.5
