@@ -14,9 +14,9 @@ import sys
 import numpy as np
 
 from bitnet import cli_distributed as dist, cli_options as opt, cli_train
-from bitnet.cli_files import (CommandError, check_destination, check_pixels, choose_dataset, describe_model,
-                              expected_input, images_text, not_finite, printable, reading, record_of, running, warn,
-                              write_packed, writing)
+from bitnet.cli_files import (DATASET_SHAPES, CommandError, check_destination, check_pixels, choose_dataset,
+                              describe_model, expected_input, images_text, not_finite, printable, reading, record_of,
+                              running, warn, write_packed, writing)
 
 MODEL_FILE = opt.file_name("the model file to read")
 
@@ -179,9 +179,9 @@ def _check_runnable(path, info, device="cpu"):
 
 
 def _load_any(path, info, device="cpu"):
-    """The model in a checkpoint or a packed file (on ``device``), ready for inference."""
+    """The model in a checkpoint or a packed file (on ``device``; ``_check_runnable`` first), ready for
+    inference."""
     import bitnet
-    _check_runnable(path, info, device)
     with reading(path):
         return bitnet.load_packed(path, device=device) if info["kind"] == "packed" else bitnet.load(path).eval()
 
@@ -248,7 +248,6 @@ def cmd_eval(args) -> int:
     model = _load_any(args.file, info, args.device)
     [(x_test, y_test)] = load_splits(dataset, ("test",), args.data_dir, args.download)
     loader = DataLoader((x_test, y_test), args.batch_size, transform=transform_for(dataset))
-    from bitnet.cli_files import DATASET_SHAPES
     what = f"the {dataset} test set (images of shape {DATASET_SHAPES[dataset]})"
     with running(args.file, what, expected_input(info)):
         loss, acc = evaluate(model, loader)

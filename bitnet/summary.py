@@ -36,12 +36,12 @@ layers).
 """
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from bitnet.kernels.bits import words_for
 from bitnet.nn.layers import Conv2d, Dense
 from bitnet.nn.modes import eval_mode
 from bitnet.packed.blocks import ChannelsLastConv2d, ChannelsLastShortcut
@@ -116,7 +116,7 @@ def _row_words(weight_shape) -> int:
     """uint64 words per output channel of a binary kernel in packed form: KH * KW taps of
     ceil(C/groups / 64) words (``kernels.xnor_conv.pack_filters``, the file's rows)."""
     taps = int(np.prod(weight_shape[2:])) if len(weight_shape) > 2 else 1
-    return taps * math.ceil(weight_shape[1] / 64)
+    return taps * words_for(weight_shape[1])
 
 
 def _layer_info(name, mod, out_shape, role):

@@ -26,7 +26,7 @@ import numpy as np
 from bitnet.io import h5, limits
 from bitnet.io.config import build, check_config, model_config, verify_rebuild, wrong_kind_hint, zoo_input_shape
 from bitnet.io.h5 import BitnetFileError
-from bitnet.io.generators import GENERATORS, check_module_rngs, module_generators_state, set_module_generators
+from bitnet.io.generators import check_module_rngs, check_storable, module_generators_state, set_module_generators
 
 # h5py's and HDF5's errors on a damaged structure, converted to BitnetFileError
 H5_ERRORS = (KeyError, OSError, RuntimeError, TypeError, ValueError)
@@ -95,10 +95,7 @@ def _prepare(model, optimizer, epoch, rng, scheduler, input_shape, owner):
     if rng is not None:
         if not isinstance(rng, np.random.Generator):
             raise TypeError(f"{owner}: rng must be a numpy.random.Generator, got {type(rng).__name__}")
-        if type(rng.bit_generator).__name__ not in GENERATORS:
-            raise TypeError(f"{owner}: rng is a Generator of a {type(rng.bit_generator).__name__} bit generator; "
-                            f"checkpoints store those of {', '.join(GENERATORS)}: use e.g. "
-                            "np.random.Generator(np.random.PCG64(seed))")
+        check_storable(rng, "rng", owner)
     config = model_config(model, input_shape)
     verify_rebuild(model)
     state = model.state_dict()

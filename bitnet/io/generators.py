@@ -18,6 +18,15 @@ GENERATORS = ("PCG64", "PCG64DXSM", "Philox", "SFC64", "MT19937")
 RESTORE_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError, AttributeError, ZeroDivisionError)
 
 
+def check_storable(gen, what: str, owner: str) -> None:
+    """``TypeError`` for a Generator whose bit generator a checkpoint cannot hold (not one of ``GENERATORS``);
+    ``what`` names it (``"rng"``, ``"2.rng"``)."""
+    kind = type(gen.bit_generator).__name__
+    if kind not in GENERATORS:
+        raise TypeError(f"{owner}: {what} is a Generator of a {kind} bit generator; checkpoints store those of "
+                        f"{', '.join(GENERATORS)}: use e.g. np.random.Generator(np.random.PCG64(seed))")
+
+
 def generator_attributes(model) -> dict:
     """``{"drop.rng": (module, "rng"), ...}``: every attribute of the model's modules that holds a
     ``numpy.random.Generator`` (Dropout's ``rng``, and those of your own modules), in module order,
@@ -45,10 +54,7 @@ def module_generators_state(model, owner="save") -> dict | None:
                             f"has no Generator {name!r}, so the checkpoint would not load; create it in the "
                             f"constructor (e.g. self.{name} = bitnet.nn.init.as_generator(rng))")
         if id(gen) not in index:
-            kind = type(gen.bit_generator).__name__
-            if kind not in GENERATORS:
-                raise TypeError(f"{owner}: {key} is a Generator of a {kind} bit generator; checkpoints store those "
-                                f"of {', '.join(GENERATORS)}: use e.g. np.random.Generator(np.random.PCG64(seed))")
+            check_storable(gen, key, owner)
             index[id(gen)] = len(states)
             states.append(gen.bit_generator.state)
         attributes[key] = index[id(gen)]

@@ -126,8 +126,11 @@ def test_residual_block_with_own_forward_is_not_packed_by_its_hook():
 
     block = Scaled(8, 8, binary=True, rng=np.random.default_rng(0)).eval()
     assert hook_trusted(BasicBlock(8, 8, binary=True), "to_packed") and not hook_trusted(block, "to_packed")
+    from bitnet.packed.blocks import PackedResidualBlock
+    assert isinstance(bitnet.pack(BasicBlock(8, 8, binary=True)), PackedResidualBlock)  # the hook, where trusted
     packed = bitnet.pack(block)
-    assert type(packed) is not BasicBlock and "PackedResidualBlock" not in repr(packed)
+    assert isinstance(packed, Scaled) and packed.packed_layers == ["conv1", "conv2"]  # packed layer by layer
+    assert not any(isinstance(m, PackedResidualBlock) for m in packed.modules())
     _close(block, packed, _x((2, 8, 6, 6)))
 
 
