@@ -3,8 +3,10 @@ weights copied to the device once, at construction, and its activations kept on 
 the input copy to the output copy.
 
 Built by ``bitnet.pack(model, device="cuda")`` or ``bitnet.load_packed(path, device="cuda")`` (or
-either inside ``with bitnet.device("cuda"):``). Every module of the packed model becomes a *step*, a
-function from one device activation (``DeviceMap``) to the next:
+either inside ``with bitnet.device("cuda"):``). It is the GPU executor of the packed model's lowering
+(``bitnet.packed.lowering.lower``, which the CPU plans run too): every op becomes a *step*, a
+function from one device activation (``DeviceMap``, a ``lowering.Activation`` of device arrays) to
+the next:
 
 - binary layers (``PackedConv2d``, ``PackedDense``, ``PackedResidualBlock``): binarize-and-pack
   (skipped where the previous binary layer handed over its signs packed), then on GPUs with 1-bit
@@ -16,27 +18,20 @@ function from one device activation (``DeviceMap``) to the next:
 - float layers (``bitnet.kernels.cuda_float``): convolution, dense, eval-mode batch norm, pooling,
   tanh / ReLU / hardtanh, sign activations, flatten; they round differently from the CPU's BLAS
   (another summation order), within float32 rounding;
-- containers: ``Sequential``, and modules that declare ``forward_chain`` (the names of children whose
-  composition is their forward, e.g. the ResNet).
+- sign chains (a CPU fusion) run as their layers, one by one.
 
-A module without a GPU step raises ``NotImplementedError`` at construction, naming it.
+The lowering reads the containers (``Sequential``, and modules that declare ``forward_chain``: the
+names of children whose composition is their forward, e.g. the ResNet). A module without a GPU
+step (``lowering``'s kind "module") raises ``NotImplementedError`` at construction, naming it.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from bitnet.packed.cuda_graph import GraphCache, GraphError
+from bitnet.packed.lowering import Activation as DeviceMap  # (its data: device arrays)
+from bitnet.packed.lowering import lower
 from bitnet.tensor import Tensor
-
-
-class DeviceMap:
-    """An activation on the GPU: ``data`` (a device array) in ``layout`` "nchw" ``(N, C, H, W)``,
-    "nhwc" ``(N, H, W, C)`` or "flat" ``(N, F)``; ``bits``: its signs packed ``(N, H, W, 1, words)``
-    (nhwc maps from a binary layer that emits them) or None."""
-    __slots__ = ("data", "layout", "bits")
-
-    def __init__(self, data, layout, bits=None):
-        self.data, self.layout, self.bits = data, layout, bits
 
 
 class CudaPackedModel:
@@ -61,7 +56,7 @@ class CudaPackedModel:
         self.binary_kernels = choose_binary_kernels(binary_kernels, _compute_capability(self.cuda))
         self.cpu_model = packed
         self.packed_layers = list(getattr(packed, "packed_layers", []))
-        self._step = self._plan(packed, "")
+        self._step = self._plan(packed)
 
     # -- running --------------------------------------------------------------------------------
 
@@ -118,55 +113,40 @@ class CudaPackedModel:
     def __repr__(self):
         return f"CudaPackedModel({self.cpu_model!r})"
 
-    # -- planning: one step per module ----------------------------------------------------------
+    # -- steps: one per op of the lowered model (bitnet.packed.lowering) ----------------------------
 
-    def _plan(self, module, name):
-        from bitnet.nn import layers as L
-        from bitnet.nn.container import Sequential
-        from bitnet.nn.quantized import QActivation
-        from bitnet.packed.blocks import ChannelsLastConv2d, ChannelsLastShortcut, PackedResidualBlock
-        from bitnet.packed.kinds import computes_as, hook_trusted
-        from bitnet.packed.layers import PackedConv2d, PackedDense
-        chain = getattr(module, "forward_chain", None) if hook_trusted(module, "forward_chain") else None
-        if computes_as(module, Sequential) or chain:
-            children = [(n, module._modules[n]) for n in (chain or module._modules)]
-            steps = [self._plan(m, f"{name}.{n}" if name else n) for n, m in children if m is not None]
-            return _compose(steps)
-        is_ = computes_as  # the module's forward is its class's (a subclass's own forward is not read)
-        if is_(module, L.Identity) or is_(module, L.Dropout) or (is_(module, QActivation) and module.quantizer is None):
-            return lambda dm: dm
-        if isinstance(module, PackedConv2d):
-            return self._packed_conv(module)
-        if isinstance(module, PackedDense):
-            return self._packed_dense(module)
-        if isinstance(module, PackedResidualBlock):
-            return self._residual_block(module, name)
-        if isinstance(module, ChannelsLastConv2d):
-            return self._channels_last_conv(module)
-        if isinstance(module, ChannelsLastShortcut):
-            return self._channels_last_shortcut(module)
-        if type(module) is L.Conv2d:
-            return self._float_conv(module)
-        if type(module) is L.Dense:
-            return self._dense(module)
-        if is_(module, L.BatchNorm2d) and module.track_running_stats:
-            return self._batchnorm(module)
-        if is_(module, L.MaxPool2d) or is_(module, L.AvgPool2d):
-            return self._pool(module)
-        if is_(module, L.GlobalAvgPool2d):
-            return self._global_pool
-        if is_(module, L.Flatten) and module.start_dim == 1 and module.end_dim == -1:
-            return self._flatten
-        unary = {L.ReLU: ("relu", {}), L.Tanh: ("tanh", {})}
-        if type(module) in unary:
-            op, params = unary[type(module)]
-            return self._unary(op, params)
-        if is_(module, L.HardTanh):
-            return self._unary("hardtanh", {"min_val": module.min_val, "max_val": module.max_val})
-        if is_(module, QActivation) and module.quantizer.output == "sign":
-            return self._unary("sign", {})
-        raise NotImplementedError(f"no CUDA step for module {name or '(root)'}: {module!r}; run this model on the CPU "
-                                  "(device='cpu')")
+    def _plan(self, packed):
+        return self._steps(lower(packed))
+
+    def _steps(self, ops):
+        """One function ``DeviceMap -> DeviceMap`` running ``ops`` in order."""
+        steps = [self._step_for(op) for op in ops]
+
+        def run(dm):
+            for step in steps:
+                dm = step(dm)
+            return dm
+        return run
+
+    def _step_for(self, op):
+        m, kind = op.module, op.kind
+        if kind == "sign_chain":  # no fused chain on the GPU: its layers one by one
+            return self._steps(op.parts["layers"])
+        if kind == "residual_block":
+            return self._residual_block(op)
+        if kind in ("global_pool", "flatten"):
+            return getattr(self, "_" + kind)
+        if kind == "unary":
+            params = dict(op.params)
+            return self._unary(params.pop("op"), params)
+        build = {"binary_conv": self._packed_conv, "binary_dense": self._packed_dense,
+                 "cl_conv": self._channels_last_conv, "cl_shortcut": self._channels_last_shortcut,
+                 "float_conv": self._float_conv, "dense": self._dense, "batchnorm": self._batchnorm,
+                 "pool": self._pool}.get(kind)
+        if build is None:
+            raise NotImplementedError(f"no CUDA step for module {op.name or '(root)'}: {m!r}; run this model on "
+                                      "the CPU (device='cpu')")
+        return build(m)
 
     # -- layouts --------------------------------------------------------------------------------
 
@@ -289,20 +269,9 @@ class CudaPackedModel:
             return DeviceMap(out.data.reshape(n, layer.out_features), "flat")
         return step
 
-    def _residual_block(self, block, name):
-        from bitnet.packed.blocks import ChannelsLastShortcut
-        from bitnet.packed.layers import PackedConv2d
-        conv1, conv2 = self._packed_conv(block.conv1), self._packed_conv(block.conv2)
-        sc = block.shortcut
-        first = next(iter(sc._modules.values()), None) if sc is not None else None
-        if sc is None:
-            shortcut = None
-        elif isinstance(sc, ChannelsLastShortcut):
-            shortcut = self._channels_last_shortcut(sc)
-        elif isinstance(first, PackedConv2d):
-            shortcut = self._packed_conv(first)
-        else:
-            shortcut = self._plan(sc, f"{name}.shortcut")
+    def _residual_block(self, op):
+        conv1, conv2 = self._step_for(op.parts["conv1"][0]), self._step_for(op.parts["conv2"][0])
+        shortcut = self._steps(op.parts["shortcut"]) if op.parts["shortcut"] else None
 
         def step(dm):
             fm = self._nhwc(dm) if dm.layout == "nchw" else dm
@@ -468,14 +437,6 @@ def _compute_capability(cuda):
     """The current GPU's (major, minor); None in Numba's CUDA simulator."""
     from numba import config
     return None if config.ENABLE_CUDASIM else tuple(cuda.get_current_device().compute_capability)
-
-
-def _compose(steps):
-    def run(dm):
-        for step in steps:
-            dm = step(dm)
-        return dm
-    return run
 
 
 def _check_channels(got, want):
