@@ -402,19 +402,7 @@ class XnorConv2d:
         args[0] = x.reshape(-1)
         out = args[25 if self.dots else 26] = np.empty(self.total * self.lanes, np.int32 if self.dots else np.float32)
         if residual is not None:
-            want = (n, oc, oh, ow) if self.layout == "nchw" else (n, oh, ow, oc)
-            r = np.asarray(residual, np.float32)
-            if r.shape != want:
-                raise ValueError(f"xnor_conv2d: residual must have shape {want} ({self.layout}), got {r.shape}")
-            if self.layout == "nchw":
-                r = r.transpose(0, 2, 3, 1)
-            if mg * g == self.lanes and self.layout == "nhwc":  # the kernel's own layout: read in place
-                res = np.ascontiguousarray(r).reshape(-1)
-            else:
-                res = np.zeros((self.total, g, self.lanes // g), np.float32)
-                res[:, :, :mg] = r.reshape(self.total, g, mg)
-                res = res.reshape(-1)
-            args[24] = res
+            args[24] = self._residual(residual)
         if self.emit_bits:
             out_bits = np.zeros((self.total, self.words), np.uint64)
             args[27] = out_bits.reshape(-1).view(np.uint8)
@@ -424,6 +412,23 @@ class XnorConv2d:
         if self.emit_bits:
             return out, out_bits.reshape(n, oh, ow, 1, self.words)
         return out
+
+    def _residual(self, residual, buf=None):
+        """The kernel's residual operand for ``residual`` ((N, O, OH, OW) for "nchw", (N, OH, OW, O) for
+        "nhwc"): read in place where it is the kernel's own layout, else copied into lanes of the
+        kernel's width (``buf``, if given: a zeroed (N*OH*OW, G, lanes/G) float32 array reused)."""
+        n, oh, ow, mg, oc, g = self.x_shape[0], self.oh, self.ow, self.mg, self.out_channels, self.x_shape[3]
+        want = (n, oc, oh, ow) if self.layout == "nchw" else (n, oh, ow, oc)
+        r = np.asarray(residual, np.float32)
+        if r.shape != want:
+            raise ValueError(f"xnor_conv2d: residual must have shape {want} ({self.layout}), got {r.shape}")
+        if self.layout == "nchw":
+            r = r.transpose(0, 2, 3, 1)
+        if mg * g == self.lanes and self.layout == "nhwc":  # the kernel's own layout: read in place
+            return np.ascontiguousarray(r).reshape(-1)
+        res = np.zeros((self.total, g, self.lanes // g), np.float32) if buf is None else buf
+        res[:, :, :mg] = r.reshape(self.total, g, mg)
+        return res.reshape(-1)
 
     def _run(self, args):
         kernel = self.kernel
@@ -437,12 +442,11 @@ class XnorConv2d:
         return out.transpose(0, 3, 1, 2) if self.layout == "nchw" else out
 
     def bind(self):
-        """``call(x)`` for calls without residual and sign output whose output array, task counter and
-        argument list are made once here and reused by every call: the result is valid until the
-        next call (``bitnet.packed.plan`` copies what it hands out). Same kernel, same arguments: the
-        same values as ``self(x)``. ``call.nbytes``: the bytes it holds."""
-        if self.emit_bits or self.flags & RESIDUAL:
-            raise ValueError("XnorConv2d.bind: calls with a residual or sign output are not bound")
+        """``call(x, residual=None)`` whose output arrays, task counter and argument list are made once
+        here and reused by every call: the result (with ``emit_bits`` the pair of floats and packed
+        signs) is valid until the next call (``bitnet.packed.plan`` copies what it hands out). Same
+        kernel, same arguments: the same values as ``self(x, residual)``. ``call.nbytes``: the bytes
+        it holds."""
         n, oh, ow, g = self.x_shape[0], self.oh, self.ow, self.x_shape[3]
         args = list(self.args)
         out = args[25 if self.dots else 26] = np.empty(self.total * self.lanes, np.int32 if self.dots else np.float32)
@@ -454,18 +458,33 @@ class XnorConv2d:
         else:                          # padding lanes dropped into an array of its own
             result = np.empty((n, oh, ow, g, self.mg), out.dtype)
             final = self._finish(result.reshape(n, oh, ow, self.out_channels))
-        shape = self.x_shape
+        held = out.nbytes + (0 if result is None else result.nbytes)
+        res_buf = None
+        if self.flags & RESIDUAL and not (self.mg * g == self.lanes and self.layout == "nhwc"):
+            res_buf = np.zeros((self.total, g, self.lanes // g), np.float32)  # (its padding lanes stay 0)
+            held += res_buf.nbytes
+        if self.emit_bits:  # the kernel writes the words of every lane; the bits past them stay 0
+            out_bits = np.zeros((self.total, self.words), np.uint64)
+            args[27] = out_bits.reshape(-1).view(np.uint8)
+            final = (final, out_bits.reshape(n, oh, ow, 1, self.words))
+            held += out_bits.nbytes
+        shape, with_residual = self.x_shape, bool(self.flags & RESIDUAL)
 
-        def call(x):
+        def call(x, residual=None):
             if x.shape != shape or x.dtype != np.uint64:
                 raise ValueError(f"xnor_conv2d: prepared for packed input {shape} uint64, got {x.dtype} {x.shape}")
+            if (residual is not None) != with_residual:
+                raise ValueError("xnor_conv2d: prepared " + ("with" if with_residual else "without") +
+                                 " a residual; call it the same way")
             args[0] = x.reshape(-1)
+            if with_residual:
+                args[24] = self._residual(residual, res_buf)
             counter[0] = 0
             self._run(args)
             if result is not None:
                 np.copyto(result, lanes5)
             return final
-        call.nbytes = out.nbytes + (0 if result is None else result.nbytes)
+        call.nbytes = held
         return call
 
 

@@ -2,16 +2,17 @@
 
     python -m bitnet.bench.packed_paths --model lenet-binary --batch 1 64
 
-- ``layer by layer``: ``Sequential.forward`` over the packed model's modules, each layer called as a
-  module (no sign chains, no plans; the packed layers' prepared kernel calls still apply);
-- ``chains``: the sign chains in place of the layers they cover, the other layers called as
-  modules (``bitnet.packed.plan._run`` without recording a plan);
-- ``planned``: the model's own forward (chains and plans: ``bitnet.packed.plan``).
+- ``layer by layer``: each module called as a module (for a Sequential: ``Sequential.forward`` over
+  the packed model's modules, no sign chains; for the ResNet: its own forward); the packed layers'
+  prepared kernel calls still apply;
+- ``chains`` (Sequential models): the sign chains in place of the layers they cover, the other layers
+  called as modules (``bitnet.packed.plan._run``);
+- ``planned``: the model's own forward (chains and plans: ``bitnet.packed.plan``; for the ResNet one
+  plan for the whole network, its blocks included).
 
 Each is timed in CPU time of the calling thread (``time.thread_time``: a busy machine moves it far
 less than wall time), the best of ``--rounds`` rounds of ``--calls`` calls, rounds alternating
-between the three; the model runs whole batches (``micro_batch=None``) on ``--threads`` threads.
-Only Sequential models (their packed forward is planned): lenet-binary, binary-vgg-small.
+between the paths; the model runs whole batches (``micro_batch=None``) on ``--threads`` threads.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import time
 
 import numpy as np
 
-SHAPES = {"lenet-binary": (1, 28, 28), "binary-vgg-small": (1, 28, 28)}
+SHAPES = {"lenet-binary": (1, 28, 28), "binary-vgg-small": (1, 28, 28), "resnet18-binary": (3, 32, 32)}
 
 
 def _paths(name, batch):
@@ -30,9 +31,11 @@ def _paths(name, batch):
     from bitnet.tensor import Tensor
     packed = bitnet.pack(bitnet.models.get(name, seed=0).eval(), micro_batch=None)
     x = Tensor(np.random.default_rng(0).standard_normal((batch,) + SHAPES[name]).astype(np.float32))
+    if not isinstance(packed, Sequential):
+        return {"layer by layer": lambda: type(packed)._unplanned_forward(packed, x), "planned": lambda: packed(x)}
     mods = list(packed._modules.values())
     return {"layer by layer": lambda: Sequential.forward(packed, x),
-            "chains": lambda: _run(packed, x, mods, record=None),
+            "chains": lambda: _run(packed, x, mods),
             "planned": lambda: packed(x)}
 
 

@@ -104,6 +104,34 @@ class ChannelsLastConv2d(Module):
             np.maximum(out, 0, out=out)
         return FeatureMap.of(out)
 
+    def bind(self, shape):
+        """``call(x)`` for NCHW float inputs ``x`` of ``shape``: what ``forward`` computes, as an
+        (N, OH, OW, O) array, with the padded map, the im2col rows and the output made here once and
+        reused by every call (the result is valid until the next call; ``call.nbytes``): the same
+        rows, the same GEMM, the same values."""
+        n, c, h, w = shape
+        if c != self.in_channels:
+            raise ValueError(f"{self!r} expects {self.in_channels} channels, got input of shape {tuple(shape)}")
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        padded = np.zeros((n, h + 2 * ph, w + 2 * pw, c), np.float32)  # (its border stays 0)
+        inner = padded[:, ph:ph + h, pw:pw + w]
+        win = np.lib.stride_tricks.sliding_window_view(padded, (kh, kw), axis=(1, 2))[:, ::sh, ::sw]
+        oh, ow = win.shape[1], win.shape[2]
+        win = win.transpose(0, 1, 2, 4, 5, 3)
+        rows = np.empty((n * oh * ow, kh * kw * c), np.float32)
+        out = np.empty((n * oh * ow, self.out_channels), np.float32)
+
+        def call(x):
+            np.copyto(inner, x.transpose(0, 2, 3, 1))
+            np.copyto(rows.reshape(win.shape), win)
+            y = matmul(rows, self.weight_t, out)
+            y += self.shift
+            if self.relu:
+                np.maximum(y, 0, out=y)
+            return y.reshape(n, oh, ow, -1)
+        call.nbytes = padded.nbytes + rows.nbytes + out.nbytes
+        return call
+
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, relu={self.relu}")
@@ -155,16 +183,34 @@ class ChannelsLastShortcut(Module):
         return h // k, w // k
 
     def forward(self, fm: FeatureMap) -> FeatureMap:
-        x = fm.nhwc
+        return FeatureMap.of(self._run(fm.nhwc))
+
+    def _run(self, x, pooled=None, out=None):
+        """The (N, H', W', O) result for the channels-last map ``x``; ``pooled`` and ``out``, if given,
+        receive the pooled map and the GEMM's result (arrays a bound call reuses)."""
         n, h, w, c = x.shape
         k = self.pool
         if k > 1:
-            pooled = np.empty((n, *self.pooled_size(h, w), c), np.float32)
+            if pooled is None:
+                pooled = np.empty((n, *self.pooled_size(h, w), c), np.float32)
             avg_pool_nhwc(np.ascontiguousarray(x), k, pooled)
             x = pooled
-        out = matmul(x.reshape(-1, c), self.weight_t)  # BLAS kept single-threaded: see kernels.gemm
-        out += self.shift
-        return FeatureMap.of(out.reshape(x.shape[:3] + (-1,)))
+        y = matmul(x.reshape(-1, c), self.weight_t, out)  # BLAS kept single-threaded: see kernels.gemm
+        y += self.shift
+        return y.reshape(x.shape[:3] + (-1,))
+
+    def bind(self, shape):
+        """``call(x)`` for channels-last maps of ``shape``: ``forward``'s values, in arrays made here
+        once and reused by every call (valid until the next; ``call.nbytes``)."""
+        n, h, w, c = shape
+        size = self.pooled_size(h, w) if self.pool > 1 else (h, w)
+        pooled = np.empty((n, *size, c), np.float32) if self.pool > 1 else None
+        out = np.empty((n * size[0] * size[1], self.weight_t.shape[1]), np.float32)
+
+        def call(x):
+            return self._run(x, pooled, out)
+        call.nbytes = out.nbytes + (0 if pooled is None else pooled.nbytes)
+        return call
 
     def extra_repr(self):
         ceil = ", ceil_mode=True" if self.ceil_mode else ""

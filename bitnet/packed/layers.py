@@ -144,18 +144,29 @@ class PackedConv2d(Module):
     def _forward_channels_last(self, fm, residual):
         """FeatureMap in (its packed signs used when present), FeatureMap out (with its signs packed
         when ``emit_signs``); ``residual``: a FeatureMap or an (N, OH, OW, O) array."""
-        n, h, w, c = fm.nhwc.shape
-        if c != self.in_channels:
-            raise ValueError(f"{self!r} expects {self.in_channels} channels, got a feature map of shape "
-                             f"{fm.nhwc.shape} (N, H, W, C)")
-        g = self.groups
-        xb = fm.bits
-        if xb is None or g != 1 or xb.shape[:3] != (n, h, w):
-            xb = bitpack.pack_rows(np.ascontiguousarray(fm.nhwc).reshape(-1, c // g)).reshape(n, h, w, g, -1)
+        xb = self._nhwc_input(fm.nhwc, fm.bits)
         res = residual.nhwc if isinstance(residual, FeatureMap) else residual
-        emit = self.emit_signs and (g == 1 or (self.out_channels // g) % self.filters.shape[3] == 0)
+        emit = self._emits_nhwc()
         out = self._xnor(xb, res, emit=emit, layout="nhwc")
         return FeatureMap.of(*out) if emit else FeatureMap.of(out)
+
+    def _nhwc_input(self, nhwc, bits=None):
+        """The packed input (N, H, W, G, CWg) of a channels-last map: its handed-over signs ``bits``
+        where they fit, else packed now."""
+        n, h, w, c = nhwc.shape
+        if c != self.in_channels:
+            raise ValueError(f"{self!r} expects {self.in_channels} channels, got a feature map of shape "
+                             f"{nhwc.shape} (N, H, W, C)")
+        g = self.groups
+        if bits is None or g != 1 or bits.shape[:3] != (n, h, w):
+            bits = bitpack.pack_rows(np.ascontiguousarray(nhwc).reshape(-1, c // g)).reshape(n, h, w, g, -1)
+        return bits
+
+    def _emits_nhwc(self) -> bool:
+        """Whether a channels-last run hands over its signs packed (``emit_signs``, where the kernel
+        can: one group, or whole panels per group)."""
+        g = self.groups
+        return self.emit_signs and (g == 1 or (self.out_channels // g) % self.filters.shape[3] == 0)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

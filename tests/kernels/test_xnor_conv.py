@@ -243,5 +243,30 @@ def test_bound_calls_equal_prepared_calls_and_reuse_their_output(layout, o):
         assert bound.nbytes >= first.nbytes
     with pytest.raises(ValueError, match="prepared for packed input"):
         bound(xb[:1])
-    with pytest.raises(ValueError, match="not bound"):
-        XC.XnorConv2d(xb.shape, filters, 70, o, (3, 3), scale=scale, shift=shift, residual=True).bind()
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("o", [64, 40])  # whole panels (residual read in place for nhwc), and padding lanes
+def test_bound_calls_with_residual_and_signs_equal_prepared_calls(layout, o):
+    rng = np.random.default_rng(o + 1)
+    x = rng.standard_normal((2, 70, 7, 6)).astype(np.float32)
+    xb = pack_nchw(x)
+    filters = XC.pack_filters(rng.standard_normal((o, 70, 3, 3)).astype(np.float32))
+    scale, shift = rng.uniform(0.5, 2, o).astype(np.float32), rng.normal(size=o).astype(np.float32)
+    call = XC.XnorConv2d(xb.shape, filters, 70, o, (3, 3), padding=(1, 1), layout=layout, scale=scale, shift=shift,
+                         residual=True, emit_bits=True)
+    bound = call.bind()
+    shape = (2, o, 7, 6) if layout == "nchw" else (2, 7, 6, o)
+    results = []
+    for sign in (1, -1):
+        res = rng.standard_normal(shape).astype(np.float32)
+        want, got = call(pack_nchw(sign * x), res), bound(pack_nchw(sign * x), res)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+        assert np.any(got[1]) and not np.all(got[1] == got[1].flat[0])
+        results.append(got)
+    assert results[0][0] is results[1][0] and results[0][1] is results[1][1]  # refilled, not new
+    with pytest.raises(ValueError, match="with a residual"):
+        bound(xb)
+    with pytest.raises(ValueError, match="residual must have shape"):
+        bound(xb, np.zeros((1, 2, 3), np.float32))

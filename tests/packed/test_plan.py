@@ -8,17 +8,10 @@ from bitnet import nn
 from bitnet.packed import pack
 from bitnet.packed.plan import MAX_PLANS, _run
 from bitnet.tensor import Tensor, no_grad
+from warm_models import warm
 
 
-def _warm(model, rng):
-    for m in model.modules():
-        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            c = m.num_features
-            m.running_mean[:] = rng.normal(0, 0.5, c)
-            m.running_var[:] = rng.uniform(0.3, 3, c)
-            m.weight.data[:] = rng.uniform(-1.5, 1.5, c).astype(np.float32)
-            m.bias.data[:] = rng.normal(size=c).astype(np.float32)
-    return model.eval()
+_warm = warm
 
 
 def _models(rng):
@@ -117,21 +110,32 @@ def test_a_plan_is_recorded_once_no_hook_is_left():
     assert [p.steps is not None for p in packed._plans.values()] == [True]
 
 
-def test_layers_handing_over_feature_maps_run_layer_by_layer():
+def test_feature_maps_are_planned_and_what_a_plan_cannot_pass_runs_layer_by_layer():
     from bitnet.packed.featuremap import FeatureMap
+    from bitnet.packed.plan import _layer_by_layer
 
-    class ChannelsLast(nn.Module):  # hands over a FeatureMap, which a plan does not pass
+    class ChannelsLast(nn.Module):  # hands over a FeatureMap: the plan passes it on channels-last
         def forward(self, x):
             return FeatureMap.from_tensor(x)
+
+    class Pair(nn.Module):  # returns a tuple: no plan
+        def forward(self, x):
+            return x, x
+
+    class First(nn.Module):
+        def forward(self, x):
+            return x[0]
     rng = np.random.default_rng(6)
-    packed = pack(nn.Sequential(ChannelsLast(), nn.QConv2d(4, 8, 3, rng=rng, act_bit=1, weight_bit=1),
-                                nn.Flatten(), nn.Dense(8 * 9, 2, rng=rng)).eval())
+    tail = [nn.QConv2d(4, 8, 3, rng=rng, act_bit=1, weight_bit=1), nn.Flatten(), nn.Dense(8 * 9, 2, rng=rng)]
     x = Tensor(rng.standard_normal((3, 4, 5, 5)).astype(np.float32))
-    with no_grad():
-        outs = [packed(x).data for _ in range(3)]
-    assert [p.steps for p in packed._plans.values()] == [None]
-    np.testing.assert_array_equal(outs[0], outs[1])
-    np.testing.assert_array_equal(outs[0], outs[2])
+    for head, planned in (([ChannelsLast()], True), ([Pair(), First()], False)):
+        packed = pack(nn.Sequential(*head, *tail).eval())
+        with no_grad():
+            want = _layer_by_layer(packed, x).data
+            outs = [packed(x).data for _ in range(3)]
+        assert [p.steps is not None for p in packed._plans.values()] == [planned]
+        for out in outs:
+            np.testing.assert_array_equal(out, want)
 
 
 def test_bound_plans_reuse_their_arrays_but_never_hand_them_out():
@@ -142,7 +146,7 @@ def test_bound_plans_reuse_their_arrays_but_never_hand_them_out():
     xs = [rng.standard_normal((2, 1, 28, 28)).astype(np.float32) for _ in range(3)]
     with no_grad():
         mods = list(packed._modules.values())
-        want = [_run(packed, Tensor(x), mods)[0].data for x in xs]  # layer by layer (chains included)
+        want = [_run(packed, Tensor(x), mods).data for x in xs]  # layer by layer (chains included)
         packed(xs[0])  # records the plan
         got = [packed(x).data for x in xs]
     plan = next(iter(packed._plans.values()))

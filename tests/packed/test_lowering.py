@@ -1,0 +1,117 @@
+"""bitnet.packed.lowering and the CPU executor (bitnet.packed.cpu_steps): one reading of the module tree,
+and plans for whole models, the packed ResNet included, that give the bits of the layer-by-layer run."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import bitnet
+from bitnet import nn
+from bitnet.packed import pack
+from bitnet.packed.lowering import lower
+from bitnet.packed.model import slice_size
+from bitnet.packed.plan import _layer_by_layer
+from bitnet.tensor import Tensor, no_grad
+from warm_models import warm
+
+
+def _warm(model, seed):
+    return warm(model, np.random.default_rng(seed))
+
+
+def _kinds(ops):
+    return [op.kind for op in ops]
+
+
+def test_lenet_lowers_to_chains_and_packed_layers():
+    packed = pack(_warm(bitnet.models.get("lenet-binary", seed=0), 0))
+    ops = lower(packed)
+    # conv, bn, tanh, pool, sign -> binary conv 2, pool, flatten, sign -> binary dense, bn folded, tanh, dense
+    assert _kinds(ops) == ["sign_chain", "sign_chain", "binary_dense", "unary", "dense"]
+    assert _kinds(ops[0].parts["layers"])[:3] == ["float_conv", "batchnorm", "unary"]  # what the GPU runs
+    assert _kinds(ops[1].parts["layers"])[0] == "binary_conv"
+    assert all(op.name for op in ops)
+
+
+def test_packed_resnet_lowers_to_stem_blocks_pool_and_classifier():
+    packed = pack(_warm(bitnet.models.get("resnet18-binary", image_size=8, seed=0), 1))
+    ops = lower(packed)
+    assert _kinds(ops) == ["cl_conv"] + ["residual_block"] * 8 + ["global_pool", "dense"]
+    shortcuts = [_kinds(op.parts["shortcut"]) for op in ops[1:9]]
+    assert shortcuts == [[], [], ["cl_shortcut"], [], ["cl_shortcut"], [], ["cl_shortcut"], []]
+    assert ops[1].name == "stages.0" and ops[1].parts["conv1"][0].name == "stages.0.conv1"
+
+
+def test_a_layer_whose_class_has_its_own_forward_is_a_module_op():
+    class Shifted(nn.ReLU):
+        def forward(self, x):
+            return super().forward(x) - 1.0
+    rng = np.random.default_rng(2)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, rng=rng), Shifted(), nn.Flatten(), nn.Dense(4 * 16, 2, rng=rng)).eval()
+    ops = lower(pack(model))
+    assert _kinds(ops) == ["float_conv", "module", "flatten", "dense"]
+    assert ops[1].name == "1"
+
+
+CASES = {
+    "resnet18-binary": dict(image_size=8),
+    "binary shortcuts": dict(image_size=8, shortcut="binary"),
+    "stage 1 float": dict(image_size=8, full_precision_stages=(1,)),
+    "odd maps": dict(image_size=10),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("micro_batch", [None, 2])
+def test_resnet_plans_give_the_bits_of_the_layer_by_layer_run(case, micro_batch):
+    seed = sorted(CASES).index(case)
+    model = _warm(bitnet.models.get("resnet18-binary", seed=seed, **CASES[case]), seed)
+    packed = pack(model, micro_batch=micro_batch)
+    size = CASES[case]["image_size"]
+    rng = np.random.default_rng(seed)
+    xs = [rng.standard_normal((3, 3, size, size)).astype(np.float32) for _ in range(3)]
+    step = slice_size(3, micro_batch) or 3  # (a row's float GEMM rounds by the rows beside it)
+    with no_grad():
+        want = [np.concatenate([_layer_by_layer(packed, Tensor(x[i:i + step])).data for i in range(0, 3, step)])
+                for x in xs]
+        got = [packed(xs[0]).data] + [packed(x).data for x in xs]  # records, then runs the plan (bound)
+    for g, w in zip(got, [want[0]] + want):
+        np.testing.assert_array_equal(g, w, err_msg=case)
+    plans = list(packed._plans.values())
+    assert plans and all(p.steps is not None and p.bound is not None for p in plans)
+    assert not any(np.shares_memory(got[1], g) for g in got[2:])  # bound arrays are never handed out
+
+
+def test_resnet_plan_steps_aside_for_hooks_and_new_children():
+    packed = pack(_warm(bitnet.models.get("resnet18-binary", image_size=8, seed=5), 5))
+    x = np.random.default_rng(5).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    with no_grad():
+        base = packed(x).data
+        packed(x)
+        seen = []
+        handle = packed.stages[3].conv2.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+        np.testing.assert_array_equal(packed(x).data, base)
+        assert len(seen) == 1  # the hooked layer ran as a module
+        handle.remove()
+        packed.stages._modules["7"] = nn.Identity()  # a child deep inside: the old plan no longer applies
+        changed = packed(x).data
+        np.testing.assert_array_equal(changed, _layer_by_layer(packed, Tensor(x)).data)
+    assert not np.array_equal(changed, base)
+
+
+def test_resnet_plans_are_made_again_after_load_state_dict():
+    a = pack(_warm(bitnet.models.get("resnet18-binary", image_size=8, seed=6), 6))
+    b = pack(_warm(bitnet.models.get("resnet18-binary", image_size=8, seed=7), 7))
+    x = np.random.default_rng(6).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    with no_grad():
+        a(x), a(x)
+        a.load_state_dict(b.state_dict())
+        np.testing.assert_array_equal(a(x).data, b(x).data)
+        np.testing.assert_array_equal(a(x).data, b(x).data)
+
+
+def test_bad_input_gets_the_layers_own_error():
+    packed = pack(_warm(bitnet.models.get("resnet18-binary", image_size=8, seed=8), 8))
+    with no_grad(), pytest.raises(ValueError, match="expects 3 channels"):
+        packed(np.zeros((1, 4, 8, 8), np.float32))
+    assert not packed._plans
