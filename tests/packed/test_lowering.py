@@ -10,9 +10,8 @@ from bitnet import nn
 from bitnet.packed import pack
 from bitnet.packed.lowering import lower
 from bitnet.packed.model import slice_size
-from bitnet.packed.plan import _layer_by_layer
 from bitnet.tensor import Tensor, no_grad
-from warm_models import warm
+from packed_helpers import layer_by_layer, warm
 
 
 def _warm(model, seed):
@@ -72,8 +71,7 @@ def test_resnet_plans_give_the_bits_of_the_layer_by_layer_run(case, micro_batch)
     xs = [rng.standard_normal((3, 3, size, size)).astype(np.float32) for _ in range(3)]
     step = slice_size(3, micro_batch) or 3  # (a row's float GEMM rounds by the rows beside it)
     with no_grad():
-        want = [np.concatenate([_layer_by_layer(packed, Tensor(x[i:i + step])).data for i in range(0, 3, step)])
-                for x in xs]
+        want = [np.concatenate([layer_by_layer(packed, x[i:i + step]) for i in range(0, 3, step)]) for x in xs]
         got = [packed(xs[0]).data] + [packed(x).data for x in xs]  # records, then runs the plan (bound)
     for g, w in zip(got, [want[0]] + want):
         np.testing.assert_array_equal(g, w, err_msg=case)
@@ -95,7 +93,7 @@ def test_resnet_plan_steps_aside_for_hooks_and_new_children():
         handle.remove()
         packed.stages._modules["7"] = nn.Identity()  # a child deep inside: the old plan no longer applies
         changed = packed(x).data
-        np.testing.assert_array_equal(changed, _layer_by_layer(packed, Tensor(x)).data)
+    np.testing.assert_array_equal(changed, layer_by_layer(packed, x))
     assert not np.array_equal(changed, base)
 
 

@@ -6,9 +6,9 @@ import pytest
 import bitnet
 from bitnet import nn
 from bitnet.packed import pack
-from bitnet.packed.plan import MAX_PLANS, _run
+from bitnet.packed.plan import MAX_PLANS
 from bitnet.tensor import Tensor, no_grad
-from warm_models import warm
+from packed_helpers import layer_by_layer, warm
 
 
 _warm = warm
@@ -33,12 +33,13 @@ def test_plans_give_the_bits_of_the_layer_by_layer_run(batch):
     for name, model, shape in _models(rng):
         packed = pack(model)
         x = Tensor(rng.standard_normal((batch,) + shape).astype(np.float32))
+        want = layer_by_layer(packed, x)
         with no_grad():
-            first = packed(x).data     # layer by layer, recording
-            second = packed(x).data    # the plan
+            first = packed(x).data     # recording: the executor's unbound steps
+            second = packed(x).data    # the plan's bound steps
             third = packed(x.data).data
-        np.testing.assert_array_equal(first, second, err_msg=name)
-        np.testing.assert_array_equal(first, third, err_msg=name)
+        for got in (first, second, third):
+            np.testing.assert_array_equal(got, want, err_msg=name)
         seqs = [m for m in packed.modules() if hasattr(m, "_plans")]
         assert any(p.steps is not None for s in seqs for p in s._plans.values()), name
 
@@ -112,7 +113,6 @@ def test_a_plan_is_recorded_once_no_hook_is_left():
 
 def test_feature_maps_are_planned_and_what_a_plan_cannot_pass_runs_layer_by_layer():
     from bitnet.packed.featuremap import FeatureMap
-    from bitnet.packed.plan import _layer_by_layer
 
     class ChannelsLast(nn.Module):  # hands over a FeatureMap: the plan passes it on channels-last
         def forward(self, x):
@@ -131,7 +131,7 @@ def test_feature_maps_are_planned_and_what_a_plan_cannot_pass_runs_layer_by_laye
     for head, planned in (([ChannelsLast()], True), ([Pair(), First()], False)):
         packed = pack(nn.Sequential(*head, *tail).eval())
         with no_grad():
-            want = _layer_by_layer(packed, x).data
+            want = layer_by_layer(packed, x)
             outs = [packed(x).data for _ in range(3)]
         assert [p.steps is not None for p in packed._plans.values()] == [planned]
         for out in outs:
@@ -145,8 +145,7 @@ def test_bound_plans_reuse_their_arrays_but_never_hand_them_out():
     packed = pack(_warm(bitnet.models.get("lenet-binary", seed=1), rng))
     xs = [rng.standard_normal((2, 1, 28, 28)).astype(np.float32) for _ in range(3)]
     with no_grad():
-        mods = list(packed._modules.values())
-        want = [_run(packed, Tensor(x), mods).data for x in xs]  # layer by layer (chains included)
+        want = [layer_by_layer(packed, x) for x in xs]  # (chains included)
         packed(xs[0])  # records the plan
         got = [packed(x).data for x in xs]
     plan = next(iter(packed._plans.values()))
