@@ -83,6 +83,14 @@ class BasicBlock(nn.Module):
         y = F.relu(self.bn1(self.conv1(x)))
         return F.relu(self.bn2(self.conv2(y)) + sc)
 
+    @property
+    def forward_program(self):
+        """The forward as a program over the children (``bitnet.packed.lowering``: the packed model's
+        CPU plans and GPU steps run a block that stays unpacked, e.g. a full-precision stage's, from it)."""
+        if self.binary:  # y = bn1(conv1(x)) + sc(x); out = bn2(conv2(y)) + y
+            return (("add", ("conv1", "bn1"), ("shortcut",)), ("add", ("conv2", "bn2"), ()))
+        return (("add", ("conv1", "bn1", ("relu",), "conv2", "bn2"), ("shortcut",)), ("relu",))  # float
+
     def to_packed(self, pack_layer):
         """``bitnet.pack`` hook: the binary block as a ``PackedResidualBlock`` (both residual additions
         in the kernels' epilogue, channels-last, signs handed over packed); None for a float block
@@ -148,7 +156,7 @@ class ResNet(nn.Module):
                 cin = cout
         return total + nn.Dense.state_bytes(dict(in_features=cin, out_features=num_classes))
 
-    # the forward is the composition of these children, in this order (bitnet.packed.cuda_model)
+    # the forward is the composition of these children, in this order (bitnet.packed.lowering)
     forward_chain = ("stem", "stages", "pool", "fc")
 
     def forward(self, x):

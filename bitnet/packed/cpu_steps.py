@@ -64,11 +64,11 @@ def _as_tensor(act):
     return Tensor(act.data)
 
 
-def _as_activation(out, module):
+def _as_activation(out, what):
     if isinstance(out, FeatureMap):
         return Activation(out.nhwc, "nhwc", out.bits)
     if type(out) is not Tensor and not isinstance(out, SignedTensor):
-        raise NoPlan(f"{type(module).__name__} returned {type(out).__name__}")
+        raise NoPlan(f"{type(what).__name__} returned {type(out).__name__}")
     data = out.data
     return Activation(data, "nchw" if data.ndim == 4 else "flat", getattr(out, "packed_signs", None))
 
@@ -225,7 +225,29 @@ def _dense(op, act, bind):
     return step(act), step, b
 
 
+def _function(op, act, bind):
+    """A function of ``bitnet.functional`` named by a ``forward_program`` (``op.module`` None)."""
+    from bitnet import functional as F
+    fn = getattr(F, op.params["op"])
+
+    def step(a):
+        return _as_activation(fn(_as_tensor(a)), fn)
+    return step(act), step, None
+
+
+def _add(op, act, bind):
+    """Both parts on the input, their outputs added as the module's forward adds them (Tensors)."""
+    _, a_steps, _, _ = record(op.parts["a"], act, -1)
+    _, b_steps, _, _ = record(op.parts["b"], act, -1)
+
+    def step(x):
+        return _as_activation(_as_tensor(run(a_steps, x)) + _as_tensor(run(b_steps, x)), "add")
+    return step(act), step, None
+
+
 def _unary(op, act, bind):
+    if op.module is None:
+        return _function(op, act, bind)
     if op.params["op"] != "tanh":
         return _generic(op, act, bind)
     from bitnet.kernels.threads import parallel_ufunc
@@ -287,4 +309,4 @@ def _sign_chain(op, act, bind):
 
 _BUILDERS = {"binary_conv": _binary_conv, "binary_dense": _binary_dense, "residual_block": _residual_block,
              "dense": _dense, "unary": _unary, "flatten": _flatten, "sign_chain": _sign_chain,
-             "cl_conv": _channels_last, "cl_shortcut": _channels_last}
+             "cl_conv": _channels_last, "cl_shortcut": _channels_last, "add": _add}

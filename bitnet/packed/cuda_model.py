@@ -134,6 +134,8 @@ class CudaPackedModel:
             return self._steps(op.parts["layers"])
         if kind == "residual_block":
             return self._residual_block(op)
+        if kind == "add":
+            return self._add(op)
         if kind in ("global_pool", "flatten"):
             return getattr(self, "_" + kind)
         if kind == "unary":
@@ -278,6 +280,22 @@ class CudaPackedModel:
             s = fm if shortcut is None else shortcut(fm)
             y = conv1(fm, residual=s)
             return conv2(y, residual=y)
+        return step
+
+    def _add(self, op):
+        """Both parts on the input, their outputs added (NCHW where either is a feature map)."""
+        a, b = self._steps(op.parts["a"]), self._steps(op.parts["b"])
+
+        def step(dm):
+            x, y = a(dm), b(dm)
+            if "nhwc" in (x.layout, y.layout):
+                x, y = self._nchw(x), self._nchw(y)
+            if x.data.shape != y.data.shape:
+                raise ValueError(f"{op.name or '(root)'}: cannot add a residual of shape {y.data.shape} to "
+                                 f"{x.data.shape}")
+            out = self._empty(x.data.shape)
+            self.cf.add(x.data, y.data, out)
+            return DeviceMap(out, x.layout)
         return step
 
     # -- float layers ---------------------------------------------------------------------------

@@ -25,6 +25,8 @@ global_pool        ``GlobalAvgPool2d``
 flatten            ``Flatten(1, -1)``
 unary              ``ReLU``, ``Tanh``, ``HardTanh``, a sign ``QActivation``; ``params``:
                    ``{"op": name, ...}`` (``kernels.cuda_float.unary``'s arguments)
+add                parts ``a`` and ``b``, both run on the op's input, their outputs added (a
+                   residual connection; ``b`` empty: the input itself); ``Op.module`` None
 sign_chain         ``bitnet.packed.sign_chains.SignChain`` (``Op.module``): layers read only
                    through the next binary layer's sign, run straight to its input bits;
                    parts ``layers``: the same layers lowered one by one (an executor without
@@ -33,7 +35,19 @@ module             anything else: the module's own forward (the CPU runs it; the
                    step for it and refuses the model, naming it)
 =================  ======================================================================
 
-``Identity``, ``Dropout`` (eval) and a ``QActivation`` without quantizer are left out.
+``Identity``, ``Dropout`` (eval) and a ``QActivation`` without quantizer are left out. A "unary" op
+whose ``module`` is None is a function of ``bitnet.functional`` (``params["op"]``).
+
+Containers: a ``Sequential`` (its children in order, with its sign chains), a module that declares
+``forward_chain`` (the names of the children whose composition is its forward, e.g. the ResNet), and
+a module that declares ``forward_program``: its forward as a tuple of items run in order, each
+
+- ``"name"``: the child of that name (a child set to None is skipped);
+- ``("relu",)``, ``("tanh",)``: that function of ``bitnet.functional``;
+- ``("add", items_a, items_b)``: both item tuples run on the same input, their outputs added.
+
+(the float and the binary ResNet block: ``models/resnet.py``). Both declarations are read only where
+the class that makes them also defines the forward they describe (``kinds.hook_trusted``).
 
 The activations between steps are ``Activation(data, layout, bits)``: ``data`` a NumPy or device
 array in ``layout`` "nchw" ``(N, C, H, W)``, "nhwc" ``(N, H, W, C)``, "flat" (``(N, F)`` or any
@@ -75,18 +89,43 @@ class Op:
 def lower(module, name: str = "") -> list:
     """The ops of ``module`` (a packed model or any part of one), in the order they run."""
     from bitnet.nn.container import Sequential
-    chain = getattr(module, "forward_chain", None) if hook_trusted(module, "forward_chain") else None
     if computes_as(module, Sequential):
         return _lower_sequential(module, name)
-    if chain:
-        return [op for child in chain if module._modules[child] is not None
-                for op in lower(module._modules[child], _join(name, child))]
+    for declared in ("forward_chain", "forward_program"):
+        items = getattr(module, declared, None) if hook_trusted(module, declared) else None
+        if items:
+            return _lower_program(module, items, name)
     op = _lower_layer(module, name)
     return [] if op is None else [op]
 
 
 def _join(name, child):
     return f"{name}.{child}" if name else child
+
+
+FUNCTIONS = ("relu", "tanh")  # the functions a forward_program may name (bitnet.functional)
+
+
+def _lower_program(module, items, name):
+    """The ops of a ``forward_chain`` / ``forward_program`` (module docstring)."""
+    from bitnet.nn.module import Module
+    ops = []
+    for item in items:
+        if isinstance(item, str):
+            child = module._modules[item] if item in module._modules else getattr(module, item)
+            if child is not None and not isinstance(child, Module):
+                raise ValueError(f"{type(module).__name__}: {item!r} names a {type(child).__name__}, not a child module")
+            if child is not None:
+                ops += lower(child, _join(name, item))
+        elif isinstance(item, tuple) and len(item) == 3 and item[0] == "add":
+            ops.append(Op("add", None, name, {"a": _lower_program(module, item[1], name),
+                                              "b": _lower_program(module, item[2], name)}))
+        elif isinstance(item, tuple) and len(item) == 1 and item[0] in FUNCTIONS:
+            ops.append(Op("unary", None, name, params={"op": item[0]}))
+        else:
+            raise ValueError(f"{type(module).__name__}.forward_program: cannot read {item!r}; an item is a "
+                             f"child's name, one of {[(f,) for f in FUNCTIONS]}, or ('add', items, items)")
+    return ops
 
 
 def _lower_sequential(seq, name):

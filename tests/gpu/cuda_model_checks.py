@@ -115,6 +115,12 @@ def check_resnets():
     model = ResNet(blocks=(1, 1), binary_stages=(1, 2), num_classes=5, seed=2, stem_relu=False)
     _compare(_stats(model), rng.standard_normal((1, 3, 5, 3)).astype(np.float32), exact=False,
              what="ResNet on a 5x3 map")
+    # blocks that stay unpacked run from their forward_program (bitnet.packed.lowering): a float stage
+    # 1 before a binary stage 2 (BMXNet's partially binarized models), and a float ResNet whose
+    # downsampling shortcut is a strided float 1x1 convolution
+    for stages, what in (((2,), "ResNet with a float stage 1"), ((), "float ResNet")):
+        model = ResNet(blocks=(1, 1), binary_stages=stages, num_classes=5, seed=3)
+        _compare(_stats(model), rng.standard_normal((2, 3, 4, 4)).astype(np.float32), exact=False, what=what)
 
 
 def check_tensor_core_kernels():

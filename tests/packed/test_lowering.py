@@ -41,6 +41,37 @@ def test_packed_resnet_lowers_to_stem_blocks_pool_and_classifier():
     assert ops[1].name == "stages.0" and ops[1].parts["conv1"][0].name == "stages.0.conv1"
 
 
+def test_unpacked_resnet_blocks_lower_from_their_forward_program():
+    packed = pack(_warm(bitnet.models.get("resnet18-binary", image_size=8, full_precision_stages=(1,), seed=0), 3))
+    ops = lower(packed)
+    # float stem (conv, bn, relu); a float block: relu(bn2(conv2(relu(bn1(conv1(x))))) + x)
+    assert _kinds(ops[:5]) == ["float_conv", "batchnorm", "unary", "add", "unary"]
+    assert _kinds(ops[3].parts["a"]) == ["float_conv", "batchnorm", "unary", "float_conv", "batchnorm"]
+    assert ops[3].parts["b"] == [] and ops[4].module is None and ops[4].params == {"op": "relu"}
+    assert ops[3].parts["a"][0].name == "stages.0.conv1"
+    downsampling = lower(pack(_warm(bitnet.models.get("resnet18", seed=0), 4)).stages[2])
+    assert _kinds(downsampling[0].parts["b"]) == ["float_conv", "batchnorm"]  # the 1x1 stride-2 shortcut
+
+
+def test_a_forward_program_that_cannot_be_read_is_refused():
+    class Block(nn.Module):
+        def __init__(self, program):
+            super().__init__()
+            self.conv, self.scale, self.program = nn.Conv2d(2, 2, 1), 2.0, program
+
+        @property
+        def forward_program(self):
+            return self.program
+
+        def forward(self, x):
+            return self.conv(x)
+    for program, what in ((("conv", ("gelu",)), "cannot read \\('gelu',\\)"), (("scale",), "names a float"),
+                          (("conv", ("add", ("conv",))), "cannot read")):
+        with pytest.raises(ValueError, match=what):
+            lower(Block(program))
+    assert _kinds(lower(Block(("conv", ("relu",))))) == ["float_conv", "unary"]
+
+
 def test_a_layer_whose_class_has_its_own_forward_is_a_module_op():
     class Shifted(nn.ReLU):
         def forward(self, x):
@@ -54,6 +85,7 @@ def test_a_layer_whose_class_has_its_own_forward_is_a_module_op():
 
 CASES = {
     "resnet18-binary": dict(image_size=8),
+    "float resnet18": dict(image_size=8, full_precision_stages=(1, 2, 3, 4)),
     "binary shortcuts": dict(image_size=8, shortcut="binary"),
     "stage 1 float": dict(image_size=8, full_precision_stages=(1,)),
     "odd maps": dict(image_size=10),
