@@ -112,14 +112,24 @@ def planned_forward(module, x):
                 out, steps, bound, _ = record(lower(module), Activation.of(data), BOUND_MAX_BYTES)
             except NoPlan:
                 out = steps = bound = None
-            except Exception:  # (bad input: the layers' own run says what is wrong)
-                return _layer_by_layer(module, x)
-            if len(module._plans) >= MAX_PLANS:
-                module._plans.clear()
-            module._plans[key] = _Plan(subtree, steps, bound)
+            except Exception as e:
+                out = _layer_by_layer(module, x)  # bad input: the layers' own run says what is wrong
+                _remember(module, key, _Plan(subtree, None))  # the layers ran where the plan did not
+                import warnings
+                warnings.warn(f"bitnet: a packed {type(module).__name__} could not be planned for input "
+                              f"{data.shape} ({type(e).__name__}: {e}); it runs layer by layer (please report this)",
+                              RuntimeWarning, stacklevel=3)
+                return out
+            _remember(module, key, _Plan(subtree, steps, bound))
             if steps is not None:
                 return Tensor(tensor_data(out))
     return _layer_by_layer(module, x)
+
+
+def _remember(module, key, plan):
+    if len(module._plans) >= MAX_PLANS:
+        module._plans.clear()
+    module._plans[key] = plan
 
 
 _PLANNED = {}

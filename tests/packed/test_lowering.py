@@ -2,6 +2,8 @@
 and plans for whole models, the packed ResNet included, that give the bits of the layer-by-layer run."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -145,3 +147,23 @@ def test_bad_input_gets_the_layers_own_error():
     with no_grad(), pytest.raises(ValueError, match="expects 3 channels"):
         packed(np.zeros((1, 4, 8, 8), np.float32))
     assert not packed._plans
+
+
+def test_a_plan_that_fails_where_the_layers_run_says_so_once_and_runs_layer_by_layer(monkeypatch):
+    from bitnet.packed import cpu_steps
+    packed = pack(_warm(bitnet.models.get("resnet18-binary", image_size=8, seed=9), 9))
+    x = np.random.default_rng(9).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    want = layer_by_layer(packed, x)
+
+    def broken(op, act, bind):
+        raise RuntimeError("a step that cannot be built")
+    monkeypatch.setitem(cpu_steps._BUILDERS, "residual_block", broken)
+    with no_grad():
+        with pytest.warns(RuntimeWarning, match="could not be planned .*a step that cannot be built"):
+            first = packed(x).data
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # said once: the next call runs layer by layer at once
+            second = packed(x).data
+    np.testing.assert_array_equal(first, want)
+    np.testing.assert_array_equal(second, want)
+    assert [p.steps for p in packed._plans.values()] == [None]
