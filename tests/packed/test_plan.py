@@ -155,13 +155,14 @@ def test_bound_plans_reuse_their_arrays_but_never_hand_them_out():
     assert len({id(g) for g in got}) == 3 and not any(np.shares_memory(got[0], g) for g in got[1:])
 
 
-def test_threads_sharing_a_packed_model_get_their_own_results():
+@pytest.mark.parametrize("name, kwargs, shape", [("lenet-binary", {}, (1, 28, 28)),
+                                                  ("resnet18-binary", {"image_size": 8}, (3, 8, 8))])
+def test_threads_sharing_a_packed_model_get_their_own_results(name, kwargs, shape):
     import threading
     rng = np.random.default_rng(8)
-    packed = pack(_warm(bitnet.models.get("lenet-binary", seed=1), rng))
-    xs = [rng.standard_normal((1, 1, 28, 28)).astype(np.float32) for _ in range(4)]
-    with no_grad():
-        want = [packed(x).data for x in xs]
+    packed = pack(_warm(bitnet.models.get(name, seed=1, **kwargs), rng))
+    xs = [rng.standard_normal((1,) + shape).astype(np.float32) for _ in range(4)]
+    want = [layer_by_layer(packed, x) for x in xs]
     errors = []
 
     def worker(i):
