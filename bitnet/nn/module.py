@@ -234,7 +234,7 @@ class Module:
                 if b is not None and device_of(b) != device:
                     mod._buffers[name], moved = to_device(b, device), True
             if moved:
-                mod._state_changed()  # caches derived from the old arrays (packed weights) are stale
+                state_changed(mod)  # caches derived from the old arrays (packed weights) are stale
         return self
 
     def cpu(self):
@@ -316,7 +316,7 @@ class Module:
             else:
                 store[name] = to_device(np.array(src, dtype=v.dtype), here)
         for _, mod in self.named_modules():
-            mod._state_changed()
+            state_changed(mod)
         return missing, unexpected
 
     def _state_changed(self) -> None:
@@ -455,6 +455,48 @@ def _buffer(value, name: str):
         raise TypeError(f"buffer {name!r}: expected an array of numbers (e.g. float32), got {type(value).__name__} "
                         f"giving dtype {array.dtype}; assign a NumPy array such as np.zeros(n, np.float32)")
     return array
+
+
+class _Watchers(dict):
+    """``id(owner) -> weakref(owner)`` of the modules to tell when this module's state changes; a copy
+    of the module starts with none (its owners are the copy's, which register themselves)."""
+
+    def __deepcopy__(self, memo):
+        return _Watchers()
+
+
+def watch_state(module, owner) -> None:
+    """Call ``owner._state_changed()`` whenever ``module``'s state is changed by ``load_state_dict`` or
+    ``to`` (on ``module`` or on any module above it): a container whose caches read the arrays of
+    modules below it (a packed model's plans) registers itself on each of them. Holds ``owner``
+    weakly."""
+    import weakref
+    watchers = module.__dict__.get("_state_watchers")
+    if watchers is None:
+        watchers = module.__dict__["_state_watchers"] = _Watchers()
+    watchers[id(owner)] = weakref.ref(owner)
+
+
+def state_changed(module) -> None:
+    """``module._state_changed()``, then that of every live owner watching it (``watch_state``)."""
+    module._state_changed()
+    for ref in list(module.__dict__.get("_state_watchers", {}).values()):
+        owner = ref()
+        if owner is not None:
+            owner._state_changed()
+
+
+def deepcopy_without(obj, memo, caches):
+    """A deep copy of ``obj`` (an object with a ``__dict__``) whose attributes named in ``caches`` start
+    as empty dicts: per-shape caches holding functions and prepared kernel calls bound to ``obj``'s
+    own arrays (a copy would run the original's), and locks (which cannot be copied)."""
+    import copy
+    cls = obj.__class__
+    new = cls.__new__(cls)
+    memo[id(obj)] = new
+    for key, value in obj.__dict__.items():
+        new.__dict__[key] = {} if key in caches else copy.deepcopy(value, memo)
+    return new
 
 
 def host_copy(module):

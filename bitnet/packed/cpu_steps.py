@@ -36,14 +36,27 @@ def tensor_data(act):
 
 
 def record(ops, act, max_bytes):
-    """``(output activation, steps, bound, nbytes)``; see the module docstring."""
+    """``(output activation, steps, bound, nbytes)``; see the module docstring. A module run by its own
+    forward may keep what it is given (a feature tap, a cache): the step before it is never bound, so
+    what it keeps is its own, as in the layer-by-layer run."""
     steps, bound, held = [], [], 0
-    for op in ops:
+    for i, op in enumerate(ops):
         act, step, b = _BUILDERS.get(op.kind, _generic)(op, act, held <= max_bytes)
         held += 0 if b is None else b.nbytes
         steps.append(step)
         bound.append(step if b is None else b)
+        if i and _exposes_input(op):
+            bound[i - 1] = steps[i - 1]
     return act, steps, (bound if held <= max_bytes else None), held
+
+
+def _exposes_input(op) -> bool:
+    """Whether ``op`` hands its input to a module's own forward (kind "module"), directly or through
+    the first op of a part that runs on its input."""
+    if op.kind == "module":
+        return True
+    parts = {"add": ("a", "b"), "residual_block": ("shortcut",)}.get(op.kind, ())
+    return any(op.parts[p] and _exposes_input(op.parts[p][0]) for p in parts)
 
 
 def run(steps, act):
@@ -258,7 +271,7 @@ def _unary(op, act, bind):
         return Activation(unary(np.tanh, x), "nchw" if x.ndim == 4 else "flat")
     x = tensor_data(act)
     b = None
-    if bind:
+    if bind and x.dtype in (np.float32, np.float64):  # (other dtypes: the float-op policy's conversion)
         out = np.empty(x.shape, x.dtype)
 
         def b(a):

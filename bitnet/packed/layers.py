@@ -79,6 +79,10 @@ class PackedConv2d(Module):
     def _state_changed(self):
         self._corr, self._calls = {}, {}  # derived from the filters, scale and shift
 
+    def __deepcopy__(self, memo):
+        from bitnet.nn.module import deepcopy_without
+        return deepcopy_without(self, memo, ("_corr", "_calls"))  # (a copy prepares calls on its own arrays)
+
     def _taps(self):
         """Per-tap sums of the filters' +-1 values (O, KH, KW), from the packed words."""
         g = self.filters.shape[0]

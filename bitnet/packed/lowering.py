@@ -35,7 +35,9 @@ module             anything else: the module's own forward (the CPU runs it; the
                    step for it and refuses the model, naming it)
 =================  ======================================================================
 
-``Identity``, ``Dropout`` (eval) and a ``QActivation`` without quantizer are left out. A "unary" op
+``Identity``, ``Dropout`` in eval mode and a ``QActivation`` without quantizer are left out; a
+batch norm or dropout in training mode is a "module" (a packed model is made in eval mode; one a user
+put back in training mode runs these layers as their forward does). A "unary" op
 whose ``module`` is None is a function of ``bitnet.functional`` (``params["op"]``).
 
 Containers: a ``Sequential`` (its children in order, with its sign chains), a module that declares
@@ -158,7 +160,8 @@ def _lower_layer(module, name):
     from bitnet.packed.blocks import ChannelsLastConv2d, ChannelsLastShortcut, PackedResidualBlock
     from bitnet.packed.layers import PackedConv2d, PackedDense
     is_ = computes_as  # the module's forward is its class's (a subclass's own forward is not read)
-    if is_(module, L.Identity) or is_(module, L.Dropout) or (is_(module, QActivation) and module.quantizer is None):
+    if is_(module, L.Identity) or (is_(module, L.Dropout) and not module.training) or \
+            (is_(module, QActivation) and module.quantizer is None):
         return None
     kinds = ((PackedConv2d, "binary_conv"), (PackedDense, "binary_dense"), (ChannelsLastConv2d, "cl_conv"),
              (ChannelsLastShortcut, "cl_shortcut"), (L.GlobalAvgPool2d, "global_pool"))
@@ -173,7 +176,7 @@ def _lower_layer(module, name):
         return Op("float_conv", module, name)
     if type(module) is L.Dense:
         return Op("dense", module, name)
-    if is_(module, L.BatchNorm2d) and module.track_running_stats:
+    if is_(module, L.BatchNorm2d) and module.track_running_stats and not module.training:
         return Op("batchnorm", module, name)
     if is_(module, L.MaxPool2d) or is_(module, L.AvgPool2d):
         return Op("pool", module, name)

@@ -44,6 +44,7 @@ from bitnet.nn.quantized import QConv2d
 from bitnet.packed.fold import batchnorm_pairs
 from bitnet.packed.kinds import hook_trusted
 from bitnet.packed.layers import PackedConv2d, PackedDense, packable
+from bitnet.packed.lowering import lower
 from bitnet.packed.plan import prepare
 from bitnet.tensor import enable_grad, is_grad_enabled, no_grad
 
@@ -93,6 +94,7 @@ def _finish(packed, micro_batch):
     for p in packed.parameters():  # an inference model: no graph, ever (its planned forward builds none)
         p.requires_grad = False
     prepare(packed)
+    lower(packed)  # a forward_program that cannot be read is refused here, at packing (its ValueError)
     packed.__class__ = _micro_batched(type(packed))
     packed.micro_batch = None if _mixes_samples(packed) else micro_batch
     return packed

@@ -21,8 +21,10 @@ would give a plain tensor without a graph: the input is a plain ``Tensor`` or ar
 need a gradient (a packed model's parameters never do: ``bitnet.pack`` freezes them), no module
 below carries a forward hook, every container below has the children the plan was made for, and
 every module returned a Tensor while it was recorded. Plans and chains read the layers' weights
-when they are made, and are made again after the model's ``load_state_dict``; at most 8 input
-shapes are kept per module.
+when they are made, and are made again after ``load_state_dict`` or ``to`` on the model or on any
+part of it (each module below a plan tells its owner: ``nn.module.watch_state``); a copy of the
+model records plans of its own. A module run by its own forward never gets the plan's reused
+arrays (it may keep them). At most 8 input shapes are kept per module.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ import threading
 import numpy as np
 
 from bitnet.kernels.threads import single_threaded_blas
+from bitnet.nn.module import deepcopy_without, watch_state
 from bitnet.packed.cpu_steps import NoPlan, record, run, tensor_data
 from bitnet.packed.lowering import Activation, lower
 from bitnet.packed.sign_chains import find_chains
@@ -108,8 +111,9 @@ def planned_forward(module, x):
             return _layer_by_layer(module, x)  # hooks, or modules that return what a plan cannot pass
         subtree = list(module.modules())
         if not any(m._forward_hooks for m in subtree[1:]):  # record the plan (again, for new children)
+            ops = lower(module)  # (a forward_program that cannot be read: its ValueError)
             try:
-                out, steps, bound, _ = record(lower(module), Activation.of(data), BOUND_MAX_BYTES)
+                out, steps, bound, _ = record(ops, Activation.of(data), BOUND_MAX_BYTES)
             except NoPlan:
                 out = steps = bound = None
             except Exception as e:
@@ -130,6 +134,10 @@ def _remember(module, key, plan):
     if len(module._plans) >= MAX_PLANS:
         module._plans.clear()
     module._plans[key] = plan
+    if plan.steps is not None:  # its steps read the arrays of the modules below: forget it when they change
+        for m in module.modules():
+            if m is not module:
+                watch_state(m, module)
 
 
 _PLANNED = {}
@@ -143,7 +151,10 @@ def _planned_class(cls):
             for chain in self.__dict__.get("_sign_chains", ()):
                 chain.reset()
             self._plans.clear()
+        def __deepcopy__(self, memo):
+            return deepcopy_without(self, memo, ("_plans",))  # (a copy records plans of its own)
         _PLANNED[cls] = type(cls.__name__, (cls,), {"forward": planned_forward, "_state_changed": _state_changed,
+                                                    "__deepcopy__": __deepcopy__,
                                                     "_unplanned_forward": cls.forward,
                                                     "__doc__": cls.__doc__, "__module__": cls.__module__,
                                                     "forward_in_eval_is_base": True})  # (packed.kinds)

@@ -88,6 +88,10 @@ class SignChain:
         """Forget what was read from the layers and prepared (done again at the next call)."""
         self._runs = {}
 
+    def __deepcopy__(self, memo):
+        from bitnet.nn.module import deepcopy_without
+        return deepcopy_without(self, memo, ("_runs",))
+
     def _conv_constants(self):
         """The float source's GEMM operand (C*KH*KW, O) and per-channel scale and shift (float32)."""
         g, shift = conv_batchnorm_affine(self.source, self.bn)

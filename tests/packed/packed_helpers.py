@@ -21,7 +21,7 @@ def warm(model, rng):
 def layer_by_layer(packed, x):
     """``packed(x)`` with no plan: every Sequential runs its modules one by one (its sign chains in
     place of the layers they cover), every other container its own forward; the reference a plan
-    must equal to the bit. The plans it leaves behind (none recorded) are cleared."""
+    must equal to the bit. The plans recorded before are set aside for the run and given back."""
     from unittest import mock
 
     from bitnet.packed import plan
@@ -29,9 +29,12 @@ def layer_by_layer(packed, x):
 
     def no_plan(*args, **kwargs):
         raise plan.NoPlan("the layer-by-layer reference")
+    kept = {m: m.__dict__["_plans"] for m in packed.modules() if "_plans" in m.__dict__}
     try:
+        for m in kept:
+            m._plans = {}
         with mock.patch.object(plan, "record", no_plan), no_grad():
             return packed(x if isinstance(x, Tensor) else Tensor(x)).data
     finally:
-        for m in packed.modules():
-            m.__dict__.get("_plans", {}).clear()
+        for m, plans in kept.items():
+            m._plans = plans
