@@ -530,6 +530,6 @@ def _task_shape(pixels, n_fp, threads):
     t_rows = 32
     while t_rows > ROWS and -(-pixels // t_rows) < want:
         t_rows //= 2
-    blocks = -(-pixels // t_rows)
+    blocks = max(1, -(-pixels // t_rows))  # (an empty batch: one empty task)
     chunks = min(n_fp, -(-want // blocks))
     return t_rows, -(-n_fp // chunks)

@@ -64,6 +64,9 @@ class CudaPackedModel:
         data = x.data if isinstance(x, Tensor) else np.asarray(x)
         if data.ndim not in (2, 4):
             raise ValueError(f"CudaPackedModel expects a batch (N, C, H, W) or (N, F), got shape {data.shape}")
+        if data.shape[0] == 0:  # an empty batch: its output has the shape of one sample's, without the row
+            from bitnet.packed.model import _empty_batch
+            return _empty_batch(self, data)
         out = self.run_device(self.cuda.to_device(np.ascontiguousarray(data, np.float32)))
         return Tensor(out.copy_to_host())
 

@@ -187,6 +187,15 @@ def slice_size(n: int, micro_batch: int | None) -> int | None:
     return None if n <= step else step
 
 
+def _empty_batch(forward, x):
+    """The output for an empty batch ``x`` (N = 0): that of one sample of zeros, without its row (the
+    kernels are written for at least one sample; every sample's output is independent of the others')."""
+    from bitnet.tensor import Tensor
+    data = x.data if isinstance(x, Tensor) else np.asarray(x)
+    out = forward(Tensor(np.zeros((1,) + data.shape[1:], data.dtype)))
+    return Tensor(np.asarray(out.data)[:0])
+
+
 def _micro_batched(cls):
     """``cls`` with a forward that runs large batches in slices, the slices in parallel (module
     docstring)."""
@@ -195,6 +204,8 @@ def _micro_batched(cls):
     if cls not in _MICRO_BATCHED:
         def forward(self, x, *args, **kwargs):
             from bitnet.tensor import Tensor
+            if getattr(x, "ndim", 0) >= 2 and x.shape[0] == 0 and not (args or kwargs):
+                return _empty_batch(lambda one: cls.forward(self, one), x)
             micro_batch = self.__dict__.get("micro_batch")  # (None in a slice: packed[1:3] is a new Sequential)
             step = slice_size(x.shape[0], micro_batch) if getattr(x, "ndim", 0) >= 2 else None
             if step is None or args or kwargs:  # slices of x only: not with other inputs

@@ -84,6 +84,9 @@ def check_binary_sequential():
         raise AssertionError("run_device's result was overwritten by the next call")
     if gpu.packed_layers != bitnet.pack(model).packed_layers or len(gpu.packed_layers) != 4:
         raise AssertionError(f"packed layers {gpu.packed_layers}")
+    empty = gpu(x[:0]).data  # an empty batch: the output of none, with the shape of one's
+    if empty.shape != (0,) + outs[0].shape[1:] or empty.dtype != outs[0].dtype:
+        raise AssertionError(f"an empty batch gave {empty.dtype} {empty.shape}")
 
 
 def check_float_and_binary_sequential():

@@ -113,3 +113,13 @@ def test_a_forward_program_that_cannot_be_read_is_refused_when_packing():
             return self.conv(x)
     with pytest.raises(ValueError, match=r"Block.forward_program: cannot read \('gelu',\)"):
         pack(nn.Sequential(Block(), nn.ReLU()).eval())
+
+
+@pytest.mark.parametrize("micro_batch", [32, None])
+def test_an_empty_batch_gives_an_empty_output(micro_batch):
+    for name, shape in (("lenet-binary", (1, 28, 28)), ("resnet18-binary", (3, 32, 32))):
+        packed = pack(bitnet.models.get(name, seed=0).eval(), micro_batch=micro_batch)
+        with no_grad():
+            for dtype in (np.float32, np.float64):
+                out = packed(np.zeros((0,) + shape, dtype)).data
+                assert out.shape == (0, 10) and out.dtype == packed(np.zeros((1,) + shape, dtype)).data.dtype
