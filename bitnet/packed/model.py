@@ -28,7 +28,8 @@ kernel, and on a machine shared with other work the threads that run take the sl
 that do not. ``micro_batch=None`` turns this off, and so does a batch norm without running
 statistics (``track_running_stats=False``: it normalizes with the batch's own statistics, in eval
 mode too, so a sample's output depends on the others); a model of your own whose modules mix the
-samples of a batch in some other way must be packed with ``micro_batch=None``.
+samples of a batch in some other way must be packed with ``micro_batch=None``. An empty batch
+(N = 0) gives the empty output of the shape a batch of one would have.
 
 The packed model computes what ``model.eval()`` computes: binary dot products exactly, the rest
 within float rounding (folding batch norm reorders float32 operations; a value that lands within
