@@ -77,11 +77,12 @@ def _as_tensor(act):
     return Tensor(act.data)
 
 
-def _as_activation(out, what):
+def _as_activation(out, name):
+    """The activation of ``out``, what ``name`` (a module's class, a function) returned."""
     if isinstance(out, FeatureMap):
         return Activation(out.nhwc, "nhwc", out.bits)
     if type(out) is not Tensor and not isinstance(out, SignedTensor):
-        raise NoPlan(f"{type(what).__name__} returned {type(out).__name__}")
+        raise NoPlan(f"{name} returned {type(out).__name__}")
     data = out.data
     return Activation(data, "nchw" if data.ndim == 4 else "flat", getattr(out, "packed_signs", None))
 
@@ -90,7 +91,7 @@ def _generic(op, act, bind):
     module = op.module
 
     def step(a):
-        return _as_activation(module(_as_tensor(a)), module)
+        return _as_activation(module(_as_tensor(a)), type(module).__name__)
     return step(act), step, None
 
 
@@ -168,8 +169,7 @@ def _binary_dense(op, act, bind):
 def _residual_block(op, act, bind):
     """``PackedResidualBlock.forward``: y = conv1(x) + shortcut(x), out = conv2(y) + y, channels-last."""
     fm = act if act.layout == "nhwc" else _to_nhwc(act)
-    shortcut, steps, b_steps, held = _shortcut(op.parts["shortcut"], fm, bind)
-    sc = fm if not steps else shortcut(steps, fm)
+    shortcut, steps, b_steps, held, sc = _shortcut(op.parts["shortcut"], fm, bind)
     y, conv1, b1 = _binary_conv_nhwc(op.parts["conv1"][0].module, fm, sc, bind)
     out, conv2, b2 = _binary_conv_nhwc(op.parts["conv2"][0].module, y, y, bind)
 
@@ -194,21 +194,23 @@ def _to_nhwc(act):
 
 
 def _shortcut(ops, fm, bind):
-    """A block's shortcut as ``(run, steps, bound steps or None, nbytes)`` (``run(steps, fm)``): its
-    channels-last ops on the map itself, a float shortcut on its NCHW view (the block hands it
-    ``Tensor(fm.data)``) with a channels-last copy of the result."""
+    """A block's shortcut as ``(run, steps, bound steps or None, nbytes, its output for fm)``
+    (``run(steps, x)``): its channels-last ops on the map itself, a float shortcut on its NCHW view
+    (the block hands it ``Tensor(fm.data)``) with a channels-last copy of the result."""
     if not ops:
-        return None, [], [], 0
+        return None, [], [], 0, fm
     channels_last = ops[0].kind in ("cl_shortcut", "binary_conv") and len(ops) == 1
+
+    def finish(out):
+        return out if out.layout == "nhwc" else _to_nhwc(out)
 
     def shortcut(steps, x):
         if channels_last:
             return run(steps, x)
-        out = run(steps, Activation(tensor_data(x), "nchw"))
-        return out if out.layout == "nhwc" else _to_nhwc(out)
+        return finish(run(steps, Activation(tensor_data(x), "nchw")))
     start = fm if channels_last else Activation(tensor_data(fm), "nchw")
-    _, steps, bound, held = record(ops, start, BIND_ALL if bind else -1)
-    return shortcut, steps, bound, held
+    out, steps, bound, held = record(ops, start, BIND_ALL if bind else -1)
+    return shortcut, steps, bound, held, finish(out)
 
 
 BIND_ALL = 1 << 62
@@ -244,7 +246,7 @@ def _function(op, act, bind):
     fn = getattr(F, op.params["op"])
 
     def step(a):
-        return _as_activation(fn(_as_tensor(a)), fn)
+        return _as_activation(fn(_as_tensor(a)), op.params["op"])
     return step(act), step, None
 
 

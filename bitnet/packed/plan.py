@@ -118,26 +118,26 @@ def planned_forward(module, x):
                 out = steps = bound = None
             except Exception as e:
                 out = _layer_by_layer(module, x)  # bad input: the layers' own run says what is wrong
-                _remember(module, key, _Plan(subtree, None))  # the layers ran where the plan did not
+                _remember(module, key, _Plan(subtree, None), subtree)  # the layers ran where the plan did not
                 import warnings
                 warnings.warn(f"bitnet: a packed {type(module).__name__} could not be planned for input "
                               f"{data.shape} ({type(e).__name__}: {e}); it runs layer by layer (please report this)",
                               RuntimeWarning, stacklevel=3)
                 return out
-            _remember(module, key, _Plan(subtree, steps, bound))
+            _remember(module, key, _Plan(subtree, steps, bound), subtree)
             if steps is not None:
                 return Tensor(tensor_data(out))
     return _layer_by_layer(module, x)
 
 
-def _remember(module, key, plan):
+def _remember(module, key, plan, subtree):
+    """Keep ``plan`` for inputs of ``key``; ``subtree``: ``module`` and every module below it."""
     if len(module._plans) >= MAX_PLANS:
         module._plans.clear()
     module._plans[key] = plan
     if plan.steps is not None:  # its steps read the arrays of the modules below: forget it when they change
-        for m in module.modules():
-            if m is not module:
-                watch_state(m, module)
+        for m in subtree[1:]:
+            watch_state(m, module)
 
 
 _PLANNED = {}

@@ -36,7 +36,7 @@ def test_the_reference_runs_no_plan(monkeypatch):
     assert runs == [] and any(m.__dict__.get("_plans") for m in packed.modules())  # set aside, given back
 
 
-@pytest.mark.parametrize("part", ["stages", "stages.3", "stages.3.conv1", "stages.2.shortcut", "fc"])
+@pytest.mark.parametrize("part", ["", "stages", "stages.3", "stages.3.conv1", "stages.2.shortcut", "fc"])
 def test_loading_the_state_of_a_part_renews_the_plans_above_it(part):
     a, b, x = _resnet(1), _resnet(2), _x(1)
     with no_grad():
