@@ -396,15 +396,15 @@ def tensor(data, requires_grad: bool = False, dtype=None, device=None) -> Tensor
 
 def _sum(a, b=None):
     """``a + b`` (a copy of ``a`` without ``b``) in a new array from ``bitnet.ops.workspace``: a
-    gradient summed from several uses, or a leaf's own copy, without fresh pages every step."""
+    gradient summed from several uses, or a leaf's own copy, without fresh pages every step (split
+    across bitnet's threads for large arrays, ``bitnet.kernels.threads.parallel_flat``)."""
     if type(a) is not np.ndarray:  # a device array: no host workspace
         return a.copy() if b is None else a + b
+    from bitnet.kernels.threads import parallel_binary, parallel_copy
     from bitnet.ops import workspace
     if b is None:
-        out = workspace.empty(a.shape, a.dtype)
-        np.copyto(out, a)
-        return out
-    return np.add(a, b, out=workspace.empty(np.broadcast_shapes(a.shape, b.shape), np.result_type(a, b)))
+        return parallel_copy(workspace.empty(a.shape, a.dtype), a)
+    return parallel_binary(np.add, a, b, workspace.empty(np.broadcast_shapes(a.shape, b.shape), np.result_type(a, b)))
 
 
 class Function:

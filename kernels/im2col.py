@@ -259,3 +259,30 @@ def _transpose_image_tiled(a, bias, out, n):
                 b = bias[j]
                 for i in range(i0, i1):
                     out[n, j, i] = a[n, i, j] + b
+
+
+def weights_to_rows(w, out):
+    """out[(i*KW + j)*Cg + c, o] = w[o, c, i, j]: a weight (O, Cg, KH, KW) as the (KH*KW*Cg, O) matrix
+    W^T of the rows lowering (columns in its (i, j, c) order), by two block moves split across
+    threads (``transpose_inner`` per input channel, then ``swap_leading_axes``) instead of one
+    strided NumPy copy (resnet18's 512 x 512 x 3 x 3: 23.5 ms as
+    ``np.ascontiguousarray(w.transpose(2, 3, 1, 0))``)."""
+    n_out, cg, kh, kw = w.shape
+    taps = kh * kw
+    tmp = np.empty((cg, taps, n_out), w.dtype)  # [c, t, o]
+    transpose_inner(np.ascontiguousarray(w).reshape(n_out, cg, taps).transpose(1, 0, 2), np.zeros(taps, w.dtype), tmp)
+    swap_leading_axes(tmp, np.zeros(cg, w.dtype), out.reshape(taps, cg, n_out))
+    return out
+
+
+def weights_from_rows(rows, out):
+    """The inverse of ``weights_to_rows``: out (O, Cg, KH, KW), C-contiguous, from rows (KH*KW*Cg, O),
+    by three block moves split across threads (per tap, per output channel)."""
+    n_out, cg, kh, kw = out.shape
+    taps = kh * kw
+    toc = np.empty((taps, n_out, cg), rows.dtype)
+    transpose_inner(np.ascontiguousarray(rows).reshape(taps, cg, n_out), np.zeros(n_out, rows.dtype), toc)
+    otc = np.empty((n_out, taps, cg), rows.dtype)
+    swap_leading_axes(toc, np.zeros(taps, rows.dtype), otc)
+    transpose_inner(otc, np.zeros(cg, rows.dtype), out.reshape(n_out, cg, taps))
+    return out

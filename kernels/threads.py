@@ -238,18 +238,50 @@ def prepared_parallel(kernel, n_items: int, cost: int = 1):
     return call
 
 
+def parallel_flat(fn, size: int) -> None:
+    """Call ``fn(s)`` for slices ``s`` that cover ``range(size)``: one slice per thread for large
+    sizes (at least ``MIN_PARALLEL_WORK``), else one slice on this thread. For elementwise NumPy
+    calls on flat views (ufuncs and copies run on one core and release the GIL)."""
+    parts = 1 if size < MIN_PARALLEL_WORK else num_threads()
+    if parts < 2:
+        fn(slice(0, size))
+        return
+    step = -(-size // parts)
+    run_parallel(fn, [(slice(i, i + step),) for i in range(0, size, step)])
+
+
 def parallel_ufunc(ufunc, a, out=None):
     """``ufunc(a)`` for a NumPy unary ufunc (e.g. ``np.tanh``), its flat range split across
-    bitnet's threads for large arrays (NumPy's ufuncs run on one core and release the GIL).
+    bitnet's threads for large arrays (``parallel_flat``).
     ``out``, if given, is a C-contiguous array of ``a``'s shape and dtype that receives the result."""
     a = np.asarray(a, order="C")  # (np.ascontiguousarray would make 0-d arrays 1-d)
     if out is None:
         out = np.empty(a.shape, np.result_type(ufunc(np.zeros((), a.dtype))))
-    parts = 1 if a.size < MIN_PARALLEL_WORK else num_threads()
-    if parts < 2:
+    if a.size < MIN_PARALLEL_WORK or num_threads() < 2:
         return ufunc(a, out=out)
     flat_a, flat_out = a.reshape(-1), out.reshape(-1)
-    step = -(-a.size // parts)
-    run_parallel(lambda s: ufunc(flat_a[s], out=flat_out[s]),
-                 [(slice(i, i + step),) for i in range(0, a.size, step)])
+    parallel_flat(lambda s: ufunc(flat_a[s], out=flat_out[s]), a.size)
+    return out
+
+
+def parallel_binary(ufunc, a, b, out):
+    """``ufunc(a, b, out=out)`` for a NumPy binary ufunc (``np.add``), split across bitnet's threads
+    (``parallel_flat``) when a, b and out are C-contiguous arrays of one shape; else one call."""
+    if (a.shape != b.shape or a.shape != out.shape or a.size < MIN_PARALLEL_WORK or num_threads() < 2
+            or not (a.flags.c_contiguous and b.flags.c_contiguous and out.flags.c_contiguous)):
+        return ufunc(a, b, out=out)
+    fa, fb, fo = a.reshape(-1), b.reshape(-1), out.reshape(-1)
+    parallel_flat(lambda s: ufunc(fa[s], fb[s], out=fo[s]), a.size)
+    return out
+
+
+def parallel_copy(out, a):
+    """``np.copyto(out, a)`` split across bitnet's threads (``parallel_flat``) when both are
+    C-contiguous arrays of one shape and dtype; else one call."""
+    if (a.shape != out.shape or a.dtype != out.dtype or a.size < MIN_PARALLEL_WORK or num_threads() < 2
+            or not (a.flags.c_contiguous and out.flags.c_contiguous)):
+        np.copyto(out, a)
+        return out
+    fa, fo = a.reshape(-1), out.reshape(-1)
+    parallel_flat(lambda s: np.copyto(fo[s], fa[s]), a.size)
     return out

@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import importlib
 import resource
+import threading
 import time
 from collections import defaultdict
 
@@ -42,15 +43,21 @@ KERNELS = [
 
 
 class Profile:
-    """Exclusive wall times per row name, accumulated over calls (a stack of open timers)."""
+    """Exclusive wall times per row name, accumulated over calls (a stack of open timers). Only the
+    thread that made the profile is timed: a kernel that a helper thread runs inside a parallel
+    worker (``bitnet.kernels.threads``; e.g. ``bitnet.ops.conv_chunks``) counts in the row of the
+    call that started the worker."""
 
     def __init__(self):
         self.times = defaultdict(float)
         self.calls = defaultdict(int)
         self.stack = []  # [name, start, time of the callees]
+        self.thread = threading.get_ident()
 
     def wrap(self, name, fn):
         def timed(*args, **kwargs):
+            if threading.get_ident() != self.thread:
+                return fn(*args, **kwargs)
             self.stack.append([name, time.perf_counter(), 0.0])
             try:
                 return fn(*args, **kwargs)

@@ -21,7 +21,9 @@ from __future__ import annotations
 import numpy as np
 
 from bitnet.kernels import bitpack
+from bitnet.kernels import im2col as K
 from bitnet.kernels import xnor_conv as XC
+from bitnet.ops import conv_chunks
 from bitnet.ops import workspace as W
 from bitnet.ops.conv import Conv2d
 from bitnet.ops.elementwise import MatMul
@@ -37,14 +39,24 @@ class BinaryConv2d(Conv2d):
         corr = None
         if pad_value == 0 and any(padding):
             corr = XC.zero_pad_correction(w, (height, width), stride, padding, dilation)
-        dots = XC.xnor_conv2d(bitpack.pack_nchw(np.ascontiguousarray(x, np.float32), groups),
-                              XC.pack_filters(w, groups), channels, n_out, (kh, kw), stride, padding, dilation,
-                              padword=XC.pad_words(cg, pad_value), corr=corr, dots=True)
+        packed = (bitpack.pack_nchw(np.ascontiguousarray(x, np.float32), groups), XC.pack_filters(w, groups),
+                  channels, n_out, (kh, kw), stride, padding, dilation)
+        self.saved = (x, w, stride, padding, dilation, groups, pad_value)
+        if x.dtype == np.float32 and (not bias or bias[0].dtype == np.float32):
+            # the affine epilogue's 1.0 * float32(dot) + b is the float path's float32(dot) + b, exactly
+            shift = bias[0] if bias else np.zeros(n_out, np.float32)
+            y = XC.xnor_conv2d(*packed, padword=XC.pad_words(cg, pad_value), corr=corr,
+                               scale=np.ones(n_out, np.float32), shift=shift, layout="nhwc")
+            n, oh, ow = y.shape[:3]
+            out = W.empty((n, n_out, oh, ow), np.float32)  # NHWC -> NCHW on bitnet's threads
+            K.transpose_inner(np.ascontiguousarray(y).reshape(n, oh * ow, n_out), np.zeros(n_out, np.float32),
+                              out.reshape(n, n_out, oh * ow))
+            return out
+        dots = XC.xnor_conv2d(*packed, padword=XC.pad_words(cg, pad_value), corr=corr, dots=True)
         out = W.empty(dots.shape, x.dtype)
         out[...] = dots
         if bias:
             out += bias[0][None, :, None, None]
-        self.saved = (x, w, stride, padding, dilation, groups, pad_value)
         return out
 
     def backward(self, g):
@@ -53,6 +65,10 @@ class BinaryConv2d(Conv2d):
         (which the float path computes and slices off): the same sums in the same order."""
         x, w, stride, padding, dilation, groups, pad_value = self.saved
         self._setup(x.shape, w, stride, padding, dilation, groups)
+        per = self._images_per_chunk()
+        if per is not None:  # lowered chunk by chunk, never as a whole (bitnet.ops.conv_chunks)
+            rows_of = conv_chunks.lowered_rows(x, self.geom, groups, self.out_hw, pad_value)
+            return self._chunked(g, rows_of, per, rows_scratch=True)
         self._lower(x, pad_value)
         return super().backward(g)
 

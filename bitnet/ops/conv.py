@@ -30,6 +30,7 @@ import numpy as np
 
 from bitnet.kernels import im2col as K
 from bitnet.kernels.gemm import matmul as gemm
+from bitnet.ops import conv_chunks
 from bitnet.ops import workspace as W
 from bitnet.ops.dims import pair
 from bitnet.tensor import Function, Tensor
@@ -94,15 +95,37 @@ class Conv2d(Function):
         self.lowered = rows
         return rows
 
+    def _wanted(self):
+        """(gx, gw, gb) wanted: the input's, the weight's, and a bias's that wants its gradient."""
+        return (self.needs_grad[0], self.needs_grad[1], len(self.needs_grad) == 3 and self.needs_grad[2])
+
+    def _chunked(self, g, rows_of, per, rows_scratch):
+        """The backward pass chunk by chunk (``bitnet.ops.conv_chunks``), as ``backward`` returns it."""
+        gx, gw, gb = conv_chunks.backward(g, self.w, self.x_shape, self.geom, self.groups, self.out_hw,
+                                          rows_of, per, self._wanted(), rows_scratch)
+        return (gx, gw, gb) if len(self.needs_grad) == 3 else (gx, gw)
+
+    def _images_per_chunk(self):
+        """``conv_chunks.images_per_chunk`` for this layer in the rows layout, else None."""
+        if not self.rows:
+            return None
+        oh, ow = self.out_hw
+        row_bytes = oh * ow * self.groups * self.slices[0][1].stop * np.dtype(self.w.dtype).itemsize
+        return conv_chunks.images_per_chunk(self.x_shape[0], row_bytes)
+
     def backward(self, g):
+        per = self._images_per_chunk()
+        if per is not None:  # the saved rows, read chunk by chunk
+            low = self.lowered
+            p = self.out_hw[0] * self.out_hw[1]
+            return self._chunked(g, lambda s, e: low[s * p:e * p], per, rows_scratch=False)
         n_img, n_out, oh, ow = g.shape
         p = oh * ow
         g3 = np.ascontiguousarray(g).reshape(n_img, n_out, p)
         low, geom, groups = self.lowered, self.geom, self.groups
-        kh, kw = geom[:2]
         gw = W.empty(self.w.shape, g.dtype) if self.needs_grad[1] else None
         gx = W.empty(self.x_shape, dtype=g.dtype) if self.needs_grad[0] else None
-        want_gb = len(self.needs_grad) == 3 and self.needs_grad[2]  # a bias that wants its gradient
+        want_gb = self._wanted()[2]
         if self.rows:
             gr = W.empty((n_img, p, n_out), dtype=g.dtype)  # G as (N*OH*OW, O)
             K.transpose_inner(g3, np.zeros(p, g.dtype), gr)
@@ -111,11 +134,11 @@ class Conv2d(Function):
             if gw is not None:  # as dW^T = rows^T @ G: 1.3x faster than G^T @ rows (see ROWS_GEMMS)
                 for o, k in self.slices:
                     gwt = gemm(low[:, k].T, gr[:, o], out=W.empty((k.stop - k.start, o.stop - o.start), g.dtype))
-                    np.copyto(gw[o], gwt.reshape(kh, kw, -1, o.stop - o.start).transpose(3, 2, 0, 1))
+                    K.weights_from_rows(gwt, gw[o])
             if gx is not None:
                 drows = W.empty_like(low)
                 # G @ (W^T)^T with W^T (KH*KW*Cg, O) contiguous: 1.2x faster than G @ W
-                wt = np.ascontiguousarray(self.w.transpose(2, 3, 1, 0)).reshape(-1, n_out)
+                wt = K.weights_to_rows(self.w, W.empty((self.w[0].size, n_out), self.w.dtype))
                 for o, k in self.slices:
                     gemm(gr[:, o], wt[:, o].T, out=drows[:, k])
                 c, h, w_ = self.x_shape[1:]

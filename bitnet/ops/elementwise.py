@@ -11,7 +11,7 @@ import numpy as np
 from bitnet.gpu.arrays import array_module, is_device_array
 from bitnet.kernels import activations as K
 from bitnet.kernels.gemm import matmul as gemm
-from bitnet.kernels.threads import parallel_ufunc
+from bitnet.kernels.threads import parallel_binary, parallel_ufunc
 from bitnet.ops import workspace as W
 from bitnet.ops.dtypes import float_operand, float_operands
 from bitnet.tensor import Function, Tensor
@@ -60,10 +60,11 @@ def _unary(ufunc, a):
 
 
 def _binary_out(ufunc, a, b):
-    """``ufunc(a, b)``, an array result in a recycled array (``bitnet.ops.workspace``)."""
+    """``ufunc(a, b)``, an array result in a recycled array (``bitnet.ops.workspace``); split across
+    threads for large operands of one shape (``parallel_binary``: a residual connection's add)."""
     if a.ndim == 0 and b.ndim == 0:
         return ufunc(a, b)
-    return ufunc(a, b, out=W.empty(np.broadcast_shapes(a.shape, b.shape), np.result_type(a, b)))
+    return parallel_binary(ufunc, a, b, W.empty(np.broadcast_shapes(a.shape, b.shape), np.result_type(a, b)))
 
 
 class Add(Function):

@@ -91,3 +91,26 @@ def test_parallel_ufunc_equals_the_ufunc(shape):
         out = TH.parallel_ufunc(uf, a)
         assert out.shape == a.shape and out.dtype == a.dtype
         np.testing.assert_array_equal(out, uf(a))  # same ufunc loop on each piece: same bits
+
+
+@pytest.mark.parametrize("shape", [(0,), (7,), (3, 100001), (1 << 19,)])
+def test_parallel_add_and_copy_equal_numpy_and_cover_every_element(shape):
+    rng = np.random.default_rng(4)
+    a, b = (rng.standard_normal(shape).astype(np.float32) for _ in range(2))
+    out = np.full(shape, np.nan, np.float32)
+    assert TH.parallel_binary(np.add, a, b, out) is out
+    np.testing.assert_array_equal(out, a + b)
+    out[...] = np.nan
+    assert TH.parallel_copy(out, a) is out
+    np.testing.assert_array_equal(out, a)
+
+
+def test_parallel_add_and_copy_take_one_call_for_broadcasts_and_strided_arrays():
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((600, 1000)).astype(np.float32)
+    row = rng.standard_normal(1000).astype(np.float32)
+    out = np.empty_like(a)
+    np.testing.assert_array_equal(TH.parallel_binary(np.add, a, row, out), a + row)
+    strided = np.empty((1000, 600), np.float32).T  # not C-contiguous
+    np.testing.assert_array_equal(TH.parallel_binary(np.add, a, a, strided), a + a)
+    np.testing.assert_array_equal(TH.parallel_copy(strided, a), a)

@@ -59,3 +59,16 @@ def test_transpose_inner_tiled_sizes(shape):
     out = np.full((shape[0], shape[2], shape[1]), np.nan, np.float32)
     K.transpose_inner(a, bias, out)
     np.testing.assert_array_equal(out, a.transpose(0, 2, 1) + bias[None, :, None])
+
+
+@pytest.mark.parametrize("shape", [(6, 2, 3, 3), (8, 5, 1, 1), (4, 3, 2, 5), (512, 512, 3, 3)], ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_weights_to_rows_and_back_are_the_strided_numpy_moves(shape, dtype):
+    w = np.random.default_rng(sum(shape)).standard_normal(shape).astype(dtype)
+    n_out = shape[0]
+    rows = np.full((w[0].size, n_out), np.nan, dtype)
+    assert K.weights_to_rows(w, rows) is rows
+    np.testing.assert_array_equal(rows, w.transpose(2, 3, 1, 0).reshape(-1, n_out))
+    back = np.full(shape, np.nan, dtype)
+    assert K.weights_from_rows(rows, back) is back
+    np.testing.assert_array_equal(back, w)
