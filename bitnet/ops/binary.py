@@ -65,10 +65,10 @@ class BinaryConv2d(Conv2d):
         (which the float path computes and slices off): the same sums in the same order."""
         x, w, stride, padding, dilation, groups, pad_value = self.saved
         self._setup(x.shape, w, stride, padding, dilation, groups)
-        per = self._images_per_chunk()
-        if per is not None:  # lowered chunk by chunk, never as a whole (bitnet.ops.conv_chunks)
+        self.per = self._images_per_chunk()
+        if self.per is not None:  # lowered chunk by chunk, never as a whole (bitnet.ops.conv_chunks)
             rows_of = conv_chunks.lowered_rows(x, self.geom, groups, self.out_hw, pad_value)
-            return self._chunked(g, rows_of, per, rows_scratch=True)
+            return self._chunked(g, rows_of, self.per)
         self._lower(x, pad_value)
         return super().backward(g)
 

@@ -47,9 +47,13 @@ class Conv2d(Function):
         b = bias[0] if bias else np.zeros(n_out, dtype=x.dtype)
         out = W.empty((n_img, n_out, oh, ow), dtype=x.dtype)
         p = oh * ow
+        self.per = self._images_per_chunk()
+        if self.per is not None:  # chunk by chunk, no lowered matrix kept (bitnet.ops.conv_chunks)
+            self.x, self.lowered = x, None
+            return conv_chunks.forward(x, w, b, self.geom, groups, (oh, ow), self.per, out)
         rows = self._lower(x)
         if self.rows:
-            wm = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(n_out, -1)  # (O, KH*KW*Cg)
+            wm = conv_chunks.weights_by_tap(w)  # (O, KH*KW*Cg)
             y = W.empty((n_img * p, n_out), dtype=x.dtype)
             for o, k in self.slices:
                 gemm(rows[:, k], wm[o].T, out=y[:, o])
@@ -99,10 +103,10 @@ class Conv2d(Function):
         """(gx, gw, gb) wanted: the input's, the weight's, and a bias's that wants its gradient."""
         return (self.needs_grad[0], self.needs_grad[1], len(self.needs_grad) == 3 and self.needs_grad[2])
 
-    def _chunked(self, g, rows_of, per, rows_scratch):
+    def _chunked(self, g, rows_of, per):
         """The backward pass chunk by chunk (``bitnet.ops.conv_chunks``), as ``backward`` returns it."""
         gx, gw, gb = conv_chunks.backward(g, self.w, self.x_shape, self.geom, self.groups, self.out_hw,
-                                          rows_of, per, self._wanted(), rows_scratch)
+                                          rows_of, per, self._wanted())
         return (gx, gw, gb) if len(self.needs_grad) == 3 else (gx, gw)
 
     def _images_per_chunk(self):
@@ -114,11 +118,9 @@ class Conv2d(Function):
         return conv_chunks.images_per_chunk(self.x_shape[0], row_bytes)
 
     def backward(self, g):
-        per = self._images_per_chunk()
-        if per is not None:  # the saved rows, read chunk by chunk
-            low = self.lowered
-            p = self.out_hw[0] * self.out_hw[1]
-            return self._chunked(g, lambda s, e: low[s * p:e * p], per, rows_scratch=False)
+        if self.per is not None:  # lowered again chunk by chunk from the saved input
+            rows_of = conv_chunks.lowered_rows(self.x, self.geom, self.groups, self.out_hw, 0.0)
+            return self._chunked(g, rows_of, self.per)
         n_img, n_out, oh, ow = g.shape
         p = oh * ow
         g3 = np.ascontiguousarray(g).reshape(n_img, n_out, p)

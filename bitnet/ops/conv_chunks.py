@@ -1,4 +1,5 @@
-"""A convolution's backward pass in chunks of images, each chunk's lowered matrix kept in cache.
+"""A convolution's forward and backward passes in chunks of images, each chunk's lowered matrix
+kept in cache.
 
 With the channels-last lowering of ``bitnet.ops.conv`` (rows R of shape (N*P, G*KG), P = OH*OW,
 KG = KH*KW*Cg; the output gradient G as (N*P, O)), the backward pass of a convolution is
@@ -15,7 +16,11 @@ resnet18-binary's first stage at batch 64) went out to memory and back several t
 written over R once the chunk's dW is taken. Measured on that stage (batch 64, 64 channels, 32x32,
 3x3): 163 -> 84 ms on one thread and 85 -> 56 ms on two (docs/benchmarks.md).
 
-Exactness: dx is the same sums in the same order as the whole-batch form (each element of dR is
+The forward pass likewise: y[g] = R_c[:, k_g] @ W[g]^T per chunk, then NCHW with the bias; its rows
+are not kept (the whole batch's would be 151 MB for a stage-one layer of a float ResNet-18, 1.2 GB
+over its 16 convolutions), and the backward lowers each chunk again from the saved input.
+
+Exactness: y and dx are the same sums in the same order as the whole-batch form (each element of dR is
 one row of G times one column of W^T, whatever the chunk). dW and db are summed per chunk, then
 the chunks' sums are added in chunk order: a fixed order that depends on the shapes only, not on
 the threads, so results are the same at any thread count (they may differ from the whole-batch
@@ -43,13 +48,12 @@ def images_per_chunk(n_img: int, row_bytes: int) -> int | None:
     return per if -(-n_img // per) >= MIN_CHUNKS else None
 
 
-def backward(g, w, x_shape, geom, groups, out_hw, rows_of, per, want, rows_scratch=True):
+def backward(g, w, x_shape, geom, groups, out_hw, rows_of, per, want):
     """(gx, gw, gb) of a convolution in the channels-last lowering, chunk by chunk (module docstring).
 
     ``g``: output gradient (N, O, OH, OW); ``w``: weight (O, Cg, KH, KW); ``geom``: (KH, KW, SH, SW,
-    PH, PW, DH, DW); ``rows_of(s, e)``: the lowered rows of images s..e-1, (m*P, G*KG), which the
-    chunk overwrites with dR when ``rows_scratch`` (a fresh array; else dR gets its own, e.g. for
-    rows saved by the forward pass); ``per``: images per chunk; ``want``: (gx, gw, gb) wanted, each
+    PH, PW, DH, DW); ``rows_of(s, e)``: the lowered rows of images s..e-1, (m*P, G*KG), a fresh
+    array that the chunk overwrites with dR; ``per``: images per chunk; ``want``: (gx, gw, gb) wanted, each
     bool. What is not wanted is None."""
     g = np.ascontiguousarray(g)
     n_img, n_out, oh, ow = g.shape
@@ -80,13 +84,12 @@ def backward(g, w, x_shape, geom, groups, out_hw, rows_of, per, want, rows_scrat
                 o, k = slice(gi * og, (gi + 1) * og), slice(gi * kg, (gi + 1) * kg)
                 if want_gw:
                     np.matmul(rows[:, k].T, gr[:, o], out=gw_parts[c, gi])
-            if want_gx:  # dR (over R when it is scratch: every group's dW above has read it)
-                drows = rows if rows_scratch else W.empty(rows.shape, g.dtype)
+            if want_gx:  # dR over R: every group's dW above has read it
                 for gi in range(groups):
                     o, k = slice(gi * og, (gi + 1) * og), slice(gi * kg, (gi + 1) * kg)
-                    np.matmul(gr[:, o], wt[:, o].T, out=drows[:, k])
+                    np.matmul(gr[:, o], wt[:, o].T, out=rows[:, k])
                 gxh = W.empty((m, height, width, channels), g.dtype)
-                K.col2im_rows(drows, groups, *geom, oh, ow, gxh)
+                K.col2im_rows(rows, groups, *geom, oh, ow, gxh)
                 K.transpose_inner(gxh.reshape(m, height * width, channels), zeros_c,
                                   gx[s:e].reshape(m, channels, height * width))
 
@@ -101,6 +104,42 @@ def backward(g, w, x_shape, geom, groups, out_hw, rows_of, per, want, rows_scrat
     if want_gb:
         gb = gb_parts.sum(axis=0)
     return gx, gw, gb
+
+
+def forward(x, w, bias, geom, groups, out_hw, per, out):
+    """out (N, O, OH, OW) = conv(x, w) + bias in the channels-last lowering, chunk by chunk (module
+    docstring); ``bias`` is a length-O array (zeros for none)."""
+    n_img, n_out = x.shape[0], w.shape[0]
+    p = out_hw[0] * out_hw[1]
+    og, kg = n_out // groups, w[0].size
+    wm = weights_by_tap(w)
+    rows_of = lowered_rows(x, geom, groups, out_hw, 0.0)
+    chunks = -(-n_img // per)
+    claim = itertools.count()
+
+    def worker():
+        while (c := next(claim)) < chunks:
+            s, e = c * per, min(n_img, (c + 1) * per)
+            m = e - s
+            rows = rows_of(s, e)
+            y = W.empty((m * p, n_out), out.dtype)
+            for gi in range(groups):
+                o, k = slice(gi * og, (gi + 1) * og), slice(gi * kg, (gi + 1) * kg)
+                np.matmul(rows[:, k], wm[o].T, out=y[:, o])
+            K.transpose_inner(y.reshape(m, p, n_out), bias, out[s:e].reshape(m, n_out, p))
+
+    with single_threaded_blas():
+        run(worker, min(chunks, num_threads()))
+    return out
+
+
+def weights_by_tap(w):
+    """w (O, Cg, KH, KW) as the (O, KH*KW*Cg) matrix of the rows lowering (columns in its (i, j, c)
+    order): one transpose per output channel, split across threads."""
+    n_out, cg, kh, kw = w.shape
+    wm = W.empty((n_out, kh * kw, cg), w.dtype)
+    K.transpose_inner(np.ascontiguousarray(w).reshape(n_out, cg, kh * kw), np.zeros(kh * kw, w.dtype), wm)
+    return wm.reshape(n_out, -1)
 
 
 def lowered_rows(x, geom, groups, out_hw, pad_value):

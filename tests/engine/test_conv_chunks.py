@@ -126,7 +126,7 @@ def test_chunked_gradients_are_the_same_bits_at_any_thread_count(chunks):
 
 
 def test_a_second_backward_of_a_retained_graph_gives_the_same_gradients(chunks):
-    """The float conv's chunks read the rows its forward saved and must not write over them."""
+    """Each backward lowers the saved input again: a second one sees what the first one saw."""
     geom = GEOMS[0]
     x, w, b = _data(geom, integers=False)
     chunks(2)
@@ -141,6 +141,18 @@ def test_a_second_backward_of_a_retained_graph_gives_the_same_gradients(chunks):
     y.backward(seed)
     for a, t in zip(first, (xt, wt, bt)):
         np.testing.assert_array_equal(a, t.grad)
+
+
+def test_a_chunked_float_conv_keeps_its_input_not_its_lowered_matrix(chunks):
+    geom = GEOMS[0]
+    x, w, b = _data(geom, integers=False)
+    chunks(2)
+    xt = Tensor(x, requires_grad=True)
+    y = F.conv2d(xt, Tensor(w, requires_grad=True), padding=1)
+    assert y._ctx.lowered is None and y._ctx.x is x
+    chunks(None)
+    y = F.conv2d(xt, Tensor(w, requires_grad=True), padding=1)
+    assert y._ctx.lowered.shape == (7 * 9 * 7, 4 * 9)
 
 
 def test_only_the_wanted_gradients_are_computed(chunks):
