@@ -185,6 +185,41 @@ def _im2col_rows(x, groups, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, pad_val
                             out[r, base + c] = pad_value
 
 
+def im2col_rows_bits(bits, channels, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, pad_value=0.0):
+    """``im2col_rows`` of the +-1 map whose sign bits ``bits`` holds: (N, H, W, G, CWg) uint64 as
+    ``bitnet.kernels.bitpack.pack_nchw`` writes them (bit c of a group's words set where channel c is
+    -1), ``channels`` the true C. Reads 1 bit per value instead of 4 bytes, and needs no NHWC copy:
+    the packed map is channels-last already."""
+    parallel(_im2col_rows_bits, bits.shape[0] * oh * ow, bits, channels // bits.shape[3], kh, kw, sh, sw, ph, pw,
+             dh, dw, oh, ow, out, out.dtype.type(pad_value), cost=kh * kw * channels // bits.shape[3])
+
+
+@nb.njit(**_JIT)
+def _im2col_rows_bits(bits, cg, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, pad_value, counter, chunk):
+    """One thread's share of ``im2col_rows_bits``: the items it claims."""
+    n_img, height, width, groups, n_words = bits.shape
+    one, two = out.dtype.type(1), out.dtype.type(2)
+    for r in claimed(counter, chunk, n_img * oh * ow):
+        n = r // (oh * ow)
+        oy = (r // ow) % oh
+        ox = r % ow
+        for g in range(groups):
+            for i in range(kh):
+                iy = oy * sh - ph + i * dh
+                for j in range(kw):
+                    ix = ox * sw - pw + j * dw
+                    base = ((g * kh + i) * kw + j) * cg
+                    if 0 <= iy < height and 0 <= ix < width:
+                        for wi in range(n_words):
+                            word = bits[n, iy, ix, g, wi]
+                            lo = wi * 64
+                            for b in range(min(64, cg - lo)):
+                                out[r, base + lo + b] = one - two * out.dtype.type((word >> np.uint64(b)) & np.uint64(1))
+                    else:
+                        for c in range(cg):
+                            out[r, base + c] = pad_value
+
+
 def col2im_rows(rows, groups, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out):
     """The adjoint of im2col_rows: out (N, H, W, C) is overwritten with the scatter-added rows.
     Parallel over images, so no two threads write the same element."""

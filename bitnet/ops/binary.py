@@ -39,9 +39,11 @@ class BinaryConv2d(Conv2d):
         corr = None
         if pad_value == 0 and any(padding):
             corr = XC.zero_pad_correction(w, (height, width), stride, padding, dilation)
-        packed = (bitpack.pack_nchw(np.ascontiguousarray(x, np.float32), groups), XC.pack_filters(w, groups),
-                  channels, n_out, (kh, kw), stride, padding, dilation)
-        self.saved = (x, w, stride, padding, dilation, groups, pad_value)
+        bits = bitpack.pack_nchw(np.ascontiguousarray(x, np.float32), groups)
+        packed = (bits, XC.pack_filters(w, groups), channels, n_out, (kh, kw), stride, padding, dilation)
+        self._setup(x.shape, w, stride, padding, dilation, groups)
+        # the backward lowers the channels-last rows from the bits: x itself is kept only for the column layout
+        self.saved = (None if self.rows else x, bits, x.dtype, pad_value)
         if x.dtype == np.float32 and (not bias or bias[0].dtype == np.float32):
             # the affine epilogue's 1.0 * float32(dot) + b is the float path's float32(dot) + b, exactly
             shift = bias[0] if bias else np.zeros(n_out, np.float32)
@@ -62,14 +64,18 @@ class BinaryConv2d(Conv2d):
     def backward(self, g):
         """The float path's backward. Its explicit border of ``pad_value`` is lowered as padding
         that reads as ``pad_value`` (no padded copy of x), and col2im drops the border's gradient
-        (which the float path computes and slices off): the same sums in the same order."""
-        x, w, stride, padding, dilation, groups, pad_value = self.saved
-        self._setup(x.shape, w, stride, padding, dilation, groups)
+        (which the float path computes and slices off): the same sums in the same order. In the
+        channels-last layout the lowered matrix is made from the forward's packed bits, so the +-1
+        input itself is not kept (``kernels.im2col.im2col_rows_bits``)."""
+        x, bits, dtype, pad_value = self.saved
         self.per = self._images_per_chunk()
+        if not self.rows:
+            self._lower(x, pad_value)
+            return super().backward(g)
+        rows_of = conv_chunks.lowered_bits(bits, self.x_shape[1], dtype, self.geom, self.out_hw, pad_value)
         if self.per is not None:  # lowered chunk by chunk, never as a whole (bitnet.ops.conv_chunks)
-            rows_of = conv_chunks.lowered_rows(x, self.geom, groups, self.out_hw, pad_value)
             return self._chunked(g, rows_of, self.per)
-        self._lower(x, pad_value)
+        self.lowered = rows_of(0, self.x_shape[0])
         return super().backward(g)
 
 

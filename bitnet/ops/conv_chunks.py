@@ -159,3 +159,17 @@ def lowered_rows(x, geom, groups, out_hw, pad_value):
         K.im2col_rows(xh.reshape(m, height, width, channels), groups, *geom, oh, ow, rows, pad_value)
         return rows
     return rows_of
+
+
+def lowered_bits(bits, channels, dtype, geom, out_hw, pad_value):
+    """``rows_of`` for ``backward`` that lowers a +-1 map from its packed sign bits (``bits``:
+    (N, H, W, G, CWg) uint64 of ``bitnet.kernels.bitpack.pack_nchw``, ``channels`` the true C) into
+    rows of ``dtype``, the border reading as ``pad_value`` (``kernels.im2col.im2col_rows_bits``)."""
+    oh, ow = out_hw
+    width = channels * geom[0] * geom[1]
+
+    def rows_of(s, e):
+        rows = W.empty(((e - s) * oh * ow, width), dtype)
+        K.im2col_rows_bits(bits[s:e], channels, *geom, oh, ow, rows, pad_value)
+        return rows
+    return rows_of

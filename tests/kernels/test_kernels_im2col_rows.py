@@ -72,3 +72,25 @@ def test_weights_to_rows_and_back_are_the_strided_numpy_moves(shape, dtype):
     back = np.full(shape, np.nan, dtype)
     assert K.weights_from_rows(rows, back) is back
     np.testing.assert_array_equal(back, w)
+
+
+@pytest.mark.parametrize("geom", [  # N, C, H, W, groups, KH, KW, SH, SW, PH, PW, DH, DW
+    (2, 70, 5, 4, 1, 3, 3, 1, 1, 1, 1, 1, 1),      # two words a pixel, the second one partial
+    (1, 16, 6, 6, 2, 3, 2, 2, 1, 2, 0, 1, 2),
+    (3, 128, 3, 5, 1, 1, 1, 1, 1, 0, 0, 1, 1),
+    (2, 12, 4, 4, 4, 2, 2, 1, 1, 1, 1, 1, 1),      # 3 channels a group
+], ids=str)
+@pytest.mark.parametrize("pad_value", [1.0, -1.0, 0.0])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_im2col_rows_bits_is_im2col_rows_of_the_signs(geom, pad_value, dtype):
+    from bitnet.kernels import bitpack
+    n, c, h, w, g, kh, kw, sh, sw, ph, pw, dh, dw = geom
+    x = np.where(np.random.default_rng(sum(geom)).standard_normal((n, c, h, w)) < 0, -1.0, 1.0).astype(dtype)
+    oh, ow = (K.conv_output_size(h, kh, sh, ph, dh), K.conv_output_size(w, kw, sw, pw, dw))
+    expected = np.full((n * oh * ow, c * kh * kw), np.nan, dtype)
+    K.im2col_rows(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), g, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow,
+                  expected, pad_value)
+    rows = np.full_like(expected, np.nan)
+    K.im2col_rows_bits(bitpack.pack_nchw(x.astype(np.float32), g), c, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow,
+                       rows, pad_value)
+    np.testing.assert_array_equal(rows, expected)
