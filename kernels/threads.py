@@ -13,7 +13,8 @@ about 4.5, resnet18-binary at 2 threads ran 4-6x slower than at 1 thread, issue 
 
 Helpers are Python threads that block (never spin) on a queue when idle; the kernels they run are
 ``nogil`` Numba functions or NumPy / BLAS calls, which release the GIL, so the threads really run
-in parallel. BLAS runs single-threaded inside ``single_threaded_blas()``: bitnet splits GEMMs
+in parallel. A helper runs a job under its caller's NumPy error state (``np.errstate``: an
+overflow raises, warns or passes in a helper as it would on the calling thread). BLAS runs single-threaded inside ``single_threaded_blas()``: bitnet splits GEMMs
 itself (``bitnet.kernels.gemm``), and OpenBLAS's own pool, whose idle workers spin, would take the
 cores from everything else (on 2 cores that made LeNet training 1.5x slower).
 
@@ -96,12 +97,14 @@ class single_threaded_blas:
 
 
 class _Job:
-    """One ``run``: the worker, how many helpers are inside it, and whether it still admits helpers."""
-    __slots__ = ("worker", "cond", "active", "closed", "error")
+    """One ``run``: the worker, how many helpers are inside it, and whether it still admits helpers;
+    also the caller's NumPy error state (``np.errstate``), under which helpers run the worker."""
+    __slots__ = ("worker", "cond", "active", "closed", "error", "errstate", "errcall")
 
     def __init__(self, worker):
         self.worker, self.cond = worker, threading.Condition()
         self.active, self.closed, self.error = 0, False, None
+        self.errstate, self.errcall = np.geterr(), np.geterrcall()
 
     def join(self) -> bool:
         """A helper enters the job; False when the caller has finished it already."""
@@ -137,7 +140,8 @@ def _helper(inbox):
             continue  # woke too late: the caller did the work
         error = None
         try:
-            job.worker()
+            with np.errstate(call=job.errcall, **job.errstate):  # the caller's, not NumPy's defaults
+                job.worker()
         except BaseException as e:  # re-raised by the caller
             error = e
         job.leave(error)

@@ -41,7 +41,7 @@ class BinaryConv2d(Conv2d):
             corr = XC.zero_pad_correction(w, (height, width), stride, padding, dilation)
         bits = bitpack.pack_nchw(np.ascontiguousarray(x, np.float32), groups)
         packed = (bits, XC.pack_filters(w, groups), channels, n_out, (kh, kw), stride, padding, dilation)
-        self._setup(x.shape, w, stride, padding, dilation, groups)
+        self._setup(x.shape, x.dtype, w, stride, padding, dilation, groups)
         # the backward lowers the channels-last rows from the bits: x itself is kept only for the column layout
         self.saved = (None if self.rows else x, bits, x.dtype, pad_value)
         if x.dtype == np.float32 and (not bias or bias[0].dtype == np.float32):
@@ -72,10 +72,10 @@ class BinaryConv2d(Conv2d):
         if not self.rows:
             self._lower(x, pad_value)
             return super().backward(g)
-        rows_of = conv_chunks.lowered_bits(bits, self.x_shape[1], dtype, self.geom, self.out_hw, pad_value)
+        lowering = conv_chunks.BitsLowering(bits, self.x_shape[1], dtype, self.geom, self.out_hw, pad_value)
         if self.per is not None:  # lowered chunk by chunk, never as a whole (bitnet.ops.conv_chunks)
-            return self._chunked(g, rows_of, self.per)
-        self.lowered = rows_of(0, self.x_shape[0])
+            return self._chunked(g, lowering, self.per)
+        self.lowered = lowering.whole()
         return super().backward(g)
 
 

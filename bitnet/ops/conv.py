@@ -42,7 +42,7 @@ class Conv2d(Function):
     float_inputs = "conv2d"  # integer / bool inputs computed in float32 (bitnet.ops.dtypes)
 
     def forward(self, x, w, *bias, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
-        oh, ow = self._setup(x.shape, w, stride, padding, dilation, groups)
+        oh, ow = self._setup(x.shape, x.dtype, w, stride, padding, dilation, groups)
         n_img, n_out = x.shape[0], w.shape[0]
         b = bias[0] if bias else np.zeros(n_out, dtype=x.dtype)
         out = W.empty((n_img, n_out, oh, ow), dtype=x.dtype)
@@ -66,8 +66,9 @@ class Conv2d(Function):
             K.swap_leading_axes(y.reshape(n_out, n_img, p), b, out.reshape(n_img, n_out, p))
         return out
 
-    def _setup(self, x_shape, w, stride, padding, dilation, groups):
-        """Geometry, group slices and the choice of lowering; returns (OH, OW)."""
+    def _setup(self, x_shape, dtype, w, stride, padding, dilation, groups):
+        """Geometry, group slices and the choice of lowering (of an input of ``dtype``); returns (OH, OW)."""
+        self.dtype = np.dtype(dtype)
         n_img, channels, height, width = x_shape
         n_out, cg, kh, kw = w.shape
         self.geom = (kh, kw) + tuple(stride) + tuple(padding) + tuple(dilation)
@@ -103,10 +104,10 @@ class Conv2d(Function):
         """(gx, gw, gb) wanted: the input's, the weight's, and a bias's that wants its gradient."""
         return (self.needs_grad[0], self.needs_grad[1], len(self.needs_grad) == 3 and self.needs_grad[2])
 
-    def _chunked(self, g, rows_of, per):
+    def _chunked(self, g, lowering, per):
         """The backward pass chunk by chunk (``bitnet.ops.conv_chunks``), as ``backward`` returns it."""
         gx, gw, gb = conv_chunks.backward(g, self.w, self.x_shape, self.geom, self.groups, self.out_hw,
-                                          rows_of, per, self._wanted())
+                                          lowering, per, self._wanted())
         return (gx, gw, gb) if len(self.needs_grad) == 3 else (gx, gw)
 
     def _images_per_chunk(self):
@@ -114,13 +115,13 @@ class Conv2d(Function):
         if not self.rows:
             return None
         oh, ow = self.out_hw
-        row_bytes = oh * ow * self.groups * self.slices[0][1].stop * np.dtype(self.w.dtype).itemsize
+        row_bytes = oh * ow * self.groups * self.slices[0][1].stop * self.dtype.itemsize
         return conv_chunks.images_per_chunk(self.x_shape[0], row_bytes)
 
     def backward(self, g):
         if self.per is not None:  # lowered again chunk by chunk from the saved input
-            rows_of = conv_chunks.lowered_rows(self.x, self.geom, self.groups, self.out_hw, 0.0)
-            return self._chunked(g, rows_of, self.per)
+            lowering = conv_chunks.FloatLowering(self.x, self.geom, self.groups, self.out_hw, 0.0)
+            return self._chunked(g, lowering, self.per)
         n_img, n_out, oh, ow = g.shape
         p = oh * ow
         g3 = np.ascontiguousarray(g).reshape(n_img, n_out, p)

@@ -22,9 +22,13 @@ over its 16 convolutions), and the backward lowers each chunk again from the sav
 
 Exactness: y and dx are the same sums in the same order as the whole-batch form (each element of dR is
 one row of G times one column of W^T, whatever the chunk). dW and db are summed per chunk, then
-the chunks' sums are added in chunk order: a fixed order that depends on the shapes only, not on
-the threads, so results are the same at any thread count (they may differ from the whole-batch
-GEMM's in the last bits: float sums in another order).
+the chunks' sums are added in chunk order: a fixed order that depends on the shapes only, so
+results are the same at any thread count that chunks (``images_per_chunk``); they may differ from
+the whole-batch GEMM's in the last bits (float sums in another order).
+
+Memory: each thread that runs chunks gets one set of chunk-sized arrays, all made on the calling
+thread before the chunks start (from its ``bitnet.ops.workspace``, so ``workspace.clear`` and
+``workspace.limit`` govern them as every other array of the step).
 """
 from __future__ import annotations
 
@@ -37,24 +41,58 @@ from bitnet.kernels.threads import num_threads, run, single_threaded_blas
 from bitnet.ops import workspace as W
 
 CHUNK_BYTES = 8 << 20  # the lowered matrix of one chunk: well inside the last-level cache
-MIN_CHUNKS = 4         # fewer chunks than this: the whole-batch GEMMs (split across threads) instead
+MIN_CHUNKS = 4         # fewer chunks than this (or than threads): the whole-batch GEMMs instead
 
 
-def images_per_chunk(n_img: int, row_bytes: int) -> int | None:
-    """Images per chunk for a batch of ``n_img`` whose lowered matrix takes ``row_bytes`` per image,
-    or None when the batch would make fewer than ``MIN_CHUNKS`` chunks (the whole-batch form then;
-    its lowered matrix is small enough to stay in cache)."""
+def images_per_chunk(n_img: int, row_bytes: int, threads: int | None = None) -> int | None:
+    """Images per chunk (about ``CHUNK_BYTES`` of lowered matrix; ``row_bytes`` per image) for a
+    batch of ``n_img``, or None for the whole-batch form, whose GEMMs split across all threads:
+    when the batch gives fewer than ``MIN_CHUNKS`` chunks (its lowered matrix is then at most a few
+    chunks' size) or fewer chunks than ``threads`` (default: bitnet's) to share. The chunk size
+    depends on the shapes only, so the chunks, and the bits of the results, are the same at any
+    thread count up to ``MIN_CHUNKS``."""
+    threads = num_threads() if threads is None else max(1, int(threads))
     per = max(1, CHUNK_BYTES // max(1, row_bytes))
-    return per if -(-n_img // per) >= MIN_CHUNKS else None
+    return per if -(-n_img // per) >= max(MIN_CHUNKS, threads) else None
 
 
-def backward(g, w, x_shape, geom, groups, out_hw, rows_of, per, want):
+class _Scratch:
+    """One set of arrays per worker, made on the calling thread before the workers start (its
+    workspace; module docstring); each worker ``take``s its own set once. ``shapes``: name ->
+    (shape, dtype)."""
+
+    def __init__(self, n_sets, shapes):
+        self.sets = [{k: W.empty(shape, dtype) for k, (shape, dtype) in shapes.items()} for _ in range(n_sets)]
+        self.claim = itertools.count()
+
+    def take(self):
+        return self.sets[next(self.claim)]
+
+
+def _run_chunks(n_img, per, shapes, body):
+    """``body(c, s, e, arrays)`` for every chunk c of images s..e-1, on bitnet's threads, BLAS
+    single-threaded in each (each chunk's GEMMs on the thread that runs it); ``arrays``: the running
+    thread's set of ``shapes`` (``_Scratch``)."""
+    chunks = -(-n_img // per)
+    workers = min(chunks, num_threads())
+    scratch = _Scratch(workers, shapes)
+    claim = itertools.count()
+
+    def worker():
+        arrays = scratch.take()
+        while (c := next(claim)) < chunks:
+            body(c, c * per, min(n_img, (c + 1) * per), arrays)
+
+    with single_threaded_blas():
+        run(worker, workers)
+
+
+def backward(g, w, x_shape, geom, groups, out_hw, lowering, per, want):
     """(gx, gw, gb) of a convolution in the channels-last lowering, chunk by chunk (module docstring).
 
     ``g``: output gradient (N, O, OH, OW); ``w``: weight (O, Cg, KH, KW); ``geom``: (KH, KW, SH, SW,
-    PH, PW, DH, DW); ``rows_of(s, e)``: the lowered rows of images s..e-1, (m*P, G*KG), a fresh
-    array that the chunk overwrites with dR; ``per``: images per chunk; ``want``: (gx, gw, gb) wanted, each
-    bool. What is not wanted is None."""
+    PH, PW, DH, DW); ``lowering``: a ``FloatLowering`` or ``BitsLowering`` of the input; ``per``:
+    images per chunk; ``want``: (gx, gw, gb) wanted, each bool. What is not wanted is None."""
     g = np.ascontiguousarray(g)
     n_img, n_out, oh, ow = g.shape
     p, (kh, kw) = oh * ow, geom[:2]
@@ -68,33 +106,31 @@ def backward(g, w, x_shape, geom, groups, out_hw, rows_of, per, want):
     # W^T per group, (KG, Og) with rows in the lowering's (i, j, c) order, contiguous
     wt = K.weights_to_rows(w, W.empty((kg, n_out), w.dtype)) if want_gx else None
     zeros_p, zeros_c = np.zeros(p, g.dtype), np.zeros(channels, g.dtype)
-    claim = itertools.count()
+    shapes = dict(lowering.scratch(per), gr=((per * p, n_out), g.dtype))
+    if want_gx:
+        shapes["gxh"] = ((per, height, width, channels), g.dtype)
 
-    def worker():
-        while (c := next(claim)) < chunks:
-            s, e = c * per, min(n_img, (c + 1) * per)
-            m = e - s
-            rows = rows_of(s, e)
-            gr = W.empty((m, p, n_out), g.dtype)  # G of these images as (m*P, O)
-            K.transpose_inner(g[s:e].reshape(m, n_out, p), zeros_p, gr)
-            gr = gr.reshape(m * p, n_out)
-            if want_gb:
-                np.sum(gr, axis=0, out=gb_parts[c])
+    def chunk(c, s, e, arrays):
+        m = e - s
+        rows = lowering.rows(s, e, arrays)
+        gr = arrays["gr"][:m * p]  # G of these images as (m*P, O)
+        K.transpose_inner(g[s:e].reshape(m, n_out, p), zeros_p, gr.reshape(m, p, n_out))
+        if want_gb:
+            np.sum(gr, axis=0, out=gb_parts[c])
+        for gi in range(groups):
+            o, k = slice(gi * og, (gi + 1) * og), slice(gi * kg, (gi + 1) * kg)
+            if want_gw:
+                np.matmul(rows[:, k].T, gr[:, o], out=gw_parts[c, gi])
+        if want_gx:  # dR over R: every group's dW above has read it
             for gi in range(groups):
                 o, k = slice(gi * og, (gi + 1) * og), slice(gi * kg, (gi + 1) * kg)
-                if want_gw:
-                    np.matmul(rows[:, k].T, gr[:, o], out=gw_parts[c, gi])
-            if want_gx:  # dR over R: every group's dW above has read it
-                for gi in range(groups):
-                    o, k = slice(gi * og, (gi + 1) * og), slice(gi * kg, (gi + 1) * kg)
-                    np.matmul(gr[:, o], wt[:, o].T, out=rows[:, k])
-                gxh = W.empty((m, height, width, channels), g.dtype)
-                K.col2im_rows(rows, groups, *geom, oh, ow, gxh)
-                K.transpose_inner(gxh.reshape(m, height * width, channels), zeros_c,
-                                  gx[s:e].reshape(m, channels, height * width))
+                np.matmul(gr[:, o], wt[:, o].T, out=rows[:, k])
+            gxh = arrays["gxh"][:m]
+            K.col2im_rows(rows, groups, *geom, oh, ow, gxh)
+            K.transpose_inner(gxh.reshape(m, height * width, channels), zeros_c,
+                              gx[s:e].reshape(m, channels, height * width))
 
-    with single_threaded_blas():  # each chunk's GEMMs on the thread that runs the chunk
-        run(worker, min(chunks, num_threads()))
+    _run_chunks(n_img, per, shapes, chunk)
     gw = gb = None
     if want_gw:
         total = gw_parts.sum(axis=0)  # (G, KG, Og), the chunks added in chunk order
@@ -113,23 +149,18 @@ def forward(x, w, bias, geom, groups, out_hw, per, out):
     p = out_hw[0] * out_hw[1]
     og, kg = n_out // groups, w[0].size
     wm = weights_by_tap(w)
-    rows_of = lowered_rows(x, geom, groups, out_hw, 0.0)
-    chunks = -(-n_img // per)
-    claim = itertools.count()
+    lowering = FloatLowering(x, geom, groups, out_hw, 0.0)
 
-    def worker():
-        while (c := next(claim)) < chunks:
-            s, e = c * per, min(n_img, (c + 1) * per)
-            m = e - s
-            rows = rows_of(s, e)
-            y = W.empty((m * p, n_out), out.dtype)
-            for gi in range(groups):
-                o, k = slice(gi * og, (gi + 1) * og), slice(gi * kg, (gi + 1) * kg)
-                np.matmul(rows[:, k], wm[o].T, out=y[:, o])
-            K.transpose_inner(y.reshape(m, p, n_out), bias, out[s:e].reshape(m, n_out, p))
+    def chunk(c, s, e, arrays):
+        m = e - s
+        rows = lowering.rows(s, e, arrays)
+        y = arrays["y"][:m * p]
+        for gi in range(groups):
+            o, k = slice(gi * og, (gi + 1) * og), slice(gi * kg, (gi + 1) * kg)
+            np.matmul(rows[:, k], wm[o].T, out=y[:, o])
+        K.transpose_inner(y.reshape(m, p, n_out), bias, out[s:e].reshape(m, n_out, p))
 
-    with single_threaded_blas():
-        run(worker, min(chunks, num_threads()))
+    _run_chunks(n_img, per, dict(lowering.scratch(per), y=((per * p, n_out), out.dtype)), chunk)
     return out
 
 
@@ -142,34 +173,53 @@ def weights_by_tap(w):
     return wm.reshape(n_out, -1)
 
 
-def lowered_rows(x, geom, groups, out_hw, pad_value):
-    """``rows_of`` for ``backward`` that lowers the images of x (N, C, H, W) chunk by chunk:
-    channels-last, then ``im2col_rows`` with the border reading as ``pad_value``."""
-    x = np.ascontiguousarray(x)
-    n_img, channels, height, width = x.shape
-    oh, ow = out_hw
-    kg = channels // groups * geom[0] * geom[1]
-    zeros_hw = np.zeros(height * width, x.dtype)
+class FloatLowering:
+    """The rows lowering of x (N, C, H, W), chunk by chunk: channels-last, then ``im2col_rows`` with
+    the border reading as ``pad_value``."""
 
-    def rows_of(s, e):
-        m = e - s
-        xh = W.empty((m, height * width, channels), x.dtype)
-        K.transpose_inner(x[s:e].reshape(m, channels, height * width), zeros_hw, xh)
-        rows = W.empty((m * oh * ow, groups * kg), x.dtype)
-        K.im2col_rows(xh.reshape(m, height, width, channels), groups, *geom, oh, ow, rows, pad_value)
+    def __init__(self, x, geom, groups, out_hw, pad_value):
+        self.x = np.ascontiguousarray(x)
+        self.geom, self.groups, self.out_hw, self.pad_value = geom, groups, out_hw, pad_value
+        n_img, channels, height, width = self.x.shape
+        self.zeros_hw = np.zeros(height * width, self.x.dtype)
+        self.width = channels * geom[0] * geom[1]
+
+    def scratch(self, per):
+        """The arrays ``rows`` needs for up to ``per`` images: name -> (shape, dtype)."""
+        _, channels, height, width = self.x.shape
+        p = self.out_hw[0] * self.out_hw[1]
+        return {"xh": ((per, height * width, channels), self.x.dtype), "rows": ((per * p, self.width), self.x.dtype)}
+
+    def rows(self, s, e, arrays):
+        """The lowered rows of images s..e-1, ((e-s)*P, G*KG), in ``arrays`` (of ``scratch``)."""
+        m, (_, channels, height, width) = e - s, self.x.shape
+        xh = arrays["xh"][:m]
+        K.transpose_inner(self.x[s:e].reshape(m, channels, height * width), self.zeros_hw, xh)
+        rows = arrays["rows"][:m * self.out_hw[0] * self.out_hw[1]]
+        K.im2col_rows(xh.reshape(m, height, width, channels), self.groups, *self.geom, *self.out_hw, rows,
+                      self.pad_value)
         return rows
-    return rows_of
 
 
-def lowered_bits(bits, channels, dtype, geom, out_hw, pad_value):
-    """``rows_of`` for ``backward`` that lowers a +-1 map from its packed sign bits (``bits``:
-    (N, H, W, G, CWg) uint64 of ``bitnet.kernels.bitpack.pack_nchw``, ``channels`` the true C) into
-    rows of ``dtype``, the border reading as ``pad_value`` (``kernels.im2col.im2col_rows_bits``)."""
-    oh, ow = out_hw
-    width = channels * geom[0] * geom[1]
+class BitsLowering:
+    """The rows lowering of a +-1 map from its packed sign bits (``bits``: (N, H, W, G, CWg) uint64 of
+    ``bitnet.kernels.bitpack.pack_nchw``, ``channels`` the true C), in rows of ``dtype``, the border
+    reading as ``pad_value`` (``kernels.im2col.im2col_rows_bits``)."""
 
-    def rows_of(s, e):
-        rows = W.empty(((e - s) * oh * ow, width), dtype)
-        K.im2col_rows_bits(bits[s:e], channels, *geom, oh, ow, rows, pad_value)
+    def __init__(self, bits, channels, dtype, geom, out_hw, pad_value):
+        self.bits, self.channels, self.dtype = bits, channels, dtype
+        self.geom, self.out_hw, self.pad_value = geom, out_hw, pad_value
+        self.width = channels * geom[0] * geom[1]
+
+    def scratch(self, per):
+        return {"rows": ((per * self.out_hw[0] * self.out_hw[1], self.width), self.dtype)}
+
+    def rows(self, s, e, arrays):
+        rows = arrays["rows"][:(e - s) * self.out_hw[0] * self.out_hw[1]]
+        K.im2col_rows_bits(self.bits[s:e], self.channels, *self.geom, *self.out_hw, rows, self.pad_value)
         return rows
-    return rows_of
+
+    def whole(self):
+        """The whole batch's rows (the whole-batch backward keeps them as ``Conv2d.lowered``)."""
+        n_img = self.bits.shape[0]
+        return self.rows(0, n_img, {k: W.empty(*v) for k, v in self.scratch(n_img).items()})
