@@ -158,31 +158,11 @@ def _swap_leading_axes(a, bias, out, counter, chunk):
 
 def im2col_rows(x, groups, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, pad_value=0.0):
     """See the comment above; the padding reads as ``pad_value`` (as for ``im2col``)."""
-    parallel(_im2col_rows, x.shape[0] * oh * ow, x, groups, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out,
-             x.dtype.type(pad_value), cost=kh * kw * x.shape[3])
+    parallel(_im2col_rows, x.shape[0] * oh * ow, x, _NO_BITS, False, groups, x.shape[3] // groups, kh, kw, sh, sw,
+             ph, pw, dh, dw, oh, ow, out, x.dtype.type(pad_value), cost=kh * kw * x.shape[3])
 
 
-@nb.njit(**_JIT)
-def _im2col_rows(x, groups, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, pad_value, counter, chunk):
-    """One thread's share of ``im2col_rows``: the items it claims."""
-    n_img, height, width, channels = x.shape
-    cg = channels // groups
-    for r in claimed(counter, chunk, n_img * oh * ow):
-        n = r // (oh * ow)
-        oy = (r // ow) % oh
-        ox = r % ow
-        for g in range(groups):
-            for i in range(kh):
-                iy = oy * sh - ph + i * dh
-                for j in range(kw):
-                    ix = ox * sw - pw + j * dw
-                    base = ((g * kh + i) * kw + j) * cg
-                    if 0 <= iy < height and 0 <= ix < width:
-                        for c in range(cg):
-                            out[r, base + c] = x[n, iy, ix, g * cg + c]
-                    else:
-                        for c in range(cg):
-                            out[r, base + c] = pad_value
+_NO_BITS = np.zeros((0, 0, 0, 0, 0), np.uint64)
 
 
 def im2col_rows_bits(bits, channels, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, pad_value=0.0):
@@ -190,14 +170,21 @@ def im2col_rows_bits(bits, channels, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out
     ``bitnet.kernels.bitpack.pack_nchw`` writes them (bit c of a group's words set where channel c is
     -1), ``channels`` the true C. Reads 1 bit per value instead of 4 bytes, and needs no NHWC copy:
     the packed map is channels-last already."""
-    parallel(_im2col_rows_bits, bits.shape[0] * oh * ow, bits, channels // bits.shape[3], kh, kw, sh, sw, ph, pw,
-             dh, dw, oh, ow, out, out.dtype.type(pad_value), cost=kh * kw * channels // bits.shape[3])
+    groups = bits.shape[3]
+    no_x = np.zeros((0, 0, 0, 0), out.dtype)
+    parallel(_im2col_rows, bits.shape[0] * oh * ow, no_x, bits, True, groups, channels // groups, kh, kw, sh, sw,
+             ph, pw, dh, dw, oh, ow, out, out.dtype.type(pad_value), cost=kh * kw * channels)
 
 
 @nb.njit(**_JIT)
-def _im2col_rows_bits(bits, cg, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, pad_value, counter, chunk):
-    """One thread's share of ``im2col_rows_bits``: the items it claims."""
-    n_img, height, width, groups, n_words = bits.shape
+def _im2col_rows(x, bits, from_bits, groups, cg, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, pad_value,
+                 counter, chunk):
+    """One thread's share of ``im2col_rows`` (from the NHWC map x) or, ``from_bits``, of
+    ``im2col_rows_bits`` (from its packed signs; x is then empty): the items it claims."""
+    if from_bits:
+        n_img, height, width = bits.shape[0], bits.shape[1], bits.shape[2]
+    else:
+        n_img, height, width = x.shape[0], x.shape[1], x.shape[2]
     one, two = out.dtype.type(1), out.dtype.type(2)
     for r in claimed(counter, chunk, n_img * oh * ow):
         n = r // (oh * ow)
@@ -209,15 +196,18 @@ def _im2col_rows_bits(bits, cg, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, pad
                 for j in range(kw):
                     ix = ox * sw - pw + j * dw
                     base = ((g * kh + i) * kw + j) * cg
-                    if 0 <= iy < height and 0 <= ix < width:
-                        for wi in range(n_words):
+                    if not (0 <= iy < height and 0 <= ix < width):
+                        for c in range(cg):
+                            out[r, base + c] = pad_value
+                    elif from_bits:  # bit set: -1
+                        for wi in range(bits.shape[4]):
                             word = bits[n, iy, ix, g, wi]
                             lo = wi * 64
                             for b in range(min(64, cg - lo)):
                                 out[r, base + lo + b] = one - two * out.dtype.type((word >> np.uint64(b)) & np.uint64(1))
                     else:
                         for c in range(cg):
-                            out[r, base + c] = pad_value
+                            out[r, base + c] = x[n, iy, ix, g * cg + c]
 
 
 def col2im_rows(rows, groups, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out):

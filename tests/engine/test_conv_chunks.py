@@ -23,22 +23,15 @@ GEOMS = [  # (N, C, H, W, O, K, stride, padding, dilation, groups)
 
 
 @pytest.fixture
-def chunks(monkeypatch):
+def chunks(monkeypatch, chunk_calls):
     """``chunks(per)`` makes every rows-layout conv run its backward ``per`` images a chunk (None:
-    the whole-batch form); returns the list of the chunked calls' ``per``."""
+    the whole-batch form); returns the list of the chunked calls' ``per`` (``chunk_calls``)."""
     monkeypatch.setattr(C, "ROWS_MIN_CHANNELS", 1)
-    calls = []
-    real = CC.backward
-
-    def spy(*args, **kwargs):
-        calls.append(args[7])
-        return real(*args, **kwargs)
-    monkeypatch.setattr(CC, "backward", spy)
 
     def choose(per):
         monkeypatch.setattr(CC, "images_per_chunk", lambda n, row_bytes: per)
-        calls.clear()
-        return calls
+        chunk_calls.clear()
+        return chunk_calls
     return choose
 
 

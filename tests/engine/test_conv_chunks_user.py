@@ -16,7 +16,6 @@ is exact and the check is equality.
 from __future__ import annotations
 
 import threading
-import time
 import types
 import warnings
 
@@ -82,19 +81,6 @@ def assert_within_rounding(got, x, w, g, dtypes, **geom):
         bound = (n_terms + 2) * u * ar + 1e-30
         err = np.abs(np.asarray(a, np.float64) - r)
         assert np.all(err <= bound), f"{name}: max error {err.max()} above bound at {np.argmax(err - bound)}"
-
-
-@pytest.fixture
-def chunk_calls(monkeypatch):
-    """The ``per`` of every chunked backward that runs (a spy; the decision stays the library's)."""
-    calls = []
-    real = CC.backward
-
-    def spy(*args, **kwargs):
-        calls.append(args[7])
-        return real(*args, **kwargs)
-    monkeypatch.setattr(CC, "backward", spy)
-    return calls
 
 
 @pytest.fixture
