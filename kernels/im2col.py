@@ -204,7 +204,8 @@ def _im2col_rows(x, bits, from_bits, groups, cg, kh, kw, sh, sw, ph, pw, dh, dw,
                             word = bits[n, iy, ix, g, wi]
                             lo = wi * 64
                             for b in range(min(64, cg - lo)):
-                                out[r, base + lo + b] = one - two * out.dtype.type((word >> np.uint64(b)) & np.uint64(1))
+                                bit = (word >> np.uint64(b)) & np.uint64(1)
+                                out[r, base + lo + b] = one - two * out.dtype.type(bit)
                     else:
                         for c in range(cg):
                             out[r, base + c] = x[n, iy, ix, g * cg + c]

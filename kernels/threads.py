@@ -14,9 +14,10 @@ about 4.5, resnet18-binary at 2 threads ran 4-6x slower than at 1 thread, issue 
 Helpers are Python threads that block (never spin) on a queue when idle; the kernels they run are
 ``nogil`` Numba functions or NumPy / BLAS calls, which release the GIL, so the threads really run
 in parallel. A helper runs a job under its caller's NumPy error state (``np.errstate``: an
-overflow raises, warns or passes in a helper as it would on the calling thread). BLAS runs single-threaded inside ``single_threaded_blas()``: bitnet splits GEMMs
-itself (``bitnet.kernels.gemm``), and OpenBLAS's own pool, whose idle workers spin, would take the
-cores from everything else (on 2 cores that made LeNet training 1.5x slower).
+overflow raises, warns or passes in a helper as it would on the calling thread). BLAS runs
+single-threaded inside ``single_threaded_blas()``: bitnet splits GEMMs itself
+(``bitnet.kernels.gemm``), and OpenBLAS's own pool, whose idle workers spin, would take the cores
+from everything else (on 2 cores that made LeNet training 1.5x slower).
 
 The thread count follows ``numba.get_num_threads()``: one setting (``NUMBA_NUM_THREADS`` or
 ``numba.set_num_threads``) controls all of bitnet's threads. Where NumPy's BLAS is not an OpenBLAS

@@ -9,12 +9,12 @@ KG = KH*KW*Cg; the output gradient G as (N*P, O)), the backward pass of a convol
 
 Every sum over rows splits over images: with the images cut into chunks c of ``per`` images,
 dW^T = sum_c R_c^T @ G_c, db = sum_c colsum(G_c), and dR, dx are computed per image anyway. So each
-chunk runs on one thread, start to end (transpose its part of x and G to channels-last, im2col,
-both GEMMs on single-threaded BLAS, col2im, transpose back), and its lowered matrix (about
-``CHUNK_BYTES``) stays in cache from the im2col to the GEMMs, where the whole batch's (151 MB for
-resnet18-binary's first stage at batch 64) went out to memory and back several times. dR is
-written over R once the chunk's dW is taken. Measured on that stage (batch 64, 64 channels, 32x32,
-3x3): 163 -> 84 ms on one thread and 85 -> 56 ms on two (docs/benchmarks.md).
+chunk runs on one thread, start to end (lower its images: from x, or from a binary layer's packed
+sign bits; G to channels-last; both GEMMs on single-threaded BLAS; col2im; back to NCHW), and its
+lowered matrix (about ``CHUNK_BYTES``) stays in cache from the im2col to the GEMMs, where the whole
+batch's (151 MB for resnet18-binary's first stage at batch 64) went out to memory and back several
+times. dR is written over R once the chunk's dW is taken. One such layer's backward inside a
+training step: 164.5 -> 126.3 ms on one thread, 88.9 -> 66.1 ms on two (docs/performance.md).
 
 The forward pass likewise: y[g] = R_c[:, k_g] @ W[g]^T per chunk, then NCHW with the bias; its rows
 are not kept (the whole batch's would be 151 MB for a stage-one layer of a float ResNet-18, 1.2 GB
@@ -23,8 +23,9 @@ over its 16 convolutions), and the backward lowers each chunk again from the sav
 Exactness: y and dx are the same sums in the same order as the whole-batch form (each element of dR is
 one row of G times one column of W^T, whatever the chunk). dW and db are summed per chunk, then
 the chunks' sums are added in chunk order: a fixed order that depends on the shapes only, so
-results are the same at any thread count that chunks (``images_per_chunk``); they may differ from
-the whole-batch GEMM's in the last bits (float sums in another order).
+results are the same bits at every thread count that chunks the layer (``images_per_chunk``: all
+counts up to the number of chunks); they may differ from the whole-batch GEMM's in the last bits (float
+sums in another order).
 
 Memory: each thread that runs chunks gets one set of chunk-sized arrays, all made on the calling
 thread before the chunks start (from its ``bitnet.ops.workspace``, so ``workspace.clear`` and
@@ -41,19 +42,22 @@ from bitnet.kernels.threads import num_threads, run, single_threaded_blas
 from bitnet.ops import workspace as W
 
 CHUNK_BYTES = 8 << 20  # the lowered matrix of one chunk: well inside the last-level cache
-MIN_CHUNKS = 4         # fewer chunks than this (or than threads): the whole-batch GEMMs instead
+MIN_CHUNKS = 4         # a batch whose lowered matrix is below MIN_CHUNKS * CHUNK_BYTES runs as a whole
 
 
 def images_per_chunk(n_img: int, row_bytes: int, threads: int | None = None) -> int | None:
-    """Images per chunk (about ``CHUNK_BYTES`` of lowered matrix; ``row_bytes`` per image) for a
-    batch of ``n_img``, or None for the whole-batch form, whose GEMMs split across all threads:
-    when the batch gives fewer than ``MIN_CHUNKS`` chunks (its lowered matrix is then at most a few
-    chunks' size) or fewer chunks than ``threads`` (default: bitnet's) to share. The chunk size
-    depends on the shapes only, so the chunks, and the bits of the results, are the same at any
-    thread count up to ``MIN_CHUNKS``."""
+    """Images per chunk (about ``CHUNK_BYTES`` of lowered matrix, at least one image; ``row_bytes`` per
+    image) for a batch of ``n_img``, or None for the whole-batch form, whose GEMMs split across all
+    threads: when the batch's lowered matrix is below ``MIN_CHUNKS * CHUNK_BYTES`` (it stays in the
+    last-level cache as a whole: LeNet's second convolution at batch 64, 26 MB), or when the batch
+    gives fewer chunks than ``threads`` (default: bitnet's) to share. The chunk size depends on the
+    shapes only, so the chunks, and the bits of the results, are the same at every thread count up
+    to the number of chunks."""
     threads = num_threads() if threads is None else max(1, int(threads))
+    if n_img * row_bytes < MIN_CHUNKS * CHUNK_BYTES:
+        return None
     per = max(1, CHUNK_BYTES // max(1, row_bytes))
-    return per if -(-n_img // per) >= max(MIN_CHUNKS, threads) else None
+    return per if -(-n_img // per) >= threads else None
 
 
 class _Scratch:

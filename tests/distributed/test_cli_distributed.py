@@ -39,7 +39,12 @@ def _close(a, b, what):
     statistics are combined per rank): an error relative to the sum of the terms' magnitudes, which in
     cancelling sums is far more than the result's ulp; SGD adds lr times the gradients to the weights.
     Measured: weights within 1.2e-6, momentum buffers (up to 0.1) within 1e-7; allowed: 2e-5 for both, 10x
-    less than the change of weights from one step of a different batch (about lr * |g| = 2e-4 and more)."""
+    less than the change of weights from one step of a different batch (about lr * |g| = 2e-4 and more).
+    Those figures hold while every run sums conv2's weight gradient in blocks that line up (one GEMM
+    over 64 images, or two over 32 added by MPI): its 26 MB lowered matrix is below the size from which
+    ``bitnet.ops.conv_chunks`` runs a convolution in chunks. With chunks of 20 images in the 1-process
+    run (tried, 2026-12-01), a run resumed in the other process count ended up to 6.3e-5 away: ties of
+    max pooling over ReLU zeros turn last-bit differences into a gradient routed elsewhere."""
     (wa, sa), (wb, sb) = a, b
     assert sa.epoch == sb.epoch and sa.rng == sb.rng, what  # the same data order, exactly
     for k in wa:

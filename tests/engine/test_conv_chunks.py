@@ -165,15 +165,17 @@ def test_images_per_chunk_keeps_a_chunk_near_the_target_and_every_thread_busy():
     mb = 1 << 20
     assert CC.images_per_chunk(64, 2 * mb, threads=2) == CC.CHUNK_BYTES // (2 * mb)
     assert CC.images_per_chunk(64, 64 * mb, threads=2) == 1        # an image above the target: one a chunk
-    assert CC.images_per_chunk(3, 64 * mb, threads=2) is None      # fewer than MIN_CHUNKS chunks
-    assert CC.images_per_chunk(64, 1024, threads=2) is None        # the whole batch's rows fit in one chunk
+    assert CC.images_per_chunk(3, 64 * mb, threads=2) == 1         # few images, each far above a cache
+    assert CC.images_per_chunk(1, 64 * mb, threads=2) is None      # fewer chunks than threads
+    assert CC.images_per_chunk(64, 400 * 1024, threads=2) is None  # LeNet's conv2: 26 MB stay in cache
+    assert CC.images_per_chunk(128, 400 * 1024, threads=2) == 20   # at batch 128 (52 MB) it chunks
     assert CC.images_per_chunk(64, 2 * mb, threads=16) == 4        # 16 chunks for 16 threads
     assert CC.images_per_chunk(64, 2 * mb, threads=17) is None     # fewer chunks than threads
 
 
 def test_resnet_stage_one_shapes_take_the_chunks_and_the_last_stage_does_not():
     """What the defaults choose for resnet18-binary at batch 64 (float32, 3x3, 64 -> 512 channels)."""
-    for threads in (1, 2, 4):
+    for threads in (1, 2, 4, 5):
         per = [CC.images_per_chunk(64, hw * hw * 9 * c * 4, threads) for c, hw in ((64, 32), (128, 16), (256, 8),
                                                                                  (512, 4))]
-        assert per == [3, 7, 14, None]  # the same chunks at 1, 2 and 4 threads: the same bits
+        assert per == [3, 7, 14, None]  # the same chunks at 1 to 5 threads: the same bits

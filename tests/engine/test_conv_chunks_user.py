@@ -145,6 +145,7 @@ def test_chunked_backward_matches_the_reference_for_many_geometries_and_dtypes(g
     oh, ow = _out(h, k[0], s[0], p[0], d[0]), _out(wd, k[1], s[1], p[1], d[1])
     # two float32 images a chunk (one float64): odd batches end on a shorter chunk
     monkeypatch.setattr(CC, "CHUNK_BYTES", 2 * oh * ow * c * k[0] * k[1] * 4)
+    monkeypatch.setattr(CC, "MIN_CHUNKS", 1)  # chunk even these small batches
     rng = np.random.default_rng(n * c)
     x = rng.standard_normal((n, c, h, wd)).astype(dtypes[0])
     w = rng.standard_normal((o, c // gr) + k).astype(dtypes[1])
@@ -210,22 +211,25 @@ def test_bias_only_gradient_in_chunks(chunk_calls, monkeypatch):
     np.testing.assert_array_equal(gb, g.astype(np.float64).sum(axis=(0, 2, 3)))
 
 
-def test_batch_below_min_chunks_takes_the_whole_batch_and_agrees(chunk_calls, monkeypatch):
-    """Batch 1 and 3 (fewer than MIN_CHUNKS images) never chunk; still the reference."""
+@pytest.mark.skipif(not TWO_THREADS, reason="needs two threads")
+def test_a_batch_of_one_on_two_threads_takes_the_whole_batch_and_agrees(chunk_calls, monkeypatch, threads):
+    """One image makes one chunk, fewer than the threads: never chunked; still the reference."""
     monkeypatch.setattr(CC, "CHUNK_BYTES", 1 << 12)
+    threads(2)
     rng = np.random.default_rng(7)
-    for n in (1, 3):
-        for groups in (1, 2):  # 16 channels a group: the rows layout, whole batch
-            x = rng.standard_normal((n, 16 * groups, 12, 12)).astype(np.float32)
-            w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
-            g = rng.standard_normal((n, 16, 12, 12)).astype(np.float32)
-            got, _ = _grads(x, w, None, g, padding=1, groups=groups)
-            assert_within_rounding(got, x, w, g, [np.float32], padding=(1, 1), groups=groups)
+    for groups in (1, 2):  # 16 channels a group: the rows layout, whole batch
+        x = rng.standard_normal((1, 16 * groups, 12, 12)).astype(np.float32)
+        w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+        g = rng.standard_normal((1, 16, 12, 12)).astype(np.float32)
+        got, _ = _grads(x, w, None, g, padding=1, groups=groups)
+        assert_within_rounding(got, x, w, g, [np.float32], padding=(1, 1), groups=groups)
     assert chunk_calls == []
 
 
-def test_chunked_float_conv_same_bits_at_1_and_2_threads(chunk_calls, threads):
-    """Natural chunks (24 images, 32 channels, 32x32: 4 chunks of 7, 7, 7, 3 images)."""
+def test_chunked_float_conv_same_bits_at_1_and_2_threads(chunk_calls, threads, monkeypatch):
+    """Natural chunk sizes (24 images, 32 channels, 32x32: 4 chunks of 7, 7, 7, 3 images; its 28 MB
+    lowered matrix is below the default 4 chunks' worth, so MIN_CHUNKS is lowered to 2)."""
+    monkeypatch.setattr(CC, "MIN_CHUNKS", 2)
     rng = np.random.default_rng(15)
     x = rng.standard_normal((24, 32, 32, 32)).astype(np.float32)
     w = rng.standard_normal((32, 32, 3, 3)).astype(np.float32)
@@ -338,8 +342,11 @@ def _train(model, steps=3, seed=5, dtype=np.float32):
 
 @pytest.mark.parametrize("pad_value", [0.0, 1.0, -1.0])
 @pytest.mark.parametrize("bias", [True, False])
-def test_qconv_training_same_bits_at_1_and_2_threads_and_on_the_float_path(pad_value, bias, chunk_calls, threads):
-    """48 images, 32 channels, 24x24: the first QConv2d chunks with the default CHUNK_BYTES."""
+def test_qconv_training_same_bits_at_1_and_2_threads_and_on_the_float_path(pad_value, bias, chunk_calls, threads,
+                                                                           monkeypatch):
+    """48 images, 32 channels, 24x24: the first QConv2d chunks with the default CHUNK_BYTES (its
+    31.8 MB lowered matrix just below the default 4 chunks' worth: MIN_CHUNKS lowered to 2)."""
+    monkeypatch.setattr(CC, "MIN_CHUNKS", 2)
     threads(1)
     l1, p1 = _train(_qmodel(pad_value, bias))
     assert chunk_calls, "no chunked backward ran"
@@ -397,7 +404,8 @@ def test_backward_in_another_thread_gives_the_main_threads_bits(chunk_calls, mon
         np.testing.assert_array_equal(a, b_)
 
 
-def test_two_models_trained_concurrently_match_sequential_training(chunk_calls):
+def test_two_models_trained_concurrently_match_sequential_training(chunk_calls, monkeypatch):
+    monkeypatch.setattr(CC, "MIN_CHUNKS", 2)  # the QConv2d's 31.8 MB lowered matrix chunks
     seq = {}
     seq[1] = _train(_qmodel(1.0, True, seed=1), steps=2, seed=11)
     seq[2] = _train(_qmodel(-1.0, False, seed=2), steps=2, seed=12)
