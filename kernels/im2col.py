@@ -301,6 +301,15 @@ def weights_to_rows(w, out):
     return out
 
 
+def weights_by_tap(w, out):
+    """out[o, (i*KW + j)*Cg + c] = w[o, c, i, j]: a weight (O, Cg, KH, KW) as the (O, KH*KW*Cg) matrix
+    W of the rows lowering's forward GEMM, one transpose per output channel split across threads."""
+    n_out, cg, kh, kw = w.shape
+    transpose_inner(np.ascontiguousarray(w).reshape(n_out, cg, kh * kw), np.zeros(kh * kw, w.dtype),
+                    out.reshape(n_out, kh * kw, cg))
+    return out
+
+
 def weights_from_rows(rows, out):
     """The inverse of ``weights_to_rows``: out (O, Cg, KH, KW), C-contiguous, from rows (KH*KW*Cg, O),
     by three block moves split across threads (per tap, per output channel)."""

@@ -262,8 +262,6 @@ def parallel_ufunc(ufunc, a, out=None):
     a = np.asarray(a, order="C")  # (np.ascontiguousarray would make 0-d arrays 1-d)
     if out is None:
         out = np.empty(a.shape, np.result_type(ufunc(np.zeros((), a.dtype))))
-    if a.size < MIN_PARALLEL_WORK or num_threads() < 2:
-        return ufunc(a, out=out)
     flat_a, flat_out = a.reshape(-1), out.reshape(-1)
     parallel_flat(lambda s: ufunc(flat_a[s], out=flat_out[s]), a.size)
     return out
@@ -272,8 +270,8 @@ def parallel_ufunc(ufunc, a, out=None):
 def parallel_binary(ufunc, a, b, out):
     """``ufunc(a, b, out=out)`` for a NumPy binary ufunc (``np.add``), split across bitnet's threads
     (``parallel_flat``) when a, b and out are C-contiguous arrays of one shape; else one call."""
-    if (a.shape != b.shape or a.shape != out.shape or a.size < MIN_PARALLEL_WORK or num_threads() < 2
-            or not (a.flags.c_contiguous and b.flags.c_contiguous and out.flags.c_contiguous)):
+    if a.shape != b.shape or a.shape != out.shape or not (
+            a.flags.c_contiguous and b.flags.c_contiguous and out.flags.c_contiguous):
         return ufunc(a, b, out=out)
     fa, fb, fo = a.reshape(-1), b.reshape(-1), out.reshape(-1)
     parallel_flat(lambda s: ufunc(fa[s], fb[s], out=fo[s]), a.size)
@@ -283,8 +281,7 @@ def parallel_binary(ufunc, a, b, out):
 def parallel_copy(out, a):
     """``np.copyto(out, a)`` split across bitnet's threads (``parallel_flat``) when both are
     C-contiguous arrays of one shape and dtype; else one call."""
-    if (a.shape != out.shape or a.dtype != out.dtype or a.size < MIN_PARALLEL_WORK or num_threads() < 2
-            or not (a.flags.c_contiguous and out.flags.c_contiguous)):
+    if a.shape != out.shape or a.dtype != out.dtype or not (a.flags.c_contiguous and out.flags.c_contiguous):
         np.copyto(out, a)
         return out
     fa, fo = a.reshape(-1), out.reshape(-1)

@@ -53,7 +53,7 @@ class Conv2d(Function):
             return conv_chunks.forward(x, w, b, self.geom, groups, (oh, ow), self.per, out)
         rows = self._lower(x)
         if self.rows:
-            wm = conv_chunks.weights_by_tap(w)  # (O, KH*KW*Cg)
+            wm = K.weights_by_tap(w, W.empty((n_out, w[0].size), w.dtype))  # (O, KH*KW*Cg)
             y = W.empty((n_img * p, n_out), dtype=x.dtype)
             for o, k in self.slices:
                 gemm(rows[:, k], wm[o].T, out=y[:, o])
@@ -120,7 +120,7 @@ class Conv2d(Function):
 
     def backward(self, g):
         if self.per is not None:  # lowered again chunk by chunk from the saved input
-            lowering = conv_chunks.FloatLowering(self.x, self.geom, self.groups, self.out_hw, 0.0)
+            lowering = conv_chunks.FloatLowering(self.x, self.geom, self.groups, self.out_hw)
             return self._chunked(g, lowering, self.per)
         n_img, n_out, oh, ow = g.shape
         p = oh * ow

@@ -152,8 +152,8 @@ def forward(x, w, bias, geom, groups, out_hw, per, out):
     n_img, n_out = x.shape[0], w.shape[0]
     p = out_hw[0] * out_hw[1]
     og, kg = n_out // groups, w[0].size
-    wm = weights_by_tap(w)
-    lowering = FloatLowering(x, geom, groups, out_hw, 0.0)
+    wm = K.weights_by_tap(w, W.empty((n_out, kg), w.dtype))
+    lowering = FloatLowering(x, geom, groups, out_hw)
 
     def chunk(c, s, e, arrays):
         m = e - s
@@ -168,22 +168,14 @@ def forward(x, w, bias, geom, groups, out_hw, per, out):
     return out
 
 
-def weights_by_tap(w):
-    """w (O, Cg, KH, KW) as the (O, KH*KW*Cg) matrix of the rows lowering (columns in its (i, j, c)
-    order): one transpose per output channel, split across threads."""
-    n_out, cg, kh, kw = w.shape
-    wm = W.empty((n_out, kh * kw, cg), w.dtype)
-    K.transpose_inner(np.ascontiguousarray(w).reshape(n_out, cg, kh * kw), np.zeros(kh * kw, w.dtype), wm)
-    return wm.reshape(n_out, -1)
-
-
 class FloatLowering:
-    """The rows lowering of x (N, C, H, W), chunk by chunk: channels-last, then ``im2col_rows`` with
-    the border reading as ``pad_value``."""
+    """The rows lowering of a float convolution's input x (N, C, H, W), chunk by chunk: channels-last,
+    then ``im2col_rows`` with zero padding (a binary layer's border lowers from its bits:
+    ``BitsLowering``)."""
 
-    def __init__(self, x, geom, groups, out_hw, pad_value):
+    def __init__(self, x, geom, groups, out_hw):
         self.x = np.ascontiguousarray(x)
-        self.geom, self.groups, self.out_hw, self.pad_value = geom, groups, out_hw, pad_value
+        self.geom, self.groups, self.out_hw = geom, groups, out_hw
         n_img, channels, height, width = self.x.shape
         self.zeros_hw = np.zeros(height * width, self.x.dtype)
         self.width = channels * geom[0] * geom[1]
@@ -200,8 +192,7 @@ class FloatLowering:
         xh = arrays["xh"][:m]
         K.transpose_inner(self.x[s:e].reshape(m, channels, height * width), self.zeros_hw, xh)
         rows = arrays["rows"][:m * self.out_hw[0] * self.out_hw[1]]
-        K.im2col_rows(xh.reshape(m, height, width, channels), self.groups, *self.geom, *self.out_hw, rows,
-                      self.pad_value)
+        K.im2col_rows(xh.reshape(m, height, width, channels), self.groups, *self.geom, *self.out_hw, rows)
         return rows
 
 

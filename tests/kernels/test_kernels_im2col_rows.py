@@ -63,7 +63,7 @@ def test_transpose_inner_tiled_sizes(shape):
 
 @pytest.mark.parametrize("shape", [(6, 2, 3, 3), (8, 5, 1, 1), (4, 3, 2, 5), (512, 512, 3, 3)], ids=str)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_weights_to_rows_and_back_are_the_strided_numpy_moves(shape, dtype):
+def test_weights_to_rows_back_and_by_tap_are_the_strided_numpy_moves(shape, dtype):
     w = np.random.default_rng(sum(shape)).standard_normal(shape).astype(dtype)
     n_out = shape[0]
     rows = np.full((w[0].size, n_out), np.nan, dtype)
@@ -72,6 +72,9 @@ def test_weights_to_rows_and_back_are_the_strided_numpy_moves(shape, dtype):
     back = np.full(shape, np.nan, dtype)
     assert K.weights_from_rows(rows, back) is back
     np.testing.assert_array_equal(back, w)
+    by_tap = np.full((n_out, w[0].size), np.nan, dtype)
+    assert K.weights_by_tap(w, by_tap) is by_tap
+    np.testing.assert_array_equal(by_tap, w.transpose(0, 2, 3, 1).reshape(n_out, -1))
 
 
 @pytest.mark.parametrize("geom", [  # N, C, H, W, groups, KH, KW, SH, SW, PH, PW, DH, DW
