@@ -509,6 +509,8 @@ def xnor_gemm_panels(a_panels, m, b_words, k, kernel=None):
     if not 0 < k <= 64 * nw or k <= 64 * (nw - 1):
         raise ValueError(f"xnor_gemm: k={k} needs {-(-k // 64)} words, got {nw}")
     n = b_words.shape[0]
+    if n == 0:  # no pixels (an empty batch): a 1 x 0 image would be no image at all
+        return np.zeros((0, m), np.int32).T
     dots = xnor_conv2d(b_words.reshape(1, 1, n, 1, nw), a_panels, 64 * nw, m, (1, 1), dots=True, kernel=kernel,
                        k_true=k, layout="nhwc")
     return dots.reshape(n, m).T

@@ -90,7 +90,7 @@ class Conv2d(Function):
         p = oh * ow
         if self.rows:
             xh = W.empty((n_img, height * width, channels), dtype=x.dtype)
-            K.transpose_inner(np.ascontiguousarray(x).reshape(n_img, channels, -1),
+            K.transpose_inner(np.ascontiguousarray(x).reshape(n_img, channels, height * width),
                               np.zeros(height * width, x.dtype), xh)
             rows = W.empty((n_img * p, groups * kg), dtype=x.dtype)
             K.im2col_rows(xh.reshape(n_img, height, width, channels), groups, *self.geom, oh, ow, rows, pad_value)

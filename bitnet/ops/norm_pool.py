@@ -40,7 +40,7 @@ class BatchNormMaxPool(Function):
         n_img, channels, height, width = x.shape
         mean = np.empty(channels, np.float64)
         invstd = np.empty(channels, np.float64)
-        KB.channel_stats(x.reshape(n_img, channels, -1), eps, mean, invstd)
+        KB.channel_stats(x.reshape(n_img, channels, height * width), eps, mean, invstd)
         update_running(running_mean, running_var, mean, invstd, eps, momentum, n_img * height * width)
         kh, kw = kernel
         out = W.empty((n_img, channels, height // kh, width // kw), x.dtype)

@@ -31,7 +31,11 @@ from bitnet.ops.norm_pool import BatchNormMaxPool
 
 
 def _as_ncl(x):
-    return x.reshape(x.shape[0], x.shape[1], -1)
+    """x (N, C, ...) as (N, C, L); L written out, not -1, which NumPy cannot resolve for an empty batch."""
+    length = 1
+    for d in x.shape[2:]:
+        length *= d
+    return x.reshape(x.shape[0], x.shape[1], length)
 
 
 def _check_buffers(op, running_mean, running_var):
