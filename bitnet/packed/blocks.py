@@ -235,8 +235,8 @@ class PackedResidualBlock(Module):
             sc = fm
         elif isinstance(self.shortcut, ChannelsLastShortcut):
             sc = self.shortcut(fm)
-        elif isinstance(first, PackedConv2d):  # a binary shortcut: (packed conv, folded batch norm)
-            sc = first(fm)
+        elif isinstance(first, PackedConv2d):  # a binary shortcut: Sequential(packed conv, Identity) on the map
+            sc = self.shortcut(fm)
         else:
             sc = FeatureMap.from_tensor(self.shortcut(Tensor(fm.data)))
         y = self.conv1(fm, residual=sc)

@@ -131,6 +131,27 @@ def test_resnet_plan_steps_aside_for_hooks_and_new_children():
     assert not np.array_equal(changed, base)
 
 
+@pytest.mark.parametrize("case", ["resnet18-binary", "binary shortcuts"])
+def test_every_module_of_a_packed_resnet_runs_its_hooks(case):
+    """A hook on any module below fires once per forward, with the bits of the plan: the binary
+    shortcut's Sequential (packed conv, Identity) once ran its conv directly, and hooks on the
+    Sequential and its Identity never fired."""
+    seed = sorted(CASES).index(case)
+    packed = pack(_warm(bitnet.models.get("resnet18-binary", seed=seed, **CASES[case]), seed))
+    x = np.random.default_rng(seed).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    with no_grad():
+        planned = packed(x).data
+        fired = []
+        names = [n for n, _ in packed.named_modules() if n]
+        for n, m in packed.named_modules():
+            if n:
+                m.register_forward_hook(lambda m, i, o, n=n: fired.append(n))
+        hooked = packed(x).data
+    np.testing.assert_array_equal(hooked, planned)
+    assert sorted(fired) == sorted(names)
+    assert case == "resnet18-binary" or any(n.endswith("shortcut.1") for n in names)
+
+
 def test_bad_input_gets_the_layers_own_error():
     packed = pack(_warm(bitnet.models.get("resnet18-binary", image_size=8, seed=8), 8))
     with no_grad(), pytest.raises(ValueError, match="expects 3 channels"):
