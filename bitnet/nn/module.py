@@ -108,6 +108,7 @@ class Module:
             raise RuntimeError(f"{type(self).__name__}.__init__ must call super().__init__() "
                                "before assigning attributes")
         params, buffers, modules = self._parameters, self._buffers, self._modules
+        replaced = name in params or name in buffers  # a state array replaced: caches derived from it go
         if isinstance(value, (Parameter, Module)):
             for store in (params, buffers, modules):
                 store.pop(name, None)
@@ -123,6 +124,8 @@ class Module:
             buffers[name] = _buffer(value, name)
         else:
             object.__setattr__(self, name, value)
+        if replaced:  # (a packed layer's prepared calls, the plans of the packed containers above it)
+            state_changed(self)
 
     def __getattr__(self, name):
         d = self.__dict__
@@ -320,7 +323,8 @@ class Module:
         return missing, unexpected
 
     def _state_changed(self) -> None:
-        """Called on every module after ``load_state_dict`` wrote new values into it: a module that
+        """Called on every module after ``load_state_dict`` wrote new values into it, and when one of
+        its parameters or buffers is replaced by assignment (``module.name = ...``): a module that
         keeps values derived from its state (caches of a packed model) drops them here."""
 
     # -- configs --------------------------------------------------------------------------------------

@@ -22,8 +22,10 @@ need a gradient (a packed model's parameters never do: ``bitnet.pack`` freezes t
 below carries a forward hook, every container below has the children the plan was made for, and
 every module returned a Tensor while it was recorded. Plans and chains read the layers' weights
 when they are made, and are made again after ``load_state_dict`` or ``to`` on the model or on any
-part of it (each module below a plan tells its owner: ``nn.module.watch_state``); a copy of the
-model records plans of its own. A module run by its own forward never gets the plan's reused
+part of it, and after a parameter or buffer below is replaced by assignment (each module below tells
+its owner: ``nn.module.watch_state``) or a parameter's array is (``p.data = new``: checked by identity
+at each call); writing into an array in place is not watched. A copy of the model records plans of
+its own. A module run by its own forward never gets the plan's reused
 arrays (it may keep them). At most 8 input shapes are kept per module.
 """
 from __future__ import annotations
@@ -101,6 +103,12 @@ def planned_forward(module, x):
     """The forward of a Sequential or ``forward_chain`` module with chains and plans (module docstring)."""
     if "_plans" not in module.__dict__:  # a Sequential made from a packed one (a slice: packed[1:3])
         module._sign_chains, module._plans = find_chains(module), {}
+        _watch(module)
+    seen = module.__dict__.get("_arrays_seen")
+    if seen is None or any(p.data is not a for p, a in seen):  # a parameter's array replaced: p.data = new
+        if seen is not None:
+            module._state_changed()
+        module._arrays_seen = _parameter_arrays(module)
     if (type(x) is Tensor or isinstance(x, np.ndarray)) and not (is_grad_enabled() and getattr(x, "requires_grad", False)):
         data = x.data if type(x) is Tensor else x
         key = (data.shape, data.dtype.str)
@@ -118,26 +126,41 @@ def planned_forward(module, x):
                 out = steps = bound = None
             except Exception as e:
                 out = _layer_by_layer(module, x)  # bad input: the layers' own run says what is wrong
-                _remember(module, key, _Plan(subtree, None), subtree)  # the layers ran where the plan did not
+                _remember(module, key, _Plan(subtree, None))  # the layers ran where the plan did not
                 import warnings
                 warnings.warn(f"bitnet: a packed {type(module).__name__} could not be planned for input "
                               f"{data.shape} ({type(e).__name__}: {e}); it runs layer by layer (please report this)",
                               RuntimeWarning, stacklevel=3)
                 return out
-            _remember(module, key, _Plan(subtree, steps, bound), subtree)
+            _remember(module, key, _Plan(subtree, steps, bound))
             if steps is not None:
                 return Tensor(tensor_data(out))
     return _layer_by_layer(module, x)
 
 
-def _remember(module, key, plan, subtree):
-    """Keep ``plan`` for inputs of ``key``; ``subtree``: ``module`` and every module below it."""
+def _parameter_arrays(module):
+    """``(parameter, its array)`` for every parameter of ``module`` and the modules below it: what its
+    plans and sign chains read, checked by identity at each call (``p.data = new`` calls no module;
+    a new Parameter or buffer assigned to a module is told by the module itself: ``_watch``)."""
+    return tuple((p, p.data) for m in module.modules() for p in m._parameters.values() if p is not None)
+
+
+def _watch(module):
+    """Have every module below ``module`` tell it when its state changes (``nn.module.watch_state``:
+    ``load_state_dict``, ``to``, a parameter or buffer replaced by assignment); its chains and plans
+    read their arrays."""
+    for m in list(module.modules())[1:]:
+        watch_state(m, module)
+
+
+def _remember(module, key, plan):
+    """Keep ``plan`` for inputs of ``key``."""
+    module._arrays_seen = _parameter_arrays(module)  # (children may be new)
     if len(module._plans) >= MAX_PLANS:
         module._plans.clear()
     module._plans[key] = plan
-    if plan.steps is not None:  # its steps read the arrays of the modules below: forget it when they change
-        for m in subtree[1:]:
-            watch_state(m, module)
+    if plan.steps is not None:  # its steps read the arrays of the modules below (new children too)
+        _watch(module)
 
 
 _PLANNED = {}
@@ -150,9 +173,11 @@ def _planned_class(cls):
             cls._state_changed(self)
             for chain in self.__dict__.get("_sign_chains", ()):
                 chain.reset()
-            self._plans.clear()
+            self.__dict__.get("_plans", {}).clear()
         def __deepcopy__(self, memo):
-            return deepcopy_without(self, memo, ("_plans",))  # (a copy records plans of its own)
+            new = deepcopy_without(self, memo, ("_plans",))  # (a copy records plans of its own)
+            _watch(new)  # (a copy's modules start with no watchers)
+            return new
         _PLANNED[cls] = type(cls.__name__, (cls,), {"forward": planned_forward, "_state_changed": _state_changed,
                                                     "__deepcopy__": __deepcopy__,
                                                     "_unplanned_forward": cls.forward,
@@ -175,3 +200,4 @@ def prepare(packed) -> None:
             continue
         m._plans = {}
         m.__class__ = _planned_class(type(m))
+        _watch(m)

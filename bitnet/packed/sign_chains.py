@@ -32,8 +32,9 @@ such cases).
 The modules stay in the model unchanged (its state, its file, its summary); only the forward of
 the ``Sequential`` holding them runs the chains (``bitnet.packed.plan``). A chain with a forward
 hook on one of its layers runs layer by layer, so the hook sees what it expects. The float layers' weights are read when a chain first runs on an
-input shape and again after ``load_state_dict`` (``Module._state_changed``): a packed model is a
-snapshot of the float model (to change a weight, change the float model and pack it again).
+input shape and again after ``load_state_dict`` or an array replaced by assignment
+(``Module._state_changed``, ``bitnet.packed.plan``): a packed model is a snapshot of the float model
+(to change a weight, change the float model and pack it again).
 """
 from __future__ import annotations
 

@@ -189,3 +189,72 @@ def test_plans_too_large_to_bind_allocate_per_call(monkeypatch):
         first, second = packed(x).data, packed(x).data
     assert next(iter(packed._plans.values())).bound is None
     np.testing.assert_array_equal(first, second)
+
+
+# -- a packed model's arrays replaced by assignment ---------------------------------------------------
+
+def _fresh(packed, x):
+    """``packed(x)`` from a copy of it, whose chains, plans and prepared calls are all made anew."""
+    import copy
+    return layer_by_layer(copy.deepcopy(packed), x)
+
+
+def _new(a, rng):
+    return (a * 1.5 + rng.normal(0, 0.3, a.shape)).astype(a.dtype)
+
+
+CHANGES = {  # what a user may assign in a packed binary LeNet, and the cache that once kept the old array
+    "0.weight.data": lambda p, rng: setattr(p[0].weight, "data", _new(p[0].weight.data, rng)),  # a sign chain
+    "1.weight": lambda p, rng: setattr(p[1], "weight", nn.Parameter(_new(p[1].weight.data, rng))),  # a chain
+    "1.running_var": lambda p, rng: setattr(p[1], "running_var", p[1].running_var * 3.0),  # a chain (a buffer)
+    "5.scale": lambda p, rng: setattr(p[5], "scale", _new(p[5].scale, rng)),  # the packed conv's prepared calls
+    "13.weight.data": lambda p, rng: setattr(p[13].weight, "data", _new(p[13].weight.data, rng)),  # the plan
+}
+
+
+@pytest.mark.parametrize("mode", ["planned", "layer by layer", "a copy"])
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_an_array_replaced_by_assignment_is_read_at_the_next_call(change, mode):
+    """``p.data = new``, a new Parameter or a new buffer: the next call reads it, as a fresh copy of
+    the packed model does (plans, sign chains and a packed layer's prepared calls had kept the old
+    array). Writing into an array in place is not watched (docs: load_state_dict or pack again)."""
+    import copy
+    rng = np.random.default_rng(11)
+    packed = pack(_warm(bitnet.models.get("lenet-binary", seed=11), rng))
+    x = rng.standard_normal((3, 1, 28, 28)).astype(np.float32)
+    if mode != "planned":  # chains still run where no hook is, the Sequential layer by layer
+        packed[12].register_forward_hook(lambda m, i, o: None)
+    with no_grad():
+        if mode == "a copy":  # a copy of a model that ran: its modules tell the copy's containers
+            packed(x)
+            packed = copy.deepcopy(packed)
+        before = packed(x).data
+        packed(x)
+        CHANGES[change](packed, rng)
+        after = packed(x).data
+        again = packed(x).data
+    want = _fresh(packed, x)
+    assert not np.array_equal(want, before), change  # the change changes the output
+    np.testing.assert_array_equal(after, want, err_msg=change)
+    np.testing.assert_array_equal(again, want, err_msg=change)
+
+
+@pytest.mark.parametrize("change", ["fc.weight.data", "stages.2.conv1.shift", "stages.2.shortcut.weight_t"])
+def test_a_packed_resnet_reads_a_replaced_array(change):
+    rng = np.random.default_rng(12)
+    packed = pack(_warm(bitnet.models.get("resnet18-binary", image_size=8, seed=12), rng))
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    *path, name = change.replace(".data", "").split(".")
+    module = packed.get_submodule(".".join(path)) if hasattr(packed, "get_submodule") else \
+        dict(packed.named_modules())[".".join(path)]
+    with no_grad():
+        before = packed(x).data
+        packed(x)
+        if change.endswith(".data"):
+            module.weight.data = _new(module.weight.data, rng)
+        else:
+            setattr(module, name, _new(getattr(module, name), rng))
+        after = packed(x).data
+    want = _fresh(packed, x)
+    assert not np.array_equal(want, before)
+    np.testing.assert_array_equal(after, want)
