@@ -40,6 +40,14 @@ def _counts(what: str, example: str, high=None):
     return parse
 
 
+def _python(text: str) -> str:
+    """An argparse ``type``: an executable file (the interpreter of ``--larq-python``)."""
+    if not (os.path.isfile(text) and os.access(text, os.X_OK)):
+        raise argparse.ArgumentTypeError(f"expected an executable Python interpreter, e.g. venv/bin/python; got {text!r}, "
+                                         "which is not an executable file")
+    return text
+
+
 #: ``--threads`` of ``bench model`` and ``bench train`` (at most Numba's threads: ``_check_threads``);
 #: ``--processes`` of ``bench distributed``.
 thread_counts = _counts("thread counts", "1,2")
@@ -132,7 +140,11 @@ def add_parser(sub):
     t.add_argument("--warmup", type=_WARMUP, default=None,
                    help="untimed steps per framework before timing (--device cuda only; default 3)")
     t.add_argument("--data-dir", default=None)
-    t.add_argument("--no-torch", action="store_true", help="time bitnet only")
+    t.add_argument("--no-torch", action="store_true", help="skip PyTorch")
+    t.add_argument("--no-larq", action="store_true", help="skip Larq")
+    t.add_argument("--larq-python", default=None, type=_python, metavar="PYTHON",
+                   help="run the Larq worker under this interpreter (one with tensorflow-cpu, tf-keras, larq and "
+                        "bitnet installed, e.g. a virtual environment's bin/python: Larq needs NumPy < 2)")
     _add_busy(t)
     t.add_argument("--json", default=None, type=_JSON, help="write the records to this file")
     t.set_defaults(run=_checked(cmd_train))
@@ -170,6 +182,7 @@ def add_parser(sub):
         if name == "model":
             k.add_argument("--no-torch", action="store_true", help="skip the PyTorch column")
             k.add_argument("--no-ort", action="store_true", help="skip the ONNX Runtime columns")
+            k.add_argument("--no-lce", action="store_true", help="skip the Larq Compute Engine column")
             k.add_argument("--ort-int8", choices=("u8s8", "s8s8"), default="u8s8",
                            help="ONNX Runtime int8 activations: uint8 (default, the faster here) or int8")
             k.add_argument("--data-dir", default=None, help="MNIST for the int8 calibration of lenet-binary")
@@ -203,10 +216,16 @@ def cmd_train(args) -> int:
     if args.warmup is not None:
         raise ValueError("--warmup applies to --device cuda only (the CPU workers run 3 warm-up steps)")
     from bitnet.bench import train
-    frameworks = ["bitnet"] if args.no_torch else None
+    if args.no_larq and args.larq_python:
+        raise ValueError("--larq-python runs the Larq worker, --no-larq skips it: give one of them")
+    frameworks = [f for f in train.default_frameworks(args.larq_python)
+                  if not (f == "torch" and args.no_torch or f == "larq" and args.no_larq)]
+    if "larq" not in frameworks and not args.no_larq:
+        from bitnet.bench import larq_models
+        print(f"Larq not measured: {larq_models.missing()}; or pass --larq-python", flush=True)
     threads = _threads_list(args.threads)
     records = train.run(args.model or "lenet-binary", args.batch_size, threads, args.rounds, args.steps,
-                        args.data_dir, frameworks, args.busy)
+                        args.data_dir, frameworks, args.busy, larq_python=args.larq_python)
     _write_json(args.json, records)
     return 0
 
@@ -280,7 +299,8 @@ def cmd_model(args) -> list:
     contenders, records = [], []
     try:
         for net in nets:
-            c = model.Contenders(net, not args.no_torch, not args.no_ort, args.data_dir, args.ort_int8)
+            c = model.Contenders(net, not args.no_torch, not args.no_ort, args.data_dir, args.ort_int8,
+                                 not args.no_lce)
             contenders.append(c)
             for note in c.notes:
                 print(f"  {net}: {note}", flush=True)

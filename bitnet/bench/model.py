@@ -11,11 +11,15 @@ trivial). Methods, all on the same standard-normal input batch and the same numb
   (``bitnet.bench.torch_models``), eval mode, ``torch.no_grad``, ``torch.set_num_threads``;
 - ``ort fp32`` and ``ort int8`` (when torch, onnx and onnxruntime are installed): that twin
   exported to ONNX and run by ONNX Runtime, float32 and statically quantized to int8
-  (``bitnet.bench.onnx_models``: how, and on which calibration data).
+  (``bitnet.bench.onnx_models``: how, and on which calibration data);
+- ``lce`` (when tensorflow, tf-keras, larq and larq-compute-engine are installed): the same binary
+  network built in Larq with the same weights (``bitnet.bench.larq_models``), converted by the Larq
+  Compute Engine and run by its interpreter with the thread count (channels-last input, transposed
+  once before timing): how a Larq user deploys a binary network.
 
 Each method's timed calls (``timing.time_calls``: alternating rounds, a pause and warm-up calls
 before each block) give its median, p90, max and max / median; the ratios are another method's
-median over this one's (> 1: this one is faster): ``x bitnet_float``, ``x torch`` and ``x ort_int8``.
+median over this one's (> 1: this one is faster): ``x bitnet_float``, ``x torch``, ``x ort_int8`` and ``x lce``.
 With ``busy`` > 0 that many busy-looping processes (``bitnet.bench.load``) run while the calls are
 timed.
 """
@@ -27,7 +31,8 @@ from bitnet.bench import onnx_models
 
 NETWORKS = {"lenet-binary": (1, 28, 28), "resnet18-binary": (3, 32, 32)}
 BATCHES = (1, 64)
-RATIOS = {"bitnet float": "ratio_vs_bitnet_float", "torch float32": "ratio_vs_torch", "ort int8": "ratio_vs_ort_int8"}
+RATIOS = {"bitnet float": "ratio_vs_bitnet_float", "torch float32": "ratio_vs_torch", "ort int8": "ratio_vs_ort_int8",
+          "lce": "ratio_vs_lce"}
 
 
 def _model(name, shape):
@@ -47,7 +52,7 @@ class Contenders:
     ``notes`` says which columns were skipped and why, and where ONNX Runtime's calibration
     data came from."""
 
-    def __init__(self, name, torch_too=True, ort_too=True, data_dir=None, ort_int8="u8s8"):
+    def __init__(self, name, torch_too=True, ort_too=True, data_dir=None, ort_int8="u8s8", lce_too=True):
         import bitnet
         self.name, self.shape, self.notes = name, NETWORKS[name], []
         model = _model(name, self.shape)
@@ -76,6 +81,16 @@ class Contenders:
                 self.notes.append(f"ort int8 ({ort_int8}, QDQ, per-channel) calibrated on "
                                   f"{self.ort.calibration_source}; same class as ort fp32 on "
                                   f"{100 * self.ort.int8_agreement():.1f}% of them")
+        self.lce_twin, self._lce = None, {}
+        if lce_too:
+            from bitnet.bench import larq_models
+            why = larq_models.missing(lce=True)
+            if why:
+                self.notes.append(f"lce skipped: {why}")
+            else:
+                self.lce_twin = larq_models.larq_twin(model, self.shape)
+                self.notes.append(f"lce: the Larq twin (bitnet.bench.larq_models) converted by the Larq Compute Engine; "
+                                  f"{self.lce_agreement()}")
 
     def methods(self, x, threads) -> dict:
         """``{method: callable}`` running each contender on ``x`` with ``threads`` threads."""
@@ -100,7 +115,32 @@ class Contenders:
         if self.ort is not None:
             for label, sess in self.ort.sessions(threads).items():
                 methods[label] = lambda s=sess: s.run(None, {"x": x})
+        if self.lce_twin is not None:
+            from bitnet.bench import larq_models
+            interpreter, nhwc = self.lce(threads), larq_models.to_nhwc(x)
+            methods["lce"] = lambda: interpreter.predict(nhwc)
         return methods
+
+    def lce(self, threads):
+        """The LCE interpreter of the twin with ``threads`` threads (made once per thread count)."""
+        if threads not in self._lce:
+            from bitnet.bench import larq_models
+            self._lce[threads] = larq_models.lce_interpreter(self.lce_twin, threads)
+        return self._lce[threads]
+
+    def lce_agreement(self, n=64) -> str:
+        """How the LCE model's outputs compare with the bitnet float model's on ``n`` standard-normal
+        inputs: same class, largest |difference| (float rounding, and the LCE's own rounding of its
+        folded batch norms, where a value within it of 0 takes the other sign)."""
+        from bitnet.bench import larq_models
+        from bitnet.tensor import Tensor, no_grad
+        x = np.random.default_rng(2).standard_normal((n,) + self.shape).astype(np.float32)
+        with no_grad():
+            ours = self.model(Tensor(x)).data
+        theirs = self.lce(1).predict(larq_models.to_nhwc(x))
+        same = float(np.mean(ours.argmax(1) == theirs.argmax(1)))
+        return f"same class as bitnet float on {100 * same:.1f}% of {n} inputs, largest |difference| " \
+               f"{float(np.abs(ours - theirs).max()):.3g}"
 
     def close(self) -> None:
         if self.ort is not None:

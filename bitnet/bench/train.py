@@ -1,9 +1,11 @@
-"""``bitnet bench train``: training time per step and per epoch, bitnet vs PyTorch, in one run.
+"""``bitnet bench train``: training time per step and per epoch, bitnet vs PyTorch and Larq, in one run.
 
 Models: ``lenet-binary`` (default, batch 128), ``resnet18-binary`` (batch 64) and the float
-``lenet`` (batch 128); PyTorch trains the same network from the same initial weights
-(``bitnet.bench.train_step``: hand-written sign straight-through estimator, latent binary weights
-clipped to [-1, 1] after each step, Adam lr 1e-3). Each framework runs in its own worker process
+``lenet`` (batch 128); PyTorch and Larq (TensorFlow) train the same network from the same initial
+weights (``bitnet.bench.train_step``: sign straight-through estimators, latent binary weights
+clipped to [-1, 1] after each step, Adam lr 1e-3). PyTorch is timed where it is installed, Larq where
+it is installed or ``larq_python`` names an interpreter that has it (Larq pins NumPy < 2, so it
+usually lives in a virtual environment of its own). Each framework runs in its own worker process
 (``bitnet.bench.worker``) with the same batch size and number of threads; the parent alternates
 rounds of ``steps`` training steps between them, so that noise from a shared machine hits both
 alike. Reported per framework: the median step time, the p90, max and max / median of the timed
@@ -35,8 +37,8 @@ LOSS_WINDOW = 5  # steps averaged at the start and end of the timed run
 
 
 class Worker:
-    def __init__(self, framework, model, batch_size, threads, data_dir, env=None):
-        cmd = [sys.executable, "-m", "bitnet.bench.worker", "--framework", framework, "--model", model,
+    def __init__(self, framework, model, batch_size, threads, data_dir, env=None, python=None):
+        cmd = [python or sys.executable, "-m", "bitnet.bench.worker", "--framework", framework, "--model", model,
                "--batch-size", str(batch_size), "--threads", str(threads)]
         if data_dir:
             cmd += ["--data-dir", str(data_dir)]
@@ -64,21 +66,29 @@ class Worker:
             self.proc.wait()
 
 
+def default_frameworks(larq_python=None) -> list:
+    """bitnet, PyTorch where it is installed, and Larq where it is installed or ``larq_python`` (an
+    interpreter that has it, e.g. a virtual environment's: Larq pins NumPy < 2) is given."""
+    from bitnet.bench import larq_models
+    return (["bitnet"] + (["torch"] if importlib.util.find_spec("torch") else [])
+            + (["larq"] if larq_python or not larq_models.missing() else []))
+
+
 def run(model="lenet-binary", batch_size=None, threads=(2,), rounds=5, steps=None, data_dir=None,
-        frameworks=None, busy=0, out=print):
+        frameworks=None, busy=0, out=print, larq_python=None):
     """Run the comparison for each thread count; returns the result records (one per framework
-    and thread count)."""
+    and thread count). The Larq worker runs under ``larq_python`` when given."""
     if frameworks is None:
-        frameworks = ["bitnet"] + (["torch"] if importlib.util.find_spec("torch") else [])
+        frameworks = default_frameworks(larq_python)
     batch_size = batch_size or BATCH[model]
     steps = steps or STEPS[model]
     records = []
     for t in threads:
-        records += _run_threads(model, batch_size, t, rounds, steps, data_dir, frameworks, busy, out)
+        records += _run_threads(model, batch_size, t, rounds, steps, data_dir, frameworks, busy, out, larq_python)
     return records
 
 
-def _run_threads(model, batch_size, threads, rounds, steps, data_dir, frameworks, busy, out):
+def _run_threads(model, batch_size, threads, rounds, steps, data_dir, frameworks, busy, out, larq_python=None):
     from bitnet.bench import load
     from bitnet.bench.timing import tail_stats
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
@@ -87,7 +97,7 @@ def _run_threads(model, batch_size, threads, rounds, steps, data_dir, frameworks
     losses = {f: [] for f in frameworks}
     try:
         for f in frameworks:
-            workers.append(Worker(f, model, batch_size, threads, data_dir, env))
+            workers.append(Worker(f, model, batch_size, threads, data_dir, env, larq_python if f == "larq" else None))
         with load.busy(busy):
             for r in range(rounds):
                 for w in workers:
@@ -114,8 +124,9 @@ def _run_threads(model, batch_size, threads, rounds, steps, data_dir, frameworks
                "ratio_vs_bitnet": med[f] / med["bitnet"] if "bitnet" in med else None, "data": source,
                "loss_first_mean": float(np.mean(losses[f][:k])), "loss_last_mean": float(np.mean(losses[f][-k:])),
                "last_losses": losses[f][-k:]}
-        if "torch" in med:
-            rec["ratio_vs_torch"] = med["torch"] / med[f]
+        for other in ("torch", "larq"):
+            if other in med:
+                rec[f"ratio_vs_{other}"] = med[other] / med[f]
         records.append(rec)
     out(f"\n{model} training step, batch {batch_size}, {threads} thread{'s' if threads > 1 else ''}, "
         f"{rounds} rounds x {steps} steps, data: {source}, load: {load.describe(busy)}")
@@ -131,6 +142,8 @@ def _run_threads(model, batch_size, threads, rounds, steps, data_dir, frameworks
             "(pip install torch --index-url https://download.pytorch.org/whl/cpu)")
     else:
         out("PyTorch not measured (--no-torch)")
+    if "larq" in med and "bitnet" in med:
+        out(f"bitnet / Larq time per step (and per epoch): {med['bitnet'] / med['larq']:.2f}x")
     out(f"losses, last {k} timed steps: " + "; ".join(
         f"{f} " + " ".join(f"{v:.3f}" for v in losses[f][-k:]) for f in frameworks))
     out(f"mean loss, first {k} -> last {k} timed steps: " + ", ".join(

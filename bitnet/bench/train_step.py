@@ -1,11 +1,12 @@
-"""One training step (forward, cross-entropy, backward, Adam update) in bitnet or in PyTorch.
+"""One training step (forward, cross-entropy, backward, Adam update) in bitnet, PyTorch or Larq.
 
 Both sides build the same network from the same initial weights (bitnet's zoo entry with seed 0;
 the PyTorch twin of ``bitnet.bench.torch_binary`` gets a copy of its parameters), the same loss
 and the same optimizer (Adam, lr 1e-3), and train on the same batches in the same order.
 Binary layers: bitnet's ``ste_sign`` on inputs and weights; in PyTorch a hand-written
 ``torch.autograd.Function`` doing the same (sign(0) = +1, gradient where |x| <= 1), and the
-latent binary weights clipped to [-1, 1] after every step, as bitnet's kernel constraint does.
+latent binary weights clipped to [-1, 1] after every step, as bitnet's kernel constraint does;
+in Larq its own ``ste_sign`` and ``weight_clip`` (``bitnet.bench.larq_models``).
 ``make_stepper(framework, model, batches, threads)`` returns ``step(i)``, which runs one step on
 batch ``i`` (cycling) and returns the loss.
 """
@@ -56,7 +57,30 @@ def torch_stepper(model_name, batches, threads):
     return step
 
 
+def larq_stepper(model_name, batches, threads):
+    """Larq on TensorFlow (``bitnet.bench.larq_models``): the twin compiled as a Keras user does
+    (``model.compile``: Adam with PyTorch's and bitnet's epsilon 1e-8, cross-entropy on logits) and
+    trained by ``train_on_batch``, the compiled step that ``model.fit`` runs; channels-last batches."""
+    from bitnet import models
+    from bitnet.bench import larq_models
+    from bitnet.bench.worker import SHAPES
+    larq_models.set_threads(threads)
+    tf = larq_models._tf()
+    model = larq_models.larq_twin(models.get(model_name, seed=0), SHAPES[model_name])
+    model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=1e-3, epsilon=1e-8),
+                  loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    nhwc = [(larq_models.to_nhwc(x), y) for x, y in batches]
+
+    def step(i):
+        x, y = nhwc[i % len(nhwc)]
+        return float(model.train_on_batch(x, y))
+    return step
+
+
+STEPPERS = {"bitnet": bitnet_stepper, "torch": torch_stepper, "larq": larq_stepper}
+
+
 def make_stepper(framework, model_name, batches, threads):
     if model_name not in MODELS:
         raise ValueError(f"unknown model {model_name!r}; choose from {', '.join(MODELS)}")
-    return {"bitnet": bitnet_stepper, "torch": torch_stepper}[framework](model_name, batches, threads)
+    return STEPPERS[framework](model_name, batches, threads)
