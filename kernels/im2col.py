@@ -180,7 +180,8 @@ def im2col_rows_bits(bits, channels, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out
 def _im2col_rows(x, bits, from_bits, groups, cg, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, pad_value,
                  counter, chunk):
     """One thread's share of ``im2col_rows`` (from the NHWC map x) or, ``from_bits``, of
-    ``im2col_rows_bits`` (from its packed signs; x is then empty): the items it claims."""
+    ``im2col_rows_bits`` (from its packed signs; x is then empty): the items it claims. Each tap's
+    channels are copied between 1-D views (3-4x faster than the same loops on 4-D indices)."""
     if from_bits:
         n_img, height, width = bits.shape[0], bits.shape[1], bits.shape[2]
     else:
@@ -190,25 +191,37 @@ def _im2col_rows(x, bits, from_bits, groups, cg, kh, kw, sh, sw, ph, pw, dh, dw,
         n = r // (oh * ow)
         oy = (r // ow) % oh
         ox = r % ow
+        row = out[r]
         for g in range(groups):
             for i in range(kh):
                 iy = oy * sh - ph + i * dh
                 for j in range(kw):
                     ix = ox * sw - pw + j * dw
                     base = ((g * kh + i) * kw + j) * cg
+                    tap = row[base:base + cg]
                     if not (0 <= iy < height and 0 <= ix < width):
-                        for c in range(cg):
-                            out[r, base + c] = pad_value
-                    elif from_bits:  # bit set: -1
-                        for wi in range(bits.shape[4]):
-                            word = bits[n, iy, ix, g, wi]
-                            lo = wi * 64
-                            for b in range(min(64, cg - lo)):
-                                bit = (word >> np.uint64(b)) & np.uint64(1)
-                                out[r, base + lo + b] = one - two * out.dtype.type(bit)
+                        tap[:] = pad_value
+                    elif from_bits:
+                        _unpack_signs(bits[n, iy, ix, g], one, two, tap)
                     else:
-                        for c in range(cg):
-                            out[r, base + c] = x[n, iy, ix, g * cg + c]
+                        _copy_into(tap, x[n, iy, ix, g * cg:(g + 1) * cg])
+
+
+@nb.njit(inline="always")
+def _unpack_signs(words, one, two, dst):
+    """dst[c] = -1 where bit c of ``words`` is set, else +1 (c < dst.size)."""
+    for wi in range(words.size):
+        word = words[wi]
+        lo = wi * 64
+        for b in range(min(64, dst.size - lo)):
+            dst[lo + b] = one - two * dst.dtype.type((word >> np.uint64(b)) & np.uint64(1))
+
+
+@nb.njit(inline="always")
+def _copy_into(dst, src):
+    """dst = src, element by element (1-D arrays of one length)."""
+    for c in range(dst.size):
+        dst[c] = src[c]
 
 
 def col2im_rows(rows, groups, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out):
@@ -220,26 +233,37 @@ def col2im_rows(rows, groups, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out):
 
 @nb.njit(**_JIT)
 def _col2im_rows(rows, groups, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, counter, chunk):
-    """One thread's share of ``col2im_rows``: the items it claims."""
+    """One thread's share of ``col2im_rows``: the items it claims. Each element gets its terms in
+    (oy, ox) order; the channel loop adds a row's slice into a pixel's slice (1-D views: 3-4x faster
+    than the same loop on 4-D indices, which LLVM did not vectorize)."""
     n_img, height, width, channels = out.shape
     cg = channels // groups
     for n in claimed(counter, chunk, n_img):
-        out[n] = 0
+        img = out[n]
+        img[...] = 0
         for oy in range(oh):
             for ox in range(ow):
-                r = (n * oh + oy) * ow + ox
-                for g in range(groups):
-                    for i in range(kh):
-                        iy = oy * sh - ph + i * dh
-                        if iy < 0 or iy >= height:
+                row = rows[(n * oh + oy) * ow + ox]
+                for i in range(kh):
+                    iy = oy * sh - ph + i * dh
+                    if iy < 0 or iy >= height:
+                        continue
+                    line = img[iy]
+                    for j in range(kw):
+                        ix = ox * sw - pw + j * dw
+                        if ix < 0 or ix >= width:
                             continue
-                        for j in range(kw):
-                            ix = ox * sw - pw + j * dw
-                            if ix < 0 or ix >= width:
-                                continue
+                        pixel = line[ix]
+                        for g in range(groups):
                             base = ((g * kh + i) * kw + j) * cg
-                            for c in range(cg):
-                                out[n, iy, ix, g * cg + c] += rows[r, base + c]
+                            _add_into(pixel[g * cg:(g + 1) * cg], row[base:base + cg])
+
+
+@nb.njit(inline="always")
+def _add_into(dst, src):
+    """dst += src, element by element (1-D arrays of one length)."""
+    for c in range(dst.size):
+        dst[c] += src[c]
 
 
 def transpose_inner(a, bias, out):
