@@ -69,7 +69,8 @@ def im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, pad_value=0.0):
 
 @nb.njit(**_JIT)
 def _im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, pad_value, counter, chunk):
-    """One thread's share of ``im2col``: the items it claims."""
+    """One thread's share of ``im2col``: the items it claims. Output runs are 1-D views (a unit-stride
+    copy between them vectorizes: 2x faster than on 2-D and 4-D indices)."""
     n_img, channels, height, width = x.shape
     for k in claimed(counter, chunk, channels * kh * kw):
         c = k // (kh * kw)
@@ -77,24 +78,23 @@ def _im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, pad_value, counter, 
         j = k % kw
         off = j * dw - pw
         lo, hi = _valid_range(off, sw, width, ow)
+        row = out[k]
         for n in range(n_img):
+            plane = x[n, c]
             for oy in range(oh):
                 iy = oy * sh - ph + i * dh
-                base = (n * oh + oy) * ow
+                run = row[(n * oh + oy) * ow:(n * oh + oy + 1) * ow]
                 if iy < 0 or iy >= height:
-                    for ox in range(ow):
-                        out[k, base + ox] = pad_value
+                    run[:] = pad_value
                     continue
-                for ox in range(lo):
-                    out[k, base + ox] = pad_value
-                if sw == 1:  # a unit-stride copy the compiler vectorizes (1.4x faster at stride 1)
-                    for ox in range(lo, hi):
-                        out[k, base + ox] = x[n, c, iy, ox + off]
+                run[:lo] = pad_value
+                line = plane[iy]
+                if sw == 1:
+                    _copy_into(run[lo:hi], line[lo + off:hi + off])
                 else:
                     for ox in range(lo, hi):
-                        out[k, base + ox] = x[n, c, iy, ox * sw + off]
-                for ox in range(hi, ow):
-                    out[k, base + ox] = pad_value
+                        run[ox] = line[ox * sw + off]
+                run[hi:] = pad_value
 
 
 def col2im(cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out):
