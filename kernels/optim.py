@@ -42,20 +42,28 @@ def _adam_update(p, g, m, v, vmax, amsgrad, beta1, beta2, one_m_beta1, one_m_bet
     n = p.size
     lo, hi = claim(counter, chunk, n)
     while lo < n:
-        for i in range(lo, hi):
-            gi = g[i]
-            if l2 != 0:
-                gi = gi + l2 * p[i]
-            mi = m[i] * beta1 + one_m_beta1 * gi
-            vi = v[i] * beta2 + one_m_beta2 * (gi * gi)
-            m[i] = mi
-            v[i] = vi
-            if amsgrad:
-                if vi > vmax[i]:
-                    vmax[i] = vi
-                vi = vmax[i]
-            p[i] = p[i] - step_size * mi / (math.sqrt(vi) / bc2_sqrt + eps)
+        _adam_run(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], vmax[lo:hi] if amsgrad else vmax, amsgrad, beta1, beta2,
+                  one_m_beta1, one_m_beta2, l2, step_size, bc2_sqrt, eps)
         lo, hi = claim(counter, chunk, n)
+
+
+@nb.njit(inline="always")
+def _adam_run(p, g, m, v, vmax, amsgrad, beta1, beta2, one_m_beta1, one_m_beta2, l2, step_size, bc2_sqrt, eps):
+    """The step on one claimed run, on 1-D views of it (which LLVM vectorizes; on offsets into the whole
+    arrays it did not)."""
+    for i in range(p.size):
+        gi = g[i]
+        if l2 != 0:
+            gi = gi + l2 * p[i]
+        mi = m[i] * beta1 + one_m_beta1 * gi
+        vi = v[i] * beta2 + one_m_beta2 * (gi * gi)
+        m[i] = mi
+        v[i] = vi
+        if amsgrad:
+            if vi > vmax[i]:
+                vmax[i] = vi
+            vi = vmax[i]
+        p[i] = p[i] - step_size * mi / (math.sqrt(vi) / bc2_sqrt + eps)
 
 
 def adam_update_xp(xp, p, g, m, v, vmax, amsgrad, beta1, beta2, one_m_beta1, one_m_beta2, l2, step_size,
