@@ -43,8 +43,8 @@ def _counts(what: str, example: str, high=None):
 def _python(text: str) -> str:
     """An argparse ``type``: an executable file (the interpreter of ``--larq-python``)."""
     if not (os.path.isfile(text) and os.access(text, os.X_OK)):
-        raise argparse.ArgumentTypeError(f"expected an executable Python interpreter, e.g. venv/bin/python; got {text!r}, "
-                                         "which is not an executable file")
+        raise argparse.ArgumentTypeError(f"expected an executable Python interpreter, e.g. venv/bin/python; "
+                                         f"got {text!r}, which is not an executable file")
     return text
 
 

@@ -95,7 +95,8 @@ class _Builder:
         args = dict(filters=m.out_channels, kernel_size=m.kernel_size, strides=m.stride,
                     padding="same" if same else "valid", use_bias=m.bias is not None)
         if binary:
-            layer = self.lq.layers.QuantConv2D(**args, **self._binary_kwargs(), **({"pad_values": value} if same else {}))
+            pad = {"pad_values": value} if same else {}
+            layer = self.lq.layers.QuantConv2D(**args, **self._binary_kwargs(), **pad)
         else:
             layer = self.L.Conv2D(**args)
         return self._layer(layer, w, x)

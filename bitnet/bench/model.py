@@ -89,8 +89,8 @@ class Contenders:
                 self.notes.append(f"lce skipped: {why}")
             else:
                 self.lce_twin = larq_models.larq_twin(model, self.shape)
-                self.notes.append(f"lce: the Larq twin (bitnet.bench.larq_models) converted by the Larq Compute Engine; "
-                                  f"{self.lce_agreement()}")
+                self.notes.append("lce: the Larq twin (bitnet.bench.larq_models) converted by the Larq Compute "
+                                  f"Engine; {self.lce_agreement()}")
 
     def methods(self, x, threads) -> dict:
         """``{method: callable}`` running each contender on ``x`` with ``threads`` threads."""
