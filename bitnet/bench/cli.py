@@ -122,7 +122,7 @@ def _add_busy(p):
 def add_parser(sub):
     p = sub.add_parser("bench", help="benchmarks that print ratios measured in one run")
     bsub = p.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
-    t = bsub.add_parser("train", help="training time per step and epoch vs PyTorch (if installed)")
+    t = bsub.add_parser("train", help="training time per step and epoch vs PyTorch and Larq (where installed)")
     t.add_argument("--model", choices=("lenet-binary", "resnet18-binary", "lenet"), default=None,
                    help="default lenet-binary; with --device cuda: resnet18-binary and lenet-binary")
     t.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
@@ -164,7 +164,8 @@ def add_parser(sub):
     d.set_defaults(run=_checked(cmd_distributed))
     for name, helptext in (("gemm", "XNOR-popcount GEMM vs NumPy float32 GEMM (BMXNet paper sizes, squares)"),
                            ("conv", "one binary convolution layer from a float input vs float im2col + GEMM"),
-                           ("model", "packed lenet-binary / resnet18-binary inference vs float, PyTorch, ONNX Runtime"),
+                           ("model", "packed lenet-binary / resnet18-binary inference vs float, PyTorch, ONNX Runtime, "
+                                     "the Larq Compute Engine"),
                            ("train-bits", "binary networks' training step with the forward on bits vs in float")):
         k = bsub.add_parser(name, help=helptext)
         k.add_argument("--rounds", type=_ROUNDS, default=3, help="alternating rounds (default 3)")

@@ -42,8 +42,9 @@ def missing(lce=False) -> str | None:
     absent = [p for p in PACKAGES + (("larq_compute_engine",) if lce else ()) if importlib.util.find_spec(p) is None]
     if not absent:
         return None
-    return (f"{', '.join(absent)} not installed (they need NumPy < 2: make a virtual environment with "
-            f"pip install tensorflow-cpu tf-keras larq larq-compute-engine and bitnet, docs/benchmarks.md)")
+    return (f"{', '.join(absent)} not installed (they need NumPy < 2: in a virtual environment, pip install "
+            "tensorflow-cpu tf-keras larq larq-compute-engine; then, in the checkout, pip install -e .; "
+            "docs/benchmarks.md, 'Against Larq')")
 
 
 def _tf():
