@@ -19,8 +19,9 @@ function to float rounding (``check_twin``).
 
 Needs ``tensorflow``, ``tf-keras`` and ``larq`` (``larq-compute-engine`` for the LCE column). They
 pin NumPy below 2, so they live in a virtual environment of their own with bitnet installed into
-it (docs/benchmarks.md, "Against Larq"). Larq 0.14 needs Keras 2 as ``tf.keras``: importing this
-module sets ``TF_USE_LEGACY_KERAS=1`` (and quiets TensorFlow's log) where TensorFlow is not imported yet.
+it (docs/benchmarks.md, "Against Larq"). Larq 0.14 needs Keras 2 as ``tf.keras``: the first use of
+TensorFlow here sets ``TF_USE_LEGACY_KERAS=1`` (and quiets TensorFlow's log) where TensorFlow is not
+imported yet; importing this module sets nothing.
 """
 from __future__ import annotations
 
@@ -30,10 +31,6 @@ import sys
 import numpy as np
 
 PACKAGES = ("tensorflow", "tf_keras", "larq")
-
-if "tensorflow" not in sys.modules:  # (read when TensorFlow is first imported)
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def missing(lce=False) -> str | None:
@@ -48,6 +45,11 @@ def missing(lce=False) -> str | None:
 
 
 def _tf():
+    """TensorFlow, imported with Keras 2 as ``tf.keras`` (Larq 0.14 needs it) and its log quieted:
+    the variables are read at TensorFlow's first import, so they are set only before that."""
+    if "tensorflow" not in sys.modules:
+        os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
     return tf
 
