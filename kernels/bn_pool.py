@@ -64,10 +64,7 @@ def _normalize_max_pool(x, mean, invstd, gamma, beta, kh, kw, out, argmax, count
         c = plane % channels
         start = plane * height * width
         _normalize_plane(xf[start:start + height * width], gamma[c] * invstd[c], mean[c], beta[c], z)
-        if kh == 2 and kw == 2:  # constant window: LLVM unrolls it
-            _max_pool_tiled_plane(z, 2, 2, width, oh, ow, of, af, 0, plane * oh * ow)
-        else:
-            _max_pool_tiled_plane(z, kh, kw, width, oh, ow, of, af, 0, plane * oh * ow)
+        _max_pool_tiled_plane(z, kh, kw, width, oh, ow, of, af, 0, plane * oh * ow)
 
 
 @nb.njit(**_JIT)

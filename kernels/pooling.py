@@ -59,12 +59,12 @@ def _divisor(oy, ox, kh, kw, sh, sw, ph, pw, height, width, count_include_pad):
 def max_pool_forward(x, kh, kw, sh, sw, ph, pw, out, argmax):
     """The output size is ``out``'s (floor or ceil mode); ``out`` and ``argmax`` are C-contiguous.
     When the windows tile the input (stride == kernel, no padding, no window past the edge: the
-    usual 2x2/2), every window lies inside the input and a loop on flat indices with no bounds and
-    branch-free selects runs, one separately compiled function per plane, with the 2x2 window as
-    constants (LeNet's first pooling, (128, 64, 24, 24), one thread: 5.9-6.3 ms against 10-12 ms for
-    4-D indexing inside the claiming loop, and 10 ms with the window size a variable; since then
-    2x2 windows run on 1-D row views, ``_max_pool_2x2_row``: 1.4 ms on an AMD Zen 4 core where the
-    loop above took 6.0); otherwise each window is clipped to the input. ``v != v`` is the NaN test."""
+    usual 2x2/2), every window lies inside the input and a loop with no bounds and branch-free
+    selects runs, one separately compiled function per plane: for 2x2 windows on 1-D row views
+    (``_max_pool_2x2_row``; LeNet's first pooling, (128, 64, 24, 24), one AMD Zen 4 core: 1.4 ms,
+    against 6.0 ms for the same loop on flat indices with the window as constants, which had taken
+    5.9-6.3 ms against 10-12 ms for 4-D indexing on an Intel core); otherwise each window is clipped
+    to the input. ``v != v`` is the NaN test."""
     n_img, channels, height, width = x.shape
     oh, ow = out.shape[2], out.shape[3]
     cost = oh * ow * kh * kw
@@ -80,15 +80,13 @@ def max_pool_forward(x, kh, kw, sh, sw, ph, pw, out, argmax):
 def _max_pool_tiled(x, kh, kw, height, width, oh, ow, out, argmax, counter, chunk):
     """One thread's share of the tiling case of ``max_pool_forward``, on flat arrays."""
     for plane in claimed(counter, chunk, out.size // (oh * ow)):
-        if kh == 2 and kw == 2:  # constant window: LLVM unrolls it (2x faster)
-            _max_pool_tiled_plane(x, 2, 2, width, oh, ow, out, argmax, plane * height * width, plane * oh * ow)
-        else:
-            _max_pool_tiled_plane(x, kh, kw, width, oh, ow, out, argmax, plane * height * width, plane * oh * ow)
+        _max_pool_tiled_plane(x, kh, kw, width, oh, ow, out, argmax, plane * height * width, plane * oh * ow)
 
 
 @nb.njit(**_JIT)
 def _max_pool_tiled_plane(x, kh, kw, width, oh, ow, out, argmax, x0, o0):
-    """One plane of the tiling case (flat arrays; the plane starts at x0 in x, o0 in out)."""
+    """One plane of the tiling case (flat arrays; the plane starts at x0 in x, o0 in out): 2x2
+    windows row by row on 1-D views, other windows on flat indices."""
     if kh == 2 and kw == 2:
         for oy in range(oh):
             r0 = x0 + 2 * oy * width

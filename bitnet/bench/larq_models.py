@@ -121,16 +121,17 @@ class _Builder:
     def module(self, m, x, flat_from=None):
         """``(y, flat_from)``: ``m`` applied to ``x``; ``flat_from``: (C, H, W) of the last Flatten."""
         from bitnet import nn
+        from bitnet.models.resnet import BasicBlock, ResNet
         name = type(m).__name__
         if isinstance(m, nn.Sequential):
             for child in m._modules.values():
                 x, flat_from = self.module(child, x, flat_from)
             return x, flat_from
-        if name == "ResNet":
+        if type(m) is ResNet:
             x, _ = self.module(m.stem, x)
             x, _ = self.module(m.stages, x)
             return self.dense(m.fc, self.L.GlobalAveragePooling2D()(x), False), None
-        if name == "BasicBlock" and m.binary:  # y = bn1(conv1(x)) + sc(x); out = bn2(conv2(y)) + y
+        if type(m) is BasicBlock and m.binary:  # y = bn1(conv1(x)) + sc(x); out = bn2(conv2(y)) + y
             sc = x if m.shortcut is None else self.module(m.shortcut, x)[0]
             y = self.L.Add()([self.batch_norm(m.bn1, self.conv(m.conv1, x, True)), sc])
             return self.L.Add()([self.batch_norm(m.bn2, self.conv(m.conv2, y, True)), y]), None
