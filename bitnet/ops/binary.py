@@ -9,12 +9,17 @@ GEMMs. These ops compute the same numbers with the XNOR-popcount kernels instead
     matmul: y[n, o] = dot(x[n], w[o])
 
 where ``dot`` of +-1 vectors of length K is ``K - 2 * popcount(bits(x) XOR bits(w))``: exact
-integers, converted to float32 and added to the bias exactly as the float path does, so the loss
-and every gradient are bit for bit those of the float path.
+integers, converted to float32 and added to the bias exactly as the float path does, so outputs
+and the loss are bit for bit those of the float path.
 
 The backward pass is the float one (the straight-through estimators upstream need float gradients
 of the +-1 operands): d/dx = g conv^T w, d/dw = g conv x, with the lowered (im2col) input built
 only then, from the saved +-1 input. A forward without gradients (evaluation) never builds it.
+In the channels-last layout, where every entry of the lowered input is +-1 (no border of zeros),
+d/dw = R^T G needs no multiplications: it comes from the input's sign bits by table lookup
+(``bitnet.kernels.sign_tables``, 1.5-2x a float GEMM), the same sums in another order, within their
+rounding bound; d/dx and the bias's gradient stay the float path's bits. ``forward_on_bits = False``
+on a layer gives the float path's bits for every gradient.
 """
 from __future__ import annotations
 
@@ -66,7 +71,10 @@ class BinaryConv2d(Conv2d):
         that reads as ``pad_value`` (no padded copy of x), and col2im drops the border's gradient
         (which the float path computes and slices off): the same sums in the same order. In the
         channels-last layout the lowered matrix is made from the forward's packed bits, so the +-1
-        input itself is not kept (``kernels.im2col.im2col_rows_bits``)."""
+        input itself is not kept (``kernels.im2col.im2col_rows_bits``), and where the border reads
+        +-1 (or there is none) the weight's gradient comes from those bits by table lookup
+        (``kernels.sign_tables``, module docstring), the whole batch as one chunk of
+        ``bitnet.ops.conv_chunks`` when the layer does not chunk."""
         x, bits, dtype, pad_value = self.saved
         self.per = self._images_per_chunk()
         if not self.rows:
@@ -75,6 +83,8 @@ class BinaryConv2d(Conv2d):
         lowering = conv_chunks.BitsLowering(bits, self.x_shape[1], dtype, self.geom, self.out_hw, pad_value)
         if self.per is not None:  # lowered chunk by chunk, never as a whole (bitnet.ops.conv_chunks)
             return self._chunked(g, lowering, self.per)
+        if lowering.tables:  # the whole batch as one chunk: dW from the sign bits, R never made
+            return self._chunked(g, lowering, max(1, self.x_shape[0]))
         self.lowered = lowering.whole()
         return super().backward(g)
 

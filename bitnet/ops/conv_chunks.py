@@ -16,6 +16,11 @@ batch's (151 MB for resnet18-binary's first stage at batch 64) went out to memor
 times. dR is written over R once the chunk's dW is taken. One such layer's backward inside a
 training step: 164.5 -> 126.3 ms on one thread, 88.9 -> 66.1 ms on two (docs/performance.md).
 
+A binary convolution whose lowered matrix holds only +-1 (``BitsLowering.tables``) takes dW^T from
+the chunk's sign bits by table lookup instead (``bitnet.kernels.sign_tables``): R is never made, and
+its chunk-sized array only receives dR. Such a layer runs through these chunks even when its batch
+is one chunk (then every kernel and GEMM of the chunk splits across bitnet's threads).
+
 The forward pass likewise: y[g] = R_c[:, k_g] @ W[g]^T per chunk, then NCHW with the bias; its rows
 are not kept (the whole batch's would be 151 MB for a stage-one layer of a float ResNet-18, 1.2 GB
 over its 16 convolutions), and the backward lowers each chunk again from the saved input.
@@ -38,6 +43,8 @@ import itertools
 import numpy as np
 
 from bitnet.kernels import im2col as K
+from bitnet.kernels import sign_tables as ST
+from bitnet.kernels.gemm import matmul as gemm
 from bitnet.kernels.threads import num_threads, run, single_threaded_blas
 from bitnet.ops import workspace as W
 
@@ -76,8 +83,12 @@ class _Scratch:
 def _run_chunks(n_img, per, shapes, body):
     """``body(c, s, e, arrays)`` for every chunk c of images s..e-1, on bitnet's threads, BLAS
     single-threaded in each (each chunk's GEMMs on the thread that runs it); ``arrays``: the running
-    thread's set of ``shapes`` (``_Scratch``)."""
+    thread's set of ``shapes`` (``_Scratch``). One chunk runs on this thread, its kernels and GEMMs
+    split across bitnet's threads as they split outside chunks (``bitnet.kernels.gemm``)."""
     chunks = -(-n_img // per)
+    if chunks == 1:
+        body(0, 0, n_img, _Scratch(1, shapes).take())
+        return
     workers = min(chunks, num_threads())
     scratch = _Scratch(workers, shapes)
     claim = itertools.count()
@@ -89,6 +100,13 @@ def _run_chunks(n_img, per, shapes, body):
 
     with single_threaded_blas():
         run(worker, workers)
+
+
+def _matmul(n_img, per):
+    """The GEMM of a chunk: NumPy's (single-threaded BLAS, on the chunk's thread) when there are
+    several chunks, bitnet's split GEMM for a single chunk, which runs on this thread
+    (``_run_chunks``)."""
+    return gemm if n_img <= per else np.matmul
 
 
 def backward(g, w, x_shape, geom, groups, out_hw, lowering, per, want):
@@ -110,25 +128,35 @@ def backward(g, w, x_shape, geom, groups, out_hw, lowering, per, want):
     # W^T per group, (KG, Og) with rows in the lowering's (i, j, c) order, contiguous
     wt = K.weights_to_rows(w, W.empty((kg, n_out), w.dtype)) if want_gx else None
     zeros_p, zeros_c = np.zeros(p, g.dtype), np.zeros(channels, g.dtype)
+    tables = getattr(lowering, "tables", False)
+    mm = _matmul(n_img, per)
     shapes = dict(lowering.scratch(per), gr=((per * p, n_out), g.dtype))
     if want_gx:
         shapes["gxh"] = ((per, height, width, channels), g.dtype)
 
     def chunk(c, s, e, arrays):
         m = e - s
-        rows = lowering.rows(s, e, arrays)
         gr = arrays["gr"][:m * p]  # G of these images as (m*P, O)
         K.transpose_inner(g[s:e].reshape(m, n_out, p), zeros_p, gr.reshape(m, p, n_out))
         if want_gb:
             np.sum(gr, axis=0, out=gb_parts[c])
-        for gi in range(groups):
-            o, k = slice(gi * og, (gi + 1) * og), slice(gi * kg, (gi + 1) * kg)
-            if want_gw:
-                np.matmul(rows[:, k].T, gr[:, o], out=gw_parts[c, gi])
+        if tables:  # R's signs by table lookup (kernels.sign_tables); R itself is never made
+            idx = lowering.signs(s, e, arrays) if want_gw else None
+            for gi in range(groups):
+                o, k = slice(gi * og, (gi + 1) * og), slice(gi * kg, (gi + 1) * kg)
+                if want_gw:
+                    ST.signs_t_matmul(idx[:, k], m * p, gr[:, o], gw_parts[c, gi])
+            rows = arrays["rows"][:m * p]  # room for dR
+        else:
+            rows = lowering.rows(s, e, arrays)
+            for gi in range(groups):
+                o, k = slice(gi * og, (gi + 1) * og), slice(gi * kg, (gi + 1) * kg)
+                if want_gw:
+                    mm(rows[:, k].T, gr[:, o], out=gw_parts[c, gi])
         if want_gx:  # dR over R: every group's dW above has read it
             for gi in range(groups):
                 o, k = slice(gi * og, (gi + 1) * og), slice(gi * kg, (gi + 1) * kg)
-                np.matmul(gr[:, o], wt[:, o].T, out=rows[:, k])
+                mm(gr[:, o], wt[:, o].T, out=rows[:, k])
             gxh = arrays["gxh"][:m]
             K.col2im_rows(rows, groups, *geom, oh, ow, gxh)
             K.transpose_inner(gxh.reshape(m, height * width, channels), zeros_c,
@@ -154,6 +182,7 @@ def forward(x, w, bias, geom, groups, out_hw, per, out):
     og, kg = n_out // groups, w[0].size
     wm = K.weights_by_tap(w, W.empty((n_out, kg), w.dtype))
     lowering = FloatLowering(x, geom, groups, out_hw)
+    mm = _matmul(n_img, per)
 
     def chunk(c, s, e, arrays):
         m = e - s
@@ -161,7 +190,7 @@ def forward(x, w, bias, geom, groups, out_hw, per, out):
         y = arrays["y"][:m * p]
         for gi in range(groups):
             o, k = slice(gi * og, (gi + 1) * og), slice(gi * kg, (gi + 1) * kg)
-            np.matmul(rows[:, k], wm[o].T, out=y[:, o])
+            mm(rows[:, k], wm[o].T, out=y[:, o])
         K.transpose_inner(y.reshape(m, p, n_out), bias, out[s:e].reshape(m, n_out, p))
 
     _run_chunks(n_img, per, dict(lowering.scratch(per), y=((per * p, n_out), out.dtype)), chunk)
@@ -205,9 +234,21 @@ class BitsLowering:
         self.bits, self.channels, self.dtype = bits, channels, dtype
         self.geom, self.out_hw, self.pad_value = geom, out_hw, pad_value
         self.width = channels * geom[0] * geom[1]
+        # every entry +-1 (no 0 at a border): the weight gradient by table lookup (``signs``)
+        self.tables = pad_value in (1.0, -1.0) or not any(geom[4:6])
 
     def scratch(self, per):
-        return {"rows": ((per * self.out_hw[0] * self.out_hw[1], self.width), self.dtype)}
+        rows = per * self.out_hw[0] * self.out_hw[1]
+        arrays = {"rows": ((rows, self.width), self.dtype)}
+        if self.tables:
+            arrays["idx"] = ((ST.groups_of(rows), self.width), np.uint8)
+        return arrays
+
+    def signs(self, s, e, arrays):
+        """The sign nibbles of images s..e-1's rows (``kernels.sign_tables.lower_signs``), in ``arrays``."""
+        idx = arrays["idx"][:ST.groups_of((e - s) * self.out_hw[0] * self.out_hw[1])]
+        ST.lower_signs(self.bits[s:e], self.channels, *self.geom, *self.out_hw, self.pad_value, idx)
+        return idx
 
     def rows(self, s, e, arrays):
         rows = arrays["rows"][:(e - s) * self.out_hw[0] * self.out_hw[1]]
