@@ -17,7 +17,7 @@ group against 4K multiply-adds. Measured on one core (AMD EPYC, AVX-512), agains
 single-threaded SGEMM on the same shapes: 1.8-2.0x for O = 64 / 128, 1.3-1.6x for O = 256 / 512
 (whose tables leave the L1 cache); see docs/performance.md.
 
-``lower_signs`` makes idx straight from a map's packed sign bits (``bitnet.kernels.bitpack``), the
+``lower_signs`` makes idx straight from a map's packed sign bits (``row_signs`` from a +-1 matrix) (``bitnet.kernels.bitpack``), the
 border reading as +1 or -1, so the float matrix R is never built. Rows past M (the last group's
 missing rows) read as +1 and meet zero rows of G: they add nothing.
 
@@ -102,6 +102,27 @@ def _or_signs(words, r, dst):
         part = dst[lo:lo + min(64, dst.size - lo)]
         for b in range(part.size):
             part[b] |= np.uint8(((word >> np.uint64(b)) & np.uint64(1)) << shift)
+
+
+def row_signs(a, idx):
+    """idx (ceil(N/4), K) uint8: the sign nibbles of a +-1 matrix a (N, K) itself (a dense layer's
+    input; bit r of idx[g, k] set where a[4g + r, k] < 0)."""
+    if idx.shape != (groups_of(a.shape[0]), a.shape[1]):
+        raise ValueError(f"row_signs: idx {idx.shape} does not fit a {a.shape}")
+    parallel(_row_signs, idx.shape[0], a, idx, cost=4 * a.shape[1])
+
+
+@nb.njit(**_JIT)
+def _row_signs(a, idx, counter, chunk):
+    for grp in claimed(counter, chunk, idx.shape[0]):
+        dst = idx[grp]
+        dst[:] = 0
+        for r in range(min(4, a.shape[0] - 4 * grp)):
+            src = a[4 * grp + r]
+            bit = np.uint8(1 << r)
+            for k in range(dst.size):
+                if src[k] < 0:
+                    dst[k] |= bit
 
 
 def signs_t_matmul(idx, rows, g, out):

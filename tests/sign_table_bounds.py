@@ -31,3 +31,10 @@ def conv_weight_grad_bound(g, groups: int, kernel_elems: int, dtype=np.float32):
     n, o, oh, ow = g.shape
     abs_sums = np.abs(np.asarray(g, np.float64)).sum(axis=(0, 2, 3))
     return tables_vs_gemm_bound(n * oh * ow, abs_sums, dtype)[:, None, None, None]
+
+
+def dense_weight_grad_bound(g, dtype=np.float32):
+    """``tables_vs_gemm_bound`` for a dense layer's weight gradient (O, K), with the output gradient
+    ``g`` (N, O): every element of row o sums N terms of magnitude at most |g[n, o]|."""
+    abs_sums = np.abs(np.asarray(g, np.float64)).sum(axis=0)
+    return tables_vs_gemm_bound(g.shape[0], abs_sums, dtype)[:, None]

@@ -1,7 +1,7 @@
 """Training forward on bits (bitnet.ops.binary): a binary QConv2d / QDense whose input and weights are
 +-1 runs its forward on the XNOR-popcount kernels; outputs, losses and the input's and bias's
 gradients must equal the float path's bit for bit (the dot products are exact integers either way).
-A channels-last convolution's weight gradient comes from the input's sign bits by table lookup
+A dense or channels-last convolution's weight gradient comes from the input's signs by table lookup
 (bitnet.kernels.sign_tables): the same sums in another order, within their rounding bound
 (tests/sign_table_bounds.py)."""
 from __future__ import annotations
@@ -14,7 +14,7 @@ from bitnet import functional as F
 from bitnet import nn
 from bitnet.ops.binary import BinaryConv2d, BinaryMatMul
 from bitnet.tensor import Tensor
-from tests.sign_table_bounds import conv_weight_grad_bound
+from tests.sign_table_bounds import conv_weight_grad_bound, dense_weight_grad_bound
 
 
 def _run(layer, x, on_bits, seed=0):
@@ -47,10 +47,12 @@ def _assert_same(layer, x, calls):
     assert np.array_equal(out_bits.data, out_float.data)
     for i, (a, b) in enumerate(zip(g_bits, g_float)):
         assert a is not None
-        if i == 1 and isinstance(layer, nn.QConv2d):  # the weight's: within the tables' bound
+        if i == 1:  # the weight's: within the tables' bound, for the gradient reaching the product
             scale = layer.kernel_scale()
-            g_conv = r if scale is None else r * np.asarray(getattr(scale, "data", scale)).reshape(1, -1, 1, 1)
-            bound = conv_weight_grad_bound(g_conv, layer.groups, layer.weight[0].size)
+            conv = isinstance(layer, nn.QConv2d)
+            if scale is not None:
+                r = r * np.asarray(getattr(scale, "data", scale)).reshape((1, -1, 1, 1) if conv else (1, -1))
+            bound = conv_weight_grad_bound(r, layer.groups, layer.weight[0].size) if conv else dense_weight_grad_bound(r)
             assert np.all(np.abs(a.astype(np.float64) - b) <= bound)
         else:
             assert np.array_equal(a, b)

@@ -16,7 +16,7 @@ The backward pass is the float one (the straight-through estimators upstream nee
 of the +-1 operands): d/dx = g conv^T w, d/dw = g conv x, with the lowered (im2col) input built
 only then, from the saved +-1 input. A forward without gradients (evaluation) never builds it.
 In the channels-last layout, where every entry of the lowered input is +-1 (no border of zeros),
-d/dw = R^T G needs no multiplications: it comes from the input's sign bits by table lookup
+and for the matrix product (R = x), d/dw = R^T G needs no multiplications: it comes from the input's sign bits by table lookup
 (``bitnet.kernels.sign_tables``, 1.5-2x a float GEMM), the same sums in another order, within their
 rounding bound; d/dx and the bias's gradient stay the float path's bits. ``forward_on_bits = False``
 on a layer gives the float path's bits for every gradient.
@@ -27,11 +27,12 @@ import numpy as np
 
 from bitnet.kernels import bitpack
 from bitnet.kernels import im2col as K
+from bitnet.kernels import sign_tables as ST
 from bitnet.kernels import xnor_conv as XC
 from bitnet.ops import conv_chunks
 from bitnet.ops import workspace as W
 from bitnet.ops.conv import Conv2d
-from bitnet.ops.elementwise import MatMul
+from bitnet.ops.elementwise import MatMul, _matmul
 from bitnet.tensor import Tensor
 
 
@@ -90,7 +91,8 @@ class BinaryConv2d(Conv2d):
 
 
 class BinaryMatMul(MatMul):
-    """``x @ w^T`` for +-1 matrices x (N, K) and w (O, K) (passed as ``w^T``), forward on bits."""
+    """``x @ w^T`` for +-1 matrices x (N, K) and w (O, K) (passed as ``w^T``), forward on bits;
+    backward MatMul's, but d/d(w^T) = x^T g by table lookup from x's signs (module docstring)."""
 
     def forward(self, a, b):
         self.a, self.b = a, b
@@ -100,6 +102,17 @@ class BinaryMatMul(MatMul):
         out = W.empty((a.shape[0], b.shape[1]), a.dtype)
         out[...] = dots.T
         return out
+
+    def backward(self, g):
+        ga = _matmul(g, self.b.swapaxes(-1, -2)) if self.needs_grad[0] else None  # MatMul's d/da
+        gb = None
+        if self.needs_grad[1]:
+            a = np.ascontiguousarray(self.a)
+            idx = W.empty((ST.groups_of(a.shape[0]), a.shape[1]), np.uint8)
+            ST.row_signs(a, idx)
+            gb = W.empty(self.b.shape, g.dtype)
+            ST.signs_t_matmul(idx, a.shape[0], np.ascontiguousarray(g), gb)
+        return ga, gb
 
 
 def binary_conv2d(x: Tensor, weight: Tensor, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),

@@ -124,3 +124,13 @@ def test_signs_t_matmul_gives_the_same_bits_at_every_thread_count(monkeypatch):
 def test_signs_t_matmul_says_what_does_not_fit():
     with pytest.raises(ValueError, match=r"idx \(2, 5\), g \(7, 3\) and out \(4, 3\) do not fit 7 rows"):
         S.signs_t_matmul(np.zeros((2, 5), np.uint8), 7, np.zeros((7, 3), np.float32), np.zeros((4, 3), np.float32))
+
+
+@pytest.mark.parametrize("n,k", [(1, 1), (6, 70), (128, 1024), (0, 5)])
+def test_row_signs_are_the_nibbles_of_a_sign_matrix(n, k):
+    a = np.where(np.random.default_rng(n + k).random((n, k)) < 0.5, -1.0, 1.0).astype(np.float32)
+    idx = np.full((S.groups_of(n), k), 0xFF, np.uint8)
+    S.row_signs(a, idx)
+    np.testing.assert_array_equal(idx, _nibbles(a))
+    with pytest.raises(ValueError, match=r"row_signs: idx \(9, 9\) does not fit a"):
+        S.row_signs(a, np.zeros((9, 9), np.uint8))
