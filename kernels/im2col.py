@@ -106,8 +106,11 @@ def col2im(cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out):
 
 @nb.njit(**_JIT)
 def _col2im(cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, counter, chunk):
-    """One thread's share of ``col2im``: the items it claims."""
+    """One thread's share of ``col2im``: the items it claims. The runs along ``ox`` are added on flat
+    views at unsigned offsets (on 4-D indices the loop stayed scalar, and made a view per run: 3x
+    slower on LeNet's 8-wide outputs)."""
     n_img, channels, height, width = out.shape
+    u = np.uint64
     for c in claimed(counter, chunk, channels):
         for n in range(n_img):
             out[n, c] = 0
@@ -116,14 +119,24 @@ def _col2im(cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, counter, chunk):
                 k = (c * kh + i) * kw + j
                 off = j * dw - pw
                 lo, hi = _valid_range(off, sw, width, ow)
+                if hi <= lo:
+                    continue
+                src = cols[k]
+                run = u(hi - lo)
                 for n in range(n_img):
+                    dst = out[n, c].reshape(-1)
                     for oy in range(oh):
                         iy = oy * sh - ph + i * dh
                         if iy < 0 or iy >= height:
                             continue
-                        base = (n * oh + oy) * ow
-                        for ox in range(lo, hi):
-                            out[n, c, iy, ox * sw + off] += cols[k, base + ox]
+                        d0 = u(iy * width + lo * sw + off)
+                        s0 = u((n * oh + oy) * ow + lo)
+                        if sw == 1:
+                            for t in range(run):
+                                dst[d0 + t] += src[s0 + t]
+                        else:
+                            for t in range(run):
+                                dst[d0 + t * u(sw)] += src[s0 + t]
 
 
 def swap_leading_axes(a, bias, out):

@@ -38,3 +38,19 @@ def dense_weight_grad_bound(g, dtype=np.float32):
     ``g`` (N, O): every element of row o sums N terms of magnitude at most |g[n, o]|."""
     abs_sums = np.abs(np.asarray(g, np.float64)).sum(axis=0)
     return tables_vs_gemm_bound(g.shape[0], abs_sums, dtype)[:, None]
+
+
+def conv_input_grad_bound(g, weight_shape, x_shape, stride, padding, dilation, groups, dtype=np.float32):
+    """Largest difference between the input gradients (N, C, H, W) of a binary convolution by table
+    lookup (``bitnet.ops.sign_backward``) and by float GEMM, for the output gradient ``g``: an input
+    element sums, over the taps and filters that read it, terms of magnitude |g| (+-1 weights), A in
+    all (the adjoint convolution of |g| with a weight of ones, in float64). Either path rounds each
+    tap's sum over the O_g filters of a group (tables: (O_g/32 + 6) u, GEMM: O_g u, relative to its
+    terms' magnitudes) and then adds at most KH*KW tap sums (KH*KW u each side)."""
+    from bitnet import Tensor
+    from bitnet import functional as F
+    x = Tensor(np.zeros(x_shape), requires_grad=True)
+    y = F.conv2d(x, Tensor(np.ones(weight_shape)), stride=stride, padding=padding, dilation=dilation, groups=groups)
+    y.backward(np.abs(np.asarray(g, np.float64)))
+    og, taps = weight_shape[0] // groups, weight_shape[2] * weight_shape[3]
+    return (og + og / 32 + 6 + 2 * taps) * unit(dtype) * x.grad

@@ -1,8 +1,9 @@
 """Training forward on bits (bitnet.ops.binary): a binary QConv2d / QDense whose input and weights are
 +-1 runs its forward on the XNOR-popcount kernels; outputs, losses and the input's and bias's
 gradients must equal the float path's bit for bit (the dot products are exact integers either way).
-A dense or channels-last convolution's weight gradient comes from the input's signs by table lookup
-(bitnet.kernels.sign_tables): the same sums in another order, within their rounding bound
+A dense layer's weight gradient, and a channels-last convolution's weight and input gradients
+(whose lowered input holds only +-1), come by table lookup (bitnet.kernels.sign_tables,
+bitnet.ops.sign_backward): the same sums in another order, within their rounding bound
 (tests/sign_table_bounds.py)."""
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from bitnet import functional as F
 from bitnet import nn
 from bitnet.ops.binary import BinaryConv2d, BinaryMatMul
 from bitnet.tensor import Tensor
-from tests.sign_table_bounds import conv_weight_grad_bound, dense_weight_grad_bound
+from tests.sign_table_bounds import conv_input_grad_bound, conv_weight_grad_bound, dense_weight_grad_bound
 
 
 def _run(layer, x, on_bits, seed=0):
@@ -45,14 +46,19 @@ def _assert_same(layer, x, calls):
     out_float, g_float, _ = _run(layer, x, False)
     assert len(calls) == 1  # and the float path did not
     assert np.array_equal(out_bits.data, out_float.data)
+    conv = isinstance(layer, nn.QConv2d)
+    scale = layer.kernel_scale()
+    if scale is not None:  # the gradient reaching the product
+        r = r * np.asarray(getattr(scale, "data", scale)).reshape((1, -1, 1, 1) if conv else (1, -1))
+    tables = conv and layer.weight.shape[1] >= 16 and (layer.pad_value != 0 or not any(layer.padding))
     for i, (a, b) in enumerate(zip(g_bits, g_float)):
         assert a is not None
-        if i == 1:  # the weight's: within the tables' bound, for the gradient reaching the product
-            scale = layer.kernel_scale()
-            conv = isinstance(layer, nn.QConv2d)
-            if scale is not None:
-                r = r * np.asarray(getattr(scale, "data", scale)).reshape((1, -1, 1, 1) if conv else (1, -1))
+        if i == 1:  # the weight's: within the tables' bound (dense, and convolutions that use them)
             bound = conv_weight_grad_bound(r, layer.groups, layer.weight[0].size) if conv else dense_weight_grad_bound(r)
+            assert np.all(np.abs(a.astype(np.float64) - b) <= bound)
+        elif i == 0 and tables:  # the input's, of a convolution by tables (bitnet.ops.sign_backward)
+            bound = conv_input_grad_bound(r, layer.weight.shape, x.shape, layer.stride, layer.padding,
+                                          layer.dilation, layer.groups)
             assert np.all(np.abs(a.astype(np.float64) - b) <= bound)
         else:
             assert np.array_equal(a, b)

@@ -29,7 +29,7 @@ from bitnet.kernels import bitpack
 from bitnet.kernels import im2col as K
 from bitnet.kernels import sign_tables as ST
 from bitnet.kernels import xnor_conv as XC
-from bitnet.ops import conv_chunks
+from bitnet.ops import conv_chunks, sign_backward
 from bitnet.ops import workspace as W
 from bitnet.ops.conv import Conv2d
 from bitnet.ops.elementwise import MatMul, _matmul
@@ -82,10 +82,13 @@ class BinaryConv2d(Conv2d):
             self._lower(x, pad_value)
             return super().backward(g)
         lowering = conv_chunks.BitsLowering(bits, self.x_shape[1], dtype, self.geom, self.out_hw, pad_value)
+        if lowering.tables:  # no float GEMM (bitnet.ops.sign_backward); a batch that does not chunk is one chunk
+            per = self.per if self.per is not None else max(1, self.x_shape[0])
+            grads = sign_backward.backward(g, self.w, self.x_shape, self.geom, self.groups, self.out_hw, lowering,
+                                           per, self._wanted())
+            return grads if len(self.needs_grad) == 3 else grads[:2]
         if self.per is not None:  # lowered chunk by chunk, never as a whole (bitnet.ops.conv_chunks)
             return self._chunked(g, lowering, self.per)
-        if lowering.tables:  # the whole batch as one chunk: dW from the sign bits, R never made
-            return self._chunked(g, lowering, max(1, self.x_shape[0]))
         self.lowered = lowering.whole()
         return super().backward(g)
 

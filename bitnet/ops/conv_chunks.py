@@ -16,10 +16,9 @@ batch's (151 MB for resnet18-binary's first stage at batch 64) went out to memor
 times. dR is written over R once the chunk's dW is taken. One such layer's backward inside a
 training step: 164.5 -> 126.3 ms on one thread, 88.9 -> 66.1 ms on two (docs/performance.md).
 
-A binary convolution whose lowered matrix holds only +-1 (``BitsLowering.tables``) takes dW^T from
-the chunk's sign bits by table lookup instead (``bitnet.kernels.sign_tables``): R is never made, and
-its chunk-sized array only receives dR. Such a layer runs through these chunks even when its batch
-is one chunk (then every kernel and GEMM of the chunk splits across bitnet's threads).
+A binary convolution whose lowered matrix holds only +-1 (``BitsLowering.tables``) runs its
+backward by table lookup instead (``bitnet.ops.sign_backward``), on these chunks (``run_chunks``),
+even when its batch is one chunk (then every kernel of the chunk splits across bitnet's threads).
 
 The forward pass likewise: y[g] = R_c[:, k_g] @ W[g]^T per chunk, then NCHW with the bias; its rows
 are not kept (the whole batch's would be 151 MB for a stage-one layer of a float ResNet-18, 1.2 GB
@@ -80,7 +79,7 @@ class _Scratch:
         return self.sets[next(self.claim)]
 
 
-def _run_chunks(n_img, per, shapes, body):
+def run_chunks(n_img, per, shapes, body):
     """``body(c, s, e, arrays)`` for every chunk c of images s..e-1, on bitnet's threads, BLAS
     single-threaded in each (each chunk's GEMMs on the thread that runs it); ``arrays``: the running
     thread's set of ``shapes`` (``_Scratch``). One chunk runs on this thread, its kernels and GEMMs
@@ -105,7 +104,7 @@ def _run_chunks(n_img, per, shapes, body):
 def _matmul(n_img, per):
     """The GEMM of a chunk: NumPy's (single-threaded BLAS, on the chunk's thread) when there are
     several chunks, bitnet's split GEMM for a single chunk, which runs on this thread
-    (``_run_chunks``)."""
+    (``run_chunks``)."""
     return gemm if n_img <= per else np.matmul
 
 
@@ -128,7 +127,6 @@ def backward(g, w, x_shape, geom, groups, out_hw, lowering, per, want):
     # W^T per group, (KG, Og) with rows in the lowering's (i, j, c) order, contiguous
     wt = K.weights_to_rows(w, W.empty((kg, n_out), w.dtype)) if want_gx else None
     zeros_p, zeros_c = np.zeros(p, g.dtype), np.zeros(channels, g.dtype)
-    tables = getattr(lowering, "tables", False)
     mm = _matmul(n_img, per)
     shapes = dict(lowering.scratch(per), gr=((per * p, n_out), g.dtype))
     if want_gx:
@@ -140,19 +138,11 @@ def backward(g, w, x_shape, geom, groups, out_hw, lowering, per, want):
         K.transpose_inner(g[s:e].reshape(m, n_out, p), zeros_p, gr.reshape(m, p, n_out))
         if want_gb:
             np.sum(gr, axis=0, out=gb_parts[c])
-        if tables:  # R's signs by table lookup (kernels.sign_tables); R itself is never made
-            idx = lowering.signs(s, e, arrays) if want_gw else None
-            for gi in range(groups):
-                o, k = slice(gi * og, (gi + 1) * og), slice(gi * kg, (gi + 1) * kg)
-                if want_gw:
-                    ST.signs_t_matmul(idx[:, k], m * p, gr[:, o], gw_parts[c, gi])
-            rows = arrays["rows"][:m * p]  # room for dR
-        else:
-            rows = lowering.rows(s, e, arrays)
-            for gi in range(groups):
-                o, k = slice(gi * og, (gi + 1) * og), slice(gi * kg, (gi + 1) * kg)
-                if want_gw:
-                    mm(rows[:, k].T, gr[:, o], out=gw_parts[c, gi])
+        rows = lowering.rows(s, e, arrays)
+        for gi in range(groups):
+            o, k = slice(gi * og, (gi + 1) * og), slice(gi * kg, (gi + 1) * kg)
+            if want_gw:
+                mm(rows[:, k].T, gr[:, o], out=gw_parts[c, gi])
         if want_gx:  # dR over R: every group's dW above has read it
             for gi in range(groups):
                 o, k = slice(gi * og, (gi + 1) * og), slice(gi * kg, (gi + 1) * kg)
@@ -162,7 +152,7 @@ def backward(g, w, x_shape, geom, groups, out_hw, lowering, per, want):
             K.transpose_inner(gxh.reshape(m, height * width, channels), zeros_c,
                               gx[s:e].reshape(m, channels, height * width))
 
-    _run_chunks(n_img, per, shapes, chunk)
+    run_chunks(n_img, per, shapes, chunk)
     gw = gb = None
     if want_gw:
         total = gw_parts.sum(axis=0)  # (G, KG, Og), the chunks added in chunk order
@@ -193,7 +183,7 @@ def forward(x, w, bias, geom, groups, out_hw, per, out):
             mm(rows[:, k], wm[o].T, out=y[:, o])
         K.transpose_inner(y.reshape(m, p, n_out), bias, out[s:e].reshape(m, n_out, p))
 
-    _run_chunks(n_img, per, dict(lowering.scratch(per), y=((per * p, n_out), out.dtype)), chunk)
+    run_chunks(n_img, per, dict(lowering.scratch(per), y=((per * p, n_out), out.dtype)), chunk)
     return out
 
 
@@ -238,14 +228,11 @@ class BitsLowering:
         self.tables = pad_value in (1.0, -1.0) or not any(geom[4:6])
 
     def scratch(self, per):
-        rows = per * self.out_hw[0] * self.out_hw[1]
-        arrays = {"rows": ((rows, self.width), self.dtype)}
-        if self.tables:
-            arrays["idx"] = ((ST.groups_of(rows), self.width), np.uint8)
-        return arrays
+        return {"rows": ((per * self.out_hw[0] * self.out_hw[1], self.width), self.dtype)}
 
     def signs(self, s, e, arrays):
-        """The sign nibbles of images s..e-1's rows (``kernels.sign_tables.lower_signs``), in ``arrays``."""
+        """The sign nibbles of images s..e-1's rows (``kernels.sign_tables.lower_signs``), in
+        ``arrays["idx"]`` (at least (ceil((e-s)*OH*OW / 4), G*KG) uint8)."""
         idx = arrays["idx"][:ST.groups_of((e - s) * self.out_hw[0] * self.out_hw[1])]
         ST.lower_signs(self.bits[s:e], self.channels, *self.geom, *self.out_hw, self.pad_value, idx)
         return idx
