@@ -15,11 +15,12 @@ and the loss are bit for bit those of the float path.
 The backward pass is the float one (the straight-through estimators upstream need float gradients
 of the +-1 operands): d/dx = g conv^T w, d/dw = g conv x, with the lowered (im2col) input built
 only then, from the saved +-1 input. A forward without gradients (evaluation) never builds it.
-In the channels-last layout, where every entry of the lowered input is +-1 (no border of zeros),
-and for the matrix product (R = x), d/dw = R^T G needs no multiplications: it comes from the input's sign bits by table lookup
-(``bitnet.kernels.sign_tables``, 1.5-2x a float GEMM), the same sums in another order, within their
-rounding bound; d/dx and the bias's gradient stay the float path's bits. ``forward_on_bits = False``
-on a layer gives the float path's bits for every gradient.
+Both products of the backward pass have a +-1 factor and need no multiplications. In the
+channels-last layout, where every entry of the lowered input is +-1 (no border of zeros), a
+convolution computes d/dw and d/dx by table lookup (``bitnet.ops.sign_backward``; tables of signed
+sums, ``bitnet.kernels.sign_tables``: 1.5-2x a float GEMM), and the matrix product its d/dw: the
+same sums in another order, within their rounding bound; the bias's gradient stays the float
+path's bits. ``forward_on_bits = False`` on a layer gives the float path's bits for every gradient.
 """
 from __future__ import annotations
 
@@ -72,10 +73,9 @@ class BinaryConv2d(Conv2d):
         that reads as ``pad_value`` (no padded copy of x), and col2im drops the border's gradient
         (which the float path computes and slices off): the same sums in the same order. In the
         channels-last layout the lowered matrix is made from the forward's packed bits, so the +-1
-        input itself is not kept (``kernels.im2col.im2col_rows_bits``), and where the border reads
-        +-1 (or there is none) the weight's gradient comes from those bits by table lookup
-        (``kernels.sign_tables``, module docstring), the whole batch as one chunk of
-        ``bitnet.ops.conv_chunks`` when the layer does not chunk."""
+        input itself is not kept (``kernels.im2col.im2col_rows_bits``). Where the border reads +-1
+        (or there is none) the whole backward runs by table lookup instead
+        (``bitnet.ops.sign_backward``), the whole batch as one chunk when the layer does not chunk."""
         x, bits, dtype, pad_value = self.saved
         self.per = self._images_per_chunk()
         if not self.rows:
