@@ -54,3 +54,10 @@ def conv_input_grad_bound(g, weight_shape, x_shape, stride, padding, dilation, g
     y.backward(np.abs(np.asarray(g, np.float64)))
     og, taps = weight_shape[0] // groups, weight_shape[2] * weight_shape[3]
     return (og + og / 32 + 6 + 2 * taps) * unit(dtype) * x.grad
+
+
+def dense_input_grad_bound(g, dtype=np.float32):
+    """``tables_vs_gemm_bound`` for a dense layer's input gradient (N, K) = g w with +-1 w, for the
+    output gradient ``g`` (N, O): every element of row n sums O terms of magnitude at most |g[n, o]|."""
+    abs_sums = np.abs(np.asarray(g, np.float64)).sum(axis=1)
+    return tables_vs_gemm_bound(g.shape[1], abs_sums, dtype)[:, None]

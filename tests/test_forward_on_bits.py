@@ -1,8 +1,8 @@
 """Training forward on bits (bitnet.ops.binary): a binary QConv2d / QDense whose input and weights are
 +-1 runs its forward on the XNOR-popcount kernels; outputs, losses and the input's and bias's
 gradients must equal the float path's bit for bit (the dot products are exact integers either way).
-A dense layer's weight gradient, and a channels-last convolution's weight and input gradients
-(whose lowered input holds only +-1), come by table lookup (bitnet.kernels.sign_tables,
+A dense layer's weight and input gradients, and a channels-last convolution's (whose lowered
+input holds only +-1), come by table lookup (bitnet.kernels.sign_tables,
 bitnet.ops.sign_backward): the same sums in another order, within their rounding bound
 (tests/sign_table_bounds.py)."""
 from __future__ import annotations
@@ -15,7 +15,8 @@ from bitnet import functional as F
 from bitnet import nn
 from bitnet.ops.binary import BinaryConv2d, BinaryMatMul
 from bitnet.tensor import Tensor
-from tests.sign_table_bounds import conv_input_grad_bound, conv_weight_grad_bound, dense_weight_grad_bound
+from tests.sign_table_bounds import (conv_input_grad_bound, conv_weight_grad_bound, dense_input_grad_bound,
+                                     dense_weight_grad_bound)
 
 
 def _run(layer, x, on_bits, seed=0):
@@ -56,9 +57,9 @@ def _assert_same(layer, x, calls):
         if i == 1:  # the weight's: within the tables' bound (dense, and convolutions that use them)
             bound = conv_weight_grad_bound(r, layer.groups, layer.weight[0].size) if conv else dense_weight_grad_bound(r)
             assert np.all(np.abs(a.astype(np.float64) - b) <= bound)
-        elif i == 0 and tables:  # the input's, of a convolution by tables (bitnet.ops.sign_backward)
+        elif i == 0 and (tables or not conv):  # the input's, by tables (bitnet.ops.sign_backward, BinaryMatMul)
             bound = conv_input_grad_bound(r, layer.weight.shape, x.shape, layer.stride, layer.padding,
-                                          layer.dilation, layer.groups)
+                                          layer.dilation, layer.groups) if conv else dense_input_grad_bound(r)
             assert np.all(np.abs(a.astype(np.float64) - b) <= bound)
         else:
             assert np.array_equal(a, b)

@@ -18,7 +18,7 @@ only then, from the saved +-1 input. A forward without gradients (evaluation) ne
 Both products of the backward pass have a +-1 factor and need no multiplications. In the
 channels-last layout, where every entry of the lowered input is +-1 (no border of zeros), a
 convolution computes d/dw and d/dx by table lookup (``bitnet.ops.sign_backward``; tables of signed
-sums, ``bitnet.kernels.sign_tables``: 1.5-2x a float GEMM), and the matrix product its d/dw: the
+sums, ``bitnet.kernels.sign_tables``: 1.5-2x a float GEMM), and so does the matrix product: the
 same sums in another order, within their rounding bound; the bias's gradient stays the float
 path's bits. ``forward_on_bits = False`` on a layer gives the float path's bits for every gradient.
 """
@@ -33,7 +33,7 @@ from bitnet.kernels import xnor_conv as XC
 from bitnet.ops import conv_chunks, sign_backward
 from bitnet.ops import workspace as W
 from bitnet.ops.conv import Conv2d
-from bitnet.ops.elementwise import MatMul, _matmul
+from bitnet.ops.elementwise import MatMul
 from bitnet.tensor import Tensor
 
 
@@ -95,7 +95,7 @@ class BinaryConv2d(Conv2d):
 
 class BinaryMatMul(MatMul):
     """``x @ w^T`` for +-1 matrices x (N, K) and w (O, K) (passed as ``w^T``), forward on bits;
-    backward MatMul's, but d/d(w^T) = x^T g by table lookup from x's signs (module docstring)."""
+    backward by table lookup (module docstring)."""
 
     def forward(self, a, b):
         self.a, self.b = a, b
@@ -107,14 +107,24 @@ class BinaryMatMul(MatMul):
         return out
 
     def backward(self, g):
-        ga = _matmul(g, self.b.swapaxes(-1, -2)) if self.needs_grad[0] else None  # MatMul's d/da
-        gb = None
+        """d/da = g w = (w^T g^T)^T and d/d(w^T) = x^T g, both by table lookup from the +-1 factor's
+        signs (``kernels.sign_tables``): g's rows, or its columns, four at a time."""
+        g = np.ascontiguousarray(g)
+        ga = gb = None
+        if self.needs_grad[0]:
+            w = np.ascontiguousarray(self.b.T)  # (O, K)
+            idx = W.empty((ST.groups_of(w.shape[0]), w.shape[1]), np.uint8)
+            ST.row_signs(w, idx)
+            gat = W.empty((w.shape[1], g.shape[0]), g.dtype)  # (K, N)
+            ST.signs_t_matmul(idx, w.shape[0], g.T, gat)
+            ga = W.empty((g.shape[0], w.shape[1]), g.dtype)
+            ga[...] = gat.T
         if self.needs_grad[1]:
             a = np.ascontiguousarray(self.a)
             idx = W.empty((ST.groups_of(a.shape[0]), a.shape[1]), np.uint8)
             ST.row_signs(a, idx)
             gb = W.empty(self.b.shape, g.dtype)
-            ST.signs_t_matmul(idx, a.shape[0], np.ascontiguousarray(g), gb)
+            ST.signs_t_matmul(idx, a.shape[0], g, gb)
         return ga, gb
 
 
