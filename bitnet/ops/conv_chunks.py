@@ -85,8 +85,9 @@ def run_chunks(n_img, per, shapes, body):
     thread's set of ``shapes`` (``_Scratch``). One chunk runs on this thread, its kernels and GEMMs
     split across bitnet's threads as they split outside chunks (``bitnet.kernels.gemm``)."""
     chunks = -(-n_img // per)
-    if chunks == 1:
-        body(0, 0, n_img, _Scratch(1, shapes).take())
+    if chunks <= 1:  # one chunk, or none (an empty batch)
+        if chunks:
+            body(0, 0, n_img, _Scratch(1, shapes).take())
         return
     workers = min(chunks, num_threads())
     scratch = _Scratch(workers, shapes)
