@@ -39,6 +39,9 @@ KERNELS = [
     ("bitnet.kernels.xnor_conv", "xnor_gemm", "xnor_gemm"),
     ("bitnet.kernels.bitpack", "pack_nchw", "pack_nchw"),
     ("bitnet.kernels.bitpack", "pack_rows", "pack_rows"),
+    ("bitnet.kernels.sign_tables", "signs_t_matmul", "signs_t_matmul"),
+    ("bitnet.kernels.sign_tables", "lower_signs", "lower_signs"),
+    ("bitnet.kernels.sign_tables", "row_signs", "row_signs"),
 ]
 
 
