@@ -121,10 +121,7 @@ def backward(g, w, x_shape, geom, groups, out_hw, lowering, per, want):
     channels, height, width = x_shape[1:]
     og, kg = n_out // groups, w.shape[1] * kh * kw
     want_gx, want_gw, want_gb = want
-    chunks = -(-n_img // per)
-    gw_parts = W.empty((chunks, groups, kg, og), g.dtype) if want_gw else None
-    gb_parts = W.empty((chunks, n_out), g.dtype) if want_gb else None
-    gx = W.empty(x_shape, g.dtype) if want_gx else None
+    gx, gw_parts, gb_parts = gradient_arrays(g, w, x_shape, groups, per, want)
     # W^T per group, (KG, Og) with rows in the lowering's (i, j, c) order, contiguous
     wt = K.weights_to_rows(w, W.empty((kg, n_out), w.dtype)) if want_gx else None
     zeros_p, zeros_c = np.zeros(p, g.dtype), np.zeros(channels, g.dtype)
@@ -154,15 +151,36 @@ def backward(g, w, x_shape, geom, groups, out_hw, lowering, per, want):
                               gx[s:e].reshape(m, channels, height * width))
 
     run_chunks(n_img, per, shapes, chunk)
+    return (gx,) + sum_chunks(gw_parts, gb_parts, w, groups)
+
+
+def gradient_arrays(g, w, x_shape, groups, per, want):
+    """(gx, gw_parts, gb_parts) for a chunked backward: the input's gradient (N, C, H, W), the
+    weight's per chunk (chunks, G, KG, Og) and the bias's per chunk (chunks, O), each None where
+    ``want`` (gx, gw, gb) does not ask for it (``sum_chunks`` adds the parts)."""
+    n_img, n_out = g.shape[:2]
+    chunks = -(-n_img // per)
+    want_gx, want_gw, want_gb = want
+    gw_parts = W.empty((chunks, groups, w[0].size, n_out // groups), g.dtype) if want_gw else None
+    gb_parts = W.empty((chunks, n_out), g.dtype) if want_gb else None
+    gx = W.empty(x_shape, g.dtype) if want_gx else None
+    return gx, gw_parts, gb_parts
+
+
+def sum_chunks(gw_parts, gb_parts, w, groups):
+    """(gw, gb) from the chunks' parts, added in chunk order: gw_parts (chunks, G, KG, Og) in the
+    rows layout's (i, j, c) order, back to the weight's shape; gb_parts (chunks, O). None for a
+    part that is None."""
     gw = gb = None
-    if want_gw:
+    if gw_parts is not None:
         total = gw_parts.sum(axis=0)  # (G, KG, Og), the chunks added in chunk order
-        gw = W.empty(w.shape, g.dtype)
+        gw = W.empty(w.shape, gw_parts.dtype)
+        og = w.shape[0] // groups
         for gi in range(groups):
             K.weights_from_rows(total[gi], gw[gi * og:(gi + 1) * og])
-    if want_gb:
+    if gb_parts is not None:
         gb = gb_parts.sum(axis=0)
-    return gx, gw, gb
+    return gw, gb
 
 
 def forward(x, w, bias, geom, groups, out_hw, per, out):

@@ -28,7 +28,6 @@ import numpy as np
 from bitnet.kernels import im2col as K
 from bitnet.kernels import sign_tables as ST
 from bitnet.ops import conv_chunks
-from bitnet.ops import workspace as W
 
 
 def backward(g, w, x_shape, geom, groups, out_hw, lowering, per, want):
@@ -40,10 +39,7 @@ def backward(g, w, x_shape, geom, groups, out_hw, lowering, per, want):
     p, (kh, kw) = oh * ow, geom[:2]
     og, kg = n_out // groups, w.shape[1] * kh * kw
     want_gx, want_gw, want_gb = want
-    chunks = -(-n_img // per)
-    gw_parts = W.empty((chunks, groups, kg, og), g.dtype) if want_gw else None
-    gb_parts = W.empty((chunks, n_out), g.dtype) if want_gb else None
-    gx = W.empty(x_shape, g.dtype) if want_gx else None
+    gx, gw_parts, gb_parts = conv_chunks.gradient_arrays(g, w, x_shape, groups, per, want)
     w_signs = []
     if want_gx:  # per group: W's rows (O_g, Cg*KH*KW) in (c, i, j) order, as sign nibbles
         for gi in range(groups):
@@ -79,12 +75,4 @@ def backward(g, w, x_shape, geom, groups, out_hw, lowering, per, want):
             K.col2im(cols, *geom, oh, ow, gx[s:e])
 
     conv_chunks.run_chunks(n_img, per, shapes, chunk)
-    gw = gb = None
-    if want_gw:
-        total = gw_parts.sum(axis=0)  # (G, KG, Og), the chunks added in chunk order
-        gw = W.empty(w.shape, g.dtype)
-        for gi in range(groups):
-            K.weights_from_rows(total[gi], gw[gi * og:(gi + 1) * og])
-    if want_gb:
-        gb = gb_parts.sum(axis=0)
-    return gx, gw, gb
+    return (gx,) + conv_chunks.sum_chunks(gw_parts, gb_parts, w, groups)
