@@ -88,6 +88,16 @@ def run(model="lenet-binary", batch_size=None, threads=(2,), rounds=5, steps=Non
     return records
 
 
+def _larq_absent(larq_python) -> str:
+    """Why there is no Larq column: not installed in this interpreter (and no ``--larq-python``),
+    or left out (``--no-larq``)."""
+    from bitnet.bench import larq_models
+    why = None if larq_python else larq_models.missing()
+    if why is None:
+        return "Larq not measured (--no-larq)"
+    return f"Larq is not measured: {why}; or pass --larq-python PYTHON, an interpreter that has it"
+
+
 def _run_threads(model, batch_size, threads, rounds, steps, data_dir, frameworks, busy, out, larq_python=None):
     from bitnet.bench import load
     from bitnet.bench.timing import tail_stats
@@ -144,6 +154,8 @@ def _run_threads(model, batch_size, threads, rounds, steps, data_dir, frameworks
         out("PyTorch not measured (--no-torch)")
     if "larq" in med and "bitnet" in med:
         out(f"bitnet / Larq time per step (and per epoch): {med['bitnet'] / med['larq']:.2f}x")
+    elif "larq" not in frameworks:
+        out(_larq_absent(larq_python))
     out(f"losses, last {k} timed steps: " + "; ".join(
         f"{f} " + " ".join(f"{v:.3f}" for v in losses[f][-k:]) for f in frameworks))
     out(f"mean loss, first {k} -> last {k} timed steps: " + ", ".join(

@@ -31,6 +31,15 @@ def test_missing_names_every_absent_package_and_the_numpy_pin(monkeypatch):
     assert train.default_frameworks(larq_python=sys.executable)[-1] == "larq"
 
 
+def test_the_report_says_why_larq_is_not_measured(monkeypatch):
+    monkeypatch.setattr(larq_models, "missing", lambda lce=False: "larq not installed (...)")
+    why = train._larq_absent(None)
+    assert why.startswith("Larq is not measured: larq not installed") and "--larq-python PYTHON" in why
+    assert train._larq_absent(sys.executable) == "Larq not measured (--no-larq)"  # given, then left out
+    monkeypatch.setattr(larq_models, "missing", lambda lce=False: None)
+    assert train._larq_absent(None) == "Larq not measured (--no-larq)"
+
+
 def test_larq_python_must_be_an_executable_file(tmp_path, capsys):
     not_executable = tmp_path / "python"
     not_executable.write_text("")
