@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bitnet.kernels.threads import inside_worker, num_threads, run_parallel, single_threaded_blas
+from bitnet.kernels.threads import num_threads, run_parallel, single_threaded_blas
 
 _MIN_WORK = 1 << 22  # m*n*k below which one thread is faster than the hand-off (~20 us)
 # m*n*k below which OpenBLAS itself uses one thread (its interface/gemm.c: 65536 * GEMM_MULTITHREAD_THRESHOLD,
@@ -39,7 +39,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
     # but blocks of at least MIN_BLOCK rows / columns: every block packs the whole other operand, and
     # thin blocks run BLAS's slow edge code (LeNet conv1's dW, (64, 73728) @ (73728, 25) on 2
     # threads: 3.9 ms in 2 blocks of 32 rows, 8.4 ms in 4 of 16, 5.6 ms on one thread)
-    parts = 2 * num_threads() if m * n * k >= _MIN_WORK and not inside_worker() else 1
+    parts = 2 * num_threads() if m * n * k >= _MIN_WORK else 1
     parts = max(1, min(parts, max(n, m) // MIN_BLOCK))
     if parts == 1:
         with single_threaded_blas():

@@ -1,25 +1,27 @@
-"""R^T @ G for a +-1 matrix R held as sign bits, by table lookup ("four Russians"), for the weight
-gradient of binary layers (Numba).
+"""R^T @ G for a +-1 matrix R held as sign bits, by table lookup ("four Russians"), for the
+backward pass of binary layers (Numba; ``bitnet.ops.sign_backward``, ``bitnet.ops.binary``).
 
 A binary convolution's lowered input R (M, K) (``im2col_rows`` of a +-1 map: M = N*OH*OW rows,
 K = KH*KW*C columns in (i, j, c) order) holds only +-1, so its weight gradient
 
     dW^T[k, o] = (R^T G)[k, o] = sum_m R[m, k] G[m, o]           (G: the output gradient, (M, O))
 
-needs no multiplications. Cut the rows into groups of four, g = 0 .. ceil(M/4) - 1. The four signs
-of R[4g .. 4g+3, k] are a 4-bit number ``idx[g, k]`` (bit r set where R[4g + r, k] = -1), and
+needs no multiplications (nor does the input gradient dR^T = W^T G^T: the +-1 weight W (O, K) in
+R's place, G^T in G's). Cut the rows into groups of four, g = 0 .. ceil(M/4) - 1. The four signs of
+R[4g .. 4g+3, k] are a 4-bit number ``idx[g, k]`` (bit r set where R[4g + r, k] = -1), and
 
     (R^T G)[k, :] = sum_g T_g[idx[g, k], :],   T_g[b, :] = sum_{r<4} (-1)^(bit r of b) G[4g + r, :]
 
 where the table T_g (16 rows of O) is built once per group and serves all K columns. One table row
 (O additions) then does the work of four multiply-adds per output: 16 + K rows of additions per
 group against 4K multiply-adds. Measured on one core (AMD EPYC, AVX-512), against OpenBLAS's
-single-threaded SGEMM on the same shapes: 1.8-2.0x for O = 64 / 128, 1.3-1.6x for O = 256 / 512
-(whose tables leave the L1 cache); see docs/performance.md.
+single-threaded SGEMM on the same shapes: 2.0x for O = 64 and 128, 1.7-1.8x for O = 256 and 512,
+1.5x for O = 1000; see docs/performance.md.
 
-``lower_signs`` makes idx straight from a map's packed sign bits (``row_signs`` from a +-1 matrix) (``bitnet.kernels.bitpack``), the
-border reading as +1 or -1, so the float matrix R is never built. Rows past M (the last group's
-missing rows) read as +1 and meet zero rows of G: they add nothing.
+``lower_signs`` makes idx straight from a map's packed sign bits (``bitnet.kernels.bitpack``), the
+border reading as +1 or -1, so the float matrix R is never built; ``row_signs`` makes it from a +-1
+matrix. Rows past M (the last group's missing rows) read as +1 and meet zero rows of G: they add
+nothing.
 
 Rounding: each table row is ((+-G0 +- G1) +- G2) +- G3 (products with +-1 are exact), each output
 adds eight table rows as a tree, then the sums of successive blocks of 8 groups in order: every
@@ -37,7 +39,7 @@ from bitnet.kernels.threads import parallel
 
 _JIT = dict(nogil=True, cache=True, boundscheck=False, fastmath=False)
 
-GROUP_BLOCK = 8   # groups whose tables are built together (8 x 16 rows of 64 floats: 32 KB, the L1 cache)
+GROUP_BLOCK = 8   # groups whose tables are built together (8 x 16 rows of 64 / 128 floats: 32 / 64 KB)
 K_BLOCK = 512     # rows of the result per task (tables are rebuilt per task: 16 rows against K_BLOCK)
 
 

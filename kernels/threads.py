@@ -71,11 +71,6 @@ def num_threads() -> int:
 _local = threading.local()  # .active: this thread is inside a worker (a nested run() runs inline)
 
 
-def inside_worker() -> bool:
-    """True on a thread that runs a worker of ``run`` (where parallel kernels run on it alone)."""
-    return getattr(_local, "active", False)
-
-
 class single_threaded_blas:
     """``with single_threaded_blas():`` runs BLAS with one thread inside the block; the previous count
     is restored after it. Inside a worker, or inside another such block on this thread, it does

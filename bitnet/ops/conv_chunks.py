@@ -43,7 +43,6 @@ import numpy as np
 
 from bitnet.kernels import im2col as K
 from bitnet.kernels import sign_tables as ST
-from bitnet.kernels.gemm import matmul as gemm
 from bitnet.kernels.threads import num_threads, run, single_threaded_blas
 from bitnet.ops import workspace as W
 
@@ -82,12 +81,13 @@ class _Scratch:
 def run_chunks(n_img, per, shapes, body):
     """``body(c, s, e, arrays)`` for every chunk c of images s..e-1, on bitnet's threads, BLAS
     single-threaded in each (each chunk's GEMMs on the thread that runs it); ``arrays``: the running
-    thread's set of ``shapes`` (``_Scratch``). One chunk runs on this thread, its kernels and GEMMs
-    split across bitnet's threads as they split outside chunks (``bitnet.kernels.gemm``)."""
+    thread's set of ``shapes`` (``_Scratch``). A single chunk (the table-lookup backward of a batch
+    that does not chunk) runs on this thread, its parallel kernels split across bitnet's threads."""
     chunks = -(-n_img // per)
     if chunks <= 1:  # one chunk, or none (an empty batch)
         if chunks:
-            body(0, 0, n_img, _Scratch(1, shapes).take())
+            with single_threaded_blas():
+                body(0, 0, n_img, _Scratch(1, shapes).take())
         return
     workers = min(chunks, num_threads())
     scratch = _Scratch(workers, shapes)
@@ -100,13 +100,6 @@ def run_chunks(n_img, per, shapes, body):
 
     with single_threaded_blas():
         run(worker, workers)
-
-
-def _matmul(n_img, per):
-    """The GEMM of a chunk: NumPy's (single-threaded BLAS, on the chunk's thread) when there are
-    several chunks, bitnet's split GEMM for a single chunk, which runs on this thread
-    (``run_chunks``)."""
-    return gemm if n_img <= per else np.matmul
 
 
 def backward(g, w, x_shape, geom, groups, out_hw, lowering, per, want):
@@ -125,7 +118,6 @@ def backward(g, w, x_shape, geom, groups, out_hw, lowering, per, want):
     # W^T per group, (KG, Og) with rows in the lowering's (i, j, c) order, contiguous
     wt = K.weights_to_rows(w, W.empty((kg, n_out), w.dtype)) if want_gx else None
     zeros_p, zeros_c = np.zeros(p, g.dtype), np.zeros(channels, g.dtype)
-    mm = _matmul(n_img, per)
     shapes = dict(lowering.scratch(per), gr=((per * p, n_out), g.dtype))
     if want_gx:
         shapes["gxh"] = ((per, height, width, channels), g.dtype)
@@ -140,11 +132,11 @@ def backward(g, w, x_shape, geom, groups, out_hw, lowering, per, want):
         for gi in range(groups):
             o, k = slice(gi * og, (gi + 1) * og), slice(gi * kg, (gi + 1) * kg)
             if want_gw:
-                mm(rows[:, k].T, gr[:, o], out=gw_parts[c, gi])
+                np.matmul(rows[:, k].T, gr[:, o], out=gw_parts[c, gi])
         if want_gx:  # dR over R: every group's dW above has read it
             for gi in range(groups):
                 o, k = slice(gi * og, (gi + 1) * og), slice(gi * kg, (gi + 1) * kg)
-                mm(gr[:, o], wt[:, o].T, out=rows[:, k])
+                np.matmul(gr[:, o], wt[:, o].T, out=rows[:, k])
             gxh = arrays["gxh"][:m]
             K.col2im_rows(rows, groups, *geom, oh, ow, gxh)
             K.transpose_inner(gxh.reshape(m, height * width, channels), zeros_c,
@@ -191,7 +183,6 @@ def forward(x, w, bias, geom, groups, out_hw, per, out):
     og, kg = n_out // groups, w[0].size
     wm = K.weights_by_tap(w, W.empty((n_out, kg), w.dtype))
     lowering = FloatLowering(x, geom, groups, out_hw)
-    mm = _matmul(n_img, per)
 
     def chunk(c, s, e, arrays):
         m = e - s
@@ -199,7 +190,7 @@ def forward(x, w, bias, geom, groups, out_hw, per, out):
         y = arrays["y"][:m * p]
         for gi in range(groups):
             o, k = slice(gi * og, (gi + 1) * og), slice(gi * kg, (gi + 1) * kg)
-            mm(rows[:, k], wm[o].T, out=y[:, o])
+            np.matmul(rows[:, k], wm[o].T, out=y[:, o])
         K.transpose_inner(y.reshape(m, p, n_out), bias, out[s:e].reshape(m, n_out, p))
 
     run_chunks(n_img, per, dict(lowering.scratch(per), y=((per * p, n_out), out.dtype)), chunk)
@@ -243,7 +234,7 @@ class BitsLowering:
         self.bits, self.channels, self.dtype = bits, channels, dtype
         self.geom, self.out_hw, self.pad_value = geom, out_hw, pad_value
         self.width = channels * geom[0] * geom[1]
-        # every entry +-1 (no 0 at a border): the weight gradient by table lookup (``signs``)
+        # every entry +-1 (no 0 at a border): the backward by table lookup (bitnet.ops.sign_backward)
         self.tables = pad_value in (1.0, -1.0) or not any(geom[4:6])
 
     def scratch(self, per):
