@@ -14,9 +14,10 @@ R[4g .. 4g+3, k] are a 4-bit number ``idx[g, k]`` (bit r set where R[4g + r, k] 
 
 where the table T_g (16 rows of O) is built once per group and serves all K columns. One table row
 (O additions) then does the work of four multiply-adds per output: 16 + K rows of additions per
-group against 4K multiply-adds. Measured on one core (AMD EPYC, AVX-512), against OpenBLAS's
-single-threaded SGEMM on the same shapes: 2.0x for O = 64 and 128, 1.7-1.8x for O = 256 and 512,
-1.5x for O = 1000; see docs/performance.md.
+group against 4K multiply-adds. The sums of eight table rows run in ``kernels.table_rows`` (LLVM
+IR vectors: no runtime overlap checks). Measured on one core (AMD EPYC, AVX-512), against
+OpenBLAS's single-threaded SGEMM on the same shapes: 2.5x for O = 64, 1.8-1.9x for O = 128 to
+512, 1.6x for O = 1000; see docs/performance.md.
 
 ``lower_signs`` makes idx straight from a map's packed sign bits (``bitnet.kernels.bitpack``), the
 border reading as +1 or -1, so the float matrix R is never built; ``row_signs`` makes it from a +-1
@@ -35,11 +36,12 @@ import numba as nb
 import numpy as np
 
 from bitnet.kernels.atomics import claimed
+from bitnet.kernels.table_rows import GROUPS, add_table_rows
 from bitnet.kernels.threads import parallel
 
 _JIT = dict(nogil=True, cache=True, boundscheck=False, fastmath=False)
 
-GROUP_BLOCK = 8   # groups whose tables are built together (8 x 16 rows of 64 / 128 floats: 32 / 64 KB)
+GROUP_BLOCK = GROUPS  # 8: groups whose tables are built together (8 x 16 rows of 64 / 128 floats: 32 / 64 KB)
 K_BLOCK = 512     # rows of the result per task (tables are rebuilt per task: 16 rows against K_BLOCK)
 
 
@@ -158,20 +160,27 @@ def _signs_t_matmul(idx, rows, g, out, counter, chunk):
         k0 = (task % k_blocks) * K_BLOCK
         width = min(ob, o_size - o0)
         k1 = min(k_size, k0 + K_BLOCK)
-        for k in range(k0, k1):
-            flat[k * o_size + o0:k * o_size + o0 + width] = 0
+        # full blocks of 8 groups and 64 or 128 columns: the vector loop of kernels.table_rows, whose
+        # first block stores (so the output needs no zeroing); else the loop below, from zero
+        vectors = (width == 128 or width == 64) and n_groups >= GROUP_BLOCK
+        if not vectors:
+            for k in range(k0, k1):
+                flat[k * o_size + o0:k * o_size + o0 + width] = 0
         for g0 in range(0, n_groups, GROUP_BLOCK):
             nq = min(GROUP_BLOCK, n_groups - g0)
             for q in range(nq):
                 _build_table(g, rows, 4 * (g0 + q), o0, width, zero, tables[q * 16 * ob:(q + 1) * 16 * ob], ob)
-            # constant trip counts where the block is full: each row's loop unrolls into whole vectors
-            if width == 128:
-                for k in range(k0, k1):
-                    _accumulate(idx, g0, nq, k, tables, flat, k * o_size + o0, 128, 128)
-            elif width == 64:
-                for k in range(k0, k1):
-                    _accumulate(idx, g0, nq, k, tables, flat, k * o_size + o0, 64, 64)
-            else:
+            if vectors and nq == GROUP_BLOCK:
+                if width == 128:
+                    if g0 == 0:
+                        add_table_rows(idx, g0, k0, k1, tables, ob, flat, o_size, o0, 128, True)
+                    else:
+                        add_table_rows(idx, g0, k0, k1, tables, ob, flat, o_size, o0, 128, False)
+                elif g0 == 0:
+                    add_table_rows(idx, g0, k0, k1, tables, ob, flat, o_size, o0, 64, True)
+                else:
+                    add_table_rows(idx, g0, k0, k1, tables, ob, flat, o_size, o0, 64, False)
+            else:  # a last, partial block of groups, or other widths
                 for k in range(k0, k1):
                     _accumulate(idx, g0, nq, k, tables, flat, k * o_size + o0, width, ob)
 

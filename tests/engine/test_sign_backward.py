@@ -22,6 +22,7 @@ GEOMS = [  # n, c, h, w, o, (kh, kw), stride, padding, dilation, groups
     (2, 130, 4, 4, 6, (1, 1), (1, 1), (0, 0), (1, 1), 1),     # 1x1, three words
     (5, 64, 6, 6, 64, (3, 3), (1, 1), (1, 1), (1, 1), 4),     # 4 groups of 16 channels
     (2, 16, 6, 5, 7, (5, 5), (1, 1), (0, 0), (1, 1), 1),      # no border: any pad_value
+    (3, 16, 8, 8, 192, (3, 3), (1, 1), (1, 1), (1, 1), 1),    # 192 filters, 3 x 64 pixels: 128 + 64 columns
 ]
 
 

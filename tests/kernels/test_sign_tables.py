@@ -52,7 +52,8 @@ def test_lower_signs_refuses_a_border_of_zeros():
         S.lower_signs(bits, 4, 3, 3, 1, 1, 1, 1, 1, 1, 3, 3, 0.0, idx)
 
 
-SHAPES = [(1, 1, 1), (3, 5, 7), (7, 3, 64), (33, 40, 65), (130, 600, 128), (257, 70, 200), (64, 1100, 1000)]
+SHAPES = [(1, 1, 1), (3, 5, 7), (7, 3, 64), (33, 40, 65), (130, 600, 128), (257, 70, 200), (64, 1100, 1000),
+          (40, 30, 64), (96, 20, 192)]  # blocks of 128 and 64 columns with full blocks of 8 groups
 
 
 @pytest.mark.parametrize("m,k,o", SHAPES, ids=str)
@@ -91,11 +92,12 @@ def test_signs_t_matmul_on_column_slices_equals_it_on_copies():
     np.testing.assert_array_equal(a, b)
 
 
-def test_signs_t_matmul_float64():
+@pytest.mark.parametrize("o", [70, 200])
+def test_signs_t_matmul_float64(o):
     rng = np.random.default_rng(4)
     r = np.where(rng.random((45, 30)) < 0.5, -1.0, 1.0)
-    g = rng.standard_normal((45, 70))
-    out = np.empty((30, 70))
+    g = rng.standard_normal((45, o))
+    out = np.full((30, o), np.nan)
     S.signs_t_matmul(_nibbles(r), 45, g, out)
     assert np.all(np.abs(out - r.T @ g) <= tables_bound(45, np.abs(g).sum(axis=0), np.float64)[None, :])
 
