@@ -14,17 +14,19 @@ R[4g .. 4g+3, k] are a 4-bit number ``idx[g, k]`` (bit r set where R[4g + r, k] 
 
 where the table T_g (16 rows of O) is built once per group and serves all K columns. One table row
 (O additions) then does the work of four multiply-adds per output: 16 + K rows of additions per
-group against 4K multiply-adds. The sums of eight table rows run in ``kernels.table_rows`` (LLVM
-IR vectors: no runtime overlap checks). Measured on one core (AMD EPYC, AVX-512), against
-OpenBLAS's single-threaded SGEMM on the same shapes: 2.5x for O = 64, 1.8-1.9x for O = 128 to
-512, 1.6x for O = 1000; see docs/performance.md.
+group against 4K multiply-adds. Since T_g[b ^ 15] = -T_g[b], only the 8 rows with bit 0 clear are
+stored. Building the tables and summing eight picked rows run in ``kernels.table_rows`` (LLVM IR
+vectors: no runtime overlap checks). Measured on one core (AMD EPYC, AVX-512), against OpenBLAS's
+single-threaded SGEMM on the same shapes: 2.8x for O = 64, 2.5-2.6x for O = 128 to 512, 2.1x for
+O = 1000; see docs/performance.md.
 
 ``lower_signs`` makes idx straight from a map's packed sign bits (``bitnet.kernels.bitpack``), the
 border reading as +1 or -1, so the float matrix R is never built; ``row_signs`` makes it from a +-1
 matrix. Rows past M (the last group's missing rows) read as +1 and meet zero rows of G: they add
 nothing.
 
-Rounding: each table row is ((+-G0 +- G1) +- G2) +- G3 (products with +-1 are exact), each output
+Rounding: each table row is ((+-G0 +- G1) +- G2) +- G3 (products with +-1 are exact; a stored row's
+negation gives the same value up to the sign of a zero), each output
 adds eight table rows as a tree, then the sums of successive blocks of 8 groups in order: every
 output element is a sum of the same M terms as a GEMM's, in another order (for float32 G, relative
 to sum_m |G[m, o]|, an error below (M/32 + 6) * 2^-24). The order depends on the shapes only, not
@@ -36,13 +38,13 @@ import numba as nb
 import numpy as np
 
 from bitnet.kernels.atomics import claimed
-from bitnet.kernels.table_rows import GROUPS, add_table_rows
+from bitnet.kernels.table_rows import GROUPS, add_table_rows, build_table
 from bitnet.kernels.threads import parallel
 
 _JIT = dict(nogil=True, cache=True, boundscheck=False, fastmath=False)
 
-GROUP_BLOCK = GROUPS  # 8: groups whose tables are built together (8 x 16 rows of 64 / 128 floats: 32 / 64 KB)
-K_BLOCK = 512     # rows of the result per task (tables are rebuilt per task: 16 rows against K_BLOCK)
+GROUP_BLOCK = GROUPS  # 8: groups whose tables are built together (8 x 8 rows of 64 / 128 floats: 16 / 32 KB)
+K_BLOCK = 512     # rows of the result per task (tables are rebuilt per task: 8 rows against K_BLOCK)
 
 
 def groups_of(m: int) -> int:
@@ -152,9 +154,10 @@ def _signs_t_matmul(idx, rows, g, out, counter, chunk):
     n_groups = idx.shape[0]
     ob = _o_block(o_size)
     o_blocks, k_blocks = -(-o_size // ob), -(-k_size // K_BLOCK)
-    tables = np.empty(GROUP_BLOCK * 16 * ob, g.dtype)
+    tables = np.empty(GROUP_BLOCK * 8 * ob, g.dtype)
     zero = np.zeros(ob, g.dtype)
     flat = out.reshape(-1)
+    row_vectors = g.strides[1] == g.itemsize  # G's rows contiguous: build_table loads them as vectors
     for task in claimed(counter, chunk, o_blocks * k_blocks):
         o0 = (task // k_blocks) * ob
         k0 = (task % k_blocks) * K_BLOCK
@@ -168,8 +171,15 @@ def _signs_t_matmul(idx, rows, g, out, counter, chunk):
                 flat[k * o_size + o0:k * o_size + o0 + width] = 0
         for g0 in range(0, n_groups, GROUP_BLOCK):
             nq = min(GROUP_BLOCK, n_groups - g0)
-            for q in range(nq):
-                _build_table(g, rows, 4 * (g0 + q), o0, width, zero, tables[q * 16 * ob:(q + 1) * 16 * ob], ob)
+            if vectors and row_vectors and width == 128:
+                for q in range(nq):
+                    build_table(g, 4 * (g0 + q), rows, o0, tables, q * 8 * ob, ob, 128)
+            elif vectors and row_vectors:
+                for q in range(nq):
+                    build_table(g, 4 * (g0 + q), rows, o0, tables, q * 8 * ob, ob, 64)
+            else:
+                for q in range(nq):
+                    _build_table(g, rows, 4 * (g0 + q), o0, width, zero, tables[q * 8 * ob:(q + 1) * 8 * ob], ob)
             if vectors and nq == GROUP_BLOCK:
                 if width == 128:
                     if g0 == 0:
@@ -188,52 +198,64 @@ def _signs_t_matmul(idx, rows, g, out, counter, chunk):
 @nb.njit(inline="always")
 def _o_block(o_size):
     """Output columns per table row: 128 from 128 columns on (fewer rows of additions per output),
-    else 64 (the tables of a block of groups stay in the L1 cache)."""
+    else 64 (less of a block left empty). Either way 8 groups' tables fit in the L1 cache."""
     return 128 if o_size >= 128 else 64
 
 
 @nb.njit(**_JIT)
 def _build_table(g, rows, r0, o0, width, zero, table, stride):
-    """table[b * stride + o] = ((s0 G[r0] + s1 G[r0+1]) + s2 G[r0+2]) + s3 G[r0+3] at column o0 + o,
-    s_r = -1 where bit r of b is set; rows at or past ``rows`` are zero."""
+    """The loop version of ``table_rows.build_table`` (any width and strides): table[j * stride + o]
+    = ((G[r0] + s1 G[r0+1]) + s2 G[r0+2]) + s3 G[r0+3] at column o0 + o, s_r = -1 where bit r - 1
+    of j is set (the 16-row table's row 2 j); rows at or past ``rows`` are zero."""
     g_0 = g[r0, o0:o0 + width] if r0 < rows else zero[:width]
     g_1 = g[r0 + 1, o0:o0 + width] if r0 + 1 < rows else zero[:width]
     g_2 = g[r0 + 2, o0:o0 + width] if r0 + 2 < rows else zero[:width]
     g_3 = g[r0 + 3, o0:o0 + width] if r0 + 3 < rows else zero[:width]
-    for b in range(16):
-        s0 = np.float32(-1.0) if b & 1 else np.float32(1.0)
-        s1 = np.float32(-1.0) if b & 2 else np.float32(1.0)
-        s2 = np.float32(-1.0) if b & 4 else np.float32(1.0)
-        s3 = np.float32(-1.0) if b & 8 else np.float32(1.0)
-        t = table[b * stride:b * stride + width]
+    for j in range(8):
+        s1 = np.float32(-1.0) if j & 1 else np.float32(1.0)  # float32: keeps float32 terms float32
+        s2 = np.float32(-1.0) if j & 2 else np.float32(1.0)
+        s3 = np.float32(-1.0) if j & 4 else np.float32(1.0)
+        t = table[j * stride:j * stride + width]
         for o in range(width):
-            t[o] = ((s0 * g_0[o] + s1 * g_1[o]) + s2 * g_2[o]) + s3 * g_3[o]
+            t[o] = ((g_0[o] + s1 * g_1[o]) + s2 * g_2[o]) + s3 * g_3[o]
+
+
+@nb.njit(inline="always")
+def _row(idx, g0, q, k, stride):
+    """(offset, sign) of the row of group g0 + q's table that nibble idx[g0 + q, k] picks: T[b] is
+    row b / 2 for an even b, minus row (b ^ 15) / 2 for an odd one."""
+    b = np.int64(idx[g0 + q, k])
+    odd = b & 1
+    return np.uint64((q * 8 + ((b ^ (15 * odd)) >> 1)) * stride), np.float32(-1.0) if odd else np.float32(1.0)
 
 
 @nb.njit(inline="always")
 def _accumulate(idx, g0, nq, k, tables, flat, at, width, stride):
-    """flat[at:at + width] += the tables' rows picked by idx[g0 .. g0+nq-1, k]: eight at a time,
-    added as a tree, then one by one. Offsets are unsigned: a loop over ``base + o`` then compiles
-    to vector code (signed offsets keep Numba's negative-index wraparound, which stays scalar)."""
-    u = np.uint64
-    w = u(width)
-    dst = u(at)
+    """The loop version of ``table_rows.add_table_rows`` (any width, any number of groups):
+    flat[at:at + width] += the table rows picked by idx[g0 .. g0+nq-1, k], eight at a time added as
+    a tree, then one by one (multiplying by +-1 is exact). Offsets are unsigned: a loop over
+    ``base + o`` then compiles to vector code (signed offsets keep Numba's negative-index
+    wraparound, which stays scalar)."""
+    w = np.uint64(width)
+    dst = np.uint64(at)
     q = 0
     while q + 8 <= nq:
-        a0 = u((q * 16 + idx[g0 + q, k]) * stride)
-        a1 = u(((q + 1) * 16 + idx[g0 + q + 1, k]) * stride)
-        a2 = u(((q + 2) * 16 + idx[g0 + q + 2, k]) * stride)
-        a3 = u(((q + 3) * 16 + idx[g0 + q + 3, k]) * stride)
-        a4 = u(((q + 4) * 16 + idx[g0 + q + 4, k]) * stride)
-        a5 = u(((q + 5) * 16 + idx[g0 + q + 5, k]) * stride)
-        a6 = u(((q + 6) * 16 + idx[g0 + q + 6, k]) * stride)
-        a7 = u(((q + 7) * 16 + idx[g0 + q + 7, k]) * stride)
+        a0, s0 = _row(idx, g0, q, k, stride)
+        a1, s1 = _row(idx, g0, q + 1, k, stride)
+        a2, s2 = _row(idx, g0, q + 2, k, stride)
+        a3, s3 = _row(idx, g0, q + 3, k, stride)
+        a4, s4 = _row(idx, g0, q + 4, k, stride)
+        a5, s5 = _row(idx, g0, q + 5, k, stride)
+        a6, s6 = _row(idx, g0, q + 6, k, stride)
+        a7, s7 = _row(idx, g0, q + 7, k, stride)
         for o in range(w):
-            flat[dst + o] += (((tables[a0 + o] + tables[a1 + o]) + (tables[a2 + o] + tables[a3 + o]))
-                              + ((tables[a4 + o] + tables[a5 + o]) + (tables[a6 + o] + tables[a7 + o])))
+            flat[dst + o] += (((s0 * tables[a0 + o] + s1 * tables[a1 + o])
+                               + (s2 * tables[a2 + o] + s3 * tables[a3 + o]))
+                              + ((s4 * tables[a4 + o] + s5 * tables[a5 + o])
+                                 + (s6 * tables[a6 + o] + s7 * tables[a7 + o])))
         q += 8
     while q < nq:
-        a0 = u((q * 16 + idx[g0 + q, k]) * stride)
+        a0, s0 = _row(idx, g0, q, k, stride)
         for o in range(w):
-            flat[dst + o] += tables[a0 + o]
+            flat[dst + o] += s0 * tables[a0 + o]
         q += 1
