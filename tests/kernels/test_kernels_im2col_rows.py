@@ -34,6 +34,15 @@ def test_transpose_inner_with_bias():
     np.testing.assert_array_equal(out, a.transpose(0, 2, 1) + bias[None, :, None])
 
 
+def test_transpose_inner_of_mixed_dtypes_promotes_as_numpy():
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal((2, 40, 33)).astype(np.float32)
+    bias = rng.standard_normal(33)  # float64
+    out = np.full((2, 33, 40), np.nan)
+    K.transpose_inner(a, bias, out)
+    np.testing.assert_array_equal(out, a.transpose(0, 2, 1) + bias[None, :, None])
+
+
 def test_col2im_rows_is_the_adjoint_of_im2col_rows():
     """<im2col(x), r> == <x, col2im(r)> for random x, r: the defining property of the adjoint."""
     rng = np.random.default_rng(4)
@@ -49,14 +58,30 @@ def test_col2im_rows_is_the_adjoint_of_im2col_rows():
     assert np.isclose(np.vdot(rows, r), np.vdot(x, back), rtol=1e-12)
 
 
-@pytest.mark.parametrize("shape", [(2, 130, 127), (1, 16, 1024), (3, 1024, 17)], ids=str)
-def test_transpose_inner_tiled_sizes(shape):
-    """Images above the tiling threshold (partial tiles at both edges), against NumPy."""
+@pytest.mark.parametrize("shape", [(2, 130, 127), (1, 16, 1024), (3, 1024, 17), (2, 15, 40), (1, 3, 2),
+                                   (2, 32, 48)], ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", ["C", "leading axes swapped", "F"])
+def test_transpose_inner_sizes_and_layouts(shape, dtype, layout):
+    """Whole tiles, partial tiles at either edge, or none; rows contiguous with other strides
+    elsewhere (the tiles still apply), or not contiguous (scalar moves): against NumPy."""
     rng = np.random.default_rng(sum(shape))
-    a = rng.standard_normal(shape).astype(np.float32)
-    bias = rng.standard_normal(shape[2]).astype(np.float32)
-    assert shape[1] * shape[2] >= K.TILED_TRANSPOSE
-    out = np.full((shape[0], shape[2], shape[1]), np.nan, np.float32)
+    a = rng.standard_normal(shape).astype(dtype)
+    if layout == "leading axes swapped":
+        a = np.ascontiguousarray(a.transpose(1, 0, 2)).transpose(1, 0, 2)
+    elif layout == "F":
+        a = np.asfortranarray(a)
+    bias = rng.standard_normal(shape[2]).astype(dtype)
+    out = np.full((shape[0], shape[2], shape[1]), np.nan, dtype)
+    K.transpose_inner(a, bias, out)
+    np.testing.assert_array_equal(out, a.transpose(0, 2, 1) + bias[None, :, None])
+
+
+def test_transpose_inner_of_mixed_dtypes_promotes_as_numpy():
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal((2, 40, 33)).astype(np.float32)
+    bias = rng.standard_normal(33)  # float64
+    out = np.full((2, 33, 40), np.nan)
     K.transpose_inner(a, bias, out)
     np.testing.assert_array_equal(out, a.transpose(0, 2, 1) + bias[None, :, None])
 
