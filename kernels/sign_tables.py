@@ -38,6 +38,7 @@ import numba as nb
 import numpy as np
 
 from bitnet.kernels.atomics import claimed
+from bitnet.kernels.bit_bytes import or_bit_bytes
 from bitnet.kernels.table_rows import GROUPS, add_table_rows, build_table
 from bitnet.kernels.threads import parallel
 
@@ -59,6 +60,9 @@ def lower_signs(bits, channels, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, pad_valu
     reading as ``pad_value`` (+1 or -1: a 0 has no sign bit; callers use a GEMM for it)."""
     if pad_value not in (1.0, -1.0) and (ph or pw):
         raise ValueError(f"lower_signs: the border must read as +1 or -1, got pad_value={pad_value!r}")
+    if not (bits.flags.c_contiguous and idx.flags.c_contiguous):
+        raise ValueError(f"lower_signs: bits and idx must be C-contiguous, got C-contiguous={bits.flags.c_contiguous}, "
+                         f"{idx.flags.c_contiguous}")
     groups = bits.shape[3]
     parallel(_lower_signs, idx.shape[0], bits, groups, channels // groups, kh, kw, sh, sw, ph, pw, dh, dw,
              oh, ow, pad_value < 0, idx, cost=4 * kh * kw * channels)
@@ -66,12 +70,20 @@ def lower_signs(bits, channels, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, pad_valu
 
 @nb.njit(**_JIT)
 def _lower_signs(bits, groups, cg, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, pad_negative, idx, counter, chunk):
-    """One thread's share of ``lower_signs``: the groups of rows it claims."""
+    """One thread's share of ``lower_signs``: the groups of rows it claims, on flat views (a view per
+    tap cost more than its few vector operations). A word's 64 bits go to 64 bytes at once
+    (``kernels.bit_bytes``), a last partial word's too where the row has room past it."""
     n_img, height, width = bits.shape[0], bits.shape[1], bits.shape[2]
+    n_words = bits.shape[4]
     rows = n_img * oh * ow
+    k_size = idx.shape[1]
+    full = cg // 64
+    words = bits.reshape(-1)
+    flat = idx.reshape(-1)
     for grp in claimed(counter, chunk, idx.shape[0]):
-        dst = idx[grp]
-        dst[:] = 0
+        row0 = grp * k_size
+        row_end = row0 + k_size
+        flat[row0:row0 + k_size] = 0
         for r in range(4):
             m = 4 * grp + r
             if m >= rows:
@@ -83,31 +95,24 @@ def _lower_signs(bits, groups, cg, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, pad_n
                     iy = oy * sh - ph + i * dh
                     for j in range(kw):
                         ix = ox * sw - pw + j * dw
-                        base = ((g * kh + i) * kw + j) * cg
-                        tap = dst[base:base + cg]
+                        base = row0 + ((g * kh + i) * kw + j) * cg
                         if not (0 <= iy < height and 0 <= ix < width):
                             if pad_negative:
-                                _set_all(tap, bit)
+                                for c in range(cg):
+                                    flat[base + c] |= bit
                         else:
-                            _or_signs(bits[n, iy, ix, g], r, tap)
-
-
-@nb.njit(inline="always")
-def _set_all(dst, bit):
-    for c in range(dst.size):
-        dst[c] |= bit
-
-
-@nb.njit(inline="always")
-def _or_signs(words, r, dst):
-    """dst[c] |= (bit c of ``words``) << r, for c < dst.size."""
-    shift = np.uint64(r)
-    for wi in range(words.size):
-        word = words[wi]
-        lo = wi * 64
-        part = dst[lo:lo + min(64, dst.size - lo)]
-        for b in range(part.size):
-            part[b] |= np.uint8(((word >> np.uint64(b)) & np.uint64(1)) << shift)
+                            w0 = (((n * height + iy) * width + ix) * groups + g) * n_words
+                            for wi in range(full):
+                                or_bit_bytes(flat, base + wi * 64, words[w0 + wi], r)
+                            if full < n_words:  # a last partial word
+                                at = base + full * 64
+                                if at + 64 <= row_end:  # bits past cg are 0 (DESIGN.md): the next tap's bytes stay
+                                    or_bit_bytes(flat, at, words[w0 + full], r)
+                                else:
+                                    word = words[w0 + full]
+                                    for b in range(cg - full * 64):
+                                        flat[np.uint64(at + b)] |= np.uint8(((word >> np.uint64(b)) & np.uint64(1))
+                                                                            << np.uint64(r))
 
 
 def row_signs(a, idx):

@@ -27,6 +27,7 @@ GEOMS = [  # n, c, h, w, kh, kw, stride, padding, dilation, groups, pad_value
     (2, 130, 5, 5, 1, 1, 1, 0, 1, 1, 1.0),     # 1x1, three words
     (1, 64, 4, 5, 3, 2, 1, 1, 1, 4, 1.0),      # batch 1, rectangular kernel, 4 groups
     (1, 3, 3, 3, 3, 3, 1, 0, 1, 1, 0.0),       # no border: pad_value 0 is fine
+    (2, 20, 9, 9, 5, 5, 1, 2, 1, 1, -1.0),     # partial words with room after them in the row, and without
 ]
 
 
