@@ -104,8 +104,46 @@ def col2im(cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out):
     in order."""
     if not out.flags.c_contiguous:
         raise ValueError(f"col2im: out must be C-contiguous, got strides {out.strides} for shape {out.shape}")
-    parallel(_col2im, out.shape[1], cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out,
-             cost=out.shape[0] * oh * ow * kh * kw)
+    n_img, channels, height, width = out.shape
+    if sh == 1 and sw == 1 and (oh, ow) == (height, width):
+        masks = np.zeros((kw, oh, ow), cols.dtype)
+        for j in range(kw):
+            lo, hi = _valid_range(j * dw - pw, 1, width, ow)
+            masks[j, :, lo:hi] = 1
+        parallel(_col2im_same, channels, cols, kh, kw, ph, pw, dh, dw, masks.reshape(kw, oh * ow), out,
+                 cost=n_img * oh * ow * kh * kw)
+        return
+    parallel(_col2im, channels, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, cost=n_img * oh * ow * kh * kw)
+
+
+@nb.njit(**_JIT)
+def _col2im_same(cols, kh, kw, ph, pw, dh, dw, masks, out, counter, chunk):
+    """``_col2im`` for a stride-1 convolution whose output has its input's size (a "same" border):
+    a tap's entries for one image then land at a constant shift d = s + (i dh - ph) W + (j dw - pw)
+    in the plane, so they are added as one run of the plane's length, each times the tap column's
+    mask (1 where 0 <= ox + j dw - pw < W, else 0: an entry that would wrap to the next row adds 0)
+    instead of one run per output row (1.25x on 32 x 32 planes, 2x on 8 x 8 and 4 x 4). The same
+    sums in the same order, up to the sign of a zero."""
+    n_img, channels, height, width = out.shape
+    plane = height * width
+    u = np.uint64
+    flat = out.reshape(-1)
+    for c in claimed(counter, chunk, channels):
+        for n in range(n_img):
+            out[n, c] = 0
+        for i in range(kh):
+            for j in range(kw):
+                shift = (i * dh - ph) * width + (j * dw - pw)
+                lo, hi = max(0, -shift), min(plane, plane - shift)  # d = s + shift inside the plane
+                if hi <= lo:
+                    continue
+                src, mask = cols[(c * kh + i) * kw + j], masks[j]
+                run = u(hi - lo)
+                for n in range(n_img):
+                    d0 = u((n * channels + c) * plane + lo + shift)
+                    s0, m0 = u(n * plane + lo), u(lo)
+                    for t in range(run):
+                        flat[d0 + t] += src[s0 + t] * mask[m0 + t]
 
 
 @nb.njit(**_JIT)

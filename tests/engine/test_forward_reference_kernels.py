@@ -176,7 +176,10 @@ def im2col_ref(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("geom", [(3, 3, 1, 1, 0, 0, 1, 1), (3, 2, 2, 2, 1, 2, 1, 1),
                                   (3, 3, 2, 1, 2, 1, 2, 2), (1, 1, 3, 2, 0, 0, 1, 1),
-                                  (2, 3, 1, 3, 1, 1, 2, 1)], ids=str)
+                                  (2, 3, 1, 3, 1, 1, 2, 1),
+                                  # "same" stride-1 borders (col2im's one run per tap and image)
+                                  (3, 3, 1, 1, 1, 1, 1, 1), (3, 3, 1, 1, 2, 2, 2, 2), (3, 5, 1, 1, 1, 2, 1, 1),
+                                  (1, 1, 1, 1, 0, 0, 1, 1), (5, 3, 1, 1, 2, 1, 1, 1)], ids=str)
 def test_im2col_and_col2im_kernels_poisoned(geom, dtype):
     kh, kw, sh, sw, ph, pw, dh, dw = geom
     rng = np.random.default_rng(13)
@@ -286,3 +289,18 @@ def test_channel_stats_accumulates_float32_input_in_float64():
     var = ((x64 - x64.mean(axis=(0, 2))[None, :, None]) ** 2).mean(axis=(0, 2))
     np.testing.assert_allclose(mean, x64.mean(axis=(0, 2)), rtol=1e-12)
     np.testing.assert_allclose(1 / invstd ** 2, var, rtol=1e-11)
+
+
+@pytest.mark.parametrize("geom", [(3, 3, 1, 1), (3, 3, 2, 2), (3, 5, 1, 2), (5, 3, 2, 1)], ids=str)
+def test_col2im_of_a_same_border_gives_the_bits_of_one_run_per_row(geom):
+    """The stride-1 "same" path adds the same terms in the same order as the general kernel."""
+    from bitnet.kernels.threads import parallel
+    kh, kw, ph, pw = geom
+    dh, dw = (ph * 2 // (kh - 1), pw * 2 // (kw - 1))
+    n, c, h, w = 3, 5, 8, 9
+    rng = np.random.default_rng(sum(geom))
+    cols = rng.standard_normal((c * kh * kw, n * h * w)).astype(np.float32)
+    same, general = np.empty((n, c, h, w), np.float32), np.empty((n, c, h, w), np.float32)
+    KI.col2im(cols, kh, kw, 1, 1, ph, pw, dh, dw, h, w, same)
+    parallel(KI._col2im, c, cols, kh, kw, 1, 1, ph, pw, dh, dw, h, w, general, cost=1)
+    np.testing.assert_array_equal(same, general)
