@@ -106,7 +106,7 @@ def _lower_signs(bits, groups, cg, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, pad_n
                                 or_bit_bytes(flat, base + wi * 64, words[w0 + wi], r)
                             if full < n_words:  # a last partial word
                                 at = base + full * 64
-                                if at + 64 <= row_end:  # bits past cg are 0 (DESIGN.md): the next tap's bytes stay
+                                if at + 64 <= row_end:  # bits past cg are 0 (docs/design.md): the next tap's bytes stay
                                     or_bit_bytes(flat, at, words[w0 + full], r)
                                 else:
                                     word = words[w0 + full]

@@ -18,7 +18,7 @@ only then, from the saved +-1 input. A forward without gradients (evaluation) ne
 Both products of the backward pass have a +-1 factor and need no multiplications. In the
 channels-last layout, where every entry of the lowered input is +-1 (no border of zeros), a
 convolution computes d/dw and d/dx by table lookup (``bitnet.ops.sign_backward``; tables of signed
-sums, ``bitnet.kernels.sign_tables``: 1.5-2x a float GEMM), and so does the matrix product: the
+sums, ``bitnet.kernels.sign_tables``: 2.1-2.8x a float GEMM), and so does the matrix product: the
 same sums in another order, within their rounding bound; the bias's gradient stays the float
 path's bits. ``forward_on_bits = False`` on a layer gives the float path's bits for every gradient.
 """

@@ -9,7 +9,7 @@ the backward pass have a +-1 factor:
     dx   = col2im(dR^T)       (``kernels.im2col.col2im``: the column layout, straight to NCHW)
 
 each computed by ``sign_tables.signs_t_matmul`` (tables of the 16 signed sums of every four rows
-of the float factor: about 4x fewer operations than a float GEMM, 1.5-2x its speed). In the
+of the float factor: about 4x fewer operations than a float GEMM, 2.1-2.8x its speed). In the
 column layout the rows of W^T run over (c, i, j), the order ``col2im`` reads, so neither dR nor dx
 goes through channels-last (the rows layout's dR, col2im_rows and NHWC -> NCHW transpose are gone).
 

@@ -34,14 +34,6 @@ def test_transpose_inner_with_bias():
     np.testing.assert_array_equal(out, a.transpose(0, 2, 1) + bias[None, :, None])
 
 
-def test_transpose_inner_of_mixed_dtypes_promotes_as_numpy():
-    rng = np.random.default_rng(7)
-    a = rng.standard_normal((2, 40, 33)).astype(np.float32)
-    bias = rng.standard_normal(33)  # float64
-    out = np.full((2, 33, 40), np.nan)
-    K.transpose_inner(a, bias, out)
-    np.testing.assert_array_equal(out, a.transpose(0, 2, 1) + bias[None, :, None])
-
 
 def test_col2im_rows_is_the_adjoint_of_im2col_rows():
     """<im2col(x), r> == <x, col2im(r)> for random x, r: the defining property of the adjoint."""
