@@ -16,7 +16,13 @@ every ``forward_chain`` module (the ResNet) in a packed model (``prepare(packed)
   blocks and channels-last maps included, without a module call, a Tensor or a shape check per
   layer.
 
-A plan gives the same bits as the layer-by-layer run (tested), and is used only where that run
+A plan gives the same bits as the layer-by-layer run (tested), and each new plan's first output is
+checked against that run on the same input (once per input shape: a container's plan follows its
+modules' declarations, ``forward_chain`` / ``forward_program``, and one that does not describe its
+class's forward would otherwise give other values silently; on a difference the model warns, naming
+the declarations, and runs that shape layer by layer). Not where a module below runs by its own
+forward (a dropout or batch norm put back in training mode, a module of your own): running it twice
+could change its state. A plan is used only where that run
 would give a plain tensor without a graph: the input is a plain ``Tensor`` or array that does not
 need a gradient (a packed model's parameters never do: ``bitnet.pack`` freezes them), no module
 below carries a forward hook, every container below has the children the plan was made for, and
@@ -37,6 +43,7 @@ import numpy as np
 from bitnet.kernels.threads import single_threaded_blas
 from bitnet.nn.module import deepcopy_without, watch_state
 from bitnet.packed.cpu_steps import NoPlan, record, run, tensor_data
+from bitnet.packed.kinds import hook_trusted
 from bitnet.packed.lowering import Activation, lower
 from bitnet.packed.sign_chains import find_chains
 from bitnet.tensor import Tensor, is_grad_enabled
@@ -132,10 +139,41 @@ def planned_forward(module, x):
                               f"{data.shape} ({type(e).__name__}: {e}); it runs layer by layer (please report this)",
                               RuntimeWarning, stacklevel=3)
                 return out
+            if steps is not None and _pure(ops):
+                return _checked(module, x, key, subtree, _Plan(subtree, steps, bound), tensor_data(out))
             _remember(module, key, _Plan(subtree, steps, bound))
             if steps is not None:
                 return Tensor(tensor_data(out))
     return _layer_by_layer(module, x)
+
+
+def _pure(ops) -> bool:
+    """Whether every op (parts included) is one of the lowering's own kinds, whose steps have no
+    state: no module run by its own forward, which running twice could change (a dropout or a batch
+    norm put back in training mode, a module of your own)."""
+    return all(op.kind != "module" and all(_pure(part) for part in op.parts.values()) for op in ops)
+
+
+def _checked(module, x, key, subtree, plan, got):
+    """A new plan's first output against the layers' own run on the same input (once per input
+    shape): a plan follows the modules' declarations (``forward_chain``, ``forward_program``), and a
+    declaration that does not describe its class's forward would otherwise give other values
+    silently. Equal bits: the plan is kept and its output returned. Else the model warns once, names
+    the declaring modules, and runs this input shape layer by layer."""
+    got = np.array(got, copy=True)  # (before the layers run: no array of theirs can change it)
+    want = _layer_by_layer(module, x)
+    if isinstance(want, Tensor) and want.shape == got.shape and np.array_equal(want.data, got, equal_nan=True):
+        _remember(module, key, plan)
+        return Tensor(got)
+    _remember(module, key, _Plan(subtree, None))
+    declaring = sorted({f"{type(m).__name__}.{d}" for m in subtree for d in ("forward_chain", "forward_program")
+                        if hook_trusted(m, d)})
+    import warnings
+    warnings.warn(f"bitnet: the plan of a packed {type(module).__name__} for input {key[0]} gives other values than "
+                  f"its layers' own forward; it runs layer by layer. Check that each declaration describes its "
+                  f"class's forward: {', '.join(declaring) or '(none declared: please report this)'}",
+                  RuntimeWarning, stacklevel=4)
+    return want
 
 
 def _parameter_arrays(module):
@@ -192,8 +230,8 @@ def prepare(packed) -> None:
     from bitnet.nn.container import Sequential
     from bitnet.packed.kinds import computes_as, hook_trusted
     for m in list(packed.modules()):
-        if type(m) in _PLANNED.values():
-            continue
+        if any(k in _PLANNED.values() for k in type(m).__mro__):  # planned already (below a micro-batch class
+            continue                                                 # too: a packed model packed again)
         if computes_as(m, Sequential):  # (not one with its own forward)
             m._sign_chains = find_chains(m)
         elif not (getattr(m, "forward_chain", None) and hook_trusted(m, "forward_chain")):

@@ -1,6 +1,6 @@
 """A packed model's plans and the model's state: copies, loads into parts of the model, modules that keep
-what they are given, integer inputs, training mode, and declarations that cannot be read. Each case
-is compared with the layer-by-layer run (``packed_helpers.layer_by_layer``), exactly."""
+what they are given, integer inputs, training mode, and declarations that cannot be read or do not describe the forward.
+Each case is compared with the layer-by-layer run (``packed_helpers.layer_by_layer``), exactly."""
 from __future__ import annotations
 
 import copy
@@ -123,3 +123,42 @@ def test_an_empty_batch_gives_an_empty_output(micro_batch):
             for dtype in (np.float32, np.float64):
                 out = packed(np.zeros((0,) + shape, dtype)).data
                 assert out.shape == (0, 10) and out.dtype == packed(np.zeros((1,) + shape, dtype)).data.dtype
+
+
+def test_a_forward_program_that_does_not_describe_the_forward_is_caught():
+    """The plan follows the declaration (relu); the forward applies tanh: the first call per input
+    shape compares the two, warns, names the declaration and gives the forward's values."""
+    from bitnet import functional as F
+
+    class Block(nn.Module):
+        forward_program = ("conv", ("relu",))
+
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, rng=np.random.default_rng(0))
+
+        def forward(self, x):
+            return F.tanh(self.conv(x))
+    packed = pack(nn.Sequential(Block(), nn.Flatten(), nn.QDense(4 * 36, 3, rng=np.random.default_rng(1), **Q)).eval())
+    x = _x(10, (2, 3, 8, 8))
+    want = layer_by_layer(packed, x)
+    with no_grad():
+        with pytest.warns(RuntimeWarning, match=r"other values than its layers' own forward.*Block\.forward_program"):
+            first = packed(x).data
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            second = packed(x).data  # remembered: layer by layer, no second warning
+    np.testing.assert_array_equal(first, want)
+    np.testing.assert_array_equal(second, want)
+
+
+def test_declarations_that_describe_the_forward_pass_the_check_silently():
+    import warnings
+    packed, x = _resnet(5), _x(5)
+    with no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        first, second = packed(x).data, packed(x).data
+    assert any(p.steps is not None for m in packed.modules() for p in m.__dict__.get("_plans", {}).values())
+    np.testing.assert_array_equal(first, layer_by_layer(packed, x))
+    np.testing.assert_array_equal(second, first)
