@@ -101,85 +101,85 @@ def _im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, pad_value, counter, 
 def col2im(cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out):
     """out[n, c, y, x] = sum of the cols entries that im2col read from (n, c, y, x); ``out`` is
     overwritten (C-contiguous). Parallel over channels: a thread owns out[:, c] and reads rows (c, i, j)
-    in order."""
+    in order. A stride-1 convolution whose output has its input's size (a "same" border) adds each
+    tap's entries for an image as one run (``_add_shifted``), any other one run per output row."""
     if not out.flags.c_contiguous:
         raise ValueError(f"col2im: out must be C-contiguous, got strides {out.strides} for shape {out.shape}")
     n_img, channels, height, width = out.shape
+    masks = np.zeros((0, 0), cols.dtype)  # none: one run per output row
     if sh == 1 and sw == 1 and (oh, ow) == (height, width):
         masks = np.zeros((kw, oh, ow), cols.dtype)
         for j in range(kw):
             lo, hi = _valid_range(j * dw - pw, 1, width, ow)
             masks[j, :, lo:hi] = 1
-        parallel(_col2im_same, channels, cols, kh, kw, ph, pw, dh, dw, masks.reshape(kw, oh * ow), out,
-                 cost=n_img * oh * ow * kh * kw)
-        return
-    parallel(_col2im, channels, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, cost=n_img * oh * ow * kh * kw)
+        masks = masks.reshape(kw, oh * ow)
+    parallel(_col2im, channels, cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, masks, out,
+             cost=n_img * oh * ow * kh * kw)
 
 
 @nb.njit(**_JIT)
-def _col2im_same(cols, kh, kw, ph, pw, dh, dw, masks, out, counter, chunk):
-    """``_col2im`` for a stride-1 convolution whose output has its input's size (a "same" border):
-    a tap's entries for one image then land at a constant shift d = s + (i dh - ph) W + (j dw - pw)
-    in the plane, so they are added as one run of the plane's length, each times the tap column's
-    mask (1 where 0 <= ox + j dw - pw < W, else 0: an entry that would wrap to the next row adds 0)
-    instead of one run per output row (1.25x on 32 x 32 planes, 2x on 8 x 8 and 4 x 4). The same
-    sums in the same order, up to the sign of a zero."""
-    n_img, channels, height, width = out.shape
-    plane = height * width
-    u = np.uint64
-    flat = out.reshape(-1)
-    for c in claimed(counter, chunk, channels):
-        for n in range(n_img):
-            out[n, c] = 0
-        for i in range(kh):
-            for j in range(kw):
-                shift = (i * dh - ph) * width + (j * dw - pw)
-                lo, hi = max(0, -shift), min(plane, plane - shift)  # d = s + shift inside the plane
-                if hi <= lo:
-                    continue
-                src, mask = cols[(c * kh + i) * kw + j], masks[j]
-                run = u(hi - lo)
-                for n in range(n_img):
-                    d0 = u((n * channels + c) * plane + lo + shift)
-                    s0, m0 = u(n * plane + lo), u(lo)
-                    for t in range(run):
-                        flat[d0 + t] += src[s0 + t] * mask[m0 + t]
-
-
-@nb.njit(**_JIT)
-def _col2im(cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, counter, chunk):
-    """One thread's share of ``col2im``: the items it claims. The runs along ``ox`` are added on one
+def _col2im(cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, masks, out, counter, chunk):
+    """One thread's share of ``col2im``: the channels it claims, tap by tap. Runs are added on one
     flat view at unsigned offsets (on 4-D indices the loop stayed scalar, and a view made per run
     cost more than a 4-wide run: 3x slower on LeNet's 8-wide output rows, 2.4x on ResNet's 4-wide)."""
-    n_img, channels, height, width = out.shape
-    u = np.uint64
+    n_img, channels = out.shape[0], out.shape[1]
     flat = out.reshape(-1)
     for c in claimed(counter, chunk, channels):
         for n in range(n_img):
             out[n, c] = 0
         for i in range(kh):
             for j in range(kw):
-                k = (c * kh + i) * kw + j
-                off = j * dw - pw
-                lo, hi = _valid_range(off, sw, width, ow)
-                if hi <= lo:
-                    continue
-                src = cols[k]
-                run = u(hi - lo)
-                for n in range(n_img):
-                    plane = (n * channels + c) * height * width
-                    for oy in range(oh):
-                        iy = oy * sh - ph + i * dh
-                        if iy < 0 or iy >= height:
-                            continue
-                        d0 = u(plane + iy * width + lo * sw + off)
-                        s0 = u((n * oh + oy) * ow + lo)
-                        if sw == 1:
-                            for t in range(run):
-                                flat[d0 + t] += src[s0 + t]
-                        else:
-                            for t in range(run):
-                                flat[d0 + t * u(sw)] += src[s0 + t]
+                src = cols[(c * kh + i) * kw + j]
+                if masks.shape[0]:
+                    _add_shifted(src, masks[j], flat, out.shape, c, (i * dh - ph) * out.shape[3] + (j * dw - pw))
+                else:
+                    _add_rows(src, flat, out.shape, c, i * dh - ph, j * dw - pw, sh, sw, oh, ow)
+
+
+@nb.njit(inline="always")
+def _add_shifted(src, mask, flat, shape, c, shift):
+    """A same-size stride-1 tap: its entries for image n land at d = s + shift in plane (n, c), so
+    they are added as one run of the plane's length, each times the tap column's mask (1 where the
+    column stays inside the row, else 0: an entry that would wrap to the next row adds 0): 1.25x on
+    32 x 32 planes, 2x on 8 x 8 and 4 x 4 against a run per row. The same sums in the same order, up
+    to the sign of a zero."""
+    u = np.uint64
+    n_img, channels = shape[0], shape[1]
+    plane = shape[2] * shape[3]
+    lo, hi = max(0, -shift), min(plane, plane - shift)  # d inside the plane
+    if hi <= lo:
+        return
+    run = u(hi - lo)
+    for n in range(n_img):
+        d0 = u((n * channels + c) * plane + lo + shift)
+        s0, m0 = u(n * plane + lo), u(lo)
+        for t in range(run):
+            flat[d0 + t] += src[s0 + t] * mask[m0 + t]
+
+
+@nb.njit(inline="always")
+def _add_rows(src, flat, shape, c, row_off, col_off, sh, sw, oh, ow):
+    """Any other tap: its entries for output row oy of image n, one run along ``ox``."""
+    u = np.uint64
+    n_img, channels, height, width = shape
+    lo, hi = _valid_range(col_off, sw, width, ow)
+    if hi <= lo:
+        return
+    run = u(hi - lo)
+    for n in range(n_img):
+        plane = (n * channels + c) * height * width
+        for oy in range(oh):
+            iy = oy * sh + row_off
+            if iy < 0 or iy >= height:
+                continue
+            d0 = u(plane + iy * width + lo * sw + col_off)
+            s0 = u((n * oh + oy) * ow + lo)
+            if sw == 1:
+                for t in range(run):
+                    flat[d0 + t] += src[s0 + t]
+            else:
+                for t in range(run):
+                    flat[d0 + t * u(sw)] += src[s0 + t]
 
 
 def swap_leading_axes(a, bias, out):
@@ -327,8 +327,8 @@ def transpose_inner(a, bias, out):
     NCHW <-> NHWC per image (as (N, C, H*W) <-> (N, H*W, C)), adding a bias indexed by a's last
     axis on the way (the conv bias when B = O; zeros of length B for none). TILE x TILE tiles
     transposed in vector registers (``kernels.tile_transpose``): resnet18-binary's (64, 1024, 64)
-    5.1 -> 2.0 ms and (64, 64, 1024) 4.5 -> 2.7 ms on one thread, LeNet's (128, 64, 144) 0.90 ->
-    0.14 ms (scalar moves, even tile by tile, read or write one array a row apart per element)."""
+    5.0 -> 1.9 ms and (64, 64, 1024) 6.5 -> 1.6 ms on one thread, LeNet's (128, 64, 144) 0.71 ->
+    0.18 ms (scalar moves, even tile by tile, read or write one array a row apart per element)."""
     kernel = _transpose_inner if a.dtype == bias.dtype == out.dtype else _transpose_inner_mixed
     parallel(kernel, a.shape[0], a, bias, out, cost=a.shape[1] * a.shape[2])
 

@@ -302,5 +302,6 @@ def test_col2im_of_a_same_border_gives_the_bits_of_one_run_per_row(geom):
     cols = rng.standard_normal((c * kh * kw, n * h * w)).astype(np.float32)
     same, general = np.empty((n, c, h, w), np.float32), np.empty((n, c, h, w), np.float32)
     KI.col2im(cols, kh, kw, 1, 1, ph, pw, dh, dw, h, w, same)
-    parallel(KI._col2im, c, cols, kh, kw, 1, 1, ph, pw, dh, dw, h, w, general, cost=1)
+    parallel(KI._col2im, c, cols, kh, kw, 1, 1, ph, pw, dh, dw, h, w, np.zeros((0, 0), np.float32), general,
+             cost=1)  # no masks: one run per output row
     np.testing.assert_array_equal(same, general)
