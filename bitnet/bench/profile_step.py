@@ -28,6 +28,8 @@ import numpy as np
 # kernels timed on their own: (module, attribute) -> row name (the ops call them through their module)
 KERNELS = [
     ("bitnet.ops.conv", "gemm", "gemm (conv)"),
+    ("bitnet.ops.conv", "matmul_each", "gemm per image (conv)"),
+    ("bitnet.ops.conv", "matmul_sum", "gemm summed (conv)"),
     ("bitnet.ops.elementwise", "gemm", "gemm (dense)"),
     ("bitnet.kernels.im2col", "im2col", "im2col"),
     ("bitnet.kernels.im2col", "col2im", "col2im"),

@@ -114,3 +114,42 @@ def test_parallel_add_and_copy_take_one_call_for_broadcasts_and_strided_arrays()
     strided = np.empty((1000, 600), np.float32).T  # not C-contiguous
     np.testing.assert_array_equal(TH.parallel_binary(np.add, a, a, strided), a + a)
     np.testing.assert_array_equal(TH.parallel_copy(strided, a), a)
+
+
+# matmul_each / matmul_sum: the column-layout convolution's products per image (bitnet.ops.conv)
+IMAGE_SHAPES = [(9, 64, 25, 576), (5, 7, 27, 33), (1, 3, 2, 5), (0, 4, 3, 6)]  # (N, M, K, P)
+
+
+@pytest.mark.parametrize("n,m,k,p", IMAGE_SHAPES)
+def test_matmul_each_on_a_column_layout_view(n, m, k, p, restore_threads):
+    rng = np.random.default_rng(n * 31 + p)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    cols = rng.standard_normal((k, n * p)).astype(np.float32)
+    b = cols.reshape(k, n, p).transpose(1, 0, 2)  # image i's columns cols[:, i*p:(i+1)*p], not a copy
+    bias = rng.standard_normal(m).astype(np.float32)
+    ref = np.einsum("mk,nkp->nmp", a.astype(np.float64), b.astype(np.float64))
+    tol = 1e-5 * k  # float32 sums of k products of N(0,1) values, as above
+    for t in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+        numba.set_num_threads(t)
+        for with_bias in (False, True):
+            out = np.full((n, m, p), np.nan, np.float32)  # poisoned: every element must be written
+            G.matmul_each(a, b, out, bias if with_bias else None)
+            np.testing.assert_allclose(out, ref + (bias[:, None] if with_bias else 0), rtol=0, atol=tol + 1e-6)
+
+
+@pytest.mark.parametrize("n,m,k,p", IMAGE_SHAPES)
+def test_matmul_sum_is_the_same_bits_at_every_thread_count(n, m, k, p, restore_threads):
+    rng = np.random.default_rng(n * 17 + k)
+    g = rng.standard_normal((n, m, p)).astype(np.float32)
+    cols = rng.standard_normal((k, n * p)).astype(np.float32)
+    b = cols.reshape(k, n, p).transpose(1, 0, 2).transpose(0, 2, 1)  # (N, P, K) views of cols
+    ref = np.einsum("nmp,npk->mk", g.astype(np.float64), b.astype(np.float64))
+    results = []
+    for t in (1, 2, 3):
+        numba.set_num_threads(min(t, numba.config.NUMBA_NUM_THREADS))
+        out = np.full((m, k), np.nan, np.float32)
+        G.matmul_sum(g, b, out)
+        np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5 * n * p)
+        results.append(out)
+    for out in results[1:]:  # blocks of images summed in a fixed order, whoever runs them
+        np.testing.assert_array_equal(out, results[0])
