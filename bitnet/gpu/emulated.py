@@ -19,6 +19,13 @@ Every such read back to the host (``get``, ``asnumpy``, ``float`` / ``int`` / ``
 ``with count_host_reads() as reads:`` each one is recorded (``reads``: a list of ``(what, shape)``),
 so tests can pin down how many times a training step stops the GPU's queue.
 
+Inside ``with count_device_calls() as calls:`` every device operation is recorded too, ``(name,
+where)`` with ``where`` the innermost caller outside this module (``file:function``), except those
+that launch no kernel on CuPy (views such as ``reshape`` / ``transpose``, basic slicing, ``empty``:
+``NO_LAUNCH``): a count of a training step's kernel launches, each of which costs host time on a GPU
+(``python -m bitnet.bench.gpu_launches``). It is an estimate: a reshape that must copy, or a CuPy
+function that launches two kernels, counts as one or none.
+
 An ``EmulatedArray`` wraps a NumPy array (``host_view``); its numbers are NumPy's. The emulation
 checks where arrays live and the math of the GPU implementations, not CuPy's kernels.
 """
@@ -26,6 +33,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
+import sys
 import types
 
 import numpy as np
@@ -41,21 +50,59 @@ _reads = contextvars.ContextVar("bitnet_emulated_host_reads", default=None)
 
 
 @contextlib.contextmanager
+def _recording(var):
+    """A block in which ``var`` (a context variable) holds the list this yields."""
+    items = []
+    token = var.set(items)
+    try:
+        yield items
+    finally:
+        var.reset(token)
+
+
 def count_host_reads():
     """Record, in the list this yields, every read of a device array back to the host made in the
     block (in this thread or context): ``(what, shape)`` each, e.g. ``("float", ())``."""
-    reads = []
-    token = _reads.set(reads)
-    try:
-        yield reads
-    finally:
-        _reads.reset(token)
+    return _recording(_reads)
 
 
 def _read(what, a):
     reads = _reads.get()
     if reads is not None:
         reads.append((what, tuple(a.shape)))
+
+
+_calls = contextvars.ContextVar("bitnet_emulated_device_calls", default=None)
+_NUMPY = os.path.dirname(np.__file__)
+
+# device operations that launch no kernel on CuPy: views, metadata, allocations without a fill
+NO_LAUNCH = frozenset({"reshape", "transpose", "swapaxes", "view", "ravel", "squeeze", "expand_dims", "moveaxis",
+                       "broadcast_to", "empty", "empty_like", "result_type", "can_cast", "shape", "ndim", "getitem"})
+
+
+def count_device_calls():
+    """Record, in the list this yields, every device operation made in the block (in this thread or
+    context) that would launch a kernel on CuPy: ``(name, where)`` each (module docstring)."""
+    return _recording(_calls)
+
+
+def _call(name, launches=True):
+    calls = _calls.get()
+    if calls is not None and launches and name not in NO_LAUNCH:
+        frame = sys._getframe(1)
+        while frame is not None and (frame.f_code.co_filename == __file__ or _NUMPY in frame.f_code.co_filename):
+            frame = frame.f_back  # past this module and NumPy's operator mixin
+        where = "?" if frame is None else f"{_short(frame.f_code.co_filename)}:{frame.f_code.co_name}"
+        calls.append((name, where))
+
+
+def _short(path):
+    """A source file's path from its package folder on (bitnet/..., kernels/...), else its name."""
+    parts = path.replace(os.sep, "/").split("/")
+    for i in range(len(parts) - 2, -1, -1):
+        if parts[i] in ("bitnet", "kernels", "models", "data", "tests"):
+            return "/".join(parts[i:])
+    return parts[-1]
 
 
 class EmulatedArray(NDArrayOperatorsMixin):
@@ -77,6 +124,7 @@ class EmulatedArray(NDArrayOperatorsMixin):
         if any(not _operand(i) for i in inputs):
             return NotImplemented  # e.g. a Tensor: its reflected operator takes over
         _refuse_host(f"{ufunc.__name__}", inputs + (out or ()))
+        _call(ufunc.__name__ if method == "__call__" else f"{ufunc.__name__}.{method}")
         if out is not None:
             kwargs["out"] = tuple(_unwrap(o) for o in out)
         result = getattr(ufunc, method)(*(_unwrap(i) for i in inputs), **kwargs)
@@ -86,6 +134,7 @@ class EmulatedArray(NDArrayOperatorsMixin):
 
     def __array_function__(self, func, types_, args, kwargs):
         _refuse_host(func.__name__, _leaves(args) + _leaves(tuple(kwargs.values())))
+        _call(func.__name__)
         return wrap(func(*_unwrap(args), **_unwrap(kwargs)))
 
     # -- the ndarray surface ---------------------------------------------------------------------------
@@ -113,17 +162,20 @@ class EmulatedArray(NDArrayOperatorsMixin):
 
         def method(*args, **kwargs):
             _refuse_host(f"ndarray.{name}", _leaves(args) + _leaves(tuple(kwargs.values())))
+            _call(name)
             return wrap(value(*_unwrap(args), **_unwrap(kwargs)))
         method.__name__ = name
         return method
 
     def __getitem__(self, index):
+        _call("take", launches=_advanced(index))  # basic slicing is a view; an index array gathers
         return wrap(self._host[_unwrap(index)])
 
     def __setitem__(self, index, value):
         if isinstance(value, np.ndarray) and value.ndim > 0:
             raise ValueError(f"non-scalar numpy.ndarray (shape {value.shape}) cannot be assigned into a device "
                              "array (CuPy refuses it too); move it first (xp.asarray(host))")
+        _call("setitem")
         self._host[_unwrap(index)] = _unwrap(value)
 
     def __len__(self):
@@ -187,6 +239,12 @@ def _leaves(items):
     return tuple(out)
 
 
+def _advanced(index) -> bool:
+    """Whether an index holds an array or a list (advanced indexing: a gather kernel, not a view)."""
+    items = index if isinstance(index, tuple) else (index,)
+    return any(isinstance(i, (EmulatedArray, np.ndarray, list)) for i in items)
+
+
 def _refuse_host(what, operands):
     for op in operands:
         if isinstance(op, np.ndarray):
@@ -220,6 +278,7 @@ def asarray(a, dtype=None, order=None):
     """A device array from ``a``: a host array is copied (as CuPy copies it to the GPU)."""
     if isinstance(a, EmulatedArray):
         return a if dtype is None or a.dtype == dtype else a.astype(dtype)
+    _call("asarray")  # a copy from the host
     return EmulatedArray(np.array(a, dtype=dtype, order=order or "K", copy=True))
 
 
@@ -227,13 +286,17 @@ def array(a, dtype=None, copy=True, order="K"):
     """A device array from ``a``, always a copy unless ``copy=False`` and nothing changes (``cupy.array``)."""
     if isinstance(a, EmulatedArray) and not copy and (dtype is None or a.dtype == dtype):
         return a
+    _call("array")
     return EmulatedArray(np.array(_unwrap(a), dtype=dtype, order=order, copy=True))
 
 
 def ascontiguousarray(a, dtype=None):
     """``a`` C-contiguous (a copy only where needed), on the device."""
     _refuse_host("ascontiguousarray", (a,))
-    return wrap(np.ascontiguousarray(_unwrap(a), dtype=dtype))
+    host = _unwrap(a)
+    out = np.ascontiguousarray(host, dtype=dtype)
+    _call("ascontiguousarray", launches=out is not host)
+    return wrap(out)
 
 
 def asnumpy(a) -> np.ndarray:
@@ -269,6 +332,7 @@ class _Namespace(types.SimpleNamespace):
 
         def call(*args, **kwargs):
             _refuse_host(name, _leaves(args) + _leaves(tuple(kwargs.values())))
+            _call(name)
             return wrap(value(*_unwrap(args), **_unwrap(kwargs)))
         call.__name__ = name
         return call
