@@ -77,7 +77,7 @@ _NUMPY = os.path.dirname(np.__file__)
 
 # device operations that launch no kernel on CuPy: views, metadata, allocations without a fill
 NO_LAUNCH = frozenset({"reshape", "transpose", "swapaxes", "view", "ravel", "squeeze", "expand_dims", "moveaxis",
-                       "broadcast_to", "empty", "empty_like", "result_type", "can_cast", "shape", "ndim", "getitem"})
+                       "broadcast_to", "empty", "empty_like", "result_type", "can_cast", "shape", "ndim"})
 
 
 def count_device_calls():

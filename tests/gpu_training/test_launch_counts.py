@@ -3,6 +3,7 @@ launches of a GPU training step, counted on the emulation (no GPU needed)."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from bitnet.bench import gpu_launches
 from bitnet.gpu.arrays import emulate
 from bitnet.gpu.emulated import count_device_calls
 
-pytestmark = pytest.mark.skipif(__import__("os").environ.get("BITNET_TEST_CUDA") == "gpu",
+pytestmark = pytest.mark.skipif(os.environ.get("BITNET_TEST_CUDA") == "gpu",
                                 reason="counts the emulation's operations, which only the emulation records")
 
 
