@@ -24,7 +24,8 @@ where)`` with ``where`` the innermost caller outside this module (``file:functio
 that launch no kernel on CuPy (views such as ``reshape`` / ``transpose``, basic slicing, ``empty``:
 ``NO_LAUNCH``): a count of a training step's kernel launches, each of which costs host time on a GPU
 (``python -m bitnet.bench.gpu_launches``). It is an estimate: a reshape that must copy, or a CuPy
-function that launches two kernels, counts as one or none.
+function that launches two kernels, counts as one or none (``concatenate`` counts as CuPy 14 runs it:
+one kernel for many small arrays, else a copy each).
 
 An ``EmulatedArray`` wraps a NumPy array (``host_view``); its numbers are NumPy's. The emulation
 checks where arrays live and the math of the GPU implementations, not CuPy's kernels.
@@ -77,7 +78,8 @@ _NUMPY = os.path.dirname(np.__file__)
 
 # device operations that launch no kernel on CuPy: views, metadata, allocations without a fill
 NO_LAUNCH = frozenset({"reshape", "transpose", "swapaxes", "view", "ravel", "squeeze", "expand_dims", "moveaxis",
-                       "broadcast_to", "empty", "empty_like", "result_type", "can_cast", "shape", "ndim"})
+                       "broadcast_to", "empty", "empty_like", "result_type", "can_cast", "shape", "ndim",
+                       "as_strided", "sliding_window_view"})
 
 
 def count_device_calls():
@@ -87,13 +89,23 @@ def count_device_calls():
 
 
 def _call(name, launches=True):
+    """Record ``launches`` (True: one; or a count) kernel launches of operation ``name``."""
     calls = _calls.get()
     if calls is not None and launches and name not in NO_LAUNCH:
         frame = sys._getframe(1)
         while frame is not None and (frame.f_code.co_filename == __file__ or _NUMPY in frame.f_code.co_filename):
             frame = frame.f_back  # past this module and NumPy's operator mixin
         where = "?" if frame is None else f"{_short(frame.f_code.co_filename)}:{frame.f_code.co_name}"
-        calls.append((name, where))
+        calls.extend([(name, where)] * int(launches))
+
+
+def _concatenate_launches(arrays):
+    """Kernels CuPy 14's ``concatenate`` launches: one for more than 8 arrays of one dtype averaging
+    under 2 MiB, else one copy per array."""
+    arrays = list(arrays) if isinstance(arrays, (list, tuple)) else [arrays]
+    dtypes = {getattr(a, "dtype", None) for a in arrays}
+    nbytes = sum(getattr(a, "nbytes", 0) for a in arrays)
+    return 1 if len(arrays) > 8 and len(dtypes) == 1 and nbytes < (2 << 20) * len(arrays) else len(arrays)
 
 
 def _short(path):
@@ -332,7 +344,7 @@ class _Namespace(types.SimpleNamespace):
 
         def call(*args, **kwargs):
             _refuse_host(name, _leaves(args) + _leaves(tuple(kwargs.values())))
-            _call(name)
+            _call(name, _concatenate_launches(args[0]) if name == "concatenate" and args else True)
             return wrap(value(*_unwrap(args), **_unwrap(kwargs)))
         call.__name__ = name
         return call

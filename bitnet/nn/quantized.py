@@ -59,6 +59,9 @@ def clip_unit(data: np.ndarray) -> None:
     array_module(data).clip(data, -1.0, 1.0, out=data)
 
 
+clip_unit.elementwise = True  # optimizers on a device may clip several parameters at once (bitnet.optim.flat)
+
+
 class _QuantizedWeights:
     """Shared set-up of QDense and QConv2d: quantizers, scaling, clipping, forward on bits."""
 

@@ -39,6 +39,7 @@ class Adam(Optimizer):
 
     state_spec = {"step": "count", "exp_avg": "array", "exp_avg_sq": "nonnegative", "max_exp_avg_sq": "nonnegative"}
     required_state = ("step", "exp_avg", "exp_avg_sq")
+    elementwise_update = True  # on a device: one update per group (bitnet.optim.flat)
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, amsgrad: bool = False,

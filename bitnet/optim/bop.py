@@ -39,6 +39,7 @@ class Bop(Optimizer):
 
     state_spec = {"step": "count", "exp_avg": "array"}
     required_state = ("step", "exp_avg")
+    elementwise_update = True  # on a device: one update per group (bitnet.optim.flat)
 
     def __init__(self, params, threshold: float = 1e-8, gamma: float = 1e-4):
         super().__init__(params, dict(threshold=threshold, gamma=gamma))

@@ -19,7 +19,10 @@ optimizer's ``_update`` runs its array math through the parameter's array module
 created there. State follows its parameter: when a model moves after some steps, the state arrays
 are moved to the parameter's device by the next ``step()`` (one copy, once), with or without a
 gradient. A gradient on another device than its parameter is a ``RuntimeError``. ``constraint`` is
-called with the device array.
+called with the device array. On a device, an optimizer whose update is elementwise
+(``elementwise_update = True``: SGD, Adam, AdamW, Bop) updates each group's parameters together, over
+their concatenation, in a few kernel launches (``bitnet.optim.flat``; the same bits), and keeps each
+array of their state as a view of one flat array.
 
 ``state_dict()`` holds only plain data (dicts, lists, Python numbers, bools, NumPy arrays),
 with parameters named by their position in the optimizer (0, 1, ... in group order), so that it
@@ -38,6 +41,7 @@ import numpy as np
 from bitnet.gpu.arrays import array_module, device_of, is_device_array, to_device, to_host
 from bitnet.tensor import Tensor, enable_grad, no_grad
 from bitnet.optim._checks import check_number
+from bitnet.optim.flat import FlatUpdates
 
 __all__ = ["Optimizer"]
 
@@ -122,11 +126,13 @@ class Optimizer:
 
     state_spec: dict | None = None
     required_state: tuple = ()
+    elementwise_update = False  # True: ``_update`` may run on parameters concatenated (bitnet.optim.flat)
 
     def __init__(self, params, defaults: dict):
         self.defaults = dict(defaults)
         self.param_groups: list[dict] = []
         self.state: dict = {}  # Parameter -> dict of per-parameter state
+        self._flat = FlatUpdates()  # parameters on a device: one update per bucket
         if isinstance(params, Tensor):
             raise TypeError(f"{self._name}: params must be an iterable of Parameters or of dicts, "
                             "got a single Tensor; wrap it in a list: [param]")
@@ -204,7 +210,9 @@ class Optimizer:
             with enable_grad():
                 loss = closure()
         with no_grad():
+            self._flat.begin()
             for group in self.param_groups:
+                on_device = []
                 for p in group["params"]:
                     if p.grad is None:
                         if p in self.state:
@@ -217,10 +225,16 @@ class Optimizer:
                     state = self.state.setdefault(p, {})
                     if state:
                         _follow(state, p.data)
+                    if self.elementwise_update and type(p.data) is not np.ndarray:
+                        on_device.append((p, grad, state))  # updated together below
+                        continue
                     self._update(p.data, grad, state, group)
                     constraint = getattr(p, "constraint", None)
                     if constraint is not None:
                         constraint(p.data)
+                if on_device:
+                    self._flat.run(self, group, on_device)
+            self._flat.end()
         return loss
 
     def _grad_of(self, p):
@@ -240,7 +254,8 @@ class Optimizer:
 
     def _update(self, data: np.ndarray, grad: np.ndarray, state: dict, group: dict) -> None:
         """Update ``data`` in place from ``grad`` (never modify ``grad``: it is ``p.grad``); ``data``,
-        ``grad`` and the state arrays are on one device (NumPy arrays, or device arrays)."""
+        ``grad`` and the state arrays are on one device (NumPy arrays, or device arrays). With
+        ``elementwise_update``, on a device they may be flat concatenations of several parameters'."""
         raise NotImplementedError
 
     # -- checkpoints ------------------------------------------------------------------------
@@ -376,6 +391,7 @@ class Optimizer:
             group.clear()
             group.update(new)
         self.state = new_state
+        self._flat = FlatUpdates()  # the kept flat state arrays belong to the state replaced
 
     def __repr__(self):
         lines = [f"{self._name} ("]

@@ -29,6 +29,7 @@ class SGD(Optimizer):
 
     state_spec = {"momentum_buffer": "array"}
     required_state = ()
+    elementwise_update = True  # on a device: one update per group (bitnet.optim.flat)
 
     def __init__(self, params, lr: float, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False):

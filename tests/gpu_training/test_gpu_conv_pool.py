@@ -34,6 +34,9 @@ CONV_CASES = [
     ((2, 5, 5, 3), (3, 5, 1, 1), (1, 1), (0, 0), (1, 1), 1, True),  # 1x1
     ((1, 6, 5, 7), (4, 3, 1, 1), (2, 2), (1, 0), (1, 1), 2, False),  # 1x1, strided, padded, grouped
     ((2, 3, 4, 4), (2, 3, 4, 4), (1, 1), (0, 0), (1, 1), 1, True),  # kernel = input: one output
+    ((2, 3, 6, 5), (4, 3, 1, 1), (1, 1), (1, 1), (1, 1), 1, False),  # padding beyond the kernel: dx crops g
+    ((2, 2, 6, 7), (4, 1, 3, 3), (1, 1), (2, 1), (2, 1), 2, True),  # stride 1, dilated rows, grouped
+    ((2, 3, 5, 6), (2, 3, 3, 3), (1, 1), (3, 0), (1, 1), 1, True),  # rows padded beyond, columns cropped
 ]
 
 

@@ -1,4 +1,4 @@
-"""2-D convolution on "cuda": im2col by kernel taps, then batched GEMMs over the groups (cuBLAS on CuPy).
+"""2-D convolution on "cuda": im2col (one strided copy), then batched GEMMs over the groups (cuBLAS on CuPy).
 
 For input x (N, C, H, W), weight w (O, C/G, KH, KW), G groups, optional bias b (O,), and the
 border of the padded input filled with ``pad_value`` (0; +-1 for a binary convolution):
@@ -9,15 +9,18 @@ with xp = x padded by (PH, PW). Lowering (the column layout of ``bitnet.ops.conv
 
     cols[c, i, j, n, oy, ox] = xp[n, c, oy*SH + i*DH, ox*SW + j*DW]
 
-built with one strided device copy per tap (i, j), viewed as (G, Cg*KH*KW, N*OH*OW); then
+built by one device copy of a strided view of xp, viewed as (G, Cg*KH*KW, N*OH*OW); then
 Y_g = W_g @ cols_g (W_g: (O/G, Cg*KH*KW)) for all g in one batched matmul, and Y (O, N, OH*OW) is
 moved to NCHW. Backward, with G_g the output gradient as (O/G, N*OH*OW):
 
-    dW_g = G_g @ cols_g^T,   dcols_g = W_g^T @ G_g,   db[o] = sum_{n, oy, ox} g[n, o, oy, ox],
-    dx = col2im(dcols): for each tap, dxp[:, :, tap's strided slice] += dcols[:, i, j]
+    dW_g = G_g @ cols_g^T,   db[o] = sum_{n, oy, ox} g[n, o, oy, ox],
+    dx, stride 1: a convolution of g, padded by DH*(KH-1) - PH (and DW*(KW-1) - PW), with the kernel
+        flipped and its channels swapped within each group (``input_gradient``): one im2col, one GEMM
+    dx, other strides: dcols_g = W_g^T @ G_g, then col2im: for each tap, dxp[:, :, tap's strided
+        slice] += dcols[:, i, j] (the positions of one tap's slice are distinct: a plain strided add)
 
-(the positions of one tap's slice are distinct, so each ``+=`` is a plain strided add), then the
-border is cropped. Sums run in GEMM order, not the CPU's BLAS order: results agree to rounding.
+and the border is cropped. These are a few kernel launches per convolution whatever its kernel size
+(a copy per tap before). Sums run in GEMM order, not the CPU's BLAS order: results agree to rounding.
 
 ``conv2d_forward`` / ``conv2d_backward`` are plain functions on device arrays, for other GPU ops
 (the binary convolution) to reuse; ``Conv2d`` is the autograd primitive's "cuda" implementation.
@@ -45,23 +48,44 @@ def output_size(x_shape, w_shape, stride, padding, dilation):
 
 def im2col(x, kernel, stride, padding, dilation, pad_value=0.0):
     """cols (C*KH*KW, N*OH*OW) with cols[(c, i, j), (n, oy, ox)] = xp[n, c, oy*SH + i*DH, ox*SW + j*DW]
-    (module docstring), on x's device; one strided copy per tap."""
+    (module docstring), on x's device: one copy of a strided view of the padded input, whose axes
+    (c, i, j, n, oy, ox) step by (sC, DH*sH, DW*sW, sN, SH*sH, SW*sW) bytes (s: its strides)."""
     xp = array_module(x)
     n_img, channels, height, width = x.shape
     kh, kw = kernel
-    (ph, pw) = padding
+    (ph, pw), (sh, sw), (dh, dw) = padding, stride, dilation
     oh, ow = output_size(x.shape, (0, 0, kh, kw), stride, padding, dilation)
     if ph or pw:
         padded = xp.full((n_img, channels, height + 2 * ph, width + 2 * pw), pad_value, dtype=x.dtype)
         padded[:, :, ph:ph + height, pw:pw + width] = x
     else:
         padded = x
-    cols = xp.empty((channels, kh, kw, n_img, oh, ow), dtype=x.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            rows, columns = _tap(i, j, stride, dilation, (oh, ow))
-            cols[:, i, j] = padded[:, :, rows, columns].transpose(1, 0, 2, 3)
-    return cols.reshape(channels * kh * kw, n_img * oh * ow)
+    bn, bc, by, bx = padded.strides
+    windows = xp.lib.stride_tricks.as_strided(padded, shape=(channels, kh, kw, n_img, oh, ow),
+                                              strides=(bc, dh * by, dw * bx, bn, sh * by, sw * bx))
+    return xp.ascontiguousarray(windows).reshape(channels * kh * kw, n_img * oh * ow)
+
+
+def input_gradient(g, w, x_shape, padding, dilation, groups):
+    """dx of a convolution with stride 1, as a convolution of g: with q = DH*(KH-1) - PH (likewise for
+    the columns) and w flipped, its input and output channels swapped within each group,
+
+        dx[n, c, y, x] = sum_{o in group(c), i, j} w[o, c, KH-1-i, KW-1-j] * gq[n, o, y + i*DH, x + j*DW]
+
+    with gq = g padded by q (cropped by -q where q < 0): the sum of the module docstring's col2im,
+    in one im2col of g and one GEMM."""
+    xp = array_module(g)
+    n_out, cg, kh, kw = w.shape
+    og = n_out // groups
+    q = [dilation[a] * (w.shape[2 + a] - 1) - padding[a] for a in range(2)]
+    crop = [max(-v, 0) for v in q]
+    if any(crop):
+        g = g[:, :, crop[0]:g.shape[2] - crop[0], crop[1]:g.shape[3] - crop[1]]
+    flipped = xp.ascontiguousarray(w.reshape(groups, og, cg, kh, kw)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4))
+    gx = conv2d_forward(g, flipped.reshape(groups * cg, og, kh, kw), None, (1, 1), tuple(max(v, 0) for v in q),
+                        dilation, groups)
+    assert gx.shape == tuple(x_shape), (gx.shape, x_shape)
+    return gx
 
 
 def col2im(dcols, x_shape, kernel, stride, padding, dilation):
@@ -117,7 +141,16 @@ def conv2d_backward(x, w, g, stride, padding, dilation, groups, need_x, need_w, 
         if cols is None:
             cols = im2col(x, (kh, kw), stride, padding, dilation, pad_value)
         gw = xp.matmul(gt.reshape(groups, og, -1), cols.reshape(groups, k, -1).transpose(0, 2, 1)).reshape(w.shape)
-    if need_x:
+    if need_x and tuple(stride) == (1, 1) and pad_value != 0 and any(padding):
+        # QConv2d's float path pads x with pad_value itself and convolves without padding: dx is
+        # computed the same way here (then cropped), so that its sums are that path's to the bit
+        (ph, pw), (n_img, channels, height, width) = padding, x.shape
+        padded = (n_img, channels, height + 2 * ph, width + 2 * pw)
+        gx = input_gradient(g, w, padded, (0, 0), dilation, groups)
+        gx = xp.ascontiguousarray(gx[:, :, ph:ph + height, pw:pw + width])
+    elif need_x and tuple(stride) == (1, 1):
+        gx = input_gradient(g, w, x.shape, padding, dilation, groups)
+    elif need_x:
         dcols = xp.matmul(w.reshape(groups, og, k).transpose(0, 2, 1), gt.reshape(groups, og, -1))
         gx = col2im(dcols.reshape(groups * k, -1), x.shape, (kh, kw), stride, padding, dilation)
     return gx, gw, gb

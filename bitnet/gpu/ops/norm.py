@@ -49,12 +49,11 @@ def channel_stats(x3, eps):
     """mean and invstd (C,), float64, of x (N, C, L): ``kernels.batchnorm``'s shifted one-pass sums."""
     xp = array_module(x3)
     m = x3.shape[0] * x3.shape[2]
-    d = x3.astype(xp.float64)
-    shift = d[:1, :, :1].copy()
-    d -= shift
+    shift = x3[:1, :, :1]
+    d = xp.subtract(x3, shift, dtype=xp.float64)  # both cast to float64 first (exact), then subtracted
     md = d.sum(axis=(0, 2)) / m
     var = xp.maximum((d * d).sum(axis=(0, 2)) / m - md * md, 0.0)
-    return shift.reshape(-1) + md, 1.0 / xp.sqrt(var + eps)
+    return xp.add(shift.reshape(-1), md, dtype=xp.float64), 1.0 / xp.sqrt(var + eps)
 
 
 def normalize_affine(x3, mean, invstd, gamma, beta):
@@ -68,14 +67,14 @@ def batch_norm_backward(g3, x3, mean, invstd, gamma):
     """(dx in g's dtype, dgamma, dbeta in float64) for g, x (N, C, L); module docstring."""
     xp = array_module(g3)
     m = g3.shape[0] * g3.shape[2]
-    g64 = g3.astype(xp.float64)
-    xm = x3.astype(xp.float64) - mean[:, None]
-    sg = g64.sum(axis=(0, 2))
-    sgd = (g64 * xm).sum(axis=(0, 2))
+    # g and x are cast to float64 inside each operation (exact), not copied to float64 arrays first
+    xm = xp.subtract(x3, mean[:, None], dtype=xp.float64)
+    sg = g3.sum(axis=(0, 2), dtype=xp.float64)
+    sgd = xp.multiply(g3, xm, dtype=xp.float64).sum(axis=(0, 2))
     k = gamma * invstd
     mg = sg / m
     mgx = sgd * invstd * invstd / m
-    gx = (k[:, None] * (g64 - mg[:, None] - xm * mgx[:, None])).astype(g3.dtype)
+    gx = (k[:, None] * (xp.subtract(g3, mg[:, None], dtype=xp.float64) - xm * mgx[:, None])).astype(g3.dtype)
     return gx, sgd * invstd, sg
 
 
