@@ -88,15 +88,24 @@ def count_device_calls():
     return _recording(_calls)
 
 
-def _call(name, launches=True):
-    """Record ``launches`` (True: one; or a count) kernel launches of operation ``name``."""
+def _call(name, launches=True, launcher=None):
+    """Record ``launches`` (True: one; or a count) kernel launches of operation ``name``, attributed to
+    the innermost caller outside this module, NumPy and the file ``launcher``."""
     calls = _calls.get()
     if calls is not None and launches and name not in NO_LAUNCH:
         frame = sys._getframe(1)
-        while frame is not None and (frame.f_code.co_filename == __file__ or _NUMPY in frame.f_code.co_filename):
-            frame = frame.f_back  # past this module and NumPy's operator mixin
+        while frame is not None and (frame.f_code.co_filename in (__file__, launcher)
+                                     or _NUMPY in frame.f_code.co_filename):
+            frame = frame.f_back  # past this module, NumPy's operator mixin and the launcher
         where = "?" if frame is None else f"{_short(frame.f_code.co_filename)}:{frame.f_code.co_name}"
         calls.extend([(name, where)] * int(launches))
+
+
+def record_launch(name):
+    """Record one kernel launch of ``name`` made outside this module's operations (a CUDA C kernel
+    that the emulation runs as a NumPy function), attributed to the caller of the function that
+    calls this (``bitnet.gpu.raw_kernels.launch``'s caller)."""
+    _call(name, launcher=sys._getframe(1).f_code.co_filename)
 
 
 def _concatenate_launches(arrays):

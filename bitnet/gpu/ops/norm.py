@@ -11,22 +11,31 @@ the CPU's up to the order of the float64 sums. For x (N, C, L) with M = N*L valu
     backward     sg = sum g,  sgd = sum g (x - mean)   (float64)
                  dbeta = sg,  dgamma = sgd invstd,  dx = gamma invstd (g - sg / M - (x - mean) (sgd invstd^2 / M))
 
-Running statistics: ``bitnet.ops.norm.update_running`` itself, which updates the module's buffers in
-place with array operators; after ``model.to("cuda")`` those buffers are device arrays, so the update
-stays on the device (no transfer, no sync). Buffers left on the host beside "cuda" inputs are refused
-with a clear error.
+These run as six CUDA C kernels of bitnet's own (``bitnet.kernels.cuda_batchnorm``, launched by
+``bitnet.gpu.raw_kernels``): statistics (partial sums, then per channel the sums, mean, invstd, a, b
+and the running averages), normalization, and the backward's partial sums, per-channel coefficients
+and dx; three launches a pass, where the same math in array operations took about fifty. On the
+emulation the same six run as NumPy functions.
+
+Running statistics: ``bitnet.ops.norm.update_running``'s formula, applied by the statistics kernel to
+the module's buffers in place; after ``model.to("cuda")`` those buffers are device arrays, so the
+update stays on the device (no transfer, no sync). Buffers left on the host beside "cuda" inputs are
+refused with a clear error.
 
 ``BatchNormMaxPool`` on the GPU is batch norm, then max pooling of the normalized map over windows
-that tile it (a loop over the KH*KW taps: first maximum in scan order, or the last NaN, as
+that tile it (``bitnet.kernels.cuda_pooling``: first maximum in scan order, or the last NaN, as
 ``kernels.pooling``), then tanh if asked; its backward scatters the pooled gradient back to each
-window's winning tap and runs batch norm's backward on it (the CPU sums over the pooled positions
+window's winning tap (a kernel) and runs batch norm's backward on it (the CPU sums over the pooled positions
 only; the zeros added here change only the float64 summation order).
 """
 from __future__ import annotations
 
 from bitnet.gpu.arrays import array_module, is_device_array
 from bitnet.gpu.dispatch import implements
-from bitnet.ops.norm import BatchNormEval, BatchNormTrain, update_running
+from bitnet.gpu.raw_kernels import blocks_for, c_type, launch
+from bitnet.kernels import cuda_batchnorm as KB
+from bitnet.kernels import cuda_pooling as KP
+from bitnet.ops.norm import BatchNormEval, BatchNormTrain
 from bitnet.ops.norm_pool import BatchNormMaxPool
 
 
@@ -45,37 +54,73 @@ def _check_buffers(op, running_mean, running_var):
                                "module with model.to('cuda') (buffers go with it), or keep everything on the cpu")
 
 
-def channel_stats(x3, eps):
-    """mean and invstd (C,), float64, of x (N, C, L): ``kernels.batchnorm``'s shifted one-pass sums."""
+def _macros(x3, gamma, beta, running_mean, running_var):
+    """The element types of the batch-norm kernels (``bitnet.kernels.cuda_batchnorm``) for these arrays."""
+    rm = x3 if running_mean is None else running_mean
+    rv = x3 if running_var is None else running_var
+    return dict(BN_T=c_type(x3.dtype), BN_P=c_type(gamma.dtype), BN_B=c_type(beta.dtype), BN_R=c_type(rm.dtype),
+                BN_V=c_type(rv.dtype))
+
+
+def batch_stats(x3, gamma, beta, eps, running_mean=None, running_var=None, momentum=0.1):
+    """``(mean, invstd, a, b)``, float64 (C,), of x (N, C, L) contiguous, with a = gamma invstd and
+    b = beta - mean a (the normalization's y = x a + b); the running averages, when given, updated in
+    place on the device. Two kernel launches (``bitnet.kernels.cuda_batchnorm``: stats_partial,
+    stats_finalize)."""
     xp = array_module(x3)
-    m = x3.shape[0] * x3.shape[2]
-    shift = x3[:1, :, :1]
-    d = xp.subtract(x3, shift, dtype=xp.float64)  # both cast to float64 first (exact), then subtracted
-    md = d.sum(axis=(0, 2)) / m
-    var = xp.maximum((d * d).sum(axis=(0, 2)) / m - md * md, 0.0)
-    return xp.add(shift.reshape(-1), md, dtype=xp.float64), 1.0 / xp.sqrt(var + eps)
+    n_img, channels, length = x3.shape
+    m = n_img * length
+    parts = KB.parts_per_channel(channels, m)
+    part = xp.empty(2 * channels * parts, xp.float64)
+    mean, invstd, a, b = (xp.empty(channels, xp.float64) for _ in range(4))
+    gamma, beta = xp.ascontiguousarray(gamma), xp.ascontiguousarray(beta)  # no copy where they are already
+    tracked = running_mean is not None
+    rm, rv = (xp.ascontiguousarray(r) if tracked else mean for r in (running_mean, running_var))
+    macros = _macros(x3, gamma, beta, running_mean, running_var)
+    launch(KB, "bn_stats_partial", blocks_for(channels * parts, KB.THREADS), KB.THREADS,
+           (x3, n_img, channels, length, parts, part), macros)
+    launch(KB, "bn_stats_finalize", blocks_for(channels, KB.THREADS), KB.THREADS,
+           (part, x3, channels, length, parts, m, float(eps), float(momentum), int(tracked), gamma, beta,
+            rm, rv, mean, invstd, a, b), macros)
+    for buffer, updated in ((running_mean, rm), (running_var, rv)):
+        if tracked and not buffer.flags.c_contiguous:  # the kernel wrote a contiguous copy
+            buffer[...] = updated
+    return mean, invstd, a, b
 
 
-def normalize_affine(x3, mean, invstd, gamma, beta):
-    """x * a + b per channel in float64 (a = gamma invstd, b = beta - mean a), rounded to x's dtype."""
-    a = gamma * invstd
-    b = beta - mean * a
-    return (x3 * a[:, None] + b[:, None]).astype(x3.dtype)
+def normalize(x3, a, b):
+    """y = x a + b per channel (a, b float64 (C,)), computed in float64 and rounded to x's dtype once;
+    one kernel launch."""
+    xp = array_module(x3)
+    y = xp.empty(x3.shape, x3.dtype)
+    _, channels, length = x3.shape
+    launch(KB, "bn_normalize", blocks_for(x3.size, KB.THREADS), KB.THREADS, (x3, x3.size, channels, length, a, b, y),
+           dict(BN_T=c_type(x3.dtype)))
+    return y
 
 
 def batch_norm_backward(g3, x3, mean, invstd, gamma):
-    """(dx in g's dtype, dgamma, dbeta in float64) for g, x (N, C, L); module docstring."""
+    """(dx, dgamma, dbeta) in x's dtype for g, x (N, C, L) contiguous (module docstring); three kernel
+    launches."""
     xp = array_module(g3)
-    m = g3.shape[0] * g3.shape[2]
-    # g and x are cast to float64 inside each operation (exact), not copied to float64 arrays first
-    xm = xp.subtract(x3, mean[:, None], dtype=xp.float64)
-    sg = g3.sum(axis=(0, 2), dtype=xp.float64)
-    sgd = xp.multiply(g3, xm, dtype=xp.float64).sum(axis=(0, 2))
-    k = gamma * invstd
-    mg = sg / m
-    mgx = sgd * invstd * invstd / m
-    gx = (k[:, None] * (xp.subtract(g3, mg[:, None], dtype=xp.float64) - xm * mgx[:, None])).astype(g3.dtype)
-    return gx, sgd * invstd, sg
+    if g3.dtype != x3.dtype:
+        g3 = g3.astype(x3.dtype)
+    g3 = xp.ascontiguousarray(g3)
+    n_img, channels, length = g3.shape
+    m = n_img * length
+    parts = KB.parts_per_channel(channels, m)
+    part = xp.empty(2 * channels * parts, xp.float64)
+    k, mg, mgx = (xp.empty(channels, xp.float64) for _ in range(3))
+    dgamma, dbeta = xp.empty(channels, x3.dtype), xp.empty(channels, x3.dtype)
+    gx = xp.empty(g3.shape, x3.dtype)
+    macros = dict(BN_T=c_type(x3.dtype), BN_P=c_type(gamma.dtype))
+    launch(KB, "bn_grad_partial", blocks_for(channels * parts, KB.THREADS), KB.THREADS,
+           (g3, x3, n_img, channels, length, parts, mean, part), macros)
+    launch(KB, "bn_grad_finalize", blocks_for(channels, KB.THREADS), KB.THREADS,
+           (part, channels, parts, m, invstd, gamma, k, mg, mgx, dgamma, dbeta), macros)
+    launch(KB, "bn_grad_input", blocks_for(g3.size, KB.THREADS), KB.THREADS,
+           (g3, x3, g3.size, channels, length, mean, k, mg, mgx, gx), macros)
+    return gx, dgamma, dbeta
 
 
 @implements(BatchNormTrain)
@@ -84,16 +129,14 @@ class BatchNormTrainGPU(BatchNormTrain):
 
     def forward(self, x, gamma, beta, eps=1e-5, running_mean=None, running_var=None, momentum=0.1):
         _check_buffers("batch_norm", running_mean, running_var)
-        x3 = _as_ncl(x)
-        mean, invstd = channel_stats(x3, eps)
-        out = normalize_affine(x3, mean, invstd, gamma, beta)
+        x3 = array_module(x).ascontiguousarray(_as_ncl(x))
+        mean, invstd, a, b = batch_stats(x3, gamma, beta, eps, running_mean, running_var, momentum)
         self.x, self.gamma, self.mean, self.invstd = x3, gamma, mean, invstd
-        update_running(running_mean, running_var, mean, invstd, eps, momentum, x3.shape[0] * x3.shape[2])
-        return out.reshape(x.shape)
+        return normalize(x3, a, b).reshape(x.shape)
 
     def backward(self, g):
         gx, gg, gb = batch_norm_backward(_as_ncl(g), self.x, self.mean, self.invstd, self.gamma)
-        return gx.reshape(g.shape), gg.astype(g.dtype), gb.astype(g.dtype)
+        return gx.reshape(g.shape), gg, gb
 
 
 @implements(BatchNormEval)
@@ -106,41 +149,34 @@ class BatchNormEvalGPU(BatchNormEval):
         xp = array_module(x)
         self.invstd = 1.0 / xp.sqrt(var.astype(xp.float64) + eps)
         self.x, self.mean, self.gamma = x, mean.astype(xp.float64), gamma
-        return normalize_affine(_as_ncl(x), self.mean, self.invstd, gamma, beta).reshape(x.shape)
+        a = gamma * self.invstd
+        b = beta - self.mean * a
+        return normalize(xp.ascontiguousarray(_as_ncl(x)), a, b).reshape(x.shape)
 
 
 def tiled_max_pool(z, kh, kw):
     """(out, tap) of max pooling z (N, C, H, W) over KHxKW windows with stride = window and no padding
     (a remainder row or column is dropped): out the window's first maximum in scan order, or its last
-    NaN (``kernels.pooling``'s rule); tap the winner's place in the window, i * KW + j."""
+    NaN (``kernels.pooling``'s rule); tap the winner's place in the window, i * KW + j (int32). One
+    kernel launch (``bitnet.kernels.cuda_pooling``)."""
     xp = array_module(z)
+    z = xp.ascontiguousarray(z)
     n, c, h, w = z.shape
-    oh, ow = h // kh, w // kw
-    z6 = z[:, :, :oh * kh, :ow * kw].reshape(n, c, oh, kh, ow, kw)
-    best = z6[:, :, :, 0, :, 0]
-    tap = xp.zeros(best.shape, xp.int32)
-    for i in range(kh):
-        for j in range(kw):
-            if i or j:  # tap (0, 0) against itself changes nothing, NaN or not
-                v = z6[:, :, :, i, :, j]
-                better = (v > best) | (v != v)
-                best = xp.where(better, v, best)
-                tap = xp.where(better, i * kw + j, tap)
-    return xp.ascontiguousarray(best), tap
+    out = xp.empty((n, c, h // kh, w // kw), z.dtype)
+    tap = xp.empty(out.shape, xp.int32)
+    launch(KP, "pool_tiled_max", blocks_for(out.size, KP.THREADS), KP.THREADS, (z, out.size, h, w, kh, kw, out, tap),
+           dict(PO_T=c_type(z.dtype)))
+    return out, tap
 
 
 def scatter_to_taps(g, tap, shape, kh, kw):
-    """The dense (N, C, H, W) gradient of ``tiled_max_pool``: g at each window's winning tap, 0 elsewhere."""
+    """The dense (N, C, H, W) gradient of ``tiled_max_pool``: g at each window's winning tap, 0 elsewhere;
+    one kernel launch."""
     xp = array_module(g)
-    n, c, oh, ow = g.shape
-    g6 = xp.zeros((n, c, oh, kh, ow, kw), g.dtype)
-    zero = xp.zeros((), g.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            g6[:, :, :, i, :, j] = xp.where(tap == i * kw + j, g, zero)
-    dense = g6.reshape(n, c, oh * kh, ow * kw)
-    if (oh * kh, ow * kw) != tuple(shape[2:]):
-        dense = xp.pad(dense, ((0, 0), (0, 0), (0, shape[2] - oh * kh), (0, shape[3] - ow * kw)))
+    g = xp.ascontiguousarray(g)
+    dense = xp.empty(tuple(shape), g.dtype)
+    launch(KP, "pool_to_taps", blocks_for(dense.size, KP.THREADS), KP.THREADS,
+           (g, xp.ascontiguousarray(tap), dense.size, shape[2], shape[3], kh, kw, dense), dict(PO_T=c_type(g.dtype)))
     return dense
 
 
@@ -156,9 +192,8 @@ class BatchNormMaxPoolGPU(BatchNormMaxPool):
         x = xp.ascontiguousarray(x)
         n_img, channels, height, width = x.shape
         x3 = _as_ncl(x)
-        mean, invstd = channel_stats(x3, eps)
-        update_running(running_mean, running_var, mean, invstd, eps, momentum, n_img * height * width)
-        z = normalize_affine(x3, mean, invstd, gamma, beta).reshape(x.shape)
+        mean, invstd, a, b = batch_stats(x3, gamma, beta, eps, running_mean, running_var, momentum)
+        z = normalize(x3, a, b).reshape(x.shape)
         self.kernel = tuple(kernel)
         out, self.tap = tiled_max_pool(z, *self.kernel)
         self.x, self.gamma, self.mean, self.invstd = x, gamma, mean, invstd
@@ -172,4 +207,4 @@ class BatchNormMaxPoolGPU(BatchNormMaxPool):
             g = (g.astype(xp.float64) * (1 - (self.y * self.y).astype(xp.float64))).astype(self.y.dtype)
         dense = scatter_to_taps(g, self.tap, self.x.shape, *self.kernel)
         gx, gg, gb = batch_norm_backward(_as_ncl(dense), _as_ncl(self.x), self.mean, self.invstd, self.gamma)
-        return gx.reshape(self.x.shape), gg.astype(g.dtype), gb.astype(g.dtype)
+        return gx.reshape(self.x.shape), gg, gb

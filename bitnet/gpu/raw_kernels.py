@@ -1,0 +1,59 @@
+"""CUDA C kernels of bitnet's own on CuPy arrays, with the same kernels in NumPy for the emulation.
+
+A kernel source module (``bitnet.kernels.cuda_batchnorm``) gives ``SOURCE`` (CUDA C with
+``extern "C"`` kernels, its element types left as macros), ``SIGNATURES`` (each kernel's parameters:
+"ptr", "i32", "i64", "f64") and ``NUMPY`` (each kernel as a NumPy function of the same arguments,
+writing its outputs in place). ``launch(module, name, blocks, threads, args, macros)``:
+
+- on CuPy, compiles ``SOURCE`` once per process and set of macros (``cupy.RawModule`` with
+  ``--fmad=false``: no multiply-add contraction, every operation rounded as NumPy rounds it) and
+  launches ``name`` on ``blocks`` x ``threads`` with the arguments converted to the C types;
+- on the emulation (``bitnet.gpu.emulated``), runs ``NUMPY[name]`` on the host arrays behind the device
+  arrays and records one kernel launch (``count_device_calls``).
+
+The compiled modules are kept in a dict keyed by source and macros, like Numba's compiled kernels:
+a cache, the same results with or without it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from bitnet.gpu import emulated
+
+_compiled: dict = {}
+_C_TYPES = {"i32": np.int32, "i64": np.int64, "f64": np.float64}
+C_NAMES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+
+
+def c_type(dtype) -> str:
+    """The C name of a float dtype (float32 -> "float", float64 -> "double")."""
+    try:
+        return C_NAMES[np.dtype(dtype)]
+    except KeyError:
+        raise TypeError(f"CUDA C kernels here take float32 or float64 arrays, got {np.dtype(dtype)}") from None
+
+
+def launch(module, name: str, blocks: int, threads: int, args, macros: dict) -> None:
+    """Run kernel ``name`` of ``module`` (module docstring) on ``blocks`` x ``threads``."""
+    kinds = module.SIGNATURES[name]
+    if len(args) != len(kinds):
+        raise TypeError(f"{name} takes {len(kinds)} arguments, got {len(args)}")
+    if any(isinstance(a, emulated.EmulatedArray) for a in args):
+        emulated.record_launch(name)
+        module.NUMPY[name](*(emulated.host_view(a) if k == "ptr" else a for a, k in zip(args, kinds)))
+        return
+    if blocks == 0:
+        return
+    key = (module.__name__, tuple(sorted(macros.items())))
+    if key not in _compiled:
+        import cupy
+        options = ("--fmad=false",) + tuple(f"-D{k}={v}" for k, v in sorted(macros.items()))
+        _compiled[key] = cupy.RawModule(code=module.SOURCE, options=options)
+    kernel = _compiled[key].get_function(name)
+    kernel((int(blocks),), (int(threads),),
+           tuple(a if k == "ptr" else _C_TYPES[k](a) for a, k in zip(args, kinds)))
+
+
+def blocks_for(count: int, threads: int) -> int:
+    """Blocks of ``threads`` that cover ``count`` threads."""
+    return -(-int(count) // threads)

@@ -1,0 +1,207 @@
+"""The CUDA C source of batch norm's and the tiled max pool's kernels (bitnet/kernels/cuda_batchnorm.py,
+cuda_pooling.py) run on the CPU, against the NumPy functions that the emulation runs in their place;
+and compiled by NVRTC where there is one.
+
+The kernels use no shared memory and no barriers, so the source compiles as C++ with CUDA's
+``__global__`` and ``blockIdx`` / ``threadIdx`` / ``blockDim`` defined by a small shim, and a launch
+is a loop over every block and thread (``-ffp-contract=off``, as ``--fmad=false`` on the GPU). The
+elementwise kernels and the finalizing ones, given the same inputs (the NumPy partial sums go into
+both finalizers), must give the NumPy functions' results EXACTLY: the same operations in the same
+order, each rounded. The partial sums add up to M/J float64 terms (<= 600 here, each |term| <= ~100)
+in another order than NumPy's pairwise sum: they differ by at most ~600 * 2^-52 * sum|terms|, below
+1e-9 (atol), rtol 1e-12. Skipped without a C++ compiler.
+"""
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from bitnet.kernels import cuda_batchnorm as KB
+from bitnet.kernels import cuda_pooling as KP
+
+SHIM = r"""
+#include <math.h>
+struct bn_dim3 { unsigned int x, y, z; };
+static bn_dim3 blockIdx, threadIdx, blockDim, gridDim;
+extern "C" void shim_set(unsigned int block, unsigned int thread, unsigned int threads, unsigned int blocks) {
+    blockIdx.x = block; threadIdx.x = thread; blockDim.x = threads; gridDim.x = blocks;
+}
+#define __global__
+"""
+CTYPES = {"ptr": ctypes.c_void_p, "i32": ctypes.c_int32, "i64": ctypes.c_int64, "f64": ctypes.c_double}
+C_NAME = {np.float32: "float", np.float64: "double"}
+
+
+def _compiler():
+    return shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory):
+    if _compiler() is None:
+        pytest.skip("no C++ compiler (g++, c++ or clang++) to run the CUDA C source on the CPU")
+    folder = tmp_path_factory.mktemp("cuda_bn")
+    libs = {}
+
+    def lib(module=KB, **types):
+        key = (module.__name__,) + tuple(sorted(types.items()))
+        if key not in libs:
+            name = module.__name__.rsplit(".", 1)[-1] + "_" + "_".join(f"{k}{v}" for k, v in key[1:])
+            src, out = folder / f"{name}.cpp", folder / f"{name}.so"
+            macros = "".join(f"#define {k} {v}\n" for k, v in key[1:])
+            src.write_text(SHIM + macros + module.SOURCE)
+            subprocess.run([_compiler(), "-O1", "-ffp-contract=off", "-fPIC", "-shared", "-o", str(out), str(src)],
+                           check=True, capture_output=True)
+            libs[key] = ctypes.CDLL(str(out))
+        return libs[key]
+    return lib
+
+
+def run_on_cpu(lib, name, count, args, module=KB):
+    """Launch kernel ``name`` over ``count`` threads (blocks of module.THREADS), every thread in turn."""
+    fn = getattr(lib, name)
+    kinds = module.SIGNATURES[name]
+    fn.argtypes = [CTYPES[k] for k in kinds]
+    fn.restype = None
+    c_args = [a.ctypes.data if k == "ptr" else a for a, k in zip(args, kinds)]
+    blocks = -(-count // module.THREADS)
+    for b in range(blocks):
+        for t in range(module.THREADS):
+            lib.shim_set(b, t, module.THREADS, blocks)
+            fn(*c_args)
+
+
+CASES = [  # (N, C, L), x's type, gamma's, beta's, running mean's, running var's
+    ((4, 3, 300), np.float32, np.float32, np.float32, np.float32, np.float32),  # 2 partial sums per channel
+    ((2, 5, 7), np.float64, np.float64, np.float64, np.float64, np.float64),
+    ((3, 2, 1), np.float32, np.float64, np.float32, np.float64, np.float32),  # (N, C): L = 1; mixed types
+]
+
+
+@pytest.mark.parametrize("shape,t,p,bt,r,v", CASES)
+def test_the_cuda_source_gives_the_numpy_kernels_results(build, shape, t, p, bt, r, v):
+    rng = np.random.default_rng(0)
+    n, c, length = shape
+    m = n * length
+    parts = KB.parts_per_channel(c, m)
+    x = (rng.standard_normal(shape) * 2 + 3).astype(t)
+    g = rng.standard_normal(shape).astype(t)
+    gamma, beta = rng.standard_normal(c).astype(p), rng.standard_normal(c).astype(bt)
+    lib = build(BN_T=C_NAME[t], BN_P=C_NAME[p], BN_B=C_NAME[bt], BN_R=C_NAME[r], BN_V=C_NAME[v])
+    on = {"numpy": {}, "cpu-cuda": {}}  # NumPy first: its partial sums go into both finalizers
+    for who, out in on.items():
+        run = (lambda name, count, args: run_on_cpu(lib, name, count, args)) if who == "cpu-cuda" else \
+            (lambda name, count, args: KB.NUMPY[name](*args))
+        part = np.full(2 * c * parts, np.nan)
+        mean, invstd, a, b = (np.full(c, np.nan) for _ in range(4))
+        rm, rv = np.linspace(-1, 1, c).astype(r), np.linspace(0.5, 2, c).astype(v)
+        run("bn_stats_partial", c * parts, (x, n, c, length, parts, part))
+        out["stats_partial"] = part.copy()
+        part = on["numpy"].get("stats_partial", part).copy()  # the same partials into both finalizers
+        run("bn_stats_finalize", c, (part, x, c, length, parts, m, 1e-5, 0.1, 1, gamma, beta, rm, rv, mean, invstd,
+                                     a, b))
+        out.update(mean=mean, invstd=invstd, a=a, b=b, running_mean=rm, running_var=rv)
+        y = np.full(shape, np.nan, t)
+        run("bn_normalize", x.size, (x, x.size, c, length, a, b, y))
+        out["y"] = y
+        gpart = np.full(2 * c * parts, np.nan)
+        run("bn_grad_partial", c * parts, (g, x, n, c, length, parts, mean, gpart))
+        out["grad_partial"] = gpart.copy()
+        gpart = on["numpy"].get("grad_partial", gpart).copy()
+        k, mg, mgx = (np.full(c, np.nan) for _ in range(3))
+        dgamma, dbeta = np.full(c, np.nan, t), np.full(c, np.nan, t)
+        run("bn_grad_finalize", c, (gpart, c, parts, m, invstd, gamma, k, mg, mgx, dgamma, dbeta))
+        dx = np.full(shape, np.nan, t)
+        run("bn_grad_input", x.size, (g, x, x.size, c, length, mean, k, mg, mgx, dx))
+        out.update(k=k, mg=mg, mgx=mgx, dgamma=dgamma, dbeta=dbeta, dx=dx)
+    for key in on["numpy"]:
+        a, b = on["cpu-cuda"][key], on["numpy"][key]
+        assert a.dtype == b.dtype and not np.isnan(b).any(), key
+        if key.endswith("partial"):  # module docstring: sums of up to M/J terms in another order
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-9, err_msg=key)
+        else:
+            np.testing.assert_array_equal(a, b, err_msg=key)
+
+
+@pytest.mark.parametrize("shape,kernel", [((2, 3, 6, 8), (2, 2)), ((1, 2, 7, 5), (3, 2)), ((2, 1, 4, 4), (1, 1))])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_pooling_source_gives_the_numpy_kernels_results(build, shape, kernel, dtype):
+    """Ties, NaNs (one and several in a window) and remainder rows / columns; out, tap and the scattered
+    gradient exactly equal."""
+    rng = np.random.default_rng(3)
+    z = rng.integers(-2, 3, shape).astype(dtype)  # many ties
+    z.reshape(-1)[rng.choice(z.size, z.size // 6, replace=False)] = np.nan
+    kh, kw = kernel
+    oh, ow = shape[2] // kh, shape[3] // kw
+    g = rng.standard_normal((shape[0], shape[1], oh, ow)).astype(dtype)
+    g.reshape(-1)[0] = -0.0
+    lib = build(KP, PO_T=C_NAME[dtype])
+    results = []
+    for run in (lambda name, count, args: run_on_cpu(lib, name, count, args, KP),
+                lambda name, count, args: KP.NUMPY[name](*args)):
+        out, tap = np.full(g.shape, 7.0, dtype), np.full(g.shape, -1, np.int32)
+        run("pool_tiled_max", out.size, (z, out.size, shape[2], shape[3], kh, kw, out, tap))
+        dense = np.full(shape, 7.0, dtype)
+        run("pool_to_taps", dense.size, (g, tap, dense.size, shape[2], shape[3], kh, kw, dense))
+        results.append((out, tap, dense))
+    for a, b, what in zip(*results, ("out", "tap", "dense")):
+        np.testing.assert_array_equal(a, b, err_msg=what)
+        assert np.array_equal(np.signbit(a), np.signbit(b)), what
+    assert np.isnan(results[1][0]).any() and ((results[1][1] > 0).any() or kernel == (1, 1))
+
+
+def test_the_batch_statistics_are_the_cpu_kernels():
+    """The NumPy functions (the emulation's) against bitnet's CPU kernel: the same mean and invstd up to
+    the order of the float64 sums."""
+    from bitnet.kernels import batchnorm
+    x = (np.random.default_rng(1).standard_normal((6, 4, 400)) * 3 + 10).astype(np.float32)
+    mean_cpu, invstd_cpu = np.empty(4), np.empty(4)
+    batchnorm.channel_stats(x, 1e-5, mean_cpu, invstd_cpu)
+    parts = KB.parts_per_channel(4, 2400)
+    part = np.empty(2 * 4 * parts)
+    KB.stats_partial(x, 6, 4, 400, parts, part)
+    mean, invstd, a, b = (np.empty(4) for _ in range(4))
+    KB.stats_finalize(part, x, 4, 400, parts, 2400, 1e-5, 0.1, 0, np.ones(4, np.float32), np.zeros(4, np.float32),
+                      None, None, mean, invstd, a, b)
+    assert parts > 1
+    np.testing.assert_allclose(mean, mean_cpu, rtol=1e-13)
+    np.testing.assert_allclose(invstd, invstd_cpu, rtol=1e-12)
+
+
+def _nvrtc():
+    try:
+        from cuda.bindings import nvrtc
+        return nvrtc
+    except ImportError:
+        pass
+    try:
+        from cupy_backends.cuda.libs import nvrtc
+        return nvrtc
+    except ImportError:
+        return None
+
+
+@pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
+def test_the_cuda_source_compiles_with_nvrtc(arch):
+    nvrtc = _nvrtc()
+    if nvrtc is None or not hasattr(nvrtc, "createProgram"):
+        pytest.skip("no NVRTC here (cupy or cuda-python with the NVRTC library)")
+    if "cupy_backends" not in nvrtc.__name__:
+        pytest.skip("NVRTC through cuda-python: checked with CuPy's bindings (the ones the kernels use)")
+    for module, macros in ((KB, ("BN_T", "BN_P", "BN_B", "BN_R", "BN_V")), (KP, ("PO_T",))):
+        for t in ("float", "double"):
+            options = ["--fmad=false", f"-arch={arch}"] + [f"-D{k}={t}" for k in macros]
+            prog = nvrtc.createProgram(module.SOURCE, "source.cu", [], [])
+            try:
+                nvrtc.compileProgram(prog, options)
+            except Exception as e:  # the log says which line
+                raise AssertionError(f"NVRTC ({module.__name__}, {arch}, {t}): {e}\n{nvrtc.getProgramLog(prog)}") \
+                    from None
+            ptx = nvrtc.getPTX(prog)
+            for name in module.SIGNATURES:
+                assert f".entry {name}(".encode() in ptx, name
+                assert b"fma" not in ptx, "--fmad=false: no fused multiply-add"
