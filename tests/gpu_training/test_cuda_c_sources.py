@@ -1,5 +1,5 @@
-"""The CUDA C source of batch norm's and the tiled max pool's kernels (bitnet/kernels/cuda_batchnorm.py,
-cuda_pooling.py) run on the CPU, against the NumPy functions that the emulation runs in their place;
+"""The CUDA C source of bitnet's own GPU kernels (bitnet/kernels/cuda_batchnorm.py, cuda_pooling.py,
+cuda_sign.py) run on the CPU, against the NumPy functions that the emulation runs in their place;
 and compiled by NVRTC where there is one.
 
 The kernels use no shared memory and no barriers, so the source compiles as C++ with CUDA's
@@ -22,6 +22,7 @@ import pytest
 
 from bitnet.kernels import cuda_batchnorm as KB
 from bitnet.kernels import cuda_pooling as KP
+from bitnet.kernels import cuda_sign as KS
 
 SHIM = r"""
 #include <math.h>
@@ -154,6 +155,29 @@ def test_the_pooling_source_gives_the_numpy_kernels_results(build, shape, kernel
     assert np.isnan(results[1][0]).any() and ((results[1][1] > 0).any() or kernel == (1, 1))
 
 
+@pytest.mark.parametrize("xt,gt", [(np.float32, np.float32), (np.float64, np.float64), (np.float32, np.float64)])
+def test_the_sign_source_gives_the_numpy_kernels_results(build, xt, gt):
+    """Zeros of both signs, NaN, infinities, values at and next to the clip: the same bits."""
+    special = [0.0, -0.0, np.nan, -np.nan, np.inf, -np.inf, 1.0, -1.0, 0.5, -1.5]
+    x = np.concatenate([np.array(special), np.random.default_rng(4).standard_normal(300) * 2]).astype(xt)
+    x[-1] = np.nextafter(xt(1), xt(2))
+    g = np.random.default_rng(5).standard_normal(x.size).astype(gt)
+    g[1] = -0.0
+    lib = build(KS, SG_X=C_NAME[xt], SG_G=C_NAME[gt])
+    results = []
+    for run in (lambda name, count, args: run_on_cpu(lib, name, count, args, KS),
+                lambda name, count, args: KS.NUMPY[name](*args)):
+        y, dx = np.full(x.shape, 7.0, xt), np.full(x.shape, 7.0, gt)
+        run("sign_forward", x.size, (x, x.size, y))
+        run("ste_backward", x.size, (g, x, x.size, 1.0, dx))
+        results.append((y, dx))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+        assert np.array_equal(np.signbit(a), np.signbit(b))
+    y, dx = results[1]
+    assert list(y[:6]) == [1, 1, 1, 1, 1, -1] and dx[2] == 0 and dx[-1] == 0 and dx[6] == g[6]
+
+
 def test_the_batch_statistics_are_the_cpu_kernels():
     """The NumPy functions (the emulation's) against bitnet's CPU kernel: the same mean and invstd up to
     the order of the float64 sums."""
@@ -192,7 +216,7 @@ def test_the_cuda_source_compiles_with_nvrtc(arch):
         pytest.skip("no NVRTC here (cupy or cuda-python with the NVRTC library)")
     if "cupy_backends" not in nvrtc.__name__:
         pytest.skip("NVRTC through cuda-python: checked with CuPy's bindings (the ones the kernels use)")
-    for module, macros in ((KB, ("BN_T", "BN_P", "BN_B", "BN_R", "BN_V")), (KP, ("PO_T",))):
+    for module, macros in ((KB, ("BN_T", "BN_P", "BN_B", "BN_R", "BN_V")), (KP, ("PO_T",)), (KS, ("SG_X", "SG_G"))):
         for t in ("float", "double"):
             options = ["--fmad=false", f"-arch={arch}"] + [f"-D{k}={t}" for k in macros]
             prog = nvrtc.createProgram(module.SOURCE, "source.cu", [], [])

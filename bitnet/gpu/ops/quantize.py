@@ -17,6 +17,8 @@ Every output keeps x's float dtype (integer / bool inputs become float32). The m
 - dorefa_weight: forward 2 q(tanh(w) / (2 m) + 1/2) - 1, m = max |tanh(w)| (1 where that is 0);
                  backward g (1 - tanh(w)^2) / m.
 
+sign and ste_sign's backward (the binary layers') are one CUDA C kernel each for float32 / float64
+(``bitnet.kernels.cuda_sign``; NumPy functions on the emulation), the others array operations.
 Selects and single roundings are exact, so sign, the clip windows and the DoReFa roundings match
 the CPU bit for bit; tanh / cosh (swish_sign's backward, dorefa_weight) and the mean of
 magnitude_aware_sign may differ from NumPy's in the last bits on a real GPU. No host sync: the
@@ -30,6 +32,8 @@ import numpy as np
 from bitnet import quantizers as Q
 from bitnet.gpu.arrays import array_module
 from bitnet.gpu.dispatch import implements
+from bitnet.gpu.raw_kernels import blocks_for, c_type, launch
+from bitnet.kernels import cuda_sign as KS
 
 
 def _select(xp, cond, a, b, dtype):
@@ -39,18 +43,39 @@ def _select(xp, cond, a, b, dtype):
     return out if out.dtype == dtype else out.astype(dtype)
 
 
+def _own_kernels(*arrays):
+    """Whether ``bitnet.kernels.cuda_sign`` takes these arrays (float32 / float64; same shape)."""
+    return all(a.dtype in _KERNEL_TYPES for a in arrays) and len({a.shape for a in arrays}) == 1
+
+
+_KERNEL_TYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def sign(x):
-    """-1 where x < 0, +1 elsewhere (zero and NaN included), in x's dtype."""
+    """-1 where x < 0, +1 elsewhere (zero and NaN included), in x's dtype; one kernel launch
+    (``bitnet.kernels.cuda_sign``) for float32 / float64."""
     xp, one = array_module(x), x.dtype.type(1)
-    return _select(xp, x < 0, -one, one, x.dtype)
+    if not _own_kernels(x):
+        return _select(xp, x < 0, -one, one, x.dtype)
+    x = xp.ascontiguousarray(x)
+    y = xp.empty(x.shape, x.dtype)
+    launch(KS, "sign_forward", blocks_for(x.size, KS.THREADS), KS.THREADS, (x, x.size, y), dict(SG_X=c_type(x.dtype)))
+    return y
 
 
 def pass_within(g, x, clip_value):
-    """g where |x| <= clip_value (in x's dtype; NaN x gives 0), 0 elsewhere; g if clip_value is None."""
+    """g where |x| <= clip_value (in x's dtype; NaN x gives 0), 0 elsewhere; g if clip_value is None;
+    one kernel launch for float32 / float64."""
     if clip_value is None:
         return g
     xp = array_module(x)
-    return _select(xp, xp.abs(x) <= x.dtype.type(clip_value), g, g.dtype.type(0), g.dtype)
+    if not _own_kernels(g, x):
+        return _select(xp, xp.abs(x) <= x.dtype.type(clip_value), g, g.dtype.type(0), g.dtype)
+    g, x = xp.ascontiguousarray(g), xp.ascontiguousarray(x)
+    dx = xp.empty(g.shape, g.dtype)
+    launch(KS, "ste_backward", blocks_for(g.size, KS.THREADS), KS.THREADS, (g, x, g.size, float(clip_value), dx),
+           dict(SG_X=c_type(x.dtype), SG_G=c_type(g.dtype)))
+    return dx
 
 
 @implements(Q._SteSignFn)
