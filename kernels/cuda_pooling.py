@@ -1,6 +1,7 @@
-"""Max pooling over windows that tile the map, with the winner's place kept for the backward: two CUDA C
-kernels (launched by CuPy: ``bitnet.gpu.raw_kernels``) and the same two in NumPy (the emulation's).
-The GPU side of the fused batch norm + max pool (``bitnet.gpu.ops.norm``).
+"""Pooling as CUDA C kernels (launched by CuPy: ``bitnet.gpu.raw_kernels``) and the same kernels in
+NumPy (the emulation's): max pooling over windows that tile the map, with the winner's place kept for
+the backward (the GPU side of the fused batch norm + max pool, ``bitnet.gpu.ops.norm``), and average
+pooling forward and backward.
 
 For z (N, C, H, W) contiguous, KH x KW windows with stride = window, no padding (a remainder row or
 column is dropped), OH = H // KH, OW = W // KW, one thread per output (n, c, oy, ox)::
@@ -14,7 +15,17 @@ and one thread per input position (n, c, y, x)::
     to_taps      dense[n, c, y, x] = g[n, c, y // KH, x // KW] where (y, x) is inside the tiled part and
                  (y % KH) * KW + x % KW is that window's tap, else 0
 
-(T: the maps' type, macro PO_T.) No shared memory, no barriers: tests/gpu_training/
+Average pooling (``bitnet.gpu.ops.pool``), any window, stride and padding, floor or ceil mode, with
+D the window's divisor (``bitnet.kernels.pooling._divisor``: the window clipped to the padded input
+with count_include_pad, else to the input) and the window of output (oy, ox) starting at
+(oy SH - PH, ox SW - PW)::
+
+    avg_forward  one thread per output: s = 0.0 (double); for its taps row-major, inside the input:
+                 s = s + double(x);  y = T(s * (1.0 / D))
+    avg_backward one thread per input position: d = T(0); for the taps (i, j) in reverse row-major
+                 order whose window holds it: d = T(double(d) + double(g[window]) * (1.0 / D));  dx = d
+
+(the order of the CPU kernel, so the same bits). (T: the maps' type, macro PO_T.) No shared memory, no barriers: tests/gpu_training/
 test_cuda_c_sources.py runs the source on the CPU, thread by thread, against the NumPy versions.
 """
 from __future__ import annotations
@@ -59,11 +70,72 @@ extern "C" __global__ void pool_to_taps(const PO_T* g, const int* tap, long long
     }
     dense[i] = value;
 }
+
+__device__ double pool_divisor(int oy, int ox, int kh, int kw, int sh, int sw, int ph, int pw, int height, int width,
+                               int include_pad) {
+    int y0 = oy * sh - ph, x0 = ox * sw - pw;
+    int ye = y0 + kh, xe = x0 + kw;
+    long long d;
+    if (include_pad) {
+        d = (long long)((ye < height + ph ? ye : height + ph) - y0) * ((xe < width + pw ? xe : width + pw) - x0);
+    } else {
+        d = (long long)((ye < height ? ye : height) - (y0 > 0 ? y0 : 0))
+            * ((xe < width ? xe : width) - (x0 > 0 ? x0 : 0));
+    }
+    return 1.0 / (double)d;
+}
+
+extern "C" __global__ void pool_avg_forward(const PO_T* x, long long outputs, int height, int width, int oh, int ow,
+                                            int kh, int kw, int sh, int sw, int ph, int pw, int include_pad, PO_T* y) {
+    long long o = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (o >= outputs) return;
+    long long plane = o / ((long long)oh * ow);
+    int oy = (int)((o / ow) % oh), ox = (int)(o % ow);
+    const PO_T* xp = x + plane * height * width;
+    double s = 0.0;
+    for (int i = 0; i < kh; i++) {
+        int yy = oy * sh - ph + i;
+        for (int j = 0; j < kw; j++) {
+            int xx = ox * sw - pw + j;
+            if (yy >= 0 && yy < height && xx >= 0 && xx < width) s = s + (double)xp[(long long)yy * width + xx];
+        }
+    }
+    y[o] = (PO_T)(s * pool_divisor(oy, ox, kh, kw, sh, sw, ph, pw, height, width, include_pad));
+}
+
+extern "C" __global__ void pool_avg_backward(const PO_T* g, long long size, int height, int width, int oh, int ow,
+                                             int kh, int kw, int sh, int sw, int ph, int pw, int include_pad,
+                                             PO_T* dx) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= size) return;
+    long long plane = i / ((long long)height * width);
+    int y = (int)((i / width) % height), x = (int)(i % width);
+    const PO_T* gp = g + plane * oh * ow;
+    PO_T d = (PO_T)0;
+    for (int ti = kh - 1; ti >= 0; ti--) {
+        int ry = y + ph - ti;
+        if (ry < 0 || ry % sh) continue;
+        int oy = ry / sh;
+        if (oy >= oh) continue;
+        for (int tj = kw - 1; tj >= 0; tj--) {
+            int rx = x + pw - tj;
+            if (rx < 0 || rx % sw) continue;
+            int ox = rx / sw;
+            if (ox >= ow) continue;
+            double share = (double)gp[(long long)oy * ow + ox]
+                           * pool_divisor(oy, ox, kh, kw, sh, sw, ph, pw, height, width, include_pad);
+            d = (PO_T)((double)d + share);
+        }
+    }
+    dx[i] = d;
+}
 """
 
 SIGNATURES = {
     "pool_tiled_max": ("ptr", "i64", "i32", "i32", "i32", "i32", "ptr", "ptr"),
     "pool_to_taps": ("ptr", "ptr", "i64", "i32", "i32", "i32", "i32", "ptr"),
+    "pool_avg_forward": ("ptr", "i64") + ("i32",) * 11 + ("ptr",),
+    "pool_avg_backward": ("ptr", "i64") + ("i32",) * 11 + ("ptr",),
 }
 
 THREADS = 256
@@ -100,4 +172,46 @@ def to_taps(g, tap, size, height, width, kh, kw, dense):
             d[:, i:oh * kh:kh, j:ow * kw:kw] = np.where(t3 == i * kw + j, g3, g3.dtype.type(0))
 
 
-NUMPY = {"pool_tiled_max": tiled_max, "pool_to_taps": to_taps}
+def _divisors(oh, ow, kh, kw, sh, sw, ph, pw, height, width, include_pad):
+    """1.0 / D for every window, (OH, OW) float64."""
+    sizes = []
+    for n_out, k, s, p, size in ((oh, kh, sh, ph, height), (ow, kw, sw, pw, width)):
+        start = np.arange(n_out, dtype=np.int64) * s - p
+        end = start + k
+        sizes.append(np.minimum(end, size + p) - start if include_pad else np.minimum(end, size) - np.maximum(start, 0))
+    return 1.0 / (sizes[0][:, None] * sizes[1][None, :])
+
+
+def _window_taps(oh, ow, kh, kw, sh, sw, ph, pw, height, width):
+    """For each tap (i, j) row-major: the (rows, cols) of the outputs whose tap lies in the input, and
+    the input rows and columns it reads."""
+    for i in range(kh):
+        ys = np.arange(oh) * sh - ph + i
+        ry = (ys >= 0) & (ys < height)
+        for j in range(kw):
+            xs = np.arange(ow) * sw - pw + j
+            rx = (xs >= 0) & (xs < width)
+            yield i, j, np.flatnonzero(ry), np.flatnonzero(rx), ys[ry], xs[rx]
+
+
+def avg_forward(x, outputs, height, width, oh, ow, kh, kw, sh, sw, ph, pw, include_pad, y):
+    x3 = x.reshape(-1, height, width)
+    acc = np.zeros((x3.shape[0], oh, ow))
+    for _, _, oy, ox, ys, xs in _window_taps(oh, ow, kh, kw, sh, sw, ph, pw, height, width):
+        acc[:, oy[:, None], ox[None, :]] += x3[:, ys[:, None], xs[None, :]]
+    scale = _divisors(oh, ow, kh, kw, sh, sw, ph, pw, height, width, include_pad)
+    y.reshape(acc.shape)[...] = (acc * scale).astype(y.dtype)
+
+
+def avg_backward(g, size, height, width, oh, ow, kh, kw, sh, sw, ph, pw, include_pad, dx):
+    share = g.reshape(-1, oh, ow).astype(np.float64) * _divisors(oh, ow, kh, kw, sh, sw, ph, pw, height, width,
+                                                                  include_pad)
+    d = dx.reshape(-1, height, width)
+    d[...] = 0
+    for _, _, oy, ox, ys, xs in reversed(list(_window_taps(oh, ow, kh, kw, sh, sw, ph, pw, height, width))):
+        d[:, ys[:, None], xs[None, :]] = (d[:, ys[:, None], xs[None, :]] + share[:, oy[:, None], ox[None, :]]
+                                          ).astype(dx.dtype)
+
+
+NUMPY = {"pool_tiled_max": tiled_max, "pool_to_taps": to_taps, "pool_avg_forward": avg_forward,
+         "pool_avg_backward": avg_backward}

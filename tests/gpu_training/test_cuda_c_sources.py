@@ -3,7 +3,7 @@ cuda_sign.py) run on the CPU, against the NumPy functions that the emulation run
 and compiled by NVRTC where there is one.
 
 The kernels use no shared memory and no barriers, so the source compiles as C++ with CUDA's
-``__global__`` and ``blockIdx`` / ``threadIdx`` / ``blockDim`` defined by a small shim, and a launch
+``__global__``, ``__device__`` and ``blockIdx`` / ``threadIdx`` / ``blockDim`` defined by a small shim, and a launch
 is a loop over every block and thread (``-ffp-contract=off``, as ``--fmad=false`` on the GPU). The
 elementwise kernels and the finalizing ones, given the same inputs (the NumPy partial sums go into
 both finalizers), must give the NumPy functions' results EXACTLY: the same operations in the same
@@ -32,6 +32,7 @@ extern "C" void shim_set(unsigned int block, unsigned int thread, unsigned int t
     blockIdx.x = block; threadIdx.x = thread; blockDim.x = threads; gridDim.x = blocks;
 }
 #define __global__
+#define __device__
 """
 CTYPES = {"ptr": ctypes.c_void_p, "i32": ctypes.c_int32, "i64": ctypes.c_int64, "f64": ctypes.c_double}
 C_NAME = {np.float32: "float", np.float64: "double"}
@@ -55,8 +56,9 @@ def build(tmp_path_factory):
             src, out = folder / f"{name}.cpp", folder / f"{name}.so"
             macros = "".join(f"#define {k} {v}\n" for k, v in key[1:])
             src.write_text(SHIM + macros + module.SOURCE)
-            subprocess.run([_compiler(), "-O1", "-ffp-contract=off", "-fPIC", "-shared", "-o", str(out), str(src)],
-                           check=True, capture_output=True)
+            done = subprocess.run([_compiler(), "-O1", "-ffp-contract=off", "-fPIC", "-shared", "-o", str(out),
+                                   str(src)], capture_output=True, text=True)
+            assert done.returncode == 0, f"{module.__name__}'s source does not compile as C++:\n{done.stderr}"
             libs[key] = ctypes.CDLL(str(out))
         return libs[key]
     return lib
@@ -153,6 +155,37 @@ def test_the_pooling_source_gives_the_numpy_kernels_results(build, shape, kernel
         np.testing.assert_array_equal(a, b, err_msg=what)
         assert np.array_equal(np.signbit(a), np.signbit(b)), what
     assert np.isnan(results[1][0]).any() and ((results[1][1] > 0).any() or kernel == (1, 1))
+
+
+AVG_CASES = [  # kernel, stride, padding, ceil_mode (as tests/gpu_training/test_gpu_conv_pool.py)
+    ((2, 2), (2, 2), (0, 0), False), ((3, 3), (2, 2), (1, 1), False), ((3, 2), (2, 1), (1, 0), True),
+    ((2, 2), (2, 2), (0, 0), True), ((3, 3), (1, 1), (1, 1), False), ((1, 1), (2, 2), (0, 0), False),
+    ((4, 3), (3, 2), (2, 1), True)]
+
+
+@pytest.mark.parametrize("include_pad", [1, 0])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", AVG_CASES)
+def test_the_average_pool_source_gives_the_numpy_kernels_results(build, case, dtype, include_pad):
+    from bitnet.ops.pool import _out_shape
+    kernel, stride, padding, ceil_mode = case
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 3, 7, 6)).astype(dtype)
+    x[0, 0, 0, :2] = -0.0
+    out_shape = _out_shape(x.shape, kernel, stride, padding, ceil_mode)
+    g = rng.standard_normal(out_shape).astype(dtype)
+    geometry = (7, 6) + out_shape[2:] + kernel + stride + padding + (include_pad,)
+    lib = build(KP, PO_T=C_NAME[dtype])
+    results = []
+    for run in (lambda name, count, args: run_on_cpu(lib, name, count, args, KP),
+                lambda name, count, args: KP.NUMPY[name](*args)):
+        y, dx = np.full(out_shape, 7.0, dtype), np.full(x.shape, 7.0, dtype)
+        run("pool_avg_forward", y.size, (x, y.size) + geometry + (y,))
+        run("pool_avg_backward", dx.size, (g, dx.size) + geometry + (dx,))
+        results.append((y, dx))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+        assert np.array_equal(np.signbit(a), np.signbit(b))
 
 
 @pytest.mark.parametrize("xt,gt", [(np.float32, np.float32), (np.float64, np.float64), (np.float32, np.float64)])

@@ -10,8 +10,10 @@ tap (i, j) < (KH, KW), elementwise device ops across taps. The semantics are the
   dL/dx = sum over the windows holding x of g * (1.0 / D), added in float64 and rounded to the dtype
   in the CPU's order (windows row-major: taps in reverse order).
 
-Both give the CPU's bits: the same operations in the same order. Windows that hang past the input
-(padding, ceil mode) read a padded copy; the backward crops it.
+Both give the CPU's bits: the same operations in the same order. Max pooling runs as array
+operations over the taps: windows that hang past the input (padding, ceil mode) read a padded copy,
+the backward crops it. Average pooling runs as one CUDA C kernel each way (``bitnet.kernels.
+cuda_pooling``; NumPy functions on the emulation), which skip the positions outside the input.
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ import numpy as np
 
 from bitnet.gpu.arrays import array_module
 from bitnet.gpu.dispatch import implements
+from bitnet.gpu.raw_kernels import blocks_for, c_type, launch
+from bitnet.kernels import cuda_pooling as KP
 from bitnet.ops import pool as cpu_pool
 
 
@@ -106,40 +110,25 @@ class MaxPool2d(cpu_pool.MaxPool2d):
 
 @implements(cpu_pool.AvgPool2d)
 class AvgPool2d(cpu_pool.AvgPool2d):
-    """``avg_pool2d`` on "cuda" (module docstring). Saved: ``scale`` (OH, OW) float64 = 1 / D,
-    ``x_shape``, ``kernel``, ``stride``, ``pads``."""
+    """``avg_pool2d`` on "cuda" (module docstring): one CUDA C kernel each way for float32 / float64
+    (``bitnet.kernels.cuda_pooling``: the same sums in the same order). Saved: the geometry."""
 
     def forward(self, x, kernel=(2, 2), stride=(2, 2), padding=(0, 0), ceil_mode=False, count_include_pad=True):
         xp = array_module(x)
-        (oh, ow), pads = _geometry(x.shape, kernel, stride, padding, ceil_mode)
-        xpad = _padded(x, pads)
-        acc = xp.zeros((x.shape[0], x.shape[1], oh, ow), dtype=np.float64)
-        for _, _, _, (rows, cols) in _taps(kernel, stride, (oh, ow)):
-            acc += xpad[:, :, rows, cols]
-        self.scale = 1.0 / self._divisor(xp, x.shape, kernel, stride, padding, (oh, ow), count_include_pad)
-        self.x_shape, self.kernel, self.stride, self.pads = x.shape, kernel, stride, pads
-        return (acc * self.scale).astype(x.dtype)
-
-    @staticmethod
-    def _divisor(xp, x_shape, kernel, stride, padding, out_hw, count_include_pad):
-        """D (OH, OW), int64: ``bitnet.kernels.pooling._divisor`` for every window."""
-        sizes = []
-        for a in range(2):
-            start = _starts(xp, out_hw[a], stride[a], padding[a])
-            end = start + kernel[a]
-            size = x_shape[2 + a]
-            if count_include_pad:
-                sizes.append(xp.minimum(end, size + padding[a]) - start)
-            else:
-                sizes.append(xp.minimum(end, size) - xp.maximum(start, 0))
-        return sizes[0].reshape(-1, 1) * sizes[1].reshape(1, -1)
+        (oh, ow), _ = _geometry(x.shape, kernel, stride, padding, ceil_mode)
+        x = xp.ascontiguousarray(x)
+        y = xp.empty((x.shape[0], x.shape[1], oh, ow), x.dtype)
+        self.geometry = (x.shape[2], x.shape[3], oh, ow) + tuple(kernel) + tuple(stride) + tuple(padding) + (
+            int(bool(count_include_pad)),)
+        self.x_shape = x.shape
+        launch(KP, "pool_avg_forward", blocks_for(y.size, KP.THREADS), KP.THREADS, (x, y.size) + self.geometry + (y,),
+               dict(PO_T=c_type(x.dtype)))
+        return y
 
     def backward(self, g):
         xp = array_module(g)
-        n_img, channels, height, width = self.x_shape
-        top, bottom, left, right = self.pads
-        gx = xp.zeros((n_img, channels, top + height + bottom, left + width + right), dtype=g.dtype)
-        share = g * self.scale  # float64, as the CPU's g * (1.0 / D)
-        for _, _, _, (rows, cols) in reversed(_taps(self.kernel, self.stride, g.shape[2:])):
-            gx[:, :, rows, cols] += share
-        return _crop(xp, gx, self.x_shape, self.pads)
+        g = xp.ascontiguousarray(g)
+        dx = xp.empty(self.x_shape, g.dtype)
+        launch(KP, "pool_avg_backward", blocks_for(dx.size, KP.THREADS), KP.THREADS, (g, dx.size) + self.geometry + (dx,),
+               dict(PO_T=c_type(g.dtype)))
+        return dx
