@@ -1,5 +1,5 @@
 """The CUDA C source of bitnet's own GPU kernels (bitnet/kernels/cuda_batchnorm.py, cuda_pooling.py,
-cuda_sign.py) run on the CPU, against the NumPy functions that the emulation runs in their place;
+cuda_sign.py, cuda_im2col.py) run on the CPU, against the NumPy functions that the emulation runs in their place;
 and compiled by NVRTC where there is one.
 
 The kernels use no shared memory and no barriers, so the source compiles as C++ with CUDA's
@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from bitnet.kernels import cuda_batchnorm as KB
+from bitnet.kernels import cuda_im2col as KI
 from bitnet.kernels import cuda_pooling as KP
 from bitnet.kernels import cuda_sign as KS
 
@@ -188,6 +189,35 @@ def test_the_average_pool_source_gives_the_numpy_kernels_results(build, case, dt
         assert np.array_equal(np.signbit(a), np.signbit(b))
 
 
+CONV_GEOMETRIES = [  # (N, C, H, W), (KH, KW), stride, padding, dilation, pad_value
+    ((2, 3, 7, 6), (3, 3), (1, 1), (1, 1), (1, 1), 1.0), ((1, 2, 9, 8), (3, 2), (2, 1), (2, 1), (2, 2), -1.0),
+    ((2, 2, 5, 5), (1, 1), (2, 2), (0, 0), (1, 1), 0.0), ((1, 3, 6, 7), (2, 3), (3, 2), (1, 2), (1, 1), 0.0)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("geometry", CONV_GEOMETRIES)
+def test_the_im2col_source_gives_the_numpy_kernels_results(build, geometry, dtype):
+    from bitnet.gpu.ops.conv_pool import output_size
+    shape, kernel, stride, padding, dilation, pad_value = geometry
+    oh, ow = output_size(shape, (0, 0) + kernel, stride, padding, dilation)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(shape).astype(dtype)
+    x[0, 0, 0, 0] = -0.0
+    rows, columns = shape[1] * kernel[0] * kernel[1], shape[0] * oh * ow
+    dcols = rng.standard_normal((rows, columns)).astype(dtype)
+    args = shape + kernel + stride + padding + dilation + (oh, ow)
+    lib = build(KI, IC_T=C_NAME[dtype])
+    results = []
+    for run in (lambda name, count, a: run_on_cpu(lib, name, count, a, KI), lambda name, count, a: KI.NUMPY[name](*a)):
+        cols, dx = np.full((rows, columns), 7.0, dtype), np.full(shape, 7.0, dtype)
+        run("im2col_fill", cols.size, (x,) + args + (pad_value, cols))
+        run("col2im_add", dx.size, (dcols,) + args + (dx,))
+        results.append((cols, dx))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+        assert np.array_equal(np.signbit(a), np.signbit(b))
+
+
 @pytest.mark.parametrize("xt,gt", [(np.float32, np.float32), (np.float64, np.float64), (np.float32, np.float64)])
 def test_the_sign_source_gives_the_numpy_kernels_results(build, xt, gt):
     """Zeros of both signs, NaN, infinities, values at and next to the clip: the same bits."""
@@ -230,26 +260,22 @@ def test_the_batch_statistics_are_the_cpu_kernels():
 
 
 def _nvrtc():
-    try:
-        from cuda.bindings import nvrtc
-        return nvrtc
-    except ImportError:
-        pass
+    """CuPy's NVRTC bindings (the compiler the kernels go through), or None."""
     try:
         from cupy_backends.cuda.libs import nvrtc
+        nvrtc.getVersion()
         return nvrtc
-    except ImportError:
+    except Exception:  # no CuPy, or no NVRTC library beside it
         return None
 
 
 @pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
 def test_the_cuda_source_compiles_with_nvrtc(arch):
     nvrtc = _nvrtc()
-    if nvrtc is None or not hasattr(nvrtc, "createProgram"):
-        pytest.skip("no NVRTC here (cupy or cuda-python with the NVRTC library)")
-    if "cupy_backends" not in nvrtc.__name__:
-        pytest.skip("NVRTC through cuda-python: checked with CuPy's bindings (the ones the kernels use)")
-    for module, macros in ((KB, ("BN_T", "BN_P", "BN_B", "BN_R", "BN_V")), (KP, ("PO_T",)), (KS, ("SG_X", "SG_G"))):
+    if nvrtc is None:
+        pytest.skip("no NVRTC here (CuPy with its NVRTC library)")
+    for module, macros in ((KB, ("BN_T", "BN_P", "BN_B", "BN_R", "BN_V")), (KP, ("PO_T",)), (KS, ("SG_X", "SG_G")),
+                          (KI, ("IC_T",))):
         for t in ("float", "double"):
             options = ["--fmad=false", f"-arch={arch}"] + [f"-D{k}={t}" for k in macros]
             prog = nvrtc.createProgram(module.SOURCE, "source.cu", [], [])

@@ -1,4 +1,4 @@
-"""2-D convolution on "cuda": im2col (one strided copy), then batched GEMMs over the groups (cuBLAS on CuPy).
+"""2-D convolution on "cuda": im2col (one kernel), then batched GEMMs over the groups (cuBLAS on CuPy).
 
 For input x (N, C, H, W), weight w (O, C/G, KH, KW), G groups, optional bias b (O,), and the
 border of the padded input filled with ``pad_value`` (0; +-1 for a binary convolution):
@@ -9,15 +9,16 @@ with xp = x padded by (PH, PW). Lowering (the column layout of ``bitnet.ops.conv
 
     cols[c, i, j, n, oy, ox] = xp[n, c, oy*SH + i*DH, ox*SW + j*DW]
 
-built by one device copy of a strided view of xp, viewed as (G, Cg*KH*KW, N*OH*OW); then
+built by one kernel (``bitnet.kernels.cuda_im2col``; NumPy on the emulation), viewed as
+(G, Cg*KH*KW, N*OH*OW); then
 Y_g = W_g @ cols_g (W_g: (O/G, Cg*KH*KW)) for all g in one batched matmul, and Y (O, N, OH*OW) is
 moved to NCHW. Backward, with G_g the output gradient as (O/G, N*OH*OW):
 
     dW_g = G_g @ cols_g^T,   db[o] = sum_{n, oy, ox} g[n, o, oy, ox],
     dx, stride 1: a convolution of g, padded by DH*(KH-1) - PH (and DW*(KW-1) - PW), with the kernel
         flipped and its channels swapped within each group (``input_gradient``): one im2col, one GEMM
-    dx, other strides: dcols_g = W_g^T @ G_g, then col2im: for each tap, dxp[:, :, tap's strided
-        slice] += dcols[:, i, j] (the positions of one tap's slice are distinct: a plain strided add)
+    dx, other strides: dcols_g = W_g^T @ G_g, then col2im (one kernel: each input position adds
+        the entries of dcols that im2col read from it, taps in row-major order)
 
 and the border is cropped. These are a few kernel launches per convolution whatever its kernel size
 (a copy per tap before). Sums run in GEMM order, not the CPU's BLAS order: results agree to rounding.
@@ -29,15 +30,10 @@ from __future__ import annotations
 
 from bitnet.gpu.arrays import array_module
 from bitnet.gpu.dispatch import implements
+from bitnet.gpu.raw_kernels import blocks_for, c_type, launch
+from bitnet.kernels import cuda_im2col as KI
 from bitnet.kernels.im2col import conv_output_size
 from bitnet.ops import conv as cpu_conv
-
-
-def _tap(i, j, stride, dilation, out_hw):
-    """The (rows, cols) slices of the padded input that tap (i, j) reads for all outputs."""
-    (sh, sw), (dh, dw), (oh, ow) = stride, dilation, out_hw
-    y0, x0 = i * dh, j * dw
-    return slice(y0, y0 + (oh - 1) * sh + 1, sh), slice(x0, x0 + (ow - 1) * sw + 1, sw)
 
 
 def output_size(x_shape, w_shape, stride, padding, dilation):
@@ -46,24 +42,38 @@ def output_size(x_shape, w_shape, stride, padding, dilation):
                  for a in range(2))
 
 
+def _geometry_args(x_shape, kernel, stride, padding, dilation, out_hw):
+    return tuple(int(v) for v in (tuple(x_shape) + tuple(kernel) + tuple(stride) + tuple(padding) + tuple(dilation)
+                                  + tuple(out_hw)))
+
+
 def im2col(x, kernel, stride, padding, dilation, pad_value=0.0):
     """cols (C*KH*KW, N*OH*OW) with cols[(c, i, j), (n, oy, ox)] = xp[n, c, oy*SH + i*DH, ox*SW + j*DW]
-    (module docstring), on x's device: one copy of a strided view of the padded input, whose axes
-    (c, i, j, n, oy, ox) step by (sC, DH*sH, DW*sW, sN, SH*sH, SW*sW) bytes (s: its strides)."""
+    (module docstring), on x's device: one kernel launch (``bitnet.kernels.cuda_im2col``), the border
+    read as ``pad_value``."""
     xp = array_module(x)
-    n_img, channels, height, width = x.shape
-    kh, kw = kernel
-    (ph, pw), (sh, sw), (dh, dw) = padding, stride, dilation
-    oh, ow = output_size(x.shape, (0, 0, kh, kw), stride, padding, dilation)
-    if ph or pw:
-        padded = xp.full((n_img, channels, height + 2 * ph, width + 2 * pw), pad_value, dtype=x.dtype)
-        padded[:, :, ph:ph + height, pw:pw + width] = x
-    else:
-        padded = x
-    bn, bc, by, bx = padded.strides
-    windows = xp.lib.stride_tricks.as_strided(padded, shape=(channels, kh, kw, n_img, oh, ow),
-                                              strides=(bc, dh * by, dw * bx, bn, sh * by, sw * bx))
-    return xp.ascontiguousarray(windows).reshape(channels * kh * kw, n_img * oh * ow)
+    n_img, channels, _, _ = x.shape
+    oh, ow = output_size(x.shape, (0, 0) + tuple(kernel), stride, padding, dilation)
+    x = xp.ascontiguousarray(x)
+    cols = xp.empty((channels * kernel[0] * kernel[1], n_img * oh * ow), x.dtype)
+    launch(KI, "im2col_fill", blocks_for(cols.size, KI.THREADS), KI.THREADS,
+           (x,) + _geometry_args(x.shape, kernel, stride, padding, dilation, (oh, ow)) + (float(pad_value), cols),
+           dict(IC_T=c_type(x.dtype)))
+    return cols
+
+
+def col2im(dcols, x_shape, kernel, stride, padding, dilation):
+    """dx (N, C, H, W): the sum of dcols (C*KH*KW, N*OH*OW) back onto the input positions im2col
+    read them from (taps in row-major order, as one add per tap would); entries read from the border
+    are dropped. One kernel launch."""
+    xp = array_module(dcols)
+    oh, ow = output_size(x_shape, (0, 0) + tuple(kernel), stride, padding, dilation)
+    dcols = xp.ascontiguousarray(dcols)
+    dx = xp.empty(tuple(x_shape), dcols.dtype)
+    launch(KI, "col2im_add", blocks_for(dx.size, KI.THREADS), KI.THREADS,
+           (dcols,) + _geometry_args(x_shape, kernel, stride, padding, dilation, (oh, ow)) + (dx,),
+           dict(IC_T=c_type(dcols.dtype)))
+    return dx
 
 
 def input_gradient(g, w, x_shape, padding, dilation, groups):
@@ -85,25 +95,6 @@ def input_gradient(g, w, x_shape, padding, dilation, groups):
     gx = conv2d_forward(g, flipped.reshape(groups * cg, og, kh, kw), None, (1, 1), tuple(max(v, 0) for v in q),
                         dilation, groups)
     assert gx.shape == tuple(x_shape), (gx.shape, x_shape)
-    return gx
-
-
-def col2im(dcols, x_shape, kernel, stride, padding, dilation):
-    """dx (N, C, H, W): the sum of dcols (C*KH*KW, N*OH*OW) back onto the input positions im2col
-    read them from; entries read from the border are dropped."""
-    xp = array_module(dcols)
-    n_img, channels, height, width = x_shape
-    kh, kw = kernel
-    (ph, pw) = padding
-    oh, ow = output_size(x_shape, (0, 0, kh, kw), stride, padding, dilation)
-    d = dcols.reshape(channels, kh, kw, n_img, oh, ow)
-    gx = xp.zeros((n_img, channels, height + 2 * ph, width + 2 * pw), dtype=dcols.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            rows, columns = _tap(i, j, stride, dilation, (oh, ow))
-            gx[:, :, rows, columns] += d[:, i, j].transpose(1, 0, 2, 3)
-    if ph or pw:
-        gx = xp.ascontiguousarray(gx[:, :, ph:ph + height, pw:pw + width])
     return gx
 
 

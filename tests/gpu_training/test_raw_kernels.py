@@ -1,0 +1,31 @@
+"""bitnet.gpu.raw_kernels on the emulation: a launch runs the kernel's NumPy version on the device
+arrays' memory and counts as one kernel launch of its caller; bad arguments are clear errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bitnet.gpu.arrays import emulate, to_device, to_host
+from bitnet.gpu.emulated import count_device_calls
+from bitnet.gpu.raw_kernels import blocks_for, c_type, launch
+from bitnet.kernels import cuda_sign as KS
+
+
+def test_a_launch_writes_its_output_in_place_and_counts_once_for_its_caller():
+    x = np.array([-2.0, -0.0, 0.0, np.nan, 3.0], np.float32)
+    with emulate():
+        dx, y = to_device(x, "cuda"), to_device(np.zeros(5, np.float32), "cuda")
+        with count_device_calls() as calls:
+            launch(KS, "sign_forward", blocks_for(5, KS.THREADS), KS.THREADS, (dx, 5, y), dict(SG_X="float"))
+        np.testing.assert_array_equal(to_host(y), [-1, 1, 1, 1, 1])
+    assert calls == [("sign_forward", "tests/gpu_training/test_raw_kernels.py:"
+                      "test_a_launch_writes_its_output_in_place_and_counts_once_for_its_caller")]
+
+
+def test_bad_arguments_are_clear_errors():
+    with pytest.raises(TypeError, match="sign_forward takes 3 arguments, got 2"):
+        launch(KS, "sign_forward", 1, KS.THREADS, (np.zeros(1), 1), {})
+    with pytest.raises(TypeError, match="float32 or float64 arrays, got float16"):
+        c_type(np.float16)
+    assert c_type(np.float32) == "float" and c_type(np.dtype("float64")) == "double"
+    assert blocks_for(0, 256) == 0 and blocks_for(1, 256) == 1 and blocks_for(257, 256) == 2
