@@ -2,7 +2,7 @@
 
 A kernel source module (``bitnet.kernels.cuda_batchnorm``) gives ``SOURCE`` (CUDA C with
 ``extern "C"`` kernels, its element types left as macros), ``SIGNATURES`` (each kernel's parameters:
-"ptr", "i32", "i64", "f64") and ``NUMPY`` (each kernel as a NumPy function of the same arguments,
+"ptr" (an array), "table" (a ``PointerTable``: the addresses of several arrays), "i32", "i64", "f64") and ``NUMPY`` (each kernel as a NumPy function of the same arguments,
 writing its outputs in place). ``launch(module, name, blocks, threads, args, macros)``:
 
 - on CuPy, compiles ``SOURCE`` once per process and set of macros (``cupy.RawModule`` with
@@ -33,14 +33,42 @@ def c_type(dtype) -> str:
         raise TypeError(f"CUDA C kernels here take float32 or float64 arrays, got {np.dtype(dtype)}") from None
 
 
+class PointerTable:
+    """The device addresses of some arrays, for a kernel parameter of kind "table" (a
+    ``const unsigned long long*``): copied to the device once, at the first launch that needs them;
+    the table keeps the arrays alive. On the emulation the kernel's NumPy version gets the arrays."""
+
+    def __init__(self, arrays):
+        self.arrays = list(arrays)
+        self._device = None
+
+    def on_device(self):
+        if self._device is None:
+            import cupy
+            self._device = cupy.asarray(np.array([a.data.ptr for a in self.arrays], dtype=np.uint64))
+        return self._device
+
+
+def _emulated(a) -> bool:
+    if isinstance(a, PointerTable):
+        return any(isinstance(x, emulated.EmulatedArray) for x in a.arrays)
+    return isinstance(a, emulated.EmulatedArray)
+
+
+def _host(a, kind):
+    if kind == "table":
+        return [emulated.host_view(x) for x in a.arrays]
+    return emulated.host_view(a) if kind == "ptr" else a
+
+
 def launch(module, name: str, blocks: int, threads: int, args, macros: dict) -> None:
     """Run kernel ``name`` of ``module`` (module docstring) on ``blocks`` x ``threads``."""
     kinds = module.SIGNATURES[name]
     if len(args) != len(kinds):
         raise TypeError(f"{name} takes {len(kinds)} arguments, got {len(args)}")
-    if any(isinstance(a, emulated.EmulatedArray) for a in args):
+    if any(_emulated(a) for a in args):
         emulated.record_launch(name)
-        module.NUMPY[name](*(emulated.host_view(a) if k == "ptr" else a for a, k in zip(args, kinds)))
+        module.NUMPY[name](*(_host(a, k) for a, k in zip(args, kinds)))
         return
     if blocks == 0:
         return
@@ -51,7 +79,7 @@ def launch(module, name: str, blocks: int, threads: int, args, macros: dict) -> 
         _compiled[key] = cupy.RawModule(code=module.SOURCE, options=options)
     kernel = _compiled[key].get_function(name)
     kernel((int(blocks),), (int(threads),),
-           tuple(a if k == "ptr" else _C_TYPES[k](a) for a, k in zip(args, kinds)))
+           tuple(a if k == "ptr" else a.on_device() if k == "table" else _C_TYPES[k](a) for a, k in zip(args, kinds)))
 
 
 def blocks_for(count: int, threads: int) -> int:

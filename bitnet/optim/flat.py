@@ -6,13 +6,14 @@ For a bucket of parameters p_1 .. p_n on "cuda" with gradients g_i (one dtype, t
 e.g. Adam's step count t, the same names of array state), sizes s_i and offsets
 o_i = s_1 + ... + s_(i-1)::
 
-    P   = concat(ravel(p_1), ..., ravel(p_n))          one gather (CuPy: one kernel for > 8 small arrays)
-    G   = concat(ravel(g_1), ..., ravel(g_n))          one gather
+    P   = concat(ravel(p_1), ..., ravel(p_n))          one kernel (bitnet.kernels.cuda_flat, from a table of
+                                                       the parameters' addresses kept while they stay)
+    G   = concat(ravel(g_1), ..., ravel(g_n))          one gather (CuPy: one kernel for > 8 small arrays)
     S_k = concat(ravel(state_1[k]), ...)               for each array state k (kept between steps)
     optimizer._update(P, G, {k: S_k, scalars}, group)  the same math as for one parameter
     P[o_i : o_i + s_i] = c(P[o_i : o_i + s_i])         an elementwise constraint c, once per run of
                                                        parameters that share it (the bucket is ordered so)
-    p_i[...] = P[o_i : o_i + s_i]                      written back, one copy each
+    p_i[...] = P[o_i : o_i + s_i]                      written back: one kernel (cuda_flat) for all
 
 Each ``state_i[k]`` is left as a view of ``S_k`` (reshaped to p_i's shape), so later steps gather no
 state: while every view is still the array in ``state_i[k]`` the flat buffer is used as it is, else
@@ -28,9 +29,16 @@ have no launch cost).
 """
 from __future__ import annotations
 
+import numpy as np
+
 from bitnet.gpu.arrays import array_module, is_device_array
+from bitnet.gpu.raw_kernels import PointerTable, blocks_for, c_type, launch
+from bitnet.kernels import cuda_flat as KF
 
 __all__ = ["FlatUpdates"]
+
+
+_KERNEL_TYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _scalar_key(value):
@@ -78,6 +86,17 @@ class _Layout:
             self.bounds.append((start, start + p.data.size))
             start += p.data.size
         self.flat, self.views = {}, {}
+        self.table = self.offsets = None
+
+    def data_table(self, xp):
+        """The parameters' arrays as a ``PointerTable`` (the same arrays as when it was made, else made
+        again), or None where one is not C-contiguous or the dtype has no kernel."""
+        arrays = [p.data for p in self.params]
+        if self.table is None or any(a is not b for a, b in zip(self.table.arrays, arrays)):
+            usable = arrays[0].dtype in _KERNEL_TYPES and all(a.flags.c_contiguous for a in arrays)
+            self.table = PointerTable(arrays) if usable else None
+            self.offsets = xp.asarray(KF.offsets_of([a.size for a in arrays])) if usable else None
+        return self.table
 
     def split(self, flat):
         """Views of ``flat`` in each parameter's shape."""
@@ -142,7 +161,13 @@ class FlatUpdates:
             layout = self.layouts[ident] = _Layout(params)
         self.used.add(ident)
         xp = array_module(params[0].data)
-        flat_data = layout.gather(xp, [p.data for p in params])
+        table, total, dtype = layout.data_table(xp), layout.bounds[-1][1], params[0].data.dtype
+        if table is not None:  # one kernel (bitnet.kernels.cuda_flat) from the kept table of addresses
+            flat_data = xp.empty(total, dtype)
+            launch(KF, "flat_gather", blocks_for(total, KF.THREADS), KF.THREADS,
+                   (table, layout.offsets, len(params), total, flat_data), dict(FL_T=c_type(dtype)))
+        else:
+            flat_data = layout.gather(xp, [p.data for p in params])
         flat_grad = layout.gather(xp, [g for _, g, _ in bucket])
         flat_state = {k: layout.state_array(xp, k, states) for k in key[2]}
         flat_state.update({k: states[0][k] for k, _ in key[1]})
@@ -166,8 +191,13 @@ class FlatUpdates:
                 if c is not None and getattr(c, "elementwise", False):
                     c(flat_data[layout.bounds[run_start][0]:layout.bounds[i - 1][1]])
                 run_start = i
-        for p, view in zip(params, layout.split(flat_data)):
-            p.data[...] = view
+        if table is not None:
+            launch(KF, "flat_scatter", blocks_for(total, KF.THREADS), KF.THREADS,
+                   (flat_data, table, layout.offsets, len(params), total), dict(FL_T=c_type(dtype)))
+        else:
+            for p, view in zip(params, layout.split(flat_data)):
+                p.data[...] = view
+        for p in params:
             c = getattr(p, "constraint", None)
             if c is not None and not getattr(c, "elementwise", False):
                 c(p.data)

@@ -1,5 +1,5 @@
 """The CUDA C source of bitnet's own GPU kernels (bitnet/kernels/cuda_batchnorm.py, cuda_pooling.py,
-cuda_sign.py, cuda_im2col.py) run on the CPU, against the NumPy functions that the emulation runs in their place;
+cuda_sign.py, cuda_im2col.py, cuda_flat.py) run on the CPU, against the NumPy functions that the emulation runs in their place;
 and compiled by NVRTC where there is one.
 
 The kernels use no shared memory and no barriers, so the source compiles as C++ with CUDA's
@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from bitnet.kernels import cuda_batchnorm as KB
+from bitnet.kernels import cuda_flat as KF
 from bitnet.kernels import cuda_im2col as KI
 from bitnet.kernels import cuda_pooling as KP
 from bitnet.kernels import cuda_sign as KS
@@ -35,7 +36,8 @@ extern "C" void shim_set(unsigned int block, unsigned int thread, unsigned int t
 #define __global__
 #define __device__
 """
-CTYPES = {"ptr": ctypes.c_void_p, "i32": ctypes.c_int32, "i64": ctypes.c_int64, "f64": ctypes.c_double}
+CTYPES = {"ptr": ctypes.c_void_p, "table": ctypes.c_void_p, "i32": ctypes.c_int32, "i64": ctypes.c_int64,
+          "f64": ctypes.c_double}
 C_NAME = {np.float32: "float", np.float64: "double"}
 
 
@@ -71,7 +73,10 @@ def run_on_cpu(lib, name, count, args, module=KB):
     kinds = module.SIGNATURES[name]
     fn.argtypes = [CTYPES[k] for k in kinds]
     fn.restype = None
-    c_args = [a.ctypes.data if k == "ptr" else a for a, k in zip(args, kinds)]
+    tables = [np.array([x.ctypes.data for x in a], np.uint64) for a, k in zip(args, kinds) if k == "table"]
+    table = iter(tables)  # "table": a list of host arrays, given as the array of their addresses
+    c_args = [a.ctypes.data if k == "ptr" else next(table).ctypes.data if k == "table" else a
+              for a, k in zip(args, kinds)]
     blocks = -(-count // module.THREADS)
     for b in range(blocks):
         for t in range(module.THREADS):
@@ -189,6 +194,31 @@ def test_the_average_pool_source_gives_the_numpy_kernels_results(build, case, dt
         assert np.array_equal(np.signbit(a), np.signbit(b))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_flat_gather_and_scatter_source_gives_the_numpy_kernels_results(build, dtype):
+    """Arrays of sizes 0 (first, middle and last), 1 and more: every element to its place and back."""
+    rng = np.random.default_rng(8)
+    sizes = [0, 5, 1, 0, 300, 7, 0]
+    offsets, total = KF.offsets_of(sizes), sum(sizes)
+    lib = build(KF, FL_T=C_NAME[dtype])
+    results = []
+    for run in (lambda name, count, a: run_on_cpu(lib, name, count, a, KF), lambda name, count, a: KF.NUMPY[name](*a)):
+        arrays = [rng.standard_normal(n).astype(dtype) for n in sizes] if not results else \
+            [a.copy() for a in results[0][0]]
+        originals = [a.copy() for a in arrays]
+        flat = np.full(total, 7.0, dtype)
+        run("flat_gather", total, (arrays, offsets, len(sizes), total, flat))
+        np.testing.assert_array_equal(flat, np.concatenate(originals))
+        back = flat[::-1].copy()
+        run("flat_scatter", total, (back, arrays, offsets, len(sizes), total))
+        results.append((originals, flat, arrays))
+    for (o1, f1, a1), (o2, f2, a2) in [results]:
+        np.testing.assert_array_equal(f1, f2)
+        for x, y, z in zip(a1, a2, np.split(f1[::-1], np.cumsum(sizes)[:-1])):
+            np.testing.assert_array_equal(x, y)
+            np.testing.assert_array_equal(x, z)
+
+
 CONV_GEOMETRIES = [  # (N, C, H, W), (KH, KW), stride, padding, dilation, pad_value
     ((2, 3, 7, 6), (3, 3), (1, 1), (1, 1), (1, 1), 1.0), ((1, 2, 9, 8), (3, 2), (2, 1), (2, 1), (2, 2), -1.0),
     ((2, 2, 5, 5), (1, 1), (2, 2), (0, 0), (1, 1), 0.0), ((1, 3, 6, 7), (2, 3), (3, 2), (1, 2), (1, 1), 0.0)]
@@ -275,7 +305,7 @@ def test_the_cuda_source_compiles_with_nvrtc(arch):
     if nvrtc is None:
         pytest.skip("no NVRTC here (CuPy with its NVRTC library)")
     for module, macros in ((KB, ("BN_T", "BN_P", "BN_B", "BN_R", "BN_V")), (KP, ("PO_T",)), (KS, ("SG_X", "SG_G")),
-                          (KI, ("IC_T",))):
+                          (KI, ("IC_T",)), (KF, ("FL_T",))):
         for t in ("float", "double"):
             options = ["--fmad=false", f"-arch={arch}"] + [f"-D{k}={t}" for k in macros]
             prog = nvrtc.createProgram(module.SOURCE, "source.cu", [], [])

@@ -82,24 +82,37 @@ def test_buckets_by_dtype_and_step_count_give_the_cpu_bits():
     assert steps == [5, 5, 5, 5, 5, 5, 5, 3, 3, None]
 
 
+def _step_calls(model, opt, steps):
+    counts = []
+    for t in range(steps):
+        for p, g in zip(model.parameters(), grads(t, model)):
+            p.grad = to_device(g, "cuda")
+        with count_device_calls() as calls:
+            opt.step()
+        counts.append(len(calls))
+    return counts, [n for n, _ in calls]
+
+
 def test_a_step_launches_a_fixed_number_of_kernels():
-    # Adam (no weight decay, no amsgrad) on 10 float32 parameters: gather P and G (one kernel each:
-    # CuPy concatenates more than 8 small arrays in one), the 13 operations of adam_update_xp, one
-    # write-back per parameter: 25, whatever the number of steps; the state is gathered once, when the
-    # first step creates it flat
+    # Adam (no weight decay, no amsgrad) on 10 float32 parameters: P gathered and written back by one
+    # kernel each (bitnet.kernels.cuda_flat, from the table of their addresses), G gathered by one
+    # concatenate (CuPy: one kernel for more than 8 small arrays), the 13 operations of
+    # adam_update_xp: 16, whatever the number of steps; the first step also fills m and v with zeros
+    # and copies the offsets of the table to the device
     with emulate():
         model = Bag(0).to("cuda")
-        opt = Adam(model.parameters(), lr=0.01)
-        counts = []
-        for t in range(3):
-            for p, g in zip(model.parameters(), grads(t, model)):
-                p.grad = to_device(g, "cuda")
-            with count_device_calls() as calls:
-                opt.step()
-            counts.append(len(calls))
-        names = [n for n, _ in calls]
-    assert counts[1:] == [2 + 13 + 10] * 2 and counts[0] == 2 + 2 + 13 + 10  # step 1: + the zeros of m, v
-    assert names.count("concatenate") == 2 and names.count("setitem") == 10
+        counts, names = _step_calls(model, Adam(model.parameters(), lr=0.01), 3)
+    assert counts[1:] == [1 + 1 + 13 + 1] * 2 and counts[0] == 16 + 2 + 1
+    assert [names.count(n) for n in ("flat_gather", "flat_scatter", "concatenate", "setitem")] == [1, 1, 1, 0]
+
+
+def test_a_parameter_that_is_not_contiguous_is_gathered_and_written_back_by_copies():
+    with emulate():
+        model = Bag(0).to("cuda")
+        model.p0.data = model.p0.data.T  # a (3, 4) view of a (4, 3) array: not C-contiguous
+        model.p0.grad = None
+        counts, names = _step_calls(model, SGD(model.parameters(), lr=0.1), 2)
+    assert [names.count(n) for n in ("flat_gather", "flat_scatter", "concatenate", "setitem")] == [0, 0, 2, 10]
 
 
 def test_parameters_and_gradients_stay_the_same_arrays_and_state_is_views_of_one_array():
