@@ -66,6 +66,11 @@ def launch(module, name: str, blocks: int, threads: int, args, macros: dict) -> 
     kinds = module.SIGNATURES[name]
     if len(args) != len(kinds):
         raise TypeError(f"{name} takes {len(kinds)} arguments, got {len(args)}")
+    for i, (a, k) in enumerate(zip(args, kinds)):
+        arrays = a.arrays if k == "table" else [a] if k == "ptr" else []
+        if any(not x.flags.c_contiguous for x in arrays):  # the kernels index flat memory
+            raise ValueError(f"{name}: argument {i} must be C-contiguous arrays (xp.ascontiguousarray), got strides "
+                             f"{[x.strides for x in arrays]} for shapes {[x.shape for x in arrays]}")
     if any(_emulated(a) for a in args):
         emulated.record_launch(name)
         module.NUMPY[name](*(_host(a, k) for a, k in zip(args, kinds)))

@@ -28,4 +28,8 @@ def test_bad_arguments_are_clear_errors():
     with pytest.raises(TypeError, match="float32 or float64 arrays, got float16"):
         c_type(np.float16)
     assert c_type(np.float32) == "float" and c_type(np.dtype("float64")) == "double"
+    with emulate():
+        x = to_device(np.zeros((4, 3), np.float32), "cuda").T
+        with pytest.raises(ValueError, match="sign_forward: argument 0 must be C-contiguous"):
+            launch(KS, "sign_forward", 1, KS.THREADS, (x, 12, to_device(np.zeros(12, np.float32), "cuda")), {})
     assert blocks_for(0, 256) == 0 and blocks_for(1, 256) == 1 and blocks_for(257, 256) == 2

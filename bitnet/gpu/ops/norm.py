@@ -63,11 +63,12 @@ def _macros(x3, gamma, beta, running_mean, running_var):
 
 
 def batch_stats(x3, gamma, beta, eps, running_mean=None, running_var=None, momentum=0.1):
-    """``(mean, invstd, a, b)``, float64 (C,), of x (N, C, L) contiguous, with a = gamma invstd and
+    """``(mean, invstd, a, b)``, float64 (C,), of x (N, C, L), with a = gamma invstd and
     b = beta - mean a (the normalization's y = x a + b); the running averages, when given, updated in
     place on the device. Two kernel launches (``bitnet.kernels.cuda_batchnorm``: stats_partial,
     stats_finalize)."""
     xp = array_module(x3)
+    x3 = xp.ascontiguousarray(x3)
     n_img, channels, length = x3.shape
     m = n_img * length
     parts = KB.parts_per_channel(channels, m)
@@ -92,6 +93,7 @@ def normalize(x3, a, b):
     """y = x a + b per channel (a, b float64 (C,)), computed in float64 and rounded to x's dtype once;
     one kernel launch."""
     xp = array_module(x3)
+    x3, a, b = xp.ascontiguousarray(x3), xp.ascontiguousarray(a), xp.ascontiguousarray(b)  # no copy if they are
     y = xp.empty(x3.shape, x3.dtype)
     _, channels, length = x3.shape
     launch(KB, "bn_normalize", blocks_for(x3.size, KB.THREADS), KB.THREADS, (x3, x3.size, channels, length, a, b, y),
@@ -100,12 +102,11 @@ def normalize(x3, a, b):
 
 
 def batch_norm_backward(g3, x3, mean, invstd, gamma):
-    """(dx, dgamma, dbeta) in x's dtype for g, x (N, C, L) contiguous (module docstring); three kernel
-    launches."""
+    """(dx, dgamma, dbeta) in x's dtype for g, x (N, C, L) (module docstring); three kernel launches."""
     xp = array_module(g3)
     if g3.dtype != x3.dtype:
         g3 = g3.astype(x3.dtype)
-    g3 = xp.ascontiguousarray(g3)
+    g3, x3, gamma = xp.ascontiguousarray(g3), xp.ascontiguousarray(x3), xp.ascontiguousarray(gamma)
     n_img, channels, length = g3.shape
     m = n_img * length
     parts = KB.parts_per_channel(channels, m)
