@@ -51,17 +51,24 @@ extern "C" __global__ void bn_stats_partial(const BN_T* x, int n_img, int channe
     part[2 * t + 1] = s2;
 }
 
+__device__ void bn_sum_parts(const double* part, int c, int parts, double* first, double* second) {
+    double s1 = 0.0, s2 = 0.0;              /* channel c's J pairs of partial sums, in order j = 0..J-1 */
+    for (int j = 0; j < parts; j++) {
+        s1 = s1 + part[2 * ((long long)c * parts + j)];
+        s2 = s2 + part[2 * ((long long)c * parts + j) + 1];
+    }
+    *first = s1;
+    *second = s2;
+}
+
 extern "C" __global__ void bn_stats_finalize(const double* part, const BN_T* x, int channels, int length, int parts,
                                              long long m, double eps, double momentum, int tracked, const BN_P* gamma,
                                              const BN_B* beta, BN_R* running_mean, BN_V* running_var,
                                              double* mean, double* invstd, double* a, double* b) {
     int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= channels) return;
-    double s1 = 0.0, s2 = 0.0;
-    for (int j = 0; j < parts; j++) {
-        s1 = s1 + part[2 * ((long long)c * parts + j)];
-        s2 = s2 + part[2 * ((long long)c * parts + j) + 1];
-    }
+    double s1, s2;
+    bn_sum_parts(part, c, parts, &s1, &s2);
     double md = s1 / m;
     double var = s2 / m - md * md;
     if (var < 0.0) var = 0.0;  /* np.maximum(var, 0): a NaN stays NaN */
@@ -111,11 +118,8 @@ extern "C" __global__ void bn_grad_finalize(const double* part, int channels, in
                                             double* mgx, BN_T* dgamma, BN_T* dbeta) {
     int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= channels) return;
-    double sg = 0.0, sgd = 0.0;
-    for (int j = 0; j < parts; j++) {
-        sg = sg + part[2 * ((long long)c * parts + j)];
-        sgd = sgd + part[2 * ((long long)c * parts + j) + 1];
-    }
+    double sg, sgd;
+    bn_sum_parts(part, c, parts, &sg, &sgd);
     double is = invstd[c];
     k[c] = (double)gamma[c] * is;
     mg[c] = sg / m;
