@@ -25,6 +25,11 @@ _C_TYPES = {"i32": np.int32, "i64": np.int64, "f64": np.float64}
 C_NAMES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 
 
+def takes(dtype) -> bool:
+    """Whether the kernels here take arrays of ``dtype`` (float32, float64)."""
+    return np.dtype(dtype) in C_NAMES
+
+
 def c_type(dtype) -> str:
     """The C name of a float dtype (float32 -> "float", float64 -> "double")."""
     try:

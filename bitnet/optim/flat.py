@@ -29,16 +29,11 @@ have no launch cost).
 """
 from __future__ import annotations
 
-import numpy as np
-
 from bitnet.gpu.arrays import array_module, is_device_array
-from bitnet.gpu.raw_kernels import PointerTable, blocks_for, c_type, launch
+from bitnet.gpu.raw_kernels import PointerTable, blocks_for, c_type, launch, takes
 from bitnet.kernels import cuda_flat as KF
 
 __all__ = ["FlatUpdates"]
-
-
-_KERNEL_TYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _scalar_key(value):
@@ -93,7 +88,7 @@ class _Layout:
         again), or None where one is not C-contiguous or the dtype has no kernel."""
         arrays = [p.data for p in self.params]
         if self.table is None or any(a is not b for a, b in zip(self.table.arrays, arrays)):
-            usable = arrays[0].dtype in _KERNEL_TYPES and all(a.flags.c_contiguous for a in arrays)
+            usable = takes(arrays[0].dtype) and all(a.flags.c_contiguous for a in arrays)
             self.table = PointerTable(arrays) if usable else None
             self.offsets = xp.asarray(KF.offsets_of([a.size for a in arrays])) if usable else None
         return self.table

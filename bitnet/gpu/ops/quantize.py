@@ -32,7 +32,7 @@ import numpy as np
 from bitnet import quantizers as Q
 from bitnet.gpu.arrays import array_module
 from bitnet.gpu.dispatch import implements
-from bitnet.gpu.raw_kernels import blocks_for, c_type, launch
+from bitnet.gpu.raw_kernels import blocks_for, c_type, launch, takes
 from bitnet.kernels import cuda_sign as KS
 
 
@@ -45,10 +45,7 @@ def _select(xp, cond, a, b, dtype):
 
 def _own_kernels(*arrays):
     """Whether ``bitnet.kernels.cuda_sign`` takes these arrays (float32 / float64; same shape)."""
-    return all(a.dtype in _KERNEL_TYPES for a in arrays) and len({a.shape for a in arrays}) == 1
-
-
-_KERNEL_TYPES = (np.dtype(np.float32), np.dtype(np.float64))
+    return all(takes(a.dtype) for a in arrays) and len({a.shape for a in arrays}) == 1
 
 
 def sign(x):
