@@ -56,3 +56,18 @@ def test_command_line_prints_and_writes_the_counts(tmp_path, capsys):
     with pytest.raises(SystemExit):
         gpu_launches.main(["--model", "nonet"])
     assert "unknown model(s) nonet" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model", ["lenet-binary", "resnet18-binary"])
+def test_the_counts_docs_gpu_training_quotes_are_the_code_s(model):
+    """docs/gpu-training.md ("How many kernels a step launches") quotes each model's launches per step
+    and their phases: a change that moves them must say so there."""
+    import re
+    docs = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "gpu-training.md")
+    text = open(docs, encoding="utf-8").read()
+    found = re.search(rf"{model}:\s+([\d,]+) per step \(forward (\d+), loss (\d+), backward (\d+), optimizer (\d+)\)",
+                      text)
+    assert found, f"docs/gpu-training.md quotes no count for {model}"
+    counts = gpu_launches.count_step(model)
+    quoted = [int(v.replace(",", "")) for v in found.groups()]
+    assert quoted == [counts["total"]] + [counts["phases"][p] for p in ("forward", "loss", "backward", "optimizer")]
