@@ -17,8 +17,8 @@ x[(n*C + c)*L + l], and J partial sums per channel (thread j takes e = j, j + J,
                        dgamma = T(sgd invstd), dbeta = T(sg)
     grad_input         dx = T(k[c] ((double(g) - mg[c]) - (double(x) - mean[c]) mgx[c]))
 
-(``long long``: 64 bits on every platform. T: the activations' type; gamma's, beta's, the running mean's and variance's: macros BN_T, BN_P, BN_B,
-BN_R, BN_V.)
+(``long long``: 64 bits on every platform. T: the activations' type; gamma's, beta's, the running
+mean's and variance's: macros BN_T, BN_P, BN_B, BN_R, BN_V.)
 That is kernels/batchnorm.py's math with the sums in another order, three launches for the forward
 and three for the backward instead of about fifty array operations. The module is compiled with
 ``--fmad=false``: every + and * is rounded on its own, as in NumPy, so the elementwise kernels give

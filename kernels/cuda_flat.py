@@ -10,7 +10,7 @@ o_(k+1) = o_k + size(a_k) and total = o_n, given as a table of their device addr
 
 Each thread finds its k by a binary search in the offsets. No shared memory, no barriers:
 tests/gpu_training/test_cuda_c_sources.py runs the source on the CPU, thread by thread (with host
-addresses in the table), against the NumPy versions.
+addresses in the table), against the NumPy versions below.
 """
 from __future__ import annotations
 

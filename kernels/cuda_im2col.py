@@ -1,5 +1,6 @@
 """im2col and col2im of the float convolution as CUDA C kernels (launched by CuPy:
-``bitnet.gpu.raw_kernels``) and the same two in NumPy (the emulation's), for ``bitnet.gpu.ops.conv_pool``.
+``bitnet.gpu.raw_kernels``), for ``bitnet.gpu.ops.conv_pool``; the emulation runs the CPU's
+(``bitnet.kernels.im2col``: the same layout, the same order of additions) in their place.
 
 For x (N, C, H, W), a KH x KW kernel with stride (SH, SW), padding (PH, PW), dilation (DH, DW) and
 output (OH, OW), the border read as ``pad_value``::
@@ -9,13 +10,13 @@ output (OH, OW), the border read as ``pad_value``::
     col2im   one thread per input position: dx[n, c, y, x] = T(0), then for the taps (i, j) in
              row-major order whose output (oy, ox) reads (y, x): dx = T(dx + dcols[(c, i, j), (n, oy, ox)])
 
-col2im adds in the order of the per-tap loop it replaces (the same bits). (T: macro IC_T.) No shared
-memory, no barriers: tests/gpu_training/test_cuda_c_sources.py runs the source on the CPU, thread by
-thread, against the NumPy versions.
+col2im adds in the CPU kernel's order (the same bits). (T: macro IC_T.) No shared memory, no
+barriers: tests/gpu_training/test_cuda_c_sources.py runs the source on the CPU, thread by thread,
+against the CPU's kernels.
 """
 from __future__ import annotations
 
-import numpy as np
+from bitnet.kernels import im2col as cpu_im2col
 
 SOURCE = r"""
 extern "C" __global__ void im2col_fill(const IC_T* x, int n_img, int channels, int height, int width, int kh, int kw,
@@ -67,29 +68,12 @@ SIGNATURES = {
 THREADS = 256
 
 
-def _tap_slices(i, j, sh, sw, dh, dw, oh, ow):
-    y0, x0 = i * dh, j * dw
-    return slice(y0, y0 + (oh - 1) * sh + 1, sh), slice(x0, x0 + (ow - 1) * sw + 1, sw)
-
-
 def im2col_fill(x, n_img, channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, pad_value, cols):
-    padded = np.full((n_img, channels, height + 2 * ph, width + 2 * pw), pad_value, x.dtype)
-    padded[:, :, ph:ph + height, pw:pw + width] = x.reshape(n_img, channels, height, width)
-    out = cols.reshape(channels, kh, kw, n_img, oh, ow)
-    for i in range(kh):
-        for j in range(kw):
-            rows, columns = _tap_slices(i, j, sh, sw, dh, dw, oh, ow)
-            out[:, i, j] = padded[:, :, rows, columns].transpose(1, 0, 2, 3)
+    cpu_im2col.im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, cols, pad_value)
 
 
 def col2im_add(dcols, n_img, channels, height, width, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, dx):
-    d = dcols.reshape(channels, kh, kw, n_img, oh, ow)
-    gx = np.zeros((n_img, channels, height + 2 * ph, width + 2 * pw), dx.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            rows, columns = _tap_slices(i, j, sh, sw, dh, dw, oh, ow)
-            gx[:, :, rows, columns] += d[:, i, j].transpose(1, 0, 2, 3)
-    dx.reshape(n_img, channels, height, width)[...] = gx[:, :, ph:ph + height, pw:pw + width]
+    cpu_im2col.col2im(dcols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, dx)
 
 
 NUMPY = {"im2col_fill": im2col_fill, "col2im_add": col2im_add}

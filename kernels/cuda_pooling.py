@@ -1,7 +1,8 @@
-"""Pooling as CUDA C kernels (launched by CuPy: ``bitnet.gpu.raw_kernels``) and the same kernels in
-NumPy (the emulation's): max pooling over windows that tile the map, with the winner's place kept for
-the backward (the GPU side of the fused batch norm + max pool, ``bitnet.gpu.ops.norm``), and average
-pooling forward and backward.
+"""Pooling as CUDA C kernels (launched by CuPy: ``bitnet.gpu.raw_kernels``): max pooling over windows
+that tile the map, with the winner's place kept for the backward (the GPU side of the fused batch
+norm + max pool, ``bitnet.gpu.ops.norm``), and average pooling forward and backward. The emulation
+runs in their place the NumPy functions below for the first two, the CPU's kernels
+(``bitnet.kernels.pooling``) for average pooling.
 
 For z (N, C, H, W) contiguous, KH x KW windows with stride = window, no padding (a remainder row or
 column is dropped), OH = H // KH, OW = W // KW, one thread per output (n, c, oy, ox)::
@@ -25,12 +26,15 @@ with count_include_pad, else to the input) and the window of output (oy, ox) sta
     avg_backward one thread per input position: d = T(0); for the taps (i, j) in reverse row-major
                  order whose window holds it: d = T(double(d) + double(g[window]) * (1.0 / D));  dx = d
 
-(the order of the CPU kernel, so the same bits). (T: the maps' type, macro PO_T.) No shared memory, no barriers: tests/gpu_training/
-test_cuda_c_sources.py runs the source on the CPU, thread by thread, against the NumPy versions.
+(the order of the CPU kernel, so the same bits). (T: the maps' type, macro PO_T.) No shared memory,
+no barriers: tests/gpu_training/test_cuda_c_sources.py runs the source on the CPU, thread by thread,
+against what the emulation runs.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from bitnet.kernels import pooling as cpu_pooling
 
 SOURCE = r"""
 extern "C" __global__ void pool_tiled_max(const PO_T* z, long long outputs, int height, int width, int kh, int kw,
@@ -172,45 +176,12 @@ def to_taps(g, tap, size, height, width, kh, kw, dense):
             d[:, i:oh * kh:kh, j:ow * kw:kw] = np.where(t3 == i * kw + j, g3, g3.dtype.type(0))
 
 
-def _divisors(oh, ow, kh, kw, sh, sw, ph, pw, height, width, include_pad):
-    """1.0 / D for every window, (OH, OW) float64."""
-    sizes = []
-    for n_out, k, s, p, size in ((oh, kh, sh, ph, height), (ow, kw, sw, pw, width)):
-        start = np.arange(n_out, dtype=np.int64) * s - p
-        end = start + k
-        sizes.append(np.minimum(end, size + p) - start if include_pad else np.minimum(end, size) - np.maximum(start, 0))
-    return 1.0 / (sizes[0][:, None] * sizes[1][None, :])
-
-
-def _window_taps(oh, ow, kh, kw, sh, sw, ph, pw, height, width):
-    """For each tap (i, j) row-major: the (rows, cols) of the outputs whose tap lies in the input, and
-    the input rows and columns it reads."""
-    for i in range(kh):
-        ys = np.arange(oh) * sh - ph + i
-        ry = (ys >= 0) & (ys < height)
-        for j in range(kw):
-            xs = np.arange(ow) * sw - pw + j
-            rx = (xs >= 0) & (xs < width)
-            yield i, j, np.flatnonzero(ry), np.flatnonzero(rx), ys[ry], xs[rx]
-
-
 def avg_forward(x, outputs, height, width, oh, ow, kh, kw, sh, sw, ph, pw, include_pad, y):
-    x3 = x.reshape(-1, height, width)
-    acc = np.zeros((x3.shape[0], oh, ow))
-    for _, _, oy, ox, ys, xs in _window_taps(oh, ow, kh, kw, sh, sw, ph, pw, height, width):
-        acc[:, oy[:, None], ox[None, :]] += x3[:, ys[:, None], xs[None, :]]
-    scale = _divisors(oh, ow, kh, kw, sh, sw, ph, pw, height, width, include_pad)
-    y.reshape(acc.shape)[...] = (acc * scale).astype(y.dtype)
+    cpu_pooling.avg_pool_forward(x, kh, kw, sh, sw, ph, pw, y, bool(include_pad))
 
 
 def avg_backward(g, size, height, width, oh, ow, kh, kw, sh, sw, ph, pw, include_pad, dx):
-    share = g.reshape(-1, oh, ow).astype(np.float64) * _divisors(oh, ow, kh, kw, sh, sw, ph, pw, height, width,
-                                                                  include_pad)
-    d = dx.reshape(-1, height, width)
-    d[...] = 0
-    for _, _, oy, ox, ys, xs in reversed(list(_window_taps(oh, ow, kh, kw, sh, sw, ph, pw, height, width))):
-        d[:, ys[:, None], xs[None, :]] = (d[:, ys[:, None], xs[None, :]] + share[:, oy[:, None], ox[None, :]]
-                                          ).astype(dx.dtype)
+    cpu_pooling.avg_pool_backward(g, kh, kw, sh, sw, ph, pw, dx, bool(include_pad))
 
 
 NUMPY = {"pool_tiled_max": tiled_max, "pool_to_taps": to_taps, "pool_avg_forward": avg_forward,

@@ -1,16 +1,17 @@
 """The sign and its straight-through gradient as two CUDA C kernels (launched by CuPy:
-``bitnet.gpu.raw_kernels``) and the same two in NumPy (the emulation's); ``bitnet.gpu.ops.quantize``
-uses them for every binary layer's input and kernel. One thread per element::
+``bitnet.gpu.raw_kernels``; the emulation runs the CPU's, ``bitnet.kernels.sign``, in their place).
+``bitnet.gpu.ops.quantize`` uses them for every binary layer's input and kernel. One thread per
+element::
 
     sign_forward    y = -1 where x < 0, else +1 (0, -0.0 and NaN give +1), in x's type X
     ste_backward    dx = g where |x| <= X(clip) (NaN gives 0), else 0, in g's type G
 
 (macros SG_X, SG_G). No shared memory, no barriers: tests/gpu_training/test_cuda_c_sources.py runs
-the source on the CPU, thread by thread, against the NumPy versions.
+the source on the CPU, thread by thread, against the CPU's kernels.
 """
 from __future__ import annotations
 
-import numpy as np
+from bitnet.kernels import sign as cpu_sign
 
 SOURCE = r"""
 extern "C" __global__ void sign_forward(const SG_X* x, long long size, SG_X* y) {
@@ -37,13 +38,11 @@ THREADS = 256
 
 
 def sign_forward(x, size, y):
-    one = y.dtype.type(1)
-    y.reshape(-1)[...] = np.where(x.reshape(-1) < 0, -one, one)
+    cpu_sign.sign(x.reshape(-1), y.reshape(-1))
 
 
 def ste_backward(g, x, size, clip, dx):
-    xf = x.reshape(-1)
-    dx.reshape(-1)[...] = np.where(np.abs(xf) <= xf.dtype.type(clip), g.reshape(-1), dx.dtype.type(0))
+    cpu_sign.ste_mask(g.reshape(-1), x.reshape(-1), x.dtype.type(clip), dx.reshape(-1))
 
 
 NUMPY = {"sign_forward": sign_forward, "ste_backward": ste_backward}

@@ -1,9 +1,11 @@
-"""CUDA C kernels of bitnet's own on CuPy arrays, with the same kernels in NumPy for the emulation.
+"""CUDA C kernels of bitnet's own on CuPy arrays, with the same kernels on the host for the emulation.
 
 A kernel source module (``bitnet.kernels.cuda_batchnorm``) gives ``SOURCE`` (CUDA C with
 ``extern "C"`` kernels, its element types left as macros), ``SIGNATURES`` (each kernel's parameters:
-"ptr" (an array), "table" (a ``PointerTable``: the addresses of several arrays), "i32", "i64", "f64") and ``NUMPY`` (each kernel as a NumPy function of the same arguments,
-writing its outputs in place). ``launch(module, name, blocks, threads, args, macros)``:
+"ptr" (an array), "table" (a ``PointerTable``: the addresses of several arrays), "i32", "i64",
+"f64") and ``NUMPY`` (each kernel as a host function of the same arguments, writing its outputs in
+place: NumPy, or the CPU's Numba kernel where it computes the same thing).
+``launch(module, name, blocks, threads, args, macros)``:
 
 - on CuPy, compiles ``SOURCE`` once per process and set of macros (``cupy.RawModule`` with
   ``--fmad=false``: no multiply-add contraction, every operation rounded as NumPy rounds it) and

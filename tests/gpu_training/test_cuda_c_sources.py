@@ -1,12 +1,13 @@
 """The CUDA C source of bitnet's own GPU kernels (bitnet/kernels/cuda_batchnorm.py, cuda_pooling.py,
-cuda_sign.py, cuda_im2col.py, cuda_flat.py) run on the CPU, against the NumPy functions that the emulation runs in their place;
-and compiled by NVRTC where there is one.
+cuda_sign.py, cuda_im2col.py, cuda_flat.py) run on the CPU, against the host functions that the
+emulation runs in their place (NumPy, or bitnet's CPU kernels for the sign, im2col / col2im and
+average pooling); and compiled by NVRTC where there is one.
 
 The kernels use no shared memory and no barriers, so the source compiles as C++ with CUDA's
-``__global__``, ``__device__`` and ``blockIdx`` / ``threadIdx`` / ``blockDim`` defined by a small shim, and a launch
-is a loop over every block and thread (``-ffp-contract=off``, as ``--fmad=false`` on the GPU). The
+``__global__``, ``__device__`` and ``blockIdx`` / ``threadIdx`` / ``blockDim`` defined by a small
+shim, and a launch is a loop over every block and thread (``-ffp-contract=off``, as ``--fmad=false`` on the GPU). The
 elementwise kernels and the finalizing ones, given the same inputs (the NumPy partial sums go into
-both finalizers), must give the NumPy functions' results EXACTLY: the same operations in the same
+both finalizers), must give the host functions' results EXACTLY: the same operations in the same
 order, each rounded. The partial sums add up to M/J float64 terms (<= 600 here, each |term| <= ~100)
 in another order than NumPy's pairwise sum: they differ by at most ~600 * 2^-52 * sum|terms|, below
 1e-9 (atol), rtol 1e-12. Skipped without a C++ compiler.

@@ -129,6 +129,6 @@ class AvgPool2d(cpu_pool.AvgPool2d):
         xp = array_module(g)
         g = xp.ascontiguousarray(g)
         dx = xp.empty(self.x_shape, g.dtype)
-        launch(KP, "pool_avg_backward", blocks_for(dx.size, KP.THREADS), KP.THREADS, (g, dx.size) + self.geometry + (dx,),
-               dict(PO_T=c_type(g.dtype)))
+        launch(KP, "pool_avg_backward", blocks_for(dx.size, KP.THREADS), KP.THREADS,
+               (g, dx.size) + self.geometry + (dx,), dict(PO_T=c_type(g.dtype)))
         return dx
