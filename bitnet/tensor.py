@@ -248,11 +248,12 @@ class Tensor:
             _state.callbacks = outer
 
     def _backward(self, order, grads, waiting, retain_graph):
+        owned = set()  # ids of nodes whose summed gradient is an array no one else holds
         for node in order:
             g = grads.pop(id(node), None)
             ctx = node._ctx
             if ctx is None:  # a leaf (a hooked one whose gradient was final earlier has none left here)
-                _accumulate(node, g)
+                _accumulate(node, g, id(node) in owned)
                 continue
             if g is None:
                 continue
@@ -266,7 +267,8 @@ class Tensor:
             parent_grads = ctx.backward(g)
             if not isinstance(parent_grads, tuple):
                 parent_grads = (parent_grads,)
-            for parent, pg in zip(ctx.parents, parent_grads):
+            fresh = ctx.owned_grads
+            for i, (parent, pg) in enumerate(zip(ctx.parents, parent_grads)):
                 key = id(parent)
                 if pg is not None and parent.requires_grad:
                     if pg.shape != parent.shape:
@@ -274,13 +276,16 @@ class Tensor:
                                            f"shape {pg.shape} for an input of shape {parent.shape}")
                     if key in grads:
                         grads[key] = _sum(grads[key], pg)
+                        owned.add(key)
                     else:
                         grads[key] = pg
+                        if i in fresh:
+                            owned.add(key)
                 if key in waiting:
                     waiting[key] -= 1
                     if waiting[key] == 0:  # its last consumer is done: its gradient is final now
                         del waiting[key]
-                        _accumulate(parent, grads.pop(key, None))
+                        _accumulate(parent, grads.pop(key, None), key in owned)
             if not retain_graph:
                 node._ctx = _FREED
 
@@ -377,11 +382,18 @@ def _hooked_consumers(order) -> dict:
     return waiting
 
 
-def _accumulate(leaf, g) -> None:
-    """Add this pass's gradient ``g`` (or nothing, if None) into ``leaf.grad`` and run its hooks."""
+def _accumulate(leaf, g, owned=False) -> None:
+    """Add this pass's gradient ``g`` (or nothing, if None) into ``leaf.grad`` and run its hooks.
+    A first gradient becomes the leaf's own copy (so that no two leaves, and nothing else, share
+    one ``.grad`` array that an in-place update such as ``clip_grad_norm_`` would change twice),
+    except on a device where ``owned``: g is a new array that nothing else holds (``Function.owned_grads``;
+    a sum of contributions), kept as it is, one kernel launch fewer."""
     if g is None or not leaf.requires_grad:
         return
-    leaf.grad = _sum(g) if leaf.grad is None else _sum(leaf.grad, g)
+    if leaf.grad is None:
+        leaf.grad = g if owned and type(g) is not np.ndarray else _sum(g)
+    else:
+        leaf.grad = _sum(leaf.grad, g)
     for hook in getattr(leaf, "_grad_hooks", ()):
         hook(leaf)
 
@@ -424,12 +436,18 @@ class Function:
     Dtypes: a float op (conv, matmul, pooling, batch norm, tanh, ...) sets ``float_inputs`` to the name
     its errors use; ``apply`` then computes integer and bool inputs in float32 and refuses float dtypes
     other than float32 / float64 with a ``TypeError`` (``bitnet.ops.dtypes``: the policy, in one place).
+
+    Ownership: ``owned_grads`` (a class attribute, or set by ``backward`` for one call) lists the
+    positions of backward's results that are arrays it allocated and keeps no reference to (not g, not
+    a view of anything saved). A leaf on a device keeps such a gradient as its ``.grad`` without the
+    copy it otherwise gets; list a position only where that holds on every path of ``backward``.
     """
 
     __slots__ = ("parents", "needs_grad", "__dict__")
     devices = ("cpu",)
     crosses_devices = False
     float_inputs = None  # a float op's name (see above); None: the arrays go to forward as they are
+    owned_grads = ()  # indices of backward's results that are new arrays nothing else holds (_accumulate)
 
     @classmethod
     def apply(cls, *inputs, **options) -> Tensor:

@@ -12,11 +12,7 @@ float32 parameters are updated in float32 arithmetic, like NumPy and PyTorch do:
 with step_size = lr / (1 - beta1^t) and bc2_sqrt = sqrt(1 - beta2^t). No fused multiply-add is
 formed (fastmath off), so the float64 result equals NumPy's expression evaluation bit for bit.
 
-``adam_update_xp`` is the same step on device arrays ("cuda", CuPy or its emulation), written with the
-array module's in-place operators in the kernel's order of operations: every operation is one
-elementwise pass rounded to the parameter's dtype (no fused multiply-add across passes), so it gives
-the kernel's result bit for bit wherever the device rounds +, -, *, / and sqrt correctly (CuPy
-compiles its elementwise kernels without fast math).
+On a device the same step is one CUDA C kernel with the same operations (``bitnet.kernels.cuda_adam``).
 """
 from __future__ import annotations
 
@@ -64,27 +60,3 @@ def _adam_run(p, g, m, v, vmax, amsgrad, beta1, beta2, one_m_beta1, one_m_beta2,
                 vmax[i] = vi
             vi = vmax[i]
         p[i] = p[i] - step_size * mi / (math.sqrt(vi) / bc2_sqrt + eps)
-
-
-def adam_update_xp(xp, p, g, m, v, vmax, amsgrad, beta1, beta2, one_m_beta1, one_m_beta2, l2, step_size,
-                   bc2_sqrt, eps):
-    """``adam_update`` on device arrays of any shape and strides (``xp``: their array module), in place
-    on ``p``, ``m``, ``v`` and ``vmax``; the scalars are NumPy scalars of ``p``'s dtype (written on the
-    right of the arrays; a product is the same either way round)."""
-    if l2 != 0:
-        g = g + p * l2                      # gi + l2 * p[i]  (a new array: never modify p.grad)
-    tmp = g * one_m_beta1
-    m *= beta1
-    m += tmp                                # m[i] * beta1 + one_m_beta1 * gi
-    xp.multiply(g, g, out=tmp)
-    tmp *= one_m_beta2
-    v *= beta2
-    v += tmp                                # v[i] * beta2 + one_m_beta2 * (gi * gi)
-    if amsgrad:
-        xp.fmax(vmax, v, out=vmax)          # the kernel's `if vi > vmax[i]`, also for a nan vi
-    xp.sqrt(vmax if amsgrad else v, out=tmp)
-    tmp /= bc2_sqrt
-    tmp += eps                              # sqrt(vi) / bc2_sqrt + eps
-    upd = m * step_size
-    upd /= tmp                              # step_size * mi / (...)
-    p -= upd

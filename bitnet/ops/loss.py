@@ -52,30 +52,41 @@ class CrossEntropy(Function):
     float_inputs = "cross_entropy"
 
     def forward(self, logits, targets=None, reduction="mean", label_smoothing=0.0):
-        xp = array_module(logits)
-        n, k = logits.shape
-        logp = _log_softmax(logits, 1)
         targets = to_device(targets, device_of(logits))
-        self.probs, self.targets, self.reduction, self.ls = xp.exp(logp), targets, reduction, label_smoothing
-        self.rows = xp.arange(n)
-        nll = -logp[self.rows, targets]
-        if label_smoothing:
-            nll = (1 - label_smoothing) * nll - label_smoothing * logp.mean(axis=1)
+        self.probs, nll = cross_entropy_rows(logits, targets, label_smoothing)
+        self.targets, self.reduction, self.ls = targets, reduction, label_smoothing
         if reduction == "none":
             return nll
         total = nll.sum()
-        return xp.asarray(total / n if reduction == "mean" else total, dtype=logits.dtype)
+        return array_module(logits).asarray(total / len(nll) if reduction == "mean" else total, dtype=logits.dtype)
 
     def backward(self, g):
-        n, k = self.probs.shape
-        grad = self.probs.copy()
-        grad[self.rows, self.targets] -= 1 - self.ls
-        if self.ls:
-            grad -= self.ls / k
-        if self.reduction == "none":
-            return grad * g[:, None]
-        scale = g / n if self.reduction == "mean" else g
-        return (grad * scale).astype(self.probs.dtype, copy=False)
+        return cross_entropy_grad(self.probs, self.targets, self.ls, g, self.reduction)
+
+
+def cross_entropy_rows(logits, targets, label_smoothing):
+    """``(softmax(logits), loss_n)`` for logits (N, K) and targets (N,) on one device:
+    loss_n = -log_softmax(x_n)_{t_n}, with label smoothing e (1 - e) loss_n - e mean_k log_softmax(x_n)_k."""
+    xp = array_module(logits)
+    logp = _log_softmax(logits, 1)
+    nll = -logp[xp.arange(len(logits)), targets]
+    if label_smoothing:
+        nll = (1 - label_smoothing) * nll - label_smoothing * logp.mean(axis=1)
+    return xp.exp(logp), nll
+
+
+def cross_entropy_grad(probs, targets, label_smoothing, g, reduction):
+    """d loss / d logits = (probs - (1 - e) onehot(t) - e / K) times g (reduction "sum"), g / N ("mean")
+    or g_n per row ("none")."""
+    n, k = probs.shape
+    grad = probs.copy()
+    grad[array_module(probs).arange(n), targets] -= 1 - label_smoothing
+    if label_smoothing:
+        grad -= label_smoothing / k
+    if reduction == "none":
+        return grad * g[:, None]
+    scale = g / n if reduction == "mean" else g
+    return (grad * scale).astype(probs.dtype, copy=False)
 
 
 class WeightedCrossEntropy(Function):

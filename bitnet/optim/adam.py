@@ -15,9 +15,9 @@ State per parameter: ``step`` (int), ``exp_avg`` (m), ``exp_avg_sq`` (v) and, wi
 ``max_exp_avg_sq`` (vm). ``AdamW`` is ``Adam`` with ``decoupled_weight_decay=True`` and a
 default weight decay of 1e-2.
 
-On "cuda" the state is created on the device and the step is ``bitnet.kernels.optim.adam_update_xp``,
-the fused CPU kernel's operations in the same order, so both devices agree bit for bit where the
-device rounds each operation correctly.
+On "cuda" the state is created on the device and the step is one CUDA C kernel launch
+(``bitnet.kernels.cuda_adam``): the fused CPU kernel's operations in the same order, each rounded, so
+both devices agree bit for bit.
 """
 from __future__ import annotations
 
@@ -26,7 +26,9 @@ import math
 import numpy as np
 
 from bitnet.gpu.arrays import array_module
-from bitnet.kernels.optim import adam_update, adam_update_xp
+from bitnet.gpu.raw_kernels import blocks_for, c_type, launch
+from bitnet.kernels import cuda_adam as KA
+from bitnet.kernels.optim import adam_update
 from bitnet.optim._checks import check_betas, check_number
 from bitnet.optim.optimizer import Optimizer
 
@@ -73,24 +75,25 @@ class Adam(Optimizer):
         if group["amsgrad"] and "max_exp_avg_sq" not in state:
             state["max_exp_avg_sq"] = xp.zeros(data.shape, data.dtype)
         dt = data.dtype.type
-        if xp is not np:
-            adam_update_xp(xp, data, grad, state["exp_avg"], state["exp_avg_sq"], state.get("max_exp_avg_sq"),
-                           bool(group["amsgrad"]), dt(beta1), dt(beta2), dt(1 - beta1), dt(1 - beta2), dt(l2),
-                           dt(lr / (1 - beta1 ** t)), dt(math.sqrt(1 - beta2 ** t)), dt(group["eps"]))
-            return
-        # The kernel updates flat views in place: the state arrays are kept C-contiguous (a
+        # The kernels update flat memory in place: the state arrays are kept C-contiguous (a
         # non-contiguous one, e.g. loaded by hand, is replaced by a contiguous copy) and a
         # non-contiguous parameter is updated through a contiguous copy written back.
         for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
             if key in state and not state[key].flags.c_contiguous:
-                state[key] = np.ascontiguousarray(state[key])
+                state[key] = xp.ascontiguousarray(state[key])
         m, v = state["exp_avg"], state["exp_avg_sq"]
         vmax = state["max_exp_avg_sq"] if group["amsgrad"] else m  # not read without amsgrad
-        p = data if data.flags.c_contiguous else np.ascontiguousarray(data)
-        adam_update(p.reshape(-1), np.ascontiguousarray(grad, dtype=data.dtype).reshape(-1),
-                    m.reshape(-1), v.reshape(-1), vmax.reshape(-1), bool(group["amsgrad"]),
-                    dt(beta1), dt(beta2), dt(1 - beta1), dt(1 - beta2), dt(l2),
-                    dt(lr / (1 - beta1 ** t)), dt(math.sqrt(1 - beta2 ** t)), dt(group["eps"]))
+        p = data if data.flags.c_contiguous else xp.ascontiguousarray(data)
+        g = xp.ascontiguousarray(grad, dtype=data.dtype)
+        scalars = (dt(beta1), dt(beta2), dt(1 - beta1), dt(1 - beta2), dt(l2), dt(lr / (1 - beta1 ** t)),
+                   dt(math.sqrt(1 - beta2 ** t)), dt(group["eps"]))
+        if xp is np:
+            adam_update(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), vmax.reshape(-1),
+                        bool(group["amsgrad"]), *scalars)
+        else:  # one kernel launch (bitnet.kernels.cuda_adam), the same operations
+            launch(KA, "adam_step", blocks_for(p.size, KA.THREADS), KA.THREADS,
+                   (p, g, m, v, vmax, p.size, int(group["amsgrad"])) + tuple(float(s) for s in scalars),
+                   dict(AD_T=c_type(p.dtype)))
         if p is not data:
             data[...] = p
 

@@ -14,10 +14,6 @@ in another order than NumPy's pairwise sum: they differ by at most ~600 * 2^-52 
 """
 from __future__ import annotations
 
-import ctypes
-import shutil
-import subprocess
-
 import numpy as np
 import pytest
 
@@ -26,63 +22,11 @@ from bitnet.kernels import cuda_flat as KF
 from bitnet.kernels import cuda_im2col as KI
 from bitnet.kernels import cuda_pooling as KP
 from bitnet.kernels import cuda_sign as KS
-
-SHIM = r"""
-#include <math.h>
-struct bn_dim3 { unsigned int x, y, z; };
-static bn_dim3 blockIdx, threadIdx, blockDim, gridDim;
-extern "C" void shim_set(unsigned int block, unsigned int thread, unsigned int threads, unsigned int blocks) {
-    blockIdx.x = block; threadIdx.x = thread; blockDim.x = threads; gridDim.x = blocks;
-}
-#define __global__
-#define __device__
-"""
-CTYPES = {"ptr": ctypes.c_void_p, "table": ctypes.c_void_p, "i32": ctypes.c_int32, "i64": ctypes.c_int64,
-          "f64": ctypes.c_double}
-C_NAME = {np.float32: "float", np.float64: "double"}
-
-
-def _compiler():
-    return shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
-
+from tests.gpu_training.c_shim import C_NAME, builder, compile_with_nvrtc, nvrtc_or_none, run_on_cpu
 
 @pytest.fixture(scope="module")
 def build(tmp_path_factory):
-    if _compiler() is None:
-        pytest.skip("no C++ compiler (g++, c++ or clang++) to run the CUDA C source on the CPU")
-    folder = tmp_path_factory.mktemp("cuda_bn")
-    libs = {}
-
-    def lib(module=KB, **types):
-        key = (module.__name__,) + tuple(sorted(types.items()))
-        if key not in libs:
-            name = module.__name__.rsplit(".", 1)[-1] + "_" + "_".join(f"{k}{v}" for k, v in key[1:])
-            src, out = folder / f"{name}.cpp", folder / f"{name}.so"
-            macros = "".join(f"#define {k} {v}\n" for k, v in key[1:])
-            src.write_text(SHIM + macros + module.SOURCE)
-            done = subprocess.run([_compiler(), "-O1", "-ffp-contract=off", "-fPIC", "-shared", "-o", str(out),
-                                   str(src)], capture_output=True, text=True)
-            assert done.returncode == 0, f"{module.__name__}'s source does not compile as C++:\n{done.stderr}"
-            libs[key] = ctypes.CDLL(str(out))
-        return libs[key]
-    return lib
-
-
-def run_on_cpu(lib, name, count, args, module=KB):
-    """Launch kernel ``name`` over ``count`` threads (blocks of module.THREADS), every thread in turn."""
-    fn = getattr(lib, name)
-    kinds = module.SIGNATURES[name]
-    fn.argtypes = [CTYPES[k] for k in kinds]
-    fn.restype = None
-    tables = [np.array([x.ctypes.data for x in a], np.uint64) for a, k in zip(args, kinds) if k == "table"]
-    table = iter(tables)  # "table": a list of host arrays, given as the array of their addresses
-    c_args = [a.ctypes.data if k == "ptr" else next(table).ctypes.data if k == "table" else a
-              for a, k in zip(args, kinds)]
-    blocks = -(-count // module.THREADS)
-    for b in range(blocks):
-        for t in range(module.THREADS):
-            lib.shim_set(b, t, module.THREADS, blocks)
-            fn(*c_args)
+    return builder(tmp_path_factory, KB)
 
 
 CASES = [  # (N, C, L), x's type, gamma's, beta's, running mean's, running var's
@@ -104,7 +48,7 @@ def test_the_cuda_source_gives_the_numpy_kernels_results(build, shape, t, p, bt,
     lib = build(BN_T=C_NAME[t], BN_P=C_NAME[p], BN_B=C_NAME[bt], BN_R=C_NAME[r], BN_V=C_NAME[v])
     on = {"numpy": {}, "cpu-cuda": {}}  # NumPy first: its partial sums go into both finalizers
     for who, out in on.items():
-        run = (lambda name, count, args: run_on_cpu(lib, name, count, args)) if who == "cpu-cuda" else \
+        run = (lambda name, count, args: run_on_cpu(lib, name, count, args, KB)) if who == "cpu-cuda" else \
             (lambda name, count, args: KB.NUMPY[name](*args))
         part = np.full(2 * c * parts, np.nan)
         mean, invstd, a, b = (np.full(c, np.nan) for _ in range(4))
@@ -290,32 +234,11 @@ def test_the_batch_statistics_are_the_cpu_kernels():
     np.testing.assert_allclose(invstd, invstd_cpu, rtol=1e-12)
 
 
-def _nvrtc():
-    """CuPy's NVRTC bindings (the compiler the kernels go through), or None."""
-    try:
-        from cupy_backends.cuda.libs import nvrtc
-        nvrtc.getVersion()
-        return nvrtc
-    except Exception:  # no CuPy, or no NVRTC library beside it
-        return None
-
-
 @pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
 def test_the_cuda_source_compiles_with_nvrtc(arch):
-    nvrtc = _nvrtc()
+    nvrtc = nvrtc_or_none()
     if nvrtc is None:
         pytest.skip("no NVRTC here (CuPy with its NVRTC library)")
     for module, macros in ((KB, ("BN_T", "BN_P", "BN_B", "BN_R", "BN_V")), (KP, ("PO_T",)), (KS, ("SG_X", "SG_G")),
                           (KI, ("IC_T",)), (KF, ("FL_T",))):
-        for t in ("float", "double"):
-            options = ["--fmad=false", f"-arch={arch}"] + [f"-D{k}={t}" for k in macros]
-            prog = nvrtc.createProgram(module.SOURCE, "source.cu", [], [])
-            try:
-                nvrtc.compileProgram(prog, options)
-            except Exception as e:  # the log says which line
-                raise AssertionError(f"NVRTC ({module.__name__}, {arch}, {t}): {e}\n{nvrtc.getProgramLog(prog)}") \
-                    from None
-            ptx = nvrtc.getPTX(prog)
-            for name in module.SIGNATURES:
-                assert f".entry {name}(".encode() in ptx, name
-                assert b"fma" not in ptx, "--fmad=false: no fused multiply-add"
+        compile_with_nvrtc(nvrtc, module, macros, arch)

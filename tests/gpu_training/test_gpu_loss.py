@@ -134,9 +134,26 @@ def test_dropout_module_on_cuda_follows_the_cpu_generator_step_by_step():
         np.testing.assert_array_equal(to_host(gpu(bitnet.Tensor(x, device="cuda")).data), x)
 
 
-def test_the_loss_ops_are_written_once_for_both_devices():
+def test_the_loss_ops_are_written_once_for_both_devices_but_the_plain_cross_entropy():
     from bitnet.gpu import dispatch
+    from bitnet.gpu.ops.loss import CrossEntropyOnDevice
     from bitnet.ops import loss as cpu
-    for name in ("LogSoftmax", "CrossEntropy", "WeightedCrossEntropy", "Dropout"):
+    for name in ("LogSoftmax", "WeightedCrossEntropy", "Dropout"):
         cls = getattr(cpu, name)
         assert dispatch.implementation(cls) is cls and cls not in dispatch.registered()
+    assert dispatch.implementation(cpu.CrossEntropy) is CrossEntropyOnDevice  # three kernels (cuda_loss)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_the_plain_cross_entropy_is_three_launches_or_two(reduction, dtype):
+    from bitnet.gpu.emulated import count_device_calls
+    t = np.array([0, 4, 2, 2, 1, 3])
+    with emulate():
+        x = bitnet.Tensor(np.random.default_rng(4).standard_normal((6, 5)).astype(dtype), requires_grad=True,
+                          device="cuda")
+        with count_device_calls() as calls:
+            loss = cross_entropy(x, t, reduction=reduction)
+            (loss.sum() if reduction == "none" else loss).backward()
+    names = [name for name, _ in calls if name.startswith("ce_")]
+    assert names == ["ce_rows"] + ["ce_total"] * (reduction != "none") + ["ce_grad"]

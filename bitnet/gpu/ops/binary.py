@@ -191,6 +191,8 @@ def matmul_dots(a, wt):
 class BinaryConv2dGPU(B.BinaryConv2d):
     """``bitnet.ops.binary.BinaryConv2d`` on "cuda": forward on bits, backward the float convolution's."""
 
+    owned_grads = (0, 1, 2)  # conv2d_backward's new arrays
+
     def forward(self, x, w, *bias, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, pad_value=0.0):
         self.saved = (x, w, stride, padding, dilation, groups, pad_value)
         b = bias[0] if bias else None

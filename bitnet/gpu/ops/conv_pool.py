@@ -153,6 +153,8 @@ class Conv2d(cpu_conv.Conv2d):
     ``cols`` (the lowered input, only when the weight wants a gradient), ``stride``, ``padding``,
     ``dilation``, ``groups``."""
 
+    owned_grads = (0, 1, 2)  # new arrays (GEMMs, col2im, sums): a leaf keeps them without a copy
+
     def forward(self, x, w, *bias, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
         self.x, self.w, self.stride, self.padding, self.dilation, self.groups = x, w, stride, padding, dilation, groups
         out, cols = conv2d_lowered(x, w, bias[0] if bias else None, stride, padding, dilation, groups)

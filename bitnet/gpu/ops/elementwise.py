@@ -10,8 +10,8 @@ they are marked ``devices = ("cpu", "cuda")``.
 - Pow: ``x ** p`` for a constant p; d/dx = p x^(p-1), 0 where p = 0.
 - Exp, Log: d/dx = exp(x), 1/x.
 - Tanh: y = tanh(x), d/dx = g (1 - y^2); Sigmoid: y = 1/(1 + e^-x) from e = exp(-|x|) (no overflow),
-  d/dx = g y (1 - y): the CPU's fused Numba kernels as array expressions that round as they do
-  (g cast to y's dtype; Numba's float64 steps in float64).
+  d/dx = g y (1 - y): the backward passes one CUDA C kernel each (``bitnet.kernels.cuda_activations``)
+  that rounds as the CPU's fused Numba kernels do (g cast to y's dtype; Numba's float64 steps).
 - Clamp: min(max(x, lo), hi), gradient passed where lo <= x <= hi (inclusive) or lo < x < hi.
 - Where: where(cond, a, b) for a constant mask (a host mask is copied to the device).
 MatMul needs no class here either: ``bitnet.ops.elementwise.MatMul`` is written for both devices (its
@@ -23,6 +23,8 @@ import numpy as np
 
 from bitnet.gpu.arrays import array_module, is_device_array, xp
 from bitnet.gpu.dispatch import implements
+from bitnet.gpu.raw_kernels import blocks_for, c_type, launch
+from bitnet.kernels import cuda_activations as KA
 from bitnet.ops import elementwise as E
 
 
@@ -141,12 +143,7 @@ class Tanh(E.Tanh):
         return self.out
 
     def backward(self, g):
-        """g (1 - y^2) rounded as the CPU kernel rounds it: y^2 in y's dtype, the rest in float64 (Numba
-        widens ``1 - y*y``: the literal 1 is an int64), one rounding to y's dtype at the end."""
-        y = self.out
-        wide = np.promote_types(y.dtype, np.float64)
-        one_minus = 1 - (y * y).astype(wide, copy=False)
-        return (g.astype(y.dtype, copy=False).astype(wide, copy=False) * one_minus).astype(y.dtype, copy=False)
+        return activation_backward("tanh_backward", g, self.out)
 
 
 @implements(E.Sigmoid)
@@ -160,12 +157,19 @@ class Sigmoid(E.Sigmoid):
         return self.out
 
     def backward(self, g):
-        """(g y) (1 - y) rounded as the CPU kernel rounds it: g y in y's dtype, (1 - y) and the last product
-        in float64 (Numba widens ``1 - y``), one rounding to y's dtype at the end."""
-        y = self.out
-        wide = np.promote_types(y.dtype, np.float64)
-        gy = (g.astype(y.dtype, copy=False) * y).astype(wide, copy=False)
-        return (gy * (1 - y.astype(wide, copy=False))).astype(y.dtype, copy=False)
+        return activation_backward("sigmoid_backward", g, self.out)
+
+
+def activation_backward(kernel, g, y):
+    """tanh's g (1 - y^2) or sigmoid's g y (1 - y) for its output y, rounded as the CPU's Numba kernels
+    round them (``bitnet.kernels.cuda_activations``: g cast to y's dtype, float64 steps, one rounding
+    at the end); one kernel launch."""
+    m = array_module(y)
+    g = m.ascontiguousarray(g if g.dtype == y.dtype else g.astype(y.dtype))
+    y = m.ascontiguousarray(y)
+    dx = m.empty(y.shape, y.dtype)
+    launch(KA, kernel, blocks_for(y.size, KA.THREADS), KA.THREADS, (g, y, y.size, dx), dict(AC_T=c_type(y.dtype)))
+    return dx
 
 
 def _bound(x, default, m):

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from bitnet.gpu.arrays import array_module, is_device_array
 from bitnet.gpu.dispatch import implements
+from bitnet.gpu.ops.elementwise import activation_backward
 from bitnet.gpu.raw_kernels import blocks_for, c_type, launch
 from bitnet.kernels import cuda_batchnorm as KB
 from bitnet.kernels import cuda_pooling as KP
@@ -128,6 +129,8 @@ def batch_norm_backward(g3, x3, mean, invstd, gamma):
 class BatchNormTrainGPU(BatchNormTrain):
     """Batch norm with the batch's statistics on device arrays (module docstring)."""
 
+    owned_grads = (0, 1, 2)  # batch_norm_backward's new arrays
+
     def forward(self, x, gamma, beta, eps=1e-5, running_mean=None, running_var=None, momentum=0.1):
         _check_buffers("batch_norm", running_mean, running_var)
         x3 = array_module(x).ascontiguousarray(_as_ncl(x))
@@ -186,6 +189,8 @@ class BatchNormMaxPoolGPU(BatchNormMaxPool):
     """``[tanh](max_pool(batch_norm(x)))`` on device arrays as batch norm followed by a tiled max pool
     (module docstring); values and gradients those of the CPU op."""
 
+    owned_grads = (0, 1, 2)  # batch_norm_backward's new arrays
+
     def forward(self, x, gamma, beta, eps=1e-5, running_mean=None, running_var=None, momentum=0.1,
                 kernel=(2, 2), act=None):
         _check_buffers("batch_norm_max_pool", running_mean, running_var)
@@ -202,10 +207,8 @@ class BatchNormMaxPoolGPU(BatchNormMaxPool):
         return out if self.y is None else self.y
 
     def backward(self, g):
-        xp = array_module(g)
-        if self.y is not None:  # g (1 - y^2) with 1 - y^2 in float64, as kernels.activations.tanh_backward
-            g = g.astype(self.y.dtype)
-            g = (g.astype(xp.float64) * (1 - (self.y * self.y).astype(xp.float64))).astype(self.y.dtype)
+        if self.y is not None:  # g (1 - y^2), rounded as the CPU's kernels.activations.tanh_backward
+            g = activation_backward("tanh_backward", g, self.y)
         dense = scatter_to_taps(g, self.tap, self.x.shape, *self.kernel)
         gx, gg, gb = batch_norm_backward(_as_ncl(dense), _as_ncl(self.x), self.mean, self.invstd, self.gamma)
         return gx.reshape(self.x.shape), gg, gb

@@ -82,6 +82,7 @@ class SteSignGPU(Q._SteSignFn):
         return sign(self.x)
 
     def backward(self, g):
+        self.owned_grads = () if self.clip_value is None else (0,)  # g itself, else a new array
         return pass_within(g, self.x, self.clip_value)
 
 
