@@ -13,8 +13,8 @@ place: NumPy, or the CPU's Numba kernel where it computes the same thing).
 - on the emulation (``bitnet.gpu.emulated``), runs ``NUMPY[name]`` on the host arrays behind the device
   arrays and records one kernel launch (``count_device_calls``).
 
-The compiled modules are kept in a dict keyed by source and macros, like Numba's compiled kernels:
-a cache, the same results with or without it.
+The compiled modules, and the kernel objects taken from them, are kept in a dict keyed by source,
+macros (and kernel name), like Numba's compiled kernels: a cache, the same results with or without it.
 """
 from __future__ import annotations
 
@@ -84,14 +84,22 @@ def launch(module, name: str, blocks: int, threads: int, args, macros: dict) -> 
         return
     if blocks == 0:
         return
-    key = (module.__name__, tuple(sorted(macros.items())))
-    if key not in _compiled:
-        import cupy
-        options = ("--fmad=false",) + tuple(f"-D{k}={v}" for k, v in sorted(macros.items()))
-        _compiled[key] = cupy.RawModule(code=module.SOURCE, options=options)
-    kernel = _compiled[key].get_function(name)
+    key = (module.__name__, tuple(sorted(macros.items())), name)
+    kernel = _compiled.get(key)
+    if kernel is None:  # CuPy's get_function makes a new kernel object (a driver lookup at its first call)
+        kernel = _compiled[key] = _module(module, key[1]).get_function(name)
     kernel((int(blocks),), (int(threads),),
            tuple(a if k == "ptr" else a.on_device() if k == "table" else _C_TYPES[k](a) for a, k in zip(args, kinds)))
+
+
+def _module(module, macros):
+    """``module.SOURCE`` compiled with these macros (one ``cupy.RawModule`` per set, kept)."""
+    key = (module.__name__, macros)
+    if key not in _compiled:
+        import cupy
+        options = ("--fmad=false",) + tuple(f"-D{k}={v}" for k, v in macros)
+        _compiled[key] = cupy.RawModule(code=module.SOURCE, options=options)
+    return _compiled[key]
 
 
 def blocks_for(count: int, threads: int) -> int:
