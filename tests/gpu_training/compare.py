@@ -7,10 +7,31 @@ on a GPU. The numbers differ from the CPU's Numba kernels only by the order of f
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
+import pytest
 
 import bitnet
 from bitnet.gpu.arrays import emulate, is_device_array, to_host
+
+
+ON_GPU = os.environ.get("BITNET_TEST_CUDA") == "gpu"  # tests/gpu_training/conftest.py
+emulation_only = pytest.mark.skipif(ON_GPU, reason="looks at what only the emulation records (kernel launches, "
+                                                    "host memory behind device arrays)")
+
+
+def float_math(dtype=np.float64, atol=None):
+    """``assert_same_on_both`` options for float math that a GPU computes with its own library or in
+    its own order (exp, log, tanh, pow, softmax, sums): exact on the emulation, where NumPy computes
+    both sides; on a real GPU (``BITNET_TEST_CUDA=gpu``) within CUDA's documented error for those
+    functions (<= 2 ulp) times a margin for what follows them (log_softmax's subtraction): rtol 1e-5
+    (float32) / 1e-12 (float64), and ``atol`` (default 1e-6 / 1e-14) for values that cancel to near
+    zero; a sum of n terms differs by up to about (8 + log2 n) eps sum|terms|, which its test's atol covers."""
+    if not ON_GPU:
+        return dict(rtol=0, atol=0, exact=True)
+    single = np.dtype(dtype) == np.float32
+    return dict(rtol=1e-5 if single else 1e-12, atol=atol if atol is not None else 1e-6 if single else 1e-14)
 
 
 def run(fn, arrays, device, grad_of=None, seed=0):

@@ -3,9 +3,9 @@ With ``BITNET_TEST_CUDA=gpu`` in the environment (a machine with an NVIDIA GPU a
 ``emulate()`` is replaced, before the test modules import it, by a block that changes nothing, so the
 same tests run on CuPy arrays on the GPU. Not yet run there (no GPU was at hand when they were
 written): the tests of the emulation itself (test_device_arrays.py) and those that count reads back to
-the host with it (test_host_reads.py) are skipped on the GPU, and the exact
-(``exact=True``) comparisons of float math (exp, tanh, reductions) rely on the emulation computing
-with NumPy: on CuPy they may differ by a few ulps and need the tolerances of their float error."""
+the host with it (test_host_reads.py) are skipped on the GPU, and float math
+that a GPU computes with its own library or summation order (exp, log, tanh, pow, sums) compares
+exactly on the emulation only: on the GPU with ``compare.float_math``'s tolerances."""
 from __future__ import annotations
 
 import contextlib

@@ -16,6 +16,7 @@ from bitnet.gpu.emulated import count_device_calls
 from bitnet.nn.quantized import clip_unit
 from bitnet.optim import SGD, Adam, Bop, Optimizer
 from bitnet.tensor import Parameter
+from tests.gpu_training.compare import emulation_only
 
 SHAPES = [(4, 3), (5,), (), (2, 2, 3), (7, 1), (3,), (1,), (2, 5), (6,), (3, 3)]  # 10 parameters
 
@@ -93,6 +94,7 @@ def _step_calls(model, opt, steps):
     return counts, [n for n, _ in calls]
 
 
+@emulation_only
 def test_a_step_launches_a_fixed_number_of_kernels():
     # Adam (no weight decay, no amsgrad) on 10 float32 parameters: P gathered and written back by one
     # kernel each (bitnet.kernels.cuda_flat, from the table of their addresses), G gathered by one
@@ -107,6 +109,7 @@ def test_a_step_launches_a_fixed_number_of_kernels():
     assert [names.count(n) for n in ("flat_gather", "flat_scatter", "concatenate", "setitem")] == [1, 1, 1, 0]
 
 
+@emulation_only
 def test_a_parameter_that_is_not_contiguous_is_gathered_and_written_back_by_copies():
     with emulate():
         model = Bag(0).to("cuda")
@@ -182,6 +185,7 @@ def test_an_optimizer_not_declared_elementwise_gets_one_parameter_at_a_time():
         run(lambda ps: Normalized(ps), 2)
 
 
+@emulation_only
 def test_parameters_sharing_an_elementwise_constraint_are_clipped_in_one_launch():
     # p0, p2, p5 clipped to [-1, 1]: the bucket puts them next to each other, one clip for all three
     with emulate():

@@ -12,6 +12,9 @@ from bitnet.functional import cross_entropy
 from bitnet.gpu import emulated
 from bitnet.gpu.arrays import array_module, emulate, to_host
 from bitnet.tensor import Function
+from tests.gpu_training.compare import emulation_only
+
+pytestmark = emulation_only
 
 
 class Twice(Function):

@@ -9,8 +9,10 @@ from bitnet.gpu.arrays import emulate, to_device, to_host
 from bitnet.gpu.emulated import count_device_calls
 from bitnet.gpu.raw_kernels import blocks_for, c_type, launch
 from bitnet.kernels import cuda_sign as KS
+from tests.gpu_training.compare import emulation_only
 
 
+@emulation_only
 def test_a_launch_writes_its_output_in_place_and_counts_once_for_its_caller():
     x = np.array([-2.0, -0.0, 0.0, np.nan, 3.0], np.float32)
     with emulate():
