@@ -33,6 +33,12 @@ from __future__ import annotations
 import numpy as np
 
 SOURCE = r"""
+__device__ int bn_channel(long long i, int channels, int length) {
+    /* c of element i = (n C + c) L + l: 32-bit divisions where i fits (a 64-bit one costs several times more) */
+    if (i < 4294967296LL) return (int)(((unsigned int)i / (unsigned int)length) % (unsigned int)channels);
+    return (int)((i / length) % channels);
+}
+
 extern "C" __global__ void bn_stats_partial(const BN_T* x, int n_img, int channels, int length, int parts,
                                             double* part) {
     long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -41,11 +47,15 @@ extern "C" __global__ void bn_stats_partial(const BN_T* x, int n_img, int channe
     long long m = (long long)n_img * length;
     double shift = (double)x[(long long)c * length];
     double s1 = 0.0, s2 = 0.0;
+    long long n = 0, l = 0, dn = 0, dl = 0;             /* e = n L + l, stepped by J without dividing */
+    if (length > 0) { n = j / length; l = j % length; dn = parts / length; dl = parts % length; }
     for (long long e = j; e < m; e += parts) {
-        long long n = e / length, l = e % length;
         double d = (double)x[(n * channels + c) * length + l] - shift;
         s1 = s1 + d;
         s2 = s2 + d * d;
+        n += dn;
+        l += dl;
+        if (l >= length) { l -= length; n += 1; }
     }
     part[2 * t] = s1;
     part[2 * t + 1] = s2;
@@ -90,7 +100,7 @@ extern "C" __global__ void bn_normalize(const BN_T* x, long long size, int chann
                                         const double* b, BN_T* y) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= size) return;
-    int c = (int)((i / length) % channels);
+    int c = bn_channel(i, channels, length);
     y[i] = (BN_T)((double)x[i] * a[c] + b[c]);
 }
 
@@ -102,12 +112,16 @@ extern "C" __global__ void bn_grad_partial(const BN_T* g, const BN_T* x, int n_i
     long long m = (long long)n_img * length;
     double mu = mean[c];
     double sg = 0.0, sgd = 0.0;
+    long long n = 0, l = 0, dn = 0, dl = 0;             /* as in bn_stats_partial */
+    if (length > 0) { n = j / length; l = j % length; dn = parts / length; dl = parts % length; }
     for (long long e = j; e < m; e += parts) {
-        long long n = e / length, l = e % length;
         long long i = (n * channels + c) * length + l;
         double gi = (double)g[i];
         sg = sg + gi;
         sgd = sgd + gi * ((double)x[i] - mu);
+        n += dn;
+        l += dl;
+        if (l >= length) { l -= length; n += 1; }
     }
     part[2 * t] = sg;
     part[2 * t + 1] = sgd;
@@ -133,7 +147,7 @@ extern "C" __global__ void bn_grad_input(const BN_T* g, const BN_T* x, long long
                                          BN_T* dx) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= size) return;
-    int c = (int)((i / length) % channels);
+    int c = bn_channel(i, channels, length);
     dx[i] = (BN_T)(k[c] * (((double)g[i] - mg[c]) - ((double)x[i] - mean[c]) * mgx[c]));
 }
 """

@@ -33,6 +33,7 @@ CASES = [  # (N, C, L), x's type, gamma's, beta's, running mean's, running var's
     ((4, 3, 300), np.float32, np.float32, np.float32, np.float32, np.float32),  # 2 partial sums per channel
     ((2, 5, 7), np.float64, np.float64, np.float64, np.float64, np.float64),
     ((3, 2, 1), np.float32, np.float64, np.float32, np.float64, np.float32),  # (N, C): L = 1; mixed types
+    ((900, 2, 3), np.float32, np.float32, np.float32, np.float32, np.float32),  # J = 5 > L: the steps wrap
 ]
 
 
