@@ -32,11 +32,13 @@ from __future__ import annotations
 
 import numpy as np
 
-SOURCE = r"""
-__device__ int bn_channel(long long i, int channels, int length) {
-    /* c of element i = (n C + c) L + l: 32-bit divisions where i fits (a 64-bit one costs several times more) */
-    if (i < 4294967296LL) return (int)(((unsigned int)i / (unsigned int)length) % (unsigned int)channels);
-    return (int)((i / length) % channels);
+from bitnet.kernels import cuda_index
+
+SOURCE = cuda_index.SOURCE + r"""
+__device__ int bn_channel(long long i, long long size, int channels, int length) {
+    long long n, c, l;                      /* c of element i = (n C + c) L + l (bitnet.kernels.cuda_index) */
+    split3(i, size, channels, length, &n, &c, &l);
+    return (int)c;
 }
 
 extern "C" __global__ void bn_stats_partial(const BN_T* x, int n_img, int channels, int length, int parts,
@@ -100,7 +102,7 @@ extern "C" __global__ void bn_normalize(const BN_T* x, long long size, int chann
                                         const double* b, BN_T* y) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= size) return;
-    int c = bn_channel(i, channels, length);
+    int c = bn_channel(i, size, channels, length);
     y[i] = (BN_T)((double)x[i] * a[c] + b[c]);
 }
 
@@ -147,7 +149,7 @@ extern "C" __global__ void bn_grad_input(const BN_T* g, const BN_T* x, long long
                                          BN_T* dx) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= size) return;
-    int c = bn_channel(i, channels, length);
+    int c = bn_channel(i, size, channels, length);
     dx[i] = (BN_T)(k[c] * (((double)g[i] - mg[c]) - ((double)x[i] - mean[c]) * mgx[c]));
 }
 """

@@ -16,19 +16,21 @@ against the CPU's kernels.
 """
 from __future__ import annotations
 
+from bitnet.kernels import cuda_index
 from bitnet.kernels import im2col as cpu_im2col
 
-SOURCE = r"""
+SOURCE = cuda_index.SOURCE + r"""
 extern "C" __global__ void im2col_fill(const IC_T* x, int n_img, int channels, int height, int width, int kh, int kw,
                                        int sh, int sw, int ph, int pw, int dh, int dw, int oh, int ow, double pad_value,
                                        IC_T* cols) {
     long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    long long columns = (long long)n_img * oh * ow;
-    if (e >= (long long)channels * kh * kw * columns) return;
-    long long row = e / columns, col = e % columns;
-    int c = (int)(row / (kh * kw)), i = (int)((row / kw) % kh), j = (int)(row % kw);
-    int n = (int)(col / ((long long)oh * ow)), oy = (int)((col / ow) % oh), ox = (int)(col % ow);
-    int y = oy * sh - ph + i * dh, xx = ox * sw - pw + j * dw;
+    long long total = (long long)channels * kh * kw * n_img * oh * ow;
+    if (e >= total) return;
+    long long row, n, p, c, i, j, oy, ox;
+    split3(e, total, n_img, (long long)oh * ow, &row, &n, &p);   /* e = (row N + n) OH OW + p */
+    split3(row, (long long)channels * kh * kw, kh, kw, &c, &i, &j);
+    split2(p, (long long)oh * ow, ow, &oy, &ox);                  /* p = oy OW + ox */
+    int y = (int)oy * sh - ph + (int)i * dh, xx = (int)ox * sw - pw + (int)j * dw;
     IC_T v = (IC_T)pad_value;
     if (y >= 0 && y < height && xx >= 0 && xx < width) v = x[(((long long)n * channels + c) * height + y) * width + xx];
     cols[e] = v;
@@ -37,9 +39,12 @@ extern "C" __global__ void im2col_fill(const IC_T* x, int n_img, int channels, i
 extern "C" __global__ void col2im_add(const IC_T* dcols, int n_img, int channels, int height, int width, int kh, int kw,
                                       int sh, int sw, int ph, int pw, int dh, int dw, int oh, int ow, IC_T* dx) {
     long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (p >= (long long)n_img * channels * height * width) return;
-    int xx = (int)(p % width), y = (int)((p / width) % height);
-    int c = (int)((p / ((long long)width * height)) % channels), n = (int)(p / ((long long)width * height * channels));
+    long long total = (long long)n_img * channels * height * width;
+    if (p >= total) return;
+    long long plane, yy, xw, n, c;
+    split3(p, total, height, width, &plane, &yy, &xw);            /* p = (n C + c) H W + y W + x */
+    split2(plane, (long long)n_img * channels, channels, &n, &c);
+    int y = (int)yy, xx = (int)xw;
     long long columns = (long long)n_img * oh * ow;
     IC_T acc = (IC_T)0;
     for (int i = 0; i < kh; i++) {

@@ -34,16 +34,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from bitnet.kernels import cuda_index
 from bitnet.kernels import pooling as cpu_pooling
 
-SOURCE = r"""
+SOURCE = cuda_index.SOURCE + r"""
 extern "C" __global__ void pool_tiled_max(const PO_T* z, long long outputs, int height, int width, int kh, int kw,
                                           PO_T* out, int* tap) {
     long long o = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (o >= outputs) return;
     int oh = height / kh, ow = width / kw;
-    long long plane = o / ((long long)oh * ow);
-    int oy = (int)((o / ow) % oh), ox = (int)(o % ow);
+    long long plane, oy, ox;
+    split3(o, outputs, oh, ow, &plane, &oy, &ox);
     const PO_T* w = z + plane * height * width + (long long)(oy * kh) * width + ox * kw;
     PO_T best = w[0];
     int winner = 0;
@@ -65,8 +66,9 @@ extern "C" __global__ void pool_to_taps(const PO_T* g, const int* tap, long long
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= size) return;
     int oh = height / kh, ow = width / kw;
-    long long plane = i / ((long long)height * width);
-    int y = (int)((i / width) % height), x = (int)(i % width);
+    long long plane, yl, xl;
+    split3(i, size, height, width, &plane, &yl, &xl);
+    int y = (int)yl, x = (int)xl;
     PO_T value = (PO_T)0;
     if (y < oh * kh && x < ow * kw) {
         long long o = (plane * oh + y / kh) * ow + x / kw;
@@ -93,8 +95,9 @@ extern "C" __global__ void pool_avg_forward(const PO_T* x, long long outputs, in
                                             int kh, int kw, int sh, int sw, int ph, int pw, int include_pad, PO_T* y) {
     long long o = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (o >= outputs) return;
-    long long plane = o / ((long long)oh * ow);
-    int oy = (int)((o / ow) % oh), ox = (int)(o % ow);
+    long long plane, oyl, oxl;
+    split3(o, outputs, oh, ow, &plane, &oyl, &oxl);
+    int oy = (int)oyl, ox = (int)oxl;
     const PO_T* xp = x + plane * height * width;
     double s = 0.0;
     for (int i = 0; i < kh; i++) {
@@ -112,8 +115,9 @@ extern "C" __global__ void pool_avg_backward(const PO_T* g, long long size, int 
                                              PO_T* dx) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= size) return;
-    long long plane = i / ((long long)height * width);
-    int y = (int)((i / width) % height), x = (int)(i % width);
+    long long plane, yl, xl;
+    split3(i, size, height, width, &plane, &yl, &xl);
+    int y = (int)yl, x = (int)xl;
     const PO_T* gp = g + plane * oh * ow;
     PO_T d = (PO_T)0;
     for (int ti = kh - 1; ti >= 0; ti--) {

@@ -29,6 +29,13 @@ def build(tmp_path_factory):
     return builder(tmp_path_factory, KB)
 
 
+@pytest.fixture(params=["32-bit", "64-bit"])
+def index(request):
+    """The index arithmetic's two paths (bitnet.kernels.cuda_index): 32-bit where the arrays fit, as
+    here, and 64-bit, forced by IDX32_LIMIT = -1."""
+    return {} if request.param == "32-bit" else dict(IDX32_LIMIT="-1LL")
+
+
 CASES = [  # (N, C, L), x's type, gamma's, beta's, running mean's, running var's
     ((4, 3, 300), np.float32, np.float32, np.float32, np.float32, np.float32),  # 2 partial sums per channel
     ((2, 5, 7), np.float64, np.float64, np.float64, np.float64, np.float64),
@@ -38,7 +45,7 @@ CASES = [  # (N, C, L), x's type, gamma's, beta's, running mean's, running var's
 
 
 @pytest.mark.parametrize("shape,t,p,bt,r,v", CASES)
-def test_the_cuda_source_gives_the_numpy_kernels_results(build, shape, t, p, bt, r, v):
+def test_the_cuda_source_gives_the_numpy_kernels_results(build, index, shape, t, p, bt, r, v):
     rng = np.random.default_rng(0)
     n, c, length = shape
     m = n * length
@@ -46,7 +53,7 @@ def test_the_cuda_source_gives_the_numpy_kernels_results(build, shape, t, p, bt,
     x = (rng.standard_normal(shape) * 2 + 3).astype(t)
     g = rng.standard_normal(shape).astype(t)
     gamma, beta = rng.standard_normal(c).astype(p), rng.standard_normal(c).astype(bt)
-    lib = build(BN_T=C_NAME[t], BN_P=C_NAME[p], BN_B=C_NAME[bt], BN_R=C_NAME[r], BN_V=C_NAME[v])
+    lib = build(BN_T=C_NAME[t], BN_P=C_NAME[p], BN_B=C_NAME[bt], BN_R=C_NAME[r], BN_V=C_NAME[v], **index)
     on = {"numpy": {}, "cpu-cuda": {}}  # NumPy first: its partial sums go into both finalizers
     for who, out in on.items():
         run = (lambda name, count, args: run_on_cpu(lib, name, count, args, KB)) if who == "cpu-cuda" else \
@@ -84,7 +91,7 @@ def test_the_cuda_source_gives_the_numpy_kernels_results(build, shape, t, p, bt,
 
 @pytest.mark.parametrize("shape,kernel", [((2, 3, 6, 8), (2, 2)), ((1, 2, 7, 5), (3, 2)), ((2, 1, 4, 4), (1, 1))])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_the_pooling_source_gives_the_numpy_kernels_results(build, shape, kernel, dtype):
+def test_the_pooling_source_gives_the_numpy_kernels_results(build, index, shape, kernel, dtype):
     """Ties, NaNs (one and several in a window) and remainder rows / columns; out, tap and the scattered
     gradient exactly equal."""
     rng = np.random.default_rng(3)
@@ -94,7 +101,7 @@ def test_the_pooling_source_gives_the_numpy_kernels_results(build, shape, kernel
     oh, ow = shape[2] // kh, shape[3] // kw
     g = rng.standard_normal((shape[0], shape[1], oh, ow)).astype(dtype)
     g.reshape(-1)[0] = -0.0
-    lib = build(KP, PO_T=C_NAME[dtype])
+    lib = build(KP, PO_T=C_NAME[dtype], **index)
     results = []
     for run in (lambda name, count, args: run_on_cpu(lib, name, count, args, KP),
                 lambda name, count, args: KP.NUMPY[name](*args)):
@@ -118,7 +125,7 @@ AVG_CASES = [  # kernel, stride, padding, ceil_mode (as tests/gpu_training/test_
 @pytest.mark.parametrize("include_pad", [1, 0])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", AVG_CASES)
-def test_the_average_pool_source_gives_the_numpy_kernels_results(build, case, dtype, include_pad):
+def test_the_average_pool_source_gives_the_numpy_kernels_results(build, index, case, dtype, include_pad):
     from bitnet.ops.pool import _out_shape
     kernel, stride, padding, ceil_mode = case
     rng = np.random.default_rng(6)
@@ -127,7 +134,7 @@ def test_the_average_pool_source_gives_the_numpy_kernels_results(build, case, dt
     out_shape = _out_shape(x.shape, kernel, stride, padding, ceil_mode)
     g = rng.standard_normal(out_shape).astype(dtype)
     geometry = (7, 6) + out_shape[2:] + kernel + stride + padding + (include_pad,)
-    lib = build(KP, PO_T=C_NAME[dtype])
+    lib = build(KP, PO_T=C_NAME[dtype], **index)
     results = []
     for run in (lambda name, count, args: run_on_cpu(lib, name, count, args, KP),
                 lambda name, count, args: KP.NUMPY[name](*args)):
@@ -172,7 +179,7 @@ CONV_GEOMETRIES = [  # (N, C, H, W), (KH, KW), stride, padding, dilation, pad_va
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("geometry", CONV_GEOMETRIES)
-def test_the_im2col_source_gives_the_numpy_kernels_results(build, geometry, dtype):
+def test_the_im2col_source_gives_the_numpy_kernels_results(build, index, geometry, dtype):
     from bitnet.gpu.ops.conv_pool import output_size
     shape, kernel, stride, padding, dilation, pad_value = geometry
     oh, ow = output_size(shape, (0, 0) + kernel, stride, padding, dilation)
@@ -182,7 +189,7 @@ def test_the_im2col_source_gives_the_numpy_kernels_results(build, geometry, dtyp
     rows, columns = shape[1] * kernel[0] * kernel[1], shape[0] * oh * ow
     dcols = rng.standard_normal((rows, columns)).astype(dtype)
     args = shape + kernel + stride + padding + dilation + (oh, ow)
-    lib = build(KI, IC_T=C_NAME[dtype])
+    lib = build(KI, IC_T=C_NAME[dtype], **index)
     results = []
     for run in (lambda name, count, a: run_on_cpu(lib, name, count, a, KI), lambda name, count, a: KI.NUMPY[name](*a)):
         cols, dx = np.full((rows, columns), 7.0, dtype), np.full(shape, 7.0, dtype)
