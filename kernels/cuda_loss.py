@@ -23,7 +23,9 @@ NumPy math.
 """
 from __future__ import annotations
 
-SOURCE = r"""
+from bitnet.kernels import cuda_index
+
+SOURCE = cuda_index.SOURCE + r"""
 extern "C" __global__ void ce_rows(const CE_T* x, const long long* t, long long n, int k, double ls,
                                    CE_T* probs, CE_T* nll) {
     long long r = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -58,9 +60,10 @@ extern "C" __global__ void ce_grad(const CE_T* probs, const long long* t, const 
                                    double ls, int mode, CE_T* dx) {
     long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (e >= n * k) return;
-    const long long r = e / k;
+    long long r, j;
+    split2(e, n * k, k, &r, &j);                      /* e = r K + j */
     CE_T v = probs[e];
-    if (e - r * k == t[r]) v = v - (CE_T)(1.0 - ls);
+    if (j == t[r]) v = v - (CE_T)(1.0 - ls);
     if (ls != 0.0) v = v - (CE_T)(ls / k);
     const CE_T scale = mode == 0 ? g[r] : mode == 1 ? g[0] / (CE_T)n : g[0];
     dx[e] = v * scale;

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 
+import pytest
+
 import bitnet.gpu.arrays as arrays
 
 ON_GPU = os.environ.get("BITNET_TEST_CUDA") == "gpu"
@@ -26,7 +28,6 @@ if ON_GPU:
 def pytest_collection_modifyitems(config, items):
     if not ON_GPU:
         return
-    import pytest
     skip = pytest.mark.skip(reason="checks the NumPy emulation of the GPU arrays, not the GPU")
     counted = pytest.mark.skip(reason="counts reads back to the host, which only the emulation records")
     for item in items:
@@ -34,3 +35,11 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
         elif item.fspath.basename == "test_host_reads.py":
             item.add_marker(counted)
+
+
+@pytest.fixture(params=["32-bit", "64-bit"])
+def index(request):
+    """Macros for the CUDA C sources' index arithmetic (bitnet.kernels.cuda_index), for the C-source
+    tests: its 32-bit path, taken where the arrays fit (as in the tests), or the 64-bit one, forced by
+    IDX32_LIMIT = -1."""
+    return {} if request.param == "32-bit" else dict(IDX32_LIMIT="-1LL")

@@ -29,13 +29,6 @@ def build(tmp_path_factory):
     return builder(tmp_path_factory, KB)
 
 
-@pytest.fixture(params=["32-bit", "64-bit"])
-def index(request):
-    """The index arithmetic's two paths (bitnet.kernels.cuda_index): 32-bit where the arrays fit, as
-    here, and 64-bit, forced by IDX32_LIMIT = -1."""
-    return {} if request.param == "32-bit" else dict(IDX32_LIMIT="-1LL")
-
-
 CASES = [  # (N, C, L), x's type, gamma's, beta's, running mean's, running var's
     ((4, 3, 300), np.float32, np.float32, np.float32, np.float32, np.float32),  # 2 partial sums per channel
     ((2, 5, 7), np.float64, np.float64, np.float64, np.float64, np.float64),
