@@ -13,7 +13,10 @@ per call between CUDA events (median):
 - ``sum0``: the sum over axis 0 (CuPy, PyTorch; numba has no reduction of its own);
 - ``gemm``: ``a @ b.T`` in float32 (bitnet's numba SGEMM ``cuda_float.sgemm_nt``, cuBLAS through
   CuPy and through PyTorch with TF32 off), also as TFLOPS;
-- ``numba on cupy``: a bitnet kernel launched on CuPy arrays (``__cuda_array_interface__``: no copy).
+- ``numba on cupy``: a bitnet kernel launched on CuPy arrays (``__cuda_array_interface__``: no copy);
+- ``raw sign``, ``raw adam``: bitnet's own CUDA C kernels through ``bitnet.gpu.raw_kernels.launch``
+  (the sign, 3 arguments; Adam's step, 15), the way the training engine launches them: the host time
+  per launch to multiply by ``python -m bitnet.bench.gpu_launches``'s counts.
 
 Sizes: 256 x 256 (a small layer: per-call cost dominates) and 4096 x 4096. Libraries that are not
 installed are left out; in Numba's simulator only numba's rows run, with no timings.
@@ -72,10 +75,18 @@ def operations(lib, n, rng):
                 "gemm": lambda: cf.sgemm_nt(a, b, out)}
     if lib == "cupy":
         import cupy
+        from bitnet.gpu.raw_kernels import blocks_for, launch
+        from bitnet.kernels import cuda_adam as KA
+        from bitnet.kernels import cuda_sign as KS
         a, b, out = cupy.asarray(x), cupy.asarray(y), cupy.empty((n, n), cupy.float32)
+        p, m, v = a.copy(), cupy.zeros((n, n), cupy.float32), cupy.zeros((n, n), cupy.float32)
+        blocks = blocks_for(n * n, KS.THREADS)
+        adam = (p, b, m, v, m, n * n, 0, 0.9, 0.999, 0.1, 0.001, 0.0, 1e-3, 1.0, 1e-8)
         return {"alloc": lambda: cupy.empty((n, n), cupy.float32), "add": lambda: cupy.add(a, b, out=out),
                 "sum0": lambda: a.sum(axis=0), "gemm": lambda: cupy.matmul(a, b.T),
-                "numba on cupy": lambda: cf.add(cuda.as_cuda_array(a), cuda.as_cuda_array(b), cuda.as_cuda_array(out))}
+                "numba on cupy": lambda: cf.add(cuda.as_cuda_array(a), cuda.as_cuda_array(b), cuda.as_cuda_array(out)),
+                "raw sign": lambda: launch(KS, "sign_forward", blocks, KS.THREADS, (a, n * n, out), dict(SG_X="float")),
+                "raw adam": lambda: launch(KA, "adam_step", blocks, KA.THREADS, adam, dict(AD_T="float"))}
     import torch
     torch.backends.cuda.matmul.allow_tf32 = False
     a, b, out = torch.from_numpy(x).cuda(), torch.from_numpy(y).cuda(), torch.empty((n, n), device="cuda")

@@ -56,29 +56,43 @@ class PointerTable:
         return self._device
 
 
-def _emulated(a) -> bool:
-    if isinstance(a, PointerTable):
-        return any(isinstance(x, emulated.EmulatedArray) for x in a.arrays)
-    return isinstance(a, emulated.EmulatedArray)
-
-
 def _host(a, kind):
     if kind == "table":
         return [emulated.host_view(x) for x in a.arrays]
     return emulated.host_view(a) if kind == "ptr" else a
 
 
+_signatures: dict = {}
+
+
+def _signature(module, name):
+    """``(kinds, arrays, converters)`` of kernel ``name``: its parameter kinds, the positions of its
+    array parameters ("ptr", "table"), and what turns each argument into what CuPy passes (kept: a
+    launch's Python time is host time on every step)."""
+    key = (module.__name__, name)
+    sig = _signatures.get(key)
+    if sig is None:
+        kinds = module.SIGNATURES[name]
+        converters = tuple(None if k == "ptr" else PointerTable.on_device if k == "table" else _C_TYPES[k]
+                           for k in kinds)
+        sig = _signatures[key] = (kinds, tuple(i for i, k in enumerate(kinds) if k in ("ptr", "table")), converters)
+    return sig
+
+
 def launch(module, name: str, blocks: int, threads: int, args, macros: dict) -> None:
     """Run kernel ``name`` of ``module`` (module docstring) on ``blocks`` x ``threads``."""
-    kinds = module.SIGNATURES[name]
+    kinds, array_positions, converters = _signature(module, name)
     if len(args) != len(kinds):
         raise TypeError(f"{name} takes {len(kinds)} arguments, got {len(args)}")
-    for i, (a, k) in enumerate(zip(args, kinds)):
-        arrays = a.arrays if k == "table" else [a] if k == "ptr" else []
-        if any(not x.flags.c_contiguous for x in arrays):  # the kernels index flat memory
-            raise ValueError(f"{name}: argument {i} must be C-contiguous arrays (xp.ascontiguousarray), got strides "
-                             f"{[x.strides for x in arrays]} for shapes {[x.shape for x in arrays]}")
-    if any(_emulated(a) for a in args):
+    on_emulation = False
+    for i in array_positions:
+        arrays = args[i].arrays if kinds[i] == "table" else (args[i],)
+        for x in arrays:
+            if not x.flags.c_contiguous:  # the kernels index flat memory
+                raise ValueError(f"{name}: argument {i} must be C-contiguous arrays (xp.ascontiguousarray), got "
+                                 f"strides {[x.strides for x in arrays]} for shapes {[x.shape for x in arrays]}")
+            on_emulation = on_emulation or isinstance(x, emulated.EmulatedArray)
+    if on_emulation:
         emulated.record_launch(name)
         module.NUMPY[name](*(_host(a, k) for a, k in zip(args, kinds)))
         return
@@ -88,8 +102,7 @@ def launch(module, name: str, blocks: int, threads: int, args, macros: dict) -> 
     kernel = _compiled.get(key)
     if kernel is None:  # CuPy's get_function makes a new kernel object (a driver lookup at its first call)
         kernel = _compiled[key] = _module(module, key[1]).get_function(name)
-    kernel((int(blocks),), (int(threads),),
-           tuple(a if k == "ptr" else a.on_device() if k == "table" else _C_TYPES[k](a) for a, k in zip(args, kinds)))
+    kernel((int(blocks),), (int(threads),), tuple(a if f is None else f(a) for a, f in zip(args, converters)))
 
 
 def _module(module, macros):
