@@ -439,8 +439,9 @@ class Function:
 
     Ownership: ``owned_grads`` (a class attribute, or set by ``backward`` for one call) lists the
     positions of backward's results that are arrays it allocated and keeps no reference to (not g, not
-    a view of anything saved; no two of them the same memory). A leaf on a device keeps such a gradient as its ``.grad`` without the
-    copy it otherwise gets; list a position only where that holds on every path of ``backward``.
+    a view of anything saved; no two of them the same memory). A leaf on a device keeps such a
+    gradient as its ``.grad`` without the copy it otherwise gets; list a position only where that
+    holds on every path of ``backward``.
     """
 
     __slots__ = ("parents", "needs_grad", "__dict__")
