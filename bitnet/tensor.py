@@ -416,7 +416,8 @@ def _sum(a, b=None):
     from bitnet.ops import workspace
     if b is None:
         return parallel_copy(workspace.empty(a.shape, a.dtype), a)
-    return parallel_binary(np.add, a, b, workspace.empty(np.broadcast_shapes(a.shape, b.shape), np.result_type(a, b)))
+    shape = a.shape if a.shape == b.shape else np.broadcast_shapes(a.shape, b.shape)
+    return parallel_binary(np.add, a, b, workspace.empty(shape, np.result_type(a, b)))
 
 
 class Function:

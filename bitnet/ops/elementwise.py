@@ -64,7 +64,8 @@ def _binary_out(ufunc, a, b):
     threads for large operands of one shape (``parallel_binary``: a residual connection's add)."""
     if a.ndim == 0 and b.ndim == 0:
         return ufunc(a, b)
-    return parallel_binary(ufunc, a, b, W.empty(np.broadcast_shapes(a.shape, b.shape), np.result_type(a, b)))
+    shape = a.shape if a.shape == b.shape else np.broadcast_shapes(a.shape, b.shape)  # (the latter costs ~1.5 us)
+    return parallel_binary(ufunc, a, b, W.empty(shape, np.result_type(a, b)))
 
 
 class Add(Function):
